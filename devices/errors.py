@@ -1,0 +1,27 @@
+"""The devices package's exceptions: one base, specific subclasses."""
+
+from __future__ import annotations
+
+
+class DevicesError(Exception):
+    """Base of every error raised by the devices package."""
+
+
+class DeviceCodeError(DevicesError, ValueError):
+    """A city device code is malformed; the message says exactly why."""
+
+
+class ModelError(DevicesError):
+    """A device model (thing model) file is invalid."""
+
+
+class UnitError(DevicesError, ValueError):
+    """A unit is unknown or cannot be converted to the canonical unit."""
+
+
+class LedgerError(DevicesError):
+    """The ledger could not complete an operation."""
+
+
+class UnknownDeviceError(LedgerError, KeyError):
+    """No device with that code is registered."""

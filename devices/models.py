@@ -1,0 +1,346 @@
+"""Device models (thing models), declared as data.
+
+Each model is a YAML file in ``devices/data/models/``: its metrics (name, HJ 212
+code, canonical unit, accepted input units, physical range, cadence), its
+attributes and its commands. Models are versioned; a device is bound to one
+model version. Files are validated at start-up; an invalid file stops the
+process with the file name and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from devices.errors import ModelError, UnitError
+from devices.units import Conversion, canonical_unit_name, conversion
+
+__all__ = [
+    "Command",
+    "DeviceModel",
+    "Metric",
+    "ModelRegistry",
+    "load_models",
+    "shipped_models",
+]
+
+_NAME_RE = r"^[a-z][a-z0-9_]{0,40}$"
+
+
+class _MetricSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_NAME_RE)
+    unit: str
+    accepts: list[str] = Field(default_factory=list)
+    range: tuple[float, float]
+    hj212: str | None = None
+    molar_mass: float | None = Field(default=None, gt=0)
+    kind: Literal["gauge", "boolean", "state", "counter"] = "gauge"
+    grade: Literal["public", "internal", "sensitive"] = "public"
+    label: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> _MetricSpec:
+        lo, hi = self.range
+        if lo > hi:
+            raise ValueError(f"metric {self.name}: range low {lo} > high {hi}")
+        canonical_unit_name(self.unit)
+        for u in self.accepts:
+            conversion(u, self.unit, molar_mass=self.molar_mass)
+        return self
+
+
+class _ParamSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["int", "float", "bool", "str", "enum"]
+    min: float | None = None
+    max: float | None = None
+    values: list[str] | None = None
+    required: bool = True
+
+
+class _CommandSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_NAME_RE)
+    params: dict[str, _ParamSpec] = Field(default_factory=dict)
+    ttl_s: int = Field(default=600, gt=0)
+    timeout_s: int = Field(default=30, gt=0)
+    label: dict[str, str] = Field(default_factory=dict)
+
+
+class _AttributeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_NAME_RE)
+    type: Literal["int", "float", "bool", "str", "enum"]
+    values: list[str] | None = None
+    grade: Literal["public", "internal", "sensitive"] = "public"
+    default: Any = None
+
+
+class _ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")
+    version: int = Field(ge=1)
+    device_class: str = Field(pattern=r"^[a-z][a-z0-9_]{0,20}$")
+    class_codes: list[str]
+    name: dict[str, str]
+    adapter: Literal["json", "hj212", "manhole-tlv"] = "json"
+    hj212_st: str | None = None
+    cadence_s: int = Field(gt=0)
+    metrics: list[_MetricSpec]
+    attributes: list[_AttributeSpec] = Field(default_factory=list)
+    commands: list[_CommandSpec] = Field(default_factory=list)
+
+    @field_validator("class_codes")
+    @classmethod
+    def _codes(cls, v: list[str]) -> list[str]:
+        for c in v:
+            if not re.match(r"^[0-9]{4}$", c):
+                raise ValueError(f"class code {c!r} must be 4 digits")
+        if not v:
+            raise ValueError("a model needs at least one class code")
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> _ModelSpec:
+        names = [m.name for m in self.metrics]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate metrics: {sorted(dup)}")
+        codes = [m.hj212 for m in self.metrics if m.hj212]
+        dupc = {c for c in codes if codes.count(c) > 1}
+        if dupc:
+            raise ValueError(f"duplicate HJ 212 codes: {sorted(dupc)}")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One metric of a model, with its conversions precomputed."""
+
+    name: str
+    unit: str
+    low: float
+    high: float
+    hj212: str | None
+    kind: str
+    grade: str
+    label: Mapping[str, str]
+    conversions: Mapping[str, Conversion]
+
+    def convert_from(self, unit: str | None) -> Conversion:
+        """The conversion from a sent unit to this metric's canonical unit.
+
+        ``None`` means the device sent no unit: the canonical unit is assumed,
+        which is the documented contract of the canonical JSON payload.
+
+        Raises:
+            UnitError: the unit is unknown or not accepted for this metric.
+        """
+        if unit is None:
+            return self.conversions[self.unit]
+        try:
+            key = canonical_unit_name(unit)
+        except UnitError:
+            raise UnitError(f"unknown unit {unit!r} for {self.name}") from None
+        conv = self.conversions.get(key)
+        if conv is None:
+            raise UnitError(f"unit {unit!r} is not accepted for {self.name} (canonical {self.unit})")
+        return conv
+
+    def in_range(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command a device of this model accepts."""
+
+    name: str
+    params: Mapping[str, Mapping[str, Any]]
+    ttl_s: int
+    timeout_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceModel:
+    """A validated, versioned device model."""
+
+    id: str
+    version: int
+    device_class: str
+    class_codes: tuple[str, ...]
+    name: Mapping[str, str]
+    adapter: str
+    hj212_st: str | None
+    cadence_s: int
+    metrics: Mapping[str, Metric]
+    attributes: tuple[Mapping[str, Any], ...]
+    commands: Mapping[str, Command]
+    by_hj212: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """``id@version``, the binding a device stores."""
+        return f"{self.id}@{self.version}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "version": self.version,
+            "device_class": self.device_class,
+            "class_codes": list(self.class_codes),
+            "name": dict(self.name),
+            "adapter": self.adapter,
+            "hj212_st": self.hj212_st,
+            "cadence_s": self.cadence_s,
+            "metrics": [
+                {
+                    "name": m.name,
+                    "unit": m.unit,
+                    "range": [m.low, m.high],
+                    "hj212": m.hj212,
+                    "kind": m.kind,
+                    "grade": m.grade,
+                    "accepts": sorted(m.conversions),
+                    "label": dict(m.label),
+                }
+                for m in self.metrics.values()
+            ],
+            "attributes": [dict(a) for a in self.attributes],
+            "commands": [
+                {"name": c.name, "params": {k: dict(v) for k, v in c.params.items()}, "ttl_s": c.ttl_s}
+                for c in self.commands.values()
+            ],
+        }
+
+
+def _build(spec: _ModelSpec) -> DeviceModel:
+    metrics: dict[str, Metric] = {}
+    for m in spec.metrics:
+        canonical = canonical_unit_name(m.unit)
+        convs = {canonical: conversion(canonical, canonical)}
+        for u in m.accepts:
+            convs[canonical_unit_name(u)] = conversion(u, m.unit, molar_mass=m.molar_mass)
+        metrics[m.name] = Metric(
+            name=m.name,
+            unit=canonical,
+            low=m.range[0],
+            high=m.range[1],
+            hj212=m.hj212,
+            kind=m.kind,
+            grade=m.grade,
+            label=dict(m.label),
+            conversions=convs,
+        )
+    return DeviceModel(
+        id=spec.id,
+        version=spec.version,
+        device_class=spec.device_class,
+        class_codes=tuple(spec.class_codes),
+        name=dict(spec.name),
+        adapter=spec.adapter,
+        hj212_st=spec.hj212_st,
+        cadence_s=spec.cadence_s,
+        metrics=metrics,
+        attributes=tuple(a.model_dump() for a in spec.attributes),
+        commands={
+            c.name: Command(c.name, {k: p.model_dump() for k, p in c.params.items()}, c.ttl_s, c.timeout_s)
+            for c in spec.commands
+        },
+        by_hj212={m.hj212: m.name for m in spec.metrics if m.hj212},
+    )
+
+
+class ModelRegistry:
+    """All loaded models, by ``id@version`` and by device class."""
+
+    def __init__(self, models: Iterable[DeviceModel]) -> None:
+        self._by_key: dict[str, DeviceModel] = {}
+        self._latest: dict[str, DeviceModel] = {}
+        for m in models:
+            if m.key in self._by_key:
+                raise ModelError(f"model {m.key} is defined twice")
+            self._by_key[m.key] = m
+            cur = self._latest.get(m.id)
+            if cur is None or m.version > cur.version:
+                self._latest[m.id] = m
+
+    def get(self, key: str) -> DeviceModel:
+        """A model by ``id@version`` (or bare ``id`` for the latest version)."""
+        if "@" not in key:
+            found = self._latest.get(key)
+        else:
+            found = self._by_key.get(key)
+        if found is None:
+            raise ModelError(f"unknown device model {key!r}")
+        return found
+
+    def latest(self) -> list[DeviceModel]:
+        return sorted(self._latest.values(), key=lambda m: m.id)
+
+    def all(self) -> list[DeviceModel]:
+        return sorted(self._by_key.values(), key=lambda m: (m.id, m.version))
+
+    def device_classes(self) -> list[str]:
+        return sorted({m.device_class for m in self._by_key.values()})
+
+    def metrics_of_class(self, device_class: str) -> list[str]:
+        """Union of metric names over every version of the class's models (the wide columns)."""
+        names: dict[str, None] = {}
+        for m in self.all():
+            if m.device_class == device_class:
+                for name in m.metrics:
+                    names.setdefault(name, None)
+        return list(names)
+
+
+def _parse_file(name: str, text: str) -> DeviceModel:
+    try:
+        data = yaml.safe_load(text)
+        spec = _ModelSpec.model_validate(data)
+    except yaml.YAMLError as exc:
+        raise ModelError(f"{name}: not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        raise ModelError(f"{name}: {exc}") from exc
+    except UnitError as exc:
+        raise ModelError(f"{name}: {exc}") from exc
+    return _build(spec)
+
+
+def load_models(directory: Path) -> ModelRegistry:
+    """Load and validate every ``*.yaml`` model in a directory.
+
+    Raises:
+        ModelError: with the file name and the reason.
+    """
+    files = sorted(directory.glob("*.yaml"))
+    if not files:
+        raise ModelError(f"no device models in {directory}")
+    return ModelRegistry(_parse_file(f.name, f.read_text(encoding="utf-8")) for f in files)
+
+
+@cache
+def shipped_models() -> ModelRegistry:
+    """The models shipped with the platform in ``devices/data/models/``."""
+    root = resources.files("devices").joinpath("data/models")
+    models = []
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            models.append(_parse_file(entry.name, entry.read_text(encoding="utf-8")))
+    if not models:
+        raise ModelError("no device models shipped in devices/data/models")
+    return ModelRegistry(models)
