@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(
         default=None, description="Kafka bootstrap servers (host:port,...); unset starts embedded noida-db"
     )
+    kafka_empty_fetch_backoff_ms: int = Field(
+        default=50, ge=0, description="Pause after an empty fetch the broker answered early (0: off)"
+    )
     data_dir: Path = Field(default=Path("var"), description="Where embedded servers keep their data")
 
     # --- topics --------------------------------------------------------------

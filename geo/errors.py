@@ -13,3 +13,15 @@ class OutsideCityError(GeoError, ValueError):
 
 class GeometryError(GeoError, ValueError):
     """A geometry is invalid and could not be repaired."""
+
+
+class CoordinateError(GeoError, ValueError):
+    """A coordinate is not a finite number inside its valid range."""
+
+
+class GridError(GeoError, ValueError):
+    """A grid is misconfigured, or a cell code is malformed or unknown."""
+
+
+class DistrictDataError(GeoError, ValueError):
+    """District data is malformed (missing properties, duplicate codes, overlaps)."""

@@ -1,0 +1,43 @@
+# citybrain — the two commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck unit integration e2e bench fuzz clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[embedded,dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install citybrain with the embedded servers and dev tools
+
+demo: $(STAMP)  ## start the whole platform with simulators; Ctrl-C stops it
+	$(VENV)/bin/citybrain demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy citybrain ingest streams devices alerts geo simulators
+
+test: $(STAMP) lint typecheck  ## lint, type-check and run the whole suite (starts its own servers)
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: $(STAMP)
+	$(VENV)/bin/pytest -q tests/integration
+
+e2e: $(STAMP)
+	$(VENV)/bin/pytest -q tests/e2e
+
+bench: $(STAMP)  ## print throughput figures (asserts no speed)
+	$(PY) -m bench
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

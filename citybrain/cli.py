@@ -1,0 +1,254 @@
+"""``citybrain`` command line: the process edge, where settings are read once."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from citybrain.harness import HarnessError, parse_mqtt_url
+from citybrain.settings import Settings
+from citybrain.topics import KafkaTopics
+
+__all__ = ["main"]
+
+log = logging.getLogger("citybrain")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aiokafka", "faust", "mode", "amqtt", "transitions", "uvicorn.access", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _need(value: str | None, name: str) -> str:
+    if not value:
+        raise SystemExit(f"error: {name} is not set; `citybrain demo` sets it, or export it yourself")
+    return value
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from citybrain.platform import Platform
+
+    if args.devices:
+        settings = settings.model_copy(update={"demo_devices": args.devices})
+    if args.port is not None:
+        settings = settings.model_copy(update={"api_port": args.port})
+    print("citybrain demo: bringing the platform up", flush=True)
+    platform = Platform.from_settings(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        platform.start()
+        print("\ncitybrain is running:", flush=True)
+        for k, v in platform.urls().items():
+            print(f"  {k:<20} {v}")
+        print("\nPublish a reading yourself, e.g.:")
+        from citybrain.platform import demo_device_codes
+
+        code = demo_device_codes(1)[0]
+        mqtt = platform.services.mqtt
+        assert mqtt is not None
+        print(
+            f"  mosquitto_pub -h {mqtt.host} -p {mqtt.port} -q 1 -t citybrain/up/{code}/telemetry "
+            f'-m \'{{"v":1,"ts":"2026-01-01T00:00:00Z","metrics":{{"pm25":80}}}}\''
+        )
+        print(f"  curl http://127.0.0.1:{platform.api_port}/api/v1/devices/{code}/latest")
+        print("\nPress Ctrl-C to stop.", flush=True)
+        while not stop.wait(1.0):
+            for p in platform.processes:
+                if not p.alive():
+                    print(f"{p.name} exited unexpectedly; see {p.log_path}", file=sys.stderr)
+                    stop.set()
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("\nstopping…", flush=True)
+        platform.stop()
+        print("stopped.", flush=True)
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from citybrain.httpmini import MetricsServer
+    from devices.models import shipped_models
+    from ingest.gateway import Gateway, GatewayConfig, GatewayMetrics
+
+    mqtt = parse_mqtt_url(_need(settings.mqtt_url, "CITYBRAIN_MQTT_URL"))
+    cfg = GatewayConfig(
+        mqtt_host=mqtt.host,
+        mqtt_port=mqtt.port,
+        mqtt_username=mqtt.username,
+        mqtt_password=mqtt.password,
+        kafka_bootstrap=_need(settings.kafka_bootstrap, "CITYBRAIN_KAFKA_BOOTSTRAP"),
+        topics=KafkaTopics(settings.topic_prefix),
+        partitions=settings.partitions,
+        queue_max=settings.gateway_queue_max,
+        batch_max=settings.gateway_batch_max,
+        linger_ms=settings.gateway_linger_ms,
+        max_payload_bytes=settings.max_payload_bytes,
+        shared_group=settings.gateway_shared_group,
+        client_id=settings.gateway_client_id,
+        device_classes=tuple(shipped_models().device_classes()),
+    )
+    registry = CollectorRegistry()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        gw = Gateway(cfg, GatewayMetrics(registry))
+        server = MetricsServer(registry, gw.healthy, "127.0.0.1", args.metrics_port or settings.gateway_metrics_port)
+        await gw.start()
+        await server.start()
+        try:
+            await gw.wait_connected(30)
+            log.info("gateway up: MQTT %s:%d → Kafka %s", cfg.mqtt_host, cfg.mqtt_port, cfg.kafka_bootstrap)
+            await stop.wait()
+        finally:
+            await server.stop()
+            await gw.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from faust import Worker
+
+    from devices.models import shipped_models
+    from streams.app import WorkerConfig, create_app, demo_rules
+
+    cfg = WorkerConfig(
+        kafka_bootstrap=_need(settings.kafka_bootstrap, "CITYBRAIN_KAFKA_BOOTSTRAP"),
+        database_url=_need(settings.database_url, "CITYBRAIN_DATABASE_URL"),
+        topics=KafkaTopics(settings.topic_prefix),
+        partitions=settings.partitions,
+        data_dir=str(Path(settings.data_dir) / "faust"),
+        web_port=args.web_port or settings.worker_web_port,
+        batch_max=settings.worker_batch_max,
+        batch_within_s=settings.worker_batch_within_s,
+        pool_size=settings.store_pool_size,
+        app_id=f"{settings.topic_prefix}-streams",
+        max_future_skew_s=settings.max_future_skew_s,
+        rules=demo_rules(settings.pm25_alert_ugm3),
+    )
+    app = create_app(cfg, CollectorRegistry(), shipped_models())
+    worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from citybrain.api import create_api
+    from devices.models import shipped_models
+
+    app = create_api(_need(settings.database_url, "CITYBRAIN_DATABASE_URL"), shipped_models(), CollectorRegistry())
+    uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port, log_level="warning")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from citybrain.platform import demo_device_codes
+    from simulators.air import AirStation, Episode
+    from simulators.mqtt_fleet import SimulatorError, run_fleet
+
+    mqtt = parse_mqtt_url(_need(settings.mqtt_url, "CITYBRAIN_MQTT_URL"))
+    codes = demo_device_codes(args.devices)
+    # Station 0 has a recurring pollution episode so the demo shows alerts.
+    stations = [
+        AirStation(c, seed=args.seed + i, episode=Episode(20, 30, 4.0, 120) if i == 0 else None)
+        for i, c in enumerate(codes)
+    ]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        sent = run_fleet(stations, host=mqtt.host, port=mqtt.port, interval_s=args.interval, stop=stop,
+                         duration_s=args.duration, username=mqtt.username, password=mqtt.password)
+    except SimulatorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"sent {sent} messages", flush=True)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from citybrain.platform import migrate
+    from devices.models import shipped_models
+
+    applied = migrate(_need(settings.database_url, "CITYBRAIN_DATABASE_URL"), shipped_models())
+    print(f"applied migrations: {applied or 'none (up to date)'}")
+    return 0
+
+
+def cmd_mqtt_broker(args: argparse.Namespace, settings: Settings) -> int:
+    from citybrain import mqtt_broker
+
+    mqtt_broker.main(["--host", args.host, "--port", str(args.port)])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="citybrain", description="City-scale IoT sensing hub. Settings come from CITYBRAIN_* variables."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("demo", help="start everything (servers, services, simulators) until Ctrl-C")
+    p.add_argument("--devices", type=int, default=None, help="simulated devices")
+    p.add_argument("--port", type=int, default=None, help="API port (0: a free port)")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("gateway", help="run the MQTT → Kafka gateway")
+    p.add_argument("--metrics-port", type=int, default=0)
+    p.set_defaults(func=cmd_gateway)
+    p = sub.add_parser("worker", help="run a stream worker (Faust)")
+    p.add_argument("--web-port", type=int, default=0)
+    p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("api", help="run the HTTP API")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.set_defaults(func=cmd_api)
+    p = sub.add_parser("simulate", help="run simulated devices against the MQTT broker")
+    p.add_argument("--devices", type=int, default=12)
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between reports")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("db", help="database commands")
+    dbsub = p.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    q = dbsub.add_parser("upgrade", help="apply pending migrations")
+    q.set_defaults(func=cmd_db_upgrade)
+    p = sub.add_parser("mqtt-broker", help="run the embedded amqtt broker")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1883)
+    p.set_defaults(func=cmd_mqtt_broker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    _setup_logging(settings.log_level)
+    from citybrain.kafka_compat import install_empty_fetch_backoff
+
+    install_empty_fetch_backoff(settings.kafka_empty_fetch_backoff_ms / 1000)
+    result: int = args.func(args, settings)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+

@@ -1,0 +1,204 @@
+"""Bring the whole platform up: servers, schema, topics, services, simulators.
+
+``citybrain demo`` and the end-to-end tests use this one code path. Each
+platform service (gateway, stream worker, API, simulator) runs in its own
+process, as in production, started through :func:`citybrain.harness.spawn`
+so that none outlives the platform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from citybrain.harness import HarnessError, ManagedProcess, Services, free_port, spawn
+from citybrain.migrations import upgrade
+from citybrain.settings import Settings
+from citybrain.topics import KafkaTopics
+from devices.code import XIAMEN_DISTRICTS, DeviceCode
+from devices.models import ModelRegistry, shipped_models
+
+__all__ = ["Platform", "create_topics", "demo_device_codes", "migrate", "register_demo_devices"]
+
+log = logging.getLogger(__name__)
+
+
+def migrate(database_url: str, models: ModelRegistry) -> list[int]:
+    """Run ``citybrain db upgrade`` against a database."""
+    with psycopg.connect(database_url, autocommit=False) as conn:
+        return upgrade(conn, models)
+
+
+async def _create_topics(bootstrap: str, topics: KafkaTopics, partitions: int, classes: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [NewTopic(topics.raw, partitions, 1), NewTopic(topics.deadletter, 1, 1),
+                  NewTopic(topics.alerts, partitions, 1)]
+        wanted += [NewTopic(topics.readings(c), partitions, 1) for c in classes]
+        new = [t for t in wanted if t.name not in existing]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+def create_topics(bootstrap: str, topics: KafkaTopics, partitions: int, classes: list[str]) -> None:
+    """Create the platform's Kafka topics explicitly (never rely on auto-creation)."""
+    try:
+        asyncio.run(_create_topics(bootstrap, topics, partitions, classes))
+    except KafkaError as exc:
+        raise HarnessError(f"cannot create Kafka topics on {bootstrap}: {exc}") from exc
+
+
+def demo_device_codes(n: int) -> list[str]:
+    """``n`` air-station codes spread over Xiamen's six districts."""
+    districts = sorted(XIAMEN_DISTRICTS)
+    return [DeviceCode.build(districts[i % len(districts)], "0308", 1 + i // len(districts)).full for i in range(n)]
+
+
+def register_demo_devices(database_url: str, codes: list[str]) -> None:
+    """Register demo air stations (idempotent)."""
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        for code in codes:
+            c = DeviceCode.build(code[:6], code[6:10], int(code[10:16]))
+            cur.execute(
+                "insert into devices (code, alias, model, device_class, name, district, state, created_by, updated_by)"
+                " values (%s, %s, 'air-station@1', 'air', %s, %s, 'registered', 'demo', 'demo')"
+                " on conflict (code) do nothing",
+                (c.full, c.body, f"Demo air station {c.sequence} ({XIAMEN_DISTRICTS[c.district]})", c.district),
+            )
+
+
+@dataclass
+class Platform:
+    """A running platform: servers plus service processes."""
+
+    settings: Settings
+    services: Services
+    processes: list[ManagedProcess] = field(default_factory=list)
+    api_port: int = 0
+    gateway_port: int = 0
+    worker_port: int = 0
+    log_dir: Path = Path("var/logs")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, data_dir: Path | None = None) -> Platform:
+        root = (data_dir or settings.data_dir).resolve()
+        services = Services(
+            root,
+            database_url=settings.database_url,
+            mqtt_url=settings.mqtt_url,
+            kafka_bootstrap=settings.kafka_bootstrap,
+            pg_name=f"pg-{abs(hash(str(root))) % 10**8}",
+        )
+        return cls(settings=settings, services=services, log_dir=root / "logs")
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.services.env())
+        env["CITYBRAIN_TOPIC_PREFIX"] = self.settings.topic_prefix
+        env["CITYBRAIN_PARTITIONS"] = str(self.settings.partitions)
+        env["CITYBRAIN_DATA_DIR"] = str(self.services.data_dir)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start(self, *, simulate: bool = True, devices: int | None = None, progress: bool = True) -> Platform:
+        """Start servers, migrate, create topics, then gateway, worker and API (and simulators)."""
+
+        def say(msg: str) -> None:
+            if progress:
+                print(f"  {msg}", flush=True)
+
+        try:
+            t0 = time.monotonic()
+            say("starting servers (PostgreSQL, Kafka protocol, MQTT)…")
+            self.services.start()
+            models = shipped_models()
+            assert self.services.database_url and self.services.kafka_bootstrap
+            say("migrating the database…")
+            migrate(self.services.database_url, models)
+            topics = KafkaTopics(self.settings.topic_prefix)
+            say("creating Kafka topics…")
+            create_topics(self.services.kafka_bootstrap, topics, self.settings.partitions, models.device_classes())
+            n = devices if devices is not None else self.settings.demo_devices
+            codes = demo_device_codes(n)
+            register_demo_devices(self.services.database_url, codes)
+            env = self.env()
+            self.gateway_port = free_port()
+            self.worker_port = free_port()
+            self.api_port = self.settings.api_port or free_port()
+            py = sys.executable
+            say("starting gateway, stream worker and API…")
+            self.processes.append(spawn("gateway", [py, "-m", "citybrain.cli", "gateway",
+                                                    "--metrics-port", str(self.gateway_port)],
+                                        self.log_dir / "gateway.log", env=env))
+            self.processes.append(spawn("worker", [py, "-m", "citybrain.cli", "worker",
+                                                   "--web-port", str(self.worker_port)],
+                                        self.log_dir / "worker.log", env=env))
+            self.processes.append(spawn("api", [py, "-m", "citybrain.cli", "api", "--port", str(self.api_port),
+                                                "--host", self.settings.api_host],
+                                        self.log_dir / "api.log", env=env))
+            self.wait_http(f"http://127.0.0.1:{self.api_port}/healthz", "API", 60)
+            self.wait_http(f"http://127.0.0.1:{self.gateway_port}/healthz", "gateway", 60)
+            self.wait_http(f"http://127.0.0.1:{self.worker_port}/healthz", "stream worker", 90)
+            if simulate:
+                say(f"starting {n} simulated air stations…")
+                self.processes.append(spawn("simulator", [py, "-m", "citybrain.cli", "simulate", "--devices", str(n),
+                                                          "--interval", str(self.settings.demo_interval_s)],
+                                            self.log_dir / "simulator.log", env=env))
+            say(f"platform up in {time.monotonic() - t0:.1f}s")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_http(self, url: str, what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            for p in self.processes:
+                if not p.alive():
+                    raise HarnessError(f"{p.name} exited (code {p.proc.returncode}); log {p.log_path}:\n"
+                                       f"{p.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise HarnessError(f"{what} not healthy at {url} within {timeout:.0f}s ({last})")
+
+    def stop(self) -> None:
+        """Stop services first (so they flush), then servers."""
+        while self.processes:
+            self.processes.pop().stop()
+        self.services.stop()
+
+    def urls(self) -> dict[str, str]:
+        mqtt = self.services.mqtt
+        return {
+            "console / API": f"http://127.0.0.1:{self.api_port}/",
+            "API docs (OpenAPI)": f"http://127.0.0.1:{self.api_port}/docs",
+            "API metrics": f"http://127.0.0.1:{self.api_port}/metrics",
+            "gateway metrics": f"http://127.0.0.1:{self.gateway_port}/metrics",
+            "worker metrics": f"http://127.0.0.1:{self.worker_port}/metrics",
+            "MQTT": f"mqtt://{mqtt.host}:{mqtt.port}" if mqtt else "-",
+            "Kafka": self.services.kafka_bootstrap or "-",
+            "PostgreSQL": self.services.database_url or "-",
+        }

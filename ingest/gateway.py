@@ -1,0 +1,463 @@
+"""The at-least-once MQTT → Kafka gateway, and the Kafka → MQTT downstream bridge.
+
+Uplink path::
+
+    paho thread ──(slot semaphore: bounded)──▶ asyncio deque ──▶ validate
+        ──▶ per-partition batch ──▶ Kafka (acks=all) ──▶ MQTT PUBACK (manual)
+
+* An MQTT QoS 1/2 message is acknowledged only after Kafka acknowledged the
+  record its batch went into. If the gateway dies before that, the broker
+  redelivers (persistent session), so nothing is lost; duplicates are removed
+  by the store's idempotent writes.
+* The hand-off from paho's thread is bounded: when ``queue_max`` messages are
+  waiting, paho's network thread blocks, the socket stops being read, and the
+  broker holds the rest. Nothing is dropped; the wait shows in
+  ``citybrain_gateway_backpressure_seconds_total``.
+* A malformed message (bad topic, bad code, oversized) goes to the dead-letter
+  topic with its reason and original bytes, and is acknowledged after that.
+
+Downstream bridge: alerts from Kafka are re-published on MQTT
+``citybrain/alerts/{district}/{severity}`` and normalised readings on
+``citybrain/down/{district}/{class}/{code}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from citybrain.records import RawMessage, Transport
+from citybrain.topics import (
+    KafkaTopics,
+    TopicError,
+    alert_topic,
+    downstream_topic,
+    parse_uplink,
+    partition_for,
+)
+from devices.code import parse as parse_code
+from devices.errors import DeviceCodeError
+from ingest.batch import dead_letter_headers, encode_batch
+from ingest.errors import GatewayError
+
+__all__ = ["Gateway", "GatewayConfig", "GatewayMetrics", "classify", "run_gateway"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Typed gateway settings (built from :class:`citybrain.settings.Settings`)."""
+
+    mqtt_host: str
+    mqtt_port: int
+    kafka_bootstrap: str
+    topics: KafkaTopics
+    partitions: int = 4
+    queue_max: int = 20000
+    batch_max: int = 500
+    batch_max_bytes: int = 900_000
+    linger_ms: int = 20
+    max_payload_bytes: int = 65536
+    shared_group: str = ""
+    client_id: str = ""
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    bridge: bool = True
+    bridge_readings: bool = True
+    device_classes: tuple[str, ...] = ()
+
+
+class GatewayMetrics:
+    """The gateway's metrics, registered on the registry passed in."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.received = Counter(
+            "citybrain_gateway_messages_received_total", "MQTT messages received", ["kind"], registry=registry
+        )
+        self.forwarded = Counter(
+            "citybrain_gateway_messages_forwarded_total", "Messages acknowledged by Kafka", registry=registry
+        )
+        self.rejected = Counter(
+            "citybrain_gateway_messages_rejected_total", "Messages dead-lettered", ["reason"], registry=registry
+        )
+        self.batches = Counter("citybrain_gateway_batches_total", "Kafka records produced", registry=registry)
+        self.batch_size = Histogram(
+            "citybrain_gateway_batch_messages",
+            "Messages per Kafka record",
+            buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000),
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "citybrain_gateway_queue_depth", "Messages waiting between paho and asyncio", registry=registry
+        )
+        self.unacked = Gauge(
+            "citybrain_gateway_unacked_messages", "Messages received but not yet acknowledged", registry=registry
+        )
+        self.ack_lag = Histogram(
+            "citybrain_gateway_ack_lag_seconds",
+            "From MQTT receipt to PUBACK (after the Kafka ack)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+        self.backpressure = Counter(
+            "citybrain_gateway_backpressure_seconds_total",
+            "Time paho's thread waited for queue space",
+            registry=registry,
+        )
+        self.kafka_errors = Counter(
+            "citybrain_gateway_kafka_errors_total", "Failed Kafka sends (retried)", registry=registry
+        )
+        self.bridged = Counter(
+            "citybrain_gateway_bridged_total", "Records re-published on MQTT", ["stream"], registry=registry
+        )
+        self.connected = Gauge("citybrain_gateway_mqtt_connected", "1 when connected to MQTT", registry=registry)
+
+
+@dataclass(slots=True)
+class _Pending:
+    raw: RawMessage
+    mid: int
+    qos: int
+    t0: float
+
+
+@dataclass(slots=True)
+class _Reject:
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+    received_at: datetime
+    mid: int
+    qos: int
+    t0: float
+
+
+def classify(topic: str, payload: bytes, max_payload: int) -> tuple[str | None, str, str]:
+    """Validate an uplink at the edge: (device code or None, reason, detail).
+
+    Pure; the reason is empty when the message is valid.
+    """
+    if len(payload) > max_payload:
+        return None, "too_large", f"{len(payload)} bytes > {max_payload}"
+    try:
+        up = parse_uplink(topic)
+    except TopicError as exc:
+        return None, "bad_topic", str(exc)
+    try:
+        parse_code(up.device_code)
+    except DeviceCodeError as exc:
+        return None, "bad_code", str(exc)
+    if not payload and up.kind != "status":
+        return None, "empty", "empty payload"
+    return up.device_code, "", ""
+
+
+class Gateway:
+    """One gateway instance. Several can share the load with ``$share`` subscriptions."""
+
+    def __init__(self, config: GatewayConfig, metrics: GatewayMetrics) -> None:
+        self.cfg = config
+        self.metrics = metrics
+        self._client: mqtt.Client | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots = threading.BoundedSemaphore(config.queue_max)
+        self._inbox: collections.deque[mqtt.MQTTMessage] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = threading.Event()
+        self._connected = threading.Event()
+        self._unacked = 0
+        self._bridge_consumer: AIOKafkaConsumer | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to Kafka, then MQTT, and start the batching and bridge tasks."""
+        self._loop = asyncio.get_running_loop()
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.cfg.kafka_bootstrap,
+            acks="all",
+            linger_ms=2,
+            max_request_size=max(1_048_576, self.cfg.batch_max_bytes + 65536),
+            request_timeout_ms=15000,
+            client_id=f"citybrain-gateway-{uuid.uuid4().hex[:6]}",
+        )
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            await self._producer.stop()
+            raise GatewayError(
+                f"cannot reach Kafka at {self.cfg.kafka_bootstrap}: {exc}; start the broker or fix CITYBRAIN_KAFKA_BOOTSTRAP"
+            ) from exc
+        self._tasks.append(asyncio.create_task(self._batch_loop(), name="gateway-batcher"))
+        self._connect_mqtt()
+        if self.cfg.bridge:
+            self._tasks.append(asyncio.create_task(self._bridge_loop(), name="gateway-bridge"))
+
+    def healthy(self) -> bool:
+        return self._connected.is_set() and all(not t.done() for t in self._tasks)
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._connected.is_set():
+            if time.monotonic() > deadline:
+                raise GatewayError(f"no MQTT connection to {self.cfg.mqtt_host}:{self.cfg.mqtt_port}")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        """Stop taking messages; unacknowledged ones are redelivered by the broker later."""
+        self._stopping.set()
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+        for _ in range(self.cfg.queue_max):
+            # unblock a paho thread waiting for a slot
+            try:
+                self._slots.release()
+            except ValueError:
+                break
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._bridge_consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._bridge_consumer.stop()
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+
+    # -- MQTT side (paho's thread) ------------------------------------------
+
+    def _connect_mqtt(self) -> None:
+        client_id = self.cfg.client_id or f"citybrain-gw-{uuid.uuid4().hex[:8]}"
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,
+        )
+        if self.cfg.mqtt_username:
+            client.username_pw_set(self.cfg.mqtt_username, self.cfg.mqtt_password)
+        # Many messages may be in flight while waiting for Kafka acks.
+        client.max_inflight_messages_set(65535)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.reconnect_delay_set(0.2, 5)
+        self._client = client
+        try:
+            client.connect_async(self.cfg.mqtt_host, self.cfg.mqtt_port, keepalive=30)
+        except OSError as exc:
+            raise GatewayError(f"cannot connect to MQTT at {self.cfg.mqtt_host}:{self.cfg.mqtt_port}: {exc}") from exc
+        client.loop_start()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            log.error("MQTT connect refused: %s", reason)
+            return
+        filt = "citybrain/up/+/+"
+        if self.cfg.shared_group:
+            filt = f"$share/{self.cfg.shared_group}/{filt}"
+        client.subscribe(filt, qos=1)
+        self._connected.set()
+        self.metrics.connected.set(1)
+        log.info("gateway connected to MQTT %s:%d, subscribed %s", self.cfg.mqtt_host, self.cfg.mqtt_port, filt)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._connected.clear()
+        self.metrics.connected.set(0)
+        if not self._stopping.is_set():
+            log.warning("gateway lost MQTT connection (%s); paho reconnects", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if not self._slots.acquire(blocking=False):
+            t = time.monotonic()
+            while not self._slots.acquire(timeout=0.5):
+                if self._stopping.is_set():
+                    return
+            self.metrics.backpressure.inc(time.monotonic() - t)
+        if self._stopping.is_set():
+            return
+        msg.timestamp = time.monotonic()
+        self._inbox.append(msg)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._wakeup.set)
+
+    # -- asyncio side ---------------------------------------------------------
+
+    async def _batch_loop(self) -> None:
+        assert self._producer is not None
+        buffers: dict[int, list[_Pending]] = collections.defaultdict(list)
+        sizes: dict[int, int] = collections.defaultdict(int)
+        rejects: list[_Reject] = []
+        oldest: float | None = None
+        linger = self.cfg.linger_ms / 1000
+        while True:
+            timeout = None if oldest is None else max(0.0, oldest + linger - time.monotonic())
+            if not self._inbox:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+            full = False
+            while self._inbox:
+                msg = self._inbox.popleft()
+                self._slots.release()
+                self._unacked += 1
+                rx = datetime.now(UTC)
+                payload = bytes(msg.payload)
+                kind = msg.topic.rsplit("/", 1)[-1]
+                self.metrics.received.labels(kind if kind in ("telemetry", "event", "status") else "other").inc()
+                code, reason, detail = classify(msg.topic, payload, self.cfg.max_payload_bytes)
+                if reason:
+                    rejects.append(_Reject(msg.topic, payload, reason, detail, rx, msg.mid, msg.qos, msg.timestamp))
+                    log.warning("dead-letter %s from topic %s: %s", reason, msg.topic[:200], detail)
+                else:
+                    assert code is not None
+                    raw = RawMessage(
+                        topic=msg.topic,
+                        payload=payload,
+                        received_at=rx,
+                        transport=Transport.MQTT,
+                        device_code=code,
+                        meta=(("qos", str(msg.qos)),),
+                    )
+                    p = partition_for(code, self.cfg.partitions)
+                    buffers[p].append(_Pending(raw, msg.mid, msg.qos, msg.timestamp))
+                    sizes[p] += len(payload) + len(msg.topic) + 32
+                    if len(buffers[p]) >= self.cfg.batch_max or sizes[p] >= self.cfg.batch_max_bytes:
+                        full = True
+                if oldest is None:
+                    oldest = time.monotonic()
+                if full:
+                    break
+            self.metrics.queue_depth.set(len(self._inbox))
+            self.metrics.unacked.set(self._unacked)
+            due = oldest is not None and time.monotonic() >= oldest + linger
+            if (full or due) and (buffers or rejects):
+                await self._flush(buffers, rejects)
+                buffers.clear()
+                sizes.clear()
+                rejects = []
+                oldest = None
+            elif not buffers and not rejects:
+                oldest = None
+
+    async def _flush(self, buffers: dict[int, list[_Pending]], rejects: list[_Reject]) -> None:
+        assert self._producer is not None
+        while True:
+            try:
+                futures = []
+                for p, items in buffers.items():
+                    value = encode_batch(i.raw for i in items)
+                    fut = await self._producer.send(
+                        self.cfg.topics.raw, value=value, key=str(p).encode(), partition=p
+                    )
+                    futures.append(fut)
+                for r in rejects:
+                    fut = await self._producer.send(
+                        self.cfg.topics.deadletter,
+                        value=r.payload,
+                        key=r.topic.encode()[:200],
+                        headers=dead_letter_headers(r.reason, r.detail, r.topic, r.received_at, "mqtt-gateway"),
+                    )
+                    futures.append(fut)
+                await asyncio.gather(*futures)
+                break
+            except KafkaError as exc:
+                # Hold the acks and retry: the broker keeps redelivering, nothing is dropped.
+                self.metrics.kafka_errors.inc()
+                log.error("Kafka send failed (%s); retrying, MQTT acks held", exc)
+                await asyncio.sleep(0.5)
+        now = time.monotonic()
+        client = self._client
+        n = 0
+        for items in buffers.values():
+            self.metrics.batches.inc()
+            self.metrics.batch_size.observe(len(items))
+            for i in items:
+                if client is not None and i.qos > 0:
+                    client.ack(i.mid, i.qos)
+                self.metrics.ack_lag.observe(now - i.t0)
+                n += 1
+        self.metrics.forwarded.inc(n)
+        for r in rejects:
+            if client is not None and r.qos > 0:
+                client.ack(r.mid, r.qos)
+            self.metrics.rejected.labels(r.reason).inc()
+            n += 1
+        self._unacked -= n
+        self.metrics.unacked.set(self._unacked)
+
+    # -- downstream bridge ---------------------------------------------------
+
+    async def _bridge_loop(self) -> None:
+        topics = [self.cfg.topics.alerts]
+        if self.cfg.bridge_readings:
+            topics += [self.cfg.topics.readings(c) for c in self.cfg.device_classes]
+        consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=self.cfg.kafka_bootstrap,
+            group_id=f"{self.cfg.topics.prefix}-mqtt-bridge",
+            auto_offset_reset="latest",
+            enable_auto_commit=True,
+        )
+        self._bridge_consumer = consumer
+        while True:
+            try:
+                await consumer.start()
+                break
+            except KafkaError as exc:
+                log.warning("bridge cannot start yet (%s); retrying", exc)
+                await asyncio.sleep(1)
+        async for rec in consumer:
+            try:
+                doc = json.loads(rec.value)
+                if rec.topic == self.cfg.topics.alerts:
+                    topic = alert_topic(doc["district"], doc["severity"])
+                    stream = "alerts"
+                else:
+                    topic = downstream_topic(doc["district"], doc["class"], doc["device"])
+                    stream = "readings"
+            except (ValueError, KeyError, TypeError, TopicError) as exc:
+                log.warning("bridge skipped a record on %s: %s", rec.topic, exc)
+                continue
+            if self._client is not None:
+                self._client.publish(topic, rec.value, qos=1)
+                self.metrics.bridged.labels(stream).inc()
+
+
+async def run_gateway(config: GatewayConfig, metrics: GatewayMetrics, stop: asyncio.Event,
+                      on_ready: Callable[[Gateway], None] | None = None) -> None:
+    """Run a gateway until ``stop`` is set."""
+    gw = Gateway(config, metrics)
+    await gw.start()
+    try:
+        await gw.wait_connected(30)
+        if on_ready:
+            on_ready(gw)
+        await stop.wait()
+    finally:
+        await gw.stop()
+

@@ -1,0 +1,149 @@
+"""The Faust stream worker: a thin agent over :class:`streams.pipeline.Pipeline`.
+
+Built by :func:`create_app` from typed arguments; nothing connects at import.
+Run with ``citybrain worker`` (several processes share the raw topic's
+partitions through the consumer group).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry, generate_latest
+from psycopg_pool import AsyncConnectionPool
+
+from alerts.threshold import ThresholdRule
+from citybrain.records import Severity
+from citybrain.topics import KafkaTopics
+from devices.models import ModelRegistry
+from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
+from streams.store import ReadingStore, StoreMetrics
+
+__all__ = ["WorkerConfig", "create_app", "demo_rules"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Typed worker settings (built from :class:`citybrain.settings.Settings`)."""
+
+    kafka_bootstrap: str
+    database_url: str
+    topics: KafkaTopics
+    partitions: int
+    data_dir: str
+    web_port: int
+    batch_max: int = 200
+    batch_within_s: float = 0.2
+    pool_size: int = 4
+    app_id: str = "citybrain-streams"
+    max_future_skew_s: float = 300.0
+    rules: tuple[ThresholdRule, ...] = ()
+
+
+def demo_rules(pm25_threshold: float) -> tuple[ThresholdRule, ...]:
+    """The foundation's threshold rule: PM2.5 above the GB 3095-2012 二级 24-h limit (75 µg/m³)."""
+    return (
+        ThresholdRule(
+            id="air.pm25.high",
+            device_class="air",
+            metric="pm25",
+            above=pm25_threshold,
+            clear_below=pm25_threshold * 0.9,
+            severity=Severity.MAJOR,
+            message="",
+        ),
+    )
+
+
+def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegistry) -> faust.App:
+    """Build the Faust app with its topics, agent and /metrics page."""
+    app = faust.App(
+        cfg.app_id,
+        broker=[f"kafka://{h}" for h in cfg.kafka_bootstrap.split(",")],
+        store="memory://",
+        datadir=cfg.data_dir,
+        web_bind="127.0.0.1",
+        web_port=cfg.web_port,
+        web_host="127.0.0.1",
+        topic_partitions=cfg.partitions,
+        topic_allow_declare=True,
+        topic_disable_leader=True,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_commit_every=100,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=True,
+    )
+    raw = app.topic(
+        cfg.topics.raw,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=cfg.partitions,
+    )
+    state: dict[str, Any] = {}
+    ready = asyncio.Event()
+
+    async def publish(
+        topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] | None = None
+    ) -> None:
+        await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=list(headers or []))
+
+    @app.task
+    async def _start() -> None:
+        pool = AsyncConnectionPool(cfg.database_url, min_size=1, max_size=cfg.pool_size, open=False)
+        await pool.open(wait=True, timeout=30)
+        metrics = PipelineMetrics(registry)
+        store = ReadingStore(pool, models, StoreMetrics(registry))
+        pipe = Pipeline(
+            PipelineConfig(
+                topics=cfg.topics,
+                rules=cfg.rules,
+                max_future_skew=timedelta(seconds=cfg.max_future_skew_s),
+            ),
+            pool,
+            models,
+            publish,
+            metrics,
+            store,
+        )
+        await pipe.refresh_index(force=True)
+        state["pool"] = pool
+        state["pipeline"] = pipe
+        ready.set()
+        log.info("stream worker ready: %d devices in the index", len(pipe.index))
+
+    @app.agent(raw, name="normalise")
+    async def normalise_agent(stream: faust.StreamT[bytes]) -> None:
+        await ready.wait()
+        pipe: Pipeline = state["pipeline"]
+        async for values in stream.take(cfg.batch_max, within=cfg.batch_within_s):
+            await pipe.process(values)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        ok = ready.is_set()
+        return web.json({"status": "ok" if ok else "starting"}, status=200 if ok else 503)
+
+    @app.on_before_shutdown.connect
+    async def _close(app_: Any, **kwargs: Any) -> None:
+        pool = state.get("pool")
+        if pool is not None:
+            await pool.close()
+
+    return app

@@ -1,0 +1,297 @@
+"""What a stream worker does with one batch of raw Kafka records.
+
+The Faust agent in :mod:`streams.app` is a few lines that call
+:meth:`Pipeline.process`. Everything here takes its dependencies as
+arguments (pool, index, publisher, metrics), so it is tested without a broker.
+
+Order of effects for a batch, chosen so that a crash at any point loses
+nothing and a replay duplicates nothing:
+
+1. decode + normalise (pure);
+2. write rows to PostgreSQL (idempotent merge), retried until it succeeds —
+   while it fails the agent does not advance, so Kafka offsets are not
+   committed and lag grows visibly;
+3. publish rejects to the dead-letter topic, readings to the readings topics;
+4. evaluate rules with state read from the alerts table, upsert alerts
+   (idempotent on their deterministic id) and publish only the transitions
+   that changed the table, so a replay publishes no alert twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from psycopg_pool import AsyncConnectionPool
+
+from alerts.store import AlertStore
+from alerts.threshold import ThresholdRule, Transition, evaluate, state_key
+from citybrain.records import RawMessage, Reading, epoch_us
+from citybrain.topics import KafkaTopics
+from devices.ledger import DeviceIndex, DeviceInfo, Ledger
+from devices.models import ModelRegistry
+from ingest.batch import dead_letter_headers, decode_batch
+from ingest.errors import DecodeError
+from streams.normalise import Normalised, Reject, normalise
+from streams.store import ReadingStore, StoreError
+
+__all__ = ["Pipeline", "PipelineConfig", "PipelineMetrics", "Publisher"]
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """Sends one record to Kafka; returns once the send is queued."""
+
+    def __call__(
+        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] | None = None
+    ) -> Awaitable[None]: ...
+
+
+class PipelineMetrics:
+    """Stream worker metrics, on the registry passed in."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.records = Counter("citybrain_stream_records_total", "Raw Kafka records processed", registry=registry)
+        self.messages = Counter("citybrain_stream_messages_total", "Raw messages processed", registry=registry)
+        self.readings = Counter(
+            "citybrain_stream_readings_total", "Readings normalised", ["device_class"], registry=registry
+        )
+        self.rejected = Counter(
+            "citybrain_stream_rejected_total", "Messages dead-lettered by reason", ["reason"], registry=registry
+        )
+        self.batch_seconds = Histogram(
+            "citybrain_stream_batch_seconds",
+            "Time to process one batch",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        self.rule_seconds = Histogram(
+            "citybrain_rule_evaluation_seconds",
+            "Rule evaluation time per batch",
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5),
+            registry=registry,
+        )
+        self.alerts = Counter(
+            "citybrain_alerts_total", "Alert transitions", ["rule", "transition"], registry=registry
+        )
+        self.alert_latency = Histogram(
+            "citybrain_alert_latency_seconds",
+            "From the triggering reading's event time to the alert being stored",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=registry,
+        )
+        self.store_retries = Counter(
+            "citybrain_stream_store_retries_total", "Store writes retried", registry=registry
+        )
+        self.skew = Counter(
+            "citybrain_stream_clock_skew_total", "Readings flagged for future event time", registry=registry
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """Typed worker settings."""
+
+    topics: KafkaTopics
+    max_future_skew: timedelta = timedelta(minutes=5)
+    rules: tuple[ThresholdRule, ...] = ()
+    index_refresh_s: float = 2.0
+
+
+class Pipeline:
+    """Normalise, store, republish and evaluate rules for batches of raw records."""
+
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        pool: AsyncConnectionPool,
+        models: ModelRegistry,
+        publish: Publisher,
+        metrics: PipelineMetrics,
+        store: ReadingStore,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.cfg = cfg
+        self.pool = pool
+        self.models = models
+        self.publish = publish
+        self.metrics = metrics
+        self.store = store
+        self.ledger = Ledger(pool, models)
+        self.alerts = AlertStore(pool)
+        self.index = DeviceIndex()
+        self._index_loaded = 0.0
+        self._clock = clock
+
+    async def refresh_index(self, force: bool = False) -> None:
+        """Reload the ledger index when it is older than ``index_refresh_s``."""
+        now = time.monotonic()
+        if force or now - self._index_loaded > self.cfg.index_refresh_s:
+            self.index.replace(await self.ledger.load_index())
+            self._index_loaded = now
+
+    async def process(self, values: Sequence[bytes]) -> Normalised:
+        """Process one batch of raw-topic record values."""
+        t0 = time.perf_counter()
+        await self.refresh_index()
+        messages: list[RawMessage] = []
+        for value in values:
+            try:
+                messages.extend(decode_batch(value))
+            except DecodeError as exc:
+                self.metrics.rejected.labels(exc.reason).inc()
+                log.error("undecodable raw record (%s); dead-lettered", exc)
+                await self.publish(self.cfg.topics.deadletter, None, value, dead_letter_headers(exc.reason, exc.detail, self.cfg.topics.raw, None, "stream-worker"))
+        self.metrics.records.inc(len(values))
+        self.metrics.messages.inc(len(messages))
+        result = normalise(messages, self.index, self.models, now=self._clock(),
+                           max_future_skew=self.cfg.max_future_skew)
+        if result.rows:
+            for device_class, rows in result.rows.items():
+                self.store.add(device_class, rows.values())
+            await self._flush_with_retry()
+        await self._after_store(result)
+        self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+        return result
+
+    async def _flush_with_retry(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.store.flush()
+                return
+            except StoreError as exc:
+                self.metrics.store_retries.inc()
+                log.error("store write failed, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _after_store(self, result: Normalised) -> None:
+        for rej in result.rejects:
+            await self._dead_letter(rej)
+        if result.skewed:
+            self.metrics.skew.inc(len(result.skewed))
+            for r in result.skewed[:10]:
+                log.warning("clock skew: device %s sent %s event time %s", r.device_code, r.metric, r.event_time)
+        if result.first_seen:
+            n = await self.ledger.activate(result.first_seen)
+            if n:
+                log.info("activated %d device(s) on their first valid message", n)
+                await self.refresh_index(force=True)
+        if result.seen:
+            await self._liveness(result.seen)
+        await self._publish_readings(result)
+        await self._rules(result)
+
+    async def _dead_letter(self, rej: Reject) -> None:
+        self.metrics.rejected.labels(rej.reason).inc()
+        log.warning("dead-letter %s: device %s topic %s: %s", rej.reason, rej.raw.device_code, rej.raw.topic,
+                    rej.detail)
+        await self.publish(
+            self.cfg.topics.deadletter,
+            rej.raw.topic.encode()[:200],
+            rej.raw.payload,
+            dead_letter_headers(rej.reason, rej.detail, rej.raw.topic, rej.raw.received_at, "stream-worker"),
+        )
+
+    async def _liveness(self, seen: dict[str, tuple[datetime, datetime]]) -> None:
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.executemany(
+                "insert into device_liveness (code, last_seen, last_event_time) values (%s, %s, %s)"
+                " on conflict (code) do update set last_seen = greatest(device_liveness.last_seen, excluded.last_seen),"
+                " last_event_time = greatest(device_liveness.last_event_time, excluded.last_event_time)",
+                [(code, rx, ts) for code, (rx, ts) in sorted(seen.items())],
+            )
+
+    async def _publish_readings(self, result: Normalised) -> None:
+        by_row: dict[tuple[str, int], list[Reading]] = {}
+        info: dict[str, DeviceInfo] = {}
+        for r, dev in result.readings:
+            by_row.setdefault((r.device_code, epoch_us(r.event_time)), []).append(r)
+            info[r.device_code] = dev
+        for (code, _), readings in by_row.items():
+            dev = info[code]
+            first = readings[0]
+            doc = {
+                "v": 1,
+                "device": code,
+                "district": dev.district,
+                "class": dev.device_class,
+                "model": dev.model,
+                "grid": dev.grid,
+                "ts": _iso(first.event_time),
+                "rx": _iso(first.received_at),
+                "readings": [
+                    {"metric": r.metric, "value": r.value, "unit": r.unit, "quality": r.quality.value}
+                    | ({"flag": r.flag} if r.flag else {})
+                    for r in readings
+                ],
+            }
+            self.metrics.readings.labels(dev.device_class).inc(len(readings))
+            await self.publish(
+                self.cfg.topics.readings(dev.device_class),
+                code.encode(),
+                json.dumps(doc, separators=(",", ":")).encode(),
+            )
+
+    async def _rules(self, result: Normalised) -> None:
+        if not self.cfg.rules or not result.readings:
+            return
+        t0 = time.perf_counter()
+        per_device: dict[str, list[Reading]] = {}
+        info: dict[str, DeviceInfo] = {}
+        for r, dev in result.readings:
+            per_device.setdefault(r.device_code, []).append(r)
+            info[r.device_code] = dev
+        state = await self._rule_state(list(per_device))
+        transitions: list[Transition] = []
+        for code, readings in per_device.items():
+            dev = info[code]
+            for rule in self.cfg.rules:
+                if rule.device_class != dev.device_class:
+                    continue
+                transitions += evaluate(rule, readings, state, district=dev.district, device_class=dev.device_class)
+        self.metrics.rule_seconds.observe(time.perf_counter() - t0)
+        if not transitions:
+            return
+        changed = await self.alerts.upsert_changed([t.alert for t in transitions])
+        now = self._clock()
+        for t in transitions:
+            if t.alert.id + t.alert.state.value not in changed:
+                continue
+            self.metrics.alerts.labels(t.alert.rule, "open" if t.opened else "clear").inc()
+            if t.opened:
+                self.metrics.alert_latency.observe(max(0.0, (now - t.alert.opened_at).total_seconds()))
+            log.info("alert %s %s device %s district %s", t.alert.rule, t.alert.state.value,
+                     t.alert.device_code, t.alert.district)
+            await self.publish(
+                self.cfg.topics.alerts,
+                t.alert.device_code.encode(),
+                json.dumps(t.alert.to_json(), separators=(",", ":")).encode(),
+            )
+
+    async def _rule_state(self, codes: list[str]) -> dict[str, int]:
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    "select device_code, rule, opened_at from alerts where state <> 'resolved'"
+                    " and device_code = any(%s)",
+                    (codes,),
+                )
+            ).fetchall()
+        return {state_key(r[0], r[1]): epoch_us(r[2]) for r in rows}
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
