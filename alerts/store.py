@@ -59,13 +59,26 @@ class AlertStore:
                         " opened_at, metric, value, threshold, message, labels)"
                         " values (%s,%s,%s,%s,%s,%s,'open',%s,%s,%s,%s,%s,%s) on conflict (id) do nothing"
                         " returning id",
-                        (a.id, a.rule, a.device_code, a.district, a.device_class, int(a.severity), a.opened_at,
-                         a.metric, a.value, a.threshold, a.message, Jsonb(dict(a.labels))),
+                        (
+                            a.id,
+                            a.rule,
+                            a.device_code,
+                            a.district,
+                            a.device_class,
+                            int(a.severity),
+                            a.opened_at,
+                            a.metric,
+                            a.value,
+                            a.threshold,
+                            a.message,
+                            Jsonb(dict(a.labels)),
+                        ),
                     )
                     if await cur.fetchone():
                         changed.add(a.id + a.state.value)
                         await cur.execute(
-                            "insert into alert_history (alert_id, action, actor, comment) values (%s,'open','rules',%s)",
+                            "insert into alert_history (alert_id, action, actor, comment)"
+                            " values (%s, 'open', 'rules', %s)",
                             (a.id, a.message),
                         )
                 else:
@@ -94,7 +107,8 @@ class AlertStore:
         limit: int = 100,
         offset: int = 0,
     ) -> list[dict[str, Any]]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if state:
             where.append("state = %s")
             args.append(state)
@@ -147,9 +161,7 @@ class AlertStore:
                 allowed, target = _TRANSITIONS[action]
                 if row["state"] not in allowed:
                     raise BadTransition(f"cannot {action} an alert that is {row['state']}")
-                await cur.execute(
-                    "update alerts set state = %s, updated_at = now() where id = %s", (target, alert_id)
-                )
+                await cur.execute("update alerts set state = %s, updated_at = now() where id = %s", (target, alert_id))
             await cur.execute(
                 "insert into alert_history (alert_id, action, actor, comment) values (%s,%s,%s,%s)",
                 (alert_id, action, actor, comment),

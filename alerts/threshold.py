@@ -77,8 +77,9 @@ def evaluate(
         device_class: The device's class.
     """
     out: list[Transition] = []
-    relevant = sorted((r for r in readings if r.metric == rule.metric and r.quality is not Quality.BAD),
-                      key=lambda r: r.event_time)
+    relevant = sorted(
+        (r for r in readings if r.metric == rule.metric and r.quality is not Quality.BAD), key=lambda r: r.event_time
+    )
     for r in relevant:
         key = state_key(r.device_code, rule.id)
         opened_us = state.get(key)

@@ -8,7 +8,6 @@ import logging
 import signal
 import sys
 import threading
-from datetime import timedelta
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -176,8 +175,16 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        sent = run_fleet(stations, host=mqtt.host, port=mqtt.port, interval_s=args.interval, stop=stop,
-                         duration_s=args.duration, username=mqtt.username, password=mqtt.password)
+        sent = run_fleet(
+            stations,
+            host=mqtt.host,
+            port=mqtt.port,
+            interval_s=args.interval,
+            stop=stop,
+            duration_s=args.duration,
+            username=mqtt.username,
+            password=mqtt.password,
+        )
     except SimulatorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -250,5 +257,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

@@ -320,7 +320,7 @@ def _pg_user() -> str | None:
             check=False,
         )
         if res.returncode != 0 and "already exists" not in res.stderr:
-            raise HarnessError(f"cannot create system user {_PG_SYSTEM_USER} for PostgreSQL: {res.stderr}")
+            raise HarnessError(f"cannot create system user {_PG_SYSTEM_USER} for PostgreSQL: {res.stderr}") from None
     install = _pg_bin().parent
     # The server binaries must be reachable by that user: open the path to the
     # install tree (o+x) and the tree itself (o+rX). Nothing else is touched.
@@ -349,9 +349,7 @@ def pg_base_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"citybrain-pg-{os.getuid()}"
 
 
-def start_postgres(
-    name: str = "main", *, timeout: float = 60.0, fresh: bool = False
-) -> tuple[ManagedProcess, str]:
+def start_postgres(name: str = "main", *, timeout: float = 60.0, fresh: bool = False) -> tuple[ManagedProcess, str]:
     """Start embedded PostgreSQL on 127.0.0.1 and a free port; returns the process and URL."""
     bin_path = _pg_bin()
     user = _pg_user()
@@ -489,9 +487,7 @@ class Services:
             if kafka:
                 if self.kafka_bootstrap:
                     host, _, port = self.kafka_bootstrap.split(",")[0].rpartition(":")
-                    _wait_until(
-                        lambda: _kafka_api_ok(host, int(port)), 10, f"Kafka at {self.kafka_bootstrap}", None
-                    )
+                    _wait_until(lambda: _kafka_api_ok(host, int(port)), 10, f"Kafka at {self.kafka_bootstrap}", None)
                 else:
                     proc, self.kafka_bootstrap = start_kafka(self.data_dir / "kafka")
                     self.processes.append(proc)

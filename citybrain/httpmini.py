@@ -63,7 +63,10 @@ class MetricsServer:
                 status, ctype = ("200 OK" if ok else "503 Service Unavailable"), "application/json"
             else:
                 body, status, ctype = b"not found", "404 Not Found", "text/plain"
-            head = f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
             writer.write(head.encode() + body)
             await writer.drain()
         except (TimeoutError, ConnectionError):

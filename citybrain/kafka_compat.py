@@ -46,5 +46,5 @@ def install_empty_fetch_backoff(backoff_s: float = 0.05) -> None:
                     return has_data
         return has_data
 
-    Fetcher._proc_fetch_request = _proc_fetch_request  # type: ignore[method-assign]
+    Fetcher._proc_fetch_request = _proc_fetch_request
     _installed["patched"] = 1.0

@@ -118,7 +118,7 @@ Migration = Callable[[psycopg.Connection], None]
 
 def _sql(text: str) -> Migration:
     def run(conn: psycopg.Connection) -> None:
-        conn.execute(text)  # type: ignore[arg-type]
+        conn.execute(text.encode())
 
     return run
 

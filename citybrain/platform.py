@@ -9,6 +9,7 @@ so that none outlives the platform.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -44,15 +45,16 @@ async def _create_topics(bootstrap: str, topics: KafkaTopics, partitions: int, c
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [NewTopic(topics.raw, partitions, 1), NewTopic(topics.deadletter, 1, 1),
-                  NewTopic(topics.alerts, partitions, 1)]
+        wanted = [
+            NewTopic(topics.raw, partitions, 1),
+            NewTopic(topics.deadletter, 1, 1),
+            NewTopic(topics.alerts, partitions, 1),
+        ]
         wanted += [NewTopic(topics.readings(c), partitions, 1) for c in classes]
         new = [t for t in wanted if t.name not in existing]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()
 
@@ -144,23 +146,52 @@ class Platform:
             self.api_port = self.settings.api_port or free_port()
             py = sys.executable
             say("starting gateway, stream worker and API…")
-            self.processes.append(spawn("gateway", [py, "-m", "citybrain.cli", "gateway",
-                                                    "--metrics-port", str(self.gateway_port)],
-                                        self.log_dir / "gateway.log", env=env))
-            self.processes.append(spawn("worker", [py, "-m", "citybrain.cli", "worker",
-                                                   "--web-port", str(self.worker_port)],
-                                        self.log_dir / "worker.log", env=env))
-            self.processes.append(spawn("api", [py, "-m", "citybrain.cli", "api", "--port", str(self.api_port),
-                                                "--host", self.settings.api_host],
-                                        self.log_dir / "api.log", env=env))
+            self.processes.append(
+                spawn(
+                    "gateway",
+                    [py, "-m", "citybrain.cli", "gateway", "--metrics-port", str(self.gateway_port)],
+                    self.log_dir / "gateway.log",
+                    env=env,
+                )
+            )
+            self.processes.append(
+                spawn(
+                    "worker",
+                    [py, "-m", "citybrain.cli", "worker", "--web-port", str(self.worker_port)],
+                    self.log_dir / "worker.log",
+                    env=env,
+                )
+            )
+            self.processes.append(
+                spawn(
+                    "api",
+                    [py, "-m", "citybrain.cli", "api", "--port", str(self.api_port), "--host", self.settings.api_host],
+                    self.log_dir / "api.log",
+                    env=env,
+                )
+            )
             self.wait_http(f"http://127.0.0.1:{self.api_port}/healthz", "API", 60)
             self.wait_http(f"http://127.0.0.1:{self.gateway_port}/healthz", "gateway", 60)
             self.wait_http(f"http://127.0.0.1:{self.worker_port}/healthz", "stream worker", 90)
             if simulate:
                 say(f"starting {n} simulated air stations…")
-                self.processes.append(spawn("simulator", [py, "-m", "citybrain.cli", "simulate", "--devices", str(n),
-                                                          "--interval", str(self.settings.demo_interval_s)],
-                                            self.log_dir / "simulator.log", env=env))
+                self.processes.append(
+                    spawn(
+                        "simulator",
+                        [
+                            py,
+                            "-m",
+                            "citybrain.cli",
+                            "simulate",
+                            "--devices",
+                            str(n),
+                            "--interval",
+                            str(self.settings.demo_interval_s),
+                        ],
+                        self.log_dir / "simulator.log",
+                        env=env,
+                    )
+                )
             say(f"platform up in {time.monotonic() - t0:.1f}s")
         except BaseException:
             self.stop()
@@ -173,8 +204,7 @@ class Platform:
         while time.monotonic() < deadline:
             for p in self.processes:
                 if not p.alive():
-                    raise HarnessError(f"{p.name} exited (code {p.proc.returncode}); log {p.log_path}:\n"
-                                       f"{p.log_tail()}")
+                    raise HarnessError(f"{p.name} exited (code {p.proc.returncode}); log {p.log_path}:\n{p.log_tail()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
                     if r.status == 200:

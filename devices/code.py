@@ -168,9 +168,7 @@ def parse(text: str, *, allow_alias: bool = False, table: ClassTable | None = No
             raise DeviceCodeError(f"device code {text!r}: check character {given!r} must be 0-9 or X")
         want = check_char(body)
         if given != want:
-            raise DeviceCodeError(
-                f"device code {text!r}: check character is {given!r} but should be {want!r} (typo?)"
-            )
+            raise DeviceCodeError(f"device code {text!r}: check character is {given!r} but should be {want!r} (typo?)")
     district = body[:6]
     if district[:2] == "00" or district[2:] == "0000":
         raise DeviceCodeError(f"device code {text!r}: {district} is not a county-level GB/T 2260 code")

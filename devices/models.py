@@ -281,10 +281,7 @@ class ModelRegistry:
 
     def get(self, key: str) -> DeviceModel:
         """A model by ``id@version`` (or bare ``id`` for the latest version)."""
-        if "@" not in key:
-            found = self._latest.get(key)
-        else:
-            found = self._by_key.get(key)
+        found = self._latest.get(key) if "@" not in key else self._by_key.get(key)
         if found is None:
             raise ModelError(f"unknown device model {key!r}")
         return found

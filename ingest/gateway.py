@@ -205,7 +205,8 @@ class Gateway:
         except KafkaError as exc:
             await self._producer.stop()
             raise GatewayError(
-                f"cannot reach Kafka at {self.cfg.kafka_bootstrap}: {exc}; start the broker or fix CITYBRAIN_KAFKA_BOOTSTRAP"
+                f"cannot reach Kafka at {self.cfg.kafka_bootstrap}: {exc}; "
+                "start the broker or fix CITYBRAIN_KAFKA_BOOTSTRAP"
             ) from exc
         self._tasks.append(asyncio.create_task(self._batch_loop(), name="gateway-batcher"))
         self._connect_mqtt()
@@ -265,7 +266,7 @@ class Gateway:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.reconnect_delay_set(0.2, 5)
+        client.reconnect_delay_set(1, 5)
         self._client = client
         try:
             client.connect_async(self.cfg.mqtt_host, self.cfg.mqtt_port, keepalive=30)
@@ -371,9 +372,7 @@ class Gateway:
                 futures = []
                 for p, items in buffers.items():
                     value = encode_batch(i.raw for i in items)
-                    fut = await self._producer.send(
-                        self.cfg.topics.raw, value=value, key=str(p).encode(), partition=p
-                    )
+                    fut = await self._producer.send(self.cfg.topics.raw, value=value, key=str(p).encode(), partition=p)
                     futures.append(fut)
                 for r in rejects:
                     fut = await self._producer.send(
@@ -448,8 +447,12 @@ class Gateway:
                 self.metrics.bridged.labels(stream).inc()
 
 
-async def run_gateway(config: GatewayConfig, metrics: GatewayMetrics, stop: asyncio.Event,
-                      on_ready: Callable[[Gateway], None] | None = None) -> None:
+async def run_gateway(
+    config: GatewayConfig,
+    metrics: GatewayMetrics,
+    stop: asyncio.Event,
+    on_ready: Callable[[Gateway], None] | None = None,
+) -> None:
     """Run a gateway until ``stop`` is set."""
     gw = Gateway(config, metrics)
     await gw.start()
@@ -460,4 +463,3 @@ async def run_gateway(config: GatewayConfig, metrics: GatewayMetrics, stop: asyn
         await stop.wait()
     finally:
         await gw.stop()
-

@@ -65,7 +65,7 @@ class AirStation:
             "so2": round(self.rng.uniform(4, 12), 1),
             "no2": round(20 + 35 * traffic * noise, 1),
             "co": round(0.5 + 0.6 * traffic * noise, 2),
-            "o3": round(40 + 110 * sun ** 2 * noise, 1),
+            "o3": round(40 + 110 * sun**2 * noise, 1),
             "temperature": round(18 + 6 * sun + self.rng.gauss(0, 0.3), 1),
             "humidity": round(min(100.0, 75 - 15 * sun + self.rng.gauss(0, 2)), 1),
         }

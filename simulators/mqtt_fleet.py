@@ -65,8 +65,7 @@ def run_fleet(
     started = time.monotonic()
     try:
         for st in stations:
-            client.publish(uplink_topic(st.code, "status"), json.dumps({"v": 1, "state": "online"}), qos=1,
-                           retain=True)
+            client.publish(uplink_topic(st.code, "status"), json.dumps({"v": 1, "state": "online"}), qos=1, retain=True)
         while not stop.is_set():
             tick = time.monotonic()
             now = datetime.now(UTC).replace(microsecond=0)
@@ -77,8 +76,9 @@ def run_fleet(
                 break
             stop.wait(max(0.0, interval_s - (time.monotonic() - tick)))
         for st in stations:
-            client.publish(uplink_topic(st.code, "status"), json.dumps({"v": 1, "state": "offline"}), qos=1,
-                           retain=True)
+            client.publish(
+                uplink_topic(st.code, "status"), json.dumps({"v": 1, "state": "offline"}), qos=1, retain=True
+            )
     finally:
         client.loop_stop()
         client.disconnect()

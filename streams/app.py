@@ -140,8 +140,8 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         ok = ready.is_set()
         return web.json({"status": "ok" if ok else "starting"}, status=200 if ok else 503)
 
-    @app.on_before_shutdown.connect
-    async def _close(app_: Any, **kwargs: Any) -> None:
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode's signal stubs are narrower than its runtime
+    async def _close(app_: Any, *args: Any, **kwargs: Any) -> None:
         pool = state.get("pool")
         if pool is not None:
             await pool.close()

@@ -79,18 +79,14 @@ class PipelineMetrics:
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5),
             registry=registry,
         )
-        self.alerts = Counter(
-            "citybrain_alerts_total", "Alert transitions", ["rule", "transition"], registry=registry
-        )
+        self.alerts = Counter("citybrain_alerts_total", "Alert transitions", ["rule", "transition"], registry=registry)
         self.alert_latency = Histogram(
             "citybrain_alert_latency_seconds",
             "From the triggering reading's event time to the alert being stored",
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=registry,
         )
-        self.store_retries = Counter(
-            "citybrain_stream_store_retries_total", "Store writes retried", registry=registry
-        )
+        self.store_retries = Counter("citybrain_stream_store_retries_total", "Store writes retried", registry=registry)
         self.skew = Counter(
             "citybrain_stream_clock_skew_total", "Readings flagged for future event time", registry=registry
         )
@@ -150,11 +146,17 @@ class Pipeline:
             except DecodeError as exc:
                 self.metrics.rejected.labels(exc.reason).inc()
                 log.error("undecodable raw record (%s); dead-lettered", exc)
-                await self.publish(self.cfg.topics.deadletter, None, value, dead_letter_headers(exc.reason, exc.detail, self.cfg.topics.raw, None, "stream-worker"))
+                await self.publish(
+                    self.cfg.topics.deadletter,
+                    None,
+                    value,
+                    dead_letter_headers(exc.reason, exc.detail, self.cfg.topics.raw, None, "stream-worker"),
+                )
         self.metrics.records.inc(len(values))
         self.metrics.messages.inc(len(messages))
-        result = normalise(messages, self.index, self.models, now=self._clock(),
-                           max_future_skew=self.cfg.max_future_skew)
+        result = normalise(
+            messages, self.index, self.models, now=self._clock(), max_future_skew=self.cfg.max_future_skew
+        )
         if result.rows:
             for device_class, rows in result.rows.items():
                 self.store.add(device_class, rows.values())
@@ -194,8 +196,9 @@ class Pipeline:
 
     async def _dead_letter(self, rej: Reject) -> None:
         self.metrics.rejected.labels(rej.reason).inc()
-        log.warning("dead-letter %s: device %s topic %s: %s", rej.reason, rej.raw.device_code, rej.raw.topic,
-                    rej.detail)
+        log.warning(
+            "dead-letter %s: device %s topic %s: %s", rej.reason, rej.raw.device_code, rej.raw.topic, rej.detail
+        )
         await self.publish(
             self.cfg.topics.deadletter,
             rej.raw.topic.encode()[:200],
@@ -271,8 +274,13 @@ class Pipeline:
             self.metrics.alerts.labels(t.alert.rule, "open" if t.opened else "clear").inc()
             if t.opened:
                 self.metrics.alert_latency.observe(max(0.0, (now - t.alert.opened_at).total_seconds()))
-            log.info("alert %s %s device %s district %s", t.alert.rule, t.alert.state.value,
-                     t.alert.device_code, t.alert.district)
+            log.info(
+                "alert %s %s device %s district %s",
+                t.alert.rule,
+                t.alert.state.value,
+                t.alert.device_code,
+                t.alert.district,
+            )
             await self.publish(
                 self.cfg.topics.alerts,
                 t.alert.device_code.encode(),
@@ -293,5 +301,3 @@ class Pipeline:
 
 def _iso(t: datetime) -> str:
     return t.isoformat().replace("+00:00", "Z")
-
-

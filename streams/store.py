@@ -103,9 +103,7 @@ class ReadingStore:
         self.metrics.copy_seconds.observe(time.perf_counter() - t0)
         return written
 
-    async def _ensure_partitions(
-        self, conn: psycopg.AsyncConnection, device_class: str, times: set[datetime]
-    ) -> None:
+    async def _ensure_partitions(self, conn: psycopg.AsyncConnection, device_class: str, times: set[datetime]) -> None:
         days = {t.date() for t in times}
         missing = sorted(d for d in days if (device_class, d) not in self._partitions)
         for day in missing:
@@ -140,9 +138,7 @@ class ReadingStore:
                             *[r.values.get(c) for c in columns],
                         )
                     )
-            updates = [
-                sql.SQL("{c} = coalesce(excluded.{c}, t.{c})").format(c=sql.Identifier(c)) for c in columns
-            ]
+            updates = [sql.SQL("{c} = coalesce(excluded.{c}, t.{c})").format(c=sql.Identifier(c)) for c in columns]
             merge = sql.SQL(
                 "insert into {table} as t ({cols}) select {cols} from {stage}"
                 " on conflict (device_code, ts) do update set rx = least(t.rx, excluded.rx),"

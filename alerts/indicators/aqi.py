@@ -229,9 +229,7 @@ HJ633_2026 = AqiStandard(
 )
 """HJ 633-2026, in force 2026-03-01 (standards.md §3.2)."""
 
-STANDARDS: Mapping[str, AqiStandard] = MappingProxyType(
-    {HJ633_2012.name: HJ633_2012, HJ633_2026.name: HJ633_2026}
-)
+STANDARDS: Mapping[str, AqiStandard] = MappingProxyType({HJ633_2012.name: HJ633_2012, HJ633_2026.name: HJ633_2026})
 DEFAULT_VERSION = HJ633_2026.name
 
 
@@ -476,17 +474,12 @@ def _resolve(
         elif isinstance(raw_key, tuple) and len(raw_key) == 2:
             key = (_pollutant(raw_key[0]), raw_key[1])
         else:
-            raise IndicatorError(
-                f"concentration keys are pollutant names or (pollutant, period), not {raw_key!r}"
-            )
+            raise IndicatorError(f"concentration keys are pollutant names or (pollutant, period), not {raw_key!r}")
         counted = key[1] in periods.get(key[0], ())
-        fallback_for = [
-            src for src, dst in _FALLBACKS.items() if dst == key and src[1] in periods.get(src[0], ())
-        ]
+        fallback_for = [src for src, dst in _FALLBACKS.items() if dst == key and src[1] in periods.get(src[0], ())]
         if not counted and not fallback_for:
             raise IndicatorError(
-                f"{key[0]} {key[1]} is not used in a {mode} report under {std.name}; "
-                f"periods: {periods.get(key[0], ())}"
+                f"{key[0]} {key[1]} is not used in a {mode} report under {std.name}; periods: {periods.get(key[0], ())}"
             )
         if key in resolved:
             raise IndicatorError(f"{key[0]} {key[1]} given twice")
@@ -560,9 +553,7 @@ def aqi(
         by_pollutant[name] = max(value, by_pollutant.get(name, 0))
     # 首要污染物 only when AQI > 50; ties are all listed (HJ 633, standards.md §3).
     primary = tuple(p for p in POLLUTANTS if total > 50 and by_pollutant.get(p) == total)
-    exceeding = (
-        tuple(p for p in POLLUTANTS if by_pollutant.get(p, 0) > 100) if std.reports_exceeding else None
-    )
+    exceeding = tuple(p for p in POLLUTANTS if by_pollutant.get(p, 0) > 100) if std.reports_exceeding else None
     band = level_for(total)
     ordered = {k: values[k] for p in POLLUTANTS for k in sorted(values) if k[0] == p}
     return AqiResult(

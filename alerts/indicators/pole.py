@@ -197,9 +197,7 @@ def charger_fault(
     try:
         state = ChargerStatus(status)
     except ValueError:
-        raise IndicatorError(
-            f"unknown charger status {status!r}; known: {[s.value for s in ChargerStatus]}"
-        ) from None
+        raise IndicatorError(f"unknown charger status {status!r}; known: {[s.value for s in ChargerStatus]}") from None
     current = None if current_a is None else _current(current_a, "current_a")
     if state is ChargerStatus.FAULT:
         return ChargerFault.REPORTED

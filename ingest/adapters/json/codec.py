@@ -139,17 +139,13 @@ def decode(payload: bytes, *, device_code: str, received_at: datetime) -> list[R
         for name, raw in metrics.items():
             value, unit, flag = _metric_value(name, raw)
             try:
-                out.append(
-                    Reading(device_code, name, event_time, received_at, value, unit, Quality.GOOD, flag)
-                )
+                out.append(Reading(device_code, name, event_time, received_at, value, unit, Quality.GOOD, flag))
             except RecordError as exc:
                 raise DecodeError("bad_schema", str(exc)) from None
     return out
 
 
-def encode(
-    event_time: datetime, metrics: Mapping[str, float | tuple[float, str]], *, ts_format: str = "iso"
-) -> bytes:
+def encode(event_time: datetime, metrics: Mapping[str, float | tuple[float, str]], *, ts_format: str = "iso") -> bytes:
     """Encode one telemetry record (used by simulators and tests).
 
     Args:

@@ -114,9 +114,7 @@ def test_so2_24h_65_is_58(version: str) -> None:
         ("no2", "24h", 40.8, 51),
     ],
 )
-def test_exact_integer_results_do_not_ceil_up(
-    pollutant: str, period: str, concentration: float, expected: int
-) -> None:
+def test_exact_integer_results_do_not_ceil_up(pollutant: str, period: str, concentration: float, expected: int) -> None:
     assert iaqi(pollutant, concentration, period, V2012) == expected
 
 

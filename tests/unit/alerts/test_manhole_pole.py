@@ -172,9 +172,7 @@ def test_cabinet_alarms() -> None:
     assert cabinet_alarms() == ()
     assert cabinet_alarms(door_open=True) == (CabinetAlarm.DOOR_OPEN,)
     # an authorised maintenance visit opens the door, but water is still an alarm
-    assert cabinet_alarms(door_open=True, water_ingress=True, maintenance=True) == (
-        CabinetAlarm.WATER_INGRESS,
-    )
+    assert cabinet_alarms(door_open=True, water_ingress=True, maintenance=True) == (CabinetAlarm.WATER_INGRESS,)
     assert cabinet_alarms(door_open=True, water_ingress=True, smoke=True) == (
         CabinetAlarm.DOOR_OPEN,
         CabinetAlarm.WATER_INGRESS,

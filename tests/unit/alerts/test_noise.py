@@ -52,9 +52,7 @@ def test_int_zone_and_case() -> None:
 def test_4a_vs_4b_at_night() -> None:
     # Ln 58: 4a night limit 55 -> over by 58-55 = 3; 4b night limit 60 -> complies
     in_4a = assess_noise("4a", ln=58)
-    assert [(e.metric, e.value_db, e.threshold_db, e.excess_db) for e in in_4a.exceedances] == [
-        ("ln", 58.0, 55.0, 3.0)
-    ]
+    assert [(e.metric, e.value_db, e.threshold_db, e.excess_db) for e in in_4a.exceedances] == [("ln", 58.0, 55.0, 3.0)]
     assert assess_noise("4b", ln=58).compliant
     # same day limit, 70: Ld 72 -> over by 2 in both
     assert assess_noise("4a", ld=72).exceedances[0].excess_db == 2.0

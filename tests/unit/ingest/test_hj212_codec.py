@@ -108,15 +108,11 @@ def feed_all(decoder: FrameDecoder, chunks: list[bytes]) -> list[bytes | DecodeE
 
 
 def packet(cn: str, cp: str, *, st_code: str = "22") -> Hj212Packet:
-    return parse_segment(
-        f"QN=20240515103000123;ST={st_code};CN={cn};PW=123456;MN=AIR001;Flag=4;CP=&&{cp}&&".encode()
-    )
+    return parse_segment(f"QN=20240515103000123;ST={st_code};CN={cn};PW=123456;MN=AIR001;Flag=4;CP=&&{cp}&&".encode())
 
 
 def readings_of(p: Hj212Packet, tz=SHANGHAI):
-    return to_readings(
-        p, device_code="3502060308000001", received_at=RECEIVED, tz=tz, metric_for_code=METRICS
-    )
+    return to_readings(p, device_code="3502060308000001", received_at=RECEIVED, tz=tz, metric_for_code=METRICS)
 
 
 # --- CRC and framing -------------------------------------------------------------------------------------
@@ -450,9 +446,7 @@ def test_cp_values_groups_by_factor() -> None:
 
 
 def test_cp_values_with_several_data_times() -> None:
-    p = packet(
-        "2061", "a34004-Avg=1;DataTime=20240515100000;a34004-Avg=2;DataTime=20240515110000;a34004-Avg=3"
-    )
+    p = packet("2061", "a34004-Avg=1;DataTime=20240515100000;a34004-Avg=2;DataTime=20240515110000;a34004-Avg=3")
     assert cp_values(p) == [
         (None, "a34004", {"Avg": "1"}),
         (datetime(2024, 5, 15, 10), "a34004", {"Avg": "2"}),

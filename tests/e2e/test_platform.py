@@ -1,0 +1,150 @@
+"""The whole platform, started through the same code path as `citybrain demo`, driven as a device would."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+
+from citybrain.platform import Platform, demo_device_codes
+from citybrain.settings import Settings
+from citybrain.topics import KafkaTopics, uplink_topic
+from tests.integration.helpers import consume, mqtt_client, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
+def _descendants() -> set[int]:
+    return {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    data = tmp_path_factory.mktemp("platform")
+    settings = Settings(
+        database_url=None,
+        kafka_bootstrap=None,
+        mqtt_url=None,
+        data_dir=data,
+        topic_prefix=f"e2e{uuid.uuid4().hex[:6]}",
+        api_port=0,
+        partitions=2,
+    )
+    before = _descendants()
+    p = Platform.from_settings(settings, data_dir=Path(data))
+    p.start(simulate=False, devices=6, progress=False)
+    try:
+        yield p
+    finally:
+        p.stop()
+        # No process of the platform remains after it stops.
+        assert wait_for(lambda: not (_descendants() - before), timeout=20), _descendants() - before
+
+
+def test_reading_flows_to_store_api_and_alert_feeds(platform: Platform) -> None:
+    mqtt = platform.services.mqtt
+    assert mqtt is not None
+    code = demo_device_codes(1)[0]
+    topics = KafkaTopics(platform.settings.topic_prefix)
+    api = f"http://127.0.0.1:{platform.api_port}"
+    alerts_seen: list[bytes] = []
+    sub = mqtt_client(mqtt.host, mqtt.port)
+    sub.on_message = lambda c, u, m: alerts_seen.append(m.payload)
+    sub.subscribe(f"citybrain/alerts/{code[:6]}/#", qos=1)
+    dev = mqtt_client(mqtt.host, mqtt.port)
+    try:
+        ts = datetime.now(UTC).replace(microsecond=0)
+        payload = json.dumps({"v": 1, "ts": ts.isoformat(), "metrics": {"pm25": 120.5, "pm10": 180}})
+        dev.publish(uplink_topic(code), payload, qos=1).wait_for_publish(5)
+
+        def stored() -> bool:
+            with psycopg.connect(platform.services.database_url) as conn:
+                return conn.execute("select pm25 from readings_air where device_code = %s", (code,)).fetchone() == (
+                    120.5,
+                )
+
+        assert wait_for(stored, 30), "reading not stored in PostgreSQL"
+        status, body = _get(f"{api}/api/v1/devices/{code}/latest")
+        assert status == 200 and body["metrics"]["pm25"]["value"] == 120.5
+        assert body["metrics"]["pm25"]["ts"] == ts.isoformat().replace("+00:00", "Z")
+        status, body = _get(f"{api}/api/v1/readings?device={code}&metric=pm25")
+        assert status == 200 and [i["value"] for i in body["items"]] == [120.5]
+        import asyncio
+
+        recs = asyncio.run(consume(platform.services.kafka_bootstrap or "", topics.alerts, 1, timeout=30))
+        assert recs, "no alert on the Kafka alerts topic"
+        alert = json.loads(recs[0].value)
+        assert alert["device"] == code and alert["state"] == "open" and alert["rule"] == "air.pm25.high"
+        assert wait_for(lambda: bool(alerts_seen), 20), "no alert on MQTT citybrain/alerts/..."
+        assert json.loads(alerts_seen[0])["id"] == alert["id"]
+        status, body = _get(f"{api}/api/v1/alerts?state=open")
+        assert [a["id"] for a in body["items"]] == [alert["id"]]
+        # the device was commissioned by its first valid message
+        status, body = _get(f"{api}/api/v1/devices/{code}")
+        assert body["state"] == "active"
+    finally:
+        for c in (sub, dev):
+            c.loop_stop()
+            c.disconnect()
+
+
+def test_malformed_payload_is_dead_lettered_while_gateway_keeps_serving(platform: Platform) -> None:
+    mqtt = platform.services.mqtt
+    assert mqtt is not None
+    code = demo_device_codes(2)[1]
+    topics = KafkaTopics(platform.settings.topic_prefix)
+    dev = mqtt_client(mqtt.host, mqtt.port)
+    try:
+        dev.publish(uplink_topic(code), b"{this is not json", qos=1).wait_for_publish(5)
+        ts = datetime.now(UTC).replace(microsecond=0)
+        dev.publish(
+            uplink_topic(code), json.dumps({"v": 1, "ts": ts.isoformat(), "metrics": {"pm25": 11}}), qos=1
+        ).wait_for_publish(5)
+        import asyncio
+
+        dead = asyncio.run(
+            consume(
+                platform.services.kafka_bootstrap or "",
+                topics.deadletter,
+                1,
+                timeout=30,
+                predicate=lambda r: r.value == b"{this is not json",
+            )
+        )
+        assert dead and dict(dead[0].headers)["reason"] == b"bad_json"
+        assert wait_for(
+            lambda: _get(f"http://127.0.0.1:{platform.api_port}/api/v1/devices/{code}/latest")[0] == 200, 30
+        )
+        for p in platform.processes:
+            assert p.alive(), p.name
+    finally:
+        dev.loop_stop()
+        dev.disconnect()
+
+
+def test_metrics_and_docs_are_served(platform: Platform) -> None:
+    for port in (platform.api_port, platform.gateway_port, platform.worker_port):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            assert r.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{platform.gateway_port}/metrics", timeout=5) as r:
+        assert b"citybrain_gateway_messages_forwarded_total" in r.read()
+    with urllib.request.urlopen(f"http://127.0.0.1:{platform.api_port}/docs", timeout=5) as r:
+        assert r.status == 200
+    _status, spec = _get(f"http://127.0.0.1:{platform.api_port}/openapi.json")
+    assert "/api/v1/alerts" in spec["paths"]

@@ -1,0 +1,83 @@
+"""Helpers for integration tests against real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import ConsumerRecord
+
+
+async def create_topics(bootstrap: str, names: list[str], partitions: int = 1) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+    finally:
+        await admin.close()
+
+
+async def consume(
+    bootstrap: str,
+    topic: str,
+    want: int,
+    timeout: float = 20.0,
+    predicate: Callable[[ConsumerRecord], bool] | None = None,
+) -> list[ConsumerRecord]:
+    """Read a topic from the start until ``want`` matching records arrived (or time out)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"g-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    out: list[ConsumerRecord] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < want and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for recs in batch.values():
+                out.extend(r for r in recs if predicate is None or predicate(r))
+    finally:
+        await consumer.stop()
+    return out
+
+
+def mqtt_client(host: str, port: int, client_id: str | None = None, **kw: object) -> mqtt.Client:
+    c = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"t-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv311,
+        **kw,
+    )  # type: ignore[arg-type]
+    c.connect(host, port, keepalive=30)
+    c.loop_start()
+    return c
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 20.0, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return check()
+
+
+async def await_for(check: Callable[[], object], timeout: float = 20.0, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        res = check()
+        if asyncio.iscoroutine(res):
+            res = await res
+        if res:
+            return True
+        await asyncio.sleep(interval)
+    return False
