@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 import urllib.request
@@ -32,6 +33,15 @@ from devices.models import ModelRegistry, shipped_models
 __all__ = ["Platform", "create_topics", "demo_device_codes", "migrate", "register_demo_devices"]
 
 log = logging.getLogger(__name__)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def migrate(database_url: str, models: ModelRegistry) -> list[int]:
@@ -144,6 +154,9 @@ class Platform:
             self.gateway_port = free_port()
             self.worker_port = free_port()
             self.api_port = self.settings.api_port or free_port()
+            if not _port_free(self.settings.api_host, self.api_port):
+                say(f"port {self.api_port} is busy; the API takes a free port instead")
+                self.api_port = free_port()
             py = sys.executable
             say("starting gateway, stream worker and API…")
             self.processes.append(
