@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         points_feature_collection,
         points_in_bbox,
         points_in_polygon,
+        query_points,
     )
 
 __all__ = [
@@ -83,6 +84,7 @@ __all__ = [
     "points_feature_collection",
     "points_in_bbox",
     "points_in_polygon",
+    "query_points",
     "validate_geometry",
     "wgs84_to_gcj02",
 ]
@@ -107,6 +109,7 @@ _LAZY: dict[str, str] = {
             "points_feature_collection",
             "points_in_bbox",
             "points_in_polygon",
+            "query_points",
         ),
         "geo.spatial",
     ),
