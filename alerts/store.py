@@ -1,23 +1,35 @@
-"""Alert persistence and lifecycle: upsert from the rule engine, ack/resolve/comment from people.
+"""Alert persistence and lifecycle.
 
-Every transition is recorded in ``alert_history``. Upserts are keyed on the
-deterministic alert id, so a replayed evaluation changes nothing.
+* The rule engine's transitions (open, escalate, de-escalate, clear) are
+  applied with :meth:`AlertStore.apply` inside the caller's transaction, keyed
+  on the deterministic alert id, so a replay changes nothing.
+* People act through :meth:`AlertStore.transition`: ack, resolve, re-open,
+  assign, comment. Every change is recorded in ``alert_history``.
+* When ``group_min_devices`` devices of one district raise the same rule within
+  its window, they are grouped under one district incident.
+* Every change is announced with ``pg_notify('citybrain_alerts', …)`` so each
+  API process can feed its Server-Sent Events clients without polling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.errors import AlertsError
-from citybrain.records import Alert, AlertState, Severity
+from citybrain.records import Alert, AlertState, Severity, alert_id
 
-__all__ = ["AlertNotFound", "AlertStore", "BadTransition"]
+__all__ = ["NOTIFY_CHANNEL", "AlertNotFound", "AlertStore", "BadTransition", "GroupPolicy"]
+
+NOTIFY_CHANNEL = "citybrain_alerts"
 
 
 class AlertNotFound(AlertsError, KeyError):
@@ -31,7 +43,29 @@ class BadTransition(AlertsError, ValueError):
 _TRANSITIONS = {
     "ack": ({"open"}, "acknowledged"),
     "resolve": ({"open", "acknowledged"}, "resolved"),
+    "reopen": ({"resolved"}, "open"),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPolicy:
+    """District grouping of one rule: ``min_devices`` within ``window``."""
+
+    min_devices: int
+    window: timedelta
+
+
+def _notify_payload(kind: str, row: dict[str, Any]) -> str:
+    doc = {"kind": kind, **{k: _jsonable(v) for k, v in row.items()}}
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    # pg_notify payloads must stay under 8000 bytes; the feed refetches if truncated.
+    return text if len(text.encode()) < 7900 else json.dumps({"kind": kind, "id": row.get("id"), "truncated": True})
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return v.isoformat().replace("+00:00", "Z")
+    return v
 
 
 class AlertStore:
@@ -40,24 +74,34 @@ class AlertStore:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
 
-    async def upsert_changed(self, alerts: Iterable[Alert]) -> set[str]:
-        """Insert new alerts and apply clears; idempotent on alert id.
+    # -- from the rule engine -----------------------------------------------
+
+    async def apply(
+        self,
+        conn: psycopg.AsyncConnection,
+        transitions: Sequence[tuple[str, Alert]],
+        groups: dict[str, GroupPolicy] | None = None,
+    ) -> list[tuple[str, Alert]]:
+        """Apply engine transitions in the caller's transaction.
+
+        Args:
+            conn: A connection inside a transaction.
+            transitions: ``(kind, alert)`` with kind open/escalate/deescalate/clear.
+            groups: Rule id → grouping policy for district incidents.
 
         Returns:
-            ``id + state`` of each alert whose row actually changed, so the
-            caller publishes a transition once even when a batch is replayed.
+            The transitions that changed a row (to publish), plus incident
+            transitions as alerts on the synthetic device = district code.
         """
-        rows = list(alerts)
-        changed: set[str] = set()
-        if not rows:
-            return changed
-        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            for a in rows:
-                if a.state is AlertState.OPEN:
+        changed: list[tuple[str, Alert]] = []
+        touched: set[tuple[str, str]] = set()
+        async with conn.cursor() as cur:
+            for kind, a in transitions:
+                if kind == "open":
                     await cur.execute(
                         "insert into alerts (id, rule, device_code, district, device_class, severity, state,"
-                        " opened_at, metric, value, threshold, message, labels)"
-                        " values (%s,%s,%s,%s,%s,%s,'open',%s,%s,%s,%s,%s,%s) on conflict (id) do nothing"
+                        " opened_at, metric, value, threshold, message, labels, flapping)"
+                        " values (%s,%s,%s,%s,%s,%s,'open',%s,%s,%s,%s,%s,%s,%s) on conflict (id) do nothing"
                         " returning id",
                         (
                             a.id,
@@ -72,44 +116,125 @@ class AlertStore:
                             a.threshold,
                             a.message,
                             Jsonb(dict(a.labels)),
+                            dict(a.labels).get("flapping") == "true",
                         ),
                     )
-                    if await cur.fetchone():
-                        changed.add(a.id + a.state.value)
-                        await cur.execute(
-                            "insert into alert_history (alert_id, action, actor, comment)"
-                            " values (%s, 'open', 'rules', %s)",
-                            (a.id, a.message),
-                        )
+                    action, comment = "open", a.message
+                elif kind in ("escalate", "deescalate"):
+                    await cur.execute(
+                        "update alerts set severity = %s, value = %s, message = %s, updated_at = now()"
+                        " where id = %s and state <> 'resolved' and severity <> %s returning id",
+                        (int(a.severity), a.value, a.message, a.id, int(a.severity)),
+                    )
+                    action, comment = kind, f"severity {a.severity.label}: {a.message}"
                 else:
                     await cur.execute(
                         "update alerts set state = 'resolved', cleared_at = %s, updated_at = now()"
                         " where id = %s and state <> 'resolved' returning id",
                         (a.cleared_at, a.id),
                     )
-                    if await cur.fetchone():
-                        changed.add(a.id + a.state.value)
-                        await cur.execute(
-                            "insert into alert_history (alert_id, action, actor, comment)"
-                            " values (%s,'auto-resolve','rules','condition cleared')",
-                            (a.id,),
-                        )
+                    action, comment = "auto-resolve", "condition cleared"
+                if await cur.fetchone() is None:
+                    continue  # a replay: nothing changed, nothing to publish
+                await cur.execute(
+                    "insert into alert_history (alert_id, action, actor, comment) values (%s, %s, 'rules', %s)",
+                    (a.id, action, comment),
+                )
+                await cur.execute("select pg_notify(%s, %s)", (NOTIFY_CHANNEL, _notify_payload(kind, a.to_json())))
+                changed.append((kind, a))
+                touched.add((a.district, a.rule))
+        if groups:
+            for district, rule in sorted(touched):
+                policy = groups.get(rule)
+                if policy is not None:
+                    changed += await self._group(conn, district, rule, policy)
         return changed
 
-    async def list(
+    async def _group(
+        self, conn: psycopg.AsyncConnection, district: str, rule: str, policy: GroupPolicy
+    ) -> list[tuple[str, Alert]]:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            "select id, state, opened_at, severity from incidents where district = %s and rule = %s"
+            " and state <> 'resolved' for update",
+            (district, rule),
+        )
+        incident = await cur.fetchone()
+        await cur.execute(
+            "select count(distinct device_code) as n, min(opened_at) as first, max(severity) as sev,"
+            " max(opened_at) as last from alerts where district = %s and rule = %s and state <> 'resolved'",
+            (district, rule),
+        )
+        agg = await cur.fetchone()
+        assert agg is not None
+        n = int(agg["n"])
+        out: list[tuple[str, Alert]] = []
+        if incident is None:
+            if n < policy.min_devices or agg["last"] - agg["first"] > policy.window:
+                return out
+            iid = alert_id(district, f"{rule}#incident", agg["first"])
+            await cur.execute(
+                "insert into incidents (id, rule, district, severity, opened_at, device_count)"
+                " values (%s, %s, %s, %s, %s, %s) on conflict do nothing",
+                (iid, rule, district, agg["sev"], agg["first"], n),
+            )
+            await cur.execute(
+                "update alerts set incident_id = %s where district = %s and rule = %s and state <> 'resolved'",
+                (iid, district, rule),
+            )
+            out.append(("open", _incident_alert(iid, rule, district, agg["sev"], agg["first"], n, AlertState.OPEN)))
+        else:
+            iid = incident["id"]
+            await cur.execute(
+                "update alerts set incident_id = %s where district = %s and rule = %s and state <> 'resolved'"
+                " and incident_id is null",
+                (iid, district, rule),
+            )
+            if n == 0:
+                await cur.execute(
+                    "update incidents set state = 'resolved', resolved_at = now(), updated_at = now() where id = %s",
+                    (iid,),
+                )
+                out.append(
+                    (
+                        "clear",
+                        _incident_alert(
+                            iid, rule, district, incident["severity"], incident["opened_at"], 0, AlertState.RESOLVED
+                        ),
+                    )
+                )
+            else:
+                await cur.execute(
+                    "update incidents set device_count = %s, severity = greatest(severity, %s), updated_at = now()"
+                    " where id = %s",
+                    (n, agg["sev"], iid),
+                )
+        for kind, a in out:
+            await cur.execute("select pg_notify(%s, %s)", (NOTIFY_CHANNEL, _notify_payload(kind, a.to_json())))
+        return out
+
+    # -- queries ----------------------------------------------------------------
+
+    async def query(
         self,
         *,
         state: str | None = None,
         severity: str | None = None,
         district: str | None = None,
+        districts: Iterable[str] | None = None,
         device: str | None = None,
+        device_class: str | None = None,
         since: datetime | None = None,
+        until: datetime | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[dict[str, Any]]:
+        """Alerts, newest first, filtered."""
         where: list[str] = []
         args: list[object] = []
-        if state:
+        if state == "active":
+            where.append("state <> 'resolved'")
+        elif state:
             where.append("state = %s")
             args.append(state)
         if severity:
@@ -118,12 +243,21 @@ class AlertStore:
         if district:
             where.append("district = %s")
             args.append(district)
+        if districts is not None:
+            where.append("district = any(%s)")
+            args.append(list(districts))
         if device:
             where.append("device_code = %s")
             args.append(device)
+        if device_class:
+            where.append("device_class = %s")
+            args.append(device_class)
         if since:
             where.append("opened_at >= %s")
             args.append(since)
+        if until:
+            where.append("opened_at < %s")
+            args.append(until)
         clause = (" where " + " and ".join(where)) if where else ""
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
@@ -149,24 +283,91 @@ class AlertStore:
         out["history"] = hist
         return out
 
-    async def transition(self, alert_id: str, action: str, actor: str, comment: str = "") -> dict[str, Any]:
-        """Apply ``ack``, ``resolve`` or ``comment`` (which changes no state)."""
+    async def incidents(self, *, state: str | None = None, district: str | None = None) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[object] = []
+        if state == "active":
+            where.append("state <> 'resolved'")
+        elif state:
+            where.append("state = %s")
+            args.append(state)
+        if district:
+            where.append("district = %s")
+            args.append(district)
+        clause = (" where " + " and ".join(where)) if where else ""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute("select * from incidents" + clause + " order by opened_at desc limit 500", args)
+            rows = await cur.fetchall()
+        for r in rows:
+            r["severity"] = Severity(r["severity"]).label
+        return rows
+
+    async def open_counts(self) -> dict[str, int]:
+        """Open (not resolved) alerts per severity label."""
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute("select severity, count(*) from alerts where state <> 'resolved' group by 1")
+            ).fetchall()
+        return {Severity(s).label: int(n) for s, n in rows}
+
+    # -- people -----------------------------------------------------------------
+
+    async def transition(
+        self, alert_id: str, action: str, actor: str, comment: str = "", assignee: str | None = None
+    ) -> dict[str, Any]:
+        """Apply ``ack``, ``resolve``, ``reopen``, ``assign`` or ``comment``."""
         async with self.pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute("select state from alerts where id = %s for update", (alert_id,))
             row = await cur.fetchone()
             if row is None:
                 raise AlertNotFound(alert_id)
-            if action != "comment":
+            if action in _TRANSITIONS:
                 allowed, target = _TRANSITIONS[action]
                 if row["state"] not in allowed:
                     raise BadTransition(f"cannot {action} an alert that is {row['state']}")
-                await cur.execute("update alerts set state = %s, updated_at = now() where id = %s", (target, alert_id))
+                await cur.execute(
+                    "update alerts set state = %s, updated_at = now(),"
+                    " reopened = reopened + case when %s = 'reopen' then 1 else 0 end where id = %s",
+                    (target, action, alert_id),
+                )
+            elif action == "assign":
+                await cur.execute(
+                    "update alerts set assignee = %s, updated_at = now() where id = %s", (assignee, alert_id)
+                )
+                comment = comment or f"assigned to {assignee}"
+            elif action != "comment":
+                raise BadTransition(f"unknown action {action!r}")
             await cur.execute(
                 "insert into alert_history (alert_id, action, actor, comment) values (%s,%s,%s,%s)",
                 (alert_id, action, actor, comment),
             )
+            await cur.execute("select * from alerts where id = %s", (alert_id,))
+            after = await cur.fetchone()
+            assert after is not None
+            payload = _public(dict(after))
+            payload["actor"] = actor
+            payload["comment"] = comment
+            await cur.execute("select pg_notify(%s, %s)", (NOTIFY_CHANNEL, _notify_payload(action, payload)))
         return await self.get(alert_id)
+
+
+def _incident_alert(
+    iid: str, rule: str, district: str, severity: int, opened_at: datetime, n: int, state: AlertState
+) -> Alert:
+    return Alert(
+        id=iid,
+        rule=f"{rule}#incident",
+        device_code=district,
+        district=district,
+        severity=Severity(int(severity)),
+        state=state,
+        opened_at=opened_at,
+        message=f"{n} devices in district {district} raised {rule}" if n else f"incident {rule} over",
+        device_class="district",
+        labels=(("kind", "incident"), ("devices", str(n)), ("rule", rule)),
+    )
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:

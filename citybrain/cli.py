@@ -125,8 +125,9 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from faust import Worker
 
+    from alerts.rules import load_rules, shipped_rules
     from devices.models import shipped_models
-    from streams.app import WorkerConfig, create_app, demo_rules
+    from streams.app import WorkerConfig, create_app
 
     cfg = WorkerConfig(
         kafka_bootstrap=_need(settings.kafka_bootstrap, "CITYBRAIN_KAFKA_BOOTSTRAP"),
@@ -140,7 +141,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         pool_size=settings.store_pool_size,
         app_id=f"{settings.topic_prefix}-streams",
         max_future_skew_s=settings.max_future_skew_s,
-        rules=demo_rules(settings.pm25_alert_ugm3),
+        rules=load_rules(Path(settings.rules_dir)) if settings.rules_dir else shipped_rules(),
     )
     app = create_app(cfg, CollectorRegistry(), shipped_models())
     worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True)

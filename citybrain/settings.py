@@ -57,8 +57,8 @@ class Settings(BaseSettings):
     max_future_skew_s: float = Field(default=300.0, ge=0, description="Readings further ahead are flagged")
 
     # --- rules ---------------------------------------------------------------
-    pm25_alert_ugm3: float = Field(
-        default=75.0, description="Demo threshold rule: PM2.5 above this raises an alert (GB 3095 二级 24h)"
+    rules_dir: str = Field(
+        default="", description="Directory of rule YAML files; empty: the rules shipped in alerts/data/rules"
     )
 
     # --- HTTP ----------------------------------------------------------------

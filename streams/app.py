@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -18,14 +18,13 @@ import faust
 from prometheus_client import CollectorRegistry, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
-from alerts.threshold import ThresholdRule
-from citybrain.records import Severity
+from alerts.rules import RuleSet
 from citybrain.topics import KafkaTopics
 from devices.models import ModelRegistry
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
 from streams.store import ReadingStore, StoreMetrics
 
-__all__ = ["WorkerConfig", "create_app", "demo_rules"]
+__all__ = ["WorkerConfig", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +44,7 @@ class WorkerConfig:
     pool_size: int = 4
     app_id: str = "citybrain-streams"
     max_future_skew_s: float = 300.0
-    rules: tuple[ThresholdRule, ...] = ()
-
-
-def demo_rules(pm25_threshold: float) -> tuple[ThresholdRule, ...]:
-    """The foundation's threshold rule: PM2.5 above the GB 3095-2012 二级 24-h limit (75 µg/m³)."""
-    return (
-        ThresholdRule(
-            id="air.pm25.high",
-            device_class="air",
-            metric="pm25",
-            above=pm25_threshold,
-            clear_below=pm25_threshold * 0.9,
-            severity=Severity.MAJOR,
-            message="",
-        ),
-    )
+    rules: RuleSet = field(default_factory=lambda: RuleSet(()))
 
 
 def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegistry) -> faust.App:

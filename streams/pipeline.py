@@ -12,9 +12,11 @@ nothing and a replay duplicates nothing:
    while it fails the agent does not advance, so Kafka offsets are not
    committed and lag grows visibly;
 3. publish rejects to the dead-letter topic, readings to the readings topics;
-4. evaluate rules with state read from the alerts table, upsert alerts
-   (idempotent on their deterministic id) and publish only the transitions
-   that changed the table, so a replay publishes no alert twice.
+4. evaluate rules (:mod:`alerts.engine`) with each device's state read from
+   ``rule_state`` and written back in the same transaction as the alerts it
+   produced; a replayed batch is below the device's watermark and changes
+   nothing, and only transitions that changed a row are published, so a
+   restart neither loses nor repeats an alert.
 """
 
 from __future__ import annotations
@@ -22,18 +24,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from alerts.store import AlertStore
-from alerts.threshold import ThresholdRule, Transition, evaluate, state_key
-from citybrain.records import RawMessage, Reading, epoch_us
+from alerts.engine import DeviceContext, evaluate_device
+from alerts.rules import RuleSet
+from alerts.store import AlertStore, GroupPolicy
+from citybrain.records import Alert, RawMessage, Reading, epoch_us
 from citybrain.topics import KafkaTopics
 from devices.ledger import DeviceIndex, DeviceInfo, Ledger
 from devices.models import ModelRegistry
@@ -87,6 +92,11 @@ class PipelineMetrics:
             registry=registry,
         )
         self.store_retries = Counter("citybrain_stream_store_retries_total", "Store writes retried", registry=registry)
+        self.suppressed = Counter(
+            "citybrain_rule_suppressed_readings_total",
+            "Readings not evaluated (maintenance window)",
+            registry=registry,
+        )
         self.skew = Counter(
             "citybrain_stream_clock_skew_total", "Readings flagged for future event time", registry=registry
         )
@@ -98,7 +108,7 @@ class PipelineConfig:
 
     topics: KafkaTopics
     max_future_skew: timedelta = timedelta(minutes=5)
-    rules: tuple[ThresholdRule, ...] = ()
+    rules: RuleSet = field(default_factory=lambda: RuleSet(()))
     index_refresh_s: float = 2.0
 
 
@@ -127,6 +137,11 @@ class Pipeline:
         self.index = DeviceIndex()
         self._index_loaded = 0.0
         self._clock = clock
+        self._mw: list[tuple[str | None, str | None, str | None]] = []
+        self._mw_loaded = -1e9
+        self._groups = {
+            r.id: GroupPolicy(r.group_min_devices, timedelta(seconds=r.group_window_s)) for r in cfg.rules.rules
+        }
 
     async def refresh_index(self, force: bool = False) -> None:
         """Reload the ledger index when it is older than ``index_refresh_s``."""
@@ -247,7 +262,8 @@ class Pipeline:
             )
 
     async def _rules(self, result: Normalised) -> None:
-        if not self.cfg.rules or not result.readings:
+        rules = self.cfg.rules
+        if not len(rules) or not result.readings:
             return
         t0 = time.perf_counter()
         per_device: dict[str, list[Reading]] = {}
@@ -255,48 +271,96 @@ class Pipeline:
         for r, dev in result.readings:
             per_device.setdefault(r.device_code, []).append(r)
             info[r.device_code] = dev
-        state = await self._rule_state(list(per_device))
-        transitions: list[Transition] = []
-        for code, readings in per_device.items():
-            dev = info[code]
-            for rule in self.cfg.rules:
-                if rule.device_class != dev.device_class:
-                    continue
-                transitions += evaluate(rule, readings, state, district=dev.district, device_class=dev.device_class)
-        self.metrics.rule_seconds.observe(time.perf_counter() - t0)
-        if not transitions:
-            return
-        changed = await self.alerts.upsert_changed([t.alert for t in transitions])
-        now = self._clock()
-        for t in transitions:
-            if t.alert.id + t.alert.state.value not in changed:
-                continue
-            self.metrics.alerts.labels(t.alert.rule, "open" if t.opened else "clear").inc()
-            if t.opened:
-                self.metrics.alert_latency.observe(max(0.0, (now - t.alert.opened_at).total_seconds()))
-            log.info(
-                "alert %s %s device %s district %s",
-                t.alert.rule,
-                t.alert.state.value,
-                t.alert.device_code,
-                t.alert.district,
-            )
-            await self.publish(
-                self.cfg.topics.alerts,
-                t.alert.device_code.encode(),
-                json.dumps(t.alert.to_json(), separators=(",", ":")).encode(),
-            )
-
-    async def _rule_state(self, codes: list[str]) -> dict[str, int]:
-        async with self.pool.connection() as conn:
+        windows = await self._maintenance()
+        codes = sorted(per_device)
+        async with self.pool.connection() as conn, conn.transaction():
             rows = await (
                 await conn.execute(
-                    "select device_code, rule, opened_at from alerts where state <> 'resolved'"
-                    " and device_code = any(%s)",
+                    "select device_code, watermark_us, snapshot, states from rule_state"
+                    " where device_code = any(%s) for update",
                     (codes,),
                 )
             ).fetchall()
-        return {state_key(r[0], r[1]): epoch_us(r[2]) for r in rows}
+            saved = {r[0]: (int(r[1]), _load_snapshot(r[2]), dict(r[3])) for r in rows}
+            transitions: list[tuple[str, Alert]] = []
+            updates = []
+            for code in codes:
+                dev = info[code]
+                if _in_maintenance(windows, dev):
+                    self.metrics.suppressed.inc(len(per_device[code]))
+                    continue
+                wm, snap, states = saved.get(code, (0, {}, {}))
+                ctx = DeviceContext(code, dev.district, dev.device_class, attributes=dev.attributes)
+                out, new_wm = evaluate_device(
+                    rules.for_class(dev.device_class), per_device[code], ctx, snap, states, wm
+                )
+                transitions += [(t.kind, t.alert) for t in out]
+                if new_wm != wm:
+                    updates.append((code, new_wm, Jsonb(_dump_snapshot(snap)), Jsonb(states)))
+            self.metrics.rule_seconds.observe(time.perf_counter() - t0)
+            changed = await self.alerts.apply(conn, transitions, self._groups) if transitions else []
+            if updates:
+                async with conn.cursor() as cur:
+                    await cur.executemany(
+                        "insert into rule_state (device_code, watermark_us, snapshot, states) values (%s,%s,%s,%s)"
+                        " on conflict (device_code) do update set watermark_us = excluded.watermark_us,"
+                        " snapshot = excluded.snapshot, states = excluded.states, updated_at = now()",
+                        updates,
+                    )
+        now = self._clock()
+        for kind, alert in changed:
+            self.metrics.alerts.labels(alert.rule, kind).inc()
+            if kind == "open":
+                self.metrics.alert_latency.observe(max(0.0, (now - alert.opened_at).total_seconds()))
+            log.info(
+                "alert %s %s device %s district %s severity %s",
+                alert.rule,
+                kind,
+                alert.device_code,
+                alert.district,
+                alert.severity.label,
+            )
+            doc = alert.to_json()
+            doc["transition"] = kind
+            await self.publish(
+                self.cfg.topics.alerts,
+                alert.device_code.encode(),
+                json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode(),
+            )
+
+    async def _maintenance(self) -> list[tuple[str | None, str | None, str | None]]:
+        now = time.monotonic()
+        if now - self._mw_loaded > 10.0:
+            async with self.pool.connection() as conn:
+                rows = await (
+                    await conn.execute(
+                        "select district, device_code, device_class from maintenance_windows"
+                        " where starts_at <= now() and ends_at > now()"
+                    )
+                ).fetchall()
+            self._mw = [(r[0], r[1], r[2]) for r in rows]
+            self._mw_loaded = now
+        return self._mw
+
+
+def _in_maintenance(windows: list[tuple[str | None, str | None, str | None]], dev: DeviceInfo) -> bool:
+    for district, code, device_class in windows:
+        if (
+            (district is None or district == dev.district)
+            and (code is None or code == dev.code)
+            and (device_class is None or device_class == dev.device_class)
+        ):
+            return True
+    return False
+
+
+def _load_snapshot(raw: dict[str, list[float | None]]) -> dict[str, list[float]]:
+    # JSON has no NaN: missing previous values are stored as null.
+    return {k: [math.nan if x is None else float(x) for x in v] for k, v in raw.items()}
+
+
+def _dump_snapshot(snap: dict[str, list[float]]) -> dict[str, list[float | None]]:
+    return {k: [None if math.isnan(x) or math.isinf(x) else x for x in v] for k, v in snap.items()}
 
 
 def _iso(t: datetime) -> str:

@@ -34,7 +34,7 @@ def build(ctx: ApiContext) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> dict[str, Any]:
-        items = await alerts.list(
+        items = await alerts.query(
             state=state, severity=severity, district=district, device=device, limit=limit, offset=offset
         )
         return {"items": items, "limit": limit, "offset": offset}

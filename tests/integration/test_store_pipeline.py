@@ -10,13 +10,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
+from alerts.rules import shipped_rules
 from citybrain.records import RawMessage, Transport
 from citybrain.topics import KafkaTopics
 from devices.ledger import Ledger, NewDevice
 from devices.models import ModelRegistry
 from ingest.adapters.json.codec import encode
 from ingest.batch import encode_batch
-from streams.app import demo_rules
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
 from streams.store import ReadingStore, StoreMetrics
 
@@ -55,7 +55,7 @@ async def _pipeline(database_url: str, models: ModelRegistry, pub: FakePublisher
     await pool.open(wait=True)
     reg = CollectorRegistry()
     pipe = Pipeline(
-        PipelineConfig(topics=KafkaTopics("t"), rules=demo_rules(75.0)),
+        PipelineConfig(topics=KafkaTopics("t"), rules=shipped_rules()),
         pool,
         models,
         pub,
@@ -72,19 +72,22 @@ async def test_replayed_batch_stores_no_duplicates_and_alerts_once(database_url:
     try:
         t0 = datetime(2026, 11, 29, 0, 0, tzinfo=UTC)
         record = encode_batch(
-            [_raw(t0 + timedelta(minutes=i), {"pm25": v, "pm10": 2 * v}) for i, v in enumerate([30, 90, 95, 40])]
+            [
+                _raw(t0 + timedelta(minutes=i), {"pm25": v, "pm10": 2 * v})
+                for i, v in enumerate([30, 90, 95, 40, 40, 40])
+            ]
         )
         await pipe.process([record])
         await pipe.process([record])  # replay after a crash before the offset commit
         # The same instant again, as an integer epoch: one row, not two.
         await pipe.process([encode_batch([_raw(t0, {"pm25": 30}, ts_format="s")])])
         with psycopg.connect(database_url) as conn:
-            assert conn.execute("select count(*) from readings_air").fetchone() == (4,)
+            assert conn.execute("select count(*) from readings_air").fetchone() == (6,)
             assert conn.execute("select state from devices").fetchone() == ("active",)
             alerts = conn.execute("select state, value from alerts").fetchall()
         assert alerts == [("resolved", 90.0)]
-        assert len(pub.on("t.alerts")) == 2  # one open, one clear — the replay published nothing
-        assert len(pub.on("t.readings.air")) == 9
+        assert len(pub.on("t.alerts")) == 2  # one open, one clear (held 60 s) — the replay published nothing
+        assert len(pub.on("t.readings.air")) == 13
     finally:
         await pool.close()
 

@@ -1,0 +1,369 @@
+"""Rules as data: YAML files validated at load, evaluated by :mod:`alerts.engine`.
+
+A rule file holds a list of rules::
+
+    - id: air.pm25.high
+      class: air
+      scope: {districts: ["350203"]}            # optional: districts, devices, fences
+      when:                                       # a condition tree
+        any:
+          - {metric: pm25, op: ">", value: 75, deadband: 7.5}
+          - {metric: pm10, op: ">", value: 150, deadband: 15}
+      for: 0s                                     # the whole condition must hold this long to open
+      clear_for: 60s                              # …and be false this long to clear (no flapping)
+      severity:                                   # ladder: highest matching level wins
+        - {level: warning}
+        - {level: major, when: {metric: pm25, op: ">", value: 115}}
+        - {level: critical, when: {metric: pm25, op: ">", value: 150}}
+      message: "PM2.5 {pm25} µg/m³"
+
+Conditions: ``{metric, op, value}`` with op one of ``> >= < <= == !=``;
+``{metric, outside: [lo, hi]}``; ``{metric, rate_per_s: {op, value}}`` for rate of change;
+``all: [...]``, ``any: [...]``, ``not: {...}``. A leaf may carry its own ``for``
+(it is true only once its comparison has held that long, e.g. a tilt sustained
+2 s) and a ``deadband`` (hysteresis: while the alert is open, the threshold is
+relaxed by the deadband, so a value hovering at the threshold does not clear it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from alerts.errors import RuleError
+from citybrain.records import Severity
+
+__all__ = [
+    "AllOf",
+    "AnyOf",
+    "Compare",
+    "Condition",
+    "Not",
+    "Outside",
+    "Rate",
+    "Rule",
+    "RuleSet",
+    "load_rules",
+    "parse_duration",
+    "shipped_rules",
+]
+
+_OPS = (">", ">=", "<", "<=", "==", "!=")
+Op = Literal[">", ">=", "<", "<=", "==", "!="]
+
+
+def parse_duration(value: str | float | int) -> float:
+    """``90``, ``"90s"``, ``"5m"``, ``"2h"``, ``"1d"`` → seconds."""
+    if isinstance(value, bool):
+        raise RuleError(f"bad duration {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise RuleError(f"negative duration {value!r}")
+        return float(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(value))
+    if not m:
+        raise RuleError(f"bad duration {value!r}; use e.g. 30s, 5m, 2h")
+    n = float(m.group(1))
+    return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}[m.group(2)]
+
+
+# --- condition tree (frozen, pure) ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """``metric op value``; ``deadband`` relaxes the threshold while open."""
+
+    path: str
+    metric: str
+    op: Op
+    value: float
+    deadband: float = 0.0
+    hold_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outside:
+    """``metric`` outside ``[low, high]``."""
+
+    path: str
+    metric: str
+    low: float
+    high: float
+    deadband: float = 0.0
+    hold_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """Rate of change of ``metric`` per second compared with ``value``."""
+
+    path: str
+    metric: str
+    op: Op
+    value: float
+    hold_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class AllOf:
+    path: str
+    items: tuple[Condition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    path: str
+    items: tuple[Condition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    path: str
+    item: Condition
+
+
+Condition = Compare | Outside | Rate | AllOf | AnyOf | Not
+
+
+def condition_metrics(cond: Condition) -> set[str]:
+    """Metrics a condition reads."""
+    if isinstance(cond, Compare | Outside | Rate):
+        return {cond.metric}
+    if isinstance(cond, AllOf | AnyOf):
+        out: set[str] = set()
+        for c in cond.items:
+            out |= condition_metrics(c)
+        return out
+    return condition_metrics(cond.item)
+
+
+def _parse_condition(raw: Any, path: str) -> Condition:
+    if not isinstance(raw, Mapping):
+        raise RuleError(f"{path}: a condition must be a mapping, got {type(raw).__name__}")
+    keys = set(raw)
+    if keys & {"all", "any"}:
+        if len(keys) != 1:
+            raise RuleError(f"{path}: 'all'/'any' must stand alone")
+        kind = next(iter(keys))
+        items = raw[kind]
+        if not isinstance(items, list) or not items:
+            raise RuleError(f"{path}.{kind}: needs a non-empty list")
+        parsed = tuple(_parse_condition(c, f"{path}.{kind}[{i}]") for i, c in enumerate(items))
+        return AllOf(path, parsed) if kind == "all" else AnyOf(path, parsed)
+    if "not" in keys:
+        if len(keys) != 1:
+            raise RuleError(f"{path}: 'not' must stand alone")
+        return Not(path, _parse_condition(raw["not"], f"{path}.not"))
+    metric = raw.get("metric")
+    if not isinstance(metric, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", metric):
+        raise RuleError(f"{path}: needs a metric name")
+    allowed = {"metric", "op", "value", "outside", "rate_per_s", "deadband", "for"}
+    unknown = keys - allowed
+    if unknown:
+        raise RuleError(f"{path}: unknown keys {sorted(unknown)}")
+    hold = parse_duration(raw.get("for", 0))
+    deadband = float(raw.get("deadband", 0.0))
+    if deadband < 0:
+        raise RuleError(f"{path}: deadband must be >= 0")
+    if "outside" in raw:
+        lo, hi = raw["outside"]
+        if float(lo) > float(hi):
+            raise RuleError(f"{path}: outside range [{lo}, {hi}] is reversed")
+        return Outside(path, metric, float(lo), float(hi), deadband, hold)
+    if "rate_per_s" in raw:
+        spec = raw["rate_per_s"]
+        if not isinstance(spec, Mapping) or spec.get("op") not in _OPS or "value" not in spec:
+            raise RuleError(f"{path}: rate_per_s needs op and value")
+        return Rate(path, metric, spec["op"], float(spec["value"]), hold)
+    op = raw.get("op")
+    if op not in _OPS:
+        raise RuleError(f"{path}: op must be one of {', '.join(_OPS)}")
+    if not isinstance(raw.get("value"), int | float) or isinstance(raw.get("value"), bool):
+        raise RuleError(f"{path}: value must be a number")
+    return Compare(path, metric, op, float(raw["value"]), deadband, hold)
+
+
+# --- rules ------------------------------------------------------------------
+
+
+class _LevelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    level: Literal["info", "warning", "major", "critical"]
+    when: dict[str, Any] | None = None
+
+
+class _RuleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,80}$")
+    device_class: str = Field(alias="class", pattern=r"^[a-z][a-z0-9_]{0,20}$")
+    when: dict[str, Any]
+    for_: str | float = Field(default=0, alias="for")
+    clear_for: str | float = 0
+    severity: list[_LevelSpec] = Field(default_factory=lambda: [_LevelSpec(level="warning")])
+    message: str = ""
+    scope: dict[str, list[str]] = Field(default_factory=dict)
+    flap_count: int = Field(default=4, ge=2)
+    flap_window: str | float = "30m"
+    group_min_devices: int = Field(default=5, ge=2)
+    group_window: str | float = "15m"
+    description: str = ""
+    standard: str = ""
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        bad = set(v) - {"districts", "devices", "fences"}
+        if bad:
+            raise ValueError(f"unknown scope keys {sorted(bad)}")
+        return v
+
+    @model_validator(mode="after")
+    def _ladder(self) -> _RuleSpec:
+        if not self.severity:
+            raise ValueError("severity ladder must not be empty")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """One rung of a severity ladder."""
+
+    severity: Severity
+    when: Condition | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A validated rule."""
+
+    id: str
+    device_class: str
+    when: Condition
+    for_s: float
+    clear_for_s: float
+    levels: tuple[Level, ...]
+    message: str
+    districts: frozenset[str] = frozenset()
+    devices: frozenset[str] = frozenset()
+    fences: frozenset[str] = frozenset()
+    flap_count: int = 4
+    flap_window_s: float = 1800.0
+    group_min_devices: int = 5
+    group_window_s: float = 900.0
+    standard: str = ""
+    metrics: frozenset[str] = field(default=frozenset())
+
+    def applies_to(self, device_class: str, district: str, code: str, fences: Iterable[str] = ()) -> bool:
+        """Whether the rule's class and scope cover a device."""
+        if device_class != self.device_class:
+            return False
+        if self.districts and district not in self.districts:
+            return False
+        if self.devices and code not in self.devices:
+            return False
+        return not (self.fences and not (self.fences & set(fences)))
+
+
+def _build(spec: _RuleSpec, where: str) -> Rule:
+    try:
+        when = _parse_condition(spec.when, f"{where}:{spec.id}.when")
+        levels = []
+        for i, lv in enumerate(spec.severity):
+            cond = _parse_condition(lv.when, f"{where}:{spec.id}.severity[{i}]") if lv.when else None
+            levels.append(Level(Severity.parse(lv.level), cond))
+        metrics = condition_metrics(when)
+        for lv2 in levels:
+            if lv2.when is not None:
+                metrics |= condition_metrics(lv2.when)
+        return Rule(
+            id=spec.id,
+            device_class=spec.device_class,
+            when=when,
+            for_s=parse_duration(spec.for_),
+            clear_for_s=parse_duration(spec.clear_for),
+            levels=tuple(levels),
+            message=spec.message,
+            districts=frozenset(spec.scope.get("districts", [])),
+            devices=frozenset(spec.scope.get("devices", [])),
+            fences=frozenset(spec.scope.get("fences", [])),
+            flap_count=spec.flap_count,
+            flap_window_s=parse_duration(spec.flap_window),
+            group_min_devices=spec.group_min_devices,
+            group_window_s=parse_duration(spec.group_window),
+            standard=spec.standard,
+            metrics=frozenset(metrics),
+        )
+    except RuleError as exc:
+        raise RuleError(f"{where}: rule {spec.id}: {exc}") from None
+
+
+class RuleSet:
+    """Rules indexed by device class; immutable, replaced whole on reload."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules: tuple[Rule, ...] = tuple(rules)
+        ids = [r.id for r in self.rules]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise RuleError(f"duplicate rule ids: {sorted(dup)}")
+        self._by_class: dict[str, tuple[Rule, ...]] = {}
+        for r in self.rules:
+            self._by_class[r.device_class] = (*self._by_class.get(r.device_class, ()), r)
+
+    def for_class(self, device_class: str) -> tuple[Rule, ...]:
+        return self._by_class.get(device_class, ())
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+
+def parse_rules(text: str, where: str = "<string>") -> list[Rule]:
+    """Parse one YAML rule file.
+
+    Raises:
+        RuleError: with the file, the rule and the reason.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RuleError(f"{where}: not valid YAML: {exc}") from exc
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise RuleError(f"{where}: a rule file is a list of rules")
+    out = []
+    for i, raw in enumerate(data):
+        try:
+            spec = _RuleSpec.model_validate(raw)
+        except ValidationError as exc:
+            rid = raw.get("id", f"#{i}") if isinstance(raw, dict) else f"#{i}"
+            raise RuleError(f"{where}: rule {rid}: {exc}") from None
+        out.append(_build(spec, where))
+    return out
+
+
+def load_rules(directory: Path) -> RuleSet:
+    """Load every ``*.yaml`` rule file in a directory (for hot reload from disk)."""
+    rules: list[Rule] = []
+    for f in sorted(directory.glob("*.yaml")):
+        rules += parse_rules(f.read_text(encoding="utf-8"), f.name)
+    return RuleSet(rules)
+
+
+def shipped_rules() -> RuleSet:
+    """The rules shipped in ``alerts/data/rules/``."""
+    root = resources.files("alerts").joinpath("data/rules")
+    rules: list[Rule] = []
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            rules += parse_rules(entry.read_text(encoding="utf-8"), entry.name)
+    return RuleSet(rules)
