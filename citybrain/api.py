@@ -6,15 +6,19 @@ the app's lifespan, never at import.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
+from alerts.feed import AlertFeed, FeedMetrics
+from alerts.store import AlertStore
+from citybrain.records import Severity
 from citybrain.routes import alerts as alert_routes
 from citybrain.routes import devices as device_routes
 from citybrain.routes import readings as reading_routes
@@ -32,6 +36,21 @@ log = logging.getLogger(__name__)
 def create_api(database_url: str, models: ModelRegistry, registry: CollectorRegistry) -> FastAPI:
     """Build the API app; the pool opens in the lifespan."""
     pool = AsyncConnectionPool(database_url, min_size=1, max_size=8, open=False)
+    feed = AlertFeed(database_url, FeedMetrics(registry))
+    open_alerts = Gauge("citybrain_alerts_open", "Alerts not resolved, by severity", ["severity"], registry=registry)
+    alert_store = AlertStore(pool)
+
+    async def _gauges() -> None:
+        # Open alerts by severity, refreshed in the background (a scrape must not query the database).
+        while True:
+            try:
+                counts = await alert_store.open_counts()
+                for sev in Severity:
+                    open_alerts.labels(sev.label).set(counts.get(sev.label, 0))
+            except Exception as exc:
+                log.warning("could not refresh open-alert gauges: %s", exc)
+            await asyncio.sleep(10)
+
     requests = Counter(
         "citybrain_api_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry
     )
@@ -39,9 +58,13 @@ def create_api(database_url: str, models: ModelRegistry, registry: CollectorRegi
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pool.open(wait=True, timeout=30)
+        await feed.start()
+        gauges = asyncio.create_task(_gauges(), name="api-gauges")
         try:
             yield
         finally:
+            gauges.cancel()
+            await feed.stop()
             await pool.close()
 
     app = FastAPI(
@@ -50,7 +73,7 @@ def create_api(database_url: str, models: ModelRegistry, registry: CollectorRegi
         description="City IoT sensing hub: devices, readings, alerts.",
         lifespan=lifespan,
     )
-    ctx = ApiContext(pool=pool, models=models, registry=registry)
+    ctx = ApiContext(pool=pool, models=models, registry=registry, alert_feed=feed)
     for module in ROUTE_MODULES:
         app.include_router(module.build(ctx), prefix="")
 

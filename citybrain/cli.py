@@ -98,6 +98,7 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
         shared_group=settings.gateway_shared_group,
         client_id=settings.gateway_client_id,
         device_classes=tuple(shipped_models().device_classes()),
+        bridge_readings=settings.gateway_bridge_readings,
     )
     registry = CollectorRegistry()
 
@@ -107,7 +108,9 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         gw = Gateway(cfg, GatewayMetrics(registry))
-        server = MetricsServer(registry, gw.healthy, "127.0.0.1", args.metrics_port or settings.gateway_metrics_port)
+        server = MetricsServer(
+            registry, gw.healthy, settings.gateway_metrics_host, args.metrics_port or settings.gateway_metrics_port
+        )
         await gw.start()
         await server.start()
         try:
@@ -136,6 +139,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         partitions=settings.partitions,
         data_dir=str(Path(settings.data_dir) / "faust"),
         web_port=args.web_port or settings.worker_web_port,
+        web_host=settings.worker_web_host,
         batch_max=settings.worker_batch_max,
         batch_within_s=settings.worker_batch_within_s,
         pool_size=settings.store_pool_size,
@@ -156,7 +160,14 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from devices.models import shipped_models
 
     app = create_api(_need(settings.database_url, "CITYBRAIN_DATABASE_URL"), shipped_models(), CollectorRegistry())
-    uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port, log_level="warning")
+    # Open SSE streams must not hold a shutdown for long.
+    uvicorn.run(
+        app,
+        host=args.host or settings.api_host,
+        port=args.port or settings.api_port,
+        log_level="warning",
+        timeout_graceful_shutdown=3,
+    )
     return 0
 
 

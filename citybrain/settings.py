@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     # --- HTTP ----------------------------------------------------------------
     api_host: str = Field(default="127.0.0.1", description="Bind address of the HTTP API")
     api_port: int = Field(default=8080, ge=0, le=65535, description="Port of the HTTP API (0: a free port)")
+    gateway_metrics_host: str = Field(
+        default="127.0.0.1", description="Bind address of the gateway's /metrics and /healthz (0.0.0.0 in containers)"
+    )
+    worker_web_host: str = Field(
+        default="127.0.0.1", description="Bind address of the worker's web server (0.0.0.0 in containers)"
+    )
+    gateway_bridge_readings: bool = Field(
+        default=True, description="Re-publish normalised readings on MQTT citybrain/down/... (off at city scale)"
+    )
     gateway_metrics_port: int = Field(default=0, ge=0, le=65535, description="Gateway /metrics port (0: free)")
     worker_web_port: int = Field(default=0, ge=0, le=65535, description="Stream worker web/metrics port (0: free)")
 

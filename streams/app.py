@@ -39,6 +39,7 @@ class WorkerConfig:
     partitions: int
     data_dir: str
     web_port: int
+    web_host: str = "127.0.0.1"
     batch_max: int = 200
     batch_within_s: float = 0.2
     pool_size: int = 4
@@ -54,9 +55,9 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         broker=[f"kafka://{h}" for h in cfg.kafka_bootstrap.split(",")],
         store="memory://",
         datadir=cfg.data_dir,
-        web_bind="127.0.0.1",
+        web_bind=cfg.web_host,
         web_port=cfg.web_port,
-        web_host="127.0.0.1",
+        web_host=cfg.web_host,
         topic_partitions=cfg.partitions,
         topic_allow_declare=True,
         topic_disable_leader=True,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
+from alerts.feed import AlertFeed
 from devices.models import ModelRegistry
 
 __all__ = ["ApiContext"]
@@ -19,3 +20,4 @@ class ApiContext:
     pool: AsyncConnectionPool
     models: ModelRegistry
     registry: CollectorRegistry
+    alert_feed: AlertFeed | None = None

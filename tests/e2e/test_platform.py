@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -148,3 +150,64 @@ def test_metrics_and_docs_are_served(platform: Platform) -> None:
         assert r.status == 200
     _status, spec = _get(f"http://127.0.0.1:{platform.api_port}/openapi.json")
     assert "/api/v1/alerts" in spec["paths"]
+
+
+def _sse_reader(url: str, events: list[dict], stop: threading.Event) -> None:
+    import httpx
+
+    try:
+        with httpx.Client(timeout=httpx.Timeout(5.0, read=30.0)) as client, client.stream("GET", url) as resp:
+            buf = ""
+            for chunk in resp.iter_text():
+                buf += chunk
+                while "\n\n" in buf:
+                    block, buf = buf.split("\n\n", 1)
+                    data = [line[6:] for line in block.splitlines() if line.startswith("data: ")]
+                    if data:
+                        events.append(json.loads("".join(data)))
+                if stop.is_set():
+                    return
+    except httpx.HTTPError:
+        if not stop.is_set():
+            raise
+
+
+def test_live_feed_reaches_every_console_and_ack_updates_all(platform: Platform) -> None:
+    mqtt = platform.services.mqtt
+    assert mqtt is not None
+    code = demo_device_codes(3)[2]
+    api = f"http://127.0.0.1:{platform.api_port}"
+    feeds: list[list[dict]] = [[], []]
+    stop = threading.Event()
+    readers = [
+        threading.Thread(
+            target=_sse_reader, args=(f"{api}/api/v1/alerts/stream?district={code[:6]}", f, stop), daemon=True
+        )
+        for f in feeds
+    ]
+    for t in readers:
+        t.start()
+    time.sleep(1.0)
+    dev = mqtt_client(mqtt.host, mqtt.port)
+    try:
+        ts = datetime.now(UTC).replace(microsecond=0)
+        dev.publish(
+            uplink_topic(code), json.dumps({"v": 1, "ts": ts.isoformat(), "metrics": {"pm25": 99}}), qos=1
+        ).wait_for_publish(5)
+        assert wait_for(lambda: all(any(e.get("kind") == "open" for e in f) for f in feeds), 30), feeds
+        alert_id = next(e["id"] for e in feeds[0] if e.get("kind") == "open")
+        req = urllib.request.Request(
+            f"{api}/api/v1/alerts/{alert_id}/ack",
+            method="POST",
+            data=json.dumps({"actor": "duty-officer", "comment": "on it"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert json.loads(r.read())["state"] == "acknowledged"
+        assert wait_for(
+            lambda: all(any(e.get("kind") == "ack" and e.get("id") == alert_id for e in f) for f in feeds), 20
+        ), feeds
+    finally:
+        stop.set()
+        dev.loop_stop()
+        dev.disconnect()
