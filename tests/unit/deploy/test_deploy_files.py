@@ -38,7 +38,7 @@ PLANNED_METRICS = {"citybrain_devices"}
 EXTERNAL_METRICS = {"kafka_consumergroup_lag"}
 # Settings the deploy files set before the code reads them (see deploy/README.md,
 # "Needed from the code"). extra="ignore" makes them harmless until then.
-PENDING_SETTINGS = {"CITYBRAIN_GATEWAY_METRICS_HOST", "CITYBRAIN_WORKER_WEB_HOST", "CITYBRAIN_WORKER_ROLE"}
+PENDING_SETTINGS = {"CITYBRAIN_WORKER_ROLE"}
 
 _CONSTRUCTOR = re.compile(r"\b(Counter|Gauge|Histogram|Summary)\(\s*\"(citybrain_[a-z0-9_]+)\"")
 _METRIC_TOKEN = re.compile(r"\b((?:citybrain|kafka|pg)_[a-z0-9_]+)\b")
