@@ -13,3 +13,7 @@ class IndicatorError(AlertsError, ValueError):
 
 class RuleError(AlertsError):
     """A rule definition is invalid."""
+
+
+class AnomalyError(AlertsError, ValueError):
+    """An anomaly detector was given invalid parameters, input or saved state."""

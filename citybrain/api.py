@@ -20,21 +20,56 @@ from alerts.feed import AlertFeed, FeedMetrics
 from alerts.store import AlertStore
 from citybrain.records import Severity
 from citybrain.routes import alerts as alert_routes
+from citybrain.routes import commands as command_routes
 from citybrain.routes import devices as device_routes
+from citybrain.routes import geo as geo_routes
+from citybrain.routes import ledger as ledger_routes
 from citybrain.routes import readings as reading_routes
+from citybrain.routes import schemas as schema_routes
+from citybrain.routes import stats as stats_routes
+from citybrain.routes import vitals as vitals_routes
+from citybrain.routes import webhook as webhook_routes
 from citybrain.routes.context import ApiContext
 from devices.models import ModelRegistry
+from ingest.kafka_sink import KafkaSink, KafkaSinkConfig, KafkaSinkMetrics
 
 __all__ = ["ROUTE_MODULES", "create_api"]
 
 # Each module exposes build(ctx) -> APIRouter. Add new areas here (one line each).
-ROUTE_MODULES = [device_routes, reading_routes, alert_routes]
+ROUTE_MODULES = [
+    device_routes,
+    ledger_routes,
+    reading_routes,
+    stats_routes,
+    alert_routes,
+    command_routes,
+    geo_routes,
+    vitals_routes,
+    schema_routes,
+]
 
 log = logging.getLogger(__name__)
 
 
-def create_api(database_url: str, models: ModelRegistry, registry: CollectorRegistry) -> FastAPI:
-    """Build the API app; the pool opens in the lifespan."""
+def create_api(
+    database_url: str,
+    models: ModelRegistry,
+    registry: CollectorRegistry,
+    *,
+    ingest: KafkaSinkConfig | None = None,
+    webhook_token: str = "",
+    webhook_max_body_bytes: int = 65536,
+) -> FastAPI:
+    """Build the API app; the pool (and the webhook's Kafka sink) open in the lifespan.
+
+    Args:
+        database_url: PostgreSQL URL.
+        models: Device models.
+        registry: Prometheus registry for every metric of this process.
+        ingest: Kafka sink settings for the NB-IoT webhook; ``None`` leaves it unmounted.
+        webhook_token: Shared token the platforms must send.
+        webhook_max_body_bytes: Largest accepted webhook body.
+    """
     pool = AsyncConnectionPool(database_url, min_size=1, max_size=8, open=False)
     feed = AlertFeed(database_url, FeedMetrics(registry))
     open_alerts = Gauge("citybrain_alerts_open", "Alerts not resolved, by severity", ["severity"], registry=registry)
@@ -58,6 +93,8 @@ def create_api(database_url: str, models: ModelRegistry, registry: CollectorRegi
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pool.open(wait=True, timeout=30)
+        if sink is not None:
+            await sink.start()
         await feed.start()
         gauges = asyncio.create_task(_gauges(), name="api-gauges")
         try:
@@ -65,6 +102,8 @@ def create_api(database_url: str, models: ModelRegistry, registry: CollectorRegi
         finally:
             gauges.cancel()
             await feed.stop()
+            if sink is not None:
+                await sink.stop()
             await pool.close()
 
     app = FastAPI(
@@ -75,7 +114,12 @@ def create_api(database_url: str, models: ModelRegistry, registry: CollectorRegi
     )
     ctx = ApiContext(pool=pool, models=models, registry=registry, alert_feed=feed)
     for module in ROUTE_MODULES:
-        app.include_router(module.build(ctx), prefix="")
+        app.include_router(module.build(ctx))
+    sink = KafkaSink(ingest, KafkaSinkMetrics(registry)) if ingest is not None else None
+    if sink is not None:
+        app.include_router(
+            webhook_routes.build(ctx, webhook_routes.WebhookDeps(sink, webhook_token, webhook_max_body_bytes))
+        )
 
     @app.middleware("http")
     async def count(request: Request, call_next: Any) -> Response:

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -146,6 +147,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         app_id=f"{settings.topic_prefix}-streams",
         max_future_skew_s=settings.max_future_skew_s,
         rules=load_rules(Path(settings.rules_dir)) if settings.rules_dir else shipped_rules(),
+        store_batch_rows=settings.store_batch_rows,
+        store_flush_interval_s=settings.store_flush_interval_s,
+        retention_days=settings.retention_days,
+        maintenance_interval_s=settings.maintenance_interval_s,
+        compress_after_days=settings.compress_after_days,
     )
     app = create_app(cfg, CollectorRegistry(), shipped_models())
     worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True)
@@ -216,8 +222,43 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_mqtt_broker(args: argparse.Namespace, settings: Settings) -> int:
     from citybrain import mqtt_broker
 
-    mqtt_broker.main(["--host", args.host, "--port", str(args.port)])
+    argv = ["--host", args.host, "--port", str(args.port)]
+    if args.database_url:
+        argv += ["--database-url", args.database_url]
+    for user in args.service_user or []:
+        argv += ["--service-user", user]
+    if args.allow_anonymous:
+        argv.append("--allow-anonymous")
+    mqtt_broker.main(argv)
     return 0
+
+
+def cmd_db_maintain(args: argparse.Namespace, settings: Settings) -> int:
+    import psycopg
+
+    from devices.models import shipped_models
+    from streams.errors import MaintenanceError
+    from streams.retention import maintenance
+
+    url = _need(settings.database_url, "CITYBRAIN_DATABASE_URL")
+
+    async def run() -> int:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            try:
+                report = await maintenance(
+                    conn,
+                    shipped_models(),
+                    datetime.now(UTC),
+                    settings.retention_days,
+                    compress_after_days=settings.compress_after_days,
+                )
+            except MaintenanceError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+        print(report.summary())
+        return 0
+
+    return asyncio.run(run())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,10 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub = p.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     q = dbsub.add_parser("upgrade", help="apply pending migrations")
     q.set_defaults(func=cmd_db_upgrade)
+    q = dbsub.add_parser("maintain", help="partitions ahead, rollup refresh, retention (the worker runs it too)")
+    q.set_defaults(func=cmd_db_maintain)
     p = sub.add_parser("mqtt-broker", help="run the embedded amqtt broker")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--database-url", default=None, help="ledger PostgreSQL: turns on device authentication")
+    p.add_argument("--service-user", action="append", help="NAME:SECRET of a platform service (repeatable)")
+    p.add_argument("--allow-anonymous", action="store_true", help="development only: let anonymous clients in")
     p.set_defaults(func=cmd_mqtt_broker)
+    from devices.cli import register as register_devices
+
+    register_devices(sub)
     return parser
 
 

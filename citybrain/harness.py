@@ -42,6 +42,7 @@ __all__ = [
     "parse_mqtt_url",
     "spawn",
     "start_kafka",
+    "start_mosquitto",
     "start_mqtt",
     "start_postgres",
 ]
@@ -279,6 +280,35 @@ def start_mqtt(data_dir: Path, *, timeout: float = 20.0) -> tuple[ManagedProcess
     env = dict(os.environ)
     proc = spawn("mqtt (amqtt)", argv, data_dir / "amqtt.log", env=env)
     _wait_until(lambda: _mqtt_ok("127.0.0.1", port), timeout, "embedded MQTT broker (amqtt)", proc)
+    return proc, MqttEndpoint("127.0.0.1", port)
+
+
+def start_mosquitto(data_dir: Path, *, timeout: float = 10.0) -> tuple[ManagedProcess, MqttEndpoint]:
+    """Start a private Mosquitto (when installed) on 127.0.0.1 and a free port.
+
+    Configured as production should be for the gateway: many QoS 1 messages in
+    flight (it acknowledges only after Kafka) and a deep per-session queue, so
+    a slow or restarting gateway makes the broker hold messages, not drop them.
+    """
+    binary = shutil.which("mosquitto")
+    if binary is None:
+        raise HarnessError("mosquitto is not installed (Debian: apt-get install mosquitto)")
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conf = data_dir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "persistence false\n"
+        "max_inflight_messages 0\n"
+        "max_queued_messages 1000000\n"
+        "max_queued_bytes 0\n"
+        "log_dest stderr\n"
+        "log_type error\n"
+        "log_type warning\n"
+    )
+    proc = spawn("mqtt (mosquitto)", [binary, "-c", str(conf)], data_dir / "mosquitto.log")
+    _wait_until(lambda: _mqtt_ok("127.0.0.1", port), timeout, "Mosquitto", proc)
     return proc, MqttEndpoint("127.0.0.1", port)
 
 

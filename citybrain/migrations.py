@@ -61,24 +61,49 @@ def class_table(device_class: str) -> str:
 
 
 def ensure_class_tables(conn: psycopg.Connection, models: ModelRegistry) -> None:
-    """Create or extend one wide, day-partitioned table per device class.
+    """Create or extend one wide, day-partitioned table per device class, and its rollups.
 
     Columns: device_code, ts (event time, UTC), rx (receive time), one double
     precision column per metric of every model version of the class, the
     row's worst quality (0 good, 1 suspect, 2 bad), and ``flags`` with the
     per-metric quality and HJ 212 flags of non-good values.
+
+    With TimescaleDB usable (:func:`streams.timescale.enable`), a new class
+    table is a hypertable with 1-day chunks and its rollups are continuous
+    aggregates; otherwise it is natively partitioned by day and its rollups
+    are plain tables kept by :mod:`streams.rollup`. A table that already
+    exists keeps its kind.
     """
+    # Imported here: streams.store imports this module for class_table().
+    from streams import rollup, timescale
+
+    use_timescale = timescale.enable(conn)
     for device_class in models.device_classes():
-        table = sql.Identifier(class_table(device_class))
-        conn.execute(
-            sql.SQL(
-                "create table if not exists {} ("
-                " device_code text not null, ts timestamptz not null, rx timestamptz not null,"
-                " quality smallint not null default 0, flags jsonb,"
-                " primary key (device_code, ts)) partition by range (ts)"
-            ).format(table)
-        )
-        for metric in models.metrics_of_class(device_class):
+        name = class_table(device_class)
+        table = sql.Identifier(name)
+        row = conn.execute("select relkind from pg_class where oid = to_regclass(%s)", (name,)).fetchone()
+        if row is None:
+            if use_timescale:
+                conn.execute(
+                    sql.SQL(
+                        "create table {} ("
+                        " device_code text not null, ts timestamptz not null, rx timestamptz not null,"
+                        " quality smallint not null default 0, flags jsonb,"
+                        " primary key (device_code, ts))"
+                    ).format(table)
+                )
+                conn.execute(timescale.hypertable_sql(name))
+            else:
+                conn.execute(
+                    sql.SQL(
+                        "create table {} ("
+                        " device_code text not null, ts timestamptz not null, rx timestamptz not null,"
+                        " quality smallint not null default 0, flags jsonb,"
+                        " primary key (device_code, ts)) partition by range (ts)"
+                    ).format(table)
+                )
+        metrics = models.metrics_of_class(device_class)
+        for metric in metrics:
             conn.execute(
                 sql.SQL("alter table {} add column if not exists {} double precision").format(
                     table, sql.Identifier(metric)
@@ -86,9 +111,20 @@ def ensure_class_tables(conn: psycopg.Connection, models: ModelRegistry) -> None
             )
         conn.execute(
             sql.SQL("create index if not exists {} on {} using brin (ts)").format(
-                sql.Identifier(f"{class_table(device_class)}_ts_brin"), table
+                sql.Identifier(f"{name}_ts_brin"), table
             )
         )
+        rollup_kind = conn.execute(
+            "select relkind from pg_class where oid = to_regclass(%s)", (rollup.rollup_table(device_class, "5m"),)
+        ).fetchone()
+        hyper = (row is None and use_timescale) or (row is not None and row[0] == "r" and use_timescale)
+        if hyper and (rollup_kind is None or rollup_kind[0] == "v"):
+            # Continuous aggregates are fixed at creation: a metric added later is
+            # answered from the raw table until they are recreated (docs/store.md).
+            timescale.ensure_class(conn, device_class, metrics)
+        else:
+            for stmt in rollup.create_rollup_tables_sql(device_class, metrics):
+                conn.execute(stmt)
 
 
 def upgrade(conn: psycopg.Connection, models: ModelRegistry) -> list[int]:

@@ -52,9 +52,25 @@ class Settings(BaseSettings):
     # --- streams / store -----------------------------------------------------
     worker_batch_max: int = Field(default=200, ge=1, description="Kafka records per worker batch")
     worker_batch_within_s: float = Field(default=0.2, gt=0, description="Max wait to fill a worker batch")
+    store_batch_rows: int = Field(default=10000, ge=1, description="Rows per store transaction, at most")
+    store_flush_interval_s: float = Field(default=1.0, gt=0, description="Longest a row waits in the store buffer")
+    retention_days: int = Field(default=180, ge=1, description="Raw readings older than this are dropped")
+    maintenance_interval_s: float = Field(
+        default=60.0, gt=0, description="Partitions ahead, rollup refresh and retention run this often"
+    )
+    compress_after_days: int = Field(default=7, ge=1, description="TimescaleDB only: compress chunks older than this")
     store_pool_size: int = Field(default=4, ge=1, description="PostgreSQL pool size per worker")
     timezone: str = Field(default="Asia/Shanghai", description="Zone of device-local times (HJ 212 DataTime)")
     max_future_skew_s: float = Field(default=300.0, ge=0, description="Readings further ahead are flagged")
+
+    # --- protocol adapters ---------------------------------------------------
+    webhook_token: str = Field(
+        default="", description="Shared token NB-IoT platforms send in X-Citybrain-Token; empty refuses every push"
+    )
+    webhook_max_body_bytes: int = Field(default=65536, ge=256, description="Largest accepted webhook body")
+    hj212_host: str = Field(default="127.0.0.1", description="Bind address of the HJ 212 TCP server")
+    hj212_port: int = Field(default=0, ge=0, le=65535, description="Port of the HJ 212 TCP server (0: a free port)")
+    hj212_idle_timeout_s: float = Field(default=600.0, gt=0, description="HJ 212 connections idle longer are closed")
 
     # --- rules ---------------------------------------------------------------
     rules_dir: str = Field(

@@ -27,14 +27,21 @@ import yaml
 from devices.errors import DeviceCodeError
 
 __all__ = [
+    "MAX_SEQUENCE",
     "XIAMEN_DISTRICTS",
     "ClassTable",
     "DeviceCode",
     "check_char",
+    "code_bounds",
     "load_class_table",
     "parse",
+    "resolve",
     "validate",
 ]
+
+# The 流水号 has six digits; 0 is never allocated so that a code ending in
+# 000000 stays recognisable as a placeholder in paper records.
+MAX_SEQUENCE = 999_999
 
 # GB/T 2260 county-level codes of Xiamen (standards.md §1.2, [V]).
 XIAMEN_DISTRICTS: dict[str, str] = {
@@ -188,3 +195,28 @@ def validate(text: str, *, allow_alias: bool = False) -> str | None:
     except DeviceCodeError as exc:
         return str(exc)
     return None
+
+
+def resolve(text: str, *, table: ClassTable | None = None) -> DeviceCode:
+    """Parse a city code or a real 16-digit 部件 code (its alias) to the same device.
+
+    A 16-digit code is the body of exactly one 17-character code, so both
+    spellings name the same facility; callers store and compare the full form.
+
+    Raises:
+        DeviceCodeError: with the exact reason the code is invalid.
+    """
+    return parse(text, allow_alias=True, table=table)
+
+
+def code_bounds(district: str, class_code: str) -> tuple[str, str]:
+    """Lowest and highest 17-character code of one district and class.
+
+    Codes of one (district, class) share their first ten characters, so under a
+    byte-order (C) collation they form one contiguous range of the primary key:
+    the allocator finds the highest used sequence with one index probe.
+    """
+    prefix = district + class_code
+    if len(prefix) != 10 or not prefix.isdigit():
+        raise DeviceCodeError(f"district {district!r} + class {class_code!r} must be 6 + 4 digits")
+    return prefix + "000000" + "0", prefix + "999999" + "X"

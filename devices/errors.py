@@ -25,3 +25,19 @@ class LedgerError(DevicesError):
 
 class UnknownDeviceError(LedgerError, KeyError):
     """No device with that code is registered."""
+
+
+class TransitionError(LedgerError):
+    """A lifecycle transition is not allowed; the message says why."""
+
+
+class AllocationError(LedgerError):
+    """No device code could be allocated (e.g. the sequence space is exhausted)."""
+
+
+class CredentialError(DevicesError):
+    """A credential or password hash is malformed or cannot be issued."""
+
+
+class ImportFileError(DevicesError):
+    """A bulk-import file cannot be read at all (not one bad row: the whole file)."""

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from geo.errors import (
     CoordinateError,
     DistrictDataError,
+    FenceExistsError,
+    FenceNotFoundError,
     GeoError,
     GeometryError,
     GridError,
@@ -62,7 +64,9 @@ __all__ = [
     "District",
     "DistrictDataError",
     "DistrictIndex",
+    "FenceExistsError",
     "FenceHits",
+    "FenceNotFoundError",
     "GeoError",
     "GeometryError",
     "Grid",

@@ -25,3 +25,11 @@ class GridError(GeoError, ValueError):
 
 class DistrictDataError(GeoError, ValueError):
     """District data is malformed (missing properties, duplicate codes, overlaps)."""
+
+
+class FenceNotFoundError(GeoError, LookupError):
+    """No geofence has the given id."""
+
+
+class FenceExistsError(GeoError):
+    """A geofence with the given id already exists."""

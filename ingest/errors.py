@@ -26,3 +26,21 @@ class GatewayError(IngestError):
 
 class BackpressureError(IngestError):
     """A bounded queue is full; the caller must slow down, not drop."""
+
+
+class SinkError(IngestError):
+    """A sink could not start, or was stopped before a message was acknowledged."""
+
+
+class CommandError(IngestError):
+    """A downlink command was refused or failed.
+
+    Attributes:
+        reason: A short, stable, metric-label-safe reason (``unknown_command``,
+            ``offline``, ``timeout``, ``rejected`` …).
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail

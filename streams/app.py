@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
@@ -21,8 +21,10 @@ from psycopg_pool import AsyncConnectionPool
 from alerts.rules import RuleSet
 from citybrain.topics import KafkaTopics
 from devices.models import ModelRegistry
+from streams.errors import MaintenanceError
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
-from streams.store import ReadingStore, StoreMetrics
+from streams.retention import maintenance
+from streams.store import ReadingStore, StoreConfig, StoreMetrics
 
 __all__ = ["WorkerConfig", "create_app"]
 
@@ -46,6 +48,11 @@ class WorkerConfig:
     app_id: str = "citybrain-streams"
     max_future_skew_s: float = 300.0
     rules: RuleSet = field(default_factory=lambda: RuleSet(()))
+    store_batch_rows: int = 10000
+    store_flush_interval_s: float = 1.0
+    retention_days: int = 180
+    maintenance_interval_s: float = 60.0
+    compress_after_days: int = 7
 
 
 def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegistry) -> faust.App:
@@ -90,7 +97,12 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         pool = AsyncConnectionPool(cfg.database_url, min_size=1, max_size=cfg.pool_size, open=False)
         await pool.open(wait=True, timeout=30)
         metrics = PipelineMetrics(registry)
-        store = ReadingStore(pool, models, StoreMetrics(registry))
+        store = ReadingStore(
+            pool,
+            models,
+            StoreMetrics(registry),
+            StoreConfig(batch_rows=cfg.store_batch_rows, flush_interval_s=cfg.store_flush_interval_s),
+        )
         pipe = Pipeline(
             PipelineConfig(
                 topics=cfg.topics,
@@ -115,6 +127,19 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         pipe: Pipeline = state["pipeline"]
         async for values in stream.take(cfg.batch_max, within=cfg.batch_within_s):
             await pipe.process(values)
+
+    @app.timer(interval=cfg.maintenance_interval_s)
+    async def _maintain() -> None:
+        # Partitions ahead, rollup refresh, retention; one worker at a time (advisory lock inside).
+        if not ready.is_set():
+            return
+        async with state["pool"].connection() as conn:
+            try:
+                await maintenance(
+                    conn, models, datetime.now(UTC), cfg.retention_days, compress_after_days=cfg.compress_after_days
+                )
+            except MaintenanceError as exc:
+                log.error("maintenance failed (the next run retries): %s", exc)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

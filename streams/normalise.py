@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from citybrain.records import Quality, RawMessage, Reading, RecordError, epoch_us
+from citybrain.records import Quality, RawMessage, Reading, RecordError, Transport, epoch_us
 from citybrain.topics import TopicError, parse_uplink
 from devices.errors import UnitError
 from devices.ledger import ACCEPTING, DeviceIndex, DeviceInfo
@@ -77,7 +77,15 @@ def _decode_json(raw: RawMessage, dev: DeviceInfo, model: DeviceModel) -> list[R
     return json_codec.decode(raw.payload, device_code=dev.code, received_at=raw.received_at)
 
 
-DECODERS: dict[str, Decoder] = {"json": _decode_json}
+def _decoders() -> dict[str, Decoder]:
+    # Imported here, not at module top: the adapters import records this module also uses.
+    from ingest.adapters.hj212.decoder import decode_hj212
+    from ingest.adapters.manhole.decoder import decode_manhole
+
+    return {"json": _decode_json, "hj212": decode_hj212, "manhole-tlv": decode_manhole}
+
+
+DECODERS: dict[str, Decoder] = _decoders()
 
 
 def register_decoder(name: str, decoder: Decoder) -> None:
@@ -88,10 +96,13 @@ def register_decoder(name: str, decoder: Decoder) -> None:
 
 
 def _decoder_for(raw: RawMessage, model: DeviceModel) -> Decoder:
-    # MQTT JSON is always the canonical codec, whatever the model's field adapter:
-    # an HJ 212 station may also be bridged over MQTT by an integrator.
+    # The transport decides first: MQTT uplinks are canonical JSON whatever the
+    # model's field protocol (an HJ 212 station may be bridged over MQTT), and
+    # frames from the HJ 212 server are HJ 212 whatever the model says.
     if raw.topic.startswith("citybrain/up/"):
         return DECODERS["json"]
+    if raw.transport is Transport.HJ212:
+        return DECODERS["hj212"]
     try:
         return DECODERS[model.adapter]
     except KeyError:
@@ -131,6 +142,9 @@ def normalise(
             continue
         if kind == "status":
             out.status.append((raw, dev))
+            continue
+        if kind == "event" and raw.payload.startswith(b'{"v":1,"ack"'):
+            out.status.append((raw, dev))  # a command acknowledgement, handled by the command dispatcher
             continue
         try:
             model = models.get(dev.model)

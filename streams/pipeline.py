@@ -147,7 +147,7 @@ class Pipeline:
         """Reload the ledger index when it is older than ``index_refresh_s``."""
         now = time.monotonic()
         if force or now - self._index_loaded > self.cfg.index_refresh_s:
-            self.index.replace(await self.ledger.load_index())
+            self.index = await self.ledger.load_compact_index()
             self._index_loaded = now
 
     async def process(self, values: Sequence[bytes]) -> Normalised:

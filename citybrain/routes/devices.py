@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from citybrain.routes.context import ApiContext
 from devices.code import parse as parse_code
 from devices.errors import DeviceCodeError, LedgerError, UnknownDeviceError
-from devices.ledger import Ledger, NewDevice
+from devices.ledger import Ledger, NewDevice, mask_contact
 
 __all__ = ["DeviceIn", "build", "device_class_of"]
 
@@ -18,7 +18,7 @@ __all__ = ["DeviceIn", "build", "device_class_of"]
 class DeviceIn(BaseModel):
     """A device to register."""
 
-    code: str = Field(description="17-character city device code (with check character)")
+    code: str = Field(description="17-character city device code, or the real 16-digit 部件 code (alias)")
     model: str = Field(description="Model id (latest version) or id@version")
     name: str = ""
     lon: float | None = Field(default=None, ge=-180, le=180)
@@ -28,6 +28,7 @@ class DeviceIn(BaseModel):
     installer: str | None = None
     contact: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
+    serial: str | None = Field(default=None, max_length=64, description="Manufacturer serial / IMEI")
 
 
 async def device_class_of(ctx: ApiContext, code: str) -> tuple[str, str]:
@@ -68,6 +69,7 @@ def build(ctx: ApiContext) -> APIRouter:
                     installer=dev.installer,
                     contact=dev.contact,
                     attributes=dev.attributes,
+                    serial=dev.serial,
                 ),
                 actor="api",
             )
@@ -81,8 +83,7 @@ def build(ctx: ApiContext) -> APIRouter:
             row = await ledger.get(code)
         except UnknownDeviceError:
             raise HTTPException(404, f"no device {code}") from None
-        if row.get("contact"):
-            row["contact"] = "***"  # personal data: masked by default
+        row["contact"] = mask_contact(row.get("contact"))  # personal data: masked by default
         return row
 
     return router

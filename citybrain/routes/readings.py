@@ -1,23 +1,53 @@
-"""Readings routes: latest by event time, ranges."""
+"""Readings routes: latest by event time, ranges, buckets, pages and streamed exports.
+
+The SQL lives in :mod:`streams.queries`; these handlers validate, pick the
+query and shape JSON. A :class:`streams.errors.QueryError` becomes a 422.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import StreamingResponse
 from psycopg import sql
 from psycopg.rows import dict_row
 
 from citybrain.migrations import class_table
 from citybrain.routes.context import ApiContext
 from citybrain.routes.devices import device_class_of
+from streams import queries
+from streams.errors import QueryError
+from streams.store import EXTRA_TABLE
 
 __all__ = ["build"]
+
+_QUALITY = ("good", "suspect", "bad")
 
 
 def _iso(t: datetime | None) -> str | None:
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None
+
+
+def _quality(flag: str | None) -> str:
+    return (flag or "good").split(":")[0]
+
+
+def _row_json(row: dict[str, Any], metrics: list[str]) -> dict[str, Any]:
+    flags = row.get("flags") or {}
+    return {
+        "device": row["device_code"],
+        "ts": _iso(row["ts"]),
+        "rx": _iso(row["rx"]),
+        "quality": _QUALITY[row["quality"]] if 0 <= row["quality"] < 3 else str(row["quality"]),
+        "metrics": {m: row[m] for m in metrics if row.get(m) is not None},
+        **({"flags": flags} if flags else {}),
+    }
 
 
 def build(ctx: ApiContext) -> APIRouter:
@@ -25,32 +55,62 @@ def build(ctx: ApiContext) -> APIRouter:
     router = APIRouter()
     models = ctx.models
     pool = ctx.pool
+    catalogs = queries.CatalogCache(models)
+
+    def unprocessable(exc: QueryError) -> HTTPException:
+        return HTTPException(422, str(exc))
+
+    async def source(device_class: str, metric: str) -> queries.MetricSource:
+        try:
+            return (await catalogs.get(pool)).source(device_class, metric)
+        except QueryError as exc:
+            raise unprocessable(exc) from exc
+
+    def check_class(device_class: str) -> None:
+        if device_class not in models.device_classes():
+            raise HTTPException(422, f"unknown device class {device_class!r}; one of {models.device_classes()}")
 
     @router.get("/api/v1/devices/{code}/latest", tags=["readings"])
     async def latest(code: str) -> dict[str, Any]:
         """The latest value of each metric, by event time (not receive time)."""
         device_class, model_key = await device_class_of(ctx, code)
         model = models.get(model_key)
-        cols = models.metrics_of_class(device_class)
+        catalog = await catalogs.get(pool)
+        wide = [c for c in models.metrics_of_class(device_class) if c in catalog.wide.get(device_class, ())]
         # One query: for each metric, the value at the greatest event time where it is set.
         parts = [
             sql.SQL(
                 "(select array[extract(epoch from ts)::float8, {c}] from {t} where device_code = %(d)s"
                 " and {c} is not null order by ts desc limit 1) as {c}"
             ).format(c=sql.Identifier(c), t=sql.Identifier(class_table(device_class)))
-            for c in cols
+            for c in wide
         ]
-        query = sql.SQL("select {}").format(sql.SQL(", ").join(parts))
         async with pool.connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(query, {"d": code})
-            row = await cur.fetchone()
-        metrics: dict[str, Any] = {}
-        for c in cols:
+            row: dict[str, Any] | None = None
+            if parts:
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(sql.SQL("select {}").format(sql.SQL(", ").join(parts)), {"d": code})
+                row = await cur.fetchone()
+            # Metrics without a wide column yet live in the narrow table.
+            narrow = await (
+                await conn.execute(
+                    sql.SQL(
+                        "select distinct on (metric) metric, extract(epoch from ts)::float8, value from {}"
+                        " where device_code = %s order by metric, ts desc"
+                    ).format(sql.Identifier(EXTRA_TABLE)),
+                    (code,),
+                )
+            ).fetchall()
+        found: dict[str, tuple[float, float]] = {}
+        for c in wide:
             val = (row or {}).get(c)
-            if val is None:
-                continue
-            ts, value = val
+            if val is not None:
+                found[c] = (val[0], val[1])
+        for metric, ts, value in narrow:
+            if metric not in found or ts > found[metric][0]:
+                found[metric] = (ts, value)
+        metrics: dict[str, Any] = {}
+        for c, (ts, value) in found.items():
             unit = model.metrics[c].unit if c in model.metrics else None
             metrics[c] = {"value": value, "unit": unit, "ts": _iso(datetime.fromtimestamp(ts, UTC))}
         if not metrics:
@@ -64,26 +124,198 @@ def build(ctx: ApiContext) -> APIRouter:
         from_: Annotated[datetime | None, Query(alias="from")] = None,
         to: Annotated[datetime | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+        after: Annotated[str | None, Query(description="`next` of the previous page")] = None,
     ) -> dict[str, Any]:
-        """Readings of one metric of one device in [from, to), by event time."""
+        """Readings of one metric of one device in [from, to), by event time, a page at a time."""
         device_class, _ = await device_class_of(ctx, device)
-        if metric not in models.metrics_of_class(device_class):
-            raise HTTPException(422, f"metric {metric!r} is not a metric of class {device_class}")
-        query = sql.SQL(
-            "select ts, rx, {m}, quality, flags->>{ml} from {t} where device_code = %s and {m} is not null"
-            " and ts >= %s and ts < %s order by ts limit %s"
-        ).format(m=sql.Identifier(metric), ml=sql.Literal(metric), t=sql.Identifier(class_table(device_class)))
+        src = await source(device_class, metric)
         lo = from_ or datetime(1970, 1, 1, tzinfo=UTC)
         hi = to or datetime(9999, 1, 1, tzinfo=UTC)
+        try:
+            queries.check_range(lo, hi)
+            cursor = queries.decode_cursor(after) if after else None
+        except QueryError as exc:
+            raise unprocessable(exc) from exc
+        params: dict[str, Any] = {"d": device, "lo": lo, "hi": hi, "limit": limit}
+        if cursor is not None:
+            params["after"] = cursor.ts
         async with pool.connection() as conn:
-            rows = await (await conn.execute(query, (device, lo, hi, limit))).fetchall()
+            rows = await (await conn.execute(queries.points_sql(src, after=cursor is not None), params)).fetchall()
+        nxt = queries.encode_cursor(queries.Cursor(rows[-1][0], device)) if len(rows) == limit else None
         return {
             "device": device,
             "metric": metric,
-            "items": [
-                {"ts": _iso(r[0]), "rx": _iso(r[1]), "value": r[2], "quality": (r[4] or "good").split(":")[0]}
-                for r in rows
-            ],
+            "items": [{"ts": _iso(r[0]), "rx": _iso(r[1]), "value": r[2], "quality": _quality(r[3])} for r in rows],
+            "next": nxt,
         }
+
+    @router.get("/api/v1/readings/buckets", tags=["readings"])
+    async def buckets(
+        device: Annotated[str, Query(description="Device code")],
+        metric: Annotated[str, Query(description="Metric name")],
+        from_: Annotated[datetime, Query(alias="from")],
+        to: Annotated[datetime, Query()],
+        bucket: Annotated[str, Query(description="Bucket width: 30s, 5m, 1h, 1d …")] = "1h",
+        source_: Annotated[
+            Literal["auto", "raw", "rollup"], Query(alias="source", description="Force raw rows or rollups")
+        ] = "auto",
+    ) -> dict[str, Any]:
+        """avg/min/max/count of one device's metric per bucket (bad values excluded).
+
+        Answered from the coarsest rollup (5 min, 1 h, 1 day) whose width divides
+        the bucket when the range is aligned to it, else from the raw rows.
+        """
+        device_class, model_key = await device_class_of(ctx, device)
+        src = await source(device_class, metric)
+        try:
+            plan = queries.plan_buckets(src, from_, to, queries.parse_bucket(bucket), source=source_)
+        except QueryError as exc:
+            raise unprocessable(exc) from exc
+        async with pool.connection() as conn:
+            items = await queries.fetch_buckets(conn, src, plan, device, from_, to)
+        model = models.get(model_key)
+        return {
+            "device": device,
+            "metric": metric,
+            "unit": model.metrics[metric].unit if metric in model.metrics else None,
+            "bucket_seconds": int(plan.width.total_seconds()),
+            "source": f"rollup_{plan.rollup.name}" if plan.rollup else "raw",
+            "items": [{"ts": _iso(b.start), "avg": b.avg, "min": b.min, "max": b.max, "count": b.count} for b in items],
+        }
+
+    @router.get("/api/v1/readings/latest", tags=["readings"])
+    async def latest_many(
+        class_: Annotated[str, Query(alias="class", description="Device class")],
+        district: Annotated[str | None, Query(description="GB/T 2260 district code")] = None,
+        within_minutes: Annotated[int, Query(ge=1, le=7 * 24 * 60, description="Look back at most")] = 24 * 60,
+        limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+        after: Annotated[str | None, Query(description="`next` of the previous page (a device code)")] = None,
+    ) -> dict[str, Any]:
+        """The latest row of every device of a class (optionally one district), by event time."""
+        check_class(class_)
+        catalog = await catalogs.get(pool)
+        metrics = [m for m in models.metrics_of_class(class_) if m in catalog.wide.get(class_, ())]
+        query = queries.latest_sql(class_, metrics, district=district is not None, after=after is not None)
+        params = {
+            "cls": class_,
+            "since": datetime.now(UTC) - timedelta(minutes=within_minutes),
+            "limit": limit,
+            "district": district,
+            "after": after,
+        }
+        async with pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(query, params)
+            rows = await cur.fetchall()
+        items = []
+        for r in rows:
+            r["device_code"] = r["code"]
+            items.append(_row_json(r, metrics) | {"district": r["district"]})
+        return {
+            "class": class_,
+            "district": district,
+            "items": items,
+            "next": rows[-1]["code"] if len(rows) == limit else None,
+        }
+
+    def _rows_params(
+        class_: str, lo: datetime, hi: datetime, device: str | None, district: str | None
+    ) -> dict[str, Any]:
+        check_class(class_)
+        try:
+            queries.check_range(lo, hi)
+        except QueryError as exc:
+            raise unprocessable(exc) from exc
+        return {"lo": lo, "hi": hi, "d": device, "district": district}
+
+    @router.get("/api/v1/readings/rows", tags=["readings"])
+    async def rows_page(
+        class_: Annotated[str, Query(alias="class", description="Device class")],
+        from_: Annotated[datetime, Query(alias="from")],
+        to: Annotated[datetime, Query()],
+        device: Annotated[str | None, Query()] = None,
+        district: Annotated[str | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+        after: Annotated[str | None, Query(description="`next` of the previous page")] = None,
+    ) -> dict[str, Any]:
+        """Raw rows of a class in [from, to), ordered by (event time, device), keyset-paginated."""
+        params = _rows_params(class_, from_, to, device, district)
+        try:
+            cursor = queries.decode_cursor(after) if after else None
+        except QueryError as exc:
+            raise unprocessable(exc) from exc
+        metrics = [m for m in models.metrics_of_class(class_) if m in (await catalogs.get(pool)).wide.get(class_, ())]
+        params["limit"] = limit
+        if cursor is not None:
+            params["after_ts"], params["after_d"] = cursor.ts, cursor.device
+        query = queries.export_sql(
+            class_,
+            metrics,
+            device=device is not None,
+            district=district is not None,
+            after=cursor is not None,
+            limit=True,
+        )
+        async with pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(query, params)
+            rows = await cur.fetchall()
+        nxt = (
+            queries.encode_cursor(queries.Cursor(rows[-1]["ts"], rows[-1]["device_code"]))
+            if len(rows) == limit
+            else None
+        )
+        return {"class": class_, "items": [_row_json(r, metrics) for r in rows], "next": nxt}
+
+    @router.get("/api/v1/readings/export", tags=["readings"])
+    async def export(
+        class_: Annotated[str, Query(alias="class", description="Device class")],
+        from_: Annotated[datetime, Query(alias="from")],
+        to: Annotated[datetime, Query()],
+        device: Annotated[str | None, Query()] = None,
+        district: Annotated[str | None, Query()] = None,
+        format_: Annotated[Literal["ndjson", "csv"], Query(alias="format")] = "ndjson",
+    ) -> StreamingResponse:
+        """Every raw row of a class in [from, to), streamed as NDJSON or CSV (no size limit)."""
+        params = _rows_params(class_, from_, to, device, district)
+        metrics = [m for m in models.metrics_of_class(class_) if m in (await catalogs.get(pool)).wide.get(class_, ())]
+
+        async def body() -> AsyncIterator[bytes]:
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            if format_ == "csv":
+                writer.writerow(["device", "ts", "rx", "quality", *metrics, "flags"])
+            n = 0
+            async with pool.connection() as conn:
+                async for row in queries.export_rows(
+                    conn, class_, metrics, params, device=device is not None, district=district is not None
+                ):
+                    if format_ == "csv":
+                        flags = row.get("flags")
+                        writer.writerow(
+                            [
+                                row["device_code"],
+                                _iso(row["ts"]),
+                                _iso(row["rx"]),
+                                _QUALITY[row["quality"]],
+                                *["" if row[m] is None else repr(row[m]) for m in metrics],
+                                json.dumps(flags, separators=(",", ":")) if flags else "",
+                            ]
+                        )
+                    else:
+                        buf.write(json.dumps(_row_json(row, metrics), separators=(",", ":")) + "\n")
+                    n += 1
+                    if n % 1000 == 0:
+                        yield buf.getvalue().encode()
+                        buf.seek(0)
+                        buf.truncate()
+            if buf.tell():
+                yield buf.getvalue().encode()
+
+        media = "text/csv; charset=utf-8" if format_ == "csv" else "application/x-ndjson"
+        filename = f"readings_{class_}_{from_:%Y%m%dT%H%M%S}.{format_}"
+        return StreamingResponse(
+            body(), media_type=media, headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+        )
 
     return router

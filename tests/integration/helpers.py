@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaConsumer
@@ -50,13 +51,13 @@ async def consume(
     return out
 
 
-def mqtt_client(host: str, port: int, client_id: str | None = None, **kw: object) -> mqtt.Client:
+def mqtt_client(host: str, port: int, client_id: str | None = None, **kw: Any) -> mqtt.Client:
     c = mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id or f"t-{uuid.uuid4().hex[:8]}",
         protocol=mqtt.MQTTv311,
         **kw,
-    )  # type: ignore[arg-type]
+    )
     c.connect(host, port, keepalive=30)
     c.loop_start()
     return c

@@ -176,7 +176,8 @@ def test_derived_indicators_drive_standard_rules() -> None:
     rs = _readings("nh3n", [0.3, 1.8], step_s=3600) + _readings("ph", [7.2, 7.2], step_s=3600)
     out, snap, *_ = _run(water, rs, ctx)
     assert [(t.kind, t.alert.rule, t.alert.severity) for t in out] == [
-        ("open", "water.class.below_target", Severity.MAJOR)]
+        ("open", "water.class.below_target", Severity.MAJOR)
+    ]
     assert snap["water_class"][0] == 5
     noise = shipped_rules().for_class("noise")
     ctx = DeviceContext(CODE, "350203", "noise", attributes={"zone": "1"})

@@ -1,0 +1,1457 @@
+"""Statistical anomaly detectors per (device, metric) series. Pure numpy, no I/O.
+
+Every detector comes in up to three forms that agree sample for sample:
+
+* **batch** — ``<name>_batch(times, values, params)`` over one 1-D series
+  (``times`` int64 epoch seconds, strictly increasing; ``values`` float64)
+  returning a :class:`~alerts.anomaly.result.BatchResult`;
+* **online** — ``<Name>Detector(params, state).update(t, x) -> Anomaly | None``,
+  whose :attr:`state` is a small frozen dataclass with ``to_dict`` /
+  ``from_dict`` (JSON-safe: no NaN, so it fits a PostgreSQL ``jsonb`` column);
+* **bank** — ``<Name>Bank(size, params).update(t, x, index=None)`` updating
+  many series at once with numpy, one sample per series per call; banks
+  convert to and from the per-series states (:meth:`state`, ``from_states``).
+
+Input policy, the same everywhere: a non-finite value (NaN, ±inf) is
+*ignored* — it is neither scored nor remembered, and the state is unchanged.
+Online and bank forms also ignore a sample whose time is not after the last
+accepted one (a late or duplicate reading), because raising inside a stream
+worker's loop would stall it; the batch forms instead raise
+:class:`~alerts.errors.AnomalyError` on non-increasing times, which there is
+a caller bug. Invalid parameters or saved state raise ``AnomalyError``.
+
+Warm-up: no detector scores a sample before it has accepted
+``min_samples`` samples (the stuck detector needs ``samples`` flat ones by
+construction), so a fresh state never alarms at start.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
+
+from alerts.anomaly.result import Anomaly, BankUpdate, BatchResult, DetectorKind
+from alerts.errors import AnomalyError
+
+__all__ = [
+    "LIVENESS_CODES",
+    "MAD_SCALE",
+    "NEVER_SEEN",
+    "DriftBank",
+    "DriftDetector",
+    "DriftParams",
+    "DriftState",
+    "EwmaBank",
+    "EwmaDetector",
+    "EwmaParams",
+    "EwmaState",
+    "Liveness",
+    "RateBank",
+    "RateDetector",
+    "RateParams",
+    "RateState",
+    "RobustZBank",
+    "RobustZDetector",
+    "RobustZParams",
+    "RobustZState",
+    "StuckBank",
+    "StuckDetector",
+    "StuckParams",
+    "StuckState",
+    "drift_batch",
+    "ewma_batch",
+    "liveness",
+    "liveness_many",
+    "peer_median",
+    "rate_batch",
+    "robust_z_batch",
+    "silence_anomaly",
+    "stuck_batch",
+]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+#: Scales a MAD to the standard deviation of a normal distribution (1 / Φ⁻¹(3/4)).
+MAD_SCALE = 1.4826
+
+#: Sentinel for "no time yet" inside banks and for never-seen devices in :func:`liveness_many`.
+NEVER_SEEN = int(np.iinfo(np.int64).min)
+
+_STATE_VERSION = 1
+# Rows per chunk in the batch robust z-score, so memory stays ~chunk × window floats.
+_CHUNK = 8192
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise AnomalyError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _check_non_negative(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise AnomalyError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _check_int(name: str, value: int, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise AnomalyError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _load(data: Mapping[str, Any], kind: DetectorKind) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise AnomalyError("saved state must be a mapping")
+    if data.get("v") != _STATE_VERSION or data.get("kind") != kind.value:
+        raise AnomalyError(f"saved state is not a v{_STATE_VERSION} {kind.value} state")
+    return data
+
+
+def _int(data: Mapping[str, Any], key: str) -> int:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise AnomalyError(f"state field {key!r} must be an integer")
+    return value
+
+
+def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
+    return None if data.get(key) is None else _int(data, key)
+
+
+def _float(data: Mapping[str, Any], key: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise AnomalyError(f"state field {key!r} must be a finite number")
+    return float(value)
+
+
+def _series(times: npt.ArrayLike, values: npt.ArrayLike) -> tuple[IntArray, FloatArray]:
+    t = np.asarray(times)
+    v = np.asarray(values, dtype=np.float64)
+    if t.ndim != 1 or v.shape != t.shape:
+        raise AnomalyError("times and values must be 1-D arrays of the same length")
+    if t.size and not np.issubdtype(t.dtype, np.integer):
+        raise AnomalyError("times must be integer epoch seconds")
+    t = t.astype(np.int64, copy=False)
+    if t.size > 1 and bool(np.any(np.diff(t) <= 0)):
+        raise AnomalyError("times must be strictly increasing")
+    return t, v
+
+
+def _accepts(last_t: int | None, t: int, x: float) -> bool:
+    """Whether an online detector takes this sample (finite, and after the last one)."""
+    return math.isfinite(x) and (last_t is None or t > last_t)
+
+
+def _direction(delta: float) -> str:
+    return "up" if delta >= 0 else "down"
+
+
+def _empty_result(n: int) -> tuple[BoolArray, FloatArray, FloatArray]:
+    return np.zeros(n, dtype=np.bool_), np.full(n, np.nan), np.full(n, np.nan)
+
+
+def _record(
+    anomaly: Anomaly | None,
+    i: int,
+    score: float | None,
+    baseline: float | None,
+    out: tuple[BoolArray, FloatArray, FloatArray],
+) -> None:
+    mask, scores, baselines = out
+    if anomaly is not None:
+        mask[i] = True
+    if score is not None and baseline is not None:
+        scores[i] = score
+        baselines[i] = baseline
+
+
+class _Bank:
+    """Shared plumbing of the vectorised banks: selection and validation of a step."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        _check_int("size", size, 0)
+        self.size = size
+
+    def _select(
+        self, t: npt.ArrayLike, x: npt.ArrayLike, index: npt.ArrayLike | None
+    ) -> tuple[npt.NDArray[np.intp], IntArray, FloatArray]:
+        if index is None:
+            sel = np.arange(self.size, dtype=np.intp)
+        else:
+            sel = np.asarray(index)
+            if sel.ndim != 1 or (sel.size and not np.issubdtype(sel.dtype, np.integer)):
+                raise AnomalyError("index must be a 1-D integer array")
+            sel = sel.astype(np.intp, copy=False)
+            if sel.size and (sel.min() < 0 or sel.max() >= self.size):
+                raise AnomalyError("index out of range")
+            # Fancy-index assignment with repeated indices keeps an arbitrary one; refuse instead.
+            if np.unique(sel).size != sel.size:
+                raise AnomalyError("index must not repeat a series")
+        xs = np.asarray(x, dtype=np.float64)
+        if xs.shape != sel.shape:
+            raise AnomalyError(f"x must have shape {sel.shape}, got {xs.shape}")
+        ts = np.asarray(t)
+        if ts.size and not np.issubdtype(ts.dtype, np.integer):
+            raise AnomalyError("t must be integer epoch seconds")
+        try:
+            tt = np.broadcast_to(ts, sel.shape).astype(np.int64)
+        except ValueError as exc:
+            raise AnomalyError(f"t must be a scalar or have shape {sel.shape}") from exc
+        return sel, tt, xs
+
+
+def _opt_time(value: np.int64) -> int | None:
+    return None if int(value) == NEVER_SEEN else int(value)
+
+
+def _time_or_never(value: int | None) -> int:
+    return NEVER_SEEN if value is None else value
+
+
+# --------------------------------------------------------------------------- robust z-score
+
+
+@dataclass(frozen=True, slots=True)
+class RobustZParams:
+    """Robust z-score against a rolling median / MAD.
+
+    Attributes:
+        window: How many previous accepted samples form the baseline (count, not time).
+        k: Fire when ``|x − median| / scale > k``.
+        min_samples: Warm-up: samples needed in the window before scoring.
+        min_scale: Floor of the scale, in metric units (set it to the sensor's
+            resolution). With the default 0 a window whose MAD is 0 (over half
+            of it identical) is not scored at all, so quantised or idle sensors
+            never alarm on their first change.
+    """
+
+    window: int = 90
+    k: float = 6.0
+    min_samples: int = 30
+    min_scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_int("window", self.window, 3)
+        _check_int("min_samples", self.min_samples, 3)
+        if self.min_samples > self.window:
+            raise AnomalyError("min_samples cannot exceed window")
+        _check_positive("k", self.k)
+        _check_non_negative("min_scale", self.min_scale)
+
+
+@dataclass(frozen=True, slots=True)
+class RobustZState:
+    """The last ``window`` accepted samples, oldest first, and the last accepted time."""
+
+    values: tuple[float, ...] = ()
+    times: tuple[int, ...] = ()
+    last_t: int | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.values) != len(self.times):
+            raise AnomalyError("robust_z state needs one time per value")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict for persistence."""
+        return {
+            "v": _STATE_VERSION,
+            "kind": DetectorKind.ROBUST_Z.value,
+            "values": list(self.values),
+            "times": list(self.times),
+            "last_t": self.last_t,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RobustZState:
+        """Rebuild from :meth:`to_dict` output; raises AnomalyError if malformed."""
+        d = _load(data, DetectorKind.ROBUST_Z)
+        vals, times = d.get("values"), d.get("times")
+        if not isinstance(vals, list | tuple) or not isinstance(times, list | tuple):
+            raise AnomalyError("robust_z state needs lists 'values' and 'times'")
+        values = tuple(_float({"x": v}, "x") for v in vals)
+        stamps = tuple(_int({"t": v}, "t") for v in times)
+        return cls(values=values, times=stamps, last_t=_opt_int(d, "last_t"))
+
+
+def _sorted_median(srt: FloatArray, counts: IntArray) -> FloatArray:
+    """Median of each row of ``srt`` (sorted, NaN padding last) over its first ``counts`` entries.
+
+    ``(a + b) / 2`` of the two middle order statistics — for an odd count
+    ``a == b`` and this is exact — so every form computes bit-identical medians.
+    """
+    c = np.maximum(counts, 1)
+    lo = ((c - 1) // 2)[:, None]
+    hi = (c // 2)[:, None]
+    a = np.take_along_axis(srt, lo, axis=1)[:, 0]
+    b = np.take_along_axis(srt, hi, axis=1)[:, 0]
+    return np.asarray((a + b) / 2, dtype=np.float64)
+
+
+def _row_stats(rows: FloatArray, counts: IntArray) -> tuple[FloatArray, FloatArray]:
+    """Median and MAD-based scale of each row (NaN marks empty slots)."""
+    med = _sorted_median(np.sort(rows, axis=1), counts)
+    dev = np.abs(rows - med[:, None])
+    mad = _sorted_median(np.sort(dev, axis=1), counts)
+    return med, MAD_SCALE * mad
+
+
+def _robust_scores(
+    med: FloatArray, scale: FloatArray, x: FloatArray, p: RobustZParams
+) -> tuple[BoolArray, FloatArray, FloatArray]:
+    s = np.maximum(scale, p.min_scale)
+    scored = s > 0
+    score = np.full(x.shape, np.nan)
+    score[scored] = np.abs(x[scored] - med[scored]) / s[scored]
+    baseline = np.where(scored, med, np.nan)
+    return scored & (score > p.k), score, baseline
+
+
+class RobustZDetector:
+    """Online robust z-score for one series; bounded memory (``window`` samples).
+
+    Example:
+        >>> det = RobustZDetector(RobustZParams(window=90, k=6))
+        >>> anomaly = det.update(1_700_000_000, 41.5)
+    """
+
+    __slots__ = ("_state", "params")
+
+    def __init__(self, params: RobustZParams | None = None, state: RobustZState | None = None) -> None:
+        self.params = params or RobustZParams()
+        st = state or RobustZState()
+        if len(st.values) > self.params.window:
+            # A state saved under a longer window: keep its newest samples.
+            st = RobustZState(st.values[-self.params.window :], st.times[-self.params.window :], st.last_t)
+        self._state = st
+
+    @property
+    def state(self) -> RobustZState:
+        """The current state (immutable; persist it with ``to_dict``)."""
+        return self._state
+
+    def update(self, t: int, x: float) -> Anomaly | None:
+        """Score ``x`` against the previous samples, then remember it."""
+        st, p = self._state, self.params
+        if not _accepts(st.last_t, t, x):
+            return None
+        n = len(st.values)
+        anomaly = None
+        if n >= p.min_samples:
+            row = np.full((1, p.window), np.nan)
+            row[0, :n] = st.values
+            med, scale = _row_stats(row, np.array([n], dtype=np.int64))
+            fired, score, baseline = _robust_scores(med, scale, np.array([x], dtype=np.float64), p)
+            if fired[0]:
+                m = float(baseline[0])
+                anomaly = Anomaly(
+                    DetectorKind.ROBUST_Z, t, x, m, float(score[0]), p.k, st.times[0], t, _direction(x - m)
+                )
+        self._state = RobustZState((*st.values, float(x))[-p.window :], (*st.times, int(t))[-p.window :], int(t))
+        return anomaly
+
+
+def robust_z_batch(times: npt.ArrayLike, values: npt.ArrayLike, params: RobustZParams | None = None) -> BatchResult:
+    """Robust z-score over a whole series; same decisions as :class:`RobustZDetector`.
+
+    Cost: O(n · window · log window), vectorised in chunks.
+    """
+    p = params or RobustZParams()
+    _, v = _series(times, values)
+    mask, score, baseline = _empty_result(v.size)
+    idx = np.flatnonzero(np.isfinite(v))
+    fv = v[idx]
+    m = fv.size
+    if m > p.min_samples:
+        # Row j of the view holds the `window` accepted samples before sample j (NaN-padded at the start).
+        pad = np.concatenate([np.full(p.window, np.nan), fv])
+        windows = sliding_window_view(pad, p.window)
+        counts = np.minimum(np.arange(m, dtype=np.int64), p.window)
+        for start in range(p.min_samples, m, _CHUNK):
+            stop = min(start + _CHUNK, m)
+            med, scale = _row_stats(windows[start:stop], counts[start:stop])
+            fired, s, b = _robust_scores(med, scale, fv[start:stop], p)
+            where = idx[start:stop]
+            mask[where], score[where], baseline[where] = fired, s, b
+    return BatchResult(mask, score, baseline, p.k)
+
+
+class RobustZBank(_Bank):
+    """Robust z-score over many series at once: a ``size × window`` ring buffer.
+
+    Cost per step: two row sorts of ``window`` floats per series updated.
+    """
+
+    __slots__ = ("_buf", "_count", "_last_t", "_pos", "_tbuf", "params")
+
+    def __init__(self, size: int, params: RobustZParams | None = None) -> None:
+        super().__init__(size)
+        self.params = params or RobustZParams()
+        w = self.params.window
+        self._buf = np.full((size, w), np.nan)
+        self._tbuf = np.zeros((size, w), dtype=np.int64)
+        self._count = np.zeros(size, dtype=np.int64)
+        self._pos = np.zeros(size, dtype=np.int64)
+        self._last_t = np.full(size, NEVER_SEEN, dtype=np.int64)
+
+    @classmethod
+    def from_states(cls, states: Sequence[RobustZState], params: RobustZParams | None = None) -> RobustZBank:
+        """A bank whose series ``i`` continues from ``states[i]``."""
+        bank = cls(len(states), params)
+        w = bank.params.window
+        for i, st in enumerate(states):
+            vals, times = st.values[-w:], st.times[-w:]
+            n = len(vals)
+            bank._buf[i, :n] = vals
+            bank._tbuf[i, :n] = times
+            bank._count[i] = n
+            bank._pos[i] = n % w
+            bank._last_t[i] = _time_or_never(st.last_t)
+        return bank
+
+    def state(self, i: int) -> RobustZState:
+        """Series ``i``'s state, as the online detector would hold it."""
+        w, n = self.params.window, int(self._count[i])
+        order = (int(self._pos[i]) - n + np.arange(n)) % w
+        return RobustZState(
+            tuple(float(v) for v in self._buf[i, order]),
+            tuple(int(v) for v in self._tbuf[i, order]),
+            _opt_time(self._last_t[i]),
+        )
+
+    def update(self, t: npt.ArrayLike, x: npt.ArrayLike, index: npt.ArrayLike | None = None) -> BankUpdate:
+        """One sample for each series in ``index`` (default: all, in order).
+
+        Args:
+            t: Epoch seconds, a scalar or one per selected series.
+            x: One value per selected series; non-finite values are ignored.
+            index: Which series the samples belong to (no repeats).
+        """
+        p = self.params
+        sel, tt, xs = self._select(t, x, index)
+        ok = np.isfinite(xs) & (tt > self._last_t[sel])
+        counts = self._count[sel]
+        fired = np.zeros(sel.size, dtype=np.bool_)
+        score = np.full(sel.size, np.nan)
+        baseline = np.full(sel.size, np.nan)
+        scoring = ok & (counts >= p.min_samples)
+        if scoring.any():
+            rows = self._buf[sel[scoring]]
+            med, scale = _row_stats(rows, counts[scoring])
+            fired[scoring], score[scoring], baseline[scoring] = _robust_scores(med, scale, xs[scoring], p)
+        w = sel[ok]
+        pos = self._pos[w]
+        self._buf[w, pos] = xs[ok]
+        self._tbuf[w, pos] = tt[ok]
+        self._pos[w] = (pos + 1) % p.window
+        self._count[w] = np.minimum(self._count[w] + 1, p.window)
+        self._last_t[w] = tt[ok]
+        return BankUpdate(fired, score, baseline)
+
+
+# --------------------------------------------------------------------------- EWMA control chart
+
+
+@dataclass(frozen=True, slots=True)
+class EwmaParams:
+    """EWMA control chart with an EWMA'd variance.
+
+    Attributes:
+        lam: Smoothing weight of the newest sample, ``0 < lam <= 1``; memory ≈ ``2/lam − 1`` samples.
+        sigmas: Fire when ``|x − mean| > sigmas · sd`` (the L of the chart).
+        min_samples: Warm-up: samples accepted before scoring. Until then the
+            weight is ``max(lam, 1/n)``, i.e. a plain running mean/variance,
+            so the baseline is sound by the time scoring starts.
+        min_sigma: Floor of the standard deviation, in metric units. With the
+            default 0 a series with zero variance is not scored.
+        clip: After warm-up each sample is winsorised to ``mean ± clip · sd``
+            before it updates the baseline, so an outlier, or the first
+            samples of a noise burst, inflate the variance by at most a factor
+            ``(1 − lam)(1 + lam · clip²)`` per sample instead of masking the
+            rest of the burst; a lasting level shift is still absorbed.
+    """
+
+    lam: float = 0.05
+    sigmas: float = 5.0
+    min_samples: int = 30
+    min_sigma: float = 0.0
+    clip: float = 3.0
+
+    def __post_init__(self) -> None:
+        _check_positive("lam", self.lam)
+        if self.lam > 1:
+            raise AnomalyError("lam must be <= 1")
+        _check_positive("sigmas", self.sigmas)
+        _check_int("min_samples", self.min_samples, 2)
+        _check_non_negative("min_sigma", self.min_sigma)
+        _check_positive("clip", self.clip)
+
+
+@dataclass(frozen=True, slots=True)
+class EwmaState:
+    """Samples accepted, EWMA mean and variance, last accepted time."""
+
+    n: int = 0
+    mean: float = 0.0
+    var: float = 0.0
+    last_t: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 0 or self.var < 0:
+            raise AnomalyError("ewma state needs n >= 0 and var >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict for persistence."""
+        return {
+            "v": _STATE_VERSION,
+            "kind": DetectorKind.EWMA.value,
+            "n": self.n,
+            "mean": self.mean,
+            "var": self.var,
+            "last_t": self.last_t,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EwmaState:
+        """Rebuild from :meth:`to_dict` output; raises AnomalyError if malformed."""
+        d = _load(data, DetectorKind.EWMA)
+        return cls(_int(d, "n"), _float(d, "mean"), _float(d, "var"), _opt_int(d, "last_t"))
+
+
+def _ewma_step(
+    p: EwmaParams, st: EwmaState, t: int, x: float
+) -> tuple[EwmaState, Anomaly | None, float | None, float | None]:
+    if not _accepts(st.last_t, t, x):
+        return st, None, None, None
+    anomaly, score, baseline = None, None, None
+    xu = x
+    if st.n >= p.min_samples:
+        sd = max(math.sqrt(st.var), p.min_sigma)
+        if sd > 0:
+            score, baseline = abs(x - st.mean) / sd, st.mean
+            if score > p.sigmas:
+                start = t if st.last_t is None else st.last_t
+                anomaly = Anomaly(DetectorKind.EWMA, t, x, st.mean, score, p.sigmas, start, t, _direction(x - st.mean))
+            # Winsorised update (see EwmaParams.clip): an outlier must not
+            # inflate the variance enough to mask the samples that follow it.
+            xu = min(max(x, st.mean - p.clip * sd), st.mean + p.clip * sd)
+    alpha = max(p.lam, 1.0 / (st.n + 1))
+    diff = xu - st.mean
+    incr = alpha * diff
+    new = EwmaState(st.n + 1, st.mean + incr, (1 - alpha) * (st.var + diff * incr), int(t))
+    return new, anomaly, score, baseline
+
+
+class EwmaDetector:
+    """Online EWMA chart for one series; O(1) state (n, mean, var, last time).
+
+    The anomaly window is ``[previous accepted sample, this sample]``: the
+    baseline it was judged against is as of the previous sample.
+    """
+
+    __slots__ = ("_state", "params")
+
+    def __init__(self, params: EwmaParams | None = None, state: EwmaState | None = None) -> None:
+        self.params = params or EwmaParams()
+        self._state = state or EwmaState()
+
+    @property
+    def state(self) -> EwmaState:
+        """The current state (immutable; persist it with ``to_dict``)."""
+        return self._state
+
+    def update(self, t: int, x: float) -> Anomaly | None:
+        """Score ``x`` against the EWMA baseline, then fold it in."""
+        self._state, anomaly, _, _ = _ewma_step(self.params, self._state, t, x)
+        return anomaly
+
+
+def ewma_batch(times: npt.ArrayLike, values: npt.ArrayLike, params: EwmaParams | None = None) -> BatchResult:
+    """EWMA chart over a whole series; the online recursion, O(n) (a Python loop)."""
+    p = params or EwmaParams()
+    t, v = _series(times, values)
+    out = _empty_result(v.size)
+    st = EwmaState()
+    for i, (ti, xi) in enumerate(zip(t.tolist(), v.tolist(), strict=True)):
+        st, anomaly, score, baseline = _ewma_step(p, st, ti, xi)
+        _record(anomaly, i, score, baseline, out)
+    return BatchResult(*out, threshold=p.sigmas)
+
+
+class EwmaBank(_Bank):
+    """EWMA chart over many series at once: four arrays, O(1) per series per step."""
+
+    __slots__ = ("_last_t", "_mean", "_n", "_var", "params")
+
+    def __init__(self, size: int, params: EwmaParams | None = None) -> None:
+        super().__init__(size)
+        self.params = params or EwmaParams()
+        self._n = np.zeros(size, dtype=np.int64)
+        self._mean = np.zeros(size)
+        self._var = np.zeros(size)
+        self._last_t = np.full(size, NEVER_SEEN, dtype=np.int64)
+
+    @classmethod
+    def from_states(cls, states: Sequence[EwmaState], params: EwmaParams | None = None) -> EwmaBank:
+        """A bank whose series ``i`` continues from ``states[i]``."""
+        bank = cls(len(states), params)
+        for i, st in enumerate(states):
+            bank._n[i], bank._mean[i], bank._var[i] = st.n, st.mean, st.var
+            bank._last_t[i] = _time_or_never(st.last_t)
+        return bank
+
+    def state(self, i: int) -> EwmaState:
+        """Series ``i``'s state, as the online detector would hold it."""
+        return EwmaState(int(self._n[i]), float(self._mean[i]), float(self._var[i]), _opt_time(self._last_t[i]))
+
+    def update(self, t: npt.ArrayLike, x: npt.ArrayLike, index: npt.ArrayLike | None = None) -> BankUpdate:
+        """One sample for each series in ``index`` (default: all); see :meth:`RobustZBank.update`."""
+        p = self.params
+        sel, tt, xs = self._select(t, x, index)
+        ok = np.isfinite(xs) & (tt > self._last_t[sel])
+        n, mean, var = self._n[sel], self._mean[sel], self._var[sel]
+        # Ignored rows compute on x = mean, so ±inf never meets arithmetic that would warn.
+        xs = np.where(ok, xs, mean)
+        sd = np.maximum(np.sqrt(var), p.min_sigma)
+        scored = ok & (n >= p.min_samples) & (sd > 0)
+        score = np.full(sel.size, np.nan)
+        score[scored] = np.abs(xs[scored] - mean[scored]) / sd[scored]
+        fired = scored & (score > p.sigmas)
+        baseline = np.where(scored, mean, np.nan)
+        xu = np.where(scored, np.clip(xs, mean - p.clip * sd, mean + p.clip * sd), xs)
+        alpha = np.maximum(p.lam, 1.0 / (n + 1))
+        diff = xu - mean
+        incr = alpha * diff
+        w = sel[ok]
+        self._mean[w] = (mean + incr)[ok]
+        self._var[w] = ((1 - alpha) * (var + diff * incr))[ok]
+        self._n[w] = n[ok] + 1
+        self._last_t[w] = tt[ok]
+        return BankUpdate(fired, score, baseline)
+
+
+# --------------------------------------------------------------------------- spikes: rate of change
+
+
+@dataclass(frozen=True, slots=True)
+class RateParams:
+    """Spike detection by rate of change ``|Δx / Δt|``.
+
+    Attributes:
+        max_rate: The physically plausible limit for this metric, in metric
+            units per second (per metric; there is no sane universal default).
+        min_samples: Warm-up: samples accepted before scoring (>= 1, a
+            previous sample is needed).
+        hold: After a firing sample the reference stays at the last normal
+            sample for up to ``hold`` further firing samples, so the return
+            from a spike is not flagged as a second spike; a step change is
+            accepted as the new level after that.
+    """
+
+    max_rate: float
+    min_samples: int = 1
+    hold: int = 3
+
+    def __post_init__(self) -> None:
+        _check_positive("max_rate", self.max_rate)
+        _check_int("min_samples", self.min_samples, 1)
+        _check_int("hold", self.hold, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RateState:
+    """Samples accepted, the reference sample, how long it has been held, last time."""
+
+    n: int = 0
+    ref_t: int | None = None
+    ref_x: float = 0.0
+    held: int = 0
+    last_t: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict for persistence."""
+        return {
+            "v": _STATE_VERSION,
+            "kind": DetectorKind.RATE.value,
+            "n": self.n,
+            "ref_t": self.ref_t,
+            "ref_x": self.ref_x,
+            "held": self.held,
+            "last_t": self.last_t,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RateState:
+        """Rebuild from :meth:`to_dict` output; raises AnomalyError if malformed."""
+        d = _load(data, DetectorKind.RATE)
+        return cls(_int(d, "n"), _opt_int(d, "ref_t"), _float(d, "ref_x"), _int(d, "held"), _opt_int(d, "last_t"))
+
+
+def _rate_step(
+    p: RateParams, st: RateState, t: int, x: float
+) -> tuple[RateState, Anomaly | None, float | None, float | None]:
+    if not _accepts(st.last_t, t, x):
+        return st, None, None, None
+    anomaly, score, baseline = None, None, None
+    if st.n >= p.min_samples and st.ref_t is not None:
+        score, baseline = abs(x - st.ref_x) / (t - st.ref_t), st.ref_x
+        if score > p.max_rate:
+            anomaly = Anomaly(
+                DetectorKind.RATE, t, x, st.ref_x, score, p.max_rate, st.ref_t, t, _direction(x - st.ref_x)
+            )
+    if anomaly is not None and st.held < p.hold:
+        new = RateState(st.n + 1, st.ref_t, st.ref_x, st.held + 1, int(t))
+    else:
+        new = RateState(st.n + 1, int(t), float(x), 0, int(t))
+    return new, anomaly, score, baseline
+
+
+class RateDetector:
+    """Online rate-of-change spike detector for one series; O(1) state."""
+
+    __slots__ = ("_state", "params")
+
+    def __init__(self, params: RateParams, state: RateState | None = None) -> None:
+        self.params = params
+        self._state = state or RateState()
+
+    @property
+    def state(self) -> RateState:
+        """The current state (immutable; persist it with ``to_dict``)."""
+        return self._state
+
+    def update(self, t: int, x: float) -> Anomaly | None:
+        """Compare the rate from the reference sample with ``max_rate``."""
+        self._state, anomaly, _, _ = _rate_step(self.params, self._state, t, x)
+        return anomaly
+
+
+def rate_batch(times: npt.ArrayLike, values: npt.ArrayLike, params: RateParams) -> BatchResult:
+    """Rate-of-change spikes over a whole series; the online recursion, O(n)."""
+    t, v = _series(times, values)
+    out = _empty_result(v.size)
+    st = RateState()
+    for i, (ti, xi) in enumerate(zip(t.tolist(), v.tolist(), strict=True)):
+        st, anomaly, score, baseline = _rate_step(params, st, ti, xi)
+        _record(anomaly, i, score, baseline, out)
+    return BatchResult(*out, threshold=params.max_rate)
+
+
+class RateBank(_Bank):
+    """Rate-of-change spikes over many series at once; O(1) per series per step."""
+
+    __slots__ = ("_held", "_last_t", "_n", "_ref_t", "_ref_x", "params")
+
+    def __init__(self, size: int, params: RateParams) -> None:
+        super().__init__(size)
+        self.params = params
+        self._n = np.zeros(size, dtype=np.int64)
+        self._ref_t = np.full(size, NEVER_SEEN, dtype=np.int64)
+        self._ref_x = np.zeros(size)
+        self._held = np.zeros(size, dtype=np.int64)
+        self._last_t = np.full(size, NEVER_SEEN, dtype=np.int64)
+
+    @classmethod
+    def from_states(cls, states: Sequence[RateState], params: RateParams) -> RateBank:
+        """A bank whose series ``i`` continues from ``states[i]``."""
+        bank = cls(len(states), params)
+        for i, st in enumerate(states):
+            bank._n[i], bank._ref_x[i], bank._held[i] = st.n, st.ref_x, st.held
+            bank._ref_t[i] = _time_or_never(st.ref_t)
+            bank._last_t[i] = _time_or_never(st.last_t)
+        return bank
+
+    def state(self, i: int) -> RateState:
+        """Series ``i``'s state, as the online detector would hold it."""
+        return RateState(
+            int(self._n[i]),
+            _opt_time(self._ref_t[i]),
+            float(self._ref_x[i]),
+            int(self._held[i]),
+            _opt_time(self._last_t[i]),
+        )
+
+    def update(self, t: npt.ArrayLike, x: npt.ArrayLike, index: npt.ArrayLike | None = None) -> BankUpdate:
+        """One sample for each series in ``index`` (default: all); see :meth:`RobustZBank.update`."""
+        p = self.params
+        sel, tt, xs = self._select(t, x, index)
+        ok = np.isfinite(xs) & (tt > self._last_t[sel])
+        n, ref_t, ref_x, held = self._n[sel], self._ref_t[sel], self._ref_x[sel], self._held[sel]
+        scored = ok & (n >= p.min_samples) & (ref_t != NEVER_SEEN)
+        # Unscored rows divide by 1: subtracting the NEVER_SEEN sentinel would overflow int64.
+        dt = np.where(scored, tt - np.where(scored, ref_t, tt - 1), 1)
+        score = np.full(sel.size, np.nan)
+        score[scored] = np.abs(xs[scored] - ref_x[scored]) / dt[scored]
+        fired = scored & (score > p.max_rate)
+        baseline = np.where(scored, ref_x, np.nan)
+        keep = fired & (held < p.hold)
+        move = ok & ~keep
+        self._n[sel[ok]] = n[ok] + 1
+        self._held[sel[keep]] = held[keep] + 1
+        self._held[sel[move]] = 0
+        self._ref_t[sel[move]] = tt[move]
+        self._ref_x[sel[move]] = xs[move]
+        self._last_t[sel[ok]] = tt[ok]
+        return BankUpdate(fired, score, baseline)
+
+
+# --------------------------------------------------------------------------- stuck / flat-lined
+
+
+@dataclass(frozen=True, slots=True)
+class StuckParams:
+    """Stuck (flat-lined) sensor.
+
+    Flatness is measured by the *range* of the current run (max − min), which
+    needs O(1) state and implies a variance of at most ``eps² / 4``.
+
+    Attributes:
+        samples: Fire once the run of flat samples is this long (N expected
+            samples; pick N × cadence ≈ the longest plausible real plateau).
+        eps: Largest range still called flat, in metric units (0: identical values).
+    """
+
+    samples: int = 30
+    eps: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_int("samples", self.samples, 2)
+        _check_non_negative("eps", self.eps)
+
+
+@dataclass(frozen=True, slots=True)
+class StuckState:
+    """The current flat run: length, min, max, start time; and the last accepted time."""
+
+    run_len: int = 0
+    run_min: float = 0.0
+    run_max: float = 0.0
+    run_start: int | None = None
+    last_t: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict for persistence."""
+        return {
+            "v": _STATE_VERSION,
+            "kind": DetectorKind.STUCK.value,
+            "run_len": self.run_len,
+            "run_min": self.run_min,
+            "run_max": self.run_max,
+            "run_start": self.run_start,
+            "last_t": self.last_t,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StuckState:
+        """Rebuild from :meth:`to_dict` output; raises AnomalyError if malformed."""
+        d = _load(data, DetectorKind.STUCK)
+        return cls(
+            _int(d, "run_len"),
+            _float(d, "run_min"),
+            _float(d, "run_max"),
+            _opt_int(d, "run_start"),
+            _opt_int(d, "last_t"),
+        )
+
+
+def _stuck_step(
+    p: StuckParams, st: StuckState, t: int, x: float
+) -> tuple[StuckState, Anomaly | None, float | None, float | None]:
+    if not _accepts(st.last_t, t, x):
+        return st, None, None, None
+    lo, hi = min(st.run_min, x), max(st.run_max, x)
+    if st.run_len > 0 and st.run_start is not None and hi - lo <= p.eps:
+        new = StuckState(st.run_len + 1, lo, hi, st.run_start, int(t))
+    else:
+        new = StuckState(1, float(x), float(x), int(t), int(t))
+    score, baseline = float(new.run_len), (new.run_min + new.run_max) / 2
+    anomaly = None
+    if new.run_len >= p.samples and new.run_start is not None:
+        anomaly = Anomaly(DetectorKind.STUCK, t, x, baseline, score, float(p.samples), new.run_start, t)
+    return new, anomaly, score, baseline
+
+
+class StuckDetector:
+    """Online stuck-sensor detector for one series; O(1) state.
+
+    It fires on every sample from the ``samples``-th flat one on, until the
+    value moves; the window starts at the run's first sample.
+    """
+
+    __slots__ = ("_state", "params")
+
+    def __init__(self, params: StuckParams | None = None, state: StuckState | None = None) -> None:
+        self.params = params or StuckParams()
+        self._state = state or StuckState()
+
+    @property
+    def state(self) -> StuckState:
+        """The current state (immutable; persist it with ``to_dict``)."""
+        return self._state
+
+    def update(self, t: int, x: float) -> Anomaly | None:
+        """Extend or restart the flat run with ``x``."""
+        self._state, anomaly, _, _ = _stuck_step(self.params, self._state, t, x)
+        return anomaly
+
+
+def stuck_batch(times: npt.ArrayLike, values: npt.ArrayLike, params: StuckParams | None = None) -> BatchResult:
+    """Stuck runs over a whole series; the online recursion, O(n). Score = run length."""
+    p = params or StuckParams()
+    t, v = _series(times, values)
+    out = _empty_result(v.size)
+    st = StuckState()
+    for i, (ti, xi) in enumerate(zip(t.tolist(), v.tolist(), strict=True)):
+        st, anomaly, score, baseline = _stuck_step(p, st, ti, xi)
+        _record(anomaly, i, score, baseline, out)
+    return BatchResult(*out, threshold=float(p.samples))
+
+
+class StuckBank(_Bank):
+    """Stuck-sensor detection over many series at once; O(1) per series per step."""
+
+    __slots__ = ("_last_t", "_len", "_max", "_min", "_start", "params")
+
+    def __init__(self, size: int, params: StuckParams | None = None) -> None:
+        super().__init__(size)
+        self.params = params or StuckParams()
+        self._len = np.zeros(size, dtype=np.int64)
+        self._min = np.zeros(size)
+        self._max = np.zeros(size)
+        self._start = np.full(size, NEVER_SEEN, dtype=np.int64)
+        self._last_t = np.full(size, NEVER_SEEN, dtype=np.int64)
+
+    @classmethod
+    def from_states(cls, states: Sequence[StuckState], params: StuckParams | None = None) -> StuckBank:
+        """A bank whose series ``i`` continues from ``states[i]``."""
+        bank = cls(len(states), params)
+        for i, st in enumerate(states):
+            bank._len[i], bank._min[i], bank._max[i] = st.run_len, st.run_min, st.run_max
+            bank._start[i] = _time_or_never(st.run_start)
+            bank._last_t[i] = _time_or_never(st.last_t)
+        return bank
+
+    def state(self, i: int) -> StuckState:
+        """Series ``i``'s state, as the online detector would hold it."""
+        return StuckState(
+            int(self._len[i]),
+            float(self._min[i]),
+            float(self._max[i]),
+            _opt_time(self._start[i]),
+            _opt_time(self._last_t[i]),
+        )
+
+    def update(self, t: npt.ArrayLike, x: npt.ArrayLike, index: npt.ArrayLike | None = None) -> BankUpdate:
+        """One sample for each series in ``index`` (default: all); see :meth:`RobustZBank.update`."""
+        p = self.params
+        sel, tt, xs = self._select(t, x, index)
+        ok = np.isfinite(xs) & (tt > self._last_t[sel])
+        run_len, run_min, run_max = self._len[sel], self._min[sel], self._max[sel]
+        xs = np.where(ok, xs, run_min)
+        lo, hi = np.minimum(run_min, xs), np.maximum(run_max, xs)
+        extend = ok & (run_len > 0) & (self._start[sel] != NEVER_SEEN) & (hi - lo <= p.eps)
+        restart = ok & ~extend
+        new_len = np.where(extend, run_len + 1, 1)
+        new_min = np.where(extend, lo, xs)
+        new_max = np.where(extend, hi, xs)
+        score = np.where(ok, new_len.astype(np.float64), np.nan)
+        baseline = np.where(ok, (new_min + new_max) / 2, np.nan)
+        fired = ok & (new_len >= p.samples)
+        w = sel[ok]
+        self._len[w], self._min[w], self._max[w] = new_len[ok], new_min[ok], new_max[ok]
+        self._start[sel[restart]] = tt[restart]
+        self._last_t[w] = tt[ok]
+        return BankUpdate(fired, score, baseline)
+
+
+# --------------------------------------------------------------------------- drift against peers
+
+
+@dataclass(frozen=True, slots=True)
+class DriftParams:
+    """Drift of a device against the median of similar sensors nearby (two-sided CUSUM).
+
+    The residual ``r = x − peer median`` is averaged over blocks of ``block``
+    samples. Sensor noise is autocorrelated (a per-sample CUSUM on it
+    random-walks into false alarms); block means ``block`` samples apart are
+    close to independent, which is what CUSUM assumes. The mean and standard
+    deviation of the first ``min_blocks`` block means are learnt (so a
+    device's constant offset from its peers is not drift) and then frozen;
+    each later block mean ``m`` gives ``z = (m − mean) / sd`` and
+    ``S⁺ = max(0, S⁺ + z − k)``, ``S⁻ = max(0, S⁻ − z − k)``.
+    The detector fires on every sample while ``S⁺`` or ``S⁻`` exceeds ``h``.
+
+    Attributes:
+        k: CUSUM allowance, in block-mean standard deviations (half the
+            smallest shift worth detecting). Drift grows, so a large
+            allowance costs little delay and buys robustness to the
+            residual autocorrelation and to a short warm-up's noisy sd.
+        h: Decision interval, in the same units.
+        block: Samples per block; pick about the noise's correlation time
+            (30 at a 60 s cadence: half an hour).
+        min_blocks: Warm-up, in blocks: the detector scores nothing before
+            ``block · min_blocks`` samples.
+        min_sigma: Floor of the block-mean standard deviation, in metric units.
+        cap: ``S`` is capped at ``cap · h`` so the alarm clears within
+            ``~(cap − 1) · h / k`` blocks once the device is recalibrated.
+        min_peers: Fewest finite peer values for a peer median (else the
+            timestep is skipped); see :func:`peer_median`.
+    """
+
+    k: float = 2.0
+    h: float = 8.0
+    block: int = 30
+    min_blocks: int = 24
+    min_sigma: float = 0.0
+    cap: float = 2.0
+    min_peers: int = 3
+
+    def __post_init__(self) -> None:
+        _check_non_negative("k", self.k)
+        _check_positive("h", self.h)
+        _check_int("block", self.block, 1)
+        _check_int("min_blocks", self.min_blocks, 2)
+        _check_non_negative("min_sigma", self.min_sigma)
+        if not (isinstance(self.cap, int | float) and math.isfinite(self.cap) and self.cap >= 1):
+            raise AnomalyError("cap must be a finite number >= 1")
+        _check_int("min_peers", self.min_peers, 1)
+
+    @property
+    def warmup(self) -> int:
+        """Samples accepted before the first score."""
+        return self.block * self.min_blocks
+
+
+@dataclass(frozen=True, slots=True)
+class DriftState:
+    """Learnt offset (Welford over block means), the open block, the CUSUM sums, last time.
+
+    Attributes:
+        n: Block means learnt (stops at ``min_blocks``).
+        mean: Mean of the learnt block means (the device's normal offset).
+        m2: Welford sum of squares of the learnt block means.
+        b_sum: Sum of residuals in the open block.
+        b_n: Residuals in the open block.
+        b_start: Time of the open block's first sample.
+        s_pos: Upward CUSUM.
+        s_neg: Downward CUSUM.
+        pos_start: Start of the block where ``s_pos`` last rose from 0.
+        neg_start: Same for ``s_neg``.
+        last_t: Last accepted time.
+    """
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    b_sum: float = 0.0
+    b_n: int = 0
+    b_start: int | None = None
+    s_pos: float = 0.0
+    s_neg: float = 0.0
+    pos_start: int | None = None
+    neg_start: int | None = None
+    last_t: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 0 or self.b_n < 0 or self.m2 < 0 or self.s_pos < 0 or self.s_neg < 0:
+            raise AnomalyError("drift state needs n, b_n, m2, s_pos, s_neg >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict for persistence."""
+        return {
+            "v": _STATE_VERSION,
+            "kind": DetectorKind.DRIFT.value,
+            "n": self.n,
+            "mean": self.mean,
+            "m2": self.m2,
+            "b_sum": self.b_sum,
+            "b_n": self.b_n,
+            "b_start": self.b_start,
+            "s_pos": self.s_pos,
+            "s_neg": self.s_neg,
+            "pos_start": self.pos_start,
+            "neg_start": self.neg_start,
+            "last_t": self.last_t,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DriftState:
+        """Rebuild from :meth:`to_dict` output; raises AnomalyError if malformed."""
+        d = _load(data, DetectorKind.DRIFT)
+        return cls(
+            _int(d, "n"),
+            _float(d, "mean"),
+            _float(d, "m2"),
+            _float(d, "b_sum"),
+            _int(d, "b_n"),
+            _opt_int(d, "b_start"),
+            _float(d, "s_pos"),
+            _float(d, "s_neg"),
+            _opt_int(d, "pos_start"),
+            _opt_int(d, "neg_start"),
+            _opt_int(d, "last_t"),
+        )
+
+
+def peer_median(values: npt.ArrayLike, min_peers: int = 3, offsets: npt.ArrayLike | None = None) -> FloatArray:
+    """Median over devices (axis 0) of a ``devices × time`` matrix, or of one ``devices`` column.
+
+    Non-finite entries are missing; a timestep with fewer than ``min_peers``
+    finite values gets NaN. The device itself is included: with five or more
+    peers one drifting device moves the median by at most one order statistic.
+
+    Pass each device's known offset from its peers (``DriftState.mean`` once
+    learnt) as ``offsets``: the median is then taken over ``values − offsets``.
+    Without it, biased low-cost sensors spread the column out, and a device
+    drifting past its peers' offsets shifts the median by the gap between two
+    offsets — which every other device in the group then sees as drift.
+    """
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim not in (1, 2):
+        raise AnomalyError("peer values must be 1-D (devices) or 2-D (devices × time)")
+    if offsets is not None:
+        off = np.asarray(offsets, dtype=np.float64)
+        if off.shape != (a.shape[0],):
+            raise AnomalyError("offsets must have one entry per device")
+        a = a - (off if a.ndim == 1 else off[:, None])
+    rows = (a[:, None] if a.ndim == 1 else a).T
+    finite = np.isfinite(rows)
+    rows = np.where(finite, rows, np.nan)
+    counts = finite.sum(axis=1).astype(np.int64)
+    med = _sorted_median(np.sort(rows, axis=1), counts)
+    return np.where(counts >= min_peers, med, np.nan)
+
+
+def _drift_step(
+    p: DriftParams, st: DriftState, t: int, x: float, peer: float
+) -> tuple[DriftState, Anomaly | None, float | None, float | None]:
+    if not (_accepts(st.last_t, t, x) and math.isfinite(peer)):
+        return st, None, None, None
+    t = int(t)
+    n, mean, m2 = st.n, st.mean, st.m2
+    s_pos, s_neg, pos_start, neg_start = st.s_pos, st.s_neg, st.pos_start, st.neg_start
+    b_start = t if st.b_n == 0 or st.b_start is None else st.b_start
+    b_sum, b_n = st.b_sum + (x - peer), st.b_n + 1
+    learnt = n >= p.min_blocks
+    if b_n == p.block:
+        m = b_sum / p.block
+        if not learnt:
+            n += 1
+            d = m - mean
+            mean += d / n
+            m2 += d * (m - mean)
+        else:
+            sd = max(math.sqrt(m2 / n), p.min_sigma)
+            if sd > 0:
+                z = (m - mean) / sd
+                top = p.cap * p.h
+                sp = min(max(0.0, s_pos + z - p.k), top)
+                sn = min(max(0.0, s_neg - z - p.k), top)
+                pos_start = None if sp == 0 else (b_start if s_pos == 0 or pos_start is None else pos_start)
+                neg_start = None if sn == 0 else (b_start if s_neg == 0 or neg_start is None else neg_start)
+                s_pos, s_neg = sp, sn
+        b_sum, b_n, b_start_out = 0.0, 0, None
+    else:
+        b_start_out = b_start
+    new = DriftState(n, mean, m2, b_sum, b_n, b_start_out, s_pos, s_neg, pos_start, neg_start, t)
+    if not learnt:
+        return new, None, None, None
+    score, baseline = max(s_pos, s_neg), peer + mean
+    anomaly = None
+    if score > p.h:
+        up = s_pos >= s_neg
+        start = pos_start if up else neg_start
+        anomaly = Anomaly(
+            DetectorKind.DRIFT, t, x, baseline, score, p.h, t if start is None else start, t, "up" if up else "down"
+        )
+    return new, anomaly, score, baseline
+
+
+class DriftDetector:
+    """Online drift detector for one device; O(1) state.
+
+    Unlike the others its update takes the peer median of the same timestep
+    (compute it once per peer group with :func:`peer_median`).
+    """
+
+    __slots__ = ("_state", "params")
+
+    def __init__(self, params: DriftParams | None = None, state: DriftState | None = None) -> None:
+        self.params = params or DriftParams()
+        self._state = state or DriftState()
+
+    @property
+    def state(self) -> DriftState:
+        """The current state (immutable; persist it with ``to_dict``)."""
+        return self._state
+
+    def update(self, t: int, x: float, peer: float) -> Anomaly | None:
+        """Feed the device's value and its peers' median at time ``t``."""
+        self._state, anomaly, _, _ = _drift_step(self.params, self._state, t, x, peer)
+        return anomaly
+
+
+class DriftBank(_Bank):
+    """Drift detection over many devices at once; O(1) per device per step."""
+
+    __slots__ = (
+        "_b_n",
+        "_b_start",
+        "_b_sum",
+        "_last_t",
+        "_m2",
+        "_mean",
+        "_n",
+        "_neg_start",
+        "_pos_start",
+        "_s_neg",
+        "_s_pos",
+        "params",
+    )
+
+    def __init__(self, size: int, params: DriftParams | None = None) -> None:
+        super().__init__(size)
+        self.params = params or DriftParams()
+        self._n = np.zeros(size, dtype=np.int64)
+        self._mean = np.zeros(size)
+        self._m2 = np.zeros(size)
+        self._b_sum = np.zeros(size)
+        self._b_n = np.zeros(size, dtype=np.int64)
+        self._b_start = np.full(size, NEVER_SEEN, dtype=np.int64)
+        self._s_pos = np.zeros(size)
+        self._s_neg = np.zeros(size)
+        self._pos_start = np.full(size, NEVER_SEEN, dtype=np.int64)
+        self._neg_start = np.full(size, NEVER_SEEN, dtype=np.int64)
+        self._last_t = np.full(size, NEVER_SEEN, dtype=np.int64)
+
+    @classmethod
+    def from_states(cls, states: Sequence[DriftState], params: DriftParams | None = None) -> DriftBank:
+        """A bank whose device ``i`` continues from ``states[i]``."""
+        bank = cls(len(states), params)
+        for i, st in enumerate(states):
+            bank._n[i], bank._mean[i], bank._m2[i] = st.n, st.mean, st.m2
+            bank._b_sum[i], bank._b_n[i] = st.b_sum, st.b_n
+            bank._b_start[i] = _time_or_never(st.b_start)
+            bank._s_pos[i], bank._s_neg[i] = st.s_pos, st.s_neg
+            bank._pos_start[i] = _time_or_never(st.pos_start)
+            bank._neg_start[i] = _time_or_never(st.neg_start)
+            bank._last_t[i] = _time_or_never(st.last_t)
+        return bank
+
+    def state(self, i: int) -> DriftState:
+        """Device ``i``'s state, as the online detector would hold it."""
+        return DriftState(
+            int(self._n[i]),
+            float(self._mean[i]),
+            float(self._m2[i]),
+            float(self._b_sum[i]),
+            int(self._b_n[i]),
+            _opt_time(self._b_start[i]),
+            float(self._s_pos[i]),
+            float(self._s_neg[i]),
+            _opt_time(self._pos_start[i]),
+            _opt_time(self._neg_start[i]),
+            _opt_time(self._last_t[i]),
+        )
+
+    def update(
+        self,
+        t: npt.ArrayLike,
+        x: npt.ArrayLike,
+        peer: npt.ArrayLike,
+        index: npt.ArrayLike | None = None,
+    ) -> BankUpdate:
+        """One sample per selected device, with each device's peer median (scalar or per device)."""
+        p = self.params
+        sel, tt, xs = self._select(t, x, index)
+        try:
+            ps = np.broadcast_to(np.asarray(peer, dtype=np.float64), sel.shape)
+        except ValueError as exc:
+            raise AnomalyError(f"peer must be a scalar or have shape {sel.shape}") from exc
+        ok = np.isfinite(xs) & np.isfinite(ps) & (tt > self._last_t[sel])
+        # Ignored rows compute on 0 so ±inf never meets arithmetic that would warn.
+        r = np.where(ok, xs, 0.0) - np.where(ok, ps, 0.0)
+        n, mean, m2 = self._n[sel], self._mean[sel], self._m2[sel]
+        s_pos, s_neg = self._s_pos[sel], self._s_neg[sel]
+        pos_start, neg_start = self._pos_start[sel], self._neg_start[sel]
+        old_bn = self._b_n[sel]
+        b_start = np.where((old_bn == 0) | (self._b_start[sel] == NEVER_SEEN), tt, self._b_start[sel])
+        b_sum = self._b_sum[sel] + r
+        b_n = old_bn + 1
+        learnt = n >= p.min_blocks
+        close = ok & (b_n == p.block)
+        m = b_sum / p.block
+
+        learn = close & ~learnt
+        n1 = n + 1
+        d = m - mean
+        l_mean = mean + d / n1
+        l_m2 = m2 + d * (m - l_mean)
+
+        sd = np.maximum(np.sqrt(m2 / np.maximum(n, 1)), p.min_sigma)
+        track = close & learnt & (sd > 0)
+        z = (m - mean) / np.where(track, sd, 1.0)
+        top = p.cap * p.h
+        sp = np.minimum(np.maximum(0.0, s_pos + z - p.k), top)
+        sn = np.minimum(np.maximum(0.0, s_neg - z - p.k), top)
+        new_ps = np.where(sp == 0, NEVER_SEEN, np.where((s_pos == 0) | (pos_start == NEVER_SEEN), b_start, pos_start))
+        new_ns = np.where(sn == 0, NEVER_SEEN, np.where((s_neg == 0) | (neg_start == NEVER_SEEN), b_start, neg_start))
+        s_pos = np.where(track, sp, s_pos)
+        s_neg = np.where(track, sn, s_neg)
+
+        scored = ok & learnt
+        sc = np.maximum(s_pos, s_neg)
+        score = np.where(scored, sc, np.nan)
+        baseline = np.where(scored, np.where(ok, ps, 0.0) + mean, np.nan)
+        fired = scored & (sc > p.h)
+
+        w, lw, tw = sel[ok], sel[learn], sel[track]
+        self._n[lw], self._mean[lw], self._m2[lw] = n1[learn], l_mean[learn], l_m2[learn]
+        self._s_pos[tw], self._s_neg[tw] = sp[track], sn[track]
+        self._pos_start[tw], self._neg_start[tw] = new_ps[track], new_ns[track]
+        self._b_sum[w] = np.where(close, 0.0, b_sum)[ok]
+        self._b_n[w] = np.where(close, 0, b_n)[ok]
+        self._b_start[w] = np.where(close, NEVER_SEEN, b_start)[ok]
+        self._last_t[w] = tt[ok]
+        return BankUpdate(fired, score, baseline)
+
+
+def drift_batch(times: npt.ArrayLike, values: npt.ArrayLike, params: DriftParams | None = None) -> BatchResult:
+    """Drift over a ``devices × time`` matrix of one peer group; arrays in the result are ``devices × time``.
+
+    Peer medians come from the matrix itself: each device's offset is the
+    median of its residual against the raw peer median over the warm-up
+    samples, and the peer median is then taken over offset-corrected values
+    (see :func:`peer_median`). The bank then steps through time, O(T) numpy
+    calls over all devices. NaN marks a missing value.
+    """
+    p = params or DriftParams()
+    t = np.asarray(times)
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2 or t.ndim != 1 or v.shape[1] != t.size:
+        raise AnomalyError("drift_batch needs times (T,) and values (devices × T)")
+    _series(t, np.zeros(t.size))  # the time checks only
+    head = v[:, : p.warmup]
+    resid = head - peer_median(head, p.min_peers)[None, :]
+    finite = np.isfinite(resid)
+    offsets = _sorted_median(np.sort(np.where(finite, resid, np.nan), axis=1), finite.sum(axis=1).astype(np.int64))
+    # A device with no warm-up residual at all keeps a zero offset.
+    peers = peer_median(v, p.min_peers, np.where(np.isfinite(offsets), offsets, 0.0))
+    bank = DriftBank(v.shape[0], p)
+    mask = np.zeros(v.shape, dtype=np.bool_)
+    score = np.full(v.shape, np.nan)
+    baseline = np.full(v.shape, np.nan)
+    for j, tj in enumerate(t.astype(np.int64).tolist()):
+        upd = bank.update(tj, v[:, j], peers[j])
+        mask[:, j], score[:, j], baseline[:, j] = upd.fired, upd.score, upd.baseline
+    return BatchResult(mask, score, baseline, p.h)
+
+
+# --------------------------------------------------------------------------- silence
+
+
+class Liveness(enum.StrEnum):
+    """Whether a device is reporting, judged from its last reading and its session."""
+
+    OK = "ok"  #: data within ``k`` cadences (whatever the session says)
+    STALE = "stale"  #: connected, but no data for more than ``k`` cadences (hung sensor/firmware)
+    OFFLINE = "offline"  #: not connected and no data for more than ``k`` cadences
+    NEVER_SEEN = "never_seen"  #: no reading ever; not an anomaly (warm-up), onboarding tracks these
+
+
+#: :func:`liveness_many` returns these codes: ``LIVENESS_CODES[code]`` is the :class:`Liveness`.
+LIVENESS_CODES: tuple[Liveness, ...] = (Liveness.OK, Liveness.STALE, Liveness.OFFLINE, Liveness.NEVER_SEEN)
+
+
+def _check_silence(cadence_s: float, k: float) -> None:
+    _check_positive("cadence_s", cadence_s)
+    _check_positive("k", k)
+
+
+def liveness(last_seen: int | None, now: int, cadence_s: float, connected: bool, *, k: float = 3.0) -> Liveness:
+    """Classify one device: silent means no data for more than ``k × cadence_s`` seconds.
+
+    Args:
+        last_seen: Epoch seconds of the device's newest reading, or None if it never sent one.
+        now: Epoch seconds of the check.
+        cadence_s: The device model's expected reporting interval (``cadence_s`` in its YAML).
+        connected: Whether the device's transport session is up (MQTT connected, TCP open).
+        k: Silence threshold, in cadences.
+    """
+    _check_silence(cadence_s, k)
+    if last_seen is None:
+        return Liveness.NEVER_SEEN
+    # A reading from the future (device clock ahead) counts as fresh.
+    if now - last_seen <= k * cadence_s:
+        return Liveness.OK
+    return Liveness.STALE if connected else Liveness.OFFLINE
+
+
+def silence_anomaly(
+    last_seen: int | None, now: int, cadence_s: float, connected: bool, *, k: float = 3.0
+) -> Anomaly | None:
+    """:func:`liveness` as an :class:`Anomaly` (or None when OK or never seen).
+
+    The anomaly's value is the age in seconds, its baseline the cadence, its
+    score the age in cadences against threshold ``k``, its window
+    ``[last_seen, now]`` and its detail ``stale`` or ``offline``.
+    """
+    state = liveness(last_seen, now, cadence_s, connected, k=k)
+    if state in (Liveness.OK, Liveness.NEVER_SEEN) or last_seen is None:
+        return None
+    age = float(now - last_seen)
+    return Anomaly(
+        DetectorKind.SILENCE, now, age, float(cadence_s), age / cadence_s, float(k), last_seen, now, state.value
+    )
+
+
+def liveness_many(
+    last_seen: npt.ArrayLike,
+    now: int,
+    cadence_s: npt.ArrayLike,
+    connected: npt.ArrayLike,
+    *,
+    k: float = 3.0,
+) -> npt.NDArray[np.int8]:
+    """:func:`liveness` for many devices at once; returns codes into :data:`LIVENESS_CODES`.
+
+    Args:
+        last_seen: int64 epoch seconds per device, :data:`NEVER_SEEN` for none.
+        now: Epoch seconds of the check.
+        cadence_s: Expected interval per device (or one for all), > 0.
+        connected: Session up, per device (or one for all).
+        k: Silence threshold, in cadences.
+    """
+    _check_positive("k", k)
+    seen = np.asarray(last_seen)
+    if seen.ndim != 1 or (seen.size and not np.issubdtype(seen.dtype, np.integer)):
+        raise AnomalyError("last_seen must be a 1-D integer array")
+    seen = seen.astype(np.int64, copy=False)
+    try:
+        cad = np.broadcast_to(np.asarray(cadence_s, dtype=np.float64), seen.shape)
+        conn = np.broadcast_to(np.asarray(connected, dtype=np.bool_), seen.shape)
+    except ValueError as exc:
+        raise AnomalyError("cadence_s and connected must be scalars or one per device") from exc
+    if cad.size and not bool(np.all(np.isfinite(cad) & (cad > 0))):
+        raise AnomalyError("cadence_s must be finite and > 0")
+    never = seen == NEVER_SEEN
+    # Subtracting the NEVER_SEEN sentinel would overflow int64, so never-seen rows use age 0.
+    age = (now - np.where(never, now, seen)).astype(np.float64)
+    silent = ~never & (age > k * cad)
+    codes = np.zeros(seen.shape, dtype=np.int8)
+    codes[silent & conn] = 1
+    codes[silent & ~conn] = 2
+    codes[never] = 3
+    return codes

@@ -1,0 +1,107 @@
+"""The city vitals board: one call with the headline figures of every domain.
+
+``GET /api/v1/vitals`` is polled by every console screen, so its answer is
+computed at most once per ``ttl_s`` (5 s) per API process and shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter
+
+from citybrain.records import Severity
+from citybrain.routes.context import ApiContext
+from citybrain.routes.geo import DEFAULT_MAX_AGE_S, aqi_properties, model_cadences
+from devices.code import XIAMEN_DISTRICTS
+from geo import stats
+
+__all__ = ["build", "local_midnight"]
+
+CITY_ZONE = ZoneInfo("Asia/Shanghai")
+
+
+def local_midnight(now: datetime, zone: ZoneInfo = CITY_ZONE) -> datetime:
+    """The start of ``now``'s calendar day in ``zone`` (aware)."""
+    local = now.astimezone(zone)
+    return local.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def build(ctx: ApiContext, *, zone: ZoneInfo = CITY_ZONE, ttl_s: float = 5.0) -> APIRouter:
+    """Route /api/v1/vitals.
+
+    Args:
+        ctx: Shared dependencies.
+        zone: The city's time zone, for "today".
+        ttl_s: How long one answer is reused.
+    """
+    router = APIRouter()
+    pool = ctx.pool
+    cadences = model_cadences(ctx.models)
+    cache: dict[str, tuple[float, dict[str, Any]]] = {}
+    lock = asyncio.Lock()
+
+    async def compute() -> dict[str, Any]:
+        now = datetime.now(zone)
+        async with pool.connection() as conn:
+            figures = await stats.district_figures(conn, max_age_s=DEFAULT_MAX_AGE_S)
+            counts = await stats.device_counts(conn, cadences)
+            severities = await stats.open_by_severity(conn)
+            noise = await stats.noise_exceedances_since(conn, local_midnight(now, zone))
+            manhole = await stats.manhole_open_alerts(conn)
+            ingest = await stats.readings_last_minute(conn)
+        district_aqi = {
+            code: aqi_properties(figures[code].aqi if code in figures else None)["aqi"] for code in XIAMEN_DISTRICTS
+        }
+        known = [v for v in district_aqi.values() if v is not None]
+        city = aqi_properties(max(known) if known else None)
+        stations = sum(f.water_stations for f in figures.values())
+        ok = sum((f.water_ok_share or 0.0) * f.water_stations for f in figures.values())
+        return {
+            "generated_at": now.isoformat(),
+            # The city headline is the worst district: an average would hide a polluted one.
+            "aqi": {
+                "city": city["aqi"],
+                "level": city["aqi_level"],
+                "colour": city["aqi_colour"],
+                "districts": district_aqi,
+            },
+            "water": {"ok_share": ok / stations if stations else None, "stations": stations},
+            "noise": {"exceedances_today": noise, "since": local_midnight(now, zone).isoformat()},
+            "manhole": {"open_alerts": manhole},
+            "devices": {
+                "online": counts["fresh"],
+                "stale": counts["stale"],
+                "offline": counts["offline"],
+                "unknown": counts["unknown"],
+                "total": counts["total"],
+            },
+            "ingest": {"readings_last_minute": ingest},
+            "alerts": {"open_by_severity": {s.label: severities.get(int(s), 0) for s in Severity}},
+        }
+
+    @router.get("/api/v1/vitals", tags=["vitals"])
+    async def vitals() -> dict[str, Any]:
+        """Headline figures: AQI, water compliance, noise, manholes, device liveness, ingest, open alerts.
+
+        ``ingest.readings_last_minute`` counts devices heard from in the last
+        60 s (one row per device in ``device_liveness``), a proxy for the
+        reading rate; ``devices.online`` are devices seen within 2× their
+        model's cadence, ``stale`` within 10×.
+        """
+        hit = cache.get("v")
+        if hit is not None and time.monotonic() - hit[0] < ttl_s:
+            return hit[1]
+        async with lock:  # one computation at a time; concurrent pollers share it
+            hit = cache.get("v")
+            if hit is not None and time.monotonic() - hit[0] < ttl_s:
+                return hit[1]
+            result = await compute()
+            cache["v"] = (time.monotonic(), result)
+            return result
+
+    return router

@@ -1,0 +1,214 @@
+"""``citybrain devices …``: bulk import and export, credentials, Mosquitto files.
+
+Wired into the main CLI by :func:`register`; every handler receives the parsed
+arguments and the process's :class:`~citybrain.settings.Settings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from citybrain.settings import Settings
+from devices.credentials import parse_service_user, render_acl_file
+from devices.errors import CredentialError, DevicesError, ImportFileError, UnknownDeviceError
+from devices.lifecycle import ACCEPTING
+
+__all__ = ["ProgressBar", "register"]
+
+_EXPORT = """
+copy (select code, serial, district, substr(code, 7, 4) as class_code, model, name, lon, lat, crs, grid,
+             owner_unit, installer, contact, install_date,
+             case when attributes = '{}'::jsonb then null else attributes end as attributes, state
+      from devices order by code)
+to stdout with (format csv, header)
+"""
+
+
+class ProgressBar:
+    """Rows read and rows/s on stderr, redrawn in place (only on a terminal, else a line per update)."""
+
+    def __init__(self, stream: TextIO = sys.stderr, label: str = "rows") -> None:
+        self.stream = stream
+        self.label = label
+        self.t0 = time.perf_counter()
+        self.tty = stream.isatty()
+
+    def __call__(self, done: int) -> None:
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        text = f"{done:>12,} {self.label}  {done / elapsed:>10,.0f} {self.label}/s  {elapsed:7.1f}s"
+        self.stream.write(("\r" + text) if self.tty else text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _database_url(settings: Settings) -> str:
+    if not settings.database_url:
+        raise SystemExit("error: CITYBRAIN_DATABASE_URL is not set (the ledger lives in PostgreSQL)")
+    return settings.database_url
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    """Validate and import a CSV / JSON file; print every rejected row."""
+    import psycopg
+
+    from devices.importer import import_file
+    from devices.models import shipped_models
+
+    path = Path(args.file)
+    fmt = args.format or ("json" if path.suffix.lower() in (".json", ".jsonl", ".ndjson") else "csv")
+    bar = ProgressBar()
+    try:
+        with (
+            psycopg.connect(_database_url(settings)) as conn,
+            path.open(encoding="utf-8-sig", newline="") as stream,
+        ):
+            report = import_file(
+                conn, stream, fmt, shipped_models(), actor=args.actor, dry_run=args.dry_run, progress=bar
+            )
+    except ImportFileError as exc:
+        bar.close()
+        print(f"error: {path}: {exc}", file=sys.stderr)
+        return 2
+    except (DevicesError, OSError) as exc:
+        bar.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bar.close()
+    for issue in report.issues:
+        print(f"{path}:{issue.line}: {issue.reason}")
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
+    print(report.summary(), file=sys.stderr)
+    return 1 if report.issues else 0
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Export the whole ledger as CSV in the import format (with contacts: operators only)."""
+    import psycopg
+
+    with psycopg.connect(_database_url(settings)) as conn, conn.cursor() as cur:
+        out = sys.stdout.buffer if args.file == "-" else open(args.file, "wb")  # noqa: SIM115
+        try:
+            with cur.copy(_EXPORT) as copy:
+                for chunk in copy:
+                    out.write(chunk)
+        finally:
+            if out is not sys.stdout.buffer:
+                out.close()
+    return 0
+
+
+def cmd_credentials(args: argparse.Namespace, settings: Settings) -> int:
+    """Rotate (print the new secret once) or revoke a device's MQTT credentials."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from devices.ledger import Ledger
+    from devices.models import shipped_models
+
+    async def run() -> int:
+        pool = AsyncConnectionPool(_database_url(settings), min_size=1, max_size=1, open=False)
+        await pool.open(wait=True, timeout=30)
+        try:
+            ledger = Ledger(pool, shipped_models())
+            if args.action == "rotate":
+                secret = await ledger.rotate_credentials(args.code, actor=args.actor)
+                code = await ledger.lookup(args.code)
+                print(f"username: {code}\nsecret:   {secret}\n(shown once; stored only hashed)")
+            else:
+                await ledger.revoke_credentials(args.code, actor=args.actor)
+                print(f"credentials of {args.code} revoked")
+        finally:
+            await pool.close()
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except UnknownDeviceError:
+        print(f"error: no device {args.code}", file=sys.stderr)
+        return 2
+    except DevicesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_mosquitto_files(args: argparse.Namespace, settings: Settings) -> int:
+    """Write Mosquitto's password_file (``passwd``) and acl_file (``acl``) into DIR."""
+    import psycopg
+
+    from devices.credentials import mosquitto_hash
+
+    try:
+        services = [parse_service_user(s) for s in args.service_user]
+    except CredentialError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    directory = Path(args.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    passwd, acl = directory / "passwd", directory / "acl"
+    tmp = passwd.with_suffix(".tmp")
+    count = 0
+    # Written to a private temp file, then renamed: Mosquitto never reads half a file.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        for user in services:
+            out.write(f"{user.name}:{mosquitto_hash(user.secret)}\n")
+        with psycopg.connect(_database_url(settings)) as conn, conn.transaction():
+            cur = conn.cursor(name="mosquitto_passwd")
+            cur.execute(
+                "select code, mosquitto_hash from devices where mosquitto_hash is not null and state = any(%s)"
+                " order by code",
+                (sorted(ACCEPTING),),
+            )
+            for code, hashed in cur:
+                out.write(f"{code}:{hashed}\n")
+                count += 1
+    tmp.replace(passwd)
+    acl.write_text(render_acl_file([u.name for u in services]), encoding="utf-8")
+    print(f"wrote {passwd} ({count} devices, {len(services)} service users) and {acl}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``devices`` and its subcommands to the main CLI's subparsers."""
+    p = subparsers.add_parser("devices", help="device ledger: import, export, credentials, Mosquitto files")
+    sub = p.add_subparsers(dest="devices_command", required=True, metavar="DEVICES_COMMAND")
+
+    q = sub.add_parser("import", help="validate and import devices from CSV or JSON (array or JSON Lines)")
+    q.add_argument("file")
+    q.add_argument("--format", choices=["csv", "json"], default=None, help="default: from the file name")
+    q.add_argument("--dry-run", action="store_true", help="validate and report, change nothing")
+    q.add_argument("--actor", default="cli-import", help="recorded as created_by / updated_by")
+    q.add_argument("--report", default=None, help="also write the full report as JSON here")
+    q.set_defaults(func=cmd_import)
+
+    q = sub.add_parser("export", help="export the ledger as CSV (import format, with contacts)")
+    q.add_argument("file", help="output file, or - for stdout")
+    q.set_defaults(func=cmd_export)
+
+    q = sub.add_parser("credentials", help="MQTT credentials of a device")
+    q.add_argument("action", choices=["rotate", "revoke"])
+    q.add_argument("code", help="device code or alias")
+    q.add_argument("--actor", default="cli")
+    q.set_defaults(func=cmd_credentials)
+
+    q = sub.add_parser("mosquitto-files", help="write Mosquitto password and ACL files into DIR")
+    q.add_argument("dir")
+    q.add_argument(
+        "--service-user",
+        action="append",
+        default=[],
+        metavar="NAME:SECRET",
+        help="platform account with access to every citybrain topic (repeatable)",
+    )
+    q.set_defaults(func=cmd_mosquitto_files)

@@ -1,0 +1,217 @@
+"""Per-device MQTT credentials: secrets, hashes, and Mosquitto's files.
+
+* The MQTT username of a device is its 17-character code; the secret is random
+  (:func:`new_secret`, 192 bits), shown once, and stored only as hashes.
+* :func:`hash_secret` gives ``$scrypt$ln=12,r=8,p=1$<salt>$<hash>`` (the layout
+  passlib uses; salt and hash in unpadded standard base64). The parameters are
+  in the string, so they can be raised later without invalidating old hashes.
+  The work factor is modest on purpose: the secrets are 192-bit random values
+  that no dictionary or brute force reaches, so a slow KDF would only cost
+  broker CPU during reconnect storms without adding security.
+* :func:`mosquitto_hash` gives Mosquitto's ``$7$`` hash (PBKDF2-HMAC-SHA512):
+  ``$7$<iterations>$<base64 12-byte salt>$<base64 64-byte hash>``, standard
+  base64 with padding, as ``mosquitto_passwd`` writes it. A 12-byte salt is the
+  one length every Mosquitto 2.x release reads. It is stored beside the scrypt
+  hash because a password file can only be rendered from a hash Mosquitto
+  understands, never from the scrypt one.
+* :func:`render_password_file` and :func:`render_acl_file` write Mosquitto's
+  ``password_file`` and ``acl_file``.
+
+Pure functions; no I/O except what the caller passes in.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from devices.errors import CredentialError
+
+__all__ = [
+    "SCRYPT_DEFAULT",
+    "ScryptParams",
+    "ServiceUser",
+    "hash_secret",
+    "mosquitto_hash",
+    "new_secret",
+    "parse_service_user",
+    "render_acl_file",
+    "render_password_file",
+    "verify_mosquitto",
+    "verify_secret",
+]
+
+UPLINK_PATTERN = "citybrain/up/{user}/#"
+COMMAND_PATTERN = "citybrain/cmd/{user}"
+
+
+@dataclass(frozen=True, slots=True)
+class ScryptParams:
+    """scrypt cost: N = 2**ln, block size r, parallelism p."""
+
+    ln: int = 12
+    r: int = 8
+    p: int = 1
+
+    def __post_init__(self) -> None:
+        # Bounds keep a forged hash string from asking for gigabytes of memory.
+        if not (1 <= self.ln <= 20 and 1 <= self.r <= 32 and 1 <= self.p <= 16):
+            raise CredentialError(f"scrypt parameters out of range: ln={self.ln} r={self.r} p={self.p}")
+
+
+SCRYPT_DEFAULT = ScryptParams()
+_SALT_BYTES = 16
+_KEY_BYTES = 32
+MOSQUITTO_ITERATIONS = 1000  # mosquitto_passwd 2.1 default (2.0 used 101); any count verifies
+_MOSQ_SALT_BYTES = 12
+_SCRYPT_RE = re.compile(r"^\$scrypt\$ln=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/]+)\$([A-Za-z0-9+/]+)$")
+_MOSQ_RE = re.compile(r"^\$7\$(\d+)\$([A-Za-z0-9+/]+={0,2})\$([A-Za-z0-9+/]+={0,2})$")
+
+
+def new_secret() -> str:
+    """A fresh device secret: 24 random bytes, URL-safe base64 (32 characters)."""
+    return secrets.token_urlsafe(24)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+def _scrypt(secret: str, salt: bytes, params: ScryptParams) -> bytes:
+    # maxmem: OpenSSL's default limit (32 MiB) is below 128 * r * N for ln=16+.
+    return hashlib.scrypt(
+        secret.encode("utf-8"),
+        salt=salt,
+        n=2**params.ln,
+        r=params.r,
+        p=params.p,
+        dklen=_KEY_BYTES,
+        maxmem=256 * 1024 * 1024,
+    )
+
+
+def hash_secret(secret: str, params: ScryptParams = SCRYPT_DEFAULT, *, salt: bytes | None = None) -> str:
+    """Hash a secret with scrypt; the result carries its parameters and salt."""
+    if not secret:
+        raise CredentialError("an empty secret cannot be hashed")
+    salt = salt if salt is not None else secrets.token_bytes(_SALT_BYTES)
+    digest = _scrypt(secret, salt, params)
+    return f"$scrypt$ln={params.ln},r={params.r},p={params.p}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_secret(secret: str, encoded: str) -> bool:
+    """Check a secret against a ``$scrypt$`` or ``$7$`` hash in constant time.
+
+    A malformed hash verifies nothing (False); it never raises, because the
+    broker calls this for every login and a bad row must not break the others.
+    CPU-heavy: call it from a thread executor on an event loop.
+    """
+    if not secret or not encoded:
+        return False
+    if encoded.startswith("$7$"):
+        return verify_mosquitto(secret, encoded)
+    m = _SCRYPT_RE.match(encoded)
+    if m is None:
+        return False
+    try:
+        params = ScryptParams(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        salt, want = _unb64(m.group(4)), _unb64(m.group(5))
+        got = _scrypt(secret, salt, params)
+    except (CredentialError, ValueError, binascii.Error):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+def mosquitto_hash(secret: str, *, iterations: int = MOSQUITTO_ITERATIONS, salt: bytes | None = None) -> str:
+    """Mosquitto's ``$7$`` PBKDF2-HMAC-SHA512 hash, as ``mosquitto_passwd`` writes it."""
+    if not secret:
+        raise CredentialError("an empty secret cannot be hashed")
+    if iterations < 1:
+        raise CredentialError(f"iterations must be >= 1, got {iterations}")
+    salt = salt if salt is not None else secrets.token_bytes(_MOSQ_SALT_BYTES)
+    if len(salt) not in (12, 64):
+        raise CredentialError("Mosquitto reads 12- or 64-byte salts only")
+    digest = hashlib.pbkdf2_hmac("sha512", secret.encode("utf-8"), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def verify_mosquitto(secret: str, encoded: str) -> bool:
+    """Check a secret against a Mosquitto ``$7$`` hash (constant time)."""
+    m = _MOSQ_RE.match(encoded or "")
+    if m is None:
+        return False
+    try:
+        iterations = int(m.group(1))
+        salt = base64.b64decode(m.group(2), validate=True)
+        want = base64.b64decode(m.group(3), validate=True)
+    except (ValueError, binascii.Error):
+        return False
+    if not 1 <= iterations <= 10_000_000 or len(salt) not in (12, 64) or len(want) != 64:
+        return False
+    got = hashlib.pbkdf2_hmac("sha512", secret.encode("utf-8"), salt, iterations)
+    return hmac.compare_digest(got, want)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceUser:
+    """A platform service account (gateway, simulator): may use every citybrain topic."""
+
+    name: str
+    secret: str
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", self.name):
+            raise CredentialError(f"service user name {self.name!r} must be a letter then [A-Za-z0-9_.-]")
+        if len(self.name) in (16, 17) and self.name[:16].isdigit():
+            raise CredentialError("a service user name must not look like a device code")
+        if len(self.secret) < 12:
+            raise CredentialError(f"service user {self.name}: secret must have at least 12 characters")
+
+
+def parse_service_user(text: str) -> ServiceUser:
+    """Parse ``NAME:SECRET`` (command-line form)."""
+    name, sep, secret = text.partition(":")
+    if not sep:
+        raise CredentialError("service user must be NAME:SECRET")
+    return ServiceUser(name, secret)
+
+
+def render_password_file(entries: Iterable[tuple[str, str]]) -> str:
+    """Mosquitto ``password_file`` text from (username, ``$7$`` hash) pairs."""
+    lines = []
+    for user, encoded in entries:
+        if ":" in user or not _MOSQ_RE.match(encoded):
+            raise CredentialError(f"user {user!r}: not a Mosquitto $7$ hash or a bad username")
+        lines.append(f"{user}:{encoded}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def render_acl_file(service_users: Iterable[str], *, prefix: str = "citybrain") -> str:
+    """Mosquitto ``acl_file``: devices only under their own code; services everywhere under the prefix.
+
+    ``pattern`` lines apply to every client, with ``%u`` replaced by its
+    username (the device code), so one file covers millions of devices.
+    Mosquitto refuses ``%u`` substitution for usernames holding ``+``/``#``/``/``,
+    and device codes are digits (and X) only.
+    """
+    out = [
+        "# Rendered by `citybrain devices mosquitto-files`; do not edit by hand.",
+        "# Devices (username = city device code): publish only under their own code,",
+        "# subscribe only to their own command topic.",
+        f"pattern write {prefix}/up/%u/#",
+        f"pattern read {prefix}/cmd/%u",
+        "",
+    ]
+    for name in service_users:
+        out += [f"user {name}", f"topic readwrite {prefix}/#", ""]
+    return "\n".join(out)

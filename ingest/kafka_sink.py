@@ -1,0 +1,330 @@
+"""At-least-once Kafka sink for raw messages from non-MQTT transports (HJ 212 TCP, webhooks).
+
+::
+
+    connection ──submit()──▶ bounded asyncio.Queue ──▶ per-partition batches
+        ──▶ encode_batch ──▶ Kafka (acks=all) ──▶ resolve the caller's future ──▶ reply 9014 / HTTP 200
+
+:meth:`KafkaSink.submit` waits only while the queue is full (that wait is the
+backpressure, counted in ``citybrain_sink_backpressure_seconds_total``) and
+returns a future that resolves when Kafka acknowledged the record holding the
+message. Callers acknowledge their peer only then, so a crash before the
+Kafka ack makes the peer resend: duplicates, never loss. The layout of the
+record is :mod:`ingest.batch`, the same as the MQTT gateway's, so stream
+workers cannot tell the transports apart except by ``RawMessage.transport``.
+
+A failed Kafka send is retried with the futures held (like the gateway holds
+its PUBACKs); nothing is dropped. Futures still pending at :meth:`KafkaSink.stop`
+fail with :class:`~ingest.errors.SinkError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from citybrain.records import RawMessage
+from citybrain.topics import KafkaTopics, partition_for
+from ingest.batch import dead_letter_headers, encode_batch
+from ingest.errors import SinkError
+
+__all__ = ["KafkaSink", "KafkaSinkConfig", "KafkaSinkMetrics", "RawSink"]
+
+log = logging.getLogger(__name__)
+
+
+class RawSink(Protocol):
+    """Where transports hand accepted raw messages (and rejects) to."""
+
+    async def submit(self, raw: RawMessage) -> asyncio.Future[None]:
+        """Queue a message; the future resolves once it is durably stored."""
+        ...
+
+    async def dead_letter(
+        self, payload: bytes, reason: str, detail: str, topic: str, received_at: datetime
+    ) -> asyncio.Future[None]:
+        """Queue a rejected payload for the dead-letter topic."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSinkConfig:
+    """Typed sink settings.
+
+    Attributes:
+        kafka_bootstrap: Kafka bootstrap servers.
+        topics: Topic names (raw, dead letter).
+        partitions: Partitions of the raw topic (device → partition with ``partition_for``).
+        source: Who produces (``hj212``, ``webhook``): metric label and dead-letter header.
+        queue_max: Messages waiting for a batch, at most; ``submit`` waits beyond that.
+        batch_max: Messages per Kafka record, at most.
+        batch_max_bytes: Approximate payload bytes per flush, at most.
+        linger_ms: How long a partial batch waits for more messages.
+    """
+
+    kafka_bootstrap: str
+    topics: KafkaTopics
+    partitions: int = 4
+    source: str = "hj212"
+    queue_max: int = 10000
+    batch_max: int = 500
+    batch_max_bytes: int = 900_000
+    linger_ms: int = 10
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1 or self.queue_max < 1 or self.batch_max < 1 or self.linger_ms < 0:
+            raise ValueError("partitions, queue_max and batch_max must be positive, linger_ms >= 0")
+
+
+class KafkaSinkMetrics:
+    """Sink metrics, registered once per registry; ``source`` labels tell sinks apart."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.submitted = Counter(
+            "citybrain_sink_messages_submitted_total", "Messages queued", ["source"], registry=registry
+        )
+        self.forwarded = Counter(
+            "citybrain_sink_messages_forwarded_total", "Messages acknowledged by Kafka", ["source"], registry=registry
+        )
+        self.dead_lettered = Counter(
+            "citybrain_sink_dead_lettered_total", "Payloads dead-lettered", ["source", "reason"], registry=registry
+        )
+        self.batches = Counter("citybrain_sink_batches_total", "Kafka records produced", ["source"], registry=registry)
+        self.kafka_errors = Counter(
+            "citybrain_sink_kafka_errors_total", "Failed Kafka sends (retried)", ["source"], registry=registry
+        )
+        self.queue_depth = Gauge("citybrain_sink_queue_depth", "Messages waiting", ["source"], registry=registry)
+        self.backpressure = Counter(
+            "citybrain_sink_backpressure_seconds_total",
+            "Time submitters waited for queue space",
+            ["source"],
+            registry=registry,
+        )
+        self.ack_lag = Histogram(
+            "citybrain_sink_ack_lag_seconds",
+            "From submit to the Kafka ack",
+            ["source"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+
+
+@dataclass(slots=True)
+class _Item:
+    raw: RawMessage | None
+    future: asyncio.Future[None]
+    t0: float
+    # dead letters only
+    reason: str = ""
+    detail: str = ""
+    payload: bytes = b""
+    topic: str = ""
+    received_at: datetime | None = None
+
+    @property
+    def size(self) -> int:
+        if self.raw is None:
+            return len(self.payload) + 64
+        return len(self.raw.payload) + len(self.raw.topic) + 32
+
+
+class KafkaSink:
+    """Batching, at-least-once producer of raw messages (see the module docstring).
+
+    Args:
+        config: Settings.
+        metrics: Metrics (shared by the sinks of one registry).
+    """
+
+    def __init__(self, config: KafkaSinkConfig, metrics: KafkaSinkMetrics) -> None:
+        self.cfg = config
+        self._metrics = metrics
+        self._src = config.source
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._inflight: list[_Item] = []
+
+    async def start(self) -> None:
+        """Connect the producer and start batching.
+
+        Raises:
+            SinkError: Kafka is unreachable.
+        """
+        self._queue = asyncio.Queue(self.cfg.queue_max)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.cfg.kafka_bootstrap,
+            acks="all",
+            linger_ms=2,
+            max_request_size=max(1_048_576, self.cfg.batch_max_bytes + 65536),
+            request_timeout_ms=15000,
+            client_id=f"citybrain-{self._src}-sink-{uuid.uuid4().hex[:6]}",
+        )
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await producer.stop()
+            raise SinkError(f"cannot reach Kafka at {self.cfg.kafka_bootstrap}: {exc}") from exc
+        self._producer = producer
+        self._task = asyncio.create_task(self._run(), name=f"{self._src}-sink")
+
+    def healthy(self) -> bool:
+        """True while the batching task runs."""
+        return self._task is not None and not self._task.done()
+
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        """Flush what is queued (up to ``drain_timeout``), then close the producer."""
+        self._closing = True
+        if self._task is not None and self._queue is not None:
+            if not self._task.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._queue.join(), drain_timeout)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        left = list(self._inflight)
+        if self._queue is not None:
+            while not self._queue.empty():
+                left.append(self._queue.get_nowait())
+        for item in left:
+            if not item.future.done():
+                item.future.set_exception(SinkError("sink stopped before the Kafka ack"))
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def submit(self, raw: RawMessage) -> asyncio.Future[None]:
+        """Queue a raw message for ``topics.raw``.
+
+        Returns:
+            A future resolved after the Kafka ack of the record carrying the message.
+
+        Raises:
+            SinkError: the sink is not running.
+        """
+        fut = await self._put(_Item(raw, self._new_future(), time.monotonic()))
+        self._metrics.submitted.labels(self._src).inc()
+        return fut
+
+    async def dead_letter(
+        self, payload: bytes, reason: str, detail: str, topic: str, received_at: datetime
+    ) -> asyncio.Future[None]:
+        """Queue a rejected payload for ``topics.deadletter`` with its reason headers.
+
+        Returns:
+            A future resolved after the Kafka ack.
+        """
+        item = _Item(
+            None,
+            self._new_future(),
+            time.monotonic(),
+            reason=reason,
+            detail=detail,
+            payload=payload,
+            topic=topic,
+            received_at=received_at,
+        )
+        return await self._put(item)
+
+    def _new_future(self) -> asyncio.Future[None]:
+        if self._queue is None or self._closing:
+            raise SinkError("sink is not running")
+        return asyncio.get_running_loop().create_future()
+
+    async def _put(self, item: _Item) -> asyncio.Future[None]:
+        assert self._queue is not None
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            t = time.monotonic()
+            await self._queue.put(item)
+            self._metrics.backpressure.labels(self._src).inc(time.monotonic() - t)
+        self._metrics.queue_depth.labels(self._src).set(self._queue.qsize())
+        return item.future
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        linger = self.cfg.linger_ms / 1000
+        limit = self.cfg.batch_max * self.cfg.partitions
+        while True:
+            items = [await queue.get()]
+            size = items[0].size
+            deadline = time.monotonic() + linger
+            while len(items) < limit and size < self.cfg.batch_max_bytes:
+                try:
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                items.append(item)
+                size += item.size
+            self._metrics.queue_depth.labels(self._src).set(queue.qsize())
+            self._inflight = items
+            await self._flush(items)
+            self._inflight = []
+            for _ in items:
+                queue.task_done()
+
+    async def _flush(self, items: list[_Item]) -> None:
+        assert self._producer is not None
+        by_partition: dict[int, list[_Item]] = defaultdict(list)
+        rejects: list[_Item] = []
+        for item in items:
+            if item.raw is None:
+                rejects.append(item)
+            else:
+                key = item.raw.device_code or item.raw.topic
+                by_partition[partition_for(key, self.cfg.partitions)].append(item)
+        while True:
+            try:
+                futures = []
+                for p, group in by_partition.items():
+                    for i in range(0, len(group), self.cfg.batch_max):
+                        chunk = group[i : i + self.cfg.batch_max]
+                        value = encode_batch(it.raw for it in chunk if it.raw is not None)
+                        futures.append(
+                            await self._producer.send(
+                                self.cfg.topics.raw, value=value, key=str(p).encode(), partition=p
+                            )
+                        )
+                        self._metrics.batches.labels(self._src).inc()
+                for r in rejects:
+                    headers = dead_letter_headers(r.reason, r.detail, r.topic, r.received_at, self._src)
+                    futures.append(
+                        await self._producer.send(
+                            self.cfg.topics.deadletter, value=r.payload, key=r.topic.encode()[:200], headers=headers
+                        )
+                    )
+                await asyncio.gather(*futures)
+                break
+            except KafkaError as exc:
+                # Hold the callers' acks and retry: they have not answered their peers yet.
+                self._metrics.kafka_errors.labels(self._src).inc()
+                log.error("%s sink: Kafka send of %d messages failed (%s); retrying", self._src, len(items), exc)
+                await asyncio.sleep(0.5)
+        now = time.monotonic()
+        for item in items:
+            if not item.future.done():
+                item.future.set_result(None)
+            self._metrics.ack_lag.labels(self._src).observe(now - item.t0)
+        self._metrics.forwarded.labels(self._src).inc(sum(len(g) for g in by_partition.values()))
+        for r in rejects:
+            self._metrics.dead_lettered.labels(self._src, r.reason).inc()

@@ -1,0 +1,221 @@
+"""TimescaleDB: hypertables, compression, retention and continuous aggregates.
+
+Used when the extension is available (``pg_available_extensions``) and can be
+created (it must be in ``shared_preload_libraries``). The objects keep the
+names and columns of the plain-PostgreSQL layout, so :mod:`streams.queries`
+and the API do not care which one they run on:
+
+* ``readings_{class}`` is a hypertable on ``ts`` with 1-day chunks instead of
+  a natively partitioned table;
+* ``rollup_{class}_{5m,1h,1d}`` are continuous aggregates (each over the raw
+  hypertable, with the same ``{m}_avg/_min/_max/_count`` columns and the same
+  bad-value exclusion) with refresh policies, instead of tables refreshed by
+  :mod:`streams.rollup`;
+* compression after N days (segment by device, order by time) and a retention
+  policy replace :mod:`streams.retention`'s partition drops.
+
+Late data older than a refresh policy's window is still caught: the store's
+dirty marks are turned into ``refresh_continuous_aggregate`` calls by
+:func:`refresh_marked`.
+
+A class table created before TimescaleDB was installed stays natively
+partitioned (it cannot be converted in place); the maintenance job then uses
+the plain path for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import psycopg
+from psycopg import sql
+
+from streams.rollup import RESOLUTIONS, aggregate_from_raw_sql, merge_ranges, rollup_table
+
+__all__ = [
+    "Capability",
+    "aprobe",
+    "compression_sql",
+    "continuous_aggregate_sql",
+    "enable",
+    "ensure_class",
+    "ensure_policies",
+    "hypertable_sql",
+    "probe",
+    "refresh_marked",
+    "refresh_policy_sql",
+]
+
+log = logging.getLogger(__name__)
+
+_PROBE = (
+    "select (select true from pg_available_extensions where name = 'timescaledb'),"
+    " (select extversion from pg_extension where extname = 'timescaledb')"
+)
+# Refresh policy per level: (start_offset, end_offset, schedule_interval).
+# The end offset keeps the still-filling bucket out of the materialisation.
+_POLICY = {
+    "5m": ("3 days", "5 minutes", "5 minutes"),
+    "1h": ("7 days", "1 hour", "30 minutes"),
+    "1d": ("30 days", "1 day", "6 hours"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Capability:
+    """What the database offers.
+
+    Attributes:
+        available: The extension is installable (``pg_available_extensions``).
+        version: The installed version, or None if not created in this database.
+    """
+
+    available: bool
+    version: str | None
+
+    @property
+    def installed(self) -> bool:
+        return self.version is not None
+
+
+def probe(conn: psycopg.Connection) -> Capability:
+    """Probe a (synchronous) connection for TimescaleDB."""
+    row = conn.execute(_PROBE).fetchone()
+    return Capability(bool(row and row[0]), row[1] if row else None)
+
+
+async def aprobe(conn: psycopg.AsyncConnection) -> Capability:
+    """Probe an async connection for TimescaleDB."""
+    row = await (await conn.execute(_PROBE)).fetchone()
+    return Capability(bool(row and row[0]), row[1] if row else None)
+
+
+def enable(conn: psycopg.Connection) -> bool:
+    """Create the extension if it is available; True when it is usable.
+
+    Runs in a savepoint: on a server where the package is installed but not
+    preloaded, ``create extension`` fails and the plain layout is used.
+    """
+    cap = probe(conn)
+    if cap.installed:
+        return True
+    if not cap.available:
+        return False
+    try:
+        with conn.transaction():
+            conn.execute("create extension if not exists timescaledb")
+    except psycopg.Error as exc:
+        log.warning("TimescaleDB is available but cannot be created (%s); using native partitioning", exc)
+        return False
+    log.info("TimescaleDB enabled")
+    return True
+
+
+def hypertable_sql(table: str) -> sql.Composed:
+    """Turn a fresh table into a hypertable on ``ts`` with 1-day chunks."""
+    return sql.SQL(
+        "select create_hypertable({}, 'ts', chunk_time_interval => interval '1 day', if_not_exists => true)"
+    ).format(sql.Literal(table))
+
+
+def compression_sql(table: str, compress_after: timedelta) -> list[sql.Composed]:
+    """Enable compression (by device, newest first) and a policy after ``compress_after``."""
+    return [
+        sql.SQL(
+            "alter table {} set (timescaledb.compress, timescaledb.compress_segmentby = 'device_code',"
+            " timescaledb.compress_orderby = 'ts desc')"
+        ).format(sql.Identifier(table)),
+        sql.SQL("select add_compression_policy({}, {}::interval, if_not_exists => true)").format(
+            sql.Literal(table), sql.Literal(f"{int(compress_after.total_seconds())} seconds")
+        ),
+    ]
+
+
+def continuous_aggregate_sql(device_class: str, metrics: Sequence[str], res: str) -> sql.Composed:
+    """A continuous aggregate with the plain rollup table's name and columns."""
+    width = next(r.pg_interval for r in RESOLUTIONS if r.name == res)
+    return sql.SQL("create materialized view if not exists {} with (timescaledb.continuous) as {} with no data").format(
+        sql.Identifier(rollup_table(device_class, res)),
+        aggregate_from_raw_sql(device_class, metrics, width, timescale=True, windowed=False),
+    )
+
+
+def refresh_policy_sql(device_class: str, res: str) -> sql.Composed:
+    """The refresh policy of one continuous aggregate."""
+    start, end, every = _POLICY[res]
+    return sql.SQL(
+        "select add_continuous_aggregate_policy({}, start_offset => interval {}, end_offset => interval {},"
+        " schedule_interval => interval {}, if_not_exists => true)"
+    ).format(sql.Literal(rollup_table(device_class, res)), sql.Literal(start), sql.Literal(end), sql.Literal(every))
+
+
+def ensure_class(conn: psycopg.Connection, device_class: str, metrics: Sequence[str]) -> None:
+    """Hypertable settings and continuous aggregates of one class (idempotent).
+
+    The class table must already exist as a hypertable.
+    """
+    for res in RESOLUTIONS:
+        conn.execute(continuous_aggregate_sql(device_class, metrics, res.name))
+        conn.execute(refresh_policy_sql(device_class, res.name))
+
+
+async def ensure_policies(
+    conn: psycopg.AsyncConnection,
+    table: str,
+    *,
+    retention: timedelta | None,
+    compress_after: timedelta | None,
+) -> None:
+    """Bring a hypertable's retention and compression policies in line with the settings."""
+    if compress_after is not None:
+        cur = await conn.execute(
+            "select compression_enabled from timescaledb_information.hypertables where hypertable_name = %s",
+            (table,),
+        )
+        row = await cur.fetchone()
+        if row and not row[0]:
+            for stmt in compression_sql(table, compress_after):
+                await conn.execute(stmt)
+    if retention is None:
+        return
+    want = f"{int(retention.total_seconds())} seconds"
+    cur = await conn.execute(
+        "select (config->>'drop_after')::interval = %s::interval from timescaledb_information.jobs"
+        " where proc_name = 'policy_retention' and hypertable_name = %s",
+        (want, table),
+    )
+    row = await cur.fetchone()
+    if row is not None and row[0]:
+        return
+    if row is not None:
+        await conn.execute("select remove_retention_policy(%s, if_exists => true)", (table,))
+    await conn.execute("select add_retention_policy(%s, %s::interval, if_not_exists => true)", (table, want))
+
+
+async def refresh_marked(conn: psycopg.AsyncConnection, device_class: str, *, keep_from: datetime | None = None) -> int:
+    """Refresh the continuous aggregates over the buckets the store marked dirty.
+
+    ``refresh_continuous_aggregate`` cannot run inside a transaction, so
+    ``conn`` must be in autocommit mode. The marks are consumed first; if a
+    refresh then fails, the policies still cover recent buckets and the error
+    is raised for the caller to log.
+
+    Returns:
+        The number of ``[lo, hi)`` ranges refreshed per level.
+    """
+    cur = await conn.execute(
+        "delete from rollup_dirty where device_class = %s returning resolution, bucket", (device_class,)
+    )
+    marks = [b for res, b in await cur.fetchall() if res == "5m" and (keep_from is None or b >= keep_from)]
+    ranges = 0
+    for res in RESOLUTIONS:
+        spans = merge_ranges({res.floor(b) for b in marks}, res.width)
+        for lo, hi in spans:
+            await conn.execute(
+                "call refresh_continuous_aggregate(%s, %s, %s)", (rollup_table(device_class, res.name), lo, hi)
+            )
+        ranges = max(ranges, len(spans))
+    return ranges

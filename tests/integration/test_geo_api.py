@@ -1,0 +1,321 @@
+"""Map, vitals and geofence API on real PostgreSQL (devices inserted with SQL)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from citybrain.routes import geo as geo_routes
+from citybrain.routes import vitals as vitals_routes
+from citybrain.routes.context import ApiContext
+from devices.code import DeviceCode, load_class_table
+from devices.models import ModelRegistry
+from geo.coords import wgs84_to_gcj02
+from geo.service import GeoService
+
+pytestmark = pytest.mark.integration
+
+
+def code(district: str, class_code: str, seq: int) -> str:
+    return DeviceCode.build(district, class_code, seq).full
+
+
+AIR_SIMING = code("350203", "0308", 1)
+AIR_HULI = code("350206", "0308", 2)
+WATER_OK = code("350211", "0308", 3)
+WATER_BAD = code("350211", "0308", 4)
+GAS = code("350203", "0111", 5)  # sensitive: location published per grid cell
+STORM = code("350203", "0103", 6)
+STORM_OLD = code("350203", "0103", 7)
+NOISE = code("350206", "0311", 8)
+GAS_AT = (118.1012, 24.4567)
+
+SQUARE = [[118.09, 24.43], [118.11, 24.43], [118.11, 24.47], [118.09, 24.47], [118.09, 24.43]]
+
+
+@dataclass
+class Env:
+    client: httpx.AsyncClient
+    service: GeoService
+    pool: AsyncConnectionPool
+
+
+async def _seed(pool: AsyncConnectionPool) -> None:
+    now = datetime.now(UTC)
+    devices = [
+        (AIR_SIMING, "air-station@1", "air", "350203", 118.10, 24.46, "WGS84"),
+        (AIR_HULI, "air-station@1", "air", "350206", *wgs84_to_gcj02(118.12, 24.51), "GCJ02"),
+        (WATER_OK, "water-station@1", "water", "350211", 118.05, 24.60, "WGS84"),
+        (WATER_BAD, "water-station@1", "water", "350211", 118.051, 24.601, "WGS84"),
+        (GAS, "manhole-cover@1", "manhole", "350203", *GAS_AT, "WGS84"),
+        (STORM, "manhole-cover@1", "manhole", "350203", 118.1005, 24.4605, "WGS84"),
+        (STORM_OLD, "manhole-cover@1", "manhole", "350203", 118.13, 24.48, "WGS84"),
+        (NOISE, "noise-monitor@1", "noise", "350206", 118.125, 24.515, "WGS84"),
+    ]
+    async with pool.connection() as conn:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "insert into devices (code, model, device_class, name, district, lon, lat, crs, state)"
+                " values (%s, %s, %s, 'dev ' || %s, %s, %s, %s, %s, 'active')",
+                [(c, m, k, c, d, x, y, crs) for c, m, k, d, x, y, crs in devices],
+            )
+            await cur.executemany(
+                "insert into device_liveness values (%s, %s, %s)",
+                [
+                    (AIR_SIMING, now, now),
+                    (AIR_HULI, now - timedelta(minutes=5), now),  # 5 min at a 60 s cadence: stale
+                    (WATER_OK, now, now),
+                    (WATER_BAD, now, now),
+                    (STORM_OLD, now - timedelta(days=2), now),  # offline (cadence 1 h)
+                    (NOISE, now - timedelta(seconds=10), now),
+                ],
+            )
+            t = now.timestamp()
+            await cur.executemany(
+                "insert into rule_state (device_code, snapshot) values (%s, %s)",
+                [
+                    (AIR_SIMING, Jsonb({"aqi": [120.4, t, None, None], "pm25": [90.0, t, None, None]})),
+                    (AIR_HULI, Jsonb({"aqi": [42.0, t, None, None], "pm25": [20.0, t, None, None]})),
+                    (WATER_OK, Jsonb({"water_class_over_target": [0.0, t, None, None]})),
+                    (WATER_BAD, Jsonb({"water_class_over_target": [2.0, t, None, None]})),
+                ],
+            )
+            await cur.executemany(
+                "insert into alerts (id, rule, device_code, district, device_class, severity, state, opened_at)"
+                " values (%s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    ("a1", "manhole.gas", GAS, "350203", "manhole", 4, "open", now),
+                    ("a2", "noise.day.over_limit", NOISE, "350206", "noise", 2, "acknowledged", now),
+                    ("a3", "noise.day.over_limit", NOISE, "350206", "noise", 2, "resolved", now - timedelta(days=3)),
+                    ("a4", "air.pm25.high", AIR_SIMING, "350203", "air", 3, "resolved", now),
+                ],
+            )
+        await conn.commit()
+
+
+@pytest.fixture
+async def env(database_url: str, models: ModelRegistry) -> AsyncIterator[Env]:
+    pool = AsyncConnectionPool(database_url, min_size=1, max_size=4, open=False)
+    await pool.open(wait=True)
+    try:
+        await _seed(pool)
+        classes = load_class_table()
+        service = GeoService(pool, sensitive_classes=[c for c in classes.minors if classes.is_sensitive(c)])
+        ctx = ApiContext(pool=pool, models=models, registry=CollectorRegistry())
+        app = FastAPI()
+        app.include_router(geo_routes.build(ctx, service))
+        app.include_router(vitals_routes.build(ctx))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            yield Env(client, service, pool)
+    finally:
+        await pool.close()
+
+
+def _fence(fid: str, coords: list[list[float]], **kw: Any) -> dict[str, Any]:
+    return {
+        "id": fid,
+        "name": f"fence {fid}",
+        "kind": "school_zone",
+        "geometry": {"type": "Polygon", "coordinates": [coords]},
+        **kw,
+    }
+
+
+async def test_fence_crud_and_assignment(env: Env) -> None:
+    c = env.client
+    r = await c.post("/api/v1/geo/fences", json=_fence("xmu-school", SQUARE, created_by="alice"))
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["repaired"] is None and body["created_by"] == "alice" and body["kind"] == "school_zone"
+
+    assert (await c.post("/api/v1/geo/fences", json=_fence("xmu-school", SQUARE))).status_code == 409
+    got = (await c.get("/api/v1/geo/fences/xmu-school")).json()
+    assert got["geometry"]["type"] == "Polygon" and got["properties"]["name"] == "fence xmu-school"
+    listed = (await c.get("/api/v1/geo/fences", params={"bbox": "118.0,24.4,118.095,24.44"})).json()
+    assert [f["id"] for f in listed["features"]] == ["xmu-school"]
+    assert (await c.get("/api/v1/geo/fences", params={"bbox": "118.3,24.7,118.4,24.8"})).json()["features"] == []
+    assert (await c.get("/api/v1/geo/fences", params={"kind": "flood_underpass"})).json()["features"] == []
+
+    a = (await c.get("/api/v1/geo/assign", params={"lon": 118.10, "lat": 24.46})).json()
+    assert a["district"] == "350203" and a["fences"] == ["xmu-school"] and len(a["grid"]) == 15
+
+    assert (await c.delete("/api/v1/geo/fences/xmu-school")).status_code == 204
+    assert (await c.get("/api/v1/geo/fences/xmu-school")).status_code == 404
+    assert (await c.delete("/api/v1/geo/fences/xmu-school")).status_code == 404
+    a = (await c.get("/api/v1/geo/assign", params={"lon": 118.10, "lat": 24.46})).json()
+    assert a["fences"] == []
+
+
+async def test_invalid_polygons_get_a_clear_422(env: Env) -> None:
+    c = env.client
+    r = await c.post("/api/v1/geo/fences", json=_fence("open", SQUARE[:4]))
+    assert r.status_code == 422
+    assert "fence open: polygon, ring 0 is not closed" in r.json()["detail"]
+
+    bow = [[118.09, 24.43], [118.11, 24.45], [118.11, 24.43], [118.09, 24.45], [118.09, 24.43]]
+    r = await c.post("/api/v1/geo/fences", params={"repair": "false"}, json=_fence("bow", bow))
+    assert r.status_code == 422 and "Self-intersection" in r.json()["detail"]
+    r = await c.post("/api/v1/geo/fences", json=_fence("bow", bow))
+    assert r.status_code == 201 and r.json()["repaired"].startswith("Self-intersection")
+    assert r.json()["geometry"]["type"] == "MultiPolygon"
+
+    far = [[100.0, 30.0], [100.1, 30.0], [100.1, 30.1], [100.0, 30.1], [100.0, 30.0]]
+    r = await c.post("/api/v1/geo/fences", json=_fence("far", far))
+    assert r.status_code == 422 and "outside every district" in r.json()["detail"]
+
+    r = await c.get("/api/v1/geo/assign", params={"lon": 118.6, "lat": 24.4})
+    assert r.status_code == 422 and "outside every district; nearest is" in r.json()["detail"]
+
+
+async def test_gcj02_fence_is_stored_in_wgs84(env: Env) -> None:
+    gcj = [list(wgs84_to_gcj02(x, y)) for x, y in SQUARE]
+    r = await env.client.post("/api/v1/geo/fences", json=_fence("gcj", gcj, crs="GCJ02"))
+    assert r.status_code == 201, r.text
+    ring = r.json()["geometry"]["coordinates"][0]
+    xs, ys = [p[0] for p in ring], [p[1] for p in ring]
+    assert (min(xs), min(ys), max(xs), max(ys)) == pytest.approx((118.09, 24.43, 118.11, 24.47), abs=1e-7)
+    assert r.json()["crs"] == "GCJ02"
+
+
+async def test_import_is_all_or_nothing(env: Env) -> None:
+    c = env.client
+
+    def feature(fid: str, coords: list[list[float]]) -> dict[str, Any]:
+        return {"type": "Feature", "properties": {"id": fid}, "geometry": {"type": "Polygon", "coordinates": [coords]}}
+
+    other = [[118.12, 24.50], [118.13, 24.50], [118.13, 24.51], [118.12, 24.51], [118.12, 24.50]]
+    bad = {"type": "FeatureCollection", "features": [feature("u1", SQUARE), feature("u2", other[:3])]}
+    r = await c.post("/api/v1/geo/fences/import", params={"kind": "flood_underpass"}, json=bad)
+    assert r.status_code == 422
+    assert r.json()["detail"]["errors"] == [
+        "fence u2: polygon, ring 0 has 3 positions; a ring needs at least 4 (3 corners + closing position)"
+    ]
+    assert (await c.get("/api/v1/geo/fences")).json()["features"] == []
+
+    good = {"type": "FeatureCollection", "features": [feature("u1", SQUARE), feature("u2", other)]}
+    r = await c.post("/api/v1/geo/fences/import", params={"kind": "flood_underpass"}, json=good)
+    assert r.status_code == 200 and r.json()["imported"] == 2
+    kinds = {f["id"]: f["properties"]["kind"] for f in (await c.get("/api/v1/geo/fences")).json()["features"]}
+    assert kinds == {"u1": "flood_underpass", "u2": "flood_underpass"}
+    assert (await c.post("/api/v1/geo/fences/import", json=good)).status_code == 409
+    r = await c.post("/api/v1/geo/fences/import", params={"replace": "true"}, json=good)
+    assert r.status_code == 200
+
+
+async def test_districts_collection(env: Env) -> None:
+    fc = (await env.client.get("/api/v1/geo/districts")).json()
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 6
+    props = {f["properties"]["code"]: f["properties"] for f in fc["features"]}
+    siming = props["350203"]
+    assert siming["name_zh"] == "思明区" and siming["devices"] == 4 and siming["open_alerts"] == 1
+    assert (siming["aqi"], siming["aqi_level"], siming["aqi_colour"]) == (121, 3, "#FF7E00")
+    assert props["350206"]["aqi"] == 42 and props["350206"]["open_alerts"] == 1
+    assert props["350211"]["water_ok_share"] == 0.5 and props["350211"]["aqi"] is None
+    assert props["350212"] == props["350212"] | {"devices": 0, "aqi": None, "water_ok_share": None}
+
+
+async def test_grid_of_one_district(env: Env) -> None:
+    fc = (await env.client.get("/api/v1/geo/grid", params={"district": "350203"})).json()
+    assert fc["features"] and all(f["properties"]["district"] == "350203" for f in fc["features"])
+    assert all(f["properties"]["code"].startswith("350203") for f in fc["features"])
+    assert (await env.client.get("/api/v1/geo/grid", params={"district": "350299"})).status_code == 422
+
+
+async def test_devices_bbox_status_and_masking(env: Env) -> None:
+    c = env.client
+    fc = (await c.get("/api/v1/geo/devices", params={"bbox": "118.0,24.4,118.2,24.55"})).json()
+    by_code = {f["properties"]["code"]: f for f in fc["features"]}
+    assert set(by_code) == {AIR_SIMING, AIR_HULI, GAS, STORM, STORM_OLD, NOISE}
+    status = {k: f["properties"]["status"] for k, f in by_code.items()}
+    assert status == {
+        AIR_SIMING: "fresh",
+        AIR_HULI: "stale",
+        GAS: "alerting",
+        STORM: "unknown",
+        STORM_OLD: "offline",
+        NOISE: "alerting",  # an acknowledged alert is not resolved
+    }
+    # GCJ-02 stored device comes out in WGS84.
+    assert by_code[AIR_HULI]["geometry"]["coordinates"] == pytest.approx([118.12, 24.51], abs=1e-7)
+    gas = by_code[GAS]
+    assert gas["properties"]["masked"] is True
+    assert gas["geometry"]["coordinates"] != list(GAS_AT)
+    assert by_code[STORM]["properties"]["masked"] is False
+    assert by_code[STORM]["geometry"]["coordinates"] == [118.1005, 24.4605]
+
+    # A tiny box around the true position must not reveal the gas cover.
+    tiny = "118.1011,24.4566,118.1013,24.4568"
+    assert (await c.get("/api/v1/geo/devices", params={"bbox": tiny})).json()["features"] == []
+    precise = (await c.get("/api/v1/geo/devices", params={"bbox": tiny, "precise": "true"})).json()
+    assert [f["geometry"]["coordinates"] for f in precise["features"]] == [list(GAS_AT)]
+
+    only_air = (await c.get("/api/v1/geo/devices", params={"class": "air", "district": "350206"})).json()
+    assert [f["properties"]["code"] for f in only_air["features"]] == [AIR_HULI]
+    assert (await c.get("/api/v1/geo/devices", params={"class": "boat"})).status_code == 422
+    assert (await c.get("/api/v1/geo/devices", params={"bbox": "1,2,3"})).status_code == 422
+    limited = (await c.get("/api/v1/geo/devices", params={"limit": 2})).json()
+    assert limited["truncated"] is True and len(limited["features"]) == 2
+
+
+async def test_nearest(env: Env) -> None:
+    r = await env.client.get("/api/v1/geo/nearest", params={"lon": 118.1, "lat": 24.46, "class": "manhole", "k": 2})
+    features = r.json()["features"]
+    assert [f["properties"]["code"] for f in features] == [STORM, GAS]
+    d = [f["properties"]["distance_m"] for f in features]
+    assert 70 < d[0] < 80 and d[0] <= d[1]
+    assert features[1]["properties"]["masked"] is True
+    precise = await env.client.get(
+        "/api/v1/geo/nearest",
+        params={"lon": GAS_AT[0], "lat": GAS_AT[1], "class": "manhole", "k": 1, "precise": "true"},
+    )
+    assert precise.json()["features"][0]["properties"]["distance_m"] == 0.0
+
+
+async def test_aggregate(env: Env) -> None:
+    r = await env.client.get("/api/v1/geo/aggregate", params={"metric": "pm25", "class": "air"})
+    items = {i["area"]: i for i in r.json()["items"]}
+    assert (items["350203"]["mean"], items["350203"]["devices"], items["350206"]["mean"]) == (90.0, 1, 20.0)
+    grid = await env.client.get("/api/v1/geo/aggregate", params={"metric": "aqi", "class": "air", "level": "grid"})
+    assert grid.json()["items"] == []  # seeded devices have no grid cell
+    manholes = await env.client.get("/api/v1/geo/aggregate", params={"metric": "water_level_state", "class": "manhole"})
+    by_area = {i["area"]: i for i in manholes.json()["items"]}
+    assert by_area["350203"] == by_area["350203"] | {"devices": 3, "reporting": 0, "mean": None, "open_alerts": 1}
+    bad = await env.client.get("/api/v1/geo/aggregate", params={"metric": "pm25", "class": "water"})
+    assert bad.status_code == 422 and "not a metric of class 'water'" in bad.json()["detail"]
+
+
+async def test_vitals(env: Env) -> None:
+    v = (await env.client.get("/api/v1/vitals")).json()
+    assert v["aqi"]["city"] == 121 and v["aqi"]["districts"]["350206"] == 42 and v["aqi"]["districts"]["350212"] is None
+    assert v["water"] == {"ok_share": 0.5, "stations": 2}
+    assert v["noise"]["exceedances_today"] == 1
+    assert v["manhole"] == {"open_alerts": 1}
+    assert v["devices"] == {"online": 4, "stale": 1, "offline": 1, "unknown": 2, "total": 8}
+    assert v["ingest"]["readings_last_minute"] == 4
+    assert v["alerts"]["open_by_severity"] == {"info": 0, "warning": 1, "major": 0, "critical": 1}
+
+
+async def test_track_many_emits_enter_and_leave(env: Env) -> None:
+    c = env.client
+    assert (await c.post("/api/v1/geo/fences", json=_fence("zone", SQUARE))).status_code == 201
+    t0 = datetime(2026, 11, 29, tzinfo=UTC)
+    svc, dev = env.service, "35020307010000011"
+    async with env.pool.connection() as conn, conn.transaction():
+        events = await svc.track_many(conn, [(dev, 118.10, 24.44, t0)])
+    assert [(e.kind, e.fence_id) for e in events] == [("enter", "zone")]
+    async with env.pool.connection() as conn, conn.transaction():
+        assert await svc.track_many(conn, [(dev, 118.101, 24.441, t0)]) == []
+        events = await svc.track_many(conn, [(dev, 118.2, 24.6, t0 + timedelta(minutes=1))])
+    assert [(e.kind, e.fence_id, e.at) for e in events] == [("leave", "zone", t0 + timedelta(minutes=1))]
+    async with env.pool.connection() as conn:
+        row = await (await conn.execute("select fences from device_fences where device_code = %s", (dev,))).fetchone()
+    assert row == ([],)
