@@ -234,7 +234,7 @@ def run_all(messages: int, out_dir: Path) -> dict[str, Any]:
     steps: list[tuple[str, Callable[[Services], dict[str, Any]]]] = []
     mqtt_url = os.environ.get("CITYBRAIN_MQTT_URL")
     extra: list[ManagedProcess] = []
-    if mqtt_url is None and shutil.which("mosquitto"):
+    if mqtt_url is None and (shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")):
         # Mosquitto is the production broker; a private one, configured for the gateway.
         proc, ep = start_mosquitto(root / "mosquitto")
         extra.append(proc)

@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from alerts.feed import AlertFeed, FeedMetrics
 from alerts.store import AlertStore
+from citybrain.console import routes as console_routes
 from citybrain.records import Severity
 from citybrain.routes import alerts as alert_routes
 from citybrain.routes import commands as command_routes
@@ -46,6 +47,7 @@ ROUTE_MODULES = [
     geo_routes,
     vitals_routes,
     schema_routes,
+    console_routes,
 ]
 
 log = logging.getLogger(__name__)

@@ -290,7 +290,8 @@ def start_mosquitto(data_dir: Path, *, timeout: float = 10.0) -> tuple[ManagedPr
     flight (it acknowledges only after Kafka) and a deep per-session queue, so
     a slow or restarting gateway makes the broker hold messages, not drop them.
     """
-    binary = shutil.which("mosquitto")
+    # Debian installs it in /usr/sbin, which is not on every user's PATH.
+    binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
     if binary is None:
         raise HarnessError("mosquitto is not installed (Debian: apt-get install mosquitto)")
     port = free_port()

@@ -1,0 +1,988 @@
+// Operations console: vital signs, city map, live alert feed, district incidents, device detail.
+// Plain ES modules, no build step, same-origin API only. All text goes through textContent.
+
+import { h, clear, $ } from "./dom.js";
+import { t, pick, lang, setLang, onLangChange, applyStatic, fmtTime } from "./i18n.js";
+import { getJSON, postJSON, qs, items, ApiError } from "./api.js";
+import { createMap, shadeLegend, STATUS_COLOURS, aqiColour, aqiLevel } from "./map.js";
+import { lineChart } from "./chart.js";
+
+const SEVERITIES = ["info", "warning", "major", "critical"];
+const VITALS_EVERY_MS = 10_000;
+const MAP_EVERY_MS = 30_000;
+const MAX_FEED = 300;
+const DAY_MS = 24 * 3600 * 1000;
+const BUCKET_MS = 5 * 60 * 1000;
+const FALLBACK_DISTRICTS = {
+  350203: { zh: "思明区", en: "Siming" },
+  350205: { zh: "海沧区", en: "Haicang" },
+  350206: { zh: "湖里区", en: "Huli" },
+  350211: { zh: "集美区", en: "Jimei" },
+  350212: { zh: "同安区", en: "Tong'an" },
+  350213: { zh: "翔安区", en: "Xiang'an" },
+};
+
+const state = {
+  actor: "console",
+  alerts: new Map(), // id → normalised alert
+  rows: new Map(), // id → <li>
+  districtNames: { ...FALLBACK_DISTRICTS },
+  classes: new Set(["air", "water", "noise", "manhole", "pole"]),
+  models: new Map(), // "id@version" and "id" → model JSON
+  devices: new Map(), // code → geo device properties
+  incidents: [],
+  vitals: null,
+  vitalsError: null,
+  sound: false,
+  audio: null,
+  detailCode: null,
+  detailSeq: 0,
+  connected: false,
+  everConnected: false,
+  map: null,
+  source: null,
+};
+
+window.citybrainConsole = state; // for debugging from DevTools (and the end-to-end tests)
+
+// --- helpers --------------------------------------------------------------------------------------
+
+function districtName(code) {
+  const n = state.districtNames[code];
+  return n ? n[lang()] || n.en || code : code || t("common.none");
+}
+
+function className(cls) {
+  const key = `class.${cls}`;
+  const text = t(key);
+  return text === key ? cls || t("common.none") : text;
+}
+
+function sevRank(sev) {
+  const i = SEVERITIES.indexOf(sev);
+  return i < 0 ? 0 : i;
+}
+
+function debounce(fn, ms) {
+  let timer = null;
+  return () => {
+    clearTimeout(timer);
+    timer = setTimeout(fn, ms);
+  };
+}
+
+function warn(what, err) {
+  // Expected, recoverable failures (an endpoint not deployed yet, a network blip): a warning, not an error.
+  console.warn(`citybrain console: ${what}:`, err instanceof ApiError ? `${err.status} ${err.detail}` : err);
+}
+
+function textColourOn(hex) {
+  const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+  return 0.299 * r + 0.587 * g + 0.114 * b > 150 ? "#111" : "#fff";
+}
+
+const UNIT_DISPLAY = { "ug/m3": "µg/m³", "mg/m3": "mg/m³", degC: "°C", degF: "°F", deg: "°", "1": "" };
+
+function unitText(u) {
+  return u == null ? "" : UNIT_DISPLAY[u] ?? u;
+}
+
+function chip(label, colour, extraClass = "") {
+  const el = h("span", { class: `chip ${extraClass}`.trim() }, label);
+  el.style.background = colour;
+  el.style.color = textColourOn(colour);
+  return el;
+}
+
+// --- session (login hook) ------------------------------------------------------------------------
+
+async function checkSession() {
+  // GET /api/v1/session: 200 → signed in, 401 → login form, 404 → authentication not deployed yet.
+  try {
+    const s = await getJSON("/api/v1/session");
+    const who = s?.username ?? s?.user?.username ?? s?.user ?? s?.name;
+    if (typeof who === "string" && who) state.actor = who;
+    return "ok";
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) return "login";
+    if (err instanceof ApiError && err.status === 404) return "none";
+    warn("session check failed; continuing without login", err);
+    return "none";
+  }
+}
+
+function showLogin() {
+  $("#app").hidden = true;
+  $("#login-view").hidden = false;
+  const form = $("#login-form");
+  form.onsubmit = async (ev) => {
+    ev.preventDefault();
+    const data = new FormData(form);
+    const errEl = $("#login-error");
+    errEl.hidden = true;
+    try {
+      await postJSON("/api/v1/session", { username: data.get("username"), password: data.get("password") });
+      $("#login-view").hidden = true;
+      const status = await checkSession();
+      if (status === "login") throw new ApiError(401, t("login.failed"), "/api/v1/session");
+      startApp();
+    } catch (err) {
+      errEl.textContent = `${t("login.failed")}: ${err instanceof ApiError ? err.detail : err}`;
+      errEl.hidden = false;
+      $("#login-view").hidden = false;
+    }
+  };
+  form.querySelector("input")?.focus();
+}
+
+// --- vital signs ---------------------------------------------------------------------------------
+
+async function refreshVitals() {
+  try {
+    state.vitals = await getJSON("/api/v1/vitals");
+    state.vitalsError = null;
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) return showLogin();
+    state.vitalsError = err;
+    warn("vitals unavailable", err);
+  }
+  renderVitals();
+}
+const refreshVitalsSoon = debounce(refreshVitals, 1500);
+
+function tile(key, value, ...extra) {
+  return h(
+    "div",
+    { class: "tile", dataset: { vital: key } },
+    h("span", { class: "tile-label" }, t(`vitals.${key}`)),
+    h("span", { class: "tile-value" }, value),
+    ...extra,
+  );
+}
+
+function fmtCount(v) {
+  return v == null || !Number.isFinite(Number(v)) ? t("common.none") : String(v);
+}
+
+function renderVitals() {
+  const root = $("#vitals");
+  clear(root);
+  const v = state.vitals;
+  if (!v) {
+    root.append(h("span", { class: "muted" }, state.vitalsError ? t("vitals.unavailable") : t("detail.loading")));
+    return;
+  }
+  const aqi = v.aqi?.city;
+  const aqiChip = chip(fmtCount(aqi), aqiColour(aqi), "aqi-city");
+  const districts = h("div", { class: "aqi-districts" });
+  for (const [code, val] of Object.entries(v.aqi?.districts ?? {})) {
+    const c = chip(`${districtName(code)} ${fmtCount(val)}`, aqiColour(val), "aqi-district");
+    c.dataset.district = code;
+    c.title = `${districtName(code)} AQI ${fmtCount(val)} (L${aqiLevel(val) ?? "-"})`;
+    districts.append(c);
+  }
+  const aqiTile = h("div", { class: "tile tile-aqi", dataset: { vital: "aqi" } }, h("span", { class: "tile-label" }, t("vitals.aqi")), aqiChip, districts);
+
+  const share = v.water?.ok_share;
+  const water = share == null ? t("common.none") : `${Math.round(Number(share) * 100)}%`;
+  const stations = v.water?.stations;
+
+  const dev = v.devices ?? {};
+  const devVal = h(
+    "span",
+    { class: "dev-counts" },
+    h("span", { class: "dot-label", dataset: { status: "fresh" } }, `${fmtCount(dev.online)} ${t("vitals.online")}`),
+    h("span", { class: "dot-label", dataset: { status: "stale" } }, `${fmtCount(dev.stale)} ${t("vitals.stale")}`),
+    h("span", { class: "dot-label", dataset: { status: "offline" } }, `${fmtCount(dev.offline)} ${t("vitals.offline")}`),
+  );
+
+  const bySev = v.alerts?.open_by_severity ?? {};
+  const sevChips = h("span", { class: "sev-counts" });
+  for (const sev of [...SEVERITIES].reverse()) {
+    const n = Number(bySev[sev] ?? 0);
+    sevChips.append(h("span", { class: `sev-count sev-${sev}${n ? "" : " zero"}`, title: t(`severity.${sev}`) }, `${t(`severity.${sev}`)} ${n}`));
+  }
+
+  root.append(
+    aqiTile,
+    tile("water", water, stations != null ? h("span", { class: "tile-sub" }, `n=${stations}`) : null),
+    tile("noise", fmtCount(v.noise?.exceedances_today)),
+    tile("manhole", fmtCount(v.manhole?.open_alerts)),
+    tile("devices", devVal, h("span", { class: "tile-sub" }, `Σ ${fmtCount(dev.total)}`)),
+    tile("ingest", `${fmtCount(v.ingest?.readings_last_minute)}${t("vitals.per_min")}`),
+    tile("alerts", sevChips),
+  );
+}
+
+// --- map -----------------------------------------------------------------------------------------
+
+async function refreshDistricts() {
+  try {
+    const fc = await getJSON("/api/v1/geo/districts");
+    for (const f of fc?.features ?? []) {
+      const p = f.properties ?? {};
+      if (p.code) {
+        state.districtNames[p.code] = {
+          zh: p.name_zh || FALLBACK_DISTRICTS[p.code]?.zh || p.code,
+          en: (p.name_en || FALLBACK_DISTRICTS[p.code]?.en || p.code).replace(/ District$/, ""),
+        };
+      }
+    }
+    state.map.setDistricts(fc);
+    fillDistrictFilter();
+    $("#map").dataset.districts = String(fc?.features?.length ?? 0);
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) return showLogin();
+    warn("districts unavailable", err);
+    showMapMsg(t("map.unavailable"));
+  }
+}
+
+async function refreshDevices() {
+  try {
+    const fc = await getJSON("/api/v1/geo/devices");
+    const feats = Array.isArray(fc?.features) ? fc.features : [];
+    state.devices = new Map(feats.filter((f) => f.properties?.code).map((f) => [f.properties.code, f.properties]));
+    for (const f of feats) if (f.properties?.class) state.classes.add(f.properties.class);
+    state.map.setDevices(fc);
+    state.map.setAlerting(alertingDevices());
+    $("#map").dataset.devices = String(feats.length);
+    showMapMsg(feats.length ? "" : t("map.no_devices"));
+    fillClassFilter();
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) return showLogin();
+    warn("devices unavailable", err);
+  }
+}
+const refreshMapSoon = debounce(() => {
+  refreshDistricts();
+  refreshDevices();
+}, 2000);
+
+let gridLoaded = false;
+async function toggleGrid(on) {
+  if (on && !gridLoaded) {
+    try {
+      state.map.setGrid(await getJSON("/api/v1/geo/grid"));
+      gridLoaded = true;
+    } catch (err) {
+      warn("grid unavailable", err);
+    }
+  }
+  state.map.showGrid(on);
+}
+
+function showMapMsg(text) {
+  const el = $("#map-msg");
+  el.textContent = text;
+  el.hidden = !text;
+}
+
+function alertingDevices() {
+  const codes = [];
+  for (const a of state.alerts.values()) if (a.state !== "resolved" && !a.cleared_at) codes.push(a.device);
+  return codes;
+}
+
+function renderLegend() {
+  const root = $("#legend");
+  clear(root);
+  const status = h("div", { class: "legend-group" }, h("span", { class: "legend-title" }, t("map.legend")));
+  for (const [key, colour] of Object.entries(STATUS_COLOURS)) {
+    const sw = h("span", { class: "swatch round" });
+    sw.style.background = colour;
+    status.append(h("span", { class: "legend-item", dataset: { status: key } }, sw, t(`status.${key}`)));
+  }
+  const shade = h("div", { class: "legend-group" }, h("span", { class: "legend-title" }, t(`map.shade.${state.map.shade}`)));
+  for (const { colour, label } of shadeLegend(state.map.shade)) {
+    const sw = h("span", { class: "swatch" });
+    sw.style.background = colour;
+    shade.append(h("span", { class: "legend-item" }, sw, label));
+  }
+  root.append(status, shade);
+}
+
+// --- alerts feed ---------------------------------------------------------------------------------
+
+function normalise(raw, kind) {
+  const prev = state.alerts.get(raw.id) ?? {};
+  const a = { ...prev };
+  for (const [k, v] of Object.entries(raw)) if (v !== undefined) a[k] = v;
+  a.device = raw.device ?? raw.device_code ?? prev.device;
+  a.cls = raw.class ?? raw.device_class ?? prev.cls;
+  if (kind) {
+    a.last_kind = kind;
+    a.last_actor = raw.actor ?? null;
+    a.last_comment = raw.comment ?? null;
+    a.seen_at = new Date().toISOString();
+  }
+  if (kind === "comment" && raw.comment) a.comments = [...(prev.comments ?? []), { actor: raw.actor, comment: raw.comment }].slice(-3);
+  return a;
+}
+
+function visible(a) {
+  const sev = $("#f-severity").value;
+  const district = $("#f-district").value;
+  const cls = $("#f-class").value;
+  const show = $("#f-state").value;
+  if (sev && sevRank(a.severity) < sevRank(sev)) return false;
+  if (district && a.district !== district) return false;
+  if (cls && a.cls !== cls) return false;
+  if (show === "active" && a.state === "resolved") return false;
+  return true;
+}
+
+function sortedAlerts() {
+  const list = [...state.alerts.values()];
+  list.sort((x, y) => String(y.opened_at ?? "").localeCompare(String(x.opened_at ?? "")) || String(y.id).localeCompare(String(x.id)));
+  return list;
+}
+
+function trimAlerts() {
+  if (state.alerts.size <= MAX_FEED) return;
+  // Drop the oldest resolved first, then the oldest.
+  const list = sortedAlerts();
+  for (let i = list.length - 1; i >= 0 && state.alerts.size > MAX_FEED; i--) {
+    if (list[i].state === "resolved") state.alerts.delete(list[i].id);
+  }
+  for (let i = list.length - 1; i >= 0 && state.alerts.size > MAX_FEED; i--) state.alerts.delete(list[i].id);
+}
+
+async function act(a, action, comment, li) {
+  const err = li.querySelector(".alert-error");
+  err.hidden = true;
+  try {
+    const updated = await postJSON(`/api/v1/alerts/${encodeURIComponent(a.id)}/${action}`, { actor: state.actor, comment: comment ?? "" });
+    if (updated && updated.id) upsert(normalise(updated, action));
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) return showLogin();
+    err.textContent = t("feed.error", { detail: e instanceof ApiError ? e.detail : String(e) });
+    err.hidden = false;
+  }
+}
+
+function alertRow(a) {
+  const li = h("li", { class: "alert", dataset: { id: a.id } });
+  const body = h("div", { class: "alert-body" });
+  const actions = h("div", { class: "alert-actions" });
+  const ack = h("button", { type: "button", class: "small act-ack", onclick: () => act(state.alerts.get(a.id), "ack", "", li) }, t("feed.ack"));
+  const resolve = h("button", { type: "button", class: "small act-resolve", onclick: () => act(state.alerts.get(a.id), "resolve", "", li) }, t("feed.resolve"));
+  const input = h("input", { class: "comment-input", maxlength: 2000, "aria-label": t("feed.comment_prompt"), placeholder: t("feed.comment_prompt") });
+  const form = h(
+    "form",
+    { class: "comment-form", hidden: true },
+    input,
+    h("button", { type: "submit", class: "small" }, t("feed.send")),
+    h("button", { type: "button", class: "small secondary", onclick: () => (form.hidden = true) }, t("feed.cancel")),
+  );
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const text = input.value.trim();
+    if (!text) return;
+    await act(state.alerts.get(a.id), "comment", text, li);
+    input.value = "";
+    form.hidden = true;
+  });
+  const comment = h(
+    "button",
+    {
+      type: "button",
+      class: "small secondary act-comment",
+      onclick: () => {
+        form.hidden = !form.hidden;
+        if (!form.hidden) input.focus();
+      },
+    },
+    t("feed.comment"),
+  );
+  actions.append(ack, resolve, comment);
+  li.append(body, actions, form, h("p", { class: "alert-error error", hidden: true }));
+  li._parts = { body, ack, resolve };
+  return li;
+}
+
+function fillAlertRow(li, a) {
+  const { body, ack, resolve } = li._parts;
+  li.className = `alert sev-${a.severity} state-${a.state}${li.classList.contains("flashing") ? " flashing" : ""}`;
+  li.dataset.severity = a.severity ?? "";
+  li.dataset.state = a.state ?? "";
+  li.dataset.device = a.device ?? "";
+  clear(body);
+  const dev = state.devices.get(a.device);
+  const devLink = h("button", { type: "button", class: "link device-link", onclick: () => openDetail(a.device) }, dev?.name || a.device || t("common.none"));
+  body.append(
+    h(
+      "div",
+      { class: "alert-top" },
+      h("span", { class: `sev sev-${a.severity}` }, t(`severity.${a.severity}`)),
+      h("span", { class: "alert-state" }, t(`state.${a.state}`)),
+      h("span", { class: "alert-time", title: a.opened_at ?? "" }, fmtTime(a.opened_at, true)),
+    ),
+    h("div", { class: "alert-msg" }, a.message || a.rule || ""),
+    h(
+      "div",
+      { class: "alert-meta" },
+      h("span", null, districtName(a.district)),
+      h("span", null, className(a.cls)),
+      devLink,
+      h("span", { class: "rule" }, a.rule ?? ""),
+    ),
+  );
+  if (a.last_kind && a.last_kind !== "open") {
+    const who = a.last_actor ? ` ${t("feed.by", { actor: a.last_actor })}` : "";
+    const note = a.last_comment ? ` — ${a.last_comment}` : "";
+    body.append(h("div", { class: "alert-last" }, `${t(`kind.${a.last_kind}`)}${who}${note}`));
+  }
+  if (a.cleared_at && a.state !== "resolved") body.append(h("div", { class: "alert-last" }, `${t("kind.clear")} ${fmtTime(a.cleared_at)}`));
+  ack.hidden = a.state !== "open";
+  resolve.hidden = a.state === "resolved";
+}
+
+function renderFeed() {
+  const feed = $("#feed");
+  const shown = sortedAlerts().filter(visible);
+  const keep = new Set(shown.map((a) => a.id));
+  for (const [id, li] of state.rows) {
+    if (!keep.has(id)) {
+      li.remove();
+      if (!state.alerts.has(id)) state.rows.delete(id);
+    }
+  }
+  shown.forEach((a, i) => {
+    let li = state.rows.get(a.id);
+    if (!li) {
+      li = alertRow(a);
+      state.rows.set(a.id, li);
+    }
+    fillAlertRow(li, a);
+    if (feed.children[i] !== li) feed.insertBefore(li, feed.children[i] ?? null);
+  });
+  $("#feed-empty").hidden = shown.length > 0;
+  const active = [...state.alerts.values()].filter((a) => a.state !== "resolved").length;
+  $("#feed-count").textContent = String(active);
+}
+
+function relabelFeed() {
+  for (const li of state.rows.values()) li.remove();
+  state.rows.clear();
+  renderFeed();
+}
+
+function upsert(a) {
+  state.alerts.set(a.id, a);
+  trimAlerts();
+}
+
+function flash(id) {
+  const li = state.rows.get(id);
+  if (li) {
+    li.classList.remove("flashing");
+    void li.offsetWidth; // restart the animation
+    li.classList.add("flashing");
+    setTimeout(() => li.classList.remove("flashing"), 6000);
+  }
+  const overlay = $("#flash");
+  overlay.classList.remove("on");
+  void overlay.offsetWidth;
+  overlay.classList.add("on");
+  document.body.dataset.lastFlash = id;
+  if (state.sound) beep();
+}
+
+function beep() {
+  try {
+    const ctx = state.audio ?? (state.audio = new AudioContext());
+    const now = ctx.currentTime;
+    for (let i = 0; i < 3; i++) {
+      const osc = ctx.createOscillator();
+      const gain = ctx.createGain();
+      osc.type = "square";
+      osc.frequency.value = 880;
+      gain.gain.setValueAtTime(0.0001, now + i * 0.3);
+      gain.gain.exponentialRampToValueAtTime(0.2, now + i * 0.3 + 0.02);
+      gain.gain.exponentialRampToValueAtTime(0.0001, now + i * 0.3 + 0.2);
+      osc.connect(gain).connect(ctx.destination);
+      osc.start(now + i * 0.3);
+      osc.stop(now + i * 0.3 + 0.22);
+    }
+  } catch (err) {
+    warn("sound unavailable", err);
+  }
+}
+
+async function onAlertEvent(ev) {
+  let data;
+  try {
+    data = JSON.parse(ev.data);
+  } catch (err) {
+    warn("undecodable alert event", err);
+    return;
+  }
+  if (!data || typeof data !== "object" || !data.id) return;
+  const kind = data.kind;
+  if (data.truncated) {
+    // The notification was too large for pg_notify: fetch the alert itself.
+    try {
+      data = { ...(await getJSON(`/api/v1/alerts/${encodeURIComponent(data.id)}`)), kind };
+    } catch (err) {
+      warn("could not fetch truncated alert", err);
+      return;
+    }
+  }
+  refreshVitalsSoon();
+  refreshMapSoon();
+  if (typeof data.rule === "string" && data.rule.endsWith("#incident")) {
+    refreshIncidentsSoon();
+    return;
+  }
+  const a = normalise(data, kind);
+  upsert(a);
+  renderFeed();
+  state.map.setAlerting(alertingDevices());
+  if (a.severity === "critical" && (kind === "open" || kind === "escalate" || kind === "reopen")) flash(a.id);
+  if (state.detailCode && state.detailCode === a.device) renderDetailAlerts(state.detailCode);
+}
+
+async function resync() {
+  // After (re)connecting: the feed may have missed events. Reload active alerts plus recent history.
+  try {
+    const [active, recent] = await Promise.all([
+      getJSON(`/api/v1/alerts${qs({ state: "active", limit: 500 })}`),
+      getJSON(`/api/v1/alerts${qs({ limit: 100 })}`),
+    ]);
+    const next = new Map();
+    for (const raw of [...items(recent), ...items(active)]) {
+      if (typeof raw.rule === "string" && raw.rule.endsWith("#incident")) continue;
+      const prev = state.alerts.get(raw.id);
+      next.set(raw.id, { ...normalise(raw), last_kind: prev?.last_kind, last_actor: prev?.last_actor, last_comment: prev?.last_comment });
+    }
+    state.alerts = next;
+    $("#feed-error").hidden = true;
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) return showLogin();
+    warn("could not load alerts", err);
+    $("#feed-error").textContent = t("common.error", { detail: err instanceof ApiError ? err.detail : String(err) });
+    $("#feed-error").hidden = false;
+  }
+  renderFeed();
+  state.map.setAlerting(alertingDevices());
+}
+
+function setConn(s) {
+  const el = $("#conn");
+  el.dataset.state = s;
+  el.dataset.i18n = s === "live" ? "conn.live" : s === "lost" ? "conn.lost" : "conn.connecting";
+  el.textContent = t(el.dataset.i18n);
+}
+
+function connectFeed() {
+  const src = new EventSource("/api/v1/alerts/stream");
+  state.source = src;
+  src.addEventListener("open", () => {
+    state.connected = true;
+    setConn("live");
+    resync();
+  });
+  src.addEventListener("alert", onAlertEvent);
+  src.addEventListener("error", () => {
+    state.connected = false;
+    setConn(src.readyState === EventSource.CLOSED ? "lost" : "connecting");
+    if (src.readyState === EventSource.CLOSED) setTimeout(connectFeed, 5000);
+  });
+}
+
+function fillDistrictFilter() {
+  const sel = $("#f-district");
+  const current = sel.value;
+  while (sel.options.length > 1) sel.remove(1);
+  for (const code of Object.keys(state.districtNames).sort()) sel.append(h("option", { value: code }, districtName(code)));
+  sel.value = current;
+}
+
+function fillClassFilter() {
+  const sel = $("#f-class");
+  const current = sel.value;
+  while (sel.options.length > 1) sel.remove(1);
+  for (const cls of [...state.classes].sort()) sel.append(h("option", { value: cls }, className(cls)));
+  sel.value = current;
+}
+
+// --- incidents -----------------------------------------------------------------------------------
+
+async function refreshIncidents() {
+  try {
+    state.incidents = items(await getJSON(`/api/v1/incidents${qs({ state: "active" })}`));
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) return showLogin();
+    warn("incidents unavailable", err);
+  }
+  renderIncidents();
+}
+const refreshIncidentsSoon = debounce(refreshIncidents, 1000);
+
+function renderIncidents() {
+  const ul = $("#incidents");
+  clear(ul);
+  for (const inc of state.incidents) {
+    ul.append(
+      h(
+        "li",
+        { class: `incident sev-${inc.severity}`, dataset: { id: inc.id } },
+        h("span", { class: `sev sev-${inc.severity}` }, t(`severity.${inc.severity}`)),
+        h("span", { class: "incident-district" }, districtName(inc.district)),
+        h("span", { class: "incident-rule" }, String(inc.rule ?? "").replace(/#incident$/, "")),
+        h("span", { class: "incident-devices" }, t("incidents.devices", { n: inc.device_count ?? 0 })),
+        h("span", { class: "incident-state" }, t(`state.${inc.state}`)),
+        h("span", { class: "alert-time" }, fmtTime(inc.opened_at, true)),
+      ),
+    );
+  }
+  $("#incidents-empty").hidden = state.incidents.length > 0;
+  $("#incident-count").textContent = String(state.incidents.length);
+}
+
+// --- device detail -------------------------------------------------------------------------------
+
+async function loadModels() {
+  try {
+    for (const m of items(await getJSON("/api/v1/models"))) {
+      state.models.set(`${m.id}@${m.version}`, m);
+      if (!state.models.has(m.id) || state.models.get(m.id).version < m.version) state.models.set(m.id, m);
+      if (m.device_class) state.classes.add(m.device_class);
+    }
+    fillClassFilter();
+  } catch (err) {
+    warn("models unavailable", err);
+  }
+}
+
+function kv(key, value) {
+  return [h("dt", null, t(`detail.${key}`)), h("dd", { dataset: { field: key } }, value ?? t("common.none"))];
+}
+
+async function openDetail(code) {
+  if (!code) return;
+  const seq = ++state.detailSeq;
+  state.detailCode = code;
+  state.map.select(code);
+  const panel = $("#detail");
+  const body = $("#detail-body");
+  panel.hidden = false;
+  panel.dataset.code = code;
+  clear(body);
+  body.append(h("p", { class: "muted" }, t("detail.loading")));
+  let dev = null;
+  try {
+    dev = await getJSON(`/api/v1/devices/${encodeURIComponent(code)}`);
+  } catch (err) {
+    if (seq !== state.detailSeq) return;
+    clear(body);
+    body.append(h("p", { class: "error" }, err instanceof ApiError && err.status === 404 ? t("detail.not_found") : t("common.error", { detail: String(err.detail ?? err) })));
+    return;
+  }
+  let latest = null;
+  try {
+    latest = await getJSON(`/api/v1/devices/${encodeURIComponent(code)}/latest`);
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 404)) warn("latest unavailable", err);
+  }
+  if (seq !== state.detailSeq) return;
+  const model = state.models.get(dev.model) ?? state.models.get(String(dev.model).split("@")[0]);
+  const geoDev = state.devices.get(code) ?? {};
+  const lastSeen =
+    dev.last_seen ?? geoDev.last_seen ?? Object.values(latest?.metrics ?? {}).map((m) => m.ts).sort().at(-1) ?? null;
+  const status = alertingDevices().includes(code) ? "alerting" : geoDev.status;
+  const loc = dev.lon != null && dev.lat != null ? `${Number(dev.lon).toFixed(5)}, ${Number(dev.lat).toFixed(5)}${dev.crs ? ` (${dev.crs})` : ""}` : null;
+
+  clear(body);
+  $("#detail-title").textContent = `${t("detail.title")} · ${dev.name || code}`;
+  const statusEl = status ? h("span", { class: `status-pill status-${status}` }, t(`status.${status}`)) : null;
+  body.append(
+    h(
+      "dl",
+      { class: "kv" },
+      kv("code", code),
+      kv("name", dev.name || null),
+      kv("model", model ? `${pick(model.name)} (${dev.model})` : dev.model),
+      kv("district", `${districtName(dev.district)}${dev.grid ? ` · ${dev.grid}` : ""}`),
+      kv("location", loc),
+      kv("state", h("span", null, String(dev.state ?? t("common.none")), " ", statusEl)),
+      kv("last_seen", fmtTime(lastSeen, true)),
+    ),
+  );
+
+  const alertsSec = h("section", { class: "detail-section detail-alerts" }, h("h3", null, t("detail.alerts")), h("ul", { class: "mini-alerts" }));
+  body.append(alertsSec);
+  renderDetailAlerts(code);
+
+  body.append(commandsSection(code, model));
+
+  // Charts: the metrics that have data (latest), in model order.
+  const chartGrid = h("div", { class: "chart-grid" });
+  const charts = h("section", { class: "detail-section charts" }, h("h3", null, t("detail.charts")), chartGrid);
+  body.append(charts);
+  const modelMetrics = model?.metrics ?? [];
+  const have = new Set(Object.keys(latest?.metrics ?? {}));
+  const metrics = modelMetrics.filter((m) => have.has(m.name));
+  for (const name of have) if (!metrics.some((m) => m.name === name)) metrics.push({ name, unit: latest.metrics[name].unit, label: null });
+  if (!metrics.length) charts.append(h("p", { class: "muted" }, t("detail.no_data")));
+  const to = Math.ceil(Date.now() / BUCKET_MS) * BUCKET_MS; // aligned, so 5-minute rollups can answer
+  const from = to - DAY_MS;
+  for (const m of metrics) {
+    const fig = h("figure", { class: "chart-box", dataset: { metric: m.name } });
+    const cur = latest?.metrics?.[m.name];
+    fig.append(
+      h(
+        "figcaption",
+        null,
+        h("span", null, pick(m.label, m.name)),
+        h("span", { class: "latest" }, cur ? `${cur.value} ${unitText(cur.unit ?? m.unit)}`.trim() : ""),
+      ),
+    );
+    chartGrid.append(fig);
+    loadSeries(code, m.name, from, to).then(
+      (pts) => {
+        if (seq !== state.detailSeq) return;
+        fig.append(pts.length ? lineChart(pts, { from: Math.max(from, pts[0].t), to: Math.min(to, Date.now()) }) : h("p", { class: "muted" }, t("detail.no_data")));
+      },
+      (err) => {
+        warn(`series ${m.name}`, err);
+        fig.append(h("p", { class: "muted" }, t("detail.no_data")));
+      },
+    );
+  }
+
+}
+
+/** Points for a chart: 5-minute buckets when the API has them, else the raw readings (sparse devices). */
+async function loadSeries(code, metric, from, to) {
+  const range = { device: code, metric, from: new Date(from).toISOString(), to: new Date(to).toISOString() };
+  let bucketed = [];
+  try {
+    const b = await getJSON(`/api/v1/readings/buckets${qs({ ...range, bucket: "5m" })}`);
+    bucketed = items(b).map((i) => ({ t: Date.parse(i.ts), v: Number(i.avg ?? i.value) }));
+  } catch (err) {
+    if (!(err instanceof ApiError && (err.status === 404 || err.status === 422))) throw err;
+  }
+  if (bucketed.length >= 24) return bucketed;
+  // Few buckets (a new or sparse device): the raw readings show more shape.
+  const r = await getJSON(`/api/v1/readings${qs({ ...range, limit: 2000 })}`);
+  const raw = items(r)
+    .map((i) => ({ t: Date.parse(i.ts), v: Number(i.avg ?? i.value) }))
+    .sort((x, y) => x.t - y.t);
+  return raw.length > bucketed.length ? raw : bucketed;
+}
+
+async function renderDetailAlerts(code) {
+  const ul = $("#detail .mini-alerts");
+  if (!ul) return;
+  let list = [];
+  try {
+    list = items(await getJSON(`/api/v1/alerts${qs({ device: code, limit: 10 })}`));
+  } catch (err) {
+    warn("device alerts unavailable", err);
+  }
+  if (state.detailCode !== code) return;
+  clear(ul);
+  for (const raw of list) {
+    const a = normalise(raw);
+    ul.append(
+      h(
+        "li",
+        { class: `sev-${a.severity} state-${a.state}` },
+        h("span", { class: `sev sev-${a.severity}` }, t(`severity.${a.severity}`)),
+        h("span", null, t(`state.${a.state}`)),
+        h("span", { class: "alert-time" }, fmtTime(a.opened_at, true)),
+        h("span", { class: "alert-msg" }, a.message || a.rule),
+      ),
+    );
+  }
+  if (!list.length) ul.append(h("li", { class: "muted" }, t("detail.no_alerts")));
+}
+
+function paramInput(name, spec) {
+  const type = spec?.type ?? "str";
+  const values = spec?.values ?? spec?.enum;
+  if (Array.isArray(values)) return h("select", { name }, values.map((v) => h("option", { value: String(v) }, String(v))));
+  if (type === "bool" || type === "boolean") return h("input", { type: "checkbox", name });
+  if (type === "int" || type === "float" || type === "number") {
+    return h("input", {
+      type: "number",
+      name,
+      required: spec?.required === false ? null : true,
+      min: spec?.min,
+      max: spec?.max,
+      step: type === "int" ? 1 : "any",
+      value: spec?.default ?? spec?.min ?? "",
+    });
+  }
+  return h("input", { type: "text", name, value: spec?.default ?? "" });
+}
+
+function readParam(el, spec) {
+  const type = spec?.type ?? "str";
+  if (el.type === "checkbox") return el.checked;
+  if (type === "int") return parseInt(el.value, 10);
+  if (type === "float" || type === "number") return Number(el.value);
+  return el.value;
+}
+
+function commandsSection(code, model) {
+  const sec = h("section", { class: "detail-section commands" }, h("h3", null, t("detail.commands")));
+  const cmds = model?.commands ?? [];
+  if (!cmds.length) {
+    sec.append(h("p", { class: "muted" }, t("detail.no_commands")));
+    return sec;
+  }
+  const history = h("ul", { class: "cmd-history" });
+  for (const c of cmds) {
+    const status = h("p", { class: "cmd-status", role: "status" });
+    const fields = Object.entries(c.params ?? {}).map(([name, spec]) =>
+      h("label", null, h("span", null, `${name}${spec?.min != null || spec?.max != null ? ` (${spec.min ?? ""}–${spec.max ?? ""})` : ""}`), paramInput(name, spec)),
+    );
+    const form = h(
+      "form",
+      { class: "cmd-form", dataset: { command: c.name } },
+      h("strong", null, pick(c.label, c.name)),
+      ...fields,
+      h("button", { type: "submit", class: "small" }, t("detail.send")),
+      status,
+    );
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const params = {};
+      for (const [name, spec] of Object.entries(c.params ?? {})) params[name] = readParam(form.elements.namedItem(name), spec);
+      status.className = "cmd-status";
+      status.textContent = t("detail.loading");
+      try {
+        const res = await postJSON(`/api/v1/devices/${encodeURIComponent(code)}/commands`, { name: c.name, params });
+        status.textContent = t("detail.sent", { name: c.name, state: res?.state ?? "ok" });
+        status.dataset.state = res?.state ?? "ok";
+        loadCommandHistory(code, history);
+      } catch (err) {
+        status.classList.add("error");
+        status.textContent = t("common.error", { detail: err instanceof ApiError ? err.detail : String(err) });
+      }
+    });
+    sec.append(form);
+  }
+  const histSec = h("div", { class: "cmd-history-box", hidden: true }, h("h4", null, t("detail.history")), history);
+  sec.append(histSec);
+  loadCommandHistory(code, history);
+  return sec;
+}
+
+async function loadCommandHistory(code, ul) {
+  let list;
+  try {
+    list = items(await getJSON(`/api/v1/devices/${encodeURIComponent(code)}/commands`));
+  } catch {
+    return; // the commands API may not be deployed: no history section
+  }
+  if (state.detailCode !== code) return;
+  clear(ul);
+  for (const c of list.slice(0, 5)) {
+    ul.append(
+      h(
+        "li",
+        null,
+        h("span", null, c.name ?? ""),
+        h("code", null, JSON.stringify(c.params ?? {})),
+        h("span", { class: `cmd-state state-${c.state}` }, c.state ?? ""),
+        h("span", { class: "alert-time" }, fmtTime(c.created_at ?? c.queued_at, true)),
+      ),
+    );
+  }
+  ul.parentElement.hidden = list.length === 0;
+}
+
+function closeDetail() {
+  state.detailCode = null;
+  state.detailSeq++;
+  $("#detail").hidden = true;
+  state.map.select(null);
+}
+
+// --- start ---------------------------------------------------------------------------------------
+
+let started = false;
+
+function startApp() {
+  $("#login-view").hidden = true;
+  $("#app").hidden = false;
+  if (started) return;
+  started = true;
+
+  state.map = createMap($("#map"), { onDeviceClick: openDetail });
+  renderLegend();
+  renderVitals();
+  renderFeed();
+  renderIncidents();
+  fillDistrictFilter();
+  fillClassFilter();
+
+  $("#shade").addEventListener("change", (ev) => {
+    state.map.setShade(ev.target.value);
+    renderLegend();
+  });
+  $("#grid-toggle").addEventListener("change", (ev) => toggleGrid(ev.target.checked));
+  $("#map-reset").addEventListener("click", () => state.map.resetView());
+  for (const id of ["#f-severity", "#f-district", "#f-class", "#f-state"]) $(id).addEventListener("change", renderFeed);
+  $("#detail-close").addEventListener("click", closeDetail);
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && !$("#detail").hidden) closeDetail();
+  });
+  $("#sound-toggle").addEventListener("click", (ev) => {
+    state.sound = !state.sound;
+    const b = ev.currentTarget;
+    b.setAttribute("aria-pressed", String(state.sound));
+    b.dataset.i18n = state.sound ? "feed.sound_on" : "feed.sound_off";
+    b.textContent = t(b.dataset.i18n);
+    if (state.sound) {
+      // Created on a user gesture so that the browser lets it play later.
+      state.audio ??= new AudioContext();
+      state.audio.resume?.();
+    }
+  });
+
+  const tick = () => ($("#clock").textContent = fmtTime(new Date().toISOString()));
+  tick();
+  setInterval(tick, 1000);
+
+  loadModels().then(() => {
+    if (state.detailCode) openDetail(state.detailCode);
+  });
+  refreshDistricts().then(refreshDevices);
+  refreshVitals();
+  refreshIncidents();
+  connectFeed();
+  setInterval(refreshVitals, VITALS_EVERY_MS);
+  setInterval(refreshDevices, MAP_EVERY_MS);
+  setInterval(refreshDistricts, MAP_EVERY_MS * 2);
+  setInterval(refreshIncidents, MAP_EVERY_MS);
+}
+
+function relabelAll() {
+  applyStatic();
+  document.title = t("app.title");
+  renderVitals();
+  renderLegend();
+  relabelFeed();
+  renderIncidents();
+  fillDistrictFilter();
+  fillClassFilter();
+  if (state.map) state.map.relabel();
+  if (state.detailCode) openDetail(state.detailCode);
+}
+
+async function main() {
+  applyStatic();
+  document.title = t("app.title");
+  $("#lang-toggle").addEventListener("click", () => setLang(lang() === "zh" ? "en" : "zh"));
+  onLangChange(relabelAll);
+  const session = await checkSession();
+  if (session === "login") showLogin();
+  else startApp();
+}
+
+main();
