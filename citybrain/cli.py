@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -178,35 +179,168 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from citybrain.platform import demo_device_codes
-    from simulators.air import AirStation, Episode
-    from simulators.mqtt_fleet import SimulatorError, run_fleet
-
     mqtt = parse_mqtt_url(_need(settings.mqtt_url, "CITYBRAIN_MQTT_URL"))
-    codes = demo_device_codes(args.devices)
-    # Station 0 has a recurring pollution episode so the demo shows alerts.
-    stations = [
-        AirStation(c, seed=args.seed + i, episode=Episode(20, 30, 4.0, 120) if i == 0 else None)
-        for i, c in enumerate(codes)
-    ]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if not (args.city or args.scenario):
+        # The demo's path (`citybrain demo` spawns `simulate --devices N --interval S`): real-time air stations.
+        from citybrain.platform import demo_device_codes
+        from simulators.air import AirStation, Episode
+        from simulators.mqtt_fleet import SimulatorError, run_fleet
+
+        codes = demo_device_codes(args.devices)
+        # Station 0 has a recurring pollution episode so the demo shows alerts.
+        stations = [
+            AirStation(c, seed=args.seed + i, episode=Episode(20, 30, 4.0, 120) if i == 0 else None)
+            for i, c in enumerate(codes)
+        ]
+        try:
+            sent = run_fleet(
+                stations,
+                host=mqtt.host,
+                port=mqtt.port,
+                interval_s=args.interval,
+                stop=stop,
+                duration_s=args.duration,
+                username=mqtt.username,
+                password=mqtt.password,
+            )
+        except SimulatorError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"sent {sent} messages", flush=True)
+        return 0
+
+    from simulators.fleet import FleetError
+    from simulators.runner import DEFAULT_MIX, SimulateOptions, parse_mix, simulate
+    from simulators.scenario import ScenarioError
+
+    hj212 = None
+    if args.hj212:
+        host, _, port = args.hj212.rpartition(":")
+        hj212 = (host or "127.0.0.1", int(port))
     try:
-        sent = run_fleet(
-            stations,
+        opts = SimulateOptions(
             host=mqtt.host,
             port=mqtt.port,
-            interval_s=args.interval,
-            stop=stop,
-            duration_s=args.duration,
             username=mqtt.username,
             password=mqtt.password,
+            scenario=args.scenario,
+            mix=parse_mix(args.mix) if args.mix else dict(DEFAULT_MIX),
+            duration_s=args.sim_duration,
+            speed=args.speed or None,
+            seed=args.seed,
+            connections=args.connections,
+            interval_s=args.report_interval,
+            faults=args.faults,
+            sent_log=args.sent_log,
+            hj212=hj212,
+            progress=not args.quiet,
         )
-    except SimulatorError as exc:
+        stats, scenario = simulate(opts, stop)
+    except (FleetError, ScenarioError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"sent {sent} messages", flush=True)
+    print(
+        f"records {stats.records}, messages {stats.messages} ({stats.publish_rate:,.0f}/s), "
+        f"PUBACKs {stats.acked}/{stats.published}, withheld {stats.withheld}, HJ 212 frames {stats.hj212_frames}",
+        flush=True,
+    )
+    if scenario is not None:
+        print(f"scenario {scenario.id}: {len(scenario.expected())} expected alerts (score: simulators.scenario.score)")
+    return 0
+
+
+def cmd_edge(args: argparse.Namespace, settings: Settings) -> int:
+    """Protocol adapters and downlink: the HJ 212 TCP server and the command dispatcher."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from citybrain.httpmini import MetricsServer
+    from devices.ledger import Ledger
+    from devices.models import shipped_models
+    from ingest.adapters.hj212.connector import Hj212Metrics, Hj212Server, Hj212ServerConfig, auth_resolver, mn_map
+    from ingest.commands import (
+        CommandDispatcher,
+        CommandMetrics,
+        CommandStore,
+        Hj212Transport,
+        MqttCommandTransport,
+    )
+    from ingest.kafka_sink import KafkaSink, KafkaSinkConfig, KafkaSinkMetrics
+
+    mqtt = parse_mqtt_url(_need(settings.mqtt_url, "CITYBRAIN_MQTT_URL"))
+    bootstrap = _need(settings.kafka_bootstrap, "CITYBRAIN_KAFKA_BOOTSTRAP")
+    url = _need(settings.database_url, "CITYBRAIN_DATABASE_URL")
+    registry = CollectorRegistry()
+    models = shipped_models()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False)
+        await pool.open(wait=True, timeout=30)
+        ledger = Ledger(pool, models)
+        mns: dict[str, str] = {}
+        codes_to_mn: dict[str, str] = {}
+
+        async def refresh() -> None:
+            devices = await ledger.load_index()
+            mns.clear()
+            mns.update(mn_map(devices))
+            codes_to_mn.clear()
+            codes_to_mn.update({code: mn for mn, code in mns.items()})
+
+        await refresh()
+        sink = KafkaSink(
+            KafkaSinkConfig(bootstrap, KafkaTopics(settings.topic_prefix), settings.partitions, source="hj212"),
+            KafkaSinkMetrics(registry),
+        )
+        await sink.start()
+        # PW checking needs the stations' plaintext passwords, which the ledger does not
+        # keep (it stores hashes): until station passwords are provisioned, PW is not checked.
+        server = Hj212Server(
+            Hj212ServerConfig(
+                host=settings.hj212_host,
+                port=args.hj212_port or settings.hj212_port,
+                idle_timeout_s=settings.hj212_idle_timeout_s,
+            ),
+            sink,
+            auth_resolver(mns),
+            Hj212Metrics(registry),
+        )
+        await server.start()
+        mqtt_tx = MqttCommandTransport(mqtt.host, mqtt.port, username=mqtt.username, password=mqtt.password)
+        await mqtt_tx.start()
+        dispatcher = CommandDispatcher(
+            CommandStore(pool),
+            {"mqtt": mqtt_tx, "hj212": Hj212Transport(server, lambda code: codes_to_mn.get(code, code))},
+            CommandMetrics(registry),
+        )
+        await dispatcher.start()
+        metrics = MetricsServer(registry, lambda: True, settings.gateway_metrics_host, args.metrics_port)
+        await metrics.start()
+        log.info(
+            "edge up: HJ 212 on %s:%d, commands over MQTT %s:%d", settings.hj212_host, server.port, mqtt.host, mqtt.port
+        )
+        print(f"HJ212_PORT={server.port}", flush=True)
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 30)
+                if not stop.is_set():
+                    await refresh()
+        finally:
+            await metrics.stop()
+            await dispatcher.stop()
+            await mqtt_tx.stop()
+            await server.stop()
+            await sink.stop()
+            await pool.close()
+
+    asyncio.run(run())
     return 0
 
 
@@ -281,11 +415,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None)
     p.set_defaults(func=cmd_api)
     p = sub.add_parser("simulate", help="run simulated devices against the MQTT broker")
-    p.add_argument("--devices", type=int, default=12)
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between reports")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--devices", type=int, default=12, help="demo mode: simulated air stations")
+    p.add_argument("--interval", type=float, default=2.0, help="demo mode: seconds between reports")
+    p.add_argument("--duration", type=float, default=None, help="demo mode: stop after this many seconds")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--city", action="store_true", help="simulate a city mix of every device class")
+    p.add_argument("--scenario", default=None, help="scenario id (simulators/scenarios) or YAML path")
+    p.add_argument("--mix", default=None, help="city mix, e.g. air-station=10,manhole-cover=200")
+    p.add_argument("--speed", type=float, default=60.0, help="simulated seconds per second (0: as fast as possible)")
+    p.add_argument("--sim-duration", type=float, default=None, help="simulated seconds (default: scenario's, or 1 h)")
+    p.add_argument(
+        "--report-interval", type=float, default=None, help="simulated seconds between reports (default: cadence)"
+    )
+    p.add_argument("--connections", type=int, default=4, help="shared MQTT gateway connections")
+    p.add_argument("--faults", type=Path, default=None, help="fault plan YAML")
+    p.add_argument("--sent-log", type=Path, default=None, help="NDJSON ground-truth log")
+    p.add_argument("--hj212", default=None, help="host:port of the HJ 212 server (water stations use TCP)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("edge", help="run the HJ 212 TCP server and the downlink command dispatcher")
+    p.add_argument("--hj212-port", type=int, default=0)
+    p.add_argument("--metrics-port", type=int, default=0)
+    p.set_defaults(func=cmd_edge)
     p = sub.add_parser("db", help="database commands")
     dbsub = p.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     q = dbsub.add_parser("upgrade", help="apply pending migrations")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import sys
 import time
@@ -106,6 +107,9 @@ class Platform:
     api_port: int = 0
     gateway_port: int = 0
     worker_port: int = 0
+    edge_port: int = 0
+    hj212_port: int = 0
+    webhook_token: str = ""
     log_dir: Path = Path("var/logs")
 
     @classmethod
@@ -127,6 +131,8 @@ class Platform:
         env["CITYBRAIN_PARTITIONS"] = str(self.settings.partitions)
         env["CITYBRAIN_DATA_DIR"] = str(self.services.data_dir)
         env["PYTHONUNBUFFERED"] = "1"
+        if self.webhook_token:
+            env["CITYBRAIN_WEBHOOK_TOKEN"] = self.webhook_token
         return env
 
     def start(self, *, simulate: bool = True, devices: int | None = None, progress: bool = True) -> Platform:
@@ -150,8 +156,12 @@ class Platform:
             n = devices if devices is not None else self.settings.demo_devices
             codes = demo_device_codes(n)
             register_demo_devices(self.services.database_url, codes)
+            # The demo's webhook needs a token; a random one unless one is configured.
+            self.webhook_token = self.settings.webhook_token or secrets.token_urlsafe(16)
             env = self.env()
             self.gateway_port = free_port()
+            self.edge_port = free_port()
+            self.hj212_port = self.settings.hj212_port or free_port()
             self.worker_port = free_port()
             self.api_port = self.settings.api_port or free_port()
             if not _port_free(self.settings.api_host, self.api_port):
@@ -183,7 +193,25 @@ class Platform:
                     env=env,
                 )
             )
+            self.processes.append(
+                spawn(
+                    "edge",
+                    [
+                        py,
+                        "-m",
+                        "citybrain.cli",
+                        "edge",
+                        "--hj212-port",
+                        str(self.hj212_port),
+                        "--metrics-port",
+                        str(self.edge_port),
+                    ],
+                    self.log_dir / "edge.log",
+                    env=env,
+                )
+            )
             self.wait_http(f"http://127.0.0.1:{self.api_port}/healthz", "API", 60)
+            self.wait_http(f"http://127.0.0.1:{self.edge_port}/healthz", "edge (HJ 212, commands)", 60)
             self.wait_http(f"http://127.0.0.1:{self.gateway_port}/healthz", "gateway", 60)
             self.wait_http(f"http://127.0.0.1:{self.worker_port}/healthz", "stream worker", 90)
             if simulate:
@@ -242,6 +270,10 @@ class Platform:
             "gateway metrics": f"http://127.0.0.1:{self.gateway_port}/metrics",
             "worker metrics": f"http://127.0.0.1:{self.worker_port}/metrics",
             "MQTT": f"mqtt://{mqtt.host}:{mqtt.port}" if mqtt else "-",
+            "HJ 212 (TCP)": f"127.0.0.1:{self.hj212_port}",
+            "NB-IoT webhook": f"http://127.0.0.1:{self.api_port}/api/v1/ingest/webhook/{{oceanconnect|ctwing}}"
+            f"  (X-Citybrain-Token: {self.webhook_token})",
+            "edge metrics": f"http://127.0.0.1:{self.edge_port}/metrics",
             "Kafka": self.services.kafka_bootstrap or "-",
             "PostgreSQL": self.services.database_url or "-",
         }
