@@ -114,8 +114,11 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
             publish,
             metrics,
             store,
+            flush_producer=app.producer.flush,
         )
         await pipe.refresh_index(force=True)
+        # Transitions a previous worker committed but did not get to publish.
+        await pipe.drain_outbox()
         state["pool"] = pool
         state["pipeline"] = pipe
         ready.set()

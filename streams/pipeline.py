@@ -125,6 +125,7 @@ class Pipeline:
         store: ReadingStore,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        flush_producer: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.pool = pool
@@ -137,6 +138,7 @@ class Pipeline:
         self.index = DeviceIndex()
         self._index_loaded = 0.0
         self._clock = clock
+        self.flush_producer: Callable[[], Awaitable[None]] = flush_producer or _no_flush
         self._mw: list[tuple[str | None, str | None, str | None]] = []
         self._mw_loaded = -1e9
         self._groups = {
@@ -299,14 +301,21 @@ class Pipeline:
                     updates.append((code, new_wm, Jsonb(_dump_snapshot(snap)), Jsonb(states)))
             self.metrics.rule_seconds.observe(time.perf_counter() - t0)
             changed = await self.alerts.apply(conn, transitions, self._groups) if transitions else []
-            if updates:
-                async with conn.cursor() as cur:
+            async with conn.cursor() as cur:
+                if updates:
                     await cur.executemany(
                         "insert into rule_state (device_code, watermark_us, snapshot, states) values (%s,%s,%s,%s)"
                         " on conflict (device_code) do update set watermark_us = excluded.watermark_us,"
                         " snapshot = excluded.snapshot, states = excluded.states, updated_at = now()",
                         updates,
                     )
+                if changed:
+                    outbox = []
+                    for kind, alert in changed:
+                        doc = alert.to_json()
+                        doc["transition"] = kind
+                        outbox.append((alert.device_code, Jsonb(doc)))
+                    await cur.executemany("insert into alert_outbox (key, payload) values (%s, %s)", outbox)
         now = self._clock()
         for kind, alert in changed:
             self.metrics.alerts.labels(alert.rule, kind).inc()
@@ -320,13 +329,36 @@ class Pipeline:
                 alert.district,
                 alert.severity.label,
             )
-            doc = alert.to_json()
-            doc["transition"] = kind
-            await self.publish(
-                self.cfg.topics.alerts,
-                alert.device_code.encode(),
-                json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode(),
-            )
+        if changed:
+            await self.drain_outbox()
+
+    async def drain_outbox(self, limit: int = 1000) -> int:
+        """Publish committed alert transitions and delete them once Kafka has them.
+
+        Rows are locked (``skip locked``) so several workers never publish the same
+        row at once; a crash after the Kafka ack and before the delete republishes a
+        row, so consumers dedupe on (``id``, ``transition``).
+        """
+        sent = 0
+        while True:
+            async with self.pool.connection() as conn, conn.transaction():
+                rows = await (
+                    await conn.execute(
+                        "select seq, key, payload from alert_outbox order by seq limit %s for update skip locked",
+                        (limit,),
+                    )
+                ).fetchall()
+                if not rows:
+                    return sent
+                for _seq, key, payload in rows:
+                    await self.publish(
+                        self.cfg.topics.alerts,
+                        key.encode(),
+                        json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(),
+                    )
+                await self.flush_producer()
+                await conn.execute("delete from alert_outbox where seq = any(%s)", ([r[0] for r in rows],))
+                sent += len(rows)
 
     async def _maintenance(self) -> list[tuple[str | None, str | None, str | None]]:
         now = time.monotonic()
@@ -341,6 +373,10 @@ class Pipeline:
             self._mw = [(r[0], r[1], r[2]) for r in rows]
             self._mw_loaded = now
         return self._mw
+
+
+async def _no_flush() -> None:
+    return None
 
 
 def _in_maintenance(windows: list[tuple[str | None, str | None, str | None]], dev: DeviceInfo) -> bool:
