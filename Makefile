@@ -39,5 +39,8 @@ e2e: $(STAMP)
 bench: $(STAMP)  ## print throughput figures (asserts no speed)
 	$(PY) -m bench
 
+fuzz: $(STAMP)  ## long fuzzing run of every decoder and the HTTP API
+	CITYBRAIN_FUZZ_EXAMPLES=20000 CITYBRAIN_API_FUZZ_EXAMPLES=200 $(VENV)/bin/pytest -q -p no:cacheprovider tests/fuzz tests/integration/test_openapi_fuzz.py
+
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -31,6 +31,9 @@ from citybrain.routes import stats as stats_routes
 from citybrain.routes import vitals as vitals_routes
 from citybrain.routes import webhook as webhook_routes
 from citybrain.routes.context import ApiContext
+from citybrain.security import routes as security_routes
+from citybrain.security.auth import Security
+from citybrain.security.auth import install as install_security
 from devices.models import ModelRegistry
 from ingest.kafka_sink import KafkaSink, KafkaSinkConfig, KafkaSinkMetrics
 
@@ -72,7 +75,9 @@ def create_api(
         webhook_token: Shared token the platforms must send.
         webhook_max_body_bytes: Largest accepted webhook body.
     """
-    pool = AsyncConnectionPool(database_url, min_size=1, max_size=8, open=False)
+    pool = AsyncConnectionPool(
+        database_url, min_size=1, max_size=8, open=False, check=AsyncConnectionPool.check_connection
+    )
     feed = AlertFeed(database_url, FeedMetrics(registry))
     open_alerts = Gauge("citybrain_alerts_open", "Alerts not resolved, by severity", ["severity"], registry=registry)
     alert_store = AlertStore(pool)
@@ -117,6 +122,9 @@ def create_api(
     ctx = ApiContext(pool=pool, models=models, registry=registry, alert_feed=feed)
     for module in ROUTE_MODULES:
         app.include_router(module.build(ctx))
+    security = Security.create(pool, registry)
+    install_security(app, security)
+    app.include_router(security_routes.build(ctx, security))
     sink = KafkaSink(ingest, KafkaSinkMetrics(registry)) if ingest is not None else None
     if sink is not None:
         app.include_router(

@@ -65,10 +65,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  curl http://127.0.0.1:{platform.api_port}/api/v1/devices/{code}/latest")
         print("\nPress Ctrl-C to stop.", flush=True)
         while not stop.wait(1.0):
-            for p in platform.processes:
-                if not p.alive():
-                    print(f"{p.name} exited unexpectedly; see {p.log_path}", file=sys.stderr)
-                    stop.set()
+            for name in platform.supervise_once():
+                print(f"{name} exited unexpectedly and was restarted", file=sys.stderr)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -280,7 +278,7 @@ def cmd_edge(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False)
+        pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, check=AsyncConnectionPool.check_connection)
         await pool.open(wait=True, timeout=30)
         ledger = Ledger(pool, models)
         mns: dict[str, str] = {}
@@ -453,6 +451,21 @@ def build_parser() -> argparse.ArgumentParser:
     from devices.cli import register as register_devices
 
     register_devices(sub)
+    from citybrain.security import cli as sec
+
+    p = sub.add_parser("audit", help="audit log")
+    s = p.add_subparsers(dest="audit_command", required=True, metavar="AUDIT_COMMAND")
+    s.add_parser("verify", help="recompute the audit hash chain").set_defaults(func=sec.cmd_audit_verify)
+    p = sub.add_parser("users", help="users and service accounts")
+    s = p.add_subparsers(dest="users_command", required=True, metavar="USERS_COMMAND")
+    q = s.add_parser("add", help="create a user (prints its password once) or --service (prints an API key once)")
+    sec.add_arguments(q)
+    q.set_defaults(func=sec.cmd_users_add)
+    p = sub.add_parser("keys", help="JWT signing keys")
+    s = p.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
+    s.add_parser("rotate", help="new signing key; previous keys verify until their tokens expire").set_defaults(
+        func=sec.cmd_keys_rotate
+    )
     return parser
 
 

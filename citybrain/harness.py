@@ -79,6 +79,10 @@ class ManagedProcess:
     proc: subprocess.Popen[bytes]
     log_path: Path
     stop_signal: int = signal.SIGTERM
+    argv: tuple[str, ...] = ()
+    env: dict[str, str] | None = None
+    user: str | None = None
+    restarts: int = 0
 
     @property
     def pid(self) -> int:
@@ -116,6 +120,14 @@ class ManagedProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
 
+    def respawn(self) -> None:
+        """Start the same command again (after it died or was killed)."""
+        if self.alive():
+            raise HarnessError(f"{self.name} is still running")
+        fresh = spawn(self.name, self.argv, self.log_path, env=self.env, user=self.user, stop_signal=self.stop_signal)
+        self.proc = fresh.proc
+        self.restarts += 1
+
 
 def spawn(
     name: str,
@@ -147,7 +159,7 @@ def spawn(
     finally:
         out.close()
     log.info("started %s (pid %d), log %s", name, proc.pid, log_path)
-    return ManagedProcess(name, proc, log_path, stop_signal)
+    return ManagedProcess(name, proc, log_path, stop_signal, tuple(argv), env, user)
 
 
 def _wait_until(check: Callable[[], bool], timeout: float, what: str, proc: ManagedProcess | None) -> None:
@@ -191,9 +203,9 @@ def _bin(name: str) -> str:
 # --- Kafka ------------------------------------------------------------------
 
 
-def start_kafka(data_dir: Path, *, timeout: float = 30.0) -> tuple[ManagedProcess, str]:
-    """Start noida-db's Kafka protocol on a free port; returns the process and bootstrap."""
-    port = free_port()
+def start_kafka(data_dir: Path, *, timeout: float = 30.0, port: int = 0) -> tuple[ManagedProcess, str]:
+    """Start noida-db's Kafka protocol on a free port (or ``port``); returns the process and bootstrap."""
+    port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         _bin("noida-db"),
@@ -380,8 +392,10 @@ def pg_base_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"citybrain-pg-{os.getuid()}"
 
 
-def start_postgres(name: str = "main", *, timeout: float = 60.0, fresh: bool = False) -> tuple[ManagedProcess, str]:
-    """Start embedded PostgreSQL on 127.0.0.1 and a free port; returns the process and URL."""
+def start_postgres(
+    name: str = "main", *, timeout: float = 60.0, fresh: bool = False, port: int = 0
+) -> tuple[ManagedProcess, str]:
+    """Start embedded PostgreSQL on 127.0.0.1 and a free port (or ``port``); returns the process and URL."""
     bin_path = _pg_bin()
     user = _pg_user()
     base = pg_base_dir()
@@ -419,7 +433,7 @@ def start_postgres(name: str = "main", *, timeout: float = 60.0, fresh: bool = F
         )
         if res.returncode != 0:
             raise HarnessError(f"initdb failed for {pgdata}:\n{res.stdout}\n{res.stderr}")
-    port = free_port()
+    port = port or free_port()
     sock_dir = pgdata
     argv = [
         str(bin_path / "postgres"),
@@ -431,10 +445,11 @@ def start_postgres(name: str = "main", *, timeout: float = 60.0, fresh: bool = F
         "127.0.0.1",
         "-k",
         str(sock_dir),
+        # Dev/test server: durability across an OS crash is not needed (fsync off),
+        # but a committed transaction must survive a kill -9 of PostgreSQL, so
+        # synchronous_commit stays on: the failure tests depend on it.
         "-c",
-        "fsync=off",  # dev/test server: durability across OS crashes is not needed
-        "-c",
-        "synchronous_commit=off",
+        "fsync=off",
         "-c",
         "full_page_writes=off",
         "-c",
@@ -550,6 +565,31 @@ class Services:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def restart(self, kind: str, *, hard: bool = True) -> None:
+        """Kill (-9, or gracefully) a server this harness started and start it again on the same port and data.
+
+        Args:
+            kind: ``kafka`` or ``postgres`` (failure tests).
+            hard: SIGKILL when true, the server's own stop signal otherwise.
+        """
+        prefix = {"kafka": "kafka", "postgres": "postgres"}[kind]
+        for i, p in enumerate(self.processes):
+            if p.name.startswith(prefix):
+                if hard:
+                    p.kill()
+                else:
+                    p.stop()
+                if kind == "kafka":
+                    assert self.kafka_bootstrap
+                    port = int(self.kafka_bootstrap.rsplit(":", 1)[1])
+                    self.processes[i], _ = start_kafka(self.data_dir / "kafka", port=port)
+                else:
+                    assert self.database_url
+                    port = int(urlsplit(self.database_url).port or 5432)
+                    self.processes[i], _ = start_postgres(self.pg_name, port=port)
+                return
+        raise HarnessError(f"no {kind} server was started by this harness")
 
     def env(self) -> dict[str, str]:
         """Environment variables that point a platform process at these servers."""

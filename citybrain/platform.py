@@ -126,6 +126,13 @@ class Platform:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
+        # The platform's settings reach its service processes as their environment.
+        for name, value in self.settings.model_dump().items():
+            if value is not None and value != "":
+                env[f"CITYBRAIN_{name.upper()}"] = str(value)
+        if not self.settings.gateway_client_id:
+            # A stable client id: the broker keeps a restarted gateway's unacked QoS 1 messages.
+            env["CITYBRAIN_GATEWAY_CLIENT_ID"] = f"{self.settings.topic_prefix}-gateway-1"
         env.update(self.services.env())
         env["CITYBRAIN_TOPIC_PREFIX"] = self.settings.topic_prefix
         env["CITYBRAIN_PARTITIONS"] = str(self.settings.partitions)
@@ -254,6 +261,27 @@ class Platform:
                 last = str(exc)
             time.sleep(0.2)
         raise HarnessError(f"{what} not healthy at {url} within {timeout:.0f}s ({last})")
+
+    def supervise_once(self) -> list[str]:
+        """Restart every platform service that died; returns their names.
+
+        Servers (Kafka, PostgreSQL, MQTT) belong to their own supervisor
+        (systemd, Kubernetes, or the harness); services must recover from
+        their restarts on their own.
+        """
+        restarted = []
+        for p in self.processes:
+            if not p.alive():
+                log.warning("%s exited with code %s; restarting it (see %s)", p.name, p.proc.returncode, p.log_path)
+                p.respawn()
+                restarted.append(p.name)
+        return restarted
+
+    def process(self, name: str) -> ManagedProcess:
+        for p in self.processes:
+            if p.name == name:
+                return p
+        raise HarnessError(f"no platform process {name!r}")
 
     def stop(self) -> None:
         """Stop services first (so they flush), then servers."""

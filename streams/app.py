@@ -94,7 +94,13 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
 
     @app.task
     async def _start() -> None:
-        pool = AsyncConnectionPool(cfg.database_url, min_size=1, max_size=cfg.pool_size, open=False)
+        pool = AsyncConnectionPool(
+            cfg.database_url,
+            min_size=1,
+            max_size=cfg.pool_size,
+            open=False,
+            check=AsyncConnectionPool.check_connection,  # survive a database restart
+        )
         await pool.open(wait=True, timeout=30)
         metrics = PipelineMetrics(registry)
         store = ReadingStore(

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+import psycopg
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -153,7 +154,24 @@ class Pipeline:
             self._index_loaded = now
 
     async def process(self, values: Sequence[bytes]) -> Normalised:
-        """Process one batch of raw-topic record values."""
+        """Process one batch of raw-topic record values.
+
+        While PostgreSQL is unreachable the batch is retried with backoff, never
+        skipped: the agent stops advancing, Kafka offsets stay uncommitted and
+        the lag shows it. Every step is idempotent, so a retried batch stores
+        nothing twice and (through the rule watermark) raises no alert twice.
+        """
+        delay = 0.2
+        while True:
+            try:
+                return await self._process(values)
+            except psycopg.OperationalError as exc:
+                self.metrics.store_retries.inc()
+                log.error("database unavailable, retrying the batch in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _process(self, values: Sequence[bytes]) -> Normalised:
         t0 = time.perf_counter()
         await self.refresh_index()
         messages: list[RawMessage] = []

@@ -129,7 +129,9 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
 
     @router.get("/api/v1/geo/districts", tags=["geo"])
     async def districts(
-        max_age_s: Annotated[float, Query(gt=0, description="Ignore snapshots older than this")] = DEFAULT_MAX_AGE_S,
+        max_age_s: Annotated[
+            float, Query(gt=0, le=366 * 86400, description="Ignore snapshots older than this")
+        ] = DEFAULT_MAX_AGE_S,
     ) -> dict[str, Any]:
         """The 6 districts with devices, open alerts, worst indicative AQI and water compliance."""
         async with pool.connection() as conn:
@@ -293,7 +295,7 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
         metric: Annotated[str, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")],
         class_: Annotated[str, Query(alias="class")],
         level: Annotated[str, Query(pattern="^(district|grid)$")] = "district",
-        max_age_s: Annotated[float, Query(gt=0)] = DEFAULT_MAX_AGE_S,
+        max_age_s: Annotated[float, Query(gt=0, le=366 * 86400)] = DEFAULT_MAX_AGE_S,
     ) -> dict[str, Any]:
         """Per district or grid cell: mean/min/max of the latest values, devices, open alerts of the class."""
         check_class(class_)

@@ -249,6 +249,8 @@ def build(ctx: ApiContext, deps: WebhookDeps) -> APIRouter:
         rx = datetime.now(UTC)
         try:
             doc = json.loads(body)
+        except RecursionError:
+            return await reject(platform, body, "bad_json", "nested too deeply", rx)
         except (ValueError, UnicodeDecodeError) as exc:
             return await reject(platform, body, "bad_json", str(exc)[:200], rx)
         if not isinstance(doc, dict):

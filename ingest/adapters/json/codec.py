@@ -108,6 +108,9 @@ def decode(payload: bytes, *, device_code: str, received_at: datetime) -> list[R
     """
     try:
         doc = json.loads(payload)
+    except RecursionError:
+        # Deep nesting fits in a small payload; it must be a reject, not a worker crash.
+        raise DecodeError("bad_json", "nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError("bad_json", str(exc)[:120]) from None
     if not isinstance(doc, dict):

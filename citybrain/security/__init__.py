@@ -1,0 +1,44 @@
+"""Security and governance: audit log, identities, tokens, sessions, permissions.
+
+See docs/security.md for what is enforced today and what is pending.
+"""
+
+from __future__ import annotations
+
+from citybrain.security.audit import AuditEntry, AuditLog, AuditRow, VerifyReport, verify, verify_async
+from citybrain.security.auth import Authenticator, Security, SecurityConfig, check_csrf, install, require
+from citybrain.security.errors import AuditError, AuthError, IdentityError, SecurityError, TokenError
+from citybrain.security.identities import PERMISSIONS, ROLES, IdentityStore, NewPrincipal, Principal
+from citybrain.security.ratelimit import BucketSpec, LoginLimiter
+from citybrain.security.tokens import KeyRing, SigningKey, sign_jwt, verify_jwt
+
+__all__ = [
+    "PERMISSIONS",
+    "ROLES",
+    "AuditEntry",
+    "AuditError",
+    "AuditLog",
+    "AuditRow",
+    "AuthError",
+    "Authenticator",
+    "BucketSpec",
+    "IdentityError",
+    "IdentityStore",
+    "KeyRing",
+    "LoginLimiter",
+    "NewPrincipal",
+    "Principal",
+    "Security",
+    "SecurityConfig",
+    "SecurityError",
+    "SigningKey",
+    "TokenError",
+    "VerifyReport",
+    "check_csrf",
+    "install",
+    "require",
+    "sign_jwt",
+    "verify",
+    "verify_async",
+    "verify_jwt",
+]
