@@ -192,7 +192,21 @@ def bench_e2e(data_dir: Path, n: int, devices: int, mqtt_url: str | None) -> dic
                 )
                 items.append((f"citybrain/up/{code}/telemetry", payload))
         total = len(items)
+        gw_metrics = f"http://127.0.0.1:{platform.gateway_port}/metrics"
+        forwarded0 = _forwarded(gw_metrics)
+        gateway_s: list[float] = []
+
+        def watch_gateway() -> None:
+            # The gateway alone: MQTT QoS 1 in, Kafka-acknowledged batches out, PUBACK after.
+            while time.perf_counter() - t0 < 600:
+                if _forwarded(gw_metrics) - forwarded0 >= total:
+                    gateway_s.append(time.perf_counter() - t0)
+                    return
+                time.sleep(0.05)
+
         t0 = time.perf_counter()
+        watcher = threading.Thread(target=watch_gateway, daemon=True)
+        watcher.start()
         pub_s = _publish(platform.services.mqtt, items, connections=4)
         url = platform.services.database_url
         stored = 0
@@ -207,6 +221,7 @@ def bench_e2e(data_dir: Path, n: int, devices: int, mqtt_url: str | None) -> dic
                     break  # done, or stalled: report what arrived
                 time.sleep(0.2)
             dt = time.perf_counter() - t0
+        watcher.join(5)
         return {
             "messages": total,
             "stored_rows": stored,
@@ -215,9 +230,20 @@ def bench_e2e(data_dir: Path, n: int, devices: int, mqtt_url: str | None) -> dic
             "seconds": round(dt, 2),
             "msg_per_s": round(stored / dt),
             "readings_per_s": round(stored * 6 / dt),
+            "gateway_msg_per_s": round(total / gateway_s[0]) if gateway_s else None,
         }
     finally:
         platform.stop()
+
+
+def _forwarded(url: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("citybrain_gateway_messages_forwarded_total "):
+                return float(line.split()[1])
+    return 0.0
 
 
 def _table(rows: dict[str, dict[str, Any]]) -> str:

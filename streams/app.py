@@ -70,6 +70,9 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         topic_disable_leader=True,
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
+        # A worker stuck longer than this leaves the group and its partitions move on.
+        broker_max_poll_interval=60.0,
+        broker_rebalance_timeout=20.0,
         broker_commit_every=100,
         broker_commit_interval=1.0,
         consumer_auto_offset_reset="earliest",
