@@ -49,9 +49,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         platform.start()
+        user, password = platform.add_user("demo", "admin")
         print("\ncitybrain is running:", flush=True)
         for k, v in platform.urls().items():
             print(f"  {k:<20} {v}")
+        print(f"  {'console login':<20} {user} / {password}   (shown once)")
         print("\nPublish a reading yourself, e.g.:")
         from citybrain.platform import demo_device_codes
 

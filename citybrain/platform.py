@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -245,6 +246,24 @@ class Platform:
             self.stop()
             raise
         return self
+
+    def add_user(self, name: str, role: str) -> tuple[str, str]:
+        """Create a console/API user (as ``citybrain users add`` would); returns (name, password).
+
+        A name already taken (a demo restarted on the same data) gets a suffix.
+        """
+        for attempt in range(5):
+            candidate = name if attempt == 0 else f"{name}-{secrets.token_hex(2)}"
+            res = subprocess.run(
+                [sys.executable, "-m", "citybrain.cli", "users", "add", candidate, "--role", role],
+                env=self.env(),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if res.returncode == 0:
+                return candidate, res.stdout.strip().splitlines()[-1].rsplit(": ", 1)[1]
+        raise HarnessError(f"could not create user {name}: {res.stderr.strip()}")
 
     def wait_http(self, url: str, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
