@@ -203,12 +203,35 @@ def _bin(name: str) -> str:
 # --- Kafka ------------------------------------------------------------------
 
 
+def _noida_binary() -> str:
+    """The noida-db server binary itself, not its Python launcher.
+
+    The launcher runs the binary as a child: if the harness dies, the launcher
+    gets the parent-death signal but its child would be orphaned. Running the
+    binary directly puts the signal on the process that listens.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("noida_db")
+    if spec is None or not spec.submodule_search_locations:
+        raise HarnessError(
+            "noida-db is not installed: run `make install` (pip install -e '.[embedded]'), "
+            "or set CITYBRAIN_KAFKA_BOOTSTRAP to a running Kafka"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "noida-db"
+    if not path.is_file():
+        raise HarnessError(f"noida-db binary missing at {path}; reinstall noida-db")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return str(path)
+
+
 def start_kafka(data_dir: Path, *, timeout: float = 30.0, port: int = 0) -> tuple[ManagedProcess, str]:
     """Start noida-db's Kafka protocol on a free port (or ``port``); returns the process and bootstrap."""
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
-        _bin("noida-db"),
+        _noida_binary(),
         "start",
         "--host",
         "127.0.0.1",

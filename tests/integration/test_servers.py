@@ -97,3 +97,42 @@ def test_second_embedded_postgres_starts_and_stops_cleanly() -> None:
     finally:
         proc.stop()
     assert not proc.alive()
+
+
+def test_no_orphans_when_the_harness_process_is_killed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from citybrain.harness import Services\n"
+        "s = Services(Path(sys.argv[1]), pg_name=sys.argv[2]); s.start()\n"
+        "print('up', flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    marker = f"orphan-{uuid.uuid4().hex[:6]}"
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / marker), marker],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "up" in res.stdout, res.stderr
+
+    def leftovers() -> list[str]:
+        out = []
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if marker in cmd:
+                out.append(cmd)
+        return out
+
+    deadline = time.monotonic() + 15
+    while leftovers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert leftovers() == []
