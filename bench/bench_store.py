@@ -125,11 +125,11 @@ async def _run(url: str, models: ModelRegistry, n: int, batch: int) -> list[tupl
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=5000, help="rows per flush (StoreConfig.batch_rows)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     server = os.environ.get("CITYBRAIN_DATABASE_URL")
     proc = None
     if not server:
