@@ -153,6 +153,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         retention_days=settings.retention_days,
         maintenance_interval_s=settings.maintenance_interval_s,
         compress_after_days=settings.compress_after_days,
+        offline_after_cadences=settings.offline_after_cadences,
     )
     app = create_app(cfg, CollectorRegistry(), shipped_models())
     worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True)

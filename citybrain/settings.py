@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     hj212_idle_timeout_s: float = Field(default=600.0, gt=0, description="HJ 212 connections idle longer are closed")
 
     # --- rules ---------------------------------------------------------------
+    offline_after_cadences: float = Field(
+        default=5.0, gt=1, description="A device silent this many × its model's cadence is offline (alert)"
+    )
     rules_dir: str = Field(
         default="", description="Directory of rule YAML files; empty: the rules shipped in alerts/data/rules"
     )

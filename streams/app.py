@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
+import psycopg
 from prometheus_client import CollectorRegistry, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
@@ -22,6 +23,7 @@ from alerts.rules import RuleSet
 from citybrain.topics import KafkaTopics
 from devices.models import ModelRegistry
 from streams.errors import MaintenanceError
+from streams.liveness import LivenessConfig, check_liveness
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
 from streams.retention import maintenance
 from streams.store import ReadingStore, StoreConfig, StoreMetrics
@@ -53,6 +55,7 @@ class WorkerConfig:
     retention_days: int = 180
     maintenance_interval_s: float = 60.0
     compress_after_days: int = 7
+    offline_after_cadences: float = 5.0
 
 
 def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegistry) -> faust.App:
@@ -152,6 +155,22 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
                 )
             except MaintenanceError as exc:
                 log.error("maintenance failed (the next run retries): %s", exc)
+
+    @app.timer(interval=15.0)
+    async def _liveness() -> None:
+        # Offline detection (issue: "wrong offline state" in the platforms users left).
+        if not ready.is_set():
+            return
+        pipe: Pipeline = state["pipeline"]
+        try:
+            changed = await check_liveness(
+                state["pool"], models, pipe.alerts, datetime.now(UTC), LivenessConfig(k=cfg.offline_after_cadences)
+            )
+        except psycopg.OperationalError as exc:
+            log.warning("liveness check skipped, database unavailable: %s", exc)
+            return
+        if changed:
+            await pipe.drain_outbox()
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
