@@ -119,7 +119,18 @@ def create_api(
         description="City IoT sensing hub: devices, readings, alerts.",
         lifespan=lifespan,
     )
-    ctx = ApiContext(pool=pool, models=models, registry=registry, alert_feed=feed)
+    from geo.assign import Assigner
+    from geo.districts import load_districts
+    from geo.grid import Grid
+
+    districts = load_districts()
+    ctx = ApiContext(
+        pool=pool,
+        models=models,
+        registry=registry,
+        alert_feed=feed,
+        assigner=Assigner(districts, Grid.build(districts)),
+    )
     for module in ROUTE_MODULES:
         app.include_router(module.build(ctx))
     security = Security.create(pool, registry)

@@ -532,9 +532,17 @@ def _info(row: Sequence[Any]) -> DeviceInfo:
 class Ledger:
     """Ledger operations over an async PostgreSQL pool (passed in)."""
 
-    def __init__(self, pool: AsyncConnectionPool, models: ModelRegistry) -> None:
+    def __init__(self, pool: AsyncConnectionPool, models: ModelRegistry, *, assigner: Any = None) -> None:
+        """Args:
+        pool: PostgreSQL pool.
+        models: Device models.
+        assigner: A :class:`geo.assign.Assigner`; when given, a device registered with a
+            location gets its grid cell from it, and a location outside the city or in
+            another district than its code says is refused.
+        """
         self.pool = pool
         self.models = models
+        self.assigner = assigner
 
     # -- registration -------------------------------------------------------------
 
@@ -552,10 +560,31 @@ class Ledger:
         except DeviceCodeError as exc:
             raise LedgerError(str(exc)) from exc
         model = self._model_for(code, dev.model)
+        if self.assigner is not None and dev.lon is not None and dev.lat is not None:
+            dev = self._place(code, dev)
         try:
             return await self._insert(code, model, dev, actor)
         except psycopg.errors.UniqueViolation as exc:
             raise LedgerError(f"device {code.full}: {exc.diag.message_detail or exc}") from exc
+
+    def _place(self, code: DeviceCode, dev: NewDevice) -> NewDevice:
+        """District check and grid cell from the device's location (geo assignment)."""
+        from dataclasses import replace
+
+        from geo.coords import Crs, Location
+        from geo.errors import GeoError
+
+        assert dev.lon is not None and dev.lat is not None
+        try:
+            where = self.assigner.assign_location(Location(dev.lon, dev.lat, Crs(dev.crs)))
+        except (GeoError, ValueError) as exc:
+            raise LedgerError(f"device {code.full}: {exc}") from exc
+        if where.district.code != code.district:
+            raise LedgerError(
+                f"device {code.full}: its location ({dev.lon}, {dev.lat}) is in district {where.district.code} "
+                f"({where.district.name_zh}), but its code says {code.district}"
+            )
+        return replace(dev, grid=dev.grid or where.grid_cell)
 
     async def _insert(self, code: DeviceCode, model: Any, dev: NewDevice, actor: str) -> DeviceInfo:
         async with self.pool.connection() as conn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
@@ -21,3 +22,4 @@ class ApiContext:
     models: ModelRegistry
     registry: CollectorRegistry
     alert_feed: AlertFeed | None = None
+    assigner: Any = None  # geo.assign.Assigner: districts, grid cells, fences of a point

@@ -48,7 +48,7 @@ def build(ctx: ApiContext) -> APIRouter:
     """Routes under /api/v1/devices and /api/v1/models."""
     router = APIRouter()
     models = ctx.models
-    ledger = Ledger(ctx.pool, ctx.models)
+    ledger = Ledger(ctx.pool, ctx.models, assigner=ctx.assigner)
 
     @router.get("/api/v1/models", tags=["devices"])
     async def list_models() -> list[dict[str, Any]]:

@@ -91,7 +91,7 @@ def _export_value(row: dict[str, Any], column: str) -> Any:
 def build(ctx: ApiContext) -> APIRouter:
     """Routes under /api/v1/devices (ledger management) and /api/v1/device-codes."""
     router = APIRouter()
-    ledger = Ledger(ctx.pool, ctx.models)
+    ledger = Ledger(ctx.pool, ctx.models, assigner=ctx.assigner)
 
     def query(
         q: str | None,

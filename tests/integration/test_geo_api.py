@@ -319,3 +319,29 @@ async def test_track_many_emits_enter_and_leave(env: Env) -> None:
     async with env.pool.connection() as conn:
         row = await (await conn.execute("select fences from device_fences where device_code = %s", (dev,))).fetchone()
     assert row == ([],)
+
+
+async def test_registration_assigns_the_grid_cell_and_refuses_wrong_places(database_url: str, models) -> None:  # type: ignore[no-untyped-def]
+    from psycopg_pool import AsyncConnectionPool
+
+    from devices.errors import LedgerError
+    from devices.ledger import Ledger, NewDevice
+    from geo.assign import Assigner
+    from geo.districts import load_districts
+    from geo.grid import Grid
+
+    districts = load_districts()
+    assigner = Assigner(districts, Grid.build(districts))
+    pool = AsyncConnectionPool(database_url, min_size=1, max_size=2, open=False)
+    await pool.open(wait=True)
+    try:
+        ledger = Ledger(pool, models, assigner=assigner)
+        # 思明区 (350203) near Zhongshan Road
+        info = await ledger.register(NewDevice("35020303080000012", "air-station", lon=118.08, lat=24.46))
+        assert info.district == "350203" and info.grid is not None and info.grid.startswith("350203")
+        with pytest.raises(LedgerError, match="outside every district"):
+            await ledger.register(NewDevice("35020303080000020", "air-station", lon=118.6, lat=24.9))
+        with pytest.raises(LedgerError, match=r"in district 350203 \(思明区\), but its code says 350206"):
+            await ledger.register(NewDevice("35020603080000017", "air-station", lon=118.08, lat=24.46))
+    finally:
+        await pool.close()
