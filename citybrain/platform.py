@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,7 +122,9 @@ class Platform:
             database_url=settings.database_url,
             mqtt_url=settings.mqtt_url,
             kafka_bootstrap=settings.kafka_bootstrap,
-            pg_name=f"pg-{abs(hash(str(root))) % 10**8}",
+            # Stable per data dir (Python's hash() is salted per process), so a demo
+            # restarted on the same data dir finds its database again.
+            pg_name=f"pg-{zlib.crc32(str(root).encode()):08x}",
         )
         return cls(settings=settings, services=services, log_dir=root / "logs")
 

@@ -9,6 +9,7 @@ are set, those servers are used instead of embedded ones.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from citybrain.harness import MqttEndpoint, Services
+from citybrain.harness import MqttEndpoint, Services, pg_base_dir
 from citybrain.kafka_compat import install_empty_fetch_backoff
 from citybrain.migrations import upgrade
 from citybrain.topics import KafkaTopics
@@ -47,6 +48,10 @@ def services() -> Iterator[Services]:
         yield svc
     finally:
         svc.stop()
+        # The embedded PostgreSQL data of this session is not needed again.
+        shutil.rmtree(pg_base_dir() / svc.pg_name, ignore_errors=True)
+        (pg_base_dir() / f"{svc.pg_name}.log").unlink(missing_ok=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
