@@ -230,13 +230,7 @@ class AlertStore:
         offset: int = 0,
     ) -> list[dict[str, Any]]:
         """Alerts, newest first, filtered."""
-        where: list[str] = []
-        args: list[object] = []
-        if state == "active":
-            where.append("state <> 'resolved'")
-        elif state:
-            where.append("state = %s")
-            args.append(state)
+        where, args = _state_filter(state)
         if severity:
             where.append("severity >= %s")
             args.append(int(Severity.parse(severity)))
@@ -284,13 +278,7 @@ class AlertStore:
         return out
 
     async def incidents(self, *, state: str | None = None, district: str | None = None) -> list[dict[str, Any]]:
-        where: list[str] = []
-        args: list[object] = []
-        if state == "active":
-            where.append("state <> 'resolved'")
-        elif state:
-            where.append("state = %s")
-            args.append(state)
+        where, args = _state_filter(state)
         if district:
             where.append("district = %s")
             args.append(district)
@@ -351,6 +339,15 @@ class AlertStore:
             payload["comment"] = comment
             await cur.execute("select pg_notify(%s, %s)", (NOTIFY_CHANNEL, _notify_payload(action, payload)))
         return await self.get(alert_id)
+
+
+def _state_filter(state: str | None) -> tuple[list[str], list[object]]:
+    """WHERE terms for a lifecycle state; ``active`` means not resolved."""
+    if state == "active":
+        return ["state <> 'resolved'"], []
+    if state:
+        return ["state = %s"], [state]
+    return [], []
 
 
 def _incident_alert(

