@@ -35,6 +35,22 @@ def _need(value: str | None, name: str) -> str:
     return value
 
 
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGINT/SIGTERM set ``stop``.
+
+    The event is set from a short-lived thread, never inside the handler: the
+    handler runs in the main thread, which may be inside ``stop.wait()`` holding
+    the event's lock, and setting it there deadlocks (seen: a demo that ignored
+    Ctrl-C).
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        threading.Thread(target=stop.set, name="stop-signal", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from citybrain.platform import Platform
 
@@ -45,8 +61,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print("citybrain demo: bringing the platform up", flush=True)
     platform = Platform.from_settings(settings)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    _stop_on_signals(stop)
     try:
         platform.start()
         user, password = platform.add_user("demo", "admin")
@@ -182,8 +197,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     mqtt = parse_mqtt_url(_need(settings.mqtt_url, "CITYBRAIN_MQTT_URL"))
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    _stop_on_signals(stop)
     if not (args.city or args.scenario):
         # The demo's path (`citybrain demo` spawns `simulate --devices N --interval S`): real-time air stations.
         from citybrain.platform import demo_device_codes
