@@ -97,6 +97,10 @@ def test_fleet_publishes_every_record_and_the_subscriber_decodes_them(
         assert stats.records > 0 and stats.acked == stats.published
         want = stats.messages
         assert collector.wait_for(lambda: len(collector.of("telemetry")) + len(collector.of("event")) >= want)
+        # Offline statuses are published as each connection closes; they may trail the data.
+        assert collector.wait_for(
+            lambda: sum(b'"offline"' in p for _, p in collector.of("status")) >= len(codes)
+        )
     finally:
         collector.close()
     data = collector.of("telemetry") + collector.of("event")
