@@ -25,7 +25,7 @@ from devices.code import DeviceCode
 from devices.models import shipped_models
 from ingest.adapters.hj212.connector import Hj212Metrics, Hj212Server, Hj212ServerConfig, auth_resolver
 from ingest.kafka_sink import KafkaSink, KafkaSinkConfig, KafkaSinkMetrics
-from simulators.encoders import hj212_rtd
+from simulators.encoders import DEFAULT_PW, hj212_rtd
 
 __all__ = ["main"]
 
@@ -67,7 +67,10 @@ async def _run(stations: int, packets: int) -> dict[str, float]:
         model = shipped_models().get("air-station")
         codes = [DeviceCode.build("350206", "0308", 900000 + i).full for i in range(stations)]
         server = Hj212Server(
-            Hj212ServerConfig(port=0), sink, auth_resolver({c: c for c in codes}), Hj212Metrics(registry)
+            Hj212ServerConfig(port=0),
+            sink,
+            auth_resolver({c: c for c in codes}, {c: DEFAULT_PW for c in codes}),
+            Hj212Metrics(registry),
         )
         await server.start()
         base = datetime.now(UTC) - timedelta(hours=1)

@@ -2,6 +2,12 @@
 
 Built by :func:`create_api` from typed arguments; the database pool opens in
 the app's lifespan, never at import.
+
+Every route declares its access rule (``require(permission)`` or
+``public(reason)``, :mod:`citybrain.security.auth`); :func:`create_api` refuses
+to build an app with a route that declares none, and copies each permission
+into the OpenAPI document as ``x-citybrain-permission``. The endpoint × role
+table is in docs/security.md.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
@@ -32,8 +38,9 @@ from citybrain.routes import vitals as vitals_routes
 from citybrain.routes import webhook as webhook_routes
 from citybrain.routes.context import ApiContext
 from citybrain.security import routes as security_routes
-from citybrain.security.auth import Security
+from citybrain.security.auth import Security, public
 from citybrain.security.auth import install as install_security
+from citybrain.security.policy import annotate_openapi, undeclared_routes
 from devices.models import ModelRegistry
 from ingest.kafka_sink import KafkaSink, KafkaSinkConfig, KafkaSinkMetrics
 
@@ -150,7 +157,7 @@ def create_api(
         requests.labels(request.method, path, str(response.status_code)).inc()
         return response
 
-    @app.get("/healthz", tags=["ops"])
+    @app.get("/healthz", tags=["ops"], dependencies=[Depends(public("liveness probe; no data"))])
     async def healthz() -> dict[str, str]:
         try:
             async with pool.connection(timeout=2) as conn:
@@ -159,8 +166,19 @@ def create_api(
             raise HTTPException(503, f"database unavailable: {exc}") from exc
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    # Open for the scraper: bind the API to an internal interface (docs/security.md).
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        include_in_schema=False,
+        dependencies=[Depends(public("Prometheus scrape; bind to an internal interface"))],
+    )
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    annotate_openapi(app)
+    missing = undeclared_routes(app)
+    if missing:
+        # A route without require() or public() would be open by accident: refuse to start.
+        raise RuntimeError(f"routes without an access rule: {', '.join(missing)}")
     return app

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from citybrain.harness import HarnessError, parse_mqtt_url
 from citybrain.settings import Settings
 from citybrain.topics import KafkaTopics
+from ingest.mqtt_tls import MqttTls, MqttTlsError
 
 __all__ = ["main"]
 
@@ -79,7 +80,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             f"  mosquitto_pub -h {mqtt.host} -p {mqtt.port} -q 1 -t citybrain/up/{code}/telemetry "
             f'-m \'{{"v":1,"ts":"2026-01-01T00:00:00Z","metrics":{{"pm25":80}}}}\''
         )
-        print(f"  curl http://127.0.0.1:{platform.api_port}/api/v1/devices/{code}/latest")
+        # Every data route needs a principal: the demo's admin API key (shown once).
+        key = platform.api_key("admin")
+        print(f"  curl -H 'X-Api-Key: {key}' http://127.0.0.1:{platform.api_port}/api/v1/devices/{code}/latest")
         print("\nPress Ctrl-C to stop.", flush=True)
         while not stop.wait(1.0):
             for name in platform.supervise_once():
@@ -98,8 +101,19 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
     from citybrain.httpmini import MetricsServer
     from devices.models import shipped_models
     from ingest.gateway import Gateway, GatewayConfig, GatewayMetrics
+    from ingest.throttle import ThrottleConfig
 
     mqtt = parse_mqtt_url(_need(settings.mqtt_url, "CITYBRAIN_MQTT_URL"))
+    throttle = (
+        ThrottleConfig(
+            factor=settings.gateway_flood_factor,
+            burst=settings.gateway_flood_burst,
+            window_s=settings.gateway_flood_window_s,
+            max_devices=settings.gateway_flood_max_devices,
+        )
+        if settings.gateway_flood_factor > 0
+        else None
+    )
     cfg = GatewayConfig(
         mqtt_host=mqtt.host,
         mqtt_port=mqtt.port,
@@ -116,6 +130,8 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
         client_id=settings.gateway_client_id,
         device_classes=tuple(shipped_models().device_classes()),
         bridge_readings=settings.gateway_bridge_readings,
+        throttle=throttle,
+        mqtt_tls=_mqtt_tls(settings),
     )
     registry = CollectorRegistry()
 
@@ -145,6 +161,7 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from faust import Worker
 
+    from alerts.anomaly.config import load_anomaly_config, shipped_anomaly_config
     from alerts.rules import load_rules, shipped_rules
     from devices.models import shipped_models
     from streams.app import WorkerConfig, create_app
@@ -169,11 +186,36 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         maintenance_interval_s=settings.maintenance_interval_s,
         compress_after_days=settings.compress_after_days,
         offline_after_cadences=settings.offline_after_cadences,
+        anomaly=(
+            load_anomaly_config(Path(settings.anomaly_config)) if settings.anomaly_config else shipped_anomaly_config()
+        ),
+        role=settings.worker_role,
     )
     app = create_app(cfg, CollectorRegistry(), shipped_models())
     worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True)
     worker.execute_from_commandline()
     return 0
+
+
+def _mqtt_tls(settings: Settings) -> MqttTls | None:
+    """The platform's MQTT TLS settings (None: plain MQTT); a bad setting stops the process here."""
+    try:
+        return MqttTls.from_settings(settings.mqtt_tls_ca, settings.mqtt_tls_cert, settings.mqtt_tls_key)
+    except MqttTlsError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+
+
+def _api_tls(settings: Settings) -> dict[str, str]:
+    """uvicorn's HTTPS arguments from CITYBRAIN_API_TLS_CERT/KEY (empty: plain HTTP)."""
+    cert, key = settings.api_tls_cert, settings.api_tls_key
+    if not cert and not key:
+        return {}
+    if not (cert and key):
+        raise SystemExit("error: HTTPS needs both CITYBRAIN_API_TLS_CERT and CITYBRAIN_API_TLS_KEY")
+    for path in (cert, key):
+        if not Path(path).is_file():
+            raise SystemExit(f"error: API TLS file {path} does not exist")
+    return {"ssl_certfile": cert, "ssl_keyfile": key}
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
@@ -182,6 +224,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from citybrain.api import create_api
     from devices.models import shipped_models
 
+    tls = _api_tls(settings)  # before anything starts: half a TLS setting stops here
     app = create_api(_need(settings.database_url, "CITYBRAIN_DATABASE_URL"), shipped_models(), CollectorRegistry())
     # Open SSE streams must not hold a shutdown for long.
     uvicorn.run(
@@ -190,6 +233,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port or settings.api_port,
         log_level="warning",
         timeout_graceful_shutdown=3,
+        **tls,  # type: ignore[arg-type]
     )
     return 0
 
@@ -228,8 +272,12 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     from simulators.fleet import FleetError
-    from simulators.runner import DEFAULT_MIX, SimulateOptions, parse_mix, simulate
+    from simulators.runner import DEFAULT_MIX, SimulateError, SimulateOptions, parse_mix, score_run, simulate
     from simulators.scenario import ScenarioError
+
+    if args.score and not args.scenario:
+        print("error: --score needs --scenario (the ground truth comes from the scenario)", file=sys.stderr)
+        return 2
 
     hj212 = None
     if args.hj212:
@@ -252,9 +300,11 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             sent_log=args.sent_log,
             hj212=hj212,
             progress=not args.quiet,
+            database_url=settings.database_url,
+            register=args.register or args.score,
         )
         stats, scenario = simulate(opts, stop)
-    except (FleetError, ScenarioError, ValueError) as exc:
+    except (FleetError, ScenarioError, SimulateError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(
@@ -262,8 +312,15 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         f"PUBACKs {stats.acked}/{stats.published}, withheld {stats.withheld}, HJ 212 frames {stats.hj212_frames}",
         flush=True,
     )
-    if scenario is not None:
-        print(f"scenario {scenario.id}: {len(scenario.expected())} expected alerts (score: simulators.scenario.score)")
+    if scenario is not None and args.score:
+        try:
+            report = score_run(opts, scenario, timeout=args.score_timeout)
+        except SimulateError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print("\n".join(report.lines()), flush=True)
+    elif scenario is not None:
+        print(f"scenario {scenario.id}: {len(scenario.expected())} expected alerts (score: --score)")
     return 0
 
 
@@ -275,6 +332,7 @@ def cmd_edge(args: argparse.Namespace, settings: Settings) -> int:
     from devices.ledger import Ledger
     from devices.models import shipped_models
     from ingest.adapters.hj212.connector import Hj212Metrics, Hj212Server, Hj212ServerConfig, auth_resolver, mn_map
+    from ingest.adapters.hj212.passwords import load_pw_hashes
     from ingest.commands import (
         CommandDispatcher,
         CommandMetrics,
@@ -300,13 +358,18 @@ def cmd_edge(args: argparse.Namespace, settings: Settings) -> int:
         ledger = Ledger(pool, models)
         mns: dict[str, str] = {}
         codes_to_mn: dict[str, str] = {}
+        pw_hashes: dict[str, str] = {}
 
         async def refresh() -> None:
             devices = await ledger.load_index()
+            async with pool.connection() as conn:
+                hashes = await load_pw_hashes(conn)
             mns.clear()
             mns.update(mn_map(devices))
             codes_to_mn.clear()
             codes_to_mn.update({code: mn for mn, code in mns.items()})
+            pw_hashes.clear()
+            pw_hashes.update(hashes)
 
         await refresh()
         sink = KafkaSink(
@@ -314,25 +377,29 @@ def cmd_edge(args: argparse.Namespace, settings: Settings) -> int:
             KafkaSinkMetrics(registry),
         )
         await sink.start()
-        # PW checking needs the stations' plaintext passwords, which the ledger does not
-        # keep (it stores hashes): until station passwords are provisioned, PW is not checked.
+        # Station PWs are checked against the ledger's scrypt hashes (devices credentials
+        # rotate CODE --hj212), re-read with the MN map every 30 s.
         server = Hj212Server(
             Hj212ServerConfig(
                 host=settings.hj212_host,
                 port=args.hj212_port or settings.hj212_port,
                 idle_timeout_s=settings.hj212_idle_timeout_s,
+                check_pw=settings.hj212_check_pw,
             ),
             sink,
-            auth_resolver(mns),
+            auth_resolver(mns, pw_hashes=pw_hashes),
             Hj212Metrics(registry),
         )
         await server.start()
-        mqtt_tx = MqttCommandTransport(mqtt.host, mqtt.port, username=mqtt.username, password=mqtt.password)
+        mqtt_tx = MqttCommandTransport(
+            mqtt.host, mqtt.port, username=mqtt.username, password=mqtt.password, tls=_mqtt_tls(settings)
+        )
         await mqtt_tx.start()
         dispatcher = CommandDispatcher(
             CommandStore(pool),
             {"mqtt": mqtt_tx, "hj212": Hj212Transport(server, lambda code: codes_to_mn.get(code, code))},
             CommandMetrics(registry),
+            max_attempts=settings.command_max_attempts,
         )
         await dispatcher.start()
         metrics = MetricsServer(registry, lambda: True, settings.gateway_metrics_host, args.metrics_port)
@@ -447,6 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sent-log", type=Path, default=None, help="NDJSON ground-truth log")
     p.add_argument("--hj212", default=None, help="host:port of the HJ 212 server (water stations use TCP)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--register", action="store_true", help="import the simulated devices into the ledger first")
+    p.add_argument(
+        "--score",
+        action="store_true",
+        help="with --scenario: register, run, then score the platform's alerts from the database",
+    )
+    p.add_argument("--score-timeout", type=float, default=120.0, help="seconds to wait for the platform to drain")
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("edge", help="run the HJ 212 TCP server and the downlink command dispatcher")
     p.add_argument("--hj212-port", type=int, default=0)

@@ -37,9 +37,11 @@ from urllib.parse import urlsplit
 __all__ = [
     "HarnessError",
     "ManagedProcess",
+    "MosquittoTls",
     "Services",
     "free_port",
     "parse_mqtt_url",
+    "reload_mosquitto",
     "spawn",
     "start_kafka",
     "start_mosquitto",
@@ -305,12 +307,49 @@ def start_mqtt(data_dir: Path, *, timeout: float = 20.0) -> tuple[ManagedProcess
     return proc, MqttEndpoint("127.0.0.1", port)
 
 
-def start_mosquitto(data_dir: Path, *, timeout: float = 10.0) -> tuple[ManagedProcess, MqttEndpoint]:
+@dataclass(frozen=True, slots=True)
+class MosquittoTls:
+    """A TLS listener for :func:`start_mosquitto` (PEM files; ``port`` chosen by the caller, e.g. :func:`free_port`).
+
+    Attributes:
+        port: TCP port of the TLS listener (127.0.0.1).
+        cafile: CA that signed client certificates (and that clients use to verify the broker).
+        certfile: The broker's certificate (chain).
+        keyfile: The broker's private key.
+        require_certificate: Mutual TLS: clients must present a certificate signed by ``cafile``.
+    """
+
+    port: int
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = False
+
+
+def start_mosquitto(
+    data_dir: Path,
+    *,
+    timeout: float = 10.0,
+    password_file: Path | None = None,
+    acl_file: Path | None = None,
+    tls: MosquittoTls | None = None,
+) -> tuple[ManagedProcess, MqttEndpoint]:
     """Start a private Mosquitto (when installed) on 127.0.0.1 and a free port.
 
     Configured as production should be for the gateway: many QoS 1 messages in
     flight (it acknowledges only after Kafka) and a deep per-session queue, so
     a slow or restarting gateway makes the broker hold messages, not drop them.
+
+    Args:
+        data_dir: Where the config and log go.
+        timeout: Seconds to wait for a CONNACK.
+        password_file: Mosquitto ``password_file`` (``citybrain devices mosquitto-files``):
+            turns anonymous access off.
+        acl_file: Mosquitto ``acl_file`` (same command).
+        tls: An extra TLS listener; the plain listener stays (the health check uses it).
+
+    Returns:
+        The process and the plain listener. After re-rendering the files, :func:`reload_mosquitto`.
     """
     # Debian installs it in /usr/sbin, which is not on every user's PATH.
     binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
@@ -319,20 +358,54 @@ def start_mosquitto(data_dir: Path, *, timeout: float = 10.0) -> tuple[ManagedPr
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = data_dir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "persistence false\n"
-        "max_inflight_messages 0\n"
-        "max_queued_messages 1000000\n"
-        "max_queued_bytes 0\n"
-        "log_dest stderr\n"
-        "log_type error\n"
-        "log_type warning\n"
-    )
+    lines = [
+        # One set of auth settings for every listener (the TLS one included).
+        "per_listener_settings false",
+        f"listener {port} 127.0.0.1",
+    ]
+    if tls is not None:
+        lines += [
+            f"listener {tls.port} 127.0.0.1",
+            f"cafile {tls.cafile}",
+            f"certfile {tls.certfile}",
+            f"keyfile {tls.keyfile}",
+            f"require_certificate {'true' if tls.require_certificate else 'false'}",
+        ]
+    if password_file is not None:
+        lines += ["allow_anonymous false", f"password_file {password_file}"]
+    else:
+        lines.append("allow_anonymous true")
+    if acl_file is not None:
+        lines.append(f"acl_file {acl_file}")
+    if os.geteuid() == 0:
+        # Started as root, Mosquitto would switch to the "mosquitto" user, which
+        # cannot read the harness's private (0600) files: keep the harness's identity.
+        lines.append("user root")
+    lines += [
+        "persistence false",
+        "max_inflight_messages 0",
+        "max_queued_messages 1000000",
+        "max_queued_bytes 0",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+    ]
+    conf.write_text("\n".join(lines) + "\n")
     proc = spawn("mqtt (mosquitto)", [binary, "-c", str(conf)], data_dir / "mosquitto.log")
     _wait_until(lambda: _mqtt_ok("127.0.0.1", port), timeout, "Mosquitto", proc)
+    if tls is not None:
+        _wait_until(lambda: _tcp_open("127.0.0.1", tls.port), timeout, "Mosquitto TLS listener", proc)
     return proc, MqttEndpoint("127.0.0.1", port)
+
+
+def reload_mosquitto(proc: ManagedProcess) -> None:
+    """SIGHUP: Mosquitto re-reads its password and ACL files (after the ledger changed).
+
+    Connected clients keep their sessions; new logins and later publishes use the new files.
+    """
+    if not proc.alive():
+        raise HarnessError(f"{proc.name} is not running")
+    os.kill(proc.pid, signal.SIGHUP)
 
 
 # --- PostgreSQL -------------------------------------------------------------

@@ -113,6 +113,7 @@ class Platform:
     hj212_port: int = 0
     webhook_token: str = ""
     log_dir: Path = Path("var/logs")
+    _api_keys: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, data_dir: Path | None = None) -> Platform:
@@ -267,6 +268,36 @@ class Platform:
             if res.returncode == 0:
                 return candidate, res.stdout.strip().splitlines()[-1].rsplit(": ", 1)[1]
         raise HarnessError(f"could not create user {name}: {res.stderr.strip()}")
+
+    def api_key(self, role: str = "admin", *, districts: tuple[str, ...] = (), classes: tuple[str, ...] = ()) -> str:
+        """An API key (``X-Api-Key`` header) of a service account with this role and grants.
+
+        Created on first use (as ``citybrain users add NAME --role R --service`` would)
+        and reused for the same role and grants; every API route but /healthz,
+        /metrics, the console page and the webhook needs one (or a session).
+        """
+        wanted = (role, tuple(sorted(districts)), tuple(sorted(classes)))
+        found = self._api_keys.get(wanted)
+        if found is not None:
+            return found
+        args = ["--role", role, "--service"]
+        for d in wanted[1]:
+            args += ["--district", d]
+        for c in wanted[2]:
+            args += ["--class", c]
+        name = f"svc-{role}-{secrets.token_hex(3)}"
+        res = subprocess.run(
+            [sys.executable, "-m", "citybrain.cli", "users", "add", name, *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if res.returncode != 0:
+            raise HarnessError(f"could not create service account {name}: {res.stderr.strip()}")
+        key = res.stdout.strip().splitlines()[-1].rsplit(": ", 1)[1]
+        self._api_keys[wanted] = key
+        return key
 
     def wait_http(self, url: str, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -8,6 +8,7 @@ arguments, never the environment.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,23 @@ class Settings(BaseSettings):
     )
     gateway_client_id: str = Field(default="", description="MQTT client id of the gateway (default random)")
     max_payload_bytes: int = Field(default=65536, ge=256, description="Largest accepted MQTT payload")
+    gateway_flood_factor: float = Field(
+        default=100.0,
+        ge=0,
+        description="A device may send this many × its model's cadence rate, then is throttled (0: off)",
+    )
+    gateway_flood_burst: int = Field(
+        default=120, ge=1, description="Messages a device may send at once above that rate"
+    )
+    gateway_flood_window_s: float = Field(
+        default=60.0, gt=0, description="A throttled device is logged and dead-lettered (`throttled`) once per window"
+    )
+    gateway_flood_max_devices: int = Field(
+        default=1_000_000, ge=1000, description="Devices the gateway's rate limit tracks at once (LRU beyond)"
+    )
+    command_max_attempts: int = Field(
+        default=3, ge=1, le=20, description="Sends of an unanswered MQTT command (reconnect or timeout) before it fails"
+    )
 
     # --- streams / store -----------------------------------------------------
     worker_batch_max: int = Field(default=200, ge=1, description="Kafka records per worker batch")
@@ -71,13 +89,37 @@ class Settings(BaseSettings):
     hj212_host: str = Field(default="127.0.0.1", description="Bind address of the HJ 212 TCP server")
     hj212_port: int = Field(default=0, ge=0, le=65535, description="Port of the HJ 212 TCP server (0: a free port)")
     hj212_idle_timeout_s: float = Field(default=600.0, gt=0, description="HJ 212 connections idle longer are closed")
+    hj212_check_pw: bool = Field(
+        default=True, description="Check HJ 212 PW against the ledger's hash; a station without one is refused"
+    )
+
+    # --- TLS (device side; see docs/security.md) -----------------------------
+    mqtt_tls_ca: str = Field(
+        default="", description="CA file (PEM) that verifies the MQTT broker; set: gateway and edge use TLS"
+    )
+    mqtt_tls_cert: str = Field(default="", description="Client certificate (PEM) for MQTT mutual TLS (optional)")
+    mqtt_tls_key: str = Field(default="", description="Private key (PEM) of the MQTT client certificate")
+    api_tls_cert: str = Field(default="", description="Certificate (PEM chain) of the HTTP API; set: HTTPS")
+    api_tls_key: str = Field(default="", description="Private key (PEM) of the HTTP API certificate")
 
     # --- rules ---------------------------------------------------------------
     offline_after_cadences: float = Field(
-        default=5.0, gt=1, description="A device silent this many × its model's cadence is offline (alert)"
+        default=5.0,
+        gt=1,
+        description="A device silent this many × its model's cadence is stale (connected) or offline (alert)",
     )
     rules_dir: str = Field(
         default="", description="Directory of rule YAML files; empty: the rules shipped in alerts/data/rules"
+    )
+    anomaly_config: str = Field(
+        default="",
+        description="YAML file of anomaly detectors per class/model/metric; empty: alerts/data/anomaly/detectors.yaml",
+    )
+    worker_role: Literal["all", "ingest", "alerts"] = Field(
+        default="all",
+        description=(
+            "What `citybrain worker` does: all; ingest (normalise, store, republish); alerts (rules, anomaly, liveness)"
+        ),
     )
 
     # --- HTTP ----------------------------------------------------------------

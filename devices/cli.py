@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from citybrain.settings import Settings
-from devices.credentials import parse_service_user, render_acl_file
+from devices.credentials import ServiceUser, parse_service_user, render_acl_file
 from devices.errors import CredentialError, DevicesError, ImportFileError, UnknownDeviceError
 from devices.lifecycle import ACCEPTING
 
@@ -110,7 +110,12 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_credentials(args: argparse.Namespace, settings: Settings) -> int:
-    """Rotate (print the new secret once) or revoke a device's MQTT credentials."""
+    """Rotate (print the new secret once) or revoke a device's MQTT credentials, or its HJ 212 PW."""
+    if args.hj212:
+        return _hj212_pw(args, settings)
+    if args.pw is not None:
+        print("error: --pw is for HJ 212 station passwords (with --hj212)", file=sys.stderr)
+        return 2
     from psycopg_pool import AsyncConnectionPool
 
     from devices.ledger import Ledger
@@ -142,18 +147,72 @@ def cmd_credentials(args: argparse.Namespace, settings: Settings) -> int:
         return 2
 
 
+def _hj212_pw(args: argparse.Namespace, settings: Settings) -> int:
+    """Provision (``rotate``) or remove (``revoke``) a station's HJ 212 PW; it is stored only hashed."""
+    import psycopg
+
+    from devices.code import resolve
+    from ingest.adapters.hj212.passwords import revoke_pw, set_pw
+
+    try:
+        code = resolve(args.code).full
+        with psycopg.connect(_database_url(settings)) as conn:
+            if args.action == "rotate":
+                pw = set_pw(conn, code, args.pw, actor=args.actor)
+                shown = "(as given)" if args.pw is not None else f"{pw}\n(shown once; stored only hashed)"
+                print(f"HJ 212 PW of {code}: {shown}")
+            else:
+                revoke_pw(conn, code, actor=args.actor)
+                print(f"HJ 212 PW of {code} revoked")
+    except UnknownDeviceError:
+        print(f"error: no device {args.code}", file=sys.stderr)
+        return 2
+    except DevicesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # The edge re-reads the hashes every 30 s; a connected station is checked again on its next frame.
+    return 0
+
+
+def _service_user(text: str, role: str) -> ServiceUser:
+    """``NAME:SECRET`` or ``NAME:@FILE`` (the secret read from a file, so it is not in the process list)."""
+    user = parse_service_user(text, role)
+    if user.secret.startswith("@"):
+        try:
+            secret = Path(user.secret[1:]).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise CredentialError(f"service user {user.name}: cannot read the secret file: {exc}") from exc
+        user = ServiceUser(user.name, secret, role)
+    return user
+
+
 def cmd_mosquitto_files(args: argparse.Namespace, settings: Settings) -> int:
-    """Write Mosquitto's password_file (``passwd``) and acl_file (``acl``) into DIR."""
+    """Write Mosquitto's password_file (``passwd``) and acl_file (``acl``) into DIR.
+
+    Every device that may log in (registered or active, with a credential) and the
+    service accounts given, each with the topics of its role. Both files are
+    replaced atomically; send Mosquitto SIGHUP afterwards to reload them.
+    """
     import psycopg
 
     from devices.credentials import mosquitto_hash
 
+    target = args.out or args.dir
+    if not target:
+        print("error: give the output directory (--out DIR)", file=sys.stderr)
+        return 2
     try:
-        services = [parse_service_user(s) for s in args.service_user]
+        services = [_service_user(s, "all") for s in args.service_user]
+        for role in ("gateway", "downstream", "simulator"):
+            services += [_service_user(s, role) for s in getattr(args, f"{role}_user")]
     except CredentialError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    directory = Path(args.dir)
+    names = [u.name for u in services]
+    if len(set(names)) != len(names):
+        print(f"error: a service user is given twice: {names}", file=sys.stderr)
+        return 2
+    directory = Path(target)
     directory.mkdir(parents=True, exist_ok=True)
     passwd, acl = directory / "passwd", directory / "acl"
     tmp = passwd.with_suffix(".tmp")
@@ -174,7 +233,9 @@ def cmd_mosquitto_files(args: argparse.Namespace, settings: Settings) -> int:
                 out.write(f"{code}:{hashed}\n")
                 count += 1
     tmp.replace(passwd)
-    acl.write_text(render_acl_file([u.name for u in services]), encoding="utf-8")
+    acl_tmp = acl.with_suffix(".tmp")
+    acl_tmp.write_text(render_acl_file(services), encoding="utf-8")
+    acl_tmp.replace(acl)
     print(f"wrote {passwd} ({count} devices, {len(services)} service users) and {acl}", file=sys.stderr)
     return 0
 
@@ -196,19 +257,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("file", help="output file, or - for stdout")
     q.set_defaults(func=cmd_export)
 
-    q = sub.add_parser("credentials", help="MQTT credentials of a device")
+    q = sub.add_parser("credentials", help="MQTT credentials of a device, or its HJ 212 PW (--hj212)")
     q.add_argument("action", choices=["rotate", "revoke"])
     q.add_argument("code", help="device code or alias")
     q.add_argument("--actor", default="cli")
+    q.add_argument("--hj212", action="store_true", help="the station's HJ 212 PW instead of the MQTT secret")
+    q.add_argument("--pw", default=None, help="with --hj212 rotate: record the station's PW instead of a new one")
     q.set_defaults(func=cmd_credentials)
 
-    q = sub.add_parser("mosquitto-files", help="write Mosquitto password and ACL files into DIR")
-    q.add_argument("dir")
+    q = sub.add_parser(
+        "mosquitto-files",
+        help="write Mosquitto password and ACL files into DIR (then SIGHUP Mosquitto)",
+        description="Renders DIR/passwd (devices that may log in, plus service accounts) and DIR/acl "
+        "(devices: publish under citybrain/up/<own code>/, read citybrain/cmd/<own code>; services: "
+        "the topics of their role). A secret given as @FILE is read from that file.",
+    )
+    q.add_argument("dir", nargs="?", default=None, help="output directory (or --out)")
+    q.add_argument("--out", default=None, help="output directory")
     q.add_argument(
         "--service-user",
         action="append",
         default=[],
         metavar="NAME:SECRET",
-        help="platform account with access to every citybrain topic (repeatable)",
+        help="account with access to every citybrain topic (repeatable; admin tools, development)",
+    )
+    q.add_argument(
+        "--gateway-user",
+        action="append",
+        default=[],
+        metavar="NAME:SECRET",
+        help="gateway/edge: read citybrain/up/#, write citybrain/cmd/#, citybrain/down/#, citybrain/alerts/#",
+    )
+    q.add_argument(
+        "--downstream-user",
+        action="append",
+        default=[],
+        metavar="NAME:SECRET",
+        help="downstream bridge or app: read citybrain/down/# and citybrain/alerts/#",
+    )
+    q.add_argument(
+        "--simulator-user",
+        action="append",
+        default=[],
+        metavar="NAME:SECRET",
+        help="simulators: write citybrain/up/#, read citybrain/cmd/#",
     )
     q.set_defaults(func=cmd_mosquitto_files)

@@ -15,7 +15,12 @@
   hash because a password file can only be rendered from a hash Mosquitto
   understands, never from the scrypt one.
 * :func:`render_password_file` and :func:`render_acl_file` write Mosquitto's
-  ``password_file`` and ``acl_file``.
+  ``password_file`` and ``acl_file``; service accounts get the topics of their
+  role (:data:`SERVICE_ROLES`).
+* HJ 212 station passwords (the frame's ``PW``, at most 6 alphanumerics) are
+  low-entropy by the standard's design, so they get their own, slower scrypt
+  cost (:data:`STATION_PW_SCRYPT`) and their own column: a station PW must
+  never be usable as an MQTT secret (:func:`hash_station_password`).
 
 Pure functions; no I/O except what the caller passes in.
 """
@@ -35,11 +40,16 @@ from devices.errors import CredentialError
 
 __all__ = [
     "SCRYPT_DEFAULT",
+    "SERVICE_ROLES",
+    "STATION_PW_SCRYPT",
     "ScryptParams",
     "ServiceUser",
+    "check_station_password",
     "hash_secret",
+    "hash_station_password",
     "mosquitto_hash",
     "new_secret",
+    "new_station_password",
     "parse_service_user",
     "render_acl_file",
     "render_password_file",
@@ -66,6 +76,12 @@ class ScryptParams:
 
 
 SCRYPT_DEFAULT = ScryptParams()
+#: Station PWs: 6 characters at most, so 8x the work of the device secrets (about
+#: 30 ms per check). The HJ 212 connector checks a PW once per connection and MN,
+#: off the event loop, so the cost is paid at reconnects, not per frame.
+STATION_PW_SCRYPT = ScryptParams(ln=13)
+_STATION_PW_RE = re.compile(r"[0-9A-Za-z]{1,6}", re.ASCII)
+_STATION_PW_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
 _SALT_BYTES = 16
 _KEY_BYTES = 32
 MOSQUITTO_ITERATIONS = 1000  # mosquitto_passwd 2.1 default (2.0 used 101); any count verifies
@@ -162,14 +178,59 @@ def verify_mosquitto(secret: str, encoded: str) -> bool:
     return hmac.compare_digest(got, want)
 
 
+def check_station_password(pw: str) -> str:
+    """Return ``pw`` if it can stand in an HJ 212 frame's PW field (1-6 ASCII alphanumerics).
+
+    Raises:
+        CredentialError: it cannot.
+    """
+    if not _STATION_PW_RE.fullmatch(pw or ""):
+        raise CredentialError("an HJ 212 PW is 1 to 6 letters or digits (HJ 212-2017 §6.3.2)")
+    return pw
+
+
+def new_station_password() -> str:
+    """A fresh HJ 212 station PW: 6 random characters (no look-alikes such as 0/O, 1/l)."""
+    return "".join(secrets.choice(_STATION_PW_ALPHABET) for _ in range(6))
+
+
+def hash_station_password(pw: str, *, salt: bytes | None = None) -> str:
+    """scrypt hash of a station PW, with :data:`STATION_PW_SCRYPT` (verify with :func:`verify_secret`)."""
+    return hash_secret(check_station_password(pw), STATION_PW_SCRYPT, salt=salt)
+
+
+#: Topic rights of service accounts in Mosquitto's ACL, per role (``{p}`` is the prefix).
+#: ``all`` is the historical default (development, admin tools); production gives
+#: each service only what it uses.
+SERVICE_ROLES: dict[str, tuple[tuple[str, str], ...]] = {
+    # every citybrain topic
+    "all": (("readwrite", "{p}/#"),),
+    # gateways and the edge's command dispatcher: read uplinks (data, status, command
+    # answers), send commands, bridge readings and alerts downstream
+    "gateway": (("read", "{p}/up/#"), ("write", "{p}/cmd/#"), ("write", "{p}/down/#"), ("write", "{p}/alerts/#")),
+    # a downstream bridge or application: read the normalised readings and alerts only
+    "downstream": (("read", "{p}/down/#"), ("read", "{p}/alerts/#")),
+    # the simulators (development): publish for many devices, answer their commands
+    "simulator": (("write", "{p}/up/#"), ("read", "{p}/cmd/#")),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceUser:
-    """A platform service account (gateway, simulator): may use every citybrain topic."""
+    """A platform service account (gateway, bridge, simulator) with the topics of its role.
+
+    The embedded broker lets every service account use every topic; the role
+    shapes the Mosquitto ACL (:func:`render_acl_file`).
+    """
 
     name: str
     secret: str
+    role: str = "all"
 
     def __post_init__(self) -> None:
+        if self.role not in SERVICE_ROLES:
+            roles = ", ".join(sorted(SERVICE_ROLES))
+            raise CredentialError(f"service user {self.name}: unknown role {self.role!r} (one of {roles})")
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", self.name):
             raise CredentialError(f"service user name {self.name!r} must be a letter then [A-Za-z0-9_.-]")
         if len(self.name) in (16, 17) and self.name[:16].isdigit():
@@ -178,12 +239,12 @@ class ServiceUser:
             raise CredentialError(f"service user {self.name}: secret must have at least 12 characters")
 
 
-def parse_service_user(text: str) -> ServiceUser:
-    """Parse ``NAME:SECRET`` (command-line form)."""
+def parse_service_user(text: str, role: str = "all") -> ServiceUser:
+    """Parse ``NAME:SECRET`` (command-line form); the secret may itself hold colons."""
     name, sep, secret = text.partition(":")
     if not sep:
         raise CredentialError("service user must be NAME:SECRET")
-    return ServiceUser(name, secret)
+    return ServiceUser(name, secret, role)
 
 
 def render_password_file(entries: Iterable[tuple[str, str]]) -> str:
@@ -196,13 +257,15 @@ def render_password_file(entries: Iterable[tuple[str, str]]) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def render_acl_file(service_users: Iterable[str], *, prefix: str = "citybrain") -> str:
-    """Mosquitto ``acl_file``: devices only under their own code; services everywhere under the prefix.
+def render_acl_file(service_users: Iterable[str | ServiceUser], *, prefix: str = "citybrain") -> str:
+    """Mosquitto ``acl_file``: devices only under their own code; services by role.
 
     ``pattern`` lines apply to every client, with ``%u`` replaced by its
     username (the device code), so one file covers millions of devices.
     Mosquitto refuses ``%u`` substitution for usernames holding ``+``/``#``/``/``,
-    and device codes are digits (and X) only.
+    and device codes are digits (and X) only. A bare name (str) gets role ``all``.
+    Mosquitto applies the ``pattern`` lines to service users too; they only
+    add topics under a service's own name, which no device code can equal.
     """
     out = [
         "# Rendered by `citybrain devices mosquitto-files`; do not edit by hand.",
@@ -212,6 +275,9 @@ def render_acl_file(service_users: Iterable[str], *, prefix: str = "citybrain") 
         f"pattern read {prefix}/cmd/%u",
         "",
     ]
-    for name in service_users:
-        out += [f"user {name}", f"topic readwrite {prefix}/#", ""]
+    for user in service_users:
+        name, role = (user, "all") if isinstance(user, str) else (user.name, user.role)
+        out += [f"# service account, role {role}", f"user {name}"]
+        out += [f"topic {access} {pattern.format(p=prefix)}" for access, pattern in SERVICE_ROLES[role]]
+        out.append("")
     return "\n".join(out)

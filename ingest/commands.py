@@ -3,9 +3,19 @@
 Lifecycle (``docs/commands.md``)::
 
     queued ──(device online)──▶ sent ──(ack ok)──▶ acked
-       │                          ├──(ack not ok / refused)──▶ failed
-       │                          └──(no ack within timeout_s)──▶ failed {"error": "timeout"}
-       └──(still offline after ttl_s)──▶ expired
+       ▲ │                        ├──(ack not ok / refused)──▶ failed
+       │ │                        └──(no ack within timeout_s, sends left)──┐
+       │ │                        └──(no ack, max_attempts sends)──▶ failed {"error": "timeout"}
+       │ └──(still not answered after ttl_s)──▶ expired                      │
+       └──────(MQTT: device reconnected (live birth), or timeout with sends left)┘
+
+MQTT commands are re-sent, at most ``max_attempts`` sends in all and only within the TTL:
+when the device reconnects (a *live* ``online`` birth on its status topic: the device
+may have missed a command sent while its old connection was dying) and when no answer
+came within ``timeout_s`` (the command or its answer may have been lost). The
+command id is the same on every send; devices execute an id once and answer
+duplicates again without re-executing (``simulators.fleet``). An answer to an earlier
+send is accepted while the command waits to be re-sent.
 
 Transports:
 
@@ -42,6 +52,7 @@ from psycopg_pool import AsyncConnectionPool
 from citybrain.topics import command_topic
 from devices.models import Command
 from ingest.errors import CommandError
+from ingest.mqtt_tls import MqttTls
 
 __all__ = [
     "STATES",
@@ -144,7 +155,7 @@ def _event(state: str, detail: str = "") -> Jsonb:
 
 _COLUMNS = (
     "id::text as id, device_code, name, params, transport, state, created_at, sent_at, acked_at,"
-    " ttl_s, timeout_s, result, history"
+    " ttl_s, timeout_s, result, history, attempts, last_sent_at"
 )
 
 
@@ -217,7 +228,10 @@ class CommandStore:
         Returns:
             Whether this call made the transition (a concurrent dispatcher may have).
         """
-        stamp = {"sent": ", sent_at = now()", "acked": ", acked_at = now()"}.get(to_state, "")
+        stamp = {
+            "sent": ", sent_at = coalesce(sent_at, now()), last_sent_at = now(), attempts = attempts + 1",
+            "acked": ", acked_at = now()",
+        }.get(to_state, "")
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 f"update commands set state = %s, history = history || %s,"
@@ -226,24 +240,83 @@ class CommandStore:
             )
             return cur.rowcount == 1
 
-    async def sweep(self) -> tuple[int, int]:
-        """Expire queued commands past their TTL and fail sent ones past their timeout.
+    async def answer(
+        self, command_id: str, ok: bool, result: dict[str, Any], device_code: str | None = None
+    ) -> str | None:
+        """Record a device's answer: ``sent`` → ``acked`` | ``failed``.
+
+        A command waiting to be re-sent (``queued`` after at least one send) takes the
+        answer too: it is the answer to an earlier send of the same id. With
+        ``device_code``, only an answer from the command's own device counts.
 
         Returns:
-            (expired, timed out).
+            The new state, or ``None`` if nothing changed (unknown id, already answered,
+            another device's command).
         """
+        try:
+            key = uuid.UUID(command_id)
+        except ValueError:
+            return None
+        state = "acked" if ok else "failed"
+        stamp = ", acked_at = now()" if ok else ""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"update commands set state = %s, history = history || %s, result = %s{stamp}"
+                " where id = %s and (state = 'sent' or (state = 'queued' and attempts > 0))"
+                " and (%s::text is null or device_code = %s)",
+                (state, _event(state, "device answered"), Jsonb(result), key, device_code, device_code),
+            )
+            return state if cur.rowcount == 1 else None
+
+    async def requeue_sent(self, device_code: str, before: datetime, max_attempts: int) -> int:
+        """Put a reconnected device's unanswered MQTT commands back in the queue.
+
+        Only commands last sent before ``before`` (the birth's receipt), with sends
+        left and within their TTL: one sent after the birth reached the new connection.
+
+        Returns:
+            How many were re-queued.
+        """
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "update commands set state = 'queued', history = history || %s"
+                " where device_code = %s and state = 'sent' and transport = 'mqtt'"
+                " and last_sent_at < %s and attempts < %s"
+                " and created_at + ttl_s * interval '1 second' > now()",
+                (_event("queued", "device reconnected; sending again"), device_code, before, max_attempts),
+            )
+            return cur.rowcount
+
+    async def sweep(self, max_attempts: int = 1) -> tuple[int, int, int]:
+        """Expire queued commands past their TTL; re-queue or fail sent ones past their timeout.
+
+        An MQTT command without an answer ``timeout_s`` after its latest send goes back to
+        ``queued`` while it has sends left (``attempts < max_attempts``) and TTL; otherwise
+        it fails with ``{"error": "timeout"}``. HJ 212 commands are answered (or timed out)
+        by the connector and are never re-sent here.
+
+        Returns:
+            (expired, re-queued, timed out).
+        """
+        due = "coalesce(last_sent_at, sent_at) + timeout_s * interval '1 second' <= now()"
         async with self.pool.connection() as conn:
             expired = await conn.execute(
                 "update commands set state = 'expired', history = history || %s"
                 " where state = 'queued' and created_at + ttl_s * interval '1 second' <= now()",
-                (_event("expired", "device offline for the whole TTL"),),
+                (_event("expired", "not delivered and answered within the TTL"),),
+            )
+            retried = await conn.execute(
+                f"update commands set state = 'queued', history = history || %s"
+                f" where state = 'sent' and transport = 'mqtt' and {due} and attempts < %s"
+                f" and created_at + ttl_s * interval '1 second' > now()",
+                (_event("queued", "no answer within timeout; sending again"), max_attempts),
             )
             timed_out = await conn.execute(
-                "update commands set state = 'failed', result = %s, history = history || %s"
-                " where state = 'sent' and sent_at + timeout_s * interval '1 second' <= now()",
+                f"update commands set state = 'failed', result = %s, history = history || %s"
+                f" where state = 'sent' and {due}",
                 (Jsonb({"error": "timeout"}), _event("failed", "no answer within timeout")),
             )
-        return expired.rowcount, timed_out.rowcount
+        return expired.rowcount, retried.rowcount, timed_out.rowcount
 
 
 # --- transports ------------------------------------------------------------------------------
@@ -265,7 +338,11 @@ class Transport(Protocol):
         ...
 
 
-Ack = Callable[[str, bool, dict[str, Any]], Coroutine[Any, Any, None]]
+#: (command id, ok, result, device code the answer came from or None when the transport vouches for it)
+Ack = Callable[[str, bool, dict[str, Any], str | None], Coroutine[Any, Any, None]]
+#: (device code, reconnected): a device came online; ``reconnected`` when it is a live birth,
+#: not a retained status replayed on (re)subscription.
+Online = Callable[[str, bool], None]
 
 
 class MqttCommandTransport:
@@ -277,24 +354,34 @@ class MqttCommandTransport:
         client_id: MQTT client id (one per dispatcher).
         username: Optional MQTT user.
         password: Optional MQTT password.
+        tls: Connect over TLS (as the gateway does), or None for plain MQTT.
     """
 
     def __init__(
-        self, host: str, port: int, *, client_id: str = "", username: str | None = None, password: str | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        client_id: str = "",
+        username: str | None = None,
+        password: str | None = None,
+        tls: MqttTls | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.client_id = client_id or f"citybrain-cmd-{uuid.uuid4().hex[:8]}"
         self._auth = (username, password)
+        self._tls = tls
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._online: set[str] = set()
         self._lock = threading.Lock()
         self._on_ack: Ack | None = None
-        self._on_online: Callable[[], None] | None = None
+        self._on_online: Online | None = None
         self._connected = threading.Event()
+        self._stopping = False
 
-    def bind(self, on_ack: Ack, on_online: Callable[[], None]) -> None:
+    def bind(self, on_ack: Ack, on_online: Online) -> None:
         """Set the dispatcher's callbacks (called on the event loop)."""
         self._on_ack = on_ack
         self._on_online = on_online
@@ -309,8 +396,12 @@ class MqttCommandTransport:
         )
         if self._auth[0]:
             client.username_pw_set(*self._auth)
+        if self._tls is not None:
+            self._tls.apply(client)
         client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.reconnect_delay_set(1, 5)
         self._client = client
         try:
             client.connect_async(self.host, self.port, keepalive=30)
@@ -322,6 +413,7 @@ class MqttCommandTransport:
 
     async def stop(self) -> None:
         """Disconnect."""
+        self._stopping = True
         if self._client is not None:
             self._client.disconnect()
             await asyncio.to_thread(self._client.loop_stop)
@@ -332,6 +424,16 @@ class MqttCommandTransport:
             return
         client.subscribe([("citybrain/up/+/status", 1), ("citybrain/up/+/event", 1)])
         self._connected.set()
+        log.info("command transport connected to MQTT %s:%d", self.host, self.port)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        # Presence is unknown while disconnected; the retained statuses rebuild it on resubscribe,
+        # and answers missed meanwhile are recovered by the timeout resend.
+        self._connected.clear()
+        with self._lock:
+            self._online.clear()
+        if not self._stopping:
+            log.warning("command transport lost MQTT %s:%d (%s); paho reconnects", self.host, self.port, reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
@@ -352,19 +454,23 @@ class MqttCommandTransport:
                 else:
                     self._online.discard(code)
             if doc.get("state") == "online" and self._on_online is not None and loop is not None:
-                loop.call_soon_threadsafe(self._on_online)
+                # The broker flags retained statuses replayed on subscription: only a live
+                # birth means the device (re)connected now.
+                loop.call_soon_threadsafe(self._on_online, code, not msg.retain)
         elif kind == "event" and "ack" in doc and self._on_ack is not None and loop is not None:
             result = {k: v for k, v in doc.items() if k not in ("v", "ack")}
             ok = doc.get("ok") is True
-            asyncio.run_coroutine_threadsafe(self._on_ack(str(doc["ack"]), ok, result), loop)
+            asyncio.run_coroutine_threadsafe(self._on_ack(str(doc["ack"]), ok, result, code), loop)
 
     def online(self, device_code: str) -> bool:
+        if not self._connected.is_set():
+            return False
         with self._lock:
             return device_code in self._online
 
     async def send(self, row: Mapping[str, Any]) -> None:
-        if self._client is None:
-            raise CommandError("mqtt_unavailable", "transport not started")
+        if self._client is None or not self._connected.is_set():
+            raise CommandError("mqtt_unavailable", "not connected to MQTT")
         body = json.dumps({"v": 1, "id": row["id"], "name": row["name"], "params": row["params"]})
         info = self._client.publish(command_topic(row["device_code"]), body, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
@@ -392,7 +498,7 @@ class Hj212Transport:
         self._mn_of = mn_of
         self._on_ack: Ack | None = None
 
-    def bind(self, on_ack: Ack, on_online: Callable[[], None]) -> None:
+    def bind(self, on_ack: Ack, on_online: Online) -> None:
         """Set the dispatcher's answer callback."""
         self._on_ack = on_ack
 
@@ -420,7 +526,7 @@ class Hj212Transport:
                 result = {"qn": reply.qn, "qn_rtn": reply.qn_rtn, "exe_rtn": reply.exe_rtn}
                 ok = reply.ok
             if self._on_ack is not None:
-                await self._on_ack(str(row["id"]), ok, result)
+                await self._on_ack(str(row["id"]), ok, result, None)
 
         # The answer takes up to timeout_s; the dispatcher must not wait for it.
         asyncio.get_running_loop().create_task(wait())
@@ -436,6 +542,17 @@ class CommandMetrics:
         self.transitions = Counter(
             "citybrain_commands_transitions_total", "Command state changes", ["state"], registry=registry
         )
+        self.resends = Counter(
+            "citybrain_commands_resends_total",
+            "Unanswered commands queued to be sent again",
+            ["reason"],  # reconnect | timeout | transport
+            registry=registry,
+        )
+        self.stale_answers = Counter(
+            "citybrain_commands_stale_answers_total",
+            "Answers that changed nothing (duplicate, unknown id, or another device's command)",
+            registry=registry,
+        )
 
 
 class CommandDispatcher:
@@ -446,6 +563,9 @@ class CommandDispatcher:
         transports: Transport name (``mqtt``, ``hj212``) → transport.
         metrics: Metrics.
         poll_s: How often queued commands are rechecked (a device coming online also wakes it).
+        max_attempts: Sends of an unanswered MQTT command at most (reconnect and timeout resends).
+        max_reconnects: Reconnected devices remembered between two passes at most (bounded
+            memory in a reconnect storm; beyond it the timeout resend still recovers).
     """
 
     def __init__(
@@ -455,15 +575,27 @@ class CommandDispatcher:
         metrics: CommandMetrics,
         *,
         poll_s: float = 1.0,
+        max_attempts: int = 3,
+        max_reconnects: int = 100_000,
     ) -> None:
         self._store = store
         self._transports = dict(transports)
         self._metrics = metrics
         self._poll_s = poll_s
+        self._max_attempts = max(1, max_attempts)
+        self._max_reconnects = max_reconnects
+        # device code → when its live birth arrived; drained by the next pass
+        self._reconnected: dict[str, datetime] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         for transport in self._transports.values():
-            transport.bind(self.on_ack, self._wake.set)
+            transport.bind(self.on_ack, self.on_online)
+
+    def on_online(self, device_code: str, reconnected: bool) -> None:
+        """A device came online (on the event loop): send what waits for it, re-send what it may have missed."""
+        if reconnected and (device_code in self._reconnected or len(self._reconnected) < self._max_reconnects):
+            self._reconnected[device_code] = datetime.now(UTC)
+        self._wake.set()
 
     def wake(self) -> None:
         """Recheck queued commands now (e.g. after a new command was created)."""
@@ -480,25 +612,39 @@ class CommandDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def on_ack(self, command_id: str, ok: bool, result: dict[str, Any]) -> None:
-        """Record a device's answer to a sent command."""
-        state = "acked" if ok else "failed"
+    async def on_ack(self, command_id: str, ok: bool, result: dict[str, Any], device_code: str | None = None) -> None:
+        """Record a device's answer to a sent command (only its own device's answer counts)."""
         try:
-            changed = await self._store.transition(command_id, "sent", state, detail="device answered", result=result)
+            state = await self._store.answer(command_id, ok, result, device_code)
         except Exception:
-            log.exception("command %s: could not record the answer", command_id)
+            log.exception("command %s from device %s: could not record the answer", command_id, device_code)
             return
-        if changed:
+        if state is not None:
             self._metrics.transitions.labels(state).inc()
-            log.info("command %s %s: %s", command_id, state, result)
+            log.info("command %s to device %s %s: %s", command_id, device_code, state, result)
+        else:
+            # A duplicate answer to a re-sent command is expected; anything else is worth a look.
+            self._metrics.stale_answers.inc()
+            log.debug("answer %s from device %s changed nothing", command_id[:64], device_code)
 
     async def run_once(self) -> None:
-        """One pass: expire, time out, send what can be sent."""
-        expired, timed_out = await self._store.sweep()
+        """One pass: expire, re-queue or time out, re-queue for reconnected devices, send."""
+        expired, retried, timed_out = await self._store.sweep(self._max_attempts)
         if expired:
             self._metrics.transitions.labels("expired").inc(expired)
+        if retried:
+            self._metrics.transitions.labels("queued").inc(retried)
+            self._metrics.resends.labels("timeout").inc(retried)
+            log.info("%d unanswered commands queued to be sent again (timeout)", retried)
         if timed_out:
             self._metrics.transitions.labels("failed").inc(timed_out)
+        reconnected, self._reconnected = self._reconnected, {}
+        for code, at in reconnected.items():
+            n = await self._store.requeue_sent(code, at, self._max_attempts)
+            if n:
+                self._metrics.transitions.labels("queued").inc(n)
+                self._metrics.resends.labels("reconnect").inc(n)
+                log.info("device %s reconnected: %d unanswered commands queued to be sent again", code, n)
         for row in await self._store.queued():
             transport = self._transports.get(row["transport"])
             if transport is None or not transport.online(row["device_code"]):
@@ -510,13 +656,24 @@ class CommandDispatcher:
             try:
                 await transport.send(row)
             except CommandError as exc:
-                if await self._store.transition(
+                if exc.reason == "mqtt_unavailable" and row["attempts"] + 1 < self._max_attempts:
+                    # Our own broker connection blipped: not the device's fault, try again later.
+                    if await self._store.transition(row["id"], "sent", "queued", detail=exc.reason):
+                        self._metrics.transitions.labels("queued").inc()
+                        self._metrics.resends.labels("transport").inc()
+                elif await self._store.transition(
                     row["id"], "sent", "failed", detail=exc.reason, result={"error": exc.reason}
                 ):
                     self._metrics.transitions.labels("failed").inc()
-                log.warning("command %s to %s failed: %s", row["id"], row["device_code"], exc)
+                log.warning("command %s to device %s not sent: %s", row["id"], row["device_code"], exc)
             else:
-                log.info("command %s (%s) sent to %s", row["id"], row["name"], row["device_code"])
+                log.info(
+                    "command %s (%s) sent to device %s, attempt %d",
+                    row["id"],
+                    row["name"],
+                    row["device_code"],
+                    row["attempts"] + 1,
+                )
 
     async def _run(self) -> None:
         while True:

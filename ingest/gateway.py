@@ -15,6 +15,11 @@ Uplink path::
   ``citybrain_gateway_backpressure_seconds_total``.
 * A malformed message (bad topic, bad code, oversized) goes to the dead-letter
   topic with its reason and original bytes, and is acknowledged after that.
+* A flooding device (far above its model's cadence, :mod:`ingest.throttle`) is
+  throttled in paho's thread, before the hand-off: its excess messages are
+  acknowledged and dropped, counted in ``citybrain_gateway_throttled_total{class}``,
+  and reported once per window on the dead-letter topic (reason ``throttled``,
+  header ``count``), so it never takes queue slots or batches from other devices.
 
 Downstream bridge: alerts from Kafka are re-published on MQTT
 ``citybrain/alerts/{district}/{severity}`` and normalised readings on
@@ -54,6 +59,8 @@ from devices.code import parse as parse_code
 from devices.errors import DeviceCodeError
 from ingest.batch import dead_letter_headers, encode_batch
 from ingest.errors import GatewayError
+from ingest.mqtt_tls import MqttTls
+from ingest.throttle import DeviceThrottle, FloodReport, FloodTracker, ThrottleConfig, profiles_for, topic_device
 
 __all__ = ["Gateway", "GatewayConfig", "GatewayMetrics", "classify", "run_gateway"]
 
@@ -78,9 +85,11 @@ class GatewayConfig:
     client_id: str = ""
     mqtt_username: str | None = None
     mqtt_password: str | None = None
+    mqtt_tls: MqttTls | None = None  # set: connect over TLS (CITYBRAIN_MQTT_TLS_*)
     bridge: bool = True
     bridge_readings: bool = True
     device_classes: tuple[str, ...] = ()
+    throttle: ThrottleConfig | None = None  # None: no per-device flood limit
 
 
 class GatewayMetrics:
@@ -127,6 +136,21 @@ class GatewayMetrics:
             "citybrain_gateway_bridged_total", "Records re-published on MQTT", ["stream"], registry=registry
         )
         self.connected = Gauge("citybrain_gateway_mqtt_connected", "1 when connected to MQTT", registry=registry)
+        self.throttled = Counter(
+            "citybrain_gateway_throttled_total",
+            "Messages dropped because their device flooded (above its model's cadence × factor)",
+            ["class"],
+            registry=registry,
+        )
+        self.flooding = Gauge(
+            "citybrain_gateway_flooding_devices", "Devices throttled in the current report window", registry=registry
+        )
+        self.flood_reports = Counter(
+            "citybrain_gateway_flood_reports_total", "Flood reports written to the dead-letter topic", registry=registry
+        )
+        self.throttle_devices = Gauge(
+            "citybrain_gateway_throttle_tracked_devices", "Devices in the rate-limit map", registry=registry
+        )
 
 
 @dataclass(slots=True)
@@ -186,6 +210,16 @@ class Gateway:
         self._connected = threading.Event()
         self._unacked = 0
         self._bridge_consumer: AIOKafkaConsumer | None = None
+        self._throttle: DeviceThrottle | None = None
+        self._floods: FloodTracker | None = None
+        if config.throttle is not None:
+            # Imported here: the model files are read once, only by gateways that throttle.
+            from devices.models import shipped_models
+
+            t = config.throttle
+            profiles, default = profiles_for(shipped_models().all(), t)
+            self._throttle = DeviceThrottle(profiles, default, max_devices=t.max_devices)
+            self._floods = FloodTracker(t.window_s, max_devices=t.max_flooding, sample_bytes=config.max_payload_bytes)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -209,6 +243,8 @@ class Gateway:
                 "start the broker or fix CITYBRAIN_KAFKA_BOOTSTRAP"
             ) from exc
         self._tasks.append(asyncio.create_task(self._batch_loop(), name="gateway-batcher"))
+        if self._floods is not None:
+            self._tasks.append(asyncio.create_task(self._flood_loop(), name="gateway-floods"))
         self._connect_mqtt()
         if self.cfg.bridge:
             self._tasks.append(asyncio.create_task(self._bridge_loop(), name="gateway-bridge"))
@@ -240,6 +276,10 @@ class Gateway:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self._floods is not None and self._producer is not None:
+            # Open windows are reported now rather than lost with the process.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._report_floods(self._floods.drain()), 5)
         if self._bridge_consumer is not None:
             with contextlib.suppress(Exception):
                 await self._bridge_consumer.stop()
@@ -260,6 +300,8 @@ class Gateway:
         )
         if self.cfg.mqtt_username:
             client.username_pw_set(self.cfg.mqtt_username, self.cfg.mqtt_password)
+        if self.cfg.mqtt_tls is not None:
+            self.cfg.mqtt_tls.apply(client)
         # Many messages may be in flight while waiting for Kafka acks.
         client.max_inflight_messages_set(65535)
         client.max_queued_messages_set(0)
@@ -293,6 +335,8 @@ class Gateway:
             log.warning("gateway lost MQTT connection (%s); paho reconnects", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._throttle is not None and not self._admit(client, msg):
+            return
         if not self._slots.acquire(blocking=False):
             t = time.monotonic()
             while not self._slots.acquire(timeout=0.5):
@@ -306,7 +350,80 @@ class Gateway:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._wakeup.set)
 
+    def _admit(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> bool:
+        """Apply the device's flood limit (paho's thread); a refused message is acked and dropped.
+
+        Dropping rather than delaying: a held QoS 1 message keeps a slot of the shared
+        in-flight window and of the hand-off queue, which is exactly how a flooder would
+        starve everyone else. The drop is counted and reported, never silent.
+        """
+        assert self._throttle is not None and self._floods is not None
+        code = topic_device(msg.topic)
+        if self._throttle.admit(code):
+            return True
+        prof = self._throttle.profile_of(code)
+        self.metrics.throttled.labels(prof.device_class).inc()
+        if msg.qos > 0:
+            client.ack(msg.mid, msg.qos)
+        if self._floods.record(code, prof.device_class, msg.topic, bytes(msg.payload)):
+            log.warning(
+                "device %s floods topic %s: above %.0f× its %s cadence (%.0f s); throttled, reported in %.0f s",
+                code,
+                msg.topic[:200],
+                prof.cadence_s / prof.interval_s,
+                prof.device_class,
+                prof.cadence_s,
+                self._floods.window_s,
+            )
+        return False
+
     # -- asyncio side ---------------------------------------------------------
+
+    async def _flood_loop(self) -> None:
+        """Write flood reports whose window ended, and export the throttle's size."""
+        assert self._floods is not None and self._throttle is not None
+        tick = min(1.0, self._floods.window_s / 4)
+        while True:
+            await asyncio.sleep(tick)
+            self.metrics.flooding.set(len(self._floods))
+            # len() of an OrderedDict another thread mutates is a single atomic read.
+            self.metrics.throttle_devices.set(len(self._throttle))
+            due = self._floods.due()
+            if due:
+                await self._report_floods(due)
+
+    async def _report_floods(self, reports: list[FloodReport]) -> None:
+        """One dead-letter record per report: reason ``throttled``, the count, a sample payload."""
+        assert self._producer is not None
+        sent: list[tuple[asyncio.Future[Any], FloodReport]] = []
+        for r in reports:
+            detail = (
+                f"{r.dropped} messages of {r.device_class} device {r.device_code} dropped"
+                f" between {r.first_at.isoformat()} and {r.last_at.isoformat()}"
+            )
+            headers = dead_letter_headers("throttled", detail, r.topic, r.first_at, "mqtt-gateway")
+            headers += [
+                ("count", str(r.dropped).encode()),
+                ("device", r.device_code.encode()),
+                ("class", r.device_class.encode()),
+                ("last_at", r.last_at.isoformat().encode()),
+            ]
+            try:
+                fut = await self._producer.send(
+                    self.cfg.topics.deadletter, value=r.sample, key=r.topic.encode()[:200], headers=headers
+                )
+                sent.append((fut, r))
+            except KafkaError as exc:
+                self.metrics.kafka_errors.inc()
+                log.error("flood report for device %s on %s not written: %s", r.device_code, r.topic[:200], exc)
+        for fut, r in sent:
+            try:
+                await fut
+            except KafkaError as exc:
+                self.metrics.kafka_errors.inc()
+                log.error("flood report for device %s on %s not written: %s", r.device_code, r.topic[:200], exc)
+            else:
+                self.metrics.flood_reports.inc()
 
     async def _batch_loop(self) -> None:
         assert self._producer is not None

@@ -25,6 +25,7 @@ from typing import Any
 
 from devices.models import DeviceModel
 from ingest.adapters.hj212.codec import Hj212Packet, encode, make_qn
+from ingest.adapters.hj212.decoder import HJ212_UNITS
 from ingest.adapters.json.codec import encode as json_encode
 from simulators.base import CST
 
@@ -58,7 +59,22 @@ def _wire_value(model: DeviceModel, name: str, value: float) -> float | bool:
     return bool(value >= 0.5) if model.metrics[name].kind == "boolean" else value
 
 
-def json_telemetry(model: DeviceModel, t: datetime, values: Mapping[str, float], *, ts_format: str = "iso") -> bytes:
+def _json_metrics(model: DeviceModel, values: Mapping[str, float], flags: Mapping[str, str]) -> dict[str, Any]:
+    # A flagged value takes the object form {"value", "flag"} (docs/topics.md); others stay bare.
+    return {
+        k: {"value": _wire_value(model, k, v), "flag": flags[k]} if k in flags else _wire_value(model, k, v)
+        for k, v in values.items()
+    }
+
+
+def json_telemetry(
+    model: DeviceModel,
+    t: datetime,
+    values: Mapping[str, float],
+    *,
+    ts_format: str = "iso",
+    flags: Mapping[str, str] | None = None,
+) -> bytes:
     """Canonical JSON telemetry of one record (docs/topics.md).
 
     Args:
@@ -66,29 +82,55 @@ def json_telemetry(model: DeviceModel, t: datetime, values: Mapping[str, float],
         t: Event time (aware).
         values: Metric → value in canonical units.
         ts_format: ``iso``, ``s`` or ``ms`` (all accepted by the platform).
+        flags: Metric → data flag (HJ 212 letters: M maintenance, C calibration …), sent as
+            ``{"value": v, "flag": "M"}``.
 
     Returns:
         The payload bytes.
     """
-    return json_encode(t, {k: _wire_value(model, k, v) for k, v in values.items()}, ts_format=ts_format)
+    if not flags:
+        return json_encode(t, {k: _wire_value(model, k, v) for k, v in values.items()}, ts_format=ts_format)
+    doc = json.loads(json_encode(t, {}, ts_format=ts_format))
+    doc["metrics"] = _json_metrics(model, values, flags)
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def json_batch(model: DeviceModel, records: Iterable[tuple[datetime, Mapping[str, float]]]) -> bytes:
+def json_batch(
+    model: DeviceModel,
+    records: Iterable[tuple[datetime, Mapping[str, float]]],
+    *,
+    flags: Iterable[Mapping[str, str]] | None = None,
+) -> bytes:
     """Several records in one canonical message: ``{"v":1,"records":[{"ts","metrics"}…]}``.
 
     Used for late batches (a device that buffered while offline) and their out-of-order variant.
+    ``flags``, if given, holds one metric → flag mapping per record.
     """
+    items = list(records)
+    per_record = list(flags) if flags is not None else [{}] * len(items)
     body = [
-        {"ts": t.isoformat(), "metrics": {k: _wire_value(model, k, v) for k, v in values.items()}}
-        for t, values in records
+        {"ts": t.isoformat(), "metrics": _json_metrics(model, values, f)}
+        for (t, values), f in zip(items, per_record, strict=True)
     ]
     return json.dumps({"v": 1, "records": body}, separators=(",", ":")).encode()
 
 
 def _fmt(value: float) -> str:
     # HJ 212 data types are plain decimals (N5.2 …): no exponent, no trailing zeros needed.
-    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    # Six places below 1 keep µg/m³-sized gases sent in mg/m³ exact; three elsewhere.
+    text = f"{value:.{6 if abs(value) < 1 else 3}f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+def _to_wire(model: DeviceModel, name: str, code: str, value: float) -> float:
+    # Stations send some factors in the unit HJ 212 prescribes, not the model's canonical one
+    # (gases in mg/m³ where the model stores µg/m³): convert with the platform's own table,
+    # inverting the conversion the platform applies on the way in.
+    unit = HJ212_UNITS.get(code)
+    if unit is None:
+        return value
+    conv = model.metrics[name].convert_from(unit)
+    return (value - conv.offset) / conv.scale
 
 
 def _codes(model: DeviceModel, values: Mapping[str, float]) -> list[tuple[str, float]]:
@@ -96,7 +138,7 @@ def _codes(model: DeviceModel, values: Mapping[str, float]) -> list[tuple[str, f
     for name, value in values.items():
         code = model.metrics[name].hj212
         if code is not None:
-            out.append((code, value))
+            out.append((code, _to_wire(model, name, code, value)))
     return out
 
 
@@ -186,10 +228,11 @@ def hj212_aggregate(
         raise ValueError(f"CN {cn} is not minute/hour/day data")
     flags = flags or {}
     cp: list[tuple[str, str]] = [("DataTime", f"{start.astimezone(CST):%Y%m%d%H%M%S}")]
-    for name, (avg, low, high) in stats.items():
+    for name, triple in stats.items():
         code = model.metrics[name].hj212
         if code is None:
             continue
+        avg, low, high = (_to_wire(model, name, code, v) for v in triple)
         cp += [
             (f"{code}-Avg", _fmt(avg)),
             (f"{code}-Min", _fmt(low)),

@@ -25,6 +25,8 @@ Fault kinds and what they do:
 ``bad_crc``         HJ 212 / binary frames get a wrong checksum (JSON: malformed)
 ``wrong_credentials`` the device connects with a wrong password once at start
 ``impersonate``     the device publishes under another device's code
+``data_flag``       with ``probability``, values carry an HJ 212 data flag (``flag``: M
+                    maintenance, C calibration, D fault …) — the station says so itself
 ==================  =====================================================================
 """
 
@@ -43,6 +45,7 @@ from alerts.errors import RuleError
 from alerts.rules import parse_duration
 
 __all__ = [
+    "DATA_FLAGS",
     "Emission",
     "Fault",
     "FaultInjector",
@@ -71,7 +74,11 @@ class FaultKind(enum.StrEnum):
     BAD_CRC = "bad_crc"
     WRONG_CREDENTIALS = "wrong_credentials"
     IMPERSONATE = "impersonate"
+    DATA_FLAG = "data_flag"
 
+
+#: HJ 212-2017 data flags a ``data_flag`` fault may set (N, "normal", is no fault).
+DATA_FLAGS = frozenset("FMSDCTB")
 
 _VALUE_KINDS = frozenset({FaultKind.STUCK, FaultKind.DRIFT, FaultKind.SPIKE, FaultKind.NOISE_BURST})
 _DEFAULT_MAGNITUDE = {
@@ -98,6 +105,7 @@ class Fault:
         probability: Per-message chance while active (spike, dropout, duplicate, malformed, bad_crc).
         magnitude: Kind-specific size (drift per hour, spike factor, noise σ, skew s, hold-back s);
             0 means the kind's default.
+        flag: ``data_flag``: the HJ 212 data flag letter (``M`` maintenance, ``C`` calibration …).
     """
 
     kind: FaultKind
@@ -108,9 +116,12 @@ class Fault:
     end_s: float | None = None
     probability: float = 1.0
     magnitude: float = 0.0
+    flag: str = "M"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", FaultKind(self.kind))
+        if self.flag not in DATA_FLAGS:
+            raise ValueError(f"flag {self.flag!r} is not an HJ 212 data flag ({''.join(sorted(DATA_FLAGS))})")
         if not 0.0 <= self.fraction <= 1.0:
             raise ValueError(f"fraction {self.fraction} must be within 0..1")
         if not 0.0 <= self.probability <= 1.0:
@@ -165,6 +176,7 @@ class Record:
         ts: Time stamped on the wire (differs from ``event_time`` under clock skew).
         faults: Labels of the faults that touched this record.
         truth: Metric → value before value faults, for the records they changed.
+        flags: Metric → HJ 212 data flag sent with the value (``data_flag`` faults).
     """
 
     event_time: datetime
@@ -172,6 +184,7 @@ class Record:
     ts: datetime
     faults: list[str] = field(default_factory=list)
     truth: dict[str, float] = field(default_factory=dict)
+    flags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -300,6 +313,12 @@ class FaultInjector:
             return [Emission(code, code, [rec])]
         self._values(code, faults, rec)
         kinds = {f.kind: f for f in faults}
+        flagged = kinds.get(FaultKind.DATA_FLAG)
+        if flagged is not None and self._rng.random() < flagged.probability:
+            for name in flagged.metrics or tuple(rec.values):
+                if name in rec.values:
+                    rec.flags[name] = flagged.flag
+            rec.faults.append(str(FaultKind.DATA_FLAG))
         if FaultKind.OFFLINE in kinds:
             rec.faults.append(str(FaultKind.OFFLINE))
             return [Emission(code, code, [rec], copies=0)]
@@ -368,6 +387,7 @@ def load_fault_plan(path: Path) -> FaultPlan:
         faults:
           - {kind: spike, fraction: 0.02, probability: 0.05, magnitude: 8}
           - {kind: offline, devices: ["35020303085000003"], from: 10m, to: 40m}
+          - {kind: data_flag, devices: ["35021103085000001"], flag: C, from: 1h, to: 3h}
 
     ``from``/``to`` are durations after the run's start (``90s``, ``10m``, ``2h``).
 
@@ -390,6 +410,7 @@ def load_fault_plan(path: Path) -> FaultPlan:
                     end_s=float(parse_duration(raw["to"])) if "to" in raw else None,
                     probability=float(raw.get("probability", 1.0)),
                     magnitude=float(raw.get("magnitude", 0.0)),
+                    flag=str(raw.get("flag", "M")),
                 )
             )
         except (KeyError, TypeError, ValueError, RuleError) as exc:

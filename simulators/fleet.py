@@ -52,7 +52,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -79,6 +79,7 @@ from simulators.manhole import ManholeCover
 from simulators.pole import SmartPole
 
 __all__ = [
+    "DEFAULT_HJ212_MODELS",
     "Fleet",
     "FleetConfig",
     "FleetError",
@@ -90,8 +91,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_HOUR = timedelta(hours=1)
+#: Samples per hour-data interval (the data logger's minute values, thinned).
+_AGGREGATE_POINTS = 4
 _STATUS_ONLINE = json.dumps({"v": 1, "state": "online"})
 _STATUS_OFFLINE = json.dumps({"v": 1, "state": "offline"})
+
+
+#: Models that report over HJ 212 TCP when a fleet is given the platform's HJ 212 server.
+DEFAULT_HJ212_MODELS: tuple[str, ...] = ("water-station",)
 
 
 class FleetError(Exception):
@@ -120,7 +128,9 @@ class FleetConfig:
             then report over TCP instead of MQTT.
         hj212_models: Models that speak HJ 212 when ``hj212`` is set: water stations send hour
             data (CN 2061), air stations and noise monitors real-time data (CN 2011).
-        manhole_binary: Covers send the binary TLV frame (else canonical JSON).
+        manhole_binary: Covers send the binary TLV frame over MQTT (else canonical JSON). Off by
+            default: the platform decodes MQTT uplinks as canonical JSON and takes the binary
+            frame only from the NB-IoT webhook, so binary over MQTT is for broker-only tests.
         seed: Seed of phases and fault chances.
     """
 
@@ -138,8 +148,8 @@ class FleetConfig:
     sent_log: Path | None = None
     progress: bool = False
     hj212: tuple[str, int] | None = None
-    hj212_models: tuple[str, ...] = ("water-station",)
-    manhole_binary: bool = True
+    hj212_models: tuple[str, ...] = DEFAULT_HJ212_MODELS
+    manhole_binary: bool = False
     seed: int = 0
 
 
@@ -186,6 +196,7 @@ class FleetStats:
     hj212_frames: int = 0
     hj212_replies: Counter[str] = field(default_factory=Counter)
     commands: int = 0
+    duplicate_commands: int = 0
     acks_sent: int = 0
     wall_s: float = 0.0
     sim_s: float = 0.0
@@ -354,6 +365,8 @@ class Fleet:
         self.stats = FleetStats()
         self._by_code = {d.code: d for d in self.devices}
         self._commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=10_000)
+        # (code, command id) → ack sent: a re-sent command is answered again, never re-executed
+        self._answered: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
         self._gateways: list[_Connection] = []
         self._solo: dict[str, _Connection | None] = {}
         self._links: dict[str, Hj212Link] = {}
@@ -481,12 +494,15 @@ class Fleet:
                     "topic_device": em.topic_code,
                     "uplink": uplink,
                     "protocol": dev.protocol,
+                    "model": dev.model.model.id,
                     "event_time": rec.event_time.isoformat(),
                     "ts": rec.ts.isoformat(),
                     "sent_at": sim_now.isoformat(),
                     "values": rec.values,
                     "truth": rec.truth,
+                    "flags": rec.flags,
                     "fault": rec.faults,
+                    "corrupt": em.corrupt,
                     "copies": em.copies,
                 }
             )
@@ -504,17 +520,22 @@ class Fleet:
         if dev.protocol == "hj212":
             frames = []
             for rec in em.records:
-                if model.id != "water-station":
-                    frames.append(hj212_rtd(model, dev.code, rec.ts, rec.values))
+                if not self._hour_data(dev):
+                    frames.append(hj212_rtd(model, dev.code, rec.ts, rec.values, flags=rec.flags))
                     continue
-                start = rec.ts - timedelta(hours=1)
-                stats = aggregate(dev.model.sample, start, rec.event_time, 4)
+                start = rec.ts - _HOUR
+                # Min and max of the hour; the average is the record's (faults applied to it).
+                stats = aggregate(dev.model.sample, rec.event_time - _HOUR, rec.event_time, _AGGREGATE_POINTS)
                 merged = {k: (v, min(stats[k][1], v), max(stats[k][2], v)) for k, v in rec.values.items() if k in stats}
-                frames.append(hj212_aggregate(model, dev.code, CN_HOUR, start, merged, sent_at=rec.ts))
+                frames.append(hj212_aggregate(model, dev.code, CN_HOUR, start, merged, flags=rec.flags, sent_at=rec.ts))
             return frames
         if em.batch:
-            return [json_batch(model, [(r.ts, r.values) for r in em.records])]
-        return [json_telemetry(model, r.ts, r.values) for r in em.records]
+            return [json_batch(model, [(r.ts, r.values) for r in em.records], flags=[r.flags for r in em.records])]
+        return [json_telemetry(model, r.ts, r.values, flags=r.flags) for r in em.records]
+
+    @staticmethod
+    def _hour_data(dev: SimDevice) -> bool:
+        return dev.protocol == "hj212" and dev.model.model.id == "water-station"
 
     def _send(
         self, dev: SimDevice, em: Emission, uplink: str, kind: str, alarms: frozenset[str], now: datetime
@@ -540,6 +561,11 @@ class Fleet:
     def _emit(self, dev: SimDevice, t: datetime, step_s: float) -> None:
         if isinstance(dev.model, ManholeCover):
             events = [(e.uplink, e.kind, e.alarms, e.values) for e in dev.model.events(t, step_s)]
+        elif self._hour_data(dev):
+            # Hour data (CN 2061) reports the hour's average, stamped with the hour's start: the
+            # value at its end would put what happened in the last minutes an hour too early.
+            stats = aggregate(dev.model.sample, t - _HOUR, t, _AGGREGATE_POINTS)
+            events = [("telemetry", "periodic", frozenset(), {k: round(v[0], 4) for k, v in stats.items()})]
         else:
             events = [("telemetry", "periodic", frozenset(), dev.model.sample(t))]
         for uplink, kind, alarms, values in events:
@@ -556,13 +582,23 @@ class Fleet:
             dev = self._by_code.get(code)
             if dev is None or not isinstance(dev.model, SmartPole):
                 continue
-            self.stats.commands += 1
             try:
                 doc = json.loads(payload)
             except ValueError:
                 doc = {}
-            ack = dev.model.handle_command(doc if isinstance(doc, dict) else {}, now)
+            key = (code, str(doc.get("id", ""))) if isinstance(doc, dict) else (code, "")
             conn = self._gateway_of(code)
+            if key[1] and key in self._answered:
+                self.stats.duplicate_commands += 1
+                conn.publish(uplink_topic(code, "event"), json.dumps(self._answered[key], separators=(",", ":")), 1)
+                self.stats.acks_sent += 1
+                continue
+            self.stats.commands += 1
+            ack = dev.model.handle_command(doc if isinstance(doc, dict) else {}, now)
+            if key[1]:
+                self._answered[key] = ack
+                if len(self._answered) > 10_000:
+                    self._answered.popitem(last=False)
             conn.publish(uplink_topic(code, "event"), json.dumps(ack, separators=(",", ":")), 1)
             self.stats.acks_sent += 1
             self._write({"device": code, "command": doc, "ack": ack, "sent_at": now.isoformat(), "fault": []})

@@ -6,6 +6,9 @@ carries a strong ETag and ``Cache-Control: no-cache``: browsers revalidate on
 each load and get ``304 Not Modified`` while the file is unchanged, so an
 upgraded platform is never shown with stale JavaScript. A Content-Security-Policy
 allows only this origin (no CDN, no inline script).
+
+The page and files are public (they carry no data); the console signs in with
+``POST /api/v1/session`` and every data call it makes needs a permission.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from citybrain.routes.context import ApiContext
+from citybrain.security.auth import public
 
 __all__ = ["CONTENT_TYPES", "CSP", "StaticFile", "build", "load_static"]
 
@@ -110,11 +114,13 @@ def build(ctx: ApiContext | None = None, *, files: dict[str, StaticFile] | None 
         raise RuntimeError("citybrain.console: static/index.html is missing from the package data")
     router = APIRouter(include_in_schema=False)
 
-    @router.get("/")
+    # The page and its scripts hold no data (the login form shows until GET /api/v1/session
+    # answers 200); every data call they make is to a route that requires a permission.
+    @router.get("/", dependencies=[Depends(public("console page: login form, no data"))])
     async def index(request: Request) -> Response:
         return _respond(request, static["index.html"])
 
-    @router.get("/static/{name}")
+    @router.get("/static/{name}", dependencies=[Depends(public("console scripts and styles, no data"))])
     async def static_file(name: str, request: Request) -> Response:
         f = static.get(name)
         if f is None:

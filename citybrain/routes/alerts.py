@@ -1,5 +1,11 @@
 """Alert routes: list and filter, get, ack, resolve, re-open, assign, comment;
-district incidents; maintenance windows; and the live feed over Server-Sent Events."""
+district incidents; maintenance windows; and the live feed over Server-Sent Events.
+
+Reads need ``alerts:read``, actions ``alerts:act``. Everything is limited to the
+caller's district and class grants (an alert outside them answers 404; the SSE
+feed drops its events). The actor of every action is the authenticated
+principal; the ``actor`` field of older clients is accepted and ignored.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,16 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
 from alerts.store import AlertNotFound, AlertStore, BadTransition
 from citybrain.records import Severity
 from citybrain.routes.context import ApiContext
+from citybrain.security.auth import record, require
+from citybrain.security.identities import Principal
+from citybrain.security.scope import Scope
 
 __all__ = ["AssignIn", "CommentIn", "MaintenanceIn", "build"]
 
@@ -26,7 +35,9 @@ class CommentIn(BaseModel):
     """A comment, optionally with an ack or resolve."""
 
     comment: str = Field(default="", max_length=2000)
-    actor: str = Field(default="operator", max_length=100)
+    actor: str = Field(
+        default="operator", max_length=100, description="Ignored: the actor is the authenticated principal"
+    )
 
 
 class AssignIn(CommentIn):
@@ -44,7 +55,9 @@ class MaintenanceIn(BaseModel):
     device_code: str | None = Field(default=None, max_length=32)
     device_class: str | None = Field(default=None, max_length=20)
     reason: str = Field(default="", max_length=500)
-    actor: str = Field(default="operator", max_length=100)
+    actor: str = Field(
+        default="operator", max_length=100, description="Ignored: the creator is the authenticated principal"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> MaintenanceIn:
@@ -55,6 +68,10 @@ class MaintenanceIn(BaseModel):
         return self
 
 
+# Module level: with postponed annotations FastAPI resolves these names in the module's globals.
+_Act = Annotated[Principal, Depends(require("alerts:act"))]
+
+
 def build(ctx: ApiContext) -> APIRouter:
     """Routes under /api/v1/alerts, /api/v1/incidents and /api/v1/maintenance."""
     router = APIRouter()
@@ -62,6 +79,7 @@ def build(ctx: ApiContext) -> APIRouter:
 
     @router.get("/api/v1/alerts", tags=["alerts"])
     async def list_alerts(
+        principal: Annotated[Principal, Depends(require("alerts:read"))],
         state: Annotated[str | None, Query(pattern=_STATE, description="`active` = not resolved")] = None,
         severity: Annotated[str | None, Query(pattern=_SEVERITY, description="at least this severity")] = None,
         district: Annotated[str | None, Query(pattern=r"^\d{6}$")] = None,
@@ -72,40 +90,55 @@ def build(ctx: ApiContext) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> dict[str, Any]:
-        """Alerts, newest first."""
+        """Alerts within the caller's grants, newest first."""
+        scope = Scope.of(principal)
+        districts = scope.districts_for(district)
+        classes = scope.classes_for(device_class)
+        if districts == [] or classes == []:
+            return {"items": [], "limit": limit, "offset": offset}
         items = await alerts.query(
             state=state,
             severity=severity,
-            district=district,
+            districts=districts,
             device=device,
-            device_class=device_class,
+            device_class=classes[0] if classes is not None and len(classes) == 1 else None,
             since=since,
             until=until,
             limit=limit,
             offset=offset,
         )
+        if classes is not None and len(classes) > 1:
+            # Several granted classes: the store filters one class, so the rest is dropped here
+            # (a page can come out shorter than the limit; paging by offset stays correct).
+            items = [a for a in items if a.get("device_class") in classes]
         return {"items": items, "limit": limit, "offset": offset}
 
     @router.get("/api/v1/alerts/stream", tags=["alerts"])
     async def stream(
         request: Request,
+        principal: Annotated[Principal, Depends(require("alerts:read"))],
         severity: Annotated[str | None, Query(pattern=_SEVERITY)] = None,
         district: Annotated[str | None, Query(pattern=r"^\d{6}$")] = None,
         device_class: Annotated[str | None, Query(alias="class", max_length=20)] = None,
     ) -> StreamingResponse:
-        """Server-Sent Events: every alert change (``event: alert``), heartbeats as comments."""
+        """Server-Sent Events: every alert change within the caller's grants (``event: alert``), heartbeats."""
         feed = ctx.alert_feed
         if feed is None:
             raise HTTPException(503, "the live feed is not running in this process")
         floor = int(Severity.parse(severity)) if severity else 0
+        scope = Scope.of(principal)
 
         def accept(ev: dict[str, Any]) -> bool:
             sev = ev.get("severity")
             if floor and (not isinstance(sev, str) or int(Severity.parse(sev)) < floor):
                 return False
+            ev_class = ev.get("class", ev.get("device_class"))
+            # The grant first: an event outside it never reaches this subscriber's queue.
+            if not scope.allows(ev.get("district"), ev_class):
+                return False
             if district and ev.get("district") != district:
                 return False
-            return not (device_class and ev.get("class", ev.get("device_class")) != device_class)
+            return not (device_class and ev_class != device_class)
 
         async def events() -> AsyncIterator[bytes]:
             yield b"retry: 3000\n: connected\n\n"
@@ -124,58 +157,109 @@ def build(ctx: ApiContext) -> APIRouter:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @router.get("/api/v1/alerts/{alert_id}", tags=["alerts"])
-    async def get_alert(alert_id: str) -> dict[str, Any]:
-        """One alert with its history."""
+    async def visible(alert_id: str, principal: Principal) -> dict[str, Any]:
         try:
-            return await alerts.get(alert_id)
+            alert = await alerts.get(alert_id)
         except AlertNotFound:
             raise HTTPException(404, f"no alert {alert_id}") from None
+        if not Scope.of(principal).allows(alert.get("district"), alert.get("device_class")):
+            raise HTTPException(404, f"no alert {alert_id}")
+        return alert
 
-    async def _transition(alert_id: str, action: str, body: CommentIn, assignee: str | None = None) -> dict[str, Any]:
+    @router.get("/api/v1/alerts/{alert_id}", tags=["alerts"])
+    async def get_alert(
+        alert_id: str, principal: Annotated[Principal, Depends(require("alerts:read"))]
+    ) -> dict[str, Any]:
+        """One alert with its history (404 outside the caller's grants)."""
+        return await visible(alert_id, principal)
+
+    async def _transition(
+        alert_id: str,
+        action: str,
+        body: CommentIn,
+        request: Request,
+        principal: Principal,
+        assignee: str | None = None,
+    ) -> dict[str, Any]:
+        await visible(alert_id, principal)
         try:
-            return await alerts.transition(alert_id, action, body.actor, body.comment, assignee)
+            out = await alerts.transition(alert_id, action, principal.user, body.comment, assignee)
         except AlertNotFound:
             raise HTTPException(404, f"no alert {alert_id}") from None
         except BadTransition as exc:
+            await record(
+                request, principal, f"alert.{action}", f"alert/{alert_id}", {"error": str(exc)}, outcome="failure"
+            )
             raise HTTPException(409, str(exc)) from exc
+        details: dict[str, Any] = {"comment": body.comment[:500]} if body.comment else {}
+        if assignee is not None:
+            details["assignee"] = assignee
+        await record(request, principal, f"alert.{action}", f"alert/{alert_id}", details)
+        return out
 
     @router.post("/api/v1/alerts/{alert_id}/ack", tags=["alerts"])
-    async def ack(alert_id: str, body: CommentIn) -> dict[str, Any]:
+    async def ack(alert_id: str, body: CommentIn, request: Request, principal: _Act) -> dict[str, Any]:
         """open → acknowledged."""
-        return await _transition(alert_id, "ack", body)
+        return await _transition(alert_id, "ack", body, request, principal)
 
     @router.post("/api/v1/alerts/{alert_id}/resolve", tags=["alerts"])
-    async def resolve(alert_id: str, body: CommentIn) -> dict[str, Any]:
+    async def resolve(alert_id: str, body: CommentIn, request: Request, principal: _Act) -> dict[str, Any]:
         """open | acknowledged → resolved."""
-        return await _transition(alert_id, "resolve", body)
+        return await _transition(alert_id, "resolve", body, request, principal)
 
     @router.post("/api/v1/alerts/{alert_id}/reopen", tags=["alerts"])
-    async def reopen(alert_id: str, body: CommentIn) -> dict[str, Any]:
+    async def reopen(alert_id: str, body: CommentIn, request: Request, principal: _Act) -> dict[str, Any]:
         """resolved → open (counted in ``reopened``)."""
-        return await _transition(alert_id, "reopen", body)
+        return await _transition(alert_id, "reopen", body, request, principal)
 
     @router.post("/api/v1/alerts/{alert_id}/assign", tags=["alerts"])
-    async def assign(alert_id: str, body: AssignIn) -> dict[str, Any]:
+    async def assign(alert_id: str, body: AssignIn, request: Request, principal: _Act) -> dict[str, Any]:
         """Set the assignee."""
-        return await _transition(alert_id, "assign", body, body.assignee)
+        return await _transition(alert_id, "assign", body, request, principal, body.assignee)
 
     @router.post("/api/v1/alerts/{alert_id}/comment", tags=["alerts"])
-    async def comment(alert_id: str, body: CommentIn) -> dict[str, Any]:
+    async def comment(alert_id: str, body: CommentIn, request: Request, principal: _Act) -> dict[str, Any]:
         """Add a comment; the state does not change."""
-        return await _transition(alert_id, "comment", body)
+        return await _transition(alert_id, "comment", body, request, principal)
 
     @router.get("/api/v1/incidents", tags=["alerts"])
     async def incidents(
+        principal: Annotated[Principal, Depends(require("alerts:read"))],
         state: Annotated[str | None, Query(pattern=_STATE)] = None,
         district: Annotated[str | None, Query(pattern=r"^\d{6}$")] = None,
     ) -> dict[str, Any]:
-        """District incidents grouping many devices' alerts of one rule."""
-        return {"items": await alerts.incidents(state=state, district=district)}
+        """District incidents grouping many devices' alerts of one rule (within the caller's grants)."""
+        scope = Scope.of(principal)
+        rows = await alerts.incidents(state=state, district=district)
+        # Incidents carry a district; those with a class are also filtered by the class grant.
+        visible_rows = [
+            r
+            for r in rows
+            if scope.allows_district(r.get("district"))
+            and ("device_class" not in r or scope.allows_class(r["device_class"]))
+        ]
+        return {"items": visible_rows}
 
     @router.post("/api/v1/maintenance", tags=["alerts"], status_code=201)
-    async def add_maintenance(body: MaintenanceIn) -> dict[str, Any]:
-        """Suppress alerts for a district, a device or a class for a while."""
+    async def add_maintenance(body: MaintenanceIn, request: Request, principal: _Act) -> dict[str, Any]:
+        """Suppress alerts for a district, a device or a class for a while (within the caller's grants)."""
+        scope = Scope.of(principal)
+        if not scope.unrestricted:
+            # A scoped operator may silence only what it can see: a granted district, device or class.
+            district = body.district or (body.device_code[:6] if body.device_code else None)
+            if (scope.districts and district not in scope.districts) or (
+                scope.classes and body.device_class not in scope.classes and body.device_code is None
+            ):
+                raise HTTPException(403, "a maintenance window must stay within your district and class grants")
+            if body.device_code is not None:
+                async with ctx.pool.connection() as conn:
+                    dev = await (
+                        await conn.execute(
+                            "select district, device_class from devices where code = %s", (body.device_code,)
+                        )
+                    ).fetchone()
+                if dev is None or not scope.allows(dev[0], dev[1]):
+                    raise HTTPException(404, f"no device {body.device_code}")
         async with ctx.pool.connection() as conn:
             row = await (
                 await conn.execute(
@@ -188,22 +272,42 @@ def build(ctx: ApiContext) -> APIRouter:
                         body.starts_at,
                         body.ends_at,
                         body.reason,
-                        body.actor,
+                        principal.user,
                     ),
                 )
             ).fetchone()
         assert row is not None
-        return {"id": row[0], **body.model_dump()}
+        out = {"id": row[0], **body.model_dump(), "actor": principal.user}
+        await record(
+            request,
+            principal,
+            "maintenance.create",
+            f"maintenance/{row[0]}",
+            {k: str(v) if v is not None else None for k, v in body.model_dump(exclude={"actor"}).items()},
+        )
+        return out
 
     @router.get("/api/v1/maintenance", tags=["alerts"])
-    async def list_maintenance(active: bool = True) -> dict[str, Any]:
-        """Maintenance windows (by default only those not yet over)."""
+    async def list_maintenance(
+        principal: Annotated[Principal, Depends(require("alerts:read"))], active: bool = True
+    ) -> dict[str, Any]:
+        """Maintenance windows (by default only those not yet over) that concern the caller's grants."""
         query = "select * from maintenance_windows" + (" where ends_at > now()" if active else "")
         async with ctx.pool.connection() as conn:
             cur = conn.cursor()
             await cur.execute(query + " order by starts_at desc limit 500")
             cols = [d.name for d in cur.description or []]
             rows = await cur.fetchall()
-        return {"items": [dict(zip(cols, r, strict=True)) for r in rows]}
+        scope = Scope.of(principal)
+        items = [dict(zip(cols, r, strict=True)) for r in rows]
+
+        def concerns(w: dict[str, Any]) -> bool:
+            # A city-wide window (no district, device or class) concerns everybody.
+            district = w.get("district") or (w["device_code"][:6] if w.get("device_code") else None)
+            if district is not None and not scope.allows_district(district):
+                return False
+            return w.get("device_class") is None or scope.allows_class(w["device_class"])
+
+        return {"items": [w for w in items if concerns(w)]}
 
     return router

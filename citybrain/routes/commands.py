@@ -3,19 +3,25 @@
 Commands are validated against the device's model (``commands`` in
 ``devices/data/models/*.yaml``) and stored ``queued``; the dispatcher
 (:mod:`ingest.commands`) sends them when the device is online. See docs/commands.md.
+Sending needs ``commands:send``, reading ``devices:read``; a device (or a
+command of a device) outside the caller's grants answers 404. Every command
+sent is audited with the caller as actor.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from citybrain.routes.context import ApiContext
-from devices.code import parse as parse_code
-from devices.errors import DeviceCodeError, ModelError
+from citybrain.routes.devices import scoped_device
+from citybrain.security.auth import record, require
+from citybrain.security.identities import Principal
+from citybrain.security.scope import Scope
+from devices.errors import ModelError
 from ingest.commands import CommandStore, NewCommand, validate_params
 from ingest.errors import CommandError
 
@@ -38,21 +44,19 @@ def build(ctx: ApiContext) -> APIRouter:
     router = APIRouter()
     store = CommandStore(ctx.pool)
 
-    async def model_key(code: str) -> str:
-        try:
-            parse_code(code)
-        except DeviceCodeError as exc:
-            raise HTTPException(422, str(exc)) from exc
-        async with ctx.pool.connection() as conn:
-            row = await (await conn.execute("select model from devices where code = %s", (code,))).fetchone()
-        if row is None:
-            raise HTTPException(404, f"no device {code}")
-        return str(row[0])
+    async def model_key(code: str, principal: Principal) -> str:
+        _, model, _ = await scoped_device(ctx, code, principal)
+        return model
 
     @router.post("/api/v1/devices/{code}/commands", tags=["commands"], status_code=201)
-    async def create_command(code: str, cmd: CommandIn) -> Any:
+    async def create_command(
+        code: str,
+        cmd: CommandIn,
+        request: Request,
+        principal: Annotated[Principal, Depends(require("commands:send"))],
+    ) -> Any:
         try:
-            model = ctx.models.get(await model_key(code))
+            model = ctx.models.get(await model_key(code, principal))
         except ModelError as exc:
             raise HTTPException(409, str(exc)) from exc
         spec = model.commands.get(cmd.name)
@@ -71,18 +75,38 @@ def build(ctx: ApiContext) -> APIRouter:
                 transport="hj212" if model.adapter == "hj212" else "mqtt",
             )
         )
+        await record(
+            request,
+            principal,
+            "command.send",
+            f"device/{code}",
+            {"command": row["id"], "name": cmd.name, "params": params},
+        )
         return row
 
     @router.get("/api/v1/devices/{code}/commands", tags=["commands"])
-    async def list_commands(code: str) -> list[dict[str, Any]]:
-        await model_key(code)
+    async def list_commands(
+        code: str, principal: Annotated[Principal, Depends(require("devices:read"))]
+    ) -> list[dict[str, Any]]:
+        await model_key(code, principal)
         return await store.list_for(code)
 
     @router.get("/api/v1/commands/{command_id}", tags=["commands"])
-    async def get_command(command_id: str) -> dict[str, Any]:
+    async def get_command(
+        command_id: str, principal: Annotated[Principal, Depends(require("devices:read"))]
+    ) -> dict[str, Any]:
         row = await store.get(command_id)
         if row is None:
             raise HTTPException(404, f"no command {command_id}")
+        scope = Scope.of(principal)
+        if not scope.unrestricted:
+            code = str(row["device_code"])
+            async with ctx.pool.connection() as conn:
+                dev = await (
+                    await conn.execute("select district, device_class from devices where code = %s", (code,))
+                ).fetchone()
+            if dev is None or not scope.allows(dev[0], dev[1]):
+                raise HTTPException(404, f"no command {command_id}")
         return row
 
     return router

@@ -3,8 +3,11 @@
 Every coordinate in and out is WGS84 lon/lat unless a ``crs`` parameter says
 GCJ-02 (input only). Locations of sensitive device classes (gas and power
 manhole covers, …; ``sensitive: true`` in ``devices/data/classes.yaml``) are
-published at grid-cell resolution unless the request says ``precise=true``;
-that flag is *not yet access-controlled* — the security work will gate it.
+published at grid-cell resolution unless the request says ``precise=true``,
+which needs ``sensitive:read`` (403 without it) and is audited.
+
+Reads need ``geo:read``, fences ``geo:write``. Devices, nearest, within,
+districts and aggregates stay within the caller's district and class grants.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import shapely
-from fastapi import APIRouter, Body, HTTPException, Query, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from alerts.errors import IndicatorError
 from alerts.indicators.aqi import level_for
 from citybrain.routes.context import ApiContext
+from citybrain.security.auth import record, require
+from citybrain.security.identities import Principal
+from citybrain.security.scope import Scope
 from devices.code import load_class_table
 from devices.models import ModelRegistry
 from geo import stats
@@ -53,7 +59,7 @@ class FenceIn(BaseModel):
     kind: FenceKind = FenceKind.OTHER
     geometry: dict[str, Any] = Field(description="GeoJSON Polygon or MultiPolygon")
     crs: Crs = Field(Crs.WGS84, description="CRS of the geometry; GCJ-02 is converted, WGS84 is stored")
-    created_by: str = Field("api", max_length=100)
+    created_by: str = Field("api", max_length=100, description="Ignored: the creator is the authenticated principal")
 
 
 class PolygonQuery(BaseModel):
@@ -105,6 +111,11 @@ def _feature(geometry: Any, properties: dict[str, Any], fid: str) -> dict[str, A
     return {"type": "Feature", "id": fid, "properties": properties, "geometry": geometry}
 
 
+# Module level: with postponed annotations FastAPI resolves these names in the module's globals.
+_Reader = Annotated[Principal, Depends(require("geo:read"))]
+_Writer = Annotated[Principal, Depends(require("geo:write"))]
+
+
 def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
     """Routes under /api/v1/geo.
 
@@ -125,10 +136,36 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
         if device_class is not None and device_class not in models.device_classes():
             raise HTTPException(422, f"unknown device class {device_class!r}; one of {models.device_classes()}")
 
+    def check_precise(principal: Principal, precise: bool) -> None:
+        # True positions of gas/power manholes are graded sensitive.
+        if precise and not principal.can("sensitive:read"):
+            raise HTTPException(403, "precise locations of sensitive devices need sensitive:read")
+
+    async def audit_precise(request: Request, principal: Principal, codes: list[str]) -> None:
+        if codes:
+            await record(
+                request,
+                principal,
+                "sensitive.read",
+                request.url.path,
+                {"devices": codes[:200], "count": len(codes), "fields": ["location"]},
+            )
+
+    async def visible_codes(principal: Principal, codes: list[str]) -> set[str]:
+        scope = Scope.of(principal)
+        if scope.unrestricted or not codes:
+            return set(codes)
+        async with pool.connection() as conn:
+            rows = await (
+                await conn.execute("select code, district, device_class from devices where code = any(%s)", (codes,))
+            ).fetchall()
+        return {r[0] for r in rows if scope.allows(r[1], r[2])}
+
     # -- map layers ---------------------------------------------------------------------
 
     @router.get("/api/v1/geo/districts", tags=["geo"])
     async def districts(
+        principal: _Reader,
         max_age_s: Annotated[
             float, Query(gt=0, le=366 * 86400, description="Ignore snapshots older than this")
         ] = DEFAULT_MAX_AGE_S,
@@ -136,7 +173,8 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
         """The 6 districts with devices, open alerts, worst indicative AQI and water compliance."""
         async with pool.connection() as conn:
             figures = await stats.district_figures(conn, max_age_s=max_age_s)
-        dists = await geo.districts()
+        scope = Scope.of(principal)
+        dists = [d for d in await geo.districts() if scope.allows_district(d.code)]
         props = {}
         for d in dists:
             f = figures.get(d.code, stats.DistrictFigures())
@@ -150,6 +188,7 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
 
     @router.get("/api/v1/geo/grid", tags=["geo"])
     async def grid_cells(
+        _: _Reader,
         district: Annotated[str | None, Query(pattern=r"^[0-9]{6}$", description="District code")] = None,
     ) -> dict[str, Any]:
         """Grid cells of one district, or of the whole city (simplified to ~50 m, 1e-5° precision)."""
@@ -183,19 +222,29 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
 
     @router.get("/api/v1/geo/devices", tags=["geo"])
     async def devices(
+        request: Request,
+        principal: _Reader,
         bbox: Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (WGS84)")] = None,
         class_: Annotated[str | None, Query(alias="class", description="Device class")] = None,
         district: Annotated[str | None, Query(pattern=r"^[0-9]{6}$")] = None,
         precise: Annotated[
-            bool, Query(description="True locations of sensitive classes (to be restricted by security)")
+            bool, Query(description="True locations of sensitive classes (needs sensitive:read; audited)")
         ] = False,
         limit: Annotated[int, Query(ge=1, le=20000)] = 5000,
     ) -> dict[str, Any]:
-        """Device points with status (alerting, fresh, stale, offline, unknown)."""
+        """Device points with status (alerting, fresh, stale, offline, unknown), within the caller's grants."""
         check_class(class_)
+        check_precise(principal, precise)
         box = parse_bbox(bbox) if bbox else None
         where = ["d.state <> 'decommissioned'", "d.lon is not null", "d.lat is not null"]
         params: dict[str, Any] = {"limit": limit + 1}
+        scope = Scope.of(principal)
+        if scope.districts:
+            where.append("d.district = any(%(granted_districts)s)")
+            params["granted_districts"] = sorted(scope.districts)
+        if scope.classes:
+            where.append("d.device_class = any(%(granted_classes)s)")
+            params["granted_classes"] = sorted(scope.classes)
         if box is not None:
             where.append("point(d.lon, d.lat) <@ box(point(%(x0)s, %(y0)s), point(%(x1)s, %(y1)s))")
             m = _BBOX_MARGIN_DEG
@@ -208,8 +257,10 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
             params["district"] = district
         query = (
             "select d.code, d.lon, d.lat, d.crs, d.device_class, d.model, d.district, d.name, d.state, l.last_seen,"
-            " exists (select 1 from alerts a where a.device_code = d.code and a.state <> 'resolved')"
-            " from devices d left join device_liveness l on l.code = d.code where "
+            " exists (select 1 from alerts a where a.device_code = d.code and a.state <> 'resolved'),"
+            " s.connected, s.status_at"
+            " from devices d left join device_liveness l on l.code = d.code"
+            " left join device_sessions s on s.code = d.code where "
             + " and ".join(where)
             + " order by d.code limit %(limit)s"
         )
@@ -224,8 +275,15 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
             x, y = float(lons[i]), float(lats[i])
             if box is not None and not (box[0] <= x <= box[2] and box[1] <= y <= box[3]):
                 continue  # selected by the margin only, or its published position is elsewhere
-            code, _, _, _, device_class, model, dist, name, state, last_seen, alerting = r
-            status = classify(last_seen, cadences.get(model), alerting=bool(alerting), now=now)
+            code, _, _, _, device_class, model, dist, name, state, last_seen, alerting, connected, status_at = r
+            status = classify(
+                last_seen,
+                cadences.get(model),
+                alerting=bool(alerting),
+                now=now,
+                connected=connected,
+                status_at=status_at,
+            )
             features.append(
                 _feature(
                     {"type": "Point", "coordinates": [x, y]},
@@ -243,21 +301,32 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
                     code,
                 )
             )
+        if precise:
+            await audit_precise(request, principal, [f["id"] for f in features if geo.is_sensitive(str(f["id"]))])
         return {"type": "FeatureCollection", "features": features, "truncated": truncated}
 
     @router.post("/api/v1/geo/devices/within", tags=["geo"])
-    async def devices_within(query: PolygonQuery) -> dict[str, Any]:
-        """Codes of a class's devices inside a polygon."""
+    async def devices_within(query: PolygonQuery, request: Request, principal: _Reader) -> dict[str, Any]:
+        """Codes of a class's devices inside a polygon (within the caller's grants)."""
         check_class(query.device_class)
+        check_precise(principal, query.precise)
         try:
             polygon = fence_geometry(query.geometry, label="query polygon")
         except GeometryError as exc:
             raise HTTPException(422, str(exc)) from exc
         codes = await geo.within(query.device_class, polygon=shapely.make_valid(polygon), precise=query.precise)
+        if not Scope.of(principal).allows_class(query.device_class):
+            codes = []
+        keep = await visible_codes(principal, codes)
+        codes = [c for c in codes if c in keep]
+        if query.precise:
+            await audit_precise(request, principal, [c for c in codes if geo.is_sensitive(c)])
         return {"class": query.device_class, "count": len(codes), "codes": codes}
 
     @router.get("/api/v1/geo/nearest", tags=["geo"])
     async def nearest(
+        request: Request,
+        principal: _Reader,
         lon: Annotated[float, Query(ge=-180, le=180)],
         lat: Annotated[float, Query(ge=-90, le=90)],
         class_: Annotated[str, Query(alias="class")],
@@ -265,14 +334,23 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
         crs: Crs = Crs.WGS84,
         precise: bool = False,
     ) -> dict[str, Any]:
-        """The k devices of a class nearest to a point, with distance_m, nearest first."""
+        """The k devices of a class nearest to a point (within the caller's grants), with distance_m."""
         check_class(class_)
+        check_precise(principal, precise)
+        scope = Scope.of(principal)
         if crs is Crs.GCJ02:
             lon, lat = gcj02_to_wgs84(lon, lat)
         try:
-            found = await geo.nearest(lon, lat, class_, k, precise=precise)
+            # A scoped caller may lose some of the k to its grants: ask for more, then keep k.
+            wanted = k if scope.unrestricted else min(100, k * 4 + 20)
+            found = await geo.nearest(lon, lat, class_, wanted, precise=precise)
         except CoordinateError as exc:
             raise HTTPException(422, str(exc)) from exc
+        if not scope.allows_class(class_):
+            found = []
+        found = [n for n in found if scope.allows_district(n.district)][:k]
+        if precise:
+            await audit_precise(request, principal, [n.code for n in found if geo.is_sensitive(n.code)])
         features = [
             _feature(
                 {"type": "Point", "coordinates": [n.lon, n.lat]},
@@ -292,6 +370,7 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
 
     @router.get("/api/v1/geo/aggregate", tags=["geo"])
     async def aggregate(
+        principal: _Reader,
         metric: Annotated[str, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")],
         class_: Annotated[str, Query(alias="class")],
         level: Annotated[str, Query(pattern="^(district|grid)$")] = "district",
@@ -304,11 +383,14 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
             raise HTTPException(422, f"metric {metric!r} is not a metric of class {class_!r}; one of {sorted(known)}")
         async with pool.connection() as conn:
             items = await stats.aggregate(conn, level=level, metric=metric, device_class=class_, max_age_s=max_age_s)
+        scope = Scope.of(principal)
+        # Areas are district codes or grid cells (which start with their district's code).
+        items = [i for i in items if scope.allows_class(class_) and scope.allows_district(str(i.get("area", ""))[:6])]
         return {"level": level, "metric": metric, "class": class_, "items": items}
 
     @router.get("/api/v1/geo/assign", tags=["geo"])
     async def assign(
-        lon: Annotated[float, Query()], lat: Annotated[float, Query()], crs: Crs = Crs.WGS84
+        _: _Reader, lon: Annotated[float, Query()], lat: Annotated[float, Query()], crs: Crs = Crs.WGS84
     ) -> dict[str, Any]:
         """District, grid cell and geofences of a point; 422 outside the city, naming the nearest district."""
         try:
@@ -326,29 +408,37 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
 
     @router.post("/api/v1/geo/fences", tags=["geo"], status_code=201)
     async def create_fence(
-        fence: FenceIn, repair: Annotated[bool, Query(description="Fix invalid polygons with make_valid")] = True
+        request: Request,
+        principal: _Writer,
+        fence: FenceIn,
+        repair: Annotated[bool, Query(description="Fix invalid polygons with make_valid")] = True,
     ) -> dict[str, Any]:
         """Create a geofence; 422 with the reason for an invalid polygon, 409 if the id exists."""
         try:
             valid = validate_fence(
                 FenceDraft(fence.id, fence.name, fence.kind, fence.geometry, fence.crs), repair=repair
             )
-            await geo.create_fences([valid], created_by=fence.created_by)
+            await geo.create_fences([valid], created_by=principal.user)
         except GeometryError as exc:
             raise HTTPException(422, str(exc)) from exc
         except FenceExistsError as exc:
             raise HTTPException(409, str(exc)) from exc
+        await record(request, principal, "fence.create", f"fence/{fence.id}", {"kind": str(fence.kind.value)})
         stored = await geo.get_fence(fence.id)
         return {**stored, "repaired": valid.repaired}
 
     @router.post("/api/v1/geo/fences/import", tags=["geo"])
     async def import_fences(
+        request: Request,
+        principal: _Writer,
         collection: Annotated[dict[str, Any], Body(description="GeoJSON FeatureCollection")],
         kind: FenceKind = FenceKind.OTHER,
         crs: Crs = Crs.WGS84,
         replace: bool = False,
         repair: bool = True,
-        created_by: Annotated[str, Query(max_length=100)] = "import",
+        created_by: Annotated[
+            str, Query(max_length=100, description="Ignored: the creator is the authenticated principal")
+        ] = "import",
     ) -> dict[str, Any]:
         """Import fences from a FeatureCollection, all or nothing; 422 lists every bad feature."""
         try:
@@ -366,11 +456,18 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
                 422, {"message": f"{len(errors)} feature(s) rejected; nothing imported", "errors": errors}
             )
         try:
-            await geo.create_fences(valid, created_by=created_by, replace=replace)
+            await geo.create_fences(valid, created_by=principal.user, replace=replace)
         except GeometryError as exc:
             raise HTTPException(422, str(exc)) from exc
         except FenceExistsError as exc:
             raise HTTPException(409, str(exc)) from exc
+        await record(
+            request,
+            principal,
+            "fence.import",
+            "fences",
+            {"ids": [v.draft.id for v in valid][:200], "count": len(valid), "replace": replace},
+        )
         return {
             "imported": len(valid),
             "ids": [v.draft.id for v in valid],
@@ -379,6 +476,7 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
 
     @router.get("/api/v1/geo/fences", tags=["geo"])
     async def list_fences(
+        _: _Reader,
         kind: FenceKind | None = None,
         bbox: Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat")] = None,
     ) -> dict[str, Any]:
@@ -392,7 +490,7 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
         }
 
     @router.get("/api/v1/geo/fences/{fence_id}", tags=["geo"])
-    async def get_fence(fence_id: str) -> dict[str, Any]:
+    async def get_fence(fence_id: str, _: _Reader) -> dict[str, Any]:
         """One geofence as a Feature."""
         try:
             f = await geo.get_fence(fence_id)
@@ -401,12 +499,13 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
         return _feature(f["geometry"], {k: v for k, v in f.items() if k != "geometry"}, f["id"])
 
     @router.delete("/api/v1/geo/fences/{fence_id}", tags=["geo"], status_code=204)
-    async def delete_fence(fence_id: str) -> Response:
+    async def delete_fence(fence_id: str, request: Request, principal: _Writer) -> Response:
         """Delete a geofence."""
         try:
             await geo.delete_fence(fence_id)
         except FenceNotFoundError as exc:
             raise HTTPException(404, str(exc)) from exc
+        await record(request, principal, "fence.delete", f"fence/{fence_id}")
         return Response(status_code=204)
 
     return router

@@ -1,9 +1,12 @@
 """Device ledger routes: search, update, lifecycle, credentials, code allocation, CSV export.
 
 Registration (``POST /api/v1/devices``) and ``GET /api/v1/devices/{code}``
-stay in :mod:`citybrain.routes.devices`. Personal data (the contact) is masked
-in every response; the CSV export leaves it out, so an exported file can be
-edited and re-imported without overwriting contacts with masks.
+stay in :mod:`citybrain.routes.devices`. Fields are masked by grade for callers
+without ``internal:read`` / ``sensitive:read`` (:mod:`citybrain.security.scope`);
+the CSV export leaves the contact out, so an exported file can be edited and
+re-imported without overwriting contacts with masks. Lists are limited to the
+caller's district and class grants; a device outside them answers 404. Every
+write is audited with the caller as actor.
 """
 
 from __future__ import annotations
@@ -13,15 +16,20 @@ import io
 import json
 from collections.abc import AsyncIterator
 from datetime import date
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from psycopg import sql
 from pydantic import BaseModel, Field
 
 from citybrain.routes.context import ApiContext
+from citybrain.routes.devices import audit_revealed
+from citybrain.security.auth import record, require
+from citybrain.security.identities import Principal
+from citybrain.security.scope import Masker, Scope
 from devices.errors import AllocationError, DeviceCodeError, LedgerError, TransitionError, UnknownDeviceError
-from devices.ledger import DeviceQuery, Ledger, mask_contact
+from devices.ledger import DeviceQuery, Ledger
 from devices.lifecycle import STATES
 from devices.rows import COLUMNS
 
@@ -63,9 +71,29 @@ class AllocateIn(BaseModel):
     count: int = Field(default=1, ge=1, le=10_000)
 
 
-def _public(row: dict[str, Any]) -> dict[str, Any]:
-    row["contact"] = mask_contact(row.get("contact"))
-    return row
+class _ScopedQuery(DeviceQuery):
+    """A device query narrowed to a principal's district and class grants.
+
+    Several granted districts cannot be said with :class:`DeviceQuery`'s single
+    ``district``, so the grant is added to its WHERE clause here.
+    """
+
+    __slots__ = ("_scope",)
+    _scope: Scope
+
+    def __init__(self, base: DeviceQuery, scope: Scope) -> None:
+        fields = {name: getattr(base, name) for name in DeviceQuery.__dataclass_fields__}
+        super().__init__(**fields)
+        object.__setattr__(self, "_scope", scope)
+
+    def where(self) -> sql.Composed:
+        clause = super().where()
+        scope = self._scope
+        if scope.districts:
+            clause = sql.SQL("{} and district = any({})").format(clause, sql.Literal(sorted(scope.districts)))
+        if scope.classes:
+            clause = sql.SQL("{} and device_class = any({})").format(clause, sql.Literal(sorted(scope.classes)))
+        return clause
 
 
 def export_columns() -> list[str]:
@@ -92,6 +120,8 @@ def build(ctx: ApiContext) -> APIRouter:
     """Routes under /api/v1/devices (ledger management) and /api/v1/device-codes."""
     router = APIRouter()
     ledger = Ledger(ctx.pool, ctx.models, assigner=ctx.assigner)
+    masker = Masker(ctx.models)
+    models = ctx.models
 
     def query(
         q: str | None,
@@ -103,6 +133,7 @@ def build(ctx: ApiContext) -> APIRouter:
         bbox: str | None,
         after: str | None,
         limit: int,
+        principal: Principal,
     ) -> DeviceQuery:
         box = None
         if bbox:
@@ -112,12 +143,26 @@ def build(ctx: ApiContext) -> APIRouter:
                 raise HTTPException(422, "bbox must be west,south,east,north in degrees") from None
             box = (w, s, e, n)
         try:
-            return DeviceQuery(q, device_class, class_code, district, state, model, box, after, limit)
+            base = DeviceQuery(q, device_class, class_code, district, state, model, box, after, limit)
         except LedgerError as exc:
             raise HTTPException(422, str(exc)) from exc
+        scope = Scope.of(principal)
+        return base if scope.unrestricted else _ScopedQuery(base, scope)
+
+    async def visible(code: str, principal: Principal) -> dict[str, Any]:
+        # The device's row if the principal may see it; 404 for unknown and for out-of-grant alike.
+        try:
+            row = await ledger.get(code)
+        except (UnknownDeviceError, DeviceCodeError):
+            raise HTTPException(404, f"no device {code}") from None
+        if not Scope.of(principal).allows(row.get("district"), row.get("device_class")):
+            raise HTTPException(404, f"no device {code}")
+        return row
 
     @router.get("/api/v1/devices", tags=["devices"])
     async def list_devices(
+        request: Request,
+        principal: Annotated[Principal, Depends(require("devices:read"))],
         q: str | None = Query(None, description="Code or alias prefix, name substring, or exact serial"),
         device_class: str | None = Query(None, alias="class", description="Device class, e.g. air"),
         class_code: str | None = Query(None, description="4-digit 大类+小类, e.g. 0308"),
@@ -128,12 +173,24 @@ def build(ctx: ApiContext) -> APIRouter:
         after: str | None = Query(None, description="Cursor: next_after of the previous page"),
         limit: int = Query(100, ge=1, le=1000),
     ) -> dict[str, Any]:
-        """Devices in code order, with the total matching the filters and a keyset cursor."""
-        page = await ledger.search(query(q, device_class, class_code, district, state, model, bbox, after, limit))
-        return {"items": [_public(r) for r in page.items], "total": page.total, "next_after": page.next_after}
+        """Devices in code order (within the caller's grants), with the total matching the filters and a cursor."""
+        page = await ledger.search(
+            query(q, device_class, class_code, district, state, model, bbox, after, limit, principal)
+        )
+        items = []
+        revealed: dict[str, list[str]] = {}
+        for r in page.items:
+            shown, fields = masker.device(r, principal)
+            items.append(shown)
+            if fields:
+                revealed[r["code"]] = fields
+        await audit_revealed(request, principal, "devices", revealed)
+        return {"items": items, "total": page.total, "next_after": page.next_after}
 
     @router.get("/api/v1/devices.csv", tags=["devices"])
     async def export_devices(
+        request: Request,
+        principal: Annotated[Principal, Depends(require("devices:read"))],
         q: str | None = None,
         device_class: str | None = Query(None, alias="class"),
         class_code: str | None = None,
@@ -142,14 +199,20 @@ def build(ctx: ApiContext) -> APIRouter:
         model: str | None = None,
         bbox: str | None = None,
     ) -> StreamingResponse:
-        """Every matching device as CSV, streamed (import format, without contacts)."""
-        dq = query(q, device_class, class_code, district, state, model, bbox, None, 1)
+        """Every matching device within the caller's grants as CSV, streamed (import format, without contacts)."""
+        dq = query(q, device_class, class_code, district, state, model, bbox, None, 1, principal)
+        scope = Scope.of(principal)
         columns = export_columns()
+        # iter_export pages with plain DeviceQuery copies, so the grant is applied row by row too.
+        await record(request, principal, "device.export", "devices.csv", {"filters": dict(request.query_params)})
 
         async def body() -> AsyncIterator[str]:
             yield _csv_line(columns)
             async for row in ledger.iter_export(dq):
-                yield _csv_line([_export_value(row, c) for c in columns])
+                if not scope.allows(row.get("district"), row.get("device_class")):
+                    continue
+                shown, _ = masker.device(row, principal)
+                yield _csv_line([_export_value(shown, c) for c in columns])
 
         return StreamingResponse(
             body(),
@@ -158,72 +221,120 @@ def build(ctx: ApiContext) -> APIRouter:
         )
 
     @router.patch("/api/v1/devices/{code}", tags=["devices"])
-    async def update_device(code: str, patch: DevicePatch) -> dict[str, Any]:
+    async def update_device(
+        code: str,
+        patch: DevicePatch,
+        request: Request,
+        principal: Annotated[Principal, Depends(require("devices:write"))],
+    ) -> dict[str, Any]:
+        full = (await visible(code, principal))["code"]
         changes = patch.model_dump(exclude_unset=True)
         try:
-            return _public(await ledger.update(code, changes, actor="api"))
+            row = await ledger.update(full, changes, actor=principal.user)
         except UnknownDeviceError:
             raise HTTPException(404, f"no device {code}") from None
         except (LedgerError, DeviceCodeError) as exc:
             raise HTTPException(422, str(exc)) from exc
+        # The names of the changed fields only: values may be graded (a contact).
+        await record(request, principal, "device.update", f"device/{full}", {"fields": sorted(changes)})
+        return masker.device(row, principal)[0]
 
-    @router.post("/api/v1/devices/{code}/transitions", tags=["devices"])
-    async def transition_device(code: str, body: TransitionIn) -> dict[str, Any]:
-        """Move a device through its lifecycle (registered → active ⇄ suspended → decommissioned)."""
+    async def _transition(
+        code: str, target: str, reason: str, request: Request, principal: Principal
+    ) -> dict[str, Any]:
+        full = (await visible(code, principal))["code"]
         try:
-            return await ledger.transition(code, body.to, body.reason, actor="api")
+            out = await ledger.transition(full, target, reason, actor=principal.user)
         except UnknownDeviceError:
             raise HTTPException(404, f"no device {code}") from None
         except TransitionError as exc:
             raise HTTPException(409, str(exc)) from exc
+        await record(request, principal, "device.transition", f"device/{full}", {"to": target, "reason": reason})
+        return out
+
+    @router.post("/api/v1/devices/{code}/transitions", tags=["devices"])
+    async def transition_device(
+        code: str,
+        body: TransitionIn,
+        request: Request,
+        principal: Annotated[Principal, Depends(require("devices:write"))],
+    ) -> dict[str, Any]:
+        """Move a device through its lifecycle (registered → active ⇄ suspended → decommissioned)."""
+        return await _transition(code, body.to, body.reason, request, principal)
 
     @router.delete("/api/v1/devices/{code}", tags=["devices"])
     async def decommission_device(
-        code: str, reason: str = Query("decommissioned via API", min_length=1, max_length=500)
+        code: str,
+        request: Request,
+        principal: Annotated[Principal, Depends(require("devices:write"))],
+        reason: str = Query("decommissioned via API", min_length=1, max_length=500),
     ) -> dict[str, Any]:
         """Decommission (the row and its history stay; the code is never reused)."""
-        try:
-            return await ledger.transition(code, "decommissioned", reason, actor="api")
-        except UnknownDeviceError:
-            raise HTTPException(404, f"no device {code}") from None
-        except TransitionError as exc:
-            raise HTTPException(409, str(exc)) from exc
+        return await _transition(code, "decommissioned", reason, request, principal)
 
     @router.get("/api/v1/devices/{code}/history", tags=["devices"])
-    async def device_history(code: str) -> list[dict[str, Any]]:
-        try:
-            return await ledger.history(code)
-        except UnknownDeviceError:
-            raise HTTPException(404, f"no device {code}") from None
+    async def device_history(
+        code: str, principal: Annotated[Principal, Depends(require("devices:read"))]
+    ) -> list[dict[str, Any]]:
+        full = (await visible(code, principal))["code"]
+        history = await ledger.history(full)
+        if not principal.can("internal:read"):
+            # Who changed a device is internal.
+            for h in history:
+                h["actor"] = None
+        return history
 
     @router.post("/api/v1/devices/{code}/credentials", tags=["devices"], status_code=201)
-    async def rotate_credentials(code: str, response: Response) -> dict[str, str]:
+    async def rotate_credentials(
+        code: str,
+        response: Response,
+        request: Request,
+        principal: Annotated[Principal, Depends(require("devices:write"))],
+    ) -> dict[str, str]:
         """Issue a new MQTT secret. It is returned once, here, and stored only hashed."""
+        full = (await visible(code, principal))["code"]
         try:
-            secret = await ledger.rotate_credentials(code, actor="api")
-            full = await ledger.lookup(code)
+            secret = await ledger.rotate_credentials(full, actor=principal.user)
         except UnknownDeviceError:
             raise HTTPException(404, f"no device {code}") from None
         except TransitionError as exc:
             raise HTTPException(409, str(exc)) from exc
+        await record(request, principal, "device.credentials_rotate", f"device/{full}")
         response.headers["Cache-Control"] = "no-store"
         return {"username": full, "secret": secret}
 
     @router.delete("/api/v1/devices/{code}/credentials", tags=["devices"], status_code=204)
-    async def revoke_credentials(code: str) -> Response:
+    async def revoke_credentials(
+        code: str, request: Request, principal: Annotated[Principal, Depends(require("devices:write"))]
+    ) -> Response:
+        full = (await visible(code, principal))["code"]
         try:
-            await ledger.revoke_credentials(code, actor="api")
+            await ledger.revoke_credentials(full, actor=principal.user)
         except UnknownDeviceError:
             raise HTTPException(404, f"no device {code}") from None
+        await record(request, principal, "device.credentials_revoke", f"device/{full}")
         return Response(status_code=204)
 
     @router.post("/api/v1/device-codes", tags=["devices"], status_code=201)
-    async def allocate_codes(body: AllocateIn) -> dict[str, list[str]]:
-        """Allocate new, unused device codes of a district and class."""
+    async def allocate_codes(
+        body: AllocateIn, request: Request, principal: Annotated[Principal, Depends(require("devices:write"))]
+    ) -> dict[str, list[str]]:
+        """Allocate new, unused device codes of a district and class (within the caller's grants)."""
+        scope = Scope.of(principal)
+        classes = {m.device_class for m in models.all() if body.class_code in m.class_codes}
+        if not scope.allows_district(body.district) or (scope.classes and not classes & scope.classes):
+            raise HTTPException(403, f"district {body.district} / class {body.class_code} is outside your grants")
         try:
             codes = await ledger.allocate(body.district, body.class_code, body.count)
         except AllocationError as exc:
             raise HTTPException(422, str(exc)) from exc
+        await record(
+            request,
+            principal,
+            "device.allocate",
+            f"device-codes/{body.district}{body.class_code}",
+            {"count": len(codes), "first": codes[0].full if codes else None},
+        )
         return {"codes": [c.full for c in codes]}
 
     return router

@@ -1,15 +1,17 @@
-"""Schema routes: the JSON Schemas of every payload and the AsyncAPI document."""
+"""Schema routes: the JSON Schemas of every payload and the AsyncAPI document (``readings:read``)."""
 
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Response
 
 from citybrain.routes.context import ApiContext
+from citybrain.security.auth import require
+from citybrain.security.identities import Principal
 from streams import schemas
 
 __all__ = ["ASYNCAPI_PATH", "build", "served_asyncapi"]
@@ -25,12 +27,16 @@ def served_asyncapi(text: str) -> str:
     return _REF_RE.sub(lambda m: f"/api/v1/schemas/{m.group(1)}", text)
 
 
+# Module level: with postponed annotations FastAPI resolves these names in the module's globals.
+_Reader = Annotated[Principal, Depends(require("readings:read"))]
+
+
 def build(ctx: ApiContext) -> APIRouter:
     """Routes /api/v1/schemas, /api/v1/schemas/{name} and /asyncapi.yaml."""
     router = APIRouter()
 
     @router.get("/api/v1/schemas", tags=["schemas"])
-    async def list_schemas() -> dict[str, Any]:
+    async def list_schemas(_: _Reader) -> dict[str, Any]:
         """Names, titles and URLs of the payload schemas."""
         return {
             "items": [
@@ -41,7 +47,7 @@ def build(ctx: ApiContext) -> APIRouter:
         }
 
     @router.get("/api/v1/schemas/{name}", tags=["schemas"])
-    async def get_schema(name: str) -> Response:
+    async def get_schema(name: str, _: _Reader) -> Response:
         """One JSON Schema (draft 2020-12); ``name`` with or without ``.json``."""
         key = name.removesuffix(".json")
         try:
@@ -51,7 +57,7 @@ def build(ctx: ApiContext) -> APIRouter:
         return Response(json.dumps(doc, ensure_ascii=False, indent=2), media_type="application/schema+json")
 
     @router.get("/asyncapi.yaml", tags=["schemas"])
-    async def asyncapi() -> Response:
+    async def asyncapi(_: _Reader) -> Response:
         """The AsyncAPI 3.0 document of every MQTT and Kafka topic."""
         try:
             text = ASYNCAPI_PATH.read_text(encoding="utf-8")

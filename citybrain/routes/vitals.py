@@ -2,6 +2,9 @@
 
 ``GET /api/v1/vitals`` is polled by every console screen, so its answer is
 computed at most once per ``ttl_s`` (5 s) per API process and shared.
+It needs ``readings:read``; the figures are city-wide aggregates (counts,
+worst AQI per district, shares), the same for every caller, with no device,
+reading or alert of their own in them.
 """
 
 from __future__ import annotations
@@ -9,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from citybrain.records import Severity
 from citybrain.routes.context import ApiContext
 from citybrain.routes.geo import DEFAULT_MAX_AGE_S, aqi_properties, model_cadences
+from citybrain.security.auth import require
+from citybrain.security.identities import Principal
 from devices.code import XIAMEN_DISTRICTS
 from geo import stats
 
@@ -85,13 +90,15 @@ def build(ctx: ApiContext, *, zone: ZoneInfo = CITY_ZONE, ttl_s: float = 5.0) ->
         }
 
     @router.get("/api/v1/vitals", tags=["vitals"])
-    async def vitals() -> dict[str, Any]:
+    async def vitals(_: Annotated[Principal, Depends(require("readings:read"))]) -> dict[str, Any]:
         """Headline figures: AQI, water compliance, noise, manholes, device liveness, ingest, open alerts.
 
         ``ingest.readings_last_minute`` counts devices heard from in the last
         60 s (one row per device in ``device_liveness``), a proxy for the
         reading rate; ``devices.online`` are devices seen within 2× their
-        model's cadence, ``stale`` within 10×.
+        model's cadence, ``stale`` within 10× or connected (MQTT session up)
+        but silent, ``offline`` beyond that or at once after their last will
+        (see :func:`geo.status.classify`).
         """
         hit = cache.get("v")
         if hit is not None and time.monotonic() - hit[0] < ttl_s:

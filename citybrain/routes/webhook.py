@@ -38,12 +38,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 
 from citybrain.records import RawMessage, Transport
 from citybrain.routes.context import ApiContext
+from citybrain.security.auth import public
 from ingest.errors import IngestError
 from ingest.kafka_sink import RawSink
 
@@ -237,7 +238,12 @@ def build(ctx: ApiContext, deps: WebhookDeps) -> APIRouter:
         requests.labels(platform, reason).inc()
         return JSONResponse({"reason": reason, "detail": detail}, status_code=400)
 
-    @router.post("/api/v1/ingest/webhook/{platform}", tags=["ingest"])
+    # Operator platforms authenticate with the shared X-Citybrain-Token (checked below), not as principals.
+    @router.post(
+        "/api/v1/ingest/webhook/{platform}",
+        tags=["ingest"],
+        dependencies=[Depends(public("NB-IoT platforms; shared X-Citybrain-Token"))],
+    )
     async def push(platform: str, request: Request) -> Any:
         if platform not in PLATFORMS:
             raise HTTPException(404, f"unknown platform {platform[:40]!r}; known: {', '.join(PLATFORMS)}")

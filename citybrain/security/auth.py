@@ -22,11 +22,13 @@ put there by :func:`install`, so routes need no extra constructor argument.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from prometheus_client import CollectorRegistry, Counter
@@ -41,6 +43,8 @@ from citybrain.security.tokens import KeyRing, issue, verify_jwt
 __all__ = [
     "API_KEY_HEADER",
     "CSRF_HEADER",
+    "PERMISSION_ATTR",
+    "PUBLIC_ATTR",
     "SESSION_COOKIE",
     "Authenticator",
     "Security",
@@ -49,6 +53,8 @@ __all__ = [
     "check_csrf",
     "client_ip",
     "install",
+    "public",
+    "record",
     "require",
 ]
 
@@ -59,6 +65,10 @@ CSRF_HEADER = "X-CSRF-Token"
 SESSION_COOKIE = "citybrain_session"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _STATE_ATTR = "citybrain_security"
+# Set on the dependency functions of require() and public(), so that the route table
+# (citybrain.security.policy) can read every route's declared permission from the app.
+PERMISSION_ATTR = "citybrain_permission"
+PUBLIC_ATTR = "citybrain_public"
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +252,41 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client is not None else "0.0.0.0"
 
 
+def _audit_ip(request: Request) -> str | None:
+    # Test clients report names such as "testclient"; the audit log stores addresses only.
+    host = client_ip(request)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return host
+
+
+async def record(
+    request: Request,
+    principal: Principal,
+    action: str,
+    resource: str = "",
+    details: Mapping[str, Any] | None = None,
+    *,
+    outcome: str = "success",
+) -> None:
+    """Append an audit entry for a request, with the authenticated principal as actor.
+
+    Called after a write succeeded (or a graded read was answered). A failing
+    audit log is logged and counted, not raised: the change is already
+    committed, and answering 5xx would make the client retry it.
+    """
+    security = security_of(request)
+    try:
+        await security.audit.record(
+            principal.user, action, resource[:200], outcome, _audit_ip(request), dict(details or {})
+        )
+    except SecurityError as exc:
+        security.metrics.auth_failures.labels("audit_unavailable").inc()
+        log.error("audit entry %s %s by %s not written: %s", action, resource, principal.user, exc)
+
+
 def check_csrf(request: Request, principal: Principal) -> None:
     """Refuse an unsafe method on a cookie session without the matching ``X-CSRF-Token``.
 
@@ -278,10 +323,36 @@ def require(permission: str) -> Callable[[Request], Awaitable[Principal]]:
             raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
         if not principal.roles & allowed:
             security.metrics.auth_failures.labels("forbidden").inc()
+            # Refusals are part of "who tried what": audited like the writes they prevent.
+            await record(
+                request,
+                principal,
+                "authz.deny",
+                f"{request.method} {request.url.path}",
+                {"permission": permission},
+                outcome="denied",
+            )
             raise HTTPException(403, f"{permission} needs one of the roles {', '.join(sorted(allowed))}")
         check_csrf(request, principal)
         request.state.principal = principal
         return principal
 
     dependency.__name__ = f"require_{permission.replace(':', '_')}"
+    setattr(dependency, PERMISSION_ATTR, permission)
+    return dependency
+
+
+def public(reason: str) -> Callable[[], None]:
+    """A no-op dependency that declares a route open to anonymous callers, and why.
+
+    Every route carries either :func:`require` or this marker, so the route
+    table (docs/security.md) is read from the app and a forgotten check is a
+    failing test rather than an open endpoint.
+    """
+
+    def dependency() -> None:
+        return None
+
+    dependency.__name__ = "public"
+    setattr(dependency, PUBLIC_ATTR, reason)
     return dependency

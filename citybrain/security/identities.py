@@ -4,8 +4,8 @@
   :data:`PERMISSIONS` maps each endpoint permission to the roles that hold it
   (data, not code: the role × endpoint table in docs/security.md is this dict).
 * Grants narrow what a principal sees: districts (6-digit codes), device
-  classes and topics. Empty means "no restriction" (enforcing them on the
-  routes is pending; see docs/security.md).
+  classes and topics. Empty means "no restriction"; the routes enforce them
+  through :mod:`citybrain.security.scope`.
 * Passwords: scrypt via :func:`devices.credentials.hash_secret`, with a higher
   cost than device secrets because people choose guessable passwords.
 * API keys: ``cbk_<prefix>_<secret>``; the prefix (public) finds the row, the
@@ -67,6 +67,11 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     "audit:read": frozenset({"admin", "auditor"}),
     "users:manage": frozenset({"admin"}),
     "tokens:issue": _ALL,
+    # Data grades (citybrain.security.grades): who sees fields graded internal / sensitive
+    # unmasked. Downstream apps get public data only; people's contacts and the exact
+    # places of gas and power manholes are for admins, and every such read is audited.
+    "internal:read": frozenset({"admin", "integrator", "operator", "auditor"}),
+    "sensitive:read": frozenset({"admin"}),
 }
 
 # Human passwords get ~2**15 scrypt (32 MiB, ~0.1 s): guessable inputs need a slow KDF.

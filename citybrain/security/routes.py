@@ -31,6 +31,7 @@ from citybrain.security.auth import (
     Security,
     check_csrf,
     client_ip,
+    public,
     require,
 )
 from citybrain.security.errors import AuditError
@@ -88,7 +89,7 @@ def build(ctx: ApiContext, security: Security) -> APIRouter:
             "next_before_seq": rows[-1].seq if len(rows) == limit else None,
         }
 
-    @router.post("/api/v1/session", tags=["security"])
+    @router.post("/api/v1/session", tags=["security"], dependencies=[Depends(public("password login"))])
     async def login(body: LoginIn, request: Request, response: Response) -> dict[str, Any]:
         """Password login: sets the session cookie and returns the CSRF token."""
         ip = client_ip(request)
@@ -122,15 +123,26 @@ def build(ctx: ApiContext, security: Security) -> APIRouter:
         )
         return {"principal": principal.as_json(), "csrf_token": csrf_token(token), "expires_in": max_age}
 
-    @router.get("/api/v1/session", tags=["security"])
+    @router.get(
+        "/api/v1/session", tags=["security"], dependencies=[Depends(public("answers 401 itself when signed out"))]
+    )
     async def whoami(request: Request) -> dict[str, Any]:
         """The caller's principal (any credential), or 401."""
         principal = await security.auth.authenticate(request)
         if principal is None:
             raise HTTPException(401, "not logged in", headers={"WWW-Authenticate": "Bearer"})
-        return {"principal": principal.as_json()}
+        out: dict[str, Any] = {"principal": principal.as_json()}
+        if principal.via == "session" and principal.session_token:
+            # A reloaded console needs its CSRF token again; only same-origin script can read this.
+            out["csrf_token"] = csrf_token(principal.session_token)
+        return out
 
-    @router.delete("/api/v1/session", tags=["security"], status_code=204)
+    @router.delete(
+        "/api/v1/session",
+        tags=["security"],
+        status_code=204,
+        dependencies=[Depends(public("logout; needs its own session and CSRF token"))],
+    )
     async def logout(request: Request) -> Response:
         """End the cookie session (needs ``X-CSRF-Token``)."""
         principal = await security.auth.authenticate(request)

@@ -24,9 +24,14 @@ from tests.integration.helpers import consume, mqtt_client, wait_for
 pytestmark = pytest.mark.e2e
 
 
-def _get(url: str) -> tuple[int, dict]:
+# The admin API key of the module's platform (Platform.api_key), set by the fixture.
+HEADERS: dict[str, str] = {}
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, headers=HEADERS if headers is None else headers)
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as exc:
         return exc.code, {}
@@ -52,6 +57,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     p = Platform.from_settings(settings, data_dir=Path(data))
     p.start(simulate=False, devices=6, progress=False)
     try:
+        HEADERS["X-Api-Key"] = p.api_key("admin")
         yield p
     finally:
         p.stop()
@@ -82,6 +88,7 @@ def test_reading_flows_to_store_api_and_alert_feeds(platform: Platform) -> None:
                 )
 
         assert wait_for(stored, 30), "reading not stored in PostgreSQL"
+        assert _get(f"{api}/api/v1/devices/{code}/latest", headers={})[0] == 401  # no principal, no data
         status, body = _get(f"{api}/api/v1/devices/{code}/latest")
         assert status == 200 and body["metrics"]["pm25"]["value"] == 120.5
         assert body["metrics"]["pm25"]["ts"] == ts.isoformat().replace("+00:00", "Z")
@@ -148,15 +155,19 @@ def test_metrics_and_docs_are_served(platform: Platform) -> None:
         assert b"citybrain_gateway_messages_forwarded_total" in r.read()
     with urllib.request.urlopen(f"http://127.0.0.1:{platform.api_port}/docs", timeout=5) as r:
         assert r.status == 200
-    _status, spec = _get(f"http://127.0.0.1:{platform.api_port}/openapi.json")
+    _status, spec = _get(f"http://127.0.0.1:{platform.api_port}/openapi.json", headers={})
     assert "/api/v1/alerts" in spec["paths"]
+    assert spec["paths"]["/api/v1/alerts"]["get"]["x-citybrain-permission"] == "alerts:read"
 
 
 def _sse_reader(url: str, events: list[dict], stop: threading.Event) -> None:
     import httpx
 
     try:
-        with httpx.Client(timeout=httpx.Timeout(5.0, read=30.0)) as client, client.stream("GET", url) as resp:
+        with (
+            httpx.Client(timeout=httpx.Timeout(5.0, read=30.0), headers=HEADERS) as client,
+            client.stream("GET", url) as resp,
+        ):
             buf = ""
             for chunk in resp.iter_text():
                 buf += chunk
@@ -200,13 +211,21 @@ def test_live_feed_reaches_every_console_and_ack_updates_all(platform: Platform)
             f"{api}/api/v1/alerts/{alert_id}/ack",
             method="POST",
             data=json.dumps({"actor": "duty-officer", "comment": "on it"}).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", "X-Api-Key": platform.api_key("operator")},
         )
         with urllib.request.urlopen(req, timeout=5) as r:
-            assert json.loads(r.read())["state"] == "acknowledged"
+            acked = json.loads(r.read())
+            assert acked["state"] == "acknowledged"
         assert wait_for(
             lambda: all(any(e.get("kind") == "ack" and e.get("id") == alert_id for e in f) for f in feeds), 20
         ), feeds
+        # The actor is the operator's principal, not the body's free text, in the alert and in the audit log.
+        ack_event = next(e for e in feeds[0] if e.get("kind") == "ack" and e.get("id") == alert_id)
+        assert str(ack_event.get("actor", "")).startswith("svc-operator-"), ack_event
+        status, audit = _get(f"{api}/api/v1/audit?action=alert.*")
+        assert status == 200 and [(i["action"], i["resource"]) for i in audit["items"]] == [
+            ("alert.ack", f"alert/{alert_id}")
+        ]
     finally:
         stop.set()
         dev.loop_stop()

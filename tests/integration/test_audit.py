@@ -163,6 +163,7 @@ async def test_session_login_csrf_logout_and_audit(
 
     who = await client.get("/api/v1/session")
     assert who.status_code == 200 and who.json()["principal"]["via"] == "session"
+    assert who.json()["csrf_token"] == csrf  # a reloaded console gets it back
     # Cookie + unsafe method: the CSRF token is required.
     assert (await client.post("/act")).status_code == 403
     assert (await client.post("/act", headers={CSRF_HEADER: "0" * 64})).status_code == 403
@@ -183,8 +184,14 @@ async def test_session_login_csrf_logout_and_audit(
         ("olga", "session.logout"),
     ]
     rest = (await client.get("/api/v1/audit", params={"before_seq": page["next_before_seq"]})).json()
-    assert [(i["actor"], i["outcome"]) for i in rest["items"]] == [("olga", "success")]
-    assert rest["items"][0]["ip"] == "127.0.0.1"
+    # The operator's refused GET /api/v1/audit is in the trail too.
+    assert [(i["actor"], i["action"], i["outcome"]) for i in rest["items"]] == [
+        ("olga", "authz.deny", "denied"),
+        ("olga", "session.login", "success"),
+    ]
+    assert rest["items"][0]["resource"] == "GET /api/v1/audit"
+    assert rest["items"][0]["details"] == {"permission": "audit:read"}
+    assert rest["items"][1]["ip"] == "127.0.0.1"
     with psycopg.connect(database_url) as conn:
         assert verify(conn).ok
 

@@ -17,10 +17,12 @@ from psycopg_pool import AsyncConnectionPool
 from citybrain.routes import geo as geo_routes
 from citybrain.routes import vitals as vitals_routes
 from citybrain.routes.context import ApiContext
+from citybrain.security.audit import AuditLog
 from devices.code import DeviceCode, load_class_table
 from devices.models import ModelRegistry
 from geo.coords import wgs84_to_gcj02
 from geo.service import GeoService
+from tests.integration.helpers import api_key, secure
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +49,7 @@ class Env:
     client: httpx.AsyncClient
     service: GeoService
     pool: AsyncConnectionPool
+    admin: dict[str, str]
 
 
 async def _seed(pool: AsyncConnectionPool) -> None:
@@ -114,8 +117,14 @@ async def env(database_url: str, models: ModelRegistry) -> AsyncIterator[Env]:
         app = FastAPI()
         app.include_router(geo_routes.build(ctx, service))
         app.include_router(vitals_routes.build(ctx))
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-            yield Env(client, service, pool)
+        secure(app, pool)
+        # An integrator maps and edits fences; precise locations of sensitive devices need an admin.
+        headers = await api_key(pool, "integrator", name="alice")
+        admin = await api_key(pool, "admin")
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers
+        ) as client:
+            yield Env(client, service, pool, admin)
     finally:
         await pool.close()
 
@@ -132,9 +141,10 @@ def _fence(fid: str, coords: list[list[float]], **kw: Any) -> dict[str, Any]:
 
 async def test_fence_crud_and_assignment(env: Env) -> None:
     c = env.client
-    r = await c.post("/api/v1/geo/fences", json=_fence("xmu-school", SQUARE, created_by="alice"))
+    r = await c.post("/api/v1/geo/fences", json=_fence("xmu-school", SQUARE, created_by="mallory"))
     assert r.status_code == 201, r.text
     body = r.json()
+    # The creator is the authenticated principal ("alice"), whatever the body says.
     assert body["repaired"] is None and body["created_by"] == "alice" and body["kind"] == "school_zone"
 
     assert (await c.post("/api/v1/geo/fences", json=_fence("xmu-school", SQUARE))).status_code == 409
@@ -153,6 +163,15 @@ async def test_fence_crud_and_assignment(env: Env) -> None:
     assert (await c.delete("/api/v1/geo/fences/xmu-school")).status_code == 404
     a = (await c.get("/api/v1/geo/assign", params={"lon": 118.10, "lat": 24.46})).json()
     assert a["fences"] == []
+    entries = await AuditLog(env.pool).query(action="fence.*")
+    assert [(e.actor, e.action, e.resource) for e in reversed(entries)] == [
+        ("alice", "fence.create", "fence/xmu-school"),
+        ("alice", "fence.delete", "fence/xmu-school"),
+    ]
+    # An operator reads fences but may not edit them.
+    operator = await api_key(env.pool, "operator")
+    assert (await c.get("/api/v1/geo/fences", headers=operator)).status_code == 200
+    assert (await c.post("/api/v1/geo/fences", json=_fence("op", SQUARE), headers=operator)).status_code == 403
 
 
 async def test_invalid_polygons_get_a_clear_422(env: Env) -> None:
@@ -255,7 +274,9 @@ async def test_devices_bbox_status_and_masking(env: Env) -> None:
     # A tiny box around the true position must not reveal the gas cover.
     tiny = "118.1011,24.4566,118.1013,24.4568"
     assert (await c.get("/api/v1/geo/devices", params={"bbox": tiny})).json()["features"] == []
-    precise = (await c.get("/api/v1/geo/devices", params={"bbox": tiny, "precise": "true"})).json()
+    # True positions are graded sensitive: 403 without sensitive:read, audited with it.
+    assert (await c.get("/api/v1/geo/devices", params={"bbox": tiny, "precise": "true"})).status_code == 403
+    precise = (await c.get("/api/v1/geo/devices", params={"bbox": tiny, "precise": "true"}, headers=env.admin)).json()
     assert [f["geometry"]["coordinates"] for f in precise["features"]] == [list(GAS_AT)]
 
     only_air = (await c.get("/api/v1/geo/devices", params={"class": "air", "district": "350206"})).json()
@@ -276,6 +297,7 @@ async def test_nearest(env: Env) -> None:
     precise = await env.client.get(
         "/api/v1/geo/nearest",
         params={"lon": GAS_AT[0], "lat": GAS_AT[1], "class": "manhole", "k": 1, "precise": "true"},
+        headers=env.admin,
     )
     assert precise.json()["features"][0]["properties"]["distance_m"] == 0.0
 
@@ -304,18 +326,25 @@ async def test_vitals(env: Env) -> None:
     assert v["alerts"]["open_by_severity"] == {"info": 0, "warning": 1, "major": 0, "critical": 1}
 
 
-async def test_track_many_emits_enter_and_leave(env: Env) -> None:
+async def test_track_many_emits_debounced_enter_and_leave(env: Env) -> None:
     c = env.client
     assert (await c.post("/api/v1/geo/fences", json=_fence("zone", SQUARE))).status_code == 201
     t0 = datetime(2026, 11, 29, tzinfo=UTC)
+    s15, m1, m2 = timedelta(seconds=15), timedelta(minutes=1), timedelta(minutes=2)
     svc, dev = env.service, "35020307010000011"
     async with env.pool.connection() as conn, conn.transaction():
-        events = await svc.track_many(conn, [(dev, 118.10, 24.44, t0)])
-    assert [(e.kind, e.fence_id) for e in events] == [("enter", "zone")]
+        # One fix inside is not enough (default: 2 fixes over 10 s).
+        assert await svc.track_many(conn, [(dev, 118.10, 24.44, t0)]) == []
     async with env.pool.connection() as conn, conn.transaction():
-        assert await svc.track_many(conn, [(dev, 118.101, 24.441, t0)]) == []
-        events = await svc.track_many(conn, [(dev, 118.2, 24.6, t0 + timedelta(minutes=1))])
-    assert [(e.kind, e.fence_id, e.at) for e in events] == [("leave", "zone", t0 + timedelta(minutes=1))]
+        events = await svc.track_many(conn, [(dev, 118.101, 24.441, t0 + s15)])
+    assert [(e.kind, e.fence_id, e.at) for e in events] == [("enter", "zone", t0)]
+    async with env.pool.connection() as conn, conn.transaction():
+        assert await svc.track_many(conn, [(dev, 118.101, 24.441, t0 + s15)]) == []  # replay
+        # Jitter on the western edge (±5 m of lon 118.09) never leaves.
+        jitter = [(dev, 118.09 + (-1) ** i * 4.5e-5, 24.44, t0 + m1 + i * s15) for i in range(8)]
+        assert await svc.track_many(conn, jitter) == []
+        events = await svc.track_many(conn, [(dev, 118.2, 24.6, t0 + m1 * 5), (dev, 118.2, 24.6, t0 + m1 * 5 + m2)])
+    assert [(e.kind, e.fence_id, e.at, e.entered_at) for e in events] == [("leave", "zone", t0 + m1 * 5, t0)]
     async with env.pool.connection() as conn:
         row = await (await conn.execute("select fences from device_fences where device_code = %s", (dev,))).fetchone()
     assert row == ([],)
@@ -343,5 +372,11 @@ async def test_registration_assigns_the_grid_cell_and_refuses_wrong_places(datab
             await ledger.register(NewDevice("35020303080000020", "air-station", lon=118.6, lat=24.9))
         with pytest.raises(LedgerError, match=r"in district 350203 \(思明区\), but its code says 350206"):
             await ledger.register(NewDevice("35020603080000017", "air-station", lon=118.08, lat=24.46))
+        # Moving it: the new cell is assigned; a move into another district is refused.
+        moved = await ledger.update(info.code, {"lon": 118.10, "lat": 24.44}, actor="t")
+        assert moved["grid"] == assigner.assign(118.10, 24.44).grid_cell != info.grid
+        with pytest.raises(LedgerError, match=r"in district 350206 \(湖里区\), but its code says 350203"):
+            await ledger.update(info.code, {"lon": 118.12, "lat": 24.51}, actor="t")
+        assert (await ledger.get(info.code))["lon"] == 118.10
     finally:
         await pool.close()

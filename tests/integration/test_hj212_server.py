@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import random
+import sys
 import time
+import urllib.request
+from pathlib import Path
 
+import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
+from psycopg_pool import AsyncConnectionPool
 
+from citybrain.harness import Services, free_port, spawn
 from citybrain.records import Transport
+from citybrain.settings import Settings
 from citybrain.topics import KafkaTopics
+from devices.cli import register
+from devices.code import DeviceCode
+from devices.ledger import Ledger, NewDevice
+from devices.models import ModelRegistry
 from ingest.adapters.hj212 import FrameDecoder, Hj212Packet, decode, encode, parse_segment
 from ingest.adapters.hj212.connector import Hj212Metrics, Hj212Server, Hj212ServerConfig, auth_resolver
+from ingest.adapters.hj212.passwords import load_pw_hashes, set_pw
 from ingest.batch import decode_batch
 from ingest.kafka_sink import KafkaSink, KafkaSinkConfig, KafkaSinkMetrics
-from tests.integration.helpers import consume, create_topics
+from simulators.encoders import DEFAULT_PW
+from tests.integration.helpers import consume, create_topics, wait_for
 
 pytestmark = pytest.mark.integration
 
 STATIONS = 8
 PER_STATION = 40
+CP_HOUR = (("DataTime", "20240515100000"), ("w01001-Avg", "7.2"))
 
 
 def upload(mn: str, i: int, *, pnum: int | None = None, pno: int | None = None) -> bytes:
@@ -97,3 +113,142 @@ async def test_concurrent_stations_reach_kafka_and_are_answered_after_the_ack(
     finally:
         await server.stop()
         await sink.stop()
+
+
+async def test_pw_provisioned_in_the_ledger_is_checked(
+    kafka_bootstrap: str, topics: KafkaTopics, database_url: str, models: ModelRegistry, tmp_path: Path
+) -> None:
+    """``devices credentials rotate CODE --hj212 --pw …`` → hash in the ledger → the edge's resolver → PW check."""
+    code = DeviceCode.build("350211", "0308", 7).full
+    other = DeviceCode.build("350211", "0308", 8).full
+    pool = AsyncConnectionPool(database_url, min_size=1, max_size=2, open=False)
+    await pool.open(wait=True)
+    try:
+        ledger = Ledger(pool, models)
+        for c in (code, other):
+            await ledger.register(NewDevice(c, "water-station"), actor="test")
+        parser = argparse.ArgumentParser()
+        register(parser.add_subparsers(dest="command"))
+        settings = Settings(database_url=database_url)
+
+        def cli(*argv: str) -> int:
+            args = parser.parse_args(["devices", "credentials", *argv])
+            return int(args.func(args, settings))
+
+        assert await asyncio.to_thread(cli, "rotate", code, "--hj212", "--pw", "Ab12cd") == 0
+        assert await asyncio.to_thread(cli, "rotate", other, "--hj212", "--pw", "toolong7") == 2
+        assert await asyncio.to_thread(cli, "rotate", DeviceCode.build("350211", "0308", 9999).full, "--hj212") == 2
+        async with pool.connection() as conn:
+            hashes = await load_pw_hashes(conn)
+        assert list(hashes) == [code] and hashes[code].startswith("$scrypt$ln=13,")
+        assert "Ab12cd" not in str(hashes)
+    finally:
+        await pool.close()
+
+    await create_topics(kafka_bootstrap, [topics.raw], 4)
+    await create_topics(kafka_bootstrap, [topics.deadletter])
+    reg = CollectorRegistry()
+    sink = KafkaSink(KafkaSinkConfig(kafka_bootstrap, topics, partitions=4, linger_ms=5), KafkaSinkMetrics(reg))
+    server = Hj212Server(
+        Hj212ServerConfig(), sink, auth_resolver({code: code, other: other}, pw_hashes=hashes), Hj212Metrics(reg)
+    )
+    await sink.start()
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+
+        def frame_of(mn: str, i: int, pw: str) -> bytes:
+            cp = (("DataTime", "20240515103000"), ("w01001-Avg", f"7.{i}"))
+            qn = f"20240515{i:09d}"
+            return encode(Hj212Packet(qn=qn, st="21", cn="2061", pw=pw, mn=mn, flag=5, cp=cp))
+
+        writer.write(
+            frame_of(code, 1, "Ab12cd")
+            + frame_of(code, 2, "123456")  # wrong PW
+            + frame_of(other, 3, "123456")  # no PW provisioned
+            + frame_of(code, 4, "Ab12cd")
+        )
+        await writer.drain()
+        framer = FrameDecoder()
+        replies: list[Hj212Packet] = []
+        async with asyncio.timeout(20):
+            while len(replies) < 4:
+                data = await reader.read(4096)
+                assert data
+                replies += [parse_segment(s) for s in framer.feed(data) if isinstance(s, bytes)]
+        # Refusals are answered at once; uploads after their Kafka ack.
+        assert sorted((r.cn, r.qn) for r in replies) == [
+            ("9011", "20240515000000002"),
+            ("9011", "20240515000000003"),
+            ("9014", "20240515000000001"),
+            ("9014", "20240515000000004"),
+        ]
+        writer.close()
+        records = await consume(kafka_bootstrap, topics.raw, 2, timeout=10)
+        msgs = [m for r in records for m in decode_batch(r.value)]
+        assert [decode(m.payload).qn for m in msgs] == ["20240515000000001", "20240515000000004"]
+        assert reg.get_sample_value("citybrain_hj212_auth_failures_total", {"reason": "bad_pw"}) == 1
+        assert reg.get_sample_value("citybrain_hj212_auth_failures_total", {"reason": "no_pw"}) == 1
+    finally:
+        await server.stop()
+        await sink.stop()
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=2) as r:
+        return str(r.read().decode())
+
+
+async def test_edge_process_checks_pw_from_the_ledger(
+    services: Services, database_url: str, models: ModelRegistry, topics: KafkaTopics, tmp_path: Path
+) -> None:
+    """``citybrain edge`` as deployed: PW hashes read from the ledger, CITYBRAIN_HJ212_CHECK_PW on by default."""
+    code = DeviceCode.build("350203", "0308", 21).full
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "insert into devices (code, alias, model, device_class, district, state, created_by, updated_by)"
+            " values (%s, %s, 'water-station@1', 'water', '350203', 'registered', 't', 't')",
+            (code, code[:16]),
+        )
+        set_pw(conn, code, DEFAULT_PW, actor="test")
+    assert services.kafka_bootstrap and services.mqtt_url
+    await create_topics(services.kafka_bootstrap, [topics.raw], 4)
+    await create_topics(services.kafka_bootstrap, [topics.deadletter])
+    hj212_port, metrics_port = free_port(), free_port()
+    env = dict(os.environ)
+    env.update(services.env())
+    env.update(CITYBRAIN_DATABASE_URL=database_url, CITYBRAIN_TOPIC_PREFIX=topics.prefix, PYTHONUNBUFFERED="1")
+    argv = [sys.executable, "-m", "citybrain.cli", "edge", "--hj212-port", str(hj212_port)]
+    proc = spawn("edge", [*argv, "--metrics-port", str(metrics_port)], tmp_path / "edge.log", env=env)
+    try:
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return not proc.alive()
+
+        assert await asyncio.to_thread(wait_for, healthy, 60), proc.log_tail()
+        assert proc.alive(), proc.log_tail()
+        reader, writer = await asyncio.open_connection("127.0.0.1", hj212_port)
+        good = encode(
+            Hj212Packet(qn="20240515103000001", st="32", cn="2061", pw=DEFAULT_PW, mn=code, flag=5, cp=CP_HOUR)
+        )
+        bad = encode(Hj212Packet(qn="20240515103000002", st="32", cn="2061", pw="000000", mn=code, flag=5, cp=CP_HOUR))
+        writer.write(bad + good)
+        await writer.drain()
+        framer = FrameDecoder()
+        replies: list[Hj212Packet] = []
+        async with asyncio.timeout(20):
+            while len(replies) < 2:
+                data = await reader.read(4096)
+                assert data, proc.log_tail()
+                replies += [parse_segment(s) for s in framer.feed(data) if isinstance(s, bytes)]
+        writer.close()
+        assert sorted((r.qn, r.cn) for r in replies) == [("20240515103000001", "9014"), ("20240515103000002", "9011")]
+        metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics_port}/metrics")
+        assert 'citybrain_hj212_auth_failures_total{reason="bad_pw"} 1.0' in metrics
+        assert "wrong PW for MN" in proc.log_tail(200) and "000000" not in proc.log_tail(200)
+    finally:
+        proc.stop()

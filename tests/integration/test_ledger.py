@@ -21,6 +21,7 @@ from devices.credentials import verify_mosquitto, verify_secret
 from devices.errors import TransitionError, UnknownDeviceError
 from devices.ledger import DeviceQuery, Ledger, NewDevice, allocate_codes
 from devices.models import ModelRegistry
+from tests.integration.helpers import api_key, secure
 
 pytestmark = pytest.mark.integration
 
@@ -138,8 +139,12 @@ async def test_rest_crud_search_transitions_export(pool: AsyncConnectionPool, mo
     app = FastAPI()
     for module in (device_routes, ledger_routes):
         app.include_router(module.build(ctx))
+    security = secure(app, pool)
+    # An integrator manages devices but does not see contacts (graded sensitive).
+    headers = await api_key(pool, "integrator")
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=headers) as client:
+        assert (await client.get("/api/v1/devices", headers={"X-Api-Key": ""})).status_code == 401
         r = await client.post("/api/v1/device-codes", json={"district": "350206", "class_code": "0308", "count": 4})
         assert r.status_code == 201, r.text
         codes = r.json()["codes"]
@@ -158,6 +163,12 @@ async def test_rest_crud_search_transitions_export(pool: AsyncConnectionPool, mo
             assert r.status_code == 201, r.text
         r = await client.get(f"/api/v1/devices/{codes[0]}")
         assert r.status_code == 200 and r.json()["contact"] == "*******8000"
+        assert r.json()["masked"] == ["contact"]
+        # An admin holds sensitive:read: the contact unmasked, and the read audited.
+        r = await client.get(f"/api/v1/devices/{codes[0]}", headers=await api_key(pool, "admin", name="ada"))
+        assert r.json()["contact"] == "13800138000" and r.json()["masked"] == []
+        (entry,) = await security.audit.query(action="sensitive.read")
+        assert (entry.actor, entry.resource, entry.details["fields"]) == ("ada", f"device/{codes[0]}", ["contact"])
 
         r = await client.get("/api/v1/devices", params={"class": "air", "limit": 3})
         page = r.json()
@@ -207,6 +218,22 @@ async def test_rest_crud_search_transitions_export(pool: AsyncConnectionPool, mo
         assert "contact" not in lines[0] and len(lines) == 5 and "13800138000" not in r.text
         r = await client.get("/api/v1/models")
         assert r.status_code == 200
+
+    # Every write is audited with the principal (not a body field) as actor.
+    actions = [(e.action, e.actor.startswith("t-integrator-")) for e in reversed(await security.audit.query())]
+    assert [a for a, _ in actions if a != "sensitive.read"] == [
+        "device.allocate",
+        *["device.create"] * 4,
+        "device.update",
+        "device.transition",
+        "device.transition",
+        "device.credentials_rotate",
+        "device.credentials_revoke",
+        "device.export",
+    ]
+    assert all(by_integrator for a, by_integrator in actions if a != "sensitive.read")
+    history = await Ledger(pool, models).history(codes[0])
+    assert len({h["actor"] for h in history}) == 1 and history[0]["actor"].startswith("t-integrator-")
 
 
 async def test_allocation_is_safe_across_async_connections(pool: AsyncConnectionPool, models: ModelRegistry) -> None:

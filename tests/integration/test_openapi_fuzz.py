@@ -3,9 +3,10 @@
 Schemathesis reads the app's own OpenAPI document and generates requests
 (path, query, headers, bodies) that conform to it, plus hypothesis' edge
 cases. The app is :func:`citybrain.api.create_api` on a fresh migrated
-database, with the security routes mounted as the lead will wire them; it
-runs in-process (httpx's ASGI transport; the test runs the lifespan), so no
-port and no server are needed.
+database, security routes included; it runs in-process (httpx's ASGI
+transport; the test runs the lifespan), so no port and no server are needed.
+Requests carry an admin API key, so that they reach the handlers instead of
+stopping at the 401 of ``require()``.
 
 Examples per operation: ``CITYBRAIN_API_FUZZ_EXAMPLES`` (default 6; ``make fuzz`` raises it).
 """
@@ -21,9 +22,11 @@ import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from prometheus_client import CollectorRegistry
+from psycopg_pool import AsyncConnectionPool
 
 from citybrain.api import create_api
 from devices.models import ModelRegistry
+from tests.integration.helpers import api_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -37,6 +40,15 @@ KNOWN_5XX: set[tuple[str, str]] = set()
 def _app(database_url: str, models: ModelRegistry) -> FastAPI:
     # The whole HTTP surface as served, security routes included.
     return create_api(database_url, models, CollectorRegistry())
+
+
+async def _admin(database_url: str) -> dict[str, str]:
+    pool = AsyncConnectionPool(database_url, min_size=1, max_size=1, open=False)
+    await pool.open(wait=True)
+    try:
+        return await api_key(pool, "admin")
+    finally:
+        await pool.close()
 
 
 def _cases(operation: Any) -> list[Any]:
@@ -63,6 +75,8 @@ async def test_no_operation_answers_5xx(database_url: str, models: ModelRegistry
     app = _app(database_url, models)
     failures: list[str] = []
     checked = sent = 0
+    admin = await _admin(database_url)
+    unauthenticated: set[str] = set()
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
@@ -82,12 +96,14 @@ async def test_no_operation_answers_5xx(database_url: str, models: ModelRegistry
                     kwargs["method"],
                     kwargs["url"],
                     params=kwargs.get("params"),
-                    headers=kwargs.get("headers"),
+                    headers={**(kwargs.get("headers") or {}), **admin},
                     cookies=kwargs.get("cookies"),
                     json=kwargs.get("json"),
                     content=data if isinstance(data, bytes | str) else None,
                 )
                 sent += 1
+                if response.status_code == 401 and operation.path != "/api/v1/session":  # logins may fail
+                    unauthenticated.add(f"{case.method} {operation.path}")
                 if response.status_code >= 500 and (case.method.upper(), operation.path) not in KNOWN_5XX:
                     failures.append(
                         f"{case.method} {case.formatted_path} query={case.query} body={case.body!r:.200}"
@@ -96,15 +112,19 @@ async def test_no_operation_answers_5xx(database_url: str, models: ModelRegistry
                     break  # one example per operation is enough to report
     assert checked >= 40, "the schema lost operations?"
     assert sent >= checked
+    assert not unauthenticated, f"the admin key did not authenticate: {sorted(unauthenticated)}"
     assert not failures, f"{len(failures)} operations answered 5xx:\n" + "\n".join(failures)
 
 
 async def test_geo_districts_huge_max_age_is_a_4xx(database_url: str, models: ModelRegistry) -> None:
     app = _app(database_url, models)
+    admin = await _admin(database_url)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://testserver"
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+            base_url="http://testserver",
+            headers=admin,
         ) as client,
     ):
         response = await client.get("/api/v1/geo/districts", params={"max_age_s": "1.6e16"})

@@ -22,6 +22,7 @@ from devices.models import ModelRegistry
 from streams.normalise import Row
 from streams.retention import maintenance
 from streams.store import ReadingStore, StoreMetrics
+from tests.integration.helpers import api_key, secure
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +58,9 @@ async def client(database_url: str, models: ModelRegistry) -> AsyncIterator[http
         app = FastAPI()
         for module in (readings, stats, schemas):
             app.include_router(module.build(ctx))
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        secure(app, pool)
+        headers = await api_key(pool, "app")  # a downstream app: readings:read, public grades only
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers) as c:
             yield c
     finally:
         await pool.close()

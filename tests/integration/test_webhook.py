@@ -119,14 +119,15 @@ async def test_binary_and_json_pushes_reach_kafka_after_the_ack(api: Api) -> Non
 
 async def test_bad_token_bad_body_and_unknown_device(api: Api) -> None:
     url = "/api/v1/ingest/webhook/oceanconnect"
-    for headers in ({}, {webhook.TOKEN_HEADER: "wrong"}):
+    # The webhook authenticates platforms by its shared token only: an API key is no substitute.
+    for headers in ({}, {webhook.TOKEN_HEADER: "wrong"}, {"X-Api-Key": "cbk_abcdefgh_" + "x" * 32}):
         r = await api.client.post(url, json=oc_push({"tilt": 1}), headers=headers)
         assert r.status_code == 401
     assert (
         api.registry.get_sample_value(
             "citybrain_webhook_requests_total", {"platform": "oceanconnect", "result": "unauthorized"}
         )
-        == 2
+        == 3
     )
     ok = {webhook.TOKEN_HEADER: TOKEN}
     bad_json = await api.client.post(url, content=b"{not json", headers=ok)

@@ -23,6 +23,14 @@ async function parse(resp, url) {
   return body;
 }
 
+// The session's CSRF token (from POST or GET /api/v1/session): unsafe requests carry it,
+// because the session cookie alone would also be sent by a forged cross-site form.
+let csrfToken = "";
+
+export function setCsrfToken(token) {
+  csrfToken = typeof token === "string" ? token : "";
+}
+
 export async function getJSON(url, { signal } = {}) {
   const resp = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin", signal });
   return parse(resp, url);
@@ -31,7 +39,11 @@ export async function getJSON(url, { signal } = {}) {
 export async function postJSON(url, data) {
   const resp = await fetch(url, {
     method: "POST",
-    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    headers: {
+      "Content-Type": "application/json",
+      Accept: "application/json",
+      ...(csrfToken ? { "X-CSRF-Token": csrfToken } : {}),
+    },
     credentials: "same-origin",
     body: JSON.stringify(data ?? {}),
   });

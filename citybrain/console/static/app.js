@@ -3,7 +3,7 @@
 
 import { h, clear, $ } from "./dom.js";
 import { t, pick, lang, setLang, onLangChange, applyStatic, fmtTime } from "./i18n.js";
-import { getJSON, postJSON, qs, items, ApiError } from "./api.js";
+import { getJSON, postJSON, qs, items, ApiError, setCsrfToken } from "./api.js";
 import { createMap, shadeLegend, STATUS_COLOURS, aqiColour, aqiLevel } from "./map.js";
 import { lineChart } from "./chart.js";
 
@@ -100,7 +100,8 @@ async function checkSession() {
   // GET /api/v1/session: 200 → signed in, 401 → login form, 404 → authentication not deployed yet.
   try {
     const s = await getJSON("/api/v1/session");
-    const who = s?.username ?? s?.user?.username ?? s?.user ?? s?.name;
+    if (s?.csrf_token) setCsrfToken(s.csrf_token);
+    const who = s?.principal?.user ?? s?.username ?? s?.user?.username ?? s?.user ?? s?.name;
     if (typeof who === "string" && who) state.actor = who;
     return "ok";
   } catch (err) {
@@ -121,7 +122,8 @@ function showLogin() {
     const errEl = $("#login-error");
     errEl.hidden = true;
     try {
-      await postJSON("/api/v1/session", { username: data.get("username"), password: data.get("password") });
+      const login = await postJSON("/api/v1/session", { username: data.get("username"), password: data.get("password") });
+      if (login?.csrf_token) setCsrfToken(login.csrf_token);
       $("#login-view").hidden = true;
       const status = await checkSession();
       if (status === "login") throw new ApiError(401, t("login.failed"), "/api/v1/session");

@@ -21,9 +21,24 @@ loses the message if the connector dies before the last part arrives.
 Device identity: the station's MN is resolved through a callable passed in
 (:data:`Resolver`). The ledger convention is that a device's attribute ``mn``
 holds its MN, and a device without one uses its 17-character city code as MN
-(see :func:`mn_map`). An unknown MN is answered 9011 QnRtn=4 (MN错误); a PW
-that differs from the device's is answered 9011 QnRtn=3 (PW错误); both are
-counted and nothing is forwarded.
+(see :func:`mn_map`). An unknown MN is answered 9011 QnRtn=4 (MN错误).
+
+PW check (``check_pw``, on by default): the station's PW is provisioned like a
+credential and stored only as a scrypt hash (``devices.hj212_pw_hash``, see
+:mod:`ingest.adapters.hj212.passwords`). It is verified once per connection
+and MN: the verified (MN, PW, hash) triple is remembered on the connection, so
+scrypt does not run per frame, and a rotated hash is verified afresh. scrypt
+runs in a small thread pool of its own, never on the event loop; the
+connection's own frames wait for it (which keeps their order), the others do
+not. A wrong PW, or a device with no PW provisioned, is answered 9011 QnRtn=3
+(PW错误), counted (``citybrain_hj212_auth_failures_total{reason}``), logged
+once per connection and MN, and *refused*: not forwarded and not dead-lettered,
+because the frame comes from an unauthenticated sender (dead-lettering would
+let anyone fill Kafka, and would store the PW guess). After ``max_pw_failures``
+distinct wrong PWs a connection is closed, which bounds the scrypt work a
+guesser can cause per connection. Station answers (9011/9012 to commands) are
+accepted only on the connection the command went down, from a station that
+authenticated on it.
 
 Payload bytes: the forwarded frame is re-framed from the CRC-checked segment,
 so it is the wire frame except that the CRC digits are upper case.
@@ -41,6 +56,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Literal
@@ -49,6 +65,7 @@ from zoneinfo import ZoneInfo
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from citybrain.records import RawMessage, Transport
+from devices.credentials import verify_secret
 from devices.ledger import DeviceInfo
 from ingest.adapters.hj212.codec import (
     CN_DATA_ACK,
@@ -98,12 +115,15 @@ class DeviceAuth:
 
     Attributes:
         code: The platform device code the MN belongs to.
-        password: The station's expected PW, or ``None`` to accept any PW
-            (stations commissioned before passwords were recorded).
+        password: The station's expected PW in clear (tests, benchmarks; the ledger never holds one).
+        pw_hash: The scrypt hash of the station's PW (the ledger's ``hj212_pw_hash``).
+
+    With neither, the device has no PW provisioned: refused while ``check_pw`` is on.
     """
 
     code: str
     password: str | None = None
+    pw_hash: str | None = None
 
 
 #: MN → device, or ``None`` for an unknown MN. Must be fast and must not block (an in-memory map).
@@ -144,6 +164,10 @@ class Hj212ServerConfig:
         max_unacked: Messages per connection waiting for the Kafka ack; reading pauses beyond.
         split_ack: When the parts of a split message are answered (see the module docstring).
         default_tz: Zone of ``SystemTime`` in CN 1012 (device-local time).
+        check_pw: Check the frame's PW against the device's (see the module docstring);
+            off, any PW is accepted (migration periods only).
+        max_pw_failures: Distinct wrong PWs on one connection before it is closed.
+        pw_verify_workers: Threads for scrypt checks (shared by all connections).
     """
 
     host: str = "127.0.0.1"
@@ -158,6 +182,9 @@ class Hj212ServerConfig:
     max_unacked: int = 64
     split_ack: Literal["on_complete", "on_receipt"] = "on_complete"
     default_tz: tzinfo = field(default=ZoneInfo("Asia/Shanghai"))
+    check_pw: bool = True
+    max_pw_failures: int = 5
+    pw_verify_workers: int = 2
 
 
 class Hj212Metrics:
@@ -256,6 +283,10 @@ class _Connection:
         self.partials: dict[tuple[str, str, str], _Partial] = {}
         self.acks: asyncio.Queue[tuple[asyncio.Future[None], list[bytes], float]] = asyncio.Queue(cfg.max_unacked)
         self.mns: set[str] = set()
+        # PW checks already done on this connection: (MN, PW, hash) → verdict. A new
+        # hash (rotation) or another PW is a new key, so it is verified afresh.
+        self.pw_checked: dict[tuple[str, str, str], bool] = {}
+        self.pw_failures = 0
 
     def send(self, data: bytes) -> None:
         if not self.writer.is_closing():
@@ -293,6 +324,7 @@ class Hj212Server:
         self._stations: dict[str, _Station] = {}
         self._waiters: dict[tuple[str, str], _Waiter] = {}
         self._last_qn_ms = 0
+        self._pw_executor: ThreadPoolExecutor | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -325,6 +357,9 @@ class Hj212Server:
         for waiter in self._waiters.values():
             if not waiter.done.done():
                 waiter.done.set_exception(CommandError("offline", "connector stopped"))
+        if self._pw_executor is not None:
+            self._pw_executor.shutdown(wait=False, cancel_futures=True)
+            self._pw_executor = None
 
     def connected(self, mn: str) -> bool:
         """Whether a station with this MN has an open connection."""
@@ -398,6 +433,8 @@ class Hj212Server:
                     self._bad(conn, exc)
                     continue
                 await self._on_packet(conn, item, packet)
+                if conn.pw_failures >= self.cfg.max_pw_failures:
+                    return "auth"
 
     def _bad(self, conn: _Connection, exc: DecodeError) -> None:
         self._metrics.bad_frames.labels(exc.reason).inc()
@@ -406,7 +443,11 @@ class Hj212Server:
     async def _on_packet(self, conn: _Connection, segment: bytes, packet: Hj212Packet) -> None:
         if packet.cn in _REPLY_CNS:
             self._metrics.frames.labels("reply").inc()
-            self._on_reply(packet)
+            station = self._stations.get(packet.mn)
+            # Only the connection the command went down may answer it: a reply from
+            # any other socket could fake a command's success.
+            if station is not None and station.conn is conn:
+                self._on_reply(packet)
             return
         self._metrics.frames.labels("upload").inc()
         auth = self._resolve(packet.mn)
@@ -415,9 +456,7 @@ class Hj212Server:
             log.warning("HJ 212 unknown MN %s from %s (CN %s)", packet.mn, conn.peer, packet.cn)
             conn.send(reply_9011(packet, QN_RTN_BAD_MN))
             return
-        if auth.password is not None and not hmac.compare_digest(packet.pw.encode(), auth.password.encode()):
-            self._metrics.auth_failures.labels("bad_pw").inc()
-            log.warning("HJ 212 wrong PW for MN %s (device %s) from %s", packet.mn, auth.code, conn.peer)
+        if self.cfg.check_pw and not await self._pw_ok(conn, packet, auth):
             conn.send(reply_9011(packet, QN_RTN_BAD_PW))
             return
         conn.mns.add(packet.mn)
@@ -441,6 +480,47 @@ class Hj212Server:
         )
         future = await self._sink.submit(raw)
         await conn.acks.put((future, replies, time.monotonic()))
+
+    async def _pw_ok(self, conn: _Connection, packet: Hj212Packet, auth: DeviceAuth) -> bool:
+        """Whether the frame's PW is the device's; counts and logs a refusal (never the PW itself).
+
+        Each (MN, PW, expected) is decided once per connection: a station resending
+        with the same PW costs no scrypt and no log line, only the count.
+        """
+        if auth.pw_hash is None and auth.password is None:
+            self._metrics.auth_failures.labels("no_pw").inc()
+            if (packet.mn, "", "") not in conn.pw_checked:
+                conn.pw_checked[(packet.mn, "", "")] = False
+                log.warning(
+                    "HJ 212 MN %s (device %s) from %s refused: no PW provisioned "
+                    "(citybrain devices credentials rotate %s --hj212)",
+                    packet.mn,
+                    auth.code,
+                    conn.peer,
+                    auth.code,
+                )
+            return False
+        expected = auth.pw_hash if auth.pw_hash is not None else f"plain:{auth.password}"
+        key = (packet.mn, packet.pw, expected)
+        ok = conn.pw_checked.get(key)
+        if ok is None:
+            if auth.pw_hash is not None:
+                if self._pw_executor is None:
+                    self._pw_executor = ThreadPoolExecutor(self.cfg.pw_verify_workers, thread_name_prefix="hj212-pw")
+                loop = asyncio.get_running_loop()
+                ok = bool(await loop.run_in_executor(self._pw_executor, verify_secret, packet.pw, auth.pw_hash))
+            else:
+                assert auth.password is not None
+                ok = hmac.compare_digest(packet.pw.encode(), auth.password.encode())
+            if len(conn.pw_checked) >= 64:  # a data concentrator has a few MNs, not more
+                conn.pw_checked.clear()
+            conn.pw_checked[key] = ok
+            if not ok:
+                conn.pw_failures += 1
+                log.warning("HJ 212 wrong PW for MN %s (device %s) from %s", packet.mn, auth.code, conn.peer)
+        if not ok:
+            self._metrics.auth_failures.labels("bad_pw").inc()
+        return ok
 
     def _on_part(self, conn: _Connection, packet: Hj212Packet, wire: bytes) -> tuple[bytes, list[bytes]] | None:
         assert packet.pnum is not None and packet.pno is not None
@@ -615,20 +695,25 @@ class Hj212Server:
         return await self.send_command(mn, build, cn="1012", timeout=timeout)
 
 
-def auth_resolver(mns: Mapping[str, str], passwords: Mapping[str, str] | None = None) -> Resolver:
-    """A resolver over in-memory maps.
+def auth_resolver(
+    mns: Mapping[str, str], passwords: Mapping[str, str] | None = None, pw_hashes: Mapping[str, str] | None = None
+) -> Resolver:
+    """A resolver over in-memory maps (the edge refreshes them from the ledger).
 
     Args:
         mns: MN → device code (see :func:`mn_map`).
-        passwords: Device code → expected PW; devices not listed accept any PW.
+        passwords: Device code → expected PW in clear (tests, benchmarks).
+        pw_hashes: Device code → scrypt hash of the PW (the ledger's, see
+            :func:`ingest.adapters.hj212.passwords.load_pw_hashes`).
 
     Returns:
-        The resolver.
+        The resolver. A device in neither map has no PW: refused while PW checking is on.
     """
     pw = passwords or {}
+    hashes = pw_hashes or {}
 
     def resolve(mn: str) -> DeviceAuth | None:
         code = mns.get(mn)
-        return None if code is None else DeviceAuth(code, pw.get(code))
+        return None if code is None else DeviceAuth(code, pw.get(code), hashes.get(code))
 
     return resolve

@@ -106,7 +106,8 @@ async def server_factory() -> AsyncIterator[object]:
 async def test_split_and_coalesced_frames_from_concurrent_stations(server_factory) -> None:
     sink = MemorySink()
     mns = [f"35020603080{k:04d}" for k in range(5)]
-    srv, reg = await server_factory(sink, auth_resolver({mn: f"3502060308{k:05d}7" for k, mn in enumerate(mns)}))
+    codes = {mn: f"3502060308{k:05d}7" for k, mn in enumerate(mns)}
+    srv, reg = await server_factory(sink, auth_resolver(codes, {c: "123456" for c in codes.values()}))
     rng = random.Random(212)
     n_per = 20
 
@@ -293,4 +294,4 @@ def test_mn_map_uses_the_mn_attribute_or_the_code() -> None:
         DeviceInfo("35020603080000025", "air-station@1", "air", "350206", None, "active", {}),
     ]
     assert mn_map(devs) == {"010000A8900016F000169DC0": "35020603080000017", "35020603080000025": "35020603080000025"}
-    assert auth_resolver(mn_map(devs))("35020603080000025") == DeviceAuth("35020603080000025", None)
+    assert auth_resolver(mn_map(devs))("35020603080000025") == DeviceAuth("35020603080000025", None, None)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from citybrain.records import RawMessage, Transport
+from devices.ledger import DeviceIndex, DeviceInfo
 from devices.models import shipped_models
 from ingest.adapters.hj212.codec import decode as hj212_decode
 from ingest.adapters.hj212.codec import to_readings
+from ingest.adapters.hj212.decoder import HJ212_UNITS
 from ingest.adapters.json.codec import decode as json_decode
 from ingest.adapters.manhole.codec import decode as manhole_decode
 from ingest.adapters.manhole.codec import to_readings as manhole_readings
 from simulators.air import AirStation
+from simulators.city import build_sites, make_model
 from simulators.encoders import (
     CN_DAY,
     CN_HOUR,
@@ -30,6 +35,7 @@ from simulators.manhole import ManholeCover
 from simulators.noise import NoiseMonitor
 from simulators.pole import SmartPole
 from simulators.water import WaterStation
+from streams.normalise import normalise
 
 T = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
 RX = T + timedelta(seconds=1)
@@ -62,9 +68,21 @@ def test_hj212_realtime_frames_decode_to_the_model_metrics(sim: AirStation | Noi
     values = sim.sample(T)
     packet = hj212_decode(hj212_rtd(sim.model, sim.code, T, values))
     assert (packet.st, packet.cn, packet.mn, packet.needs_ack) == (st, "2011", sim.code, True)
-    data = to_readings(packet, device_code=sim.code, received_at=RX, tz=TZ, metric_for_code=sim.model.by_hj212)
+    data = to_readings(
+        packet,
+        device_code=sim.code,
+        received_at=RX,
+        tz=TZ,
+        metric_for_code=sim.model.by_hj212,
+        unit_for_code=HJ212_UNITS,
+    )
     assert data.unknown_codes == ()
-    assert {r.metric: r.value for r in data.readings} == pytest.approx(values, abs=1e-3)
+    # Gases travel in mg/m³ (HJ 212 units); converted back they are the model's µg/m³ values.
+    canonical = {
+        r.metric: sim.model.metrics[r.metric].convert_from(r.unit or None).apply(r.value) for r in data.readings
+    }
+    assert canonical == pytest.approx(values, abs=1e-3)
+    assert {r.unit for r in data.readings if r.metric in ("no2", "o3")} <= {"mg/m3"}
     assert {r.event_time for r in data.readings} == {T}
     assert {r.flag for r in data.readings} == {"N"}
 
@@ -100,3 +118,91 @@ def test_manhole_binary_frame_decodes_with_the_production_codec() -> None:
     assert got["lid_open"] == values["lid_open"]
     periodic = manhole_decode(manhole_frame(cover.code, T, values))
     assert periodic.alarm_names() == ("periodic",)
+
+
+def _through_the_platform(
+    site_model: str, transport: str
+) -> tuple[dict[str, float], dict[str, tuple[float, str]], list]:
+    """Encode one sample of a city device and run it through the stream worker's normaliser.
+
+    Returns the sent values, the accepted metric → (canonical value, quality), and the rejects.
+    """
+    (site,) = build_sites({site_model: 1}, seed=3)
+    model = make_model(site, seed=1)
+    dm = model.model
+    info = DeviceInfo(site.code, dm.key, dm.device_class, site.district, site.cell, "active", dict(site.attributes))
+    values = model.sample(T)
+    if transport == "mqtt":
+        raw = RawMessage(f"citybrain/up/{site.code}/telemetry", json_telemetry(dm, T, values), RX)
+        t_expected = T
+    elif transport == "hj212" and dm.id == "water-station":
+        start = T - timedelta(hours=1)
+        stats = {k: (v, v, v) for k, v in values.items()}
+        raw = RawMessage("hj212/127.0.0.1", hj212_aggregate(dm, site.code, CN_HOUR, start, stats), RX)
+        raw = RawMessage(raw.topic, raw.payload, RX, Transport.HJ212, site.code)
+        t_expected = start
+    elif transport == "hj212":
+        raw = RawMessage("hj212/127.0.0.1", hj212_rtd(dm, site.code, T, values), RX, Transport.HJ212, site.code)
+        t_expected = T
+    else:  # the NB-IoT webhook forwards the binary frame as is
+        frame = manhole_frame(site.code, T, values)
+        raw = RawMessage("webhook/ctwing", frame, RX, Transport.WEBHOOK, site.code)
+        t_expected = T
+    out = normalise([raw], DeviceIndex([info]), MODELS, now=RX, max_future_skew=timedelta(minutes=5))
+    assert {r.event_time for r, _ in out.readings} <= {t_expected}
+    return values, {r.metric: (r.value, r.quality.value) for r, _ in out.readings}, out.rejects
+
+
+@pytest.mark.parametrize(
+    ("model_id", "transport"),
+    [
+        ("air-station", "mqtt"),
+        ("air-station", "hj212"),
+        ("air-micro", "mqtt"),
+        ("air-micro", "hj212"),
+        ("water-station", "mqtt"),
+        ("water-station", "hj212"),
+        ("noise-monitor", "mqtt"),
+        ("noise-monitor", "hj212"),
+        ("manhole-cover", "mqtt"),
+        ("manhole-cover", "webhook"),
+        ("smart-pole", "mqtt"),
+    ],
+)
+def test_every_model_and_protocol_is_accepted_by_the_stream_worker(model_id: str, transport: str) -> None:
+    # The worker's own path: ledger lookup, decoder choice by transport, units, range check.
+    values, got, rejects = _through_the_platform(model_id, transport)
+    assert rejects == []
+    if transport == "webhook":
+        # The binary frame carries the cover's wire fields only, in its own resolution.
+        assert got and {q for _, q in got.values()} == {"good"}
+        assert got["water_distance"][0] == values["water_distance"]
+        return
+    assert set(got) == set(values)
+    for name, value in values.items():
+        assert got[name][0] == pytest.approx(value, abs=1e-3), name
+        assert got[name][1] == "good", name
+
+
+def test_json_flags_travel_in_the_object_form() -> None:
+    air = AirStation("35020303085000003", seed=1)
+    values = air.sample(T)
+    payload = json_telemetry(air.model, T, values, flags={"pm25": "M"})
+    assert json.loads(payload)["metrics"]["pm25"] == {"value": values["pm25"], "flag": "M"}
+    readings = {r.metric: r for r in json_decode(payload, device_code=air.code, received_at=RX)}
+    assert readings["pm25"].flag == "M" and readings["pm10"].flag is None
+    batch = json_batch(air.model, [(T, values), (T + timedelta(minutes=1), values)], flags=[{}, {"no2": "C"}])
+    flagged = [(r.event_time, r.metric) for r in json_decode(batch, device_code=air.code, received_at=RX) if r.flag]
+    assert flagged == [(T + timedelta(minutes=1), "no2")]
+
+
+def test_hj212_data_flags_become_quality_in_the_worker() -> None:
+    water = WaterStation("35021103085000001", seed=2)
+    start = T - timedelta(hours=1)
+    stats = {k: (v, v, v) for k, v in water.sample(start).items()}
+    frame = hj212_aggregate(water.model, water.code, CN_HOUR, start, stats, flags={"ph": "M", "do": "D"})
+    info = DeviceInfo(water.code, water.model.key, "water", water.code[:6], None, "active", {})
+    raw = RawMessage("hj212/127.0.0.1", frame, RX, Transport.HJ212, water.code)
+    out = normalise([raw], DeviceIndex([info]), MODELS, now=RX, max_future_skew=timedelta(minutes=5))
+    row = next(iter(out.rows["water"].values()))
+    assert row.flags == {"ph": "suspect:M", "do": "bad:D"}

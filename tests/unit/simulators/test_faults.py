@@ -137,3 +137,21 @@ def test_city_mix_parsing() -> None:
     assert parse_mix("air-station=10, manhole-cover=200") == {"air-station": 10, "manhole-cover": 200}
     with pytest.raises(ValueError):
         parse_mix("air-station")
+
+
+def test_data_flags_mark_values_the_station_itself_disowns() -> None:
+    plan = FaultPlan((Fault(FaultKind.DATA_FLAG, devices=(A,), metrics=("pm25",), flag="C", start_s=120),))
+    out = run(plan, n=4)
+    assert [e.records[0].flags for e in out] == [{}, {}, {"pm25": "C"}, {"pm25": "C"}]
+    assert out[2].records[0].faults == ["data_flag"] and out[2].records[0].values["pm25"] == 12.0
+    every = run(FaultPlan((Fault(FaultKind.DATA_FLAG, devices=(A,)),)), n=1)[0].records[0]
+    assert every.flags == {"pm25": "M", "no2": "M"}  # default: maintenance, every metric
+    with pytest.raises(ValueError, match="data flag"):
+        Fault(FaultKind.DATA_FLAG, devices=(A,), flag="N")
+
+
+def test_data_flag_plans_load_from_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text("faults:\n  - {kind: data_flag, devices: ['A1'], flag: C, from: 1h, to: 3h}\n", encoding="utf-8")
+    (fault,) = load_fault_plan(path).faults
+    assert (fault.kind, fault.flag, fault.start_s, fault.end_s) == (FaultKind.DATA_FLAG, "C", 3600, 10800)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,53 @@ def test_city_sites_are_inside_their_districts_with_real_codes() -> None:
         assert layout.district(s.district).geometry.buffer(1e-6).contains(__import__("shapely").Point(s.lon, s.lat))
     assert any("low_lying" in s.tags for s in sites)
     assert datetime.now(UTC)  # sanity: no import-time I/O needed for any of the above
+
+
+def test_pm10_tracks_pm25_as_coarse_and_fine_fractions_do() -> None:
+    rows = series(AirStation("35020303085000003", seed=7), days=7)
+    pm25 = [v["pm25"] for _, v in rows]
+    pm10 = [v["pm10"] for _, v in rows]
+    assert statistics.correlation(pm25, pm10) > 0.95
+    ratios = [b / a for a, b in zip(pm25, pm10, strict=True)]
+    assert all(1.3 < r < 1.9 for r in ratios)
+    assert 1.5 < statistics.median(ratios) < 1.7
+    # PM2.5 wanders (traffic, dispersion, slow drift) rather than staying flat.
+    assert statistics.pstdev(pm25) / statistics.mean(pm25) > 0.2
+
+
+def test_micro_stations_are_biased_per_unit_and_over_read_in_humid_air() -> None:
+    t = T0 + timedelta(hours=3)
+
+    def ratio(seed: int) -> float:
+        # Same site and instant: the micro unit against a reference station's particulates.
+        micro = AirStation("35020303085000003", seed=seed, micro=True)
+        reference = AirStation("35020303085000003", seed=seed)
+        return statistics.mean(
+            micro.sample(t + timedelta(hours=h))["no2"] / reference.sample(t + timedelta(hours=h))["no2"]
+            for h in range(0, 48, 2)
+        )
+
+    biases = [ratio(s) for s in range(12)]
+    # Each unit carries its own calibration error (0.85–1.2), stable over time.
+    assert max(biases) - min(biases) > 0.15
+    assert all(0.6 < b < 1.6 for b in biases)
+    unit = AirStation("35020303085000003", seed=3, micro=True)
+    humid = [v for _, v in series(unit, days=7) if v["humidity"] > 85]
+    dry = [v for _, v in series(unit, days=7) if v["humidity"] < 70]
+    assert humid and dry
+    # Humidity inflation comes on top of the same air: compare PM per unit of NO2 (both traffic-driven).
+    assert statistics.mean(v["pm25"] / v["no2"] for v in humid) > statistics.mean(v["pm25"] / v["no2"] for v in dry)
+
+
+def test_a_quiet_city_raises_no_alert_from_reference_devices(tmp_path: Path) -> None:
+    # Two winter days, no scenario effects: reference stations, water stations, covers and
+    # poles stay inside every shipped rule (micro-stations and noise monitors may not: see docs).
+    from simulators.scenario import load_scenario, oracle_alerts
+
+    quiet = tmp_path / "quiet.yaml"
+    quiet.write_text(
+        "id: quiet\nstart: '2026-01-12T00:00:00+08:00'\nduration: 48h\nseed: 5\n"
+        "fleet: {air-station: 6, water-station: 4, manhole-cover: 12, smart-pole: 8}\n",
+        encoding="utf-8",
+    )
+    assert oracle_alerts(load_scenario(quiet), step_s=600) == []
