@@ -4,7 +4,7 @@ A rule file holds a list of rules::
 
     - id: air.pm25.high
       class: air
-      scope: {districts: ["350203"]}            # optional: districts, devices, fences
+      scope: {districts: ["350203"]}            # optional: districts, devices, fence(s), fence_kind(s)
       when:                                       # a condition tree
         any:
           - {metric: pm25, op: ">", value: 75, deadband: 7.5}
@@ -23,6 +23,18 @@ Conditions: ``{metric, op, value}`` with op one of ``> >= < <= == !=``;
 (it is true only once its comparison has held that long, e.g. a tilt sustained
 2 s) and a ``deadband`` (hysteresis: while the alert is open, the threshold is
 relaxed by the deadband, so a value hovering at the threshold does not clear it).
+
+Scope narrows the class to some devices: ``districts`` / ``devices`` (lists
+of codes) must each match if given; ``fence`` or ``fences`` (one reference or
+a list; each is a geofence **id or name**) and ``fence_kind`` or
+``fence_kinds`` (e.g. ``school_zone``: every fence of that kind) together
+are one alternative: the device must be inside at least one of them. A
+device is in a fence as :mod:`geo.membership` says (fixed devices by their
+registered location, mobile ones by their debounced position); a rule
+scoped to fences only sees devices inside at least one of them. The
+references become :func:`fence_keys`, matched against the keys the
+membership cache gives each device, so the engine's check is one
+``frozenset.isdisjoint`` per rule, with no lookup of names at run time.
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ from alerts.errors import RuleError
 from citybrain.records import Severity
 
 __all__ = [
+    "FENCE_KINDS",
     "AllOf",
     "AnyOf",
     "Compare",
@@ -50,12 +63,40 @@ __all__ = [
     "Rate",
     "Rule",
     "RuleSet",
+    "fence_keys",
+    "fence_kind_key",
+    "fence_name_key",
     "load_rules",
     "parse_duration",
     "shipped_rules",
 ]
 
 _OPS = (">", ">=", "<", "<=", "==", "!=")
+
+# The geofences.kind CHECK values (citybrain/sql/0500_geofences.sql, geo.fences.FenceKind);
+# spelled out so that loading rules does not import shapely.
+FENCE_KINDS = ("school_zone", "water_source_protection", "flood_underpass", "other")
+
+
+def fence_name_key(name: str) -> str:
+    """Membership key of a fence name; "/" cannot occur in a fence id, so names never collide with ids."""
+    return f"name/{name.strip()}"
+
+
+def fence_kind_key(kind: str) -> str:
+    """Membership key of a fence kind."""
+    return f"kind/{kind}"
+
+
+def fence_keys(fence_id: str, name: str, kind: str) -> tuple[str, str, str]:
+    """Every key under which a device inside this fence is found (id, name, kind).
+
+    :mod:`geo.membership` gives each device the keys of the fences it is
+    in; a rule's fence scope is a set of such keys.
+    """
+    return fence_id, fence_name_key(name), fence_kind_key(kind)
+
+
 Op = Literal[">", ">=", "<", "<=", "==", "!="]
 
 
@@ -194,6 +235,9 @@ def _parse_condition(raw: Any, path: str) -> Condition:
 # --- rules ------------------------------------------------------------------
 
 
+_SCOPE_KEYS = ("districts", "devices", "fence", "fences", "fence_kind", "fence_kinds")
+
+
 class _LevelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     level: Literal["info", "warning", "major", "critical"]
@@ -210,7 +254,7 @@ class _RuleSpec(BaseModel):
     clear_for: str | float = 0
     severity: list[_LevelSpec] = Field(default_factory=lambda: [_LevelSpec(level="warning")])
     message: str = ""
-    scope: dict[str, list[str]] = Field(default_factory=dict)
+    scope: dict[str, list[str] | str] = Field(default_factory=dict)
     flap_count: int = Field(default=4, ge=2)
     flap_window: str | float = "30m"
     group_min_devices: int = Field(default=5, ge=2)
@@ -220,11 +264,30 @@ class _RuleSpec(BaseModel):
 
     @field_validator("scope")
     @classmethod
-    def _scope(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        bad = set(v) - {"districts", "devices", "fences"}
+    def _scope(cls, v: dict[str, list[str] | str]) -> dict[str, list[str] | str]:
+        bad = set(v) - set(_SCOPE_KEYS)
         if bad:
-            raise ValueError(f"unknown scope keys {sorted(bad)}")
-        return v
+            raise ValueError(f"unknown scope keys {sorted(bad)}; known: {', '.join(_SCOPE_KEYS)}")
+        out: dict[str, list[str] | str] = {}
+        for key, value in v.items():
+            # Singular keys take one value, plural ones a list; both are merged below.
+            items = [value] if isinstance(value, str) else list(value)
+            if not items or any(not isinstance(i, str) or not i.strip() for i in items):
+                raise ValueError(f"scope {key}: needs non-empty strings, got {value!r}")
+            if key in ("fence_kind", "fence_kinds"):
+                unknown = [i for i in items if i not in FENCE_KINDS]
+                if unknown:
+                    raise ValueError(f"scope {key}: unknown fence kind(s) {unknown}; one of {', '.join(FENCE_KINDS)}")
+            out[key] = items
+        return out
+
+    def scope_list(self, *keys: str) -> list[str]:
+        """The values of the scope keys given (singular and plural forms), merged."""
+        out: list[str] = []
+        for key in keys:
+            value = self.scope.get(key, [])
+            out += [value] if isinstance(value, str) else value
+        return out
 
     @model_validator(mode="after")
     def _ladder(self) -> _RuleSpec:
@@ -263,14 +326,23 @@ class Rule:
     metrics: frozenset[str] = field(default=frozenset())
 
     def applies_to(self, device_class: str, district: str, code: str, fences: Iterable[str] = ()) -> bool:
-        """Whether the rule's class and scope cover a device."""
+        """Whether the rule's class and scope cover a device.
+
+        Args:
+            device_class: The device's class.
+            district: Its district code.
+            code: Its device code.
+            fences: Its fence membership keys (:func:`fence_keys` of every
+                fence it is in), e.g. from :mod:`geo.membership`.
+        """
         if device_class != self.device_class:
             return False
         if self.districts and district not in self.districts:
             return False
         if self.devices and code not in self.devices:
             return False
-        return not (self.fences and not (self.fences & set(fences)))
+        # isdisjoint stops at the first common key and builds no set.
+        return not (self.fences and self.fences.isdisjoint(fences))
 
 
 def _build(spec: _RuleSpec, where: str) -> Rule:
@@ -292,9 +364,12 @@ def _build(spec: _RuleSpec, where: str) -> Rule:
             clear_for_s=parse_duration(spec.clear_for),
             levels=tuple(levels),
             message=spec.message,
-            districts=frozenset(spec.scope.get("districts", [])),
-            devices=frozenset(spec.scope.get("devices", [])),
-            fences=frozenset(spec.scope.get("fences", [])),
+            districts=frozenset(spec.scope_list("districts")),
+            devices=frozenset(spec.scope_list("devices")),
+            fences=frozenset(
+                [k for ref in spec.scope_list("fence", "fences") for k in (ref.strip(), fence_name_key(ref))]
+                + [fence_kind_key(kind) for kind in spec.scope_list("fence_kind", "fence_kinds")]
+            ),
             flap_count=spec.flap_count,
             flap_window_s=parse_duration(spec.flap_window),
             group_min_devices=spec.group_min_devices,

@@ -898,6 +898,8 @@ class Ledger:
                 raise LedgerError(f"install_date {values['install_date']!r} is not a date") from exc
         if "attributes" in values:
             values["attributes"] = Jsonb(dict(values["attributes"] or {}))
+        if self.assigner is not None and values.keys() & {"lon", "lat", "crs"}:
+            values = await self._moved(full, values)
         if not values:
             return await self.get(full)
         assignments = sql.SQL(", ").join(
@@ -916,6 +918,22 @@ class Ledger:
             except psycopg.errors.CheckViolation as exc:
                 raise LedgerError(f"device {full}: invalid value ({exc.diag.message_primary})") from exc
         return await self.get(full)
+
+    async def _moved(self, full: str, values: dict[str, Any]) -> dict[str, Any]:
+        """A device moved: refuse a location outside its district, and give it the new grid cell.
+
+        A ``grid`` in the same update is kept (as on registration).
+        """
+        current = await self.get(full)
+        lon, lat = values.get("lon", current.get("lon")), values.get("lat", current.get("lat"))
+        if lon is None or lat is None:
+            return values
+        crs = str(values.get("crs") or current.get("crs") or "WGS84")
+        try:
+            dev = NewDevice(full, "", lon=float(lon), lat=float(lat), crs=crs, grid=values.get("grid"))
+        except (TypeError, ValueError) as exc:
+            raise LedgerError(f"device {full}: lon/lat must be numbers ({exc})") from exc
+        return {**values, "grid": self._place(resolve(full), dev).grid}
 
     # -- credentials --------------------------------------------------------------
 

@@ -293,13 +293,17 @@ class FenceEvent:
         device_code: The device.
         fence_id: The fence.
         kind: ``"enter"`` or ``"leave"``.
-        at: Event time of the position that caused it.
+        at: Event time of the position that caused it (debounced tracking,
+            :mod:`geo.tracking`: the first position of the confirming streak).
+        entered_at: For a leave, when the device had entered (identifies an
+            alert opened on entry); None when unknown.
     """
 
     device_code: str
     fence_id: str
     kind: str
     at: datetime
+    entered_at: datetime | None = None
 
 
 def fence_events(device_code: str, prev: Set[str], now: Set[str], at: datetime) -> list[FenceEvent]:

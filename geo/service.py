@@ -38,9 +38,10 @@ from geo.assign import Assigner, Assignment
 from geo.coords import Crs, Location, gcj02_to_wgs84
 from geo.districts import District, load_districts
 from geo.errors import FenceExistsError, FenceNotFoundError, GeometryError
-from geo.fences import FenceEvent, FenceKind, ValidFence, fence_events, membership
+from geo.fences import FenceEvent, FenceKind, ValidFence
 from geo.grid import Grid
 from geo.spatial import k_nearest, points_in_bbox, points_in_polygon
+from geo.tracking import DebouncePolicy, FenceTracker, Fix, TrackState
 
 __all__ = ["DevicePoints", "GeoService", "Nearest", "coarsen_many", "is_sensitive_code"]
 
@@ -144,6 +145,8 @@ class _Fences:
     assigner: Assigner
     revision: int
     checked_at: float
+    # The fences the assigner was built from, for a tracker built on first use.
+    fences: tuple[tuple[str, BaseGeometry], ...] = ()
 
 
 class GeoService:
@@ -158,6 +161,8 @@ class GeoService:
         points_ttl_s: How long a class's device positions are reused.
         clock: Monotonic clock, injectable for tests.
         districts_loader: Returns the districts; default the shipped data.
+        fence_policy: Debouncing of mobile devices' fence enter/leave
+            (:meth:`track_many`); default :class:`~geo.tracking.DebouncePolicy`.
     """
 
     def __init__(
@@ -170,8 +175,11 @@ class GeoService:
         points_ttl_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         districts_loader: Callable[[], tuple[District, ...]] = load_districts,
+        fence_policy: DebouncePolicy | None = None,
     ) -> None:
         self._pool = pool
+        self._fence_policy = fence_policy or DebouncePolicy()
+        self._tracker: tuple[int, FenceTracker] | None = None
         self._sensitive = frozenset(sensitive_classes)
         self._cell_deg = cell_deg
         self._fence_check_s = fence_check_s
@@ -216,7 +224,7 @@ class GeoService:
             row = await (await conn.execute("select revision from geofences_revision")).fetchone()
             revision = int(row[0]) if row else 0
             if current is not None and current.revision == revision:
-                self._fences = _Fences(current.assigner, revision, now)
+                self._fences = _Fences(current.assigner, revision, now, current.fences)
                 return current.assigner
             # One statement, so revision and rows come from the same snapshot.
             rows = await (
@@ -229,13 +237,24 @@ class GeoService:
         rows = [(fid, geometry) for _, fid, geometry in rows if fid is not None]
         fences = [(fid, shape(geometry)) for fid, geometry in rows]
         assigner = await asyncio.to_thread(Assigner, grid.districts, grid, fences)
-        self._fences = _Fences(assigner, revision, now)
+        self._fences = _Fences(assigner, revision, now, tuple(fences))
         return assigner
+
+    async def tracker(self) -> FenceTracker:
+        """A debounced fence tracker over the current geofences (rebuilt with the assigner)."""
+        await self.assigner()
+        current = self._fences
+        assert current is not None  # assigner() sets it
+        if self._tracker is None or self._tracker[0] != current.revision:
+            tracker = await asyncio.to_thread(FenceTracker, current.fences, self._fence_policy)
+            self._tracker = (current.revision, tracker)
+        return self._tracker[1]
 
     def invalidate_fences(self) -> None:
         """Force the next :meth:`assigner` call to check the revision (after a local change)."""
         if self._fences is not None:
-            self._fences = _Fences(self._fences.assigner, self._fences.revision, float("-inf"))
+            f = self._fences
+            self._fences = _Fences(f.assigner, f.revision, float("-inf"), f.fences)
 
     async def check_inside_city(self, fence: ValidFence) -> None:
         """Refuse a fence that lies outside every district.
@@ -369,57 +388,58 @@ class GeoService:
     async def track_many(
         self, conn: AsyncConnection[Any], positions: Sequence[tuple[str, float, float, datetime]]
     ) -> list[FenceEvent]:
-        """Update the fence membership of mobile devices; return enter/leave events.
+        """Update the debounced fence membership of mobile devices; return enter/leave events.
 
-        Runs in the caller's transaction (e.g. the stream worker's batch), so
-        membership and whatever the caller does with the events commit
-        together. Rows are locked in code order, so concurrent batches
-        cannot deadlock each other.
+        Every position is applied in event-time order per device through
+        :class:`~geo.tracking.FenceTracker` (GPS jitter on a boundary does
+        not flap; see :class:`~geo.tracking.DebouncePolicy`). Runs in the
+        caller's transaction (e.g. the stream worker's batch), so membership
+        and whatever the caller does with the events commit together. Rows
+        are locked in code order, so concurrent batches cannot deadlock each
+        other; positions at or before a device's last applied one are
+        ignored, so a replayed batch emits nothing.
 
         Args:
             conn: A connection, inside a transaction.
-            positions: ``(device_code, lon, lat, event_time)`` in WGS84; for
-                a device given several times, the last one wins.
+            positions: ``(device_code, lon, lat, event_time)`` in WGS84.
 
         Returns:
             Events, grouped by device in code order.
         """
-        latest: dict[str, tuple[float, float, datetime]] = {}
-        for code, lon, lat, at in positions:
-            latest[code] = (lon, lat, at)
-        if not latest:
-            return []
-        codes = sorted(latest)
-        assigner = await self.assigner()
-        lons = np.array([latest[c][0] for c in codes], dtype=np.float64)
-        lats = np.array([latest[c][1] for c in codes], dtype=np.float64)
-        hits = assigner.fences_many(lons, lats)
-        now_in: dict[str, set[str]] = {c: set() for c in codes}
-        for i, fence_id in zip(hits.point_index.tolist(), hits.fence_ids.tolist(), strict=True):
-            now_in[codes[i]].add(fence_id)
+        return (await self.track_states(conn, positions))[1]
+
+    async def track_states(
+        self, conn: AsyncConnection[Any], positions: Sequence[tuple[str, float, float, datetime]]
+    ) -> tuple[dict[str, TrackState], list[FenceEvent]]:
+        """:meth:`track_many`, also returning each tracked device's new state (its confirmed fences)."""
+        fixes = [Fix(code, float(lon), float(lat), at) for code, lon, lat, at in positions]
+        if not fixes:
+            return {}, []
+        tracker = await self.tracker()
+        codes = sorted({f.device_code for f in fixes})
         rows = await (
             await conn.execute(
-                "select device_code, fences from device_fences where device_code = any(%s)"
+                "select device_code, fences, state from device_fences where device_code = any(%s)"
                 " order by device_code for update",
                 (codes,),
             )
         ).fetchall()
-        before = {str(code): set(fences) for code, fences in rows}
-        events: list[FenceEvent] = []
-        changed: list[tuple[str, list[str]]] = []
-        for code in codes:
-            prev = before.get(code, set())
-            events += fence_events(code, prev, now_in[code], latest[code][2])
-            if code not in before or prev != now_in[code]:
-                changed.append((code, list(membership(now_in[code]))))
+        before = {str(code): _track_state(fences, state) for code, fences, state in rows}
+        after, events = tracker.step(before, fixes)
+        changed = [
+            (code, sorted(st.fences), Jsonb(st.to_json()))
+            for code, st in sorted(after.items())
+            if st != before.get(code)
+        ]
         if changed:
             async with conn.cursor() as cur:
                 await cur.executemany(
-                    "insert into device_fences (device_code, fences) values (%s, %s) on conflict (device_code)"
-                    " do update set fences = excluded.fences, updated_at = now()",
+                    "insert into device_fences (device_code, fences, state) values (%s, %s, %s)"
+                    " on conflict (device_code) do update set fences = excluded.fences, state = excluded.state,"
+                    " updated_at = now()",
                     changed,
                 )
-        return events
+        return after, events
 
     # -- device positions ------------------------------------------------------------
 
@@ -523,6 +543,13 @@ class GeoService:
         if masked.any():
             lons[masked], lats[masked] = coarsen_many(grid, lons[masked], lats[masked])
         return lons, lats, masked
+
+
+def _track_state(fences: Sequence[str], state: dict[str, Any] | None) -> TrackState:
+    """A stored tracking state; a row written before the state column keeps its fences (entry time unknown: 0)."""
+    if state:
+        return TrackState.from_json(state)
+    return TrackState(fences=dict.fromkeys(fences, 0))
 
 
 def _fence_dict(row: Sequence[Any]) -> dict[str, Any]:

@@ -52,6 +52,10 @@ _LATEST = (
 )
 
 _LIVE = "d.state <> 'decommissioned'"
+# Fence-presence alerts (geo.membership: "device is inside fence X", severity info)
+# are events, not problems: they must not colour the map or count as open alerts.
+# Written for queries run with parameters ("%%" is a literal "%").
+_NOT_FENCE = "rule not like 'geofence.%%'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +96,7 @@ async def district_figures(conn: AsyncConnection[Any], *, max_age_s: float) -> d
         with devs as (
             select d.district, count(*) as n from devices d where {live} group by 1
         ), alerts_open as (
-            select district, count(*) as n from alerts where state <> 'resolved' group by 1
+            select district, count(*) as n from alerts where state <> 'resolved' and {not_fence} group by 1
         ), latest as (
             select d.district, d.device_class,
                    case when jsonb_typeof(rs.snapshot -> 'aqi' -> 0) = 'number'
@@ -115,7 +119,7 @@ async def district_figures(conn: AsyncConnection[Any], *, max_age_s: float) -> d
         full join alerts_open on alerts_open.district = devs.district
         full join env on env.district = coalesce(devs.district, alerts_open.district)
         """
-    ).format(live=sql.SQL(_LIVE))
+    ).format(live=sql.SQL(_LIVE), not_fence=sql.SQL(_NOT_FENCE))
     rows = await (await conn.execute(query, {"max_age": max_age_s})).fetchall()
     for district, devices, alerts, aqi, ok, stations in rows:
         out[district] = {
@@ -129,7 +133,7 @@ async def district_figures(conn: AsyncConnection[Any], *, max_age_s: float) -> d
 
 
 async def device_counts(conn: AsyncConnection[Any], cadences: Mapping[str, int]) -> dict[str, int]:
-    """City-wide liveness counts with the thresholds of :func:`geo.status.classify`.
+    """City-wide liveness counts with the thresholds of :func:`geo.status.classify` (session included).
 
     Args:
         conn: An open connection.
@@ -142,17 +146,27 @@ async def device_counts(conn: AsyncConnection[Any], cadences: Mapping[str, int])
     """
     query = sql.SQL(
         """
+        with j as (
+            select l.last_seen, m.cadence_s, s.connected,
+                   -- the last will with no data after it: offline at once (geo.status.classify)
+                   coalesce(not s.connected and s.status_at >= l.last_seen, false) as will
+            from devices d
+            left join device_liveness l on l.code = d.code
+            left join device_sessions s on s.code = d.code
+            left join unnest(%(models)s::text[], %(cadences)s::int[]) as m(model, cadence_s) on m.model = d.model
+            where {live}
+        )
         select
-            count(*) filter (where l.last_seen >= now() - make_interval(secs => {fresh} * m.cadence_s)),
-            count(*) filter (where l.last_seen < now() - make_interval(secs => {fresh} * m.cadence_s)
-                               and l.last_seen >= now() - make_interval(secs => {stale} * m.cadence_s)),
-            count(*) filter (where l.last_seen < now() - make_interval(secs => {stale} * m.cadence_s)),
-            count(*) filter (where l.last_seen is null or m.cadence_s is null),
+            count(*) filter (where not will and last_seen >= now() - make_interval(secs => {fresh} * cadence_s)),
+            count(*) filter (where not will and last_seen < now() - make_interval(secs => {fresh} * cadence_s)
+                               and (coalesce(connected, false)
+                                    or last_seen >= now() - make_interval(secs => {stale} * cadence_s))),
+            count(*) filter (where cadence_s is not null and last_seen is not null
+                               and (will or (last_seen < now() - make_interval(secs => {stale} * cadence_s)
+                                             and not coalesce(connected, false)))),
+            count(*) filter (where last_seen is null or cadence_s is null),
             count(*)
-        from devices d
-        left join device_liveness l on l.code = d.code
-        left join unnest(%(models)s::text[], %(cadences)s::int[]) as m(model, cadence_s) on m.model = d.model
-        where {live}
+        from j
         """
     ).format(fresh=sql.Literal(FRESH_CADENCES), stale=sql.Literal(STALE_CADENCES), live=sql.SQL(_LIVE))
     params = {"models": list(cadences), "cadences": list(cadences.values())}
@@ -196,14 +210,14 @@ async def aggregate(
         ), alerts_open as (
             select {column} as area, count(*) as n
             from alerts a join devices d on d.code = a.device_code
-            where a.state <> 'resolved' and d.device_class = %(cls)s and {column} is not null
+            where a.state <> 'resolved' and a.{not_fence} and d.device_class = %(cls)s and {column} is not null
             group by 1
         )
         select p.area, count(*), count(p.v), avg(p.v), min(p.v), max(p.v), coalesce(max(ao.n), 0)
         from per_device p left join alerts_open ao on ao.area = p.area
         group by p.area order by p.area
         """
-    ).format(column=column, latest=sql.SQL(_LATEST), live=sql.SQL(_LIVE))
+    ).format(column=column, latest=sql.SQL(_LATEST), live=sql.SQL(_LIVE), not_fence=sql.SQL(_NOT_FENCE))
     rows = await (await conn.execute(query, {"metric": metric, "cls": device_class, "max_age": max_age_s})).fetchall()
     return [
         {
@@ -222,7 +236,9 @@ async def aggregate(
 async def open_by_severity(conn: AsyncConnection[Any]) -> dict[int, int]:
     """Alerts not resolved, by numeric severity."""
     rows = await (
-        await conn.execute("select severity, count(*) from alerts where state <> 'resolved' group by 1")
+        await conn.execute(
+            "select severity, count(*) from alerts where state <> 'resolved' and " + _NOT_FENCE + " group by 1", {}
+        )
     ).fetchall()
     return {int(s): int(n) for s, n in rows}
 
@@ -239,8 +255,10 @@ async def manhole_open_alerts(conn: AsyncConnection[Any]) -> int:
     """Manhole alerts not resolved (by the alert's class, or its ``manhole.*`` rule when the class is unset)."""
     row = await (
         await conn.execute(
-            "select count(*) from alerts where state <> 'resolved'"
-            " and (device_class = 'manhole' or (device_class is null and rule like 'manhole.%'))"
+            "select count(*) from alerts where state <> 'resolved' and "
+            + _NOT_FENCE
+            + " and (device_class = 'manhole' or (device_class is null and rule like 'manhole.%%'))",
+            {},
         )
     ).fetchone()
     return int(row[0]) if row else 0

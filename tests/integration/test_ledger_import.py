@@ -1,4 +1,4 @@
-"""Bulk import into real PostgreSQL: bad rows reported, good rows in, idempotent re-runs."""
+"""Bulk import into real PostgreSQL: bad rows reported, good rows in, idempotent re-runs, grid cells assigned."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
 
@@ -18,6 +19,8 @@ from devices.code import DeviceCode
 from devices.credentials import verify_mosquitto
 from devices.importer import import_file
 from devices.models import ModelRegistry
+from geo.districts import load_districts
+from geo.sample import random_points_in
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +30,10 @@ HEADER = ["code", "serial", "district", "class_code", "model", "name", "lon", "l
 
 def _good_rows(n: int, seed: int) -> list[dict[str, str]]:
     rng = random.Random(seed)
+    # Each device lies inside the district its code names (the importer checks it).
+    outlines = {d.code: d.geometry for d in load_districts()}
+    np_rng = np.random.default_rng(seed)
+    points = {d: random_points_in(outlines[d], n // 6 + 1, np_rng) for d in DISTRICTS}
     rows = []
     for i in range(n):
         d = DISTRICTS[i % 6]
@@ -46,8 +53,8 @@ def _good_rows(n: int, seed: int) -> list[dict[str, str]]:
                 "code": DeviceCode.build(d, "0308", 1 + i).full,
                 "model": "air-micro",
                 "name": f"微站 {i}",
-                "lon": f"{rng.uniform(117.95, 118.25):.6f}",
-                "lat": f"{rng.uniform(24.42, 24.75):.6f}",
+                "lon": f"{points[d][0][i // 6]:.6f}",
+                "lat": f"{points[d][1][i // 6]:.6f}",
                 "contact": f"138{i:08d}",
                 "attributes": json.dumps({"sensor_vendor": rng.choice(["A", "B"])}) if i % 4 == 0 else "",
             }
@@ -88,6 +95,8 @@ def test_import_100k_with_bad_rows_then_rerun_is_idempotent(database_url: str, m
         70_000: f"{rows[0]['code']},,,,air-micro,duplicate,,,,",
         80_000: "a,b,c",
         90_000: f"{DeviceCode.build('350206', '0308', 900_004).full},,,,air-micro,swapped,24.5,118.1,,",
+        95_000: f"{DeviceCode.build('350206', '0308', 900_005).full},,,,air-micro,in Siming,118.08,24.46,,",
+        99_000: f"{DeviceCode.build('350203', '0308', 900_006).full},,,,air-micro,at sea,118.2,24.4,,",
     }
     text = _csv(rows, bad)
     seen: list[int] = []
@@ -107,12 +116,18 @@ def test_import_100k_with_bad_rows_then_rerun_is_idempotent(database_url: str, m
     assert "duplicate code" in reasons[70_000 + 7] and "line 2" in reasons[70_000 + 7]
     assert "malformed CSV row" in reasons[80_000 + 8]
     assert "swapped" in reasons[90_000 + 9]
+    assert "is in district 350203 思明区, but the row says 350206 湖里区" in reasons[95_000 + 10]
+    assert "outside the city" in reasons[99_000 + 11] and "nearest is" in reasons[99_000 + 11]
     assert seen and seen[-1] == report.rows
     assert _count(database_url) == n
     assert _count(database_url, "select count(*) from device_state_history where reason = 'bulk import'") == n
     assert (
         _count(database_url, "select count(*) from devices where serial is not null and length(code) = 17") == n // 10
     )
+    # Every located device got the 单元网格 cell of its location, in its own district.
+    located = _count(database_url, "select count(*) from devices where lon is not null")
+    assert located == n - n // 10
+    assert _count(database_url, "select count(*) from devices where grid like district || '%'") == located
 
     # Same file again: nothing changes, nothing is allocated twice.
     with psycopg.connect(database_url) as conn:

@@ -1,0 +1,54 @@
+"""Rule scopes: fences by id or name, fence kinds, singular and plural keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from alerts.errors import RuleError
+from alerts.rules import Rule, fence_keys, parse_rules, shipped_rules
+
+CODE = "35020303110000018"
+
+
+def _one(scope: str) -> Rule:
+    (rule,) = parse_rules(f"- {{id: r, class: noise, scope: {scope}, when: {{metric: la, op: '>', value: 1}}}}")
+    return rule
+
+
+def test_fence_by_id_or_name_and_kind() -> None:
+    inside = fence_keys("school-1", "厦门一中", "school_zone")
+    assert inside == ("school-1", "name/厦门一中", "kind/school_zone")
+    by_id, by_name, by_kind = _one("{fence: school-1}"), _one("{fence: 厦门一中}"), _one("{fence_kind: school_zone}")
+    for rule in (by_id, by_name, by_kind):
+        assert rule.applies_to("noise", "350203", CODE, frozenset(inside))
+        assert not rule.applies_to("noise", "350203", CODE, frozenset())
+        assert not rule.applies_to("air", "350203", CODE, frozenset(inside))
+    other = frozenset(fence_keys("school-2", "双十中学", "school_zone"))
+    assert not by_id.applies_to("noise", "350203", CODE, other)
+    assert by_kind.applies_to("noise", "350203", CODE, other)
+
+
+def test_a_name_never_matches_an_id_and_lists_merge() -> None:
+    # A fence *named* "school-1" is not the fence with id "school-1" … but a rule
+    # naming "school-1" means either, as documented (id or name).
+    rule = _one("{fences: [a, b], fence: c, districts: '350203'}")
+    assert rule.fences == {"a", "name/a", "b", "name/b", "c", "name/c"}
+    assert rule.districts == {"350203"}
+    assert rule.applies_to("noise", "350203", CODE, ("name/c",))
+    assert not rule.applies_to("noise", "350206", CODE, ("name/c",))
+
+
+def test_bad_scopes_are_refused_with_the_reason() -> None:
+    with pytest.raises(RuleError, match="unknown fence kind"):
+        _one("{fence_kind: playground}")
+    with pytest.raises(RuleError, match="unknown scope keys"):
+        _one("{geofence: x}")
+    with pytest.raises(RuleError, match="non-empty strings"):
+        _one("{fences: []}")
+
+
+def test_shipped_school_zone_noise_rule() -> None:
+    (rule,) = [r for r in shipped_rules().rules if r.id == "noise.school_zone.day"]
+    assert rule.fences == {"kind/school_zone"}
+    assert rule.applies_to("noise", "350206", CODE, frozenset(fence_keys("s", "s", "school_zone")))
+    assert not rule.applies_to("noise", "350206", CODE, ())
