@@ -3,6 +3,17 @@
 Built by :func:`create_app` from typed arguments; nothing connects at import.
 Run with ``citybrain worker`` (several processes share the raw topic's
 partitions through the consumer group).
+
+``role`` (``CITYBRAIN_WORKER_ROLE``) splits the work so alert evaluation can
+scale on its own:
+
+* ``all`` (default): normalise, store, republish, rules, anomaly detectors,
+  liveness — one process does everything;
+* ``ingest``: normalise, store (readings, liveness, sessions), republish on
+  the readings topics, storage maintenance; no alerts;
+* ``alerts``: consumes the readings topics (``citybrain.readings.{class}``,
+  keyed by device, so each device stays in order) in its own consumer group
+  (``<app id>-alerts``) and runs rules, anomaly detectors and the liveness timer.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import psycopg
 from prometheus_client import CollectorRegistry, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
+from alerts.anomaly.config import AnomalyConfig
 from alerts.rules import RuleSet
 from citybrain.topics import KafkaTopics
 from devices.models import ModelRegistry
@@ -28,9 +40,12 @@ from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
 from streams.retention import maintenance
 from streams.store import ReadingStore, StoreConfig, StoreMetrics
 
-__all__ = ["WorkerConfig", "create_app"]
+__all__ = ["WORKER_ROLES", "WorkerConfig", "create_app"]
 
 log = logging.getLogger(__name__)
+
+#: What a worker may be asked to do (see the module docstring).
+WORKER_ROLES = ("all", "ingest", "alerts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +71,22 @@ class WorkerConfig:
     maintenance_interval_s: float = 60.0
     compress_after_days: int = 7
     offline_after_cadences: float = 5.0
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig.empty)
+    role: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.role not in WORKER_ROLES:
+            raise ValueError(f"worker role must be one of {', '.join(WORKER_ROLES)}, got {self.role!r}")
 
 
 def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegistry) -> faust.App:
-    """Build the Faust app with its topics, agent and /metrics page."""
+    """Build the Faust app with its topics, agents, timers and /metrics page for ``cfg.role``."""
+    ingest = cfg.role in ("all", "ingest")
+    alerting = cfg.role in ("all", "alerts")
+    # An alerts worker reads other topics than the ingest workers: its own consumer group.
+    app_id = f"{cfg.app_id}-alerts" if cfg.role == "alerts" else cfg.app_id
     app = faust.App(
-        cfg.app_id,
+        app_id,
         broker=[f"kafka://{h}" for h in cfg.kafka_bootstrap.split(",")],
         store="memory://",
         datadir=cfg.data_dir,
@@ -84,6 +109,14 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
     )
     raw = app.topic(
         cfg.topics.raw,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=cfg.partitions,
+    )
+    readings = app.topic(
+        *sorted({cfg.topics.readings(m.device_class) for m in models.all()}),
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -120,6 +153,8 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
                 topics=cfg.topics,
                 rules=cfg.rules,
                 max_future_skew=timedelta(seconds=cfg.max_future_skew_s),
+                anomaly=cfg.anomaly,
+                evaluate=cfg.role == "all",
             ),
             pool,
             models,
@@ -129,24 +164,36 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
             flush_producer=app.producer.flush,
         )
         await pipe.refresh_index(force=True)
-        # Transitions a previous worker committed but did not get to publish.
-        await pipe.drain_outbox()
+        if alerting:
+            # Transitions a previous worker committed but did not get to publish.
+            await pipe.drain_outbox()
         state["pool"] = pool
         state["pipeline"] = pipe
         ready.set()
-        log.info("stream worker ready: %d devices in the index", len(pipe.index))
+        log.info("stream worker (role %s) ready: %d devices in the index", cfg.role, len(pipe.index))
 
-    @app.agent(raw, name="normalise")
-    async def normalise_agent(stream: faust.StreamT[bytes]) -> None:
-        await ready.wait()
-        pipe: Pipeline = state["pipeline"]
-        async for values in stream.take(cfg.batch_max, within=cfg.batch_within_s):
-            await pipe.process(values)
+    if ingest:
+
+        @app.agent(raw, name="normalise")
+        async def normalise_agent(stream: faust.StreamT[bytes]) -> None:
+            await ready.wait()
+            pipe: Pipeline = state["pipeline"]
+            async for values in stream.take(cfg.batch_max, within=cfg.batch_within_s):
+                await pipe.process(values)
+
+    else:
+
+        @app.agent(readings, name="alerts")
+        async def alerts_agent(stream: faust.StreamT[bytes]) -> None:
+            await ready.wait()
+            pipe: Pipeline = state["pipeline"]
+            async for values in stream.take(cfg.batch_max, within=cfg.batch_within_s):
+                await pipe.process_readings(values)
 
     @app.timer(interval=cfg.maintenance_interval_s)
     async def _maintain() -> None:
         # Partitions ahead, rollup refresh, retention; one worker at a time (advisory lock inside).
-        if not ready.is_set():
+        if not ready.is_set() or not ingest:
             return
         async with state["pool"].connection() as conn:
             try:
@@ -158,8 +205,8 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
 
     @app.timer(interval=15.0)
     async def _liveness() -> None:
-        # Offline detection (issue: "wrong offline state" in the platforms users left).
-        if not ready.is_set():
+        # Stale vs offline detection (issue: "wrong offline state" in the platforms users left).
+        if not ready.is_set() or not alerting:
             return
         pipe: Pipeline = state["pipeline"]
         try:

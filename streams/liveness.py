@@ -1,25 +1,46 @@
-"""Offline detection: devices silent for longer than ``k`` × their model's cadence.
+"""Liveness: offline versus connected-but-stale devices, as alerts.
 
-A timer in the stream worker runs :func:`check_liveness`. Liveness is judged
-on receive time (``device_liveness.last_seen``), never on the device's own
-clock, and with the vectorised :func:`alerts.anomaly.liveness_many`. An
-offline device gets one ``device.offline`` alert, opened at the moment it went
-silent (last seen + k × cadence, so every worker computes the same id and a
-second worker's run changes nothing); it resolves when data flows again.
-Transitions go through the same store and outbox as rule alerts.
+A timer in the stream worker runs :func:`check_liveness`. Two facts feed it:
 
-Connected-but-stale (a session that is up while data stopped) is kept apart
-from offline by the ``connected`` input; the MQTT status topic will feed it.
+* ``device_liveness.last_seen`` — receive time of the device's newest reading
+  (never the device's own clock);
+* ``device_sessions`` — the device's transport session from its MQTT status
+  messages (``citybrain/up/{code}/status``): the birth ``{"state":"online"}``
+  and the last will ``{"state":"offline"}`` the broker publishes when the
+  connection drops without DISCONNECT. The stream worker stores them.
+
+The verdict per device (:func:`judge`, vectorised with
+:func:`alerts.anomaly.liveness_many`):
+
+========  ==================================================================
+ok        data within ``k`` × the model's cadence (whatever the session says),
+          or connected less than ``k`` cadences ago (grace after a reconnect)
+stale     the session is up (last status ``online``) but no data for ``k`` ×
+          cadence: a hung sensor or firmware — someone must visit; the
+          network is fine. Alert ``device.stale``.
+offline   the last status is the last will and no data came after it (at
+          once, no need to wait ``k`` cadences: the broker already waited
+          1.5 × keep-alive), or silent for ``k`` cadences without a session
+          (devices with no status topic: HJ 212, NB-IoT). Alert ``device.offline``.
+========  ==================================================================
+
+Each alert is opened at the moment the device went stale or offline (last
+seen + k × cadence, or the will's receive time), so every worker computes the
+same id and a second worker's run changes nothing; it resolves when the
+verdict changes. Transitions go through the same store and outbox as rule
+alerts. Devices that never sent a reading are not judged (onboarding's concern).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.anomaly import liveness_many
@@ -27,54 +48,148 @@ from alerts.store import AlertStore
 from citybrain.records import Alert, AlertState, Severity, alert_id
 from devices.models import ModelError, ModelRegistry
 
-__all__ = ["OFFLINE_RULE", "LivenessConfig", "check_liveness", "offline_transitions"]
+__all__ = [
+    "OFFLINE_RULE",
+    "STALE_RULE",
+    "DeviceLiveness",
+    "LivenessConfig",
+    "Verdict",
+    "check_liveness",
+    "judge",
+    "liveness_transitions",
+    "offline_transitions",
+]
 
 log = logging.getLogger(__name__)
 
 OFFLINE_RULE = "device.offline"
+STALE_RULE = "device.stale"
+_RULES = (OFFLINE_RULE, STALE_RULE)
+
+
+class Verdict(enum.StrEnum):
+    """A device's liveness as the timer judged it."""
+
+    OK = "ok"
+    STALE = "stale"
+    OFFLINE = "offline"
 
 
 @dataclass(frozen=True, slots=True)
 class LivenessConfig:
-    """``k``: silence threshold in cadences (offline beyond it)."""
+    """``k``: silence threshold in cadences (stale or offline beyond it)."""
 
     k: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
-class _Device:
+class DeviceLiveness:
+    """What the timer knows about one device.
+
+    Attributes:
+        code: Device code.
+        district: Its district.
+        device_class: Its class.
+        cadence_s: Its model's reporting interval.
+        last_seen: Receive time of its newest reading.
+        connected: Its last status message said online (True) or was the
+            last will (False); None when it never sent one.
+        status_at: Receive time of that status message.
+    """
+
     code: str
     district: str
     device_class: str
     cadence_s: float
     last_seen: datetime
+    connected: bool | None = None
+    status_at: datetime | None = None
 
 
-def offline_transitions(
-    devices: list[_Device], open_offline: Mapping[str, datetime], now: datetime, cfg: LivenessConfig
-) -> list[tuple[str, Alert]]:
-    """Pure: which offline alerts to open and which to clear."""
+def _epoch(t: datetime) -> int:
+    return int(t.timestamp())
+
+
+def judge(devices: Sequence[DeviceLiveness], now: datetime, cfg: LivenessConfig) -> list[tuple[Verdict, datetime]]:
+    """Pure: each device's verdict and since when it holds (for ok: its last reading)."""
     if not devices:
         return []
-    epoch = datetime(1970, 1, 1, tzinfo=now.tzinfo)
-    last = np.array([int((d.last_seen - epoch).total_seconds()) for d in devices], dtype=np.int64)
+    k = cfg.k
+    # A device connected after its last reading gets k cadences of grace from the birth message.
+    ref = [max(d.last_seen, d.status_at) if d.connected and d.status_at is not None else d.last_seen for d in devices]
+    last = np.array([_epoch(t) for t in ref], dtype=np.int64)
     cadence = np.array([d.cadence_s for d in devices], dtype=np.float64)
-    codes = liveness_many(last, int((now - epoch).total_seconds()), cadence, False, k=cfg.k)
-    out: list[tuple[str, Alert]] = []
-    for d, status in zip(devices, codes.tolist(), strict=True):
-        offline = status != 0  # 0 is "ok" in LIVENESS_CODES; never-seen devices are not listed here
-        went_silent = d.last_seen + timedelta(seconds=cfg.k * d.cadence_s)
-        if offline and d.code not in open_offline:
-            out.append(("open", _alert(d, went_silent, AlertState.OPEN, None)))
-        elif not offline and d.code in open_offline:
-            out.append(("clear", _alert(d, open_offline[d.code], AlertState.RESOLVED, d.last_seen)))
+    connected = np.array([bool(d.connected) for d in devices], dtype=np.bool_)
+    codes = liveness_many(last, _epoch(now), cadence, connected, k=k).tolist()
+    out: list[tuple[Verdict, datetime]] = []
+    for d, r, code in zip(devices, ref, codes, strict=True):
+        if d.connected is False and d.status_at is not None and d.status_at >= d.last_seen:
+            # The last will and nothing since: offline now, not k cadences later.
+            out.append((Verdict.OFFLINE, d.status_at))
+        elif code == 1:
+            out.append((Verdict.STALE, r + timedelta(seconds=k * d.cadence_s)))
+        elif code == 2:
+            out.append((Verdict.OFFLINE, r + timedelta(seconds=k * d.cadence_s)))
+        else:
+            out.append((Verdict.OK, d.last_seen))
     return out
 
 
-def _alert(d: _Device, opened_at: datetime, state: AlertState, cleared: datetime | None) -> Alert:
+def liveness_transitions(
+    devices: Sequence[DeviceLiveness],
+    open_alerts: Mapping[tuple[str, str], datetime],
+    now: datetime,
+    cfg: LivenessConfig,
+) -> list[tuple[str, Alert]]:
+    """Pure: which ``device.stale`` / ``device.offline`` alerts to open and which to clear.
+
+    Args:
+        devices: Devices to judge.
+        open_alerts: ``(code, rule) → opened_at`` of the liveness alerts not resolved.
+        now: Time of the check.
+        cfg: Threshold.
+    """
+    out: list[tuple[str, Alert]] = []
+    for d, (verdict, since) in zip(devices, judge(devices, now, cfg), strict=True):
+        for rule, wanted in ((STALE_RULE, Verdict.STALE), (OFFLINE_RULE, Verdict.OFFLINE)):
+            opened = open_alerts.get((d.code, rule))
+            if verdict is wanted and opened is None:
+                out.append(("open", _alert(d, rule, since, AlertState.OPEN, None, now, cfg)))
+            elif verdict is not wanted and opened is not None:
+                # Cleared when the device came back (its newest reading or session), or now.
+                back = max(d.last_seen, d.status_at or d.last_seen)
+                cleared = back if back >= opened else now
+                out.append(("clear", _alert(d, rule, opened, AlertState.RESOLVED, cleared, now, cfg)))
+    return out
+
+
+def offline_transitions(
+    devices: list[DeviceLiveness], open_offline: Mapping[str, datetime], now: datetime, cfg: LivenessConfig
+) -> list[tuple[str, Alert]]:
+    """Offline alerts only (the first version's API): :func:`liveness_transitions` without stale ones."""
+    opened = {(code, OFFLINE_RULE): t for code, t in open_offline.items()}
+    return [(k, a) for k, a in liveness_transitions(devices, opened, now, cfg) if a.rule == OFFLINE_RULE]
+
+
+def _alert(
+    d: DeviceLiveness,
+    rule: str,
+    opened_at: datetime,
+    state: AlertState,
+    cleared: datetime | None,
+    now: datetime,
+    cfg: LivenessConfig,
+) -> Alert:
+    age = max(0.0, (now - d.last_seen).total_seconds())
+    if rule == STALE_RULE:
+        message = f"connected but no data since {d.last_seen.isoformat()} (expected every {d.cadence_s:g} s)"
+    elif d.connected is False and d.status_at is not None and d.status_at >= d.last_seen:
+        message = f"connection lost at {d.status_at.isoformat()} (last will); last data {d.last_seen.isoformat()}"
+    else:
+        message = f"no data since {d.last_seen.isoformat()} (expected every {d.cadence_s:g} s)"
     return Alert(
-        id=alert_id(d.code, OFFLINE_RULE, opened_at),
-        rule=OFFLINE_RULE,
+        id=alert_id(d.code, rule, opened_at),
+        rule=rule,
         device_code=d.code,
         district=d.district,
         severity=Severity.WARNING,
@@ -83,43 +198,56 @@ def _alert(d: _Device, opened_at: datetime, state: AlertState, cleared: datetime
         metric=None,
         value=None,
         threshold=None,
-        message=f"no data since {d.last_seen.isoformat()} (expected every {d.cadence_s:g} s)",
+        message=message,
         cleared_at=cleared,
         device_class=d.device_class,
-        labels=(("detector", "silence"),),
+        labels=(
+            ("detector", "silence"),
+            ("detail", "stale" if rule == STALE_RULE else "offline"),
+            ("baseline", f"{d.cadence_s:g}"),
+            ("score", f"{age / d.cadence_s:.3g}"),
+            ("threshold", f"{cfg.k:g}"),
+            ("window_start", d.last_seen.isoformat().replace("+00:00", "Z")),
+            ("window_end", now.isoformat().replace("+00:00", "Z")),
+        ),
     )
 
 
 async def check_liveness(
     pool: AsyncConnectionPool, models: ModelRegistry, store: AlertStore, now: datetime, cfg: LivenessConfig
 ) -> list[tuple[str, Alert]]:
-    """One run: classify active devices, apply offline alert transitions, return those that changed."""
+    """One run: judge active devices, apply stale/offline alert transitions, return those that changed."""
     async with pool.connection() as conn, conn.transaction():
         rows = await (
             await conn.execute(
-                "select d.code, d.district, d.device_class, d.model, l.last_seen from devices d"
-                " join device_liveness l on l.code = d.code where d.state = 'active'"
+                "select d.code, d.district, d.device_class, d.model, l.last_seen, s.connected, s.status_at"
+                " from devices d join device_liveness l on l.code = d.code"
+                " left join device_sessions s on s.code = d.code where d.state = 'active'"
             )
         ).fetchall()
         open_rows = await (
             await conn.execute(
-                "select device_code, opened_at from alerts where rule = %s and state <> 'resolved'", (OFFLINE_RULE,)
+                "select device_code, rule, opened_at from alerts where rule = any(%s) and state <> 'resolved'",
+                (list(_RULES),),
             )
         ).fetchall()
+        cadences: dict[str, float | None] = {}
         devices = []
-        for code, district, device_class, model_key, last_seen in rows:
-            try:
-                cadence = models.get(model_key).cadence_s
-            except ModelError:
+        for code, district, device_class, model_key, last_seen, connected, status_at in rows:
+            if model_key not in cadences:
+                try:
+                    cadences[model_key] = float(models.get(model_key).cadence_s)
+                except ModelError:
+                    cadences[model_key] = None
+            cadence = cadences[model_key]
+            if cadence is None:
                 continue
-            devices.append(_Device(code, district, device_class, float(cadence), last_seen))
-        transitions = offline_transitions(devices, {r[0]: r[1] for r in open_rows}, now, cfg)
+            devices.append(DeviceLiveness(code, district, device_class, cadence, last_seen, connected, status_at))
+        transitions = liveness_transitions(devices, {(r[0], r[1]): r[2] for r in open_rows}, now, cfg)
         if not transitions:
             return []
         changed = await store.apply(conn, transitions)
         if changed:
-            from psycopg.types.json import Jsonb
-
             outbox = []
             for kind, alert in changed:
                 doc = alert.to_json()
@@ -128,5 +256,5 @@ async def check_liveness(
             async with conn.cursor() as cur:
                 await cur.executemany("insert into alert_outbox (key, payload) values (%s, %s)", outbox)
     for kind, alert in changed:
-        log.info("%s %s: device %s district %s", OFFLINE_RULE, kind, alert.device_code, alert.district)
+        log.info("%s %s: device %s district %s", alert.rule, kind, alert.device_code, alert.district)
     return changed

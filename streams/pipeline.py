@@ -12,11 +12,16 @@ nothing and a replay duplicates nothing:
    while it fails the agent does not advance, so Kafka offsets are not
    committed and lag grows visibly;
 3. publish rejects to the dead-letter topic, readings to the readings topics;
-4. evaluate rules (:mod:`alerts.engine`) with each device's state read from
-   ``rule_state`` and written back in the same transaction as the alerts it
-   produced; a replayed batch is below the device's watermark and changes
-   nothing, and only transitions that changed a row are published, so a
-   restart neither loses nor repeats an alert.
+4. evaluate rules (:mod:`alerts.engine`) and anomaly detectors
+   (:mod:`alerts.anomaly.stream`) with each device's state read from
+   ``rule_state`` and ``anomaly_state`` and written back in the same
+   transaction as the alerts it produced; a replayed batch is below the
+   device's watermarks and changes nothing, and only transitions that changed
+   a row are published, so a restart neither loses nor repeats an alert.
+
+Worker roles (``CITYBRAIN_WORKER_ROLE``): ``all`` does 1–4; ``ingest`` does
+1–3 (``PipelineConfig.evaluate`` off); ``alerts`` consumes the readings topics
+and runs only step 4 (:meth:`Pipeline.process_readings`).
 """
 
 from __future__ import annotations
@@ -29,20 +34,22 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from alerts.engine import DeviceContext, evaluate_device
+from alerts.anomaly.config import AnomalyConfig
+from alerts.anomaly.stream import SeriesDevice, evaluate_anomalies, peer_entry
+from alerts.engine import DeviceContext, evaluate_device, suppressed_flag
 from alerts.rules import RuleSet
 from alerts.store import AlertStore, GroupPolicy
-from citybrain.records import Alert, RawMessage, Reading, epoch_us
+from citybrain.records import Alert, Quality, RawMessage, Reading, RecordError, epoch_us
 from citybrain.topics import KafkaTopics
 from devices.ledger import DeviceIndex, DeviceInfo, Ledger
-from devices.models import ModelRegistry
+from devices.models import ModelError, ModelRegistry
 from ingest.batch import dead_letter_headers, decode_batch
 from ingest.errors import DecodeError
 from streams.normalise import Normalised, Reject, normalise
@@ -98,6 +105,15 @@ class PipelineMetrics:
             "Readings not evaluated (maintenance window)",
             registry=registry,
         )
+        self.anomaly_seconds = Histogram(
+            "citybrain_anomaly_evaluation_seconds",
+            "Anomaly detector evaluation time per batch",
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1),
+            registry=registry,
+        )
+        self.anomaly_samples = Counter(
+            "citybrain_anomaly_samples_total", "Samples fed to anomaly detectors", registry=registry
+        )
         self.skew = Counter(
             "citybrain_stream_clock_skew_total", "Readings flagged for future event time", registry=registry
         )
@@ -111,6 +127,10 @@ class PipelineConfig:
     max_future_skew: timedelta = timedelta(minutes=5)
     rules: RuleSet = field(default_factory=lambda: RuleSet(()))
     index_refresh_s: float = 2.0
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig.empty)
+    #: Evaluate rules and detectors inline after storing (roles ``all``); off for role ``ingest``.
+    evaluate: bool = True
+    peer_refresh_s: float = 60.0
 
 
 class Pipeline:
@@ -142,6 +162,8 @@ class Pipeline:
         self.flush_producer: Callable[[], Awaitable[None]] = flush_producer or _no_flush
         self._mw: list[tuple[str | None, str | None, str | None]] = []
         self._mw_loaded = -1e9
+        self._peers: dict[tuple[str, str, str], float] = {}
+        self._peers_loaded = -1e9
         self._groups = {
             r.id: GroupPolicy(r.group_min_devices, timedelta(seconds=r.group_window_s)) for r in cfg.rules.rules
         }
@@ -226,8 +248,11 @@ class Pipeline:
                 await self.refresh_index(force=True)
         if result.seen:
             await self._liveness(result.seen)
+        if result.status:
+            await self._sessions(result.status)
         await self._publish_readings(result)
-        await self._rules(result)
+        if self.cfg.evaluate:
+            await self.evaluate(result.readings)
 
     async def _dead_letter(self, rej: Reject) -> None:
         self.metrics.rejected.labels(rej.reason).inc()
@@ -281,51 +306,114 @@ class Pipeline:
                 json.dumps(doc, separators=(",", ":")).encode(),
             )
 
-    async def _rules(self, result: Normalised) -> None:
-        rules = self.cfg.rules
-        if not len(rules) or not result.readings:
-            return
+    async def process_readings(self, values: Sequence[bytes]) -> int:
+        """Evaluate rules and detectors over records of the readings topics (role ``alerts``).
+
+        The ingest workers already normalised and stored these readings; this
+        only rebuilds them (device details from the ledger index) and runs
+        :meth:`evaluate`. Retried like :meth:`process` while PostgreSQL is down.
+
+        Returns:
+            Readings evaluated.
+        """
+        delay = 0.2
+        while True:
+            try:
+                await self.refresh_index()
+                docs = _parse_readings(values)
+                if any(self.index.get(doc["device"]) is None for doc in docs):
+                    # The ingest worker knew the device, so this index is older than it: reload once.
+                    await self.refresh_index(force=True)
+                readings = self._decode_readings(docs)
+                await self.evaluate(readings)
+                return len(readings)
+            except psycopg.OperationalError as exc:
+                self.metrics.store_retries.inc()
+                log.error("database unavailable, retrying the readings batch in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _decode_readings(self, docs: Sequence[dict[str, Any]]) -> list[tuple[Reading, DeviceInfo]]:
+        out: list[tuple[Reading, DeviceInfo]] = []
+        for doc in docs:
+            code = doc["device"]
+            dev = self.index.get(code)
+            if dev is None:
+                log.warning("readings of device %s (topic readings.%s) not in the ledger; skipped", code, doc["class"])
+                continue
+            for item in doc["readings"]:
+                try:
+                    out.append(
+                        (
+                            Reading(
+                                code,
+                                item["metric"],
+                                doc["ts"],
+                                doc["rx"],
+                                float(item["value"]),
+                                item["unit"],
+                                Quality(item.get("quality", "good")),
+                                item.get("flag"),
+                            ),
+                            dev,
+                        )
+                    )
+                except (RecordError, ValueError, KeyError, TypeError) as exc:
+                    log.error("device %s: bad reading in a readings record skipped: %s", code, exc)
+        return out
+
+    async def evaluate(self, readings: Sequence[tuple[Reading, DeviceInfo]]) -> list[tuple[str, Alert]]:
+        """Rules and anomaly detectors over a batch's readings, in one transaction.
+
+        Each device's rule state (``rule_state``) and detector state
+        (``anomaly_state``) is locked, advanced and written back in the same
+        transaction as the alerts and outbox rows it produced; a replayed batch
+        is below the watermarks and changes nothing.
+
+        Returns:
+            The alert transitions that changed a row.
+        """
+        rules, anomaly = self.cfg.rules, self.cfg.anomaly
+        if not readings or not (len(rules) or anomaly):
+            return []
         t0 = time.perf_counter()
         per_device: dict[str, list[Reading]] = {}
         info: dict[str, DeviceInfo] = {}
-        for r, dev in result.readings:
+        for r, dev in readings:
             per_device.setdefault(r.device_code, []).append(r)
             info[r.device_code] = dev
         windows = await self._maintenance()
-        codes = sorted(per_device)
+        codes = []
+        for code in sorted(per_device):
+            if _in_maintenance(windows, info[code]):
+                self.metrics.suppressed.inc(len(per_device[code]))
+            else:
+                codes.append(code)
+        peers = await self._peer_medians() if anomaly else {}
+        transitions: list[tuple[str, Alert]] = []
         async with self.pool.connection() as conn, conn.transaction():
-            rows = await (
-                await conn.execute(
-                    "select device_code, watermark_us, snapshot, states from rule_state"
-                    " where device_code = any(%s) for update",
-                    (codes,),
-                )
-            ).fetchall()
-            saved = {r[0]: (int(r[1]), _load_snapshot(r[2]), dict(r[3])) for r in rows}
-            transitions: list[tuple[str, Alert]] = []
-            updates = []
-            for code in codes:
-                dev = info[code]
-                if _in_maintenance(windows, dev):
-                    self.metrics.suppressed.inc(len(per_device[code]))
-                    continue
-                wm, snap, states = saved.get(code, (0, {}, {}))
-                ctx = DeviceContext(code, dev.district, dev.device_class, attributes=dev.attributes)
-                out, new_wm = evaluate_device(
-                    rules.for_class(dev.device_class), per_device[code], ctx, snap, states, wm
-                )
-                transitions += [(t.kind, t.alert) for t in out]
-                if new_wm != wm:
-                    updates.append((code, new_wm, Jsonb(_dump_snapshot(snap)), Jsonb(states)))
-            self.metrics.rule_seconds.observe(time.perf_counter() - t0)
+            rule_updates = await self._rule_step(conn, codes, per_device, info, transitions) if len(rules) else []
+            t1 = time.perf_counter()
+            self.metrics.rule_seconds.observe(t1 - t0)
+            anomaly_updates = (
+                await self._anomaly_step(conn, codes, per_device, info, peers, transitions) if anomaly else []
+            )
+            self.metrics.anomaly_seconds.observe(time.perf_counter() - t1)
             changed = await self.alerts.apply(conn, transitions, self._groups) if transitions else []
             async with conn.cursor() as cur:
-                if updates:
+                if rule_updates:
                     await cur.executemany(
                         "insert into rule_state (device_code, watermark_us, snapshot, states) values (%s,%s,%s,%s)"
                         " on conflict (device_code) do update set watermark_us = excluded.watermark_us,"
                         " snapshot = excluded.snapshot, states = excluded.states, updated_at = now()",
-                        updates,
+                        rule_updates,
+                    )
+                if anomaly_updates:
+                    await cur.executemany(
+                        "insert into anomaly_state (device_code, states, peers) values (%s,%s,%s)"
+                        " on conflict (device_code) do update set states = excluded.states,"
+                        " peers = excluded.peers, updated_at = now()",
+                        anomaly_updates,
                     )
                 if changed:
                     outbox = []
@@ -340,15 +428,148 @@ class Pipeline:
             if kind == "open":
                 self.metrics.alert_latency.observe(max(0.0, (now - alert.opened_at).total_seconds()))
             log.info(
-                "alert %s %s device %s district %s severity %s",
+                "alert %s %s device %s district %s severity %s metric %s",
                 alert.rule,
                 kind,
                 alert.device_code,
                 alert.district,
                 alert.severity.label,
+                alert.metric,
             )
         if changed:
             await self.drain_outbox()
+        return changed
+
+    async def _rule_step(
+        self,
+        conn: psycopg.AsyncConnection,
+        codes: list[str],
+        per_device: dict[str, list[Reading]],
+        info: dict[str, DeviceInfo],
+        transitions: list[tuple[str, Alert]],
+    ) -> list[tuple[str, int, Jsonb, Jsonb]]:
+        rows = await (
+            await conn.execute(
+                "select device_code, watermark_us, snapshot, states from rule_state"
+                " where device_code = any(%s) for update",
+                (codes,),
+            )
+        ).fetchall()
+        saved = {r[0]: (int(r[1]), _load_snapshot(r[2]), dict(r[3])) for r in rows}
+        updates = []
+        for code in codes:
+            dev = info[code]
+            wm, snap, states = saved.get(code, (0, {}, {}))
+            ctx = DeviceContext(code, dev.district, dev.device_class, attributes=dev.attributes)
+            out, new_wm = evaluate_device(
+                self.cfg.rules.for_class(dev.device_class), per_device[code], ctx, snap, states, wm
+            )
+            transitions += [(t.kind, t.alert) for t in out]
+            if new_wm != wm:
+                updates.append((code, new_wm, Jsonb(_dump_snapshot(snap)), Jsonb(states)))
+        return updates
+
+    async def _anomaly_step(
+        self,
+        conn: psycopg.AsyncConnection,
+        codes: list[str],
+        per_device: dict[str, list[Reading]],
+        info: dict[str, DeviceInfo],
+        peers: dict[tuple[str, str, str], float],
+        transitions: list[tuple[str, Alert]],
+    ) -> list[tuple[str, Jsonb, Jsonb]]:
+        rows = await (
+            await conn.execute(
+                "select device_code, states from anomaly_state where device_code = any(%s) for update", (codes,)
+            )
+        ).fetchall()
+        states: dict[str, dict[str, Any]] = {r[0]: dict(r[1]) for r in rows}
+        samples = []
+        for code in codes:
+            dev = info[code]
+            series = SeriesDevice(code, dev.district, dev.device_class, dev.model.split("@", 1)[0])
+            # Like rules: bad readings and HJ 212 maintenance/calibration flags never reach detectors.
+            samples += [
+                (series, r.metric, r.event_time, r.value)
+                for r in per_device[code]
+                if r.quality is not Quality.BAD and not suppressed_flag(r)
+            ]
+        outcome = evaluate_anomalies(self.cfg.anomaly, samples, states, peers=peers, is_gauge=self._is_gauge)
+        self.metrics.anomaly_samples.inc(outcome.samples)
+        transitions += outcome.transitions
+        return [(code, Jsonb(states[code]), Jsonb(peer_entry(states[code]))) for code in sorted(outcome.changed)]
+
+    def _is_gauge(self, dev: SeriesDevice, metric: str) -> bool:
+        try:
+            m = self.models.get(dev.model_id).metrics.get(metric)
+        except ModelError:
+            return False
+        return m is not None and m.kind == "gauge"
+
+    async def _peer_medians(self) -> dict[tuple[str, str, str], float]:
+        """Drift peers: median of offset-corrected latest values per (district, model, metric).
+
+        Recomputed at most every ``peer_refresh_s`` from ``anomaly_state.peers``
+        in one aggregate; a value counts while younger than 3 × its model's
+        cadence, and a group needs 3 peers. Drift is slow (hours), so a median
+        up to a minute old is as good as the same timestep's.
+        """
+        now = time.monotonic()
+        if now - self._peers_loaded < self.cfg.peer_refresh_s:
+            return self._peers
+        keys = [m.key for m in self.models.all()] + [m.id for m in self.models.latest()]
+        cadences = [float(m.cadence_s) for m in self.models.all()] + [float(m.cadence_s) for m in self.models.latest()]
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    "select d.district, split_part(d.model, '@', 1), p.key,"
+                    " percentile_cont(0.5) within group (order by (p.value->>0)::float8 - (p.value->>2)::float8)"
+                    " from anomaly_state a join devices d on d.code = a.device_code"
+                    " join unnest(%s::text[], %s::float8[]) as m(model, cadence_s) on m.model = d.model"
+                    " cross join lateral jsonb_each(a.peers) as p(key, value)"
+                    " where (p.value->>1)::float8 >= extract(epoch from now()) - 3 * m.cadence_s"
+                    " group by 1, 2, 3 having count(*) >= 3",
+                    (keys, cadences),
+                )
+            ).fetchall()
+        self._peers = {(r[0], r[1], r[2]): float(r[3]) for r in rows}
+        self._peers_loaded = now
+        return self._peers
+
+    async def _sessions(self, status: Sequence[tuple[RawMessage, DeviceInfo]]) -> None:
+        """Store devices' MQTT session state from their status messages (birth and last will).
+
+        Only a change of state moves ``status_at``: a broker re-delivering the
+        retained status to a restarted gateway must not look like a reconnect.
+        """
+        latest: dict[str, tuple[bool, datetime]] = {}
+        for raw, dev in status:
+            if not raw.topic.endswith("/status"):
+                continue  # command acknowledgements travel with status; the dispatcher handles them
+            try:
+                state = json.loads(raw.payload)["state"] if raw.payload else None
+            except (ValueError, KeyError, TypeError):
+                state = None
+            if state not in ("online", "offline"):
+                if raw.payload:
+                    log.warning("device %s topic %s: status without a valid state ignored", dev.code, raw.topic)
+                continue
+            prev = latest.get(dev.code)
+            if prev is None or raw.received_at >= prev[1]:
+                latest[dev.code] = (state == "online", raw.received_at)
+        if not latest:
+            return
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.executemany(
+                "insert into device_sessions (code, connected, status_at) values (%s, %s, %s)"
+                " on conflict (code) do update set connected = excluded.connected,"
+                " status_at = excluded.status_at, updated_at = now()"
+                " where device_sessions.connected <> excluded.connected"
+                " and device_sessions.status_at < excluded.status_at",
+                [(code, up, at) for code, (up, at) in sorted(latest.items())],
+            )
+        for code, (up, _) in sorted(latest.items()):
+            log.info("device %s session %s", code, "online" if up else "offline")
 
     async def drain_outbox(self, limit: int = 1000) -> int:
         """Publish committed alert transitions and delete them once Kafka has them.
@@ -415,6 +636,24 @@ def _load_snapshot(raw: dict[str, list[float | None]]) -> dict[str, list[float]]
 
 def _dump_snapshot(snap: dict[str, list[float]]) -> dict[str, list[float | None]]:
     return {k: [None if math.isnan(x) or math.isinf(x) else x for x in v] for k, v in snap.items()}
+
+
+def _parse_readings(values: Sequence[bytes]) -> list[dict[str, Any]]:
+    """Records of the readings topics (docs/topics.md), with ``ts`` and ``rx`` parsed; bad ones logged and dropped."""
+    out = []
+    for value in values:
+        try:
+            doc = json.loads(value)
+            doc["ts"] = datetime.fromisoformat(doc["ts"])
+            doc["rx"] = datetime.fromisoformat(doc["rx"])
+            if not isinstance(doc["device"], str) or not isinstance(doc["readings"], list):
+                raise TypeError("device must be a string and readings a list")
+            doc.setdefault("class", "?")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("undecodable readings record skipped: %s", exc)
+            continue
+        out.append(doc)
+    return out
 
 
 def _iso(t: datetime) -> str:

@@ -31,7 +31,7 @@ import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -176,14 +176,73 @@ def _record(
         baselines[i] = baseline
 
 
+def _column(values: list[Any], key: str, kind: str) -> npt.NDArray[Any]:
+    """One saved-state field over many series, validated like the per-state ``from_dict``."""
+    if kind == "time":
+        values = [NEVER_SEEN if v is None else v for v in values]
+    if kind in ("count", "time"):
+        if not all(type(v) is int for v in values):
+            raise AnomalyError(f"state field {key!r} must be an integer")
+        out = np.asarray(values, dtype=np.int64)
+        if kind == "count" and out.size and out.min() < 0:
+            raise AnomalyError(f"state field {key!r} must be >= 0")
+        return out
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        raise AnomalyError(f"state field {key!r} must be a finite number")
+    arr = np.asarray(values, dtype=np.float64)
+    if not bool(np.all(np.isfinite(arr))) or (kind == "nonneg" and arr.size and arr.min() < 0):
+        raise AnomalyError(f"state field {key!r} must be a finite number{' >= 0' if kind == 'nonneg' else ''}")
+    return arr
+
+
 class _Bank:
-    """Shared plumbing of the vectorised banks: selection and validation of a step."""
+    """Shared plumbing of the vectorised banks: selection and validation of a step,
+    and the columnar conversion of many saved states at once (:meth:`from_dicts`, :meth:`to_dicts`)."""
 
     __slots__ = ("size",)
+
+    #: The detector whose states the bank holds.
+    KIND: ClassVar[DetectorKind]
+    #: ``(array attribute, state key, column type)`` per array; column types are ``count``
+    #: (int >= 0), ``time`` (int or None, stored as :data:`NEVER_SEEN`), ``float`` and
+    #: ``nonneg`` (float >= 0). Empty for banks whose state is not a row of scalars.
+    FIELDS: ClassVar[tuple[tuple[str, str, str], ...]] = ()
 
     def __init__(self, size: int) -> None:
         _check_int("size", size, 0)
         self.size = size
+
+    @classmethod
+    def from_dicts(cls, dicts: Sequence[Mapping[str, Any] | None], params: Any = None) -> Any:
+        """A bank whose series ``i`` continues from the saved ``dicts[i]`` (None: a fresh series).
+
+        Same result as ``from_states([State.from_dict(d) …])`` without building a
+        dataclass per series: each field is converted as one column, which is what
+        makes loading the state of a whole stream batch cheap.
+
+        Raises:
+            AnomalyError: if any dict is not a valid saved state of this detector.
+        """
+        # Every concrete bank takes (size, params); RateBank requires params.
+        bank = cls(len(dicts), params) if params is not None else cls(len(dicts))  # type: ignore[call-arg]
+        rows = [i for i, d in enumerate(dicts) if d is not None]
+        if not rows:
+            return bank
+        present = [_load(d, cls.KIND) for d in dicts if d is not None]
+        idx = np.asarray(rows, dtype=np.intp)
+        for attr, key, kind in cls.FIELDS:
+            getattr(bank, attr)[idx] = _column([d.get(key) for d in present], key, kind)
+        return bank
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """Every series' state as :meth:`to_dict` of its state would give it, in one pass."""
+        keys = ["v", "kind"]
+        cols: list[list[Any]] = [[_STATE_VERSION] * self.size, [self.KIND.value] * self.size]
+        for attr, key, kind in self.FIELDS:
+            values = getattr(self, attr).tolist()
+            keys.append(key)
+            cols.append([None if v == NEVER_SEEN else v for v in values] if kind == "time" else values)
+        return [dict(zip(keys, row, strict=True)) for row in zip(*cols, strict=True)]
 
     def _select(
         self, t: npt.ArrayLike, x: npt.ArrayLike, index: npt.ArrayLike | None
@@ -395,6 +454,8 @@ class RobustZBank(_Bank):
     """
 
     __slots__ = ("_buf", "_count", "_last_t", "_pos", "_tbuf", "params")
+    KIND = DetectorKind.ROBUST_Z
+    FIELDS = ()
 
     def __init__(self, size: int, params: RobustZParams | None = None) -> None:
         super().__init__(size)
@@ -421,6 +482,43 @@ class RobustZBank(_Bank):
             bank._last_t[i] = _time_or_never(st.last_t)
         return bank
 
+    @classmethod
+    def from_dicts(cls, dicts: Sequence[Mapping[str, Any] | None], params: Any = None) -> RobustZBank:
+        """A bank from saved states (None: a fresh series); see :meth:`_Bank.from_dicts`."""
+        bank = cls(len(dicts), params)
+        w = bank.params.window
+        for i, raw in enumerate(dicts):
+            if raw is None:
+                continue
+            d = _load(raw, cls.KIND)
+            vals, times = d.get("values"), d.get("times")
+            if not isinstance(vals, list | tuple) or not isinstance(times, list | tuple) or len(vals) != len(times):
+                raise AnomalyError("robust_z state needs lists 'values' and 'times' of one length")
+            v = _column(list(vals[-w:]), "values", "float")
+            t = _column(list(times[-w:]), "times", "time")
+            n = v.size
+            bank._buf[i, :n], bank._tbuf[i, :n] = v, t
+            bank._count[i], bank._pos[i] = n, n % w
+            bank._last_t[i] = _time_or_never(_opt_int(d, "last_t"))
+        return bank
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """Every series' state as ``state(i).to_dict()`` would give it, in one pass."""
+        w = self.params.window
+        order = (self._pos[:, None] - self._count[:, None] + np.arange(w)[None, :]) % w
+        vals = np.take_along_axis(self._buf, order, axis=1).tolist()
+        times = np.take_along_axis(self._tbuf, order, axis=1).tolist()
+        return [
+            {
+                "v": _STATE_VERSION,
+                "kind": self.KIND.value,
+                "values": vals[i][:n],
+                "times": times[i][:n],
+                "last_t": None if last == NEVER_SEEN else last,
+            }
+            for i, (n, last) in enumerate(zip(self._count.tolist(), self._last_t.tolist(), strict=True))
+        ]
+
     def state(self, i: int) -> RobustZState:
         """Series ``i``'s state, as the online detector would hold it."""
         w, n = self.params.window, int(self._count[i])
@@ -430,6 +528,14 @@ class RobustZBank(_Bank):
             tuple(int(v) for v in self._tbuf[i, order]),
             _opt_time(self._last_t[i]),
         )
+
+    def window_start(self, index: npt.ArrayLike) -> IntArray:
+        """Per series in ``index``: the oldest time in its window, the start of the
+        window its next sample is judged on (:data:`NEVER_SEEN` while empty)."""
+        sel = np.asarray(index, dtype=np.intp)
+        n = self._count[sel]
+        oldest = self._tbuf[sel, (self._pos[sel] - n) % self.params.window]
+        return np.where(n > 0, oldest, NEVER_SEEN).astype(np.int64)
 
     def update(self, t: npt.ArrayLike, x: npt.ArrayLike, index: npt.ArrayLike | None = None) -> BankUpdate:
         """One sample for each series in ``index`` (default: all, in order).
@@ -594,6 +700,13 @@ class EwmaBank(_Bank):
     """EWMA chart over many series at once: four arrays, O(1) per series per step."""
 
     __slots__ = ("_last_t", "_mean", "_n", "_var", "params")
+    KIND = DetectorKind.EWMA
+    FIELDS = (
+        ("_n", "n", "count"),
+        ("_mean", "mean", "float"),
+        ("_var", "var", "nonneg"),
+        ("_last_t", "last_t", "time"),
+    )
 
     def __init__(self, size: int, params: EwmaParams | None = None) -> None:
         super().__init__(size)
@@ -615,6 +728,10 @@ class EwmaBank(_Bank):
     def state(self, i: int) -> EwmaState:
         """Series ``i``'s state, as the online detector would hold it."""
         return EwmaState(int(self._n[i]), float(self._mean[i]), float(self._var[i]), _opt_time(self._last_t[i]))
+
+    def window_start(self, index: npt.ArrayLike) -> IntArray:
+        """Per series in ``index``: the previous accepted time (the baseline's as-of time)."""
+        return np.asarray(self._last_t[np.asarray(index, dtype=np.intp)], dtype=np.int64)
 
     def update(self, t: npt.ArrayLike, x: npt.ArrayLike, index: npt.ArrayLike | None = None) -> BankUpdate:
         """One sample for each series in ``index`` (default: all); see :meth:`RobustZBank.update`."""
@@ -753,6 +870,14 @@ class RateBank(_Bank):
     """Rate-of-change spikes over many series at once; O(1) per series per step."""
 
     __slots__ = ("_held", "_last_t", "_n", "_ref_t", "_ref_x", "params")
+    KIND = DetectorKind.RATE
+    FIELDS = (
+        ("_n", "n", "count"),
+        ("_ref_t", "ref_t", "time"),
+        ("_ref_x", "ref_x", "float"),
+        ("_held", "held", "count"),
+        ("_last_t", "last_t", "time"),
+    )
 
     def __init__(self, size: int, params: RateParams) -> None:
         super().__init__(size)
@@ -782,6 +907,10 @@ class RateBank(_Bank):
             int(self._held[i]),
             _opt_time(self._last_t[i]),
         )
+
+    def window_start(self, index: npt.ArrayLike) -> IntArray:
+        """Per series in ``index``: the reference sample's time its next sample is compared with."""
+        return np.asarray(self._ref_t[np.asarray(index, dtype=np.intp)], dtype=np.int64)
 
     def update(self, t: npt.ArrayLike, x: npt.ArrayLike, index: npt.ArrayLike | None = None) -> BankUpdate:
         """One sample for each series in ``index`` (default: all); see :meth:`RobustZBank.update`."""
@@ -923,6 +1052,14 @@ class StuckBank(_Bank):
     """Stuck-sensor detection over many series at once; O(1) per series per step."""
 
     __slots__ = ("_last_t", "_len", "_max", "_min", "_start", "params")
+    KIND = DetectorKind.STUCK
+    FIELDS = (
+        ("_len", "run_len", "count"),
+        ("_min", "run_min", "float"),
+        ("_max", "run_max", "float"),
+        ("_start", "run_start", "time"),
+        ("_last_t", "last_t", "time"),
+    )
 
     def __init__(self, size: int, params: StuckParams | None = None) -> None:
         super().__init__(size)
@@ -1219,6 +1356,20 @@ class DriftBank(_Bank):
         "_s_neg",
         "_s_pos",
         "params",
+    )
+    KIND = DetectorKind.DRIFT
+    FIELDS = (
+        ("_n", "n", "count"),
+        ("_mean", "mean", "float"),
+        ("_m2", "m2", "nonneg"),
+        ("_b_sum", "b_sum", "float"),
+        ("_b_n", "b_n", "count"),
+        ("_b_start", "b_start", "time"),
+        ("_s_pos", "s_pos", "nonneg"),
+        ("_s_neg", "s_neg", "nonneg"),
+        ("_pos_start", "pos_start", "time"),
+        ("_neg_start", "neg_start", "time"),
+        ("_last_t", "last_t", "time"),
     )
 
     def __init__(self, size: int, params: DriftParams | None = None) -> None:

@@ -1,0 +1,376 @@
+"""Anomaly detection over one stream batch: samples in, alert transitions out. Pure, no I/O.
+
+The stream worker (:mod:`streams.pipeline`) calls :func:`evaluate_anomalies`
+with the batch's readings and each device's saved state (a JSON document kept
+in ``anomaly_state`` and written back in the same transaction as the alerts,
+exactly like ``rule_state``). The function
+
+1. groups samples per series (device, metric), orders them by event time,
+   keeps one per second (detectors work in integer seconds) and drops those
+   at or before the series' watermark — a replayed batch changes nothing;
+2. looks up the series' detectors in :class:`~alerts.anomaly.config.AnomalyConfig`;
+3. runs every (detector, parameters) group as one vectorised bank over all
+   its series, one numpy step per *round* (round ``r`` = each series' ``r``-th
+   new sample), so the cost is a few numpy calls per batch, not per series;
+4. turns firings into alert transitions with a small per-(series, detector)
+   state machine: open on the first firing sample, clear after
+   ``clear_after`` accepted samples in a row without firing, and a detector
+   that opens ``flap_count`` times within ``flap_window`` is marked flapping and
+   held open until quiet for ``flap_window / flap_count``.
+
+State document per device (JSON-safe)::
+
+    {"m": {metric: {"t": last accepted epoch s,
+                    "d": {detector: <Detector state .to_dict()>},
+                    "a": {detector: {"o": opened epoch s | null, "q": quiet samples,
+                                     "f": flapping, "l": last firing epoch s, "opens": [...]}}}}}
+
+Drift needs the median of the same model and metric in the same district;
+the caller passes medians it computed from the peers' latest values and
+offsets (:func:`peer_entry` gives what to store for each device).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from alerts.anomaly.config import AnomalyConfig, DetectorSpec
+from alerts.anomaly.detectors import (
+    NEVER_SEEN,
+    DriftBank,
+    EwmaBank,
+    EwmaParams,
+    RateBank,
+    RateParams,
+    RobustZBank,
+    RobustZParams,
+    StuckBank,
+    StuckParams,
+)
+from alerts.anomaly.result import DetectorKind
+from alerts.errors import AnomalyError
+from citybrain.records import Alert, AlertState, alert_id
+
+__all__ = [
+    "ANOMALY_RULE_PREFIX",
+    "AnomalyOutcome",
+    "SeriesDevice",
+    "evaluate_anomalies",
+    "peer_entry",
+]
+
+#: Alerts raised by a detector carry the rule ``anomaly.<detector>`` (``anomaly.ewma`` …).
+ANOMALY_RULE_PREFIX = "anomaly."
+
+_BANKS: dict[DetectorKind, Any] = {
+    DetectorKind.ROBUST_Z: RobustZBank,
+    DetectorKind.EWMA: EwmaBank,
+    DetectorKind.RATE: RateBank,
+    DetectorKind.STUCK: StuckBank,
+    DetectorKind.DRIFT: DriftBank,
+}
+# Detectors whose window start is known before the update (the baseline's extent).
+_PRE_WINDOW = (DetectorKind.ROBUST_Z, DetectorKind.EWMA, DetectorKind.RATE)
+_NO_FIRES: dict[int, Any] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesDevice:
+    """What the detectors need to know about a device."""
+
+    code: str
+    district: str
+    device_class: str
+    model_id: str
+
+
+@dataclass(slots=True)
+class AnomalyOutcome:
+    """What one batch produced.
+
+    Attributes:
+        transitions: ``(kind, alert)`` with kind ``open`` or ``clear``, in event-time order per series.
+        changed: Devices whose state document changed (to write back).
+        samples: Samples fed to at least one detector.
+    """
+
+    transitions: list[tuple[str, Alert]] = field(default_factory=list)
+    changed: set[str] = field(default_factory=set)
+    samples: int = 0
+
+
+@dataclass(slots=True)
+class _Series:
+    dev: SeriesDevice
+    metric: str
+    doc: dict[str, Any]
+    times: list[int]
+    values: list[float]
+    specs: tuple[DetectorSpec, ...]
+
+
+@dataclass(slots=True)
+class _Fire:
+    score: float
+    baseline: float
+    start: int
+
+
+def _utc(t: int) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def _iso(t: int) -> str:
+    return _utc(t).isoformat().replace("+00:00", "Z")
+
+
+def _bank(kind: DetectorKind, params: Any, saved: list[Any]) -> Any:
+    """A bank over the saved states, columnar; a state that does not load starts over.
+
+    A state from an incompatible version must not stall the stream: that
+    series warms up again (no false alarm), the others keep theirs.
+    """
+    cls = _BANKS[kind]
+    try:
+        return cls.from_dicts(saved, params)
+    except AnomalyError:
+        good = []
+        for raw in saved:
+            try:
+                cls.from_dicts([raw], params)
+                good.append(raw)
+            except AnomalyError:
+                good.append(None)
+        return cls.from_dicts(good, params)
+
+
+def evaluate_anomalies(
+    config: AnomalyConfig,
+    samples: Sequence[tuple[SeriesDevice, str, datetime, float]],
+    states: MutableMapping[str, dict[str, Any]],
+    *,
+    peers: Mapping[tuple[str, str, str], float] | None = None,
+    is_gauge: Callable[[SeriesDevice, str], bool] = lambda _dev, _metric: True,
+) -> AnomalyOutcome:
+    """Run the configured detectors over one batch.
+
+    Args:
+        config: Which detectors run on which series.
+        samples: ``(device, metric, event time, value)``; any order, finite values.
+        states: Device code → state document (see module docstring); updated
+            in place, a missing device starts empty (and warms up).
+        peers: ``(district, model id, metric)`` → peer median for drift; a
+            series without one is not fed to its drift detector.
+        is_gauge: Whether a metric is a gauge (entries without ``metrics``
+            cover gauges only).
+
+    Returns:
+        The alert transitions and which devices' documents changed.
+    """
+    out = AnomalyOutcome()
+    if not config or not samples:
+        return out
+    per_series: dict[tuple[str, str], dict[int, float]] = {}
+    devs: dict[str, SeriesDevice] = {}
+    for dev, metric, event_time, value in samples:
+        if not math.isfinite(value):
+            continue
+        devs[dev.code] = dev
+        # Detectors work in integer seconds: several samples in one second keep the latest.
+        per_series.setdefault((dev.code, metric), {})[int(event_time.timestamp())] = value
+    series: list[_Series] = []
+    for (code, metric), by_t in sorted(per_series.items()):
+        dev = devs[code]
+        specs = config.plan(dev.device_class, dev.model_id, metric, gauge=is_gauge(dev, metric))
+        if not specs:
+            continue
+        doc = states.setdefault(code, {}).setdefault("m", {}).setdefault(metric, {})
+        last = doc.get("t")
+        times = sorted(t for t in by_t if last is None or t > last)
+        if not times:
+            continue  # a replay, or late data: already evaluated
+        series.append(_Series(dev, metric, doc, times, [by_t[t] for t in times], specs))
+        out.samples += len(times)
+    if not series:
+        return out
+    groups: dict[tuple[DetectorKind, Any], list[tuple[int, DetectorSpec]]] = {}
+    for i, s in enumerate(series):
+        for spec in s.specs:
+            groups.setdefault((spec.kind, spec.params), []).append((i, spec))
+    # results[(series index, kind)] = (accepted, {sample position: firing}); quiet samples are implicit.
+    results: dict[tuple[int, DetectorKind], tuple[bool, dict[int, _Fire]]] = {}
+    for (kind, params), members in groups.items():
+        _run_group(kind, params, [series[i] for i, _ in members], [i for i, _ in members], peers or {}, results)
+    for i, s in enumerate(series):
+        for spec in s.specs:
+            accepted, fires = results[(i, spec.kind)]
+            if accepted and (fires or s.doc.get("a", {}).get(spec.kind.value, {}).get("o") is not None):
+                out.transitions += _alert_steps(s, spec, fires)
+        s.doc["t"] = s.times[-1]
+        if any(spec.kind is DetectorKind.DRIFT for spec in s.specs):
+            s.doc["x"] = [s.values[-1], s.times[-1]]  # for the peers' median (peer_entry)
+        out.changed.add(s.dev.code)
+    return out
+
+
+def _run_group(
+    kind: DetectorKind,
+    params: Any,
+    members: list[_Series],
+    index: list[int],
+    peers: Mapping[tuple[str, str, str], float],
+    results: dict[tuple[int, DetectorKind], tuple[bool, dict[int, _Fire]]],
+) -> None:
+    """One bank over every series of the group; one numpy step per round, Python only for firings."""
+    name = kind.value
+    bank = _bank(kind, params, [s.doc.get("d", {}).get(name) for s in members])
+    if kind is DetectorKind.DRIFT:
+        peer = np.array(
+            [peers.get((s.dev.district, s.dev.model_id, s.metric), math.nan) for s in members], dtype=np.float64
+        )
+        accepted = np.isfinite(peer)  # without a peer median the drift detector is not fed
+    else:
+        accepted = np.ones(len(members), dtype=np.bool_)
+    lengths = np.array([len(s.times) for s in members], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    all_t = np.fromiter((t for s in members for t in s.times), dtype=np.int64, count=int(lengths.sum()))
+    all_x = np.fromiter((x for s in members for x in s.values), dtype=np.float64, count=int(lengths.sum()))
+    fires: dict[int, dict[int, _Fire]] = {}  # member → sample position → firing; most series never fire
+    pre = kind in _PRE_WINDOW
+    for r in range(int(lengths.max())):
+        sel = np.flatnonzero(lengths > r)
+        t, x = all_t[offsets[sel] + r], all_x[offsets[sel] + r]
+        starts = bank.window_start(sel) if pre else None
+        upd = bank.update(t, x, peer[sel], index=sel) if kind is DetectorKind.DRIFT else bank.update(t, x, index=sel)
+        for row in np.flatnonzero(upd.fired).tolist():
+            j = int(sel[row])
+            if starts is not None:
+                start: int | None = int(starts[row])
+            elif kind is DetectorKind.STUCK:
+                start = bank.state(j).run_start
+            else:
+                st = bank.state(j)
+                start = st.pos_start if st.s_pos >= st.s_neg else st.neg_start
+            tr = int(t[row])
+            start = tr if start is None or start == NEVER_SEEN else min(int(start), tr)
+            fires.setdefault(j, {})[r] = _Fire(float(upd.score[row]), float(upd.baseline[row]), start)
+    for j, (s, saved) in enumerate(zip(members, bank.to_dicts(), strict=True)):
+        s.doc.setdefault("d", {})[name] = saved
+        results[(index[j], kind)] = (bool(accepted[j]), fires.get(j, _NO_FIRES))
+
+
+def _alert_steps(s: _Series, spec: DetectorSpec, fires: dict[int, _Fire]) -> list[tuple[str, Alert]]:
+    """Open on the first firing sample, clear after ``clear_after`` quiet ones (held while flapping)."""
+    st: dict[str, Any] = s.doc.setdefault("a", {}).setdefault(spec.kind.value, {})
+    rule = ANOMALY_RULE_PREFIX + spec.kind.value
+    out: list[tuple[str, Alert]] = []
+    for r, (t, x) in enumerate(zip(s.times, s.values, strict=True)):
+        opened = st.get("o")
+        fire = fires.get(r)
+        if fire is not None:
+            st["q"], st["l"] = 0, t
+            if opened is not None:
+                continue  # still firing: one alert per episode
+            opens = [o for o in st.get("opens", []) if t - o < spec.flap_window_s] + [t]
+            st["opens"], st["o"], st["f"] = opens, t, len(opens) >= spec.flap_count
+            out.append(("open", _alert(s, spec, rule, t, x, fire, bool(st["f"]))))
+        elif opened is not None:
+            st["q"] = int(st.get("q", 0)) + 1
+            quiet_enough = st["q"] >= spec.clear_after
+            if st.get("f"):
+                # A flapping detector clears only once it has been quiet for a while.
+                quiet_enough = quiet_enough and t - int(st.get("l", t)) >= spec.flap_window_s / spec.flap_count
+            if quiet_enough:
+                out.append(("clear", _cleared(s, spec, rule, int(opened), t)))
+                st["o"], st["f"], st["q"] = None, False, 0
+    return out
+
+
+def _alert(s: _Series, spec: DetectorSpec, rule: str, t: int, x: float, fire: _Fire, flapping: bool) -> Alert:
+    threshold = _threshold(spec)
+    detail = "up" if x >= fire.baseline else "down"
+    labels = [
+        ("detector", spec.kind.value),
+        ("baseline", f"{fire.baseline:.6g}"),
+        ("score", f"{fire.score:.4g}"),
+        ("threshold", f"{threshold:.6g}"),
+        ("window_start", _iso(fire.start)),
+        ("window_end", _iso(t)),
+        ("detail", detail),
+    ]
+    if flapping:
+        labels.append(("flapping", "true"))
+    opened_at = _utc(t)
+    return Alert(
+        id=alert_id(s.dev.code, f"{rule}.{s.metric}", opened_at),
+        rule=rule,
+        device_code=s.dev.code,
+        district=s.dev.district,
+        severity=spec.severity,
+        state=AlertState.OPEN,
+        opened_at=opened_at,
+        metric=s.metric,
+        value=x,
+        threshold=threshold,
+        message=(
+            f"{s.metric} {x:.6g} {detail}: {spec.kind.value} score {fire.score:.3g} > {threshold:.3g}"
+            f" (baseline {fire.baseline:.6g}, window {_iso(fire.start)} – {_iso(t)})"
+        ),
+        device_class=s.dev.device_class,
+        labels=tuple(labels),
+    )
+
+
+def _cleared(s: _Series, spec: DetectorSpec, rule: str, opened: int, t: int) -> Alert:
+    opened_at = _utc(opened)
+    return Alert(
+        id=alert_id(s.dev.code, f"{rule}.{s.metric}", opened_at),
+        rule=rule,
+        device_code=s.dev.code,
+        district=s.dev.district,
+        severity=spec.severity,
+        state=AlertState.RESOLVED,
+        opened_at=opened_at,
+        metric=s.metric,
+        message=f"{s.metric}: {spec.kind.value} quiet for {spec.clear_after} samples",
+        cleared_at=_utc(t),
+        device_class=s.dev.device_class,
+        labels=(("detector", spec.kind.value),),
+    )
+
+
+def _threshold(spec: DetectorSpec) -> float:
+    p = spec.params
+    if isinstance(p, RobustZParams):
+        return p.k
+    if isinstance(p, EwmaParams):
+        return p.sigmas
+    if isinstance(p, RateParams):
+        return p.max_rate
+    if isinstance(p, StuckParams):
+        return float(p.samples)
+    return p.h
+
+
+def peer_entry(doc: Mapping[str, Any]) -> dict[str, list[float]]:
+    """What a device contributes to its peers' drift median: ``{metric: [value, t, offset]}``.
+
+    Only metrics with a drift state are listed; the offset is the device's
+    learnt mean residual (0 until its first block closes), so peers take the
+    median of offset-corrected values (see :func:`~alerts.anomaly.peer_median`).
+    """
+    out: dict[str, list[float]] = {}
+    for metric, m in doc.get("m", {}).items():
+        drift = m.get("d", {}).get(DetectorKind.DRIFT.value)
+        last = m.get("x")
+        if drift is None or last is None:
+            continue
+        offset = float(drift.get("mean", 0.0)) if int(drift.get("n", 0)) > 0 else 0.0
+        out[metric] = [float(last[0]), float(last[1]), offset]
+    return out

@@ -1,0 +1,268 @@
+"""Anomaly detectors in the stream: configuration as data, alerts with evidence, restart safety."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+
+from alerts.anomaly import (
+    DriftBank,
+    DriftParams,
+    EwmaBank,
+    EwmaDetector,
+    EwmaParams,
+    RateBank,
+    RateParams,
+    RobustZBank,
+    RobustZDetector,
+    RobustZParams,
+    StuckBank,
+    StuckParams,
+)
+from alerts.anomaly.config import AnomalyConfig, parse_anomaly_config, shipped_anomaly_config
+from alerts.anomaly.stream import SeriesDevice, evaluate_anomalies, peer_entry
+from alerts.errors import AnomalyError
+from citybrain.records import AlertState, Severity
+
+DEV = SeriesDevice("35020303080000012", "350203", "air", "air-station")
+T0 = datetime(2026, 11, 29, tzinfo=UTC)
+
+CONFIG = """
+defaults: {clear_after: 3, flap_count: 3, flap_window: 1h}
+series:
+  - class: air
+    metrics: [pm25]
+    detectors:
+      ewma: {}
+      robust_z: {window: 40, min_samples: 30, severity: info}
+"""
+
+
+def _series(n: int, spike_at: int | None = None, seed: int = 7) -> list[float]:
+    rng = np.random.default_rng(seed)
+    values = [float(v) for v in 30 + rng.normal(0, 1.5, n)]
+    if spike_at is not None:
+        values[spike_at] = 80.0
+    return values
+
+
+def _run(
+    cfg: AnomalyConfig, values: list[float], *, batch: int, states: dict[str, Any] | None = None, start: int = 0
+) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
+    """Feed ``values`` (one a minute) in batches, round-tripping the state through JSON like jsonb."""
+    states = states if states is not None else {}
+    out = []
+    for b in range(0, len(values), batch):
+        samples = [
+            (DEV, "pm25", T0 + timedelta(minutes=start + i), values[i]) for i in range(b, min(b + batch, len(values)))
+        ]
+        res = evaluate_anomalies(cfg, samples, states)
+        out += res.transitions
+        states = json.loads(json.dumps(states, allow_nan=False))
+    return out, states
+
+
+# --- configuration ---------------------------------------------------------------
+
+
+def test_later_entries_override_and_off_turns_a_detector_off() -> None:
+    cfg = parse_anomaly_config(
+        """
+series:
+  - class: air
+    detectors: {ewma: {}, stuck: {samples: 10}}
+  - class: air
+    models: [air-micro]
+    metrics: [pm25]
+    detectors: {ewma: off, robust_z: {k: 7}}
+"""
+    )
+    assert [s.kind.value for s in cfg.plan("air", "air-station", "pm25")] == ["ewma", "stuck"]
+    micro = cfg.plan("air", "air-micro", "pm25")
+    assert [s.kind.value for s in micro] == ["robust_z", "stuck"] and micro[0].params.k == 7  # type: ignore[union-attr]
+    # entries without `metrics` cover gauges only: booleans and states belong to rules
+    assert cfg.plan("air", "air-station", "pm25", gauge=False) == ()
+    assert cfg.plan("water", "water-station", "ph") == ()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "series: [{class: air, detectors: {ewmaa: {}}}]",  # a typo must not silently disable a detector
+        "series: [{class: air, detectors: {ewma: {lamda: 0.1}}}]",
+        "series: [{class: air, detectors: {ewma: {lam: 2}}}]",
+        "series: [{class: air, detectors: {rate: {}}}]",  # max_rate is required
+        "series: [{class: air, detectors: {silence: {}}}]",
+        "series: [{class: air, detectors: {ewma: {severity: loud}}}]",
+        "series: [{class: air, detectors: {ewma: {clear_after: 0}}}]",
+        "series: [{class: air, detectors: {}}]",
+        "series: [{class: air, metric: [pm25], detectors: {ewma: {}}}]",
+        "defaults: {k: 3}",
+    ],
+)
+def test_bad_configuration_is_refused_at_load(text: str) -> None:
+    with pytest.raises(AnomalyError):
+        parse_anomaly_config(text)
+
+
+def test_shipped_configuration_loads_and_keeps_robust_z_narrow() -> None:
+    cfg = shipped_anomaly_config()
+    assert bool(cfg)
+    kinds = {s.kind.value for s in cfg.plan("air", "air-station", "pm25")}
+    assert {"ewma", "robust_z", "stuck", "drift"} <= kinds
+    # robust z keeps 90 samples per series: it runs on PM2.5 only, not on every gauge
+    assert "robust_z" not in {s.kind.value for s in cfg.plan("air", "air-station", "no2")}
+    assert not AnomalyConfig.empty()
+
+
+# --- alerts ----------------------------------------------------------------------
+
+
+def test_warm_up_raises_nothing_even_on_wild_values() -> None:
+    wild = [30.0, 300.0, 5.0, 250.0] * 7  # 28 samples: below both detectors' 30-sample warm-up
+    out, _ = _run(parse_anomaly_config(CONFIG), wild, batch=5)
+    assert out == []
+
+
+def test_a_spike_opens_one_alert_per_detector_with_evidence_and_clears() -> None:
+    values = _series(60, spike_at=45)
+    out, _ = _run(parse_anomaly_config(CONFIG), values, batch=7)
+    opens = [a for k, a in out if k == "open"]
+    assert sorted(a.rule for a in opens) == ["anomaly.ewma", "anomaly.robust_z"]
+    spike = T0 + timedelta(minutes=45)
+    for a in opens:
+        labels = dict(a.labels)
+        assert a.opened_at == spike and a.metric == "pm25" and a.value == 80.0 and a.state is AlertState.OPEN
+        assert labels["detector"] == a.rule.removeprefix("anomaly.") and labels["detail"] == "up"
+        assert 27 < float(labels["baseline"]) < 33
+        assert float(labels["score"]) > float(labels["threshold"]) == a.threshold
+        assert labels["window_end"] == "2026-11-29T00:45:00Z" and labels["window_start"] < labels["window_end"]
+    # robust z judged the spike on the 40 samples before it; EWMA on the baseline as of the previous sample
+    by_rule = {a.rule: dict(a.labels) for a in opens}
+    assert by_rule["anomaly.robust_z"]["window_start"] == "2026-11-29T00:05:00Z"
+    assert by_rule["anomaly.ewma"]["window_start"] == "2026-11-29T00:44:00Z"
+    assert {a.severity for a in opens} == {Severity.INFO, Severity.WARNING}
+    clears = [a for k, a in out if k == "clear"]
+    assert sorted((a.rule, a.id) for a in clears) == sorted((a.rule, a.id) for a in opens)
+    assert all(a.cleared_at == spike + timedelta(minutes=3) for a in clears)  # clear_after: 3 quiet samples
+
+
+def test_decisions_match_the_online_detectors() -> None:
+    """The vectorised per-batch path fires exactly where the single-series online detectors do."""
+    values = _series(120, spike_at=70)
+    values[90] = 10.0
+    out, _ = _run(parse_anomaly_config(CONFIG), values, batch=9)
+    ewma, rz = (
+        EwmaDetector(EwmaParams()),
+        RobustZDetector(parse_anomaly_config(CONFIG).plan("air", "x", "pm25")[1].params),
+    )  # type: ignore[arg-type]
+    fired: dict[str, list[int]] = {"anomaly.ewma": [], "anomaly.robust_z": []}
+    for i, v in enumerate(values):
+        t = int((T0 + timedelta(minutes=i)).timestamp())
+        if ewma.update(t, v):
+            fired["anomaly.ewma"].append(i)
+        if rz.update(t, v):
+            fired["anomaly.robust_z"].append(i)
+    for rule, idx in fired.items():
+        opened = sorted(int((a.opened_at - T0).total_seconds() // 60) for k, a in out if k == "open" and a.rule == rule)
+        assert idx and set(opened) <= set(idx) and opened[0] == idx[0]
+
+
+def test_restart_from_saved_state_neither_repeats_nor_loses_an_alert() -> None:
+    cfg = parse_anomaly_config(CONFIG)
+    values = _series(80, spike_at=50)
+    straight, _ = _run(cfg, values, batch=80)
+    # the same data with a "restart" (state from JSON) after sample 48, and the last batch replayed
+    first, saved = _run(cfg, values[:48], batch=6)
+    second, saved = _run(cfg, values[48:], batch=6, states=saved, start=48)
+    replay, _ = _run(cfg, values[40:], batch=10, states=saved, start=40)
+    assert replay == []
+    assert [(k, a.id) for k, a in first + second] == [(k, a.id) for k, a in straight]
+
+
+def test_a_flapping_detector_is_held_open() -> None:
+    """Spikes every 5 samples would open and clear forever; after flap_count opens the alert is held."""
+    values = _series(200)
+    for i in range(40, 200, 5):
+        values[i] = 80.0
+    cfg = parse_anomaly_config(CONFIG.replace("robust_z: {window: 40, min_samples: 30, severity: info}", "stuck: off"))
+    out, _ = _run(cfg, values, batch=10)
+    opens = [a for k, a in out if k == "open"]
+    assert len(opens) == 3  # flap_count, not 32
+    assert dict(opens[-1].labels).get("flapping") == "true"
+
+
+def test_replayed_and_late_samples_are_ignored_and_nan_never_reaches_a_detector() -> None:
+    cfg = parse_anomaly_config(CONFIG)
+    states: dict[str, Any] = {}
+    samples = [(DEV, "pm25", T0 + timedelta(minutes=i), 30.0 + (i % 3)) for i in range(10)]
+    assert evaluate_anomalies(cfg, samples, states).samples == 10
+    assert evaluate_anomalies(cfg, samples[:5], states).samples == 0  # late: at or before the watermark
+    later = [(DEV, "pm25", T0 + timedelta(minutes=20), float("nan"))]
+    assert evaluate_anomalies(cfg, later, states).samples == 0
+    assert states[DEV.code]["m"]["pm25"]["t"] == int((T0 + timedelta(minutes=9)).timestamp())
+
+
+def test_drift_uses_the_peer_median_and_publishes_its_offset() -> None:
+    cfg = parse_anomaly_config(
+        "series: [{class: air, metrics: [pm25], detectors: {drift: {block: 2, min_blocks: 3, h: 2, min_sigma: 0.1}}}]"
+    )
+    states: dict[str, Any] = {}
+    key = (DEV.district, DEV.model_id, "pm25")
+    out = []
+    for i in range(40):
+        # 2 above its peers while learning, then drifting away by 1 per sample
+        x = 32.0 + (0.1 if i % 2 else -0.1) + max(0, i - 12)
+        res = evaluate_anomalies(cfg, [(DEV, "pm25", T0 + timedelta(minutes=i), x)], states, peers={key: 30.0})
+        out += res.transitions
+    assert [(k, a.rule) for k, a in out][:1] == [("open", "anomaly.drift")]
+    entry = peer_entry(states[DEV.code])
+    assert entry["pm25"][2] == pytest.approx(2.0, abs=0.2)  # the learnt offset, for the peers' median
+    # without a peer median the drift detector is not fed at all
+    fresh: dict[str, Any] = {}
+    evaluate_anomalies(cfg, [(DEV, "pm25", T0, 1.0)], fresh)
+    assert fresh[DEV.code]["m"]["pm25"]["d"]["drift"]["last_t"] is None
+
+
+# --- columnar state conversion ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bank_cls", "params"),
+    [
+        (RobustZBank, RobustZParams(window=10, min_samples=3)),
+        (EwmaBank, EwmaParams(min_samples=3)),
+        (RateBank, RateParams(max_rate=0.5)),
+        (StuckBank, StuckParams(samples=3)),
+        (DriftBank, DriftParams(block=2, min_blocks=2)),
+    ],
+)
+def test_columnar_state_round_trip_matches_the_per_series_states(bank_cls: Any, params: Any) -> None:
+    """``from_dicts``/``to_dicts`` agree with ``from_states``/``state(i)`` (what the stream relies on)."""
+    rng = np.random.default_rng(5)
+    bank = bank_cls(4, params)
+    for step in range(15):
+        x = 30 + rng.normal(0, 1, 3)
+        args = (1_700_000_000 + 60 * step, x, 30.0) if bank_cls is DriftBank else (1_700_000_000 + 60 * step, x)
+        bank.update(*args, index=[0, 1, 2])  # series 3 never sees a sample
+    expected = [bank.state(i).to_dict() for i in range(4)]
+    assert bank.to_dicts() == expected
+    reloaded = bank_cls.from_dicts([*json.loads(json.dumps(expected))[:3], None], params)
+    assert reloaded.to_dicts() == expected
+    broken = dict(expected[0])
+    broken["last_t"] = "yesterday"
+    with pytest.raises(AnomalyError):
+        bank_cls.from_dicts([broken], params)
+
+
+def test_a_state_that_does_not_load_starts_that_series_over() -> None:
+    cfg = parse_anomaly_config(CONFIG)
+    states: dict[str, Any] = {}
+    evaluate_anomalies(cfg, [(DEV, "pm25", T0, 30.0)], states)
+    states[DEV.code]["m"]["pm25"]["d"]["ewma"] = {"v": 99, "kind": "ewma"}  # a future version
+    out = evaluate_anomalies(cfg, [(DEV, "pm25", T0 + timedelta(minutes=1), 31.0)], states)
+    assert out.samples == 1 and states[DEV.code]["m"]["pm25"]["d"]["ewma"]["n"] == 1
