@@ -64,6 +64,11 @@ async def _create_topics(bootstrap: str, topics: KafkaTopics, partitions: int, c
             NewTopic(topics.alerts, partitions, 1),
         ]
         wanted += [NewTopic(topics.readings(c), partitions, 1) for c in classes]
+        # Graded views (readings.{class}.public/.internal) of the classes that need them.
+        from streams.downstream import plan_views
+
+        plan = plan_views(shipped_models())
+        wanted += [NewTopic(t, partitions, 1) for t in plan.kafka_topics(topics) if t.split(".")[-2] in classes]
         new = [t for t in wanted if t.name not in existing]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
@@ -251,15 +256,20 @@ class Platform:
             raise
         return self
 
-    def add_user(self, name: str, role: str) -> tuple[str, str]:
+    def add_user(
+        self, name: str, role: str, *, districts: tuple[str, ...] = (), classes: tuple[str, ...] = ()
+    ) -> tuple[str, str]:
         """Create a console/API user (as ``citybrain users add`` would); returns (name, password).
 
+        ``districts`` and ``classes`` are its grants (empty: all), as ``--district`` / ``--class``.
         A name already taken (a demo restarted on the same data) gets a suffix.
         """
+        grants = [arg for d in sorted(districts) for arg in ("--district", d)]
+        grants += [arg for c in sorted(classes) for arg in ("--class", c)]
         for attempt in range(5):
             candidate = name if attempt == 0 else f"{name}-{secrets.token_hex(2)}"
             res = subprocess.run(
-                [sys.executable, "-m", "citybrain.cli", "users", "add", candidate, "--role", role],
+                [sys.executable, "-m", "citybrain.cli", "users", "add", candidate, "--role", role, *grants],
                 env=self.env(),
                 capture_output=True,
                 text=True,

@@ -61,8 +61,23 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT: ViewportSize = {"width": 1600, "height": 1000}
 N_DEVICES = 6
-# An air station no simulator drives: its alert stays open until someone acts on it.
+# Air stations no simulator drives: their alerts stay open until someone acts on them.
 EXTRA = DeviceCode.build("350203", "0308", 90).full
+SCOPED_IN = DeviceCode.build("350203", "0308", 91).full  # 思明区: seen by the scoped operator
+SCOPED_OUT = DeviceCode.build("350206", "0308", 91).full  # 湖里区: never seen by them
+READ_ONLY_DEV = DeviceCode.build("350205", "0308", 91).full  # for the read-only roles
+INCIDENT_DEVS = [DeviceCode.build("350212", "0308", 91 + i).full for i in range(5)]  # one district incident
+EXTRAS = [EXTRA, SCOPED_IN, SCOPED_OUT, READ_ONLY_DEV, *INCIDENT_DEVS]
+SCOPED_DISTRICT = "350203"
+# map.js STATUS_COLOURS
+STATUS_COLOURS = {
+    "fresh": "#1f9d55",
+    "stale": "#e0a800",
+    "offline": "#6b7280",
+    "alerting": "#d62728",
+    "unknown": "#a0aec0",
+}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Endpoints the console probes that may legitimately answer 404 (not deployed yet, or no data yet);
 # Chromium logs such responses as console errors ("Failed to load resource"), which are not app errors.
 OPTIONAL_404 = re.compile(r"/api/v1/(session|devices/[0-9A-Z]+/(commands|latest))(\?.*)?$")
@@ -109,19 +124,23 @@ def _district_points() -> dict[str, tuple[float, float]]:
 
 
 def _place_devices(database_url: str) -> dict[str, tuple[float, float, str]]:
-    """Give the demo stations a location (the demo registers none) and register the extra station."""
+    """Give the demo stations a location (the demo registers none) and register the extra stations."""
     points = _district_points()
     placed: dict[str, tuple[float, float, str]] = {}
     with psycopg.connect(database_url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "insert into devices (code, alias, model, device_class, name, district, state, created_by, updated_by)"
-            " values (%s, %s, 'air-station@1', 'air', %s, %s, 'registered', 'e2e', 'e2e')"
-            " on conflict (code) do nothing",
-            (EXTRA, EXTRA[:16], "Console test station <b>&amp;</b>", EXTRA[:6]),
-        )
-        for i, code in enumerate([*demo_device_codes(N_DEVICES), EXTRA]):
+        for code in EXTRAS:
+            name = "Console test station <b>&amp;</b>" if code == EXTRA else f"Console test station {code[10:16]}"
+            cur.execute(
+                "insert into devices (code, alias, model, device_class, name, district, state, created_by, updated_by)"
+                " values (%s, %s, 'air-station@1', 'air', %s, %s, 'registered', 'e2e', 'e2e')"
+                " on conflict (code) do nothing",
+                (code, code[:16], name, code[:6]),
+            )
+        for code in [*demo_device_codes(N_DEVICES), *EXTRAS]:
             lon, lat = points[code[:6]]
-            lon, lat = lon + 0.012 * (i // 6) - 0.006, lat + 0.008 * (i // 6) - 0.004
+            # Demo stations just south-west of their district's label point, the extras north-east of it.
+            k = int(code[10:16]) % 10 if code in EXTRAS else -1
+            lon, lat = (lon - 0.006, lat - 0.004) if k < 0 else (lon + 0.003 * (k % 4), lat + 0.004 + 0.003 * (k // 4))
             cur.execute("update devices set lon = %s, lat = %s where code = %s returning name", (lon, lat, code))
             row = cur.fetchone()
             placed[code] = (lon, lat, row[0] if row else "")
@@ -178,21 +197,34 @@ def placed(platform: Platform, api: str) -> dict[str, tuple[float, float, str]]:
     return _place_devices(platform.services.database_url)
 
 
-@pytest.fixture(scope="module")
-def browser(placed: dict[str, tuple[float, float, str]]) -> Iterator[Browser]:
-    # Depends on the platform (through placed): Playwright's sync API runs an event loop in this
-    # thread, so the platform (which uses asyncio.run) must be up before it starts and stop after it.
-    ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-    exe = _chromium()
-    problem = None
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _browser_problem(exe: str) -> str | None:
+    """Why the browser tests cannot run, or None."""
     if sync_playwright is None:
-        problem = "Playwright for Python is not installed (pip install playwright; never `playwright install`)"
-    elif not Path(exe).exists():
-        problem = f"Chromium not found at {exe} (apt-get install -y chromium, or set CITYBRAIN_CHROMIUM)"
+        return "Playwright for Python is not installed (pip install playwright; never `playwright install`)"
+    if not Path(exe).exists():
+        return f"Chromium not found at {exe} (apt-get install -y chromium, or set CITYBRAIN_CHROMIUM)"
+    return None
+
+
+def _require_browser(exe: str, ci: bool) -> None:
+    """Fail in CI, skip elsewhere, when the browser is missing."""
+    problem = _browser_problem(exe)
     if problem:
         if ci:
             pytest.fail(f"console e2e tests need a browser in CI: {problem}", pytrace=False)
         pytest.skip(problem)
+
+
+@pytest.fixture(scope="module")
+def browser(placed: dict[str, tuple[float, float, str]]) -> Iterator[Browser]:
+    # Depends on the platform (through placed): Playwright's sync API runs an event loop in this
+    # thread, so the platform (which uses asyncio.run) must be up before it starts and stop after it.
+    exe = _chromium()
+    _require_browser(exe, _in_ci())
     with sync_playwright() as pw:
         b = _launch(pw, exe)
         try:
@@ -213,8 +245,10 @@ class Console:
     page: Page
     errors: list[str] = field(default_factory=list)
 
-    def assert_no_errors(self) -> None:
-        assert self.errors == [], "console errors:\n" + "\n".join(self.errors)
+    def assert_no_errors(self, *, expected: re.Pattern[str] | None = None) -> None:
+        """No console errors but the expected ones (e.g. the browser's log line of a refused call)."""
+        errors = [e for e in self.errors if expected is None or not expected.search(e)]
+        assert errors == [], "console errors:\n" + "\n".join(errors)
 
 
 @pytest.fixture
@@ -250,29 +284,64 @@ def open_console(browser: Browser, api: str) -> Iterator[Callable[..., Console]]
 def _shot(page: Page, name: str) -> Path:
     path = _artifacts() / name
     page.screenshot(path=str(path), full_page=False)
+    with path.open("rb") as f:
+        assert f.read(8) == PNG_MAGIC, f"{path} is not a PNG"
     return path
 
 
-def _load(c: Console, api: str) -> None:
+def _load(c: Console, api: str, user: str = "duty1") -> None:
     c.page.goto(f"{api}/", wait_until="domcontentloaded")
     login = c.page.locator("#login-view")
     expect(c.page.locator("#login-view:visible, #app:visible").first).to_be_visible(timeout=15_000)
     if login.is_visible():
-        c.page.fill('input[name="username"]', "duty1")
-        c.page.fill('input[name="password"]', CREDENTIALS["duty1"])
+        c.page.fill('input[name="username"]', user)
+        c.page.fill('input[name="password"]', CREDENTIALS[user])
         c.page.click("#login-form button[type=submit]")
     expect(c.page.locator("#app")).to_be_visible(timeout=15_000)
     expect(c.page.locator("#conn")).to_have_attribute("data-state", "live", timeout=15_000)
 
 
-def test_console_loads_with_map_devices_and_vital_signs(open_console: Callable[..., Console], api: str) -> None:
+def _raise_alerts(platform: Platform, codes: list[str]) -> None:
+    """A simulated fault: each station reports PM2.5 of 230 µg/m³ (a critical alert) over MQTT."""
+    mqtt = platform.services.mqtt
+    assert mqtt is not None
+    dev = mqtt_client(mqtt.host, mqtt.port)
+    try:
+        ts = datetime.now(UTC).replace(microsecond=0)
+        payload = {"v": 1, "ts": ts.isoformat(), "metrics": {"pm25": 230.0, "pm10": 300}}
+        for code in codes:
+            dev.publish(uplink_topic(code), json.dumps(payload), qos=1).wait_for_publish(5)
+    finally:
+        dev.loop_stop()
+        dev.disconnect()
+
+
+def _api_json(api: str, path: str) -> Any:
+    req = urllib.request.Request(f"{api}{path}", headers={"X-Api-Key": CREDENTIALS["api_key"]})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _active_alerts(api: str, device: str) -> list[dict[str, Any]]:
+    return [
+        a for a in _api_json(api, f"/api/v1/alerts?state=active&device={device}")["items"] if a["state"] != "resolved"
+    ]
+
+
+def test_console_loads_with_map_devices_and_vital_signs(
+    open_console: Callable[..., Console], api: str, placed: dict[str, tuple[float, float, str]]
+) -> None:
     c = open_console()
     _load(c, api)
     page = c.page
+    # Signed in as a city-wide operator: who and what scope show in the header.
+    expect(page.locator("#whoami")).to_have_text("duty1 · operator · All districts")
+    expect(page.locator("#whoami")).to_have_attribute("data-scope", "all")
+    expect(page.locator("#feed-readonly")).to_be_hidden()
     expect(page.locator("#map path.district")).to_have_count(6, timeout=15_000)
     expect(page.locator("#map .layer-labels text")).to_have_count(6)
     markers = page.locator("#map .device-marker")
-    expect(markers).to_have_count(N_DEVICES + 1, timeout=15_000)
+    expect(markers).to_have_count(len(placed), timeout=15_000)
     for code in demo_device_codes(N_DEVICES):
         expect(page.locator(f'#map .device-marker[data-code="{code}"]')).to_have_count(1)
     # Every device is drawn inside the map's viewBox.
@@ -283,6 +352,20 @@ def test_console_loads_with_map_devices_and_vital_signs(open_console: Callable[.
              c.cy.baseVal.value >= vb.y && c.cy.baseVal.value <= vb.y + vb.height); }"""
     )
     assert inside
+    # Devices are coloured by status (fresh, stale, offline, alerting, unknown): the simulated
+    # stations report every 2 s, so they are fresh (or alerting, if a rule fired on one); the
+    # extra stations have never reported.
+    for code in demo_device_codes(N_DEVICES):
+        expect(page.locator(f'#map .device-marker[data-code="{code}"]')).to_have_attribute(
+            "data-status", re.compile("^(fresh|alerting)$"), timeout=15_000
+        )
+    expect(page.locator(f'#map .device-marker[data-code="{SCOPED_OUT}"]')).to_have_attribute(
+        "data-status", re.compile("^(unknown|offline)$")
+    )
+    colours = page.locator("#map .device-marker").evaluate_all(
+        "els => els.map(g => [g.dataset.status, g.querySelector('circle.device').getAttribute('fill')])"
+    )
+    assert colours and all(STATUS_COLOURS[status] == fill for status, fill in colours), colours
     # District fills are HJ 633 colours in AQI mode.
     fills = set(page.locator("#map path.district").evaluate_all("els => els.map(e => e.getAttribute('fill'))"))
     hj633 = {"#00E400", "#FFFF00", "#FF7E00", "#FF0000", "#99004C", "#7E0023", "#d5dbe3"}
@@ -294,12 +377,20 @@ def test_console_loads_with_map_devices_and_vital_signs(open_console: Callable[.
     expect(page.locator("#vitals .aqi-district")).to_have_count(6)
     expect(page.locator('#vitals [data-vital="devices"]')).to_be_visible()
     expect(page.locator('#vitals [data-vital="ingest"]')).to_be_visible()
+    expect(page.locator('#vitals [data-vital="devices"]')).to_have_attribute("data-scope", "city")
+    # The vital signs are live: a newer /api/v1/vitals answer is drawn (polled every 10 s).
+    generated = page.locator("#vitals").get_attribute("data-generated")
+    assert generated
+    expect(page.locator("#vitals")).not_to_have_attribute("data-generated", generated, timeout=20_000)
     # Legend lists every device status; the shading selector switches the legend.
     expect(page.locator("#legend [data-status]")).to_have_count(5)
     page.select_option("#shade", "water")
     expect(page.locator("#legend .legend-title").nth(1)).to_have_text("Water class share")
+    page.select_option("#shade", "alerts")
+    expect(page.locator("#legend .legend-title").nth(1)).to_have_text("Open alerts")
     page.select_option("#shade", "aqi")
     page.check("#grid-toggle")
+    expect(page.locator("#map path.cell").first).to_be_attached(timeout=15_000)
     _shot(page, "console-overview.png")
     c.assert_no_errors()
 
@@ -310,16 +401,13 @@ def test_alert_reaches_every_console_and_ack_in_one_updates_the_other(
     a, b = open_console(), open_console()
     _load(a, api)
     _load(b, api)
-    mqtt = platform.services.mqtt
-    assert mqtt is not None
-    dev = mqtt_client(mqtt.host, mqtt.port)
-    try:
-        ts = datetime.now(UTC).replace(microsecond=0)
-        payload = {"v": 1, "ts": ts.isoformat(), "metrics": {"pm25": 230.0, "pm10": 300}}
-        dev.publish(uplink_topic(EXTRA), json.dumps(payload), qos=1).wait_for_publish(5)
-    finally:
-        dev.loop_stop()
-        dev.disconnect()
+    # Sound is off by default (browsers allow audio only after a click); console a turns it on.
+    sound = a.page.locator("#sound-toggle")
+    expect(sound).to_have_attribute("aria-pressed", "false")
+    sound.click()
+    expect(sound).to_have_attribute("aria-pressed", "true")
+    expect(sound).to_have_text("Sound on")
+    _raise_alerts(platform, [EXTRA])
 
     row_a = a.page.locator(f'#feed li.alert[data-device="{EXTRA}"]')
     row_b = b.page.locator(f'#feed li.alert[data-device="{EXTRA}"]')
@@ -327,8 +415,15 @@ def test_alert_reaches_every_console_and_ack_in_one_updates_the_other(
     expect(row_b).to_have_count(1, timeout=10_000)
     expect(row_a).to_have_attribute("data-severity", "critical")
     expect(row_a).to_have_attribute("data-state", "open")
-    # A critical alert flashes (and would beep if the sound were on).
+    # A critical alert flashes in both consoles, and beeps only where the sound is on.
     expect(a.page.locator("body")).to_have_attribute("data-last-flash", re.compile(r"^[0-9a-f]+$"))
+    expect(b.page.locator("body")).to_have_attribute("data-last-flash", re.compile(r"^[0-9a-f]+$"))
+    assert a.page.evaluate("() => window.citybrainConsole.beeps") >= 1
+    assert b.page.evaluate("() => window.citybrainConsole.beeps") == 0
+    # The vital signs count it (an event triggers a refresh 1.5 s later).
+    expect(a.page.locator('#vitals .sev-count[data-severity="critical"]')).to_have_attribute(
+        "data-n", re.compile(r"^[1-9][0-9]*$"), timeout=15_000
+    )
     # The device name is shown as text, never interpreted as HTML.
     expect(row_a.locator(".device-link")).to_have_text("Console test station <b>&amp;</b>", timeout=35_000)
     expect(a.page.locator(f'#map .device-marker[data-code="{EXTRA}"]')).to_have_attribute("data-status", "alerting")
@@ -449,3 +544,221 @@ def test_login_hook_shows_only_the_login_form_when_the_session_is_401(
     assert posted == [{"username": "duty1", "password": "secret"}]
     assert page.evaluate("() => window.citybrainConsole.actor") == "duty1"
     c.assert_no_errors()
+
+
+def test_district_scoped_operator_sees_and_acts_only_on_its_district(
+    open_console: Callable[..., Console], api: str, platform: Platform, placed: dict[str, tuple[float, float, str]]
+) -> None:
+    user, password = platform.add_user("duty2", "operator", districts=(SCOPED_DISTRICT,))
+    CREDENTIALS[user] = password
+    c = open_console()
+    page = c.page
+    api_calls: list[str] = []
+    page.on("request", lambda r: api_calls.append(r.url) if "/api/" in r.url else None)
+    # Without a session the console shows the login form and asks the API for nothing but the session.
+    page.goto(f"{api}/", wait_until="domcontentloaded")
+    expect(page.locator("#login-view")).to_be_visible(timeout=15_000)
+    expect(page.locator("#app")).to_be_hidden()
+    assert api_calls and all(u.endswith("/api/v1/session") for u in api_calls), api_calls
+    _load(c, api, user)
+
+    # Who is signed in, and their scope.
+    expect(page.locator("#whoami")).to_have_text(f"{user} · operator · Siming", timeout=15_000)
+    expect(page.locator("#whoami")).to_have_attribute("data-scope", SCOPED_DISTRICT)
+    # The map is their district (the API returns only granted districts) and its devices only.
+    expect(page.locator("#map path.district")).to_have_count(1, timeout=15_000)
+    expect(page.locator("#map path.district")).to_have_attribute("data-code", SCOPED_DISTRICT)
+    mine = sorted(code for code in placed if code.startswith(SCOPED_DISTRICT))
+    assert SCOPED_IN in mine and len(mine) < len(placed)
+    markers = page.locator("#map .device-marker")
+    expect(markers).to_have_count(len(mine), timeout=15_000)
+    assert sorted(markers.evaluate_all("els => els.map(e => e.dataset.code)")) == mine
+    # The district filter offers only their district; vital signs per district are theirs.
+    options = page.locator("#f-district option").evaluate_all("els => els.map(e => e.value)")
+    assert options == ["", SCOPED_DISTRICT], options
+    expect(page.locator("#vitals .aqi-district")).to_have_count(1, timeout=15_000)
+    expect(page.locator("#vitals .aqi-district")).to_have_attribute("data-district", SCOPED_DISTRICT)
+    for vital in ("devices", "alerts", "manhole", "water"):
+        expect(page.locator(f'#vitals [data-vital="{vital}"]')).to_have_attribute("data-scope", "granted")
+    expect(page.locator('#vitals [data-vital="devices"] .tile-scope')).to_have_text("Siming")
+    # Its simulated station reports, so it counts as online (even while alerting).
+    expect(page.locator('#vitals [data-vital="devices"] .dot-label[data-status="fresh"]')).to_have_text(
+        re.compile(r"^[1-9]\d* online$"), timeout=15_000
+    )
+    expect(page.locator('#vitals [data-vital="noise"]')).to_have_attribute("data-scope", "city")
+    # Grid cells: those of the district only.
+    page.check("#grid-toggle")
+    cells = page.locator("#map path.cell title")
+    expect(cells.first).to_be_attached(timeout=15_000)
+    assert all(code.startswith(SCOPED_DISTRICT) for code in cells.evaluate_all("els => els.map(e => e.textContent)"))
+
+    # A fault in their district and one in 湖里区: only the first reaches their feed.
+    _raise_alerts(platform, [SCOPED_IN, SCOPED_OUT])
+    row = page.locator(f'#feed li.alert[data-device="{SCOPED_IN}"]')
+    expect(row).to_have_count(1, timeout=30_000)
+    assert wait_for(lambda: bool(_active_alerts(api, SCOPED_OUT)), 30), "the out-of-district fault raised no alert"
+    page.wait_for_timeout(2_000)  # time for a wrongly delivered SSE event to show
+    expect(page.locator(f'#feed li.alert[data-device="{SCOPED_OUT}"]')).to_have_count(0)
+    page.select_option("#f-state", "all")
+    shown = page.locator("#feed li.alert").evaluate_all("els => els.map(e => e.dataset.device)")
+    assert shown and all(code.startswith(SCOPED_DISTRICT) for code in shown), shown
+    held = page.evaluate("() => [...window.citybrainConsole.alerts.values()].map(a => a.district)")
+    assert held and set(held) == {SCOPED_DISTRICT}, held
+    incidents = page.locator("#incidents li.incident").evaluate_all("els => els.map(e => e.dataset.district)")
+    assert all(d == SCOPED_DISTRICT for d in incidents), incidents
+    page.select_option("#f-state", "active")
+    expect(page.locator('#vitals [data-vital="alerts"] .sev-count[data-severity="critical"]')).to_have_attribute(
+        "data-n", re.compile(r"^[1-9][0-9]*$"), timeout=15_000
+    )
+
+    # They may act on their district's alerts…
+    expect(row.locator(".act-ack")).to_be_enabled()
+    row.locator(".act-ack").click()
+    expect(row).to_have_attribute("data-state", "acknowledged", timeout=10_000)
+    expect(row.locator(".alert-error")).to_be_hidden()
+    _shot(page, "console-scoped-operator.png")
+    c.assert_no_errors()
+
+    # …and on no other: the API answers 404 for an alert outside the grant, as for an unknown one.
+    out_id = _active_alerts(api, SCOPED_OUT)[0]["id"]
+    cookie = _session_cookie(api, user, password)
+    who = urllib.request.Request(f"{api}/api/v1/session", headers={"Cookie": f"citybrain_session={cookie}"})
+    with urllib.request.urlopen(who, timeout=5) as r:
+        csrf = json.loads(r.read())["csrf_token"]
+    ack = urllib.request.Request(
+        f"{api}/api/v1/alerts/{out_id}/ack",
+        data=b'{"comment": ""}',
+        headers={"Content-Type": "application/json", "Cookie": f"citybrain_session={cookie}", "X-CSRF-Token": csrf},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(ack, timeout=5)
+    assert refused.value.code == 404
+    assert _active_alerts(api, SCOPED_OUT)[0]["state"] == "open"
+
+    # Sign out: back to the login form.
+    page.click("#logout")
+    expect(page.locator("#login-view")).to_be_visible(timeout=15_000)
+    expect(page.locator("#app")).to_be_hidden()
+
+
+def test_district_incident_groups_many_device_alerts(
+    open_console: Callable[..., Console], api: str, platform: Platform
+) -> None:
+    c = open_console()
+    _load(c, api)
+    page = c.page
+    _raise_alerts(platform, INCIDENT_DEVS)
+    incident = page.locator('#incidents li.incident[data-district="350212"]')
+    expect(incident.first).to_be_visible(timeout=30_000)
+    expect(incident.first.locator(".incident-district")).to_have_text("Tong'an")
+    expect(incident.first.locator(".incident-devices")).to_have_text(re.compile(r"^([5-9]|\d{2,}) devices$"))
+    expect(page.locator("#incidents-empty")).to_be_hidden()
+    expect(page.locator("#incident-count")).not_to_have_text("0")
+    # The member alerts are in the feed too.
+    for code in INCIDENT_DEVS:
+        expect(page.locator(f'#feed li.alert[data-device="{code}"]')).to_have_count(1, timeout=15_000)
+    _shot(page, "console-incident.png")
+    c.assert_no_errors()
+
+
+@pytest.mark.parametrize("role", ["auditor", "app"])
+def test_roles_without_alerts_act_get_a_read_only_console(
+    open_console: Callable[..., Console], api: str, platform: Platform, role: str
+) -> None:
+    user, password = platform.add_user(f"ro-{role}", role)
+    CREDENTIALS[user] = password
+    _raise_alerts(platform, [READ_ONLY_DEV])
+    c = open_console()
+    _load(c, api, user)
+    page = c.page
+    expect(page.locator("#whoami")).to_have_text(f"{user} · {role} · All districts")
+    expect(page.locator("#feed-readonly")).to_be_visible()
+    row = page.locator(f'#feed li.alert[data-device="{READ_ONLY_DEV}"]')
+    expect(row).to_have_count(1, timeout=30_000)
+    for action in ("ack", "resolve", "comment"):
+        button = row.locator(f".act-{action}")
+        expect(button).to_be_disabled()
+        expect(button).to_have_attribute("title", re.compile("cannot acknowledge, resolve or comment"))
+    # Device detail: the model's commands are shown, but cannot be sent.
+    page.locator(f'#map .device-marker[data-code="{READ_ONLY_DEV}"] circle.device').click()
+    form = page.locator('#detail form.cmd-form[data-command="set_interval"]')
+    expect(form).to_have_count(1, timeout=15_000)
+    expect(form.locator("button[type=submit]")).to_be_disabled()
+    expect(page.locator("#detail .commands .perm-note")).to_be_visible()
+    _shot(page, f"console-read-only-{role}.png")
+    c.assert_no_errors()
+
+
+def test_a_403_disables_the_action_with_a_message_and_no_uncaught_error(
+    open_console: Callable[..., Console], api: str, platform: Platform
+) -> None:
+    """The console believes the user may act (a role revoked while it was open); the API says 403."""
+    user, password = platform.add_user("ro-revoked", "auditor")
+    CREDENTIALS[user] = password
+    _raise_alerts(platform, [READ_ONLY_DEV])
+    c = open_console()
+
+    def as_operator(route: Route) -> None:
+        if route.request.method != "GET":
+            route.continue_()
+            return
+        response = route.fetch()
+        body = response.json() if response.status == 200 else None
+        if body is None:
+            route.fulfill(response=response)
+            return
+        body["principal"]["roles"] = ["operator"]
+        route.fulfill(response=response, json=body)
+
+    c.context.route(re.compile(r".*/api/v1/session$"), as_operator)
+    _load(c, api, user)
+    page = c.page
+    expect(page.locator("#whoami")).to_have_text(f"{user} · operator · All districts")
+    expect(page.locator("#feed-readonly")).to_be_hidden()
+    row = page.locator(f'#feed li.alert[data-device="{READ_ONLY_DEV}"]')
+    expect(row).to_have_count(1, timeout=30_000)
+    row.locator(".act-ack").click()
+    expect(row.locator(".alert-error")).to_contain_text("Not permitted", timeout=10_000)
+    expect(row.locator(".act-ack")).to_be_disabled()
+    expect(row.locator(".act-resolve")).to_be_disabled()
+    expect(page.locator("#feed-readonly")).to_be_visible()
+    # The same for a command.
+    page.locator(f'#map .device-marker[data-code="{READ_ONLY_DEV}"] circle.device').click()
+    form = page.locator('#detail form.cmd-form[data-command="set_interval"]')
+    expect(form).to_have_count(1, timeout=15_000)
+    form.locator('input[name="seconds"]').fill("60")
+    form.locator("button[type=submit]").click()
+    expect(form.locator(".cmd-status")).to_contain_text("Not permitted", timeout=10_000)
+    expect(form.locator("button[type=submit]")).to_be_disabled()
+    expect(page.locator("#detail .commands .perm-note")).to_be_visible()
+    assert _active_alerts(api, READ_ONLY_DEV)[0]["state"] == "open"
+    _shot(page, "console-permission-refused.png")
+    # Chromium logs each refused call as "Failed to load resource: … 403"; nothing else may appear.
+    refused = re.compile(r"status of 403 .*@ .*/api/v1/(alerts/[^/]+/ack|devices/[0-9A-Z]+/commands)$")
+    c.assert_no_errors(expected=refused)
+    assert any(refused.search(e) for e in c.errors), c.errors
+
+
+def test_permission_table_of_the_console_matches_the_platform() -> None:
+    from citybrain.security.identities import PERMISSIONS
+
+    static = resources.files("citybrain.console").joinpath("static")
+    text = static.joinpath("access.js").read_text(encoding="utf-8")
+    table = re.search(r"ROLE_PERMISSIONS = (\{.*?\});", text, re.S)
+    assert table, "access.js has no ROLE_PERMISSIONS table"
+    console = json.loads(re.sub(r",\s*}", "}", table.group(1)))
+    assert console, "empty ROLE_PERMISSIONS"
+    for permission, roles in console.items():
+        assert set(roles) == set(PERMISSIONS[permission]), permission
+    # Every permission the console checks with can() is in the table.
+    used = set(re.findall(r'\bcan\("([a-z]+:[a-z]+)"\)', static.joinpath("app.js").read_text(encoding="utf-8")))
+    assert used and used <= set(console), used - set(console)
+
+
+def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-chromium")
+    with pytest.raises(pytest.fail.Exception, match="need a browser in CI"):
+        _require_browser(missing, ci=True)
+    with pytest.raises(pytest.skip.Exception):
+        _require_browser(missing, ci=False)

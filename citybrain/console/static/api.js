@@ -50,6 +50,15 @@ export async function postJSON(url, data) {
   return parse(resp, url);
 }
 
+export async function deleteJSON(url) {
+  const resp = await fetch(url, {
+    method: "DELETE",
+    headers: { Accept: "application/json", ...(csrfToken ? { "X-CSRF-Token": csrfToken } : {}) },
+    credentials: "same-origin",
+  });
+  return parse(resp, url);
+}
+
 /** Build a query string, skipping empty values. */
 export function qs(params) {
   const p = new URLSearchParams();

@@ -3,7 +3,8 @@
 
 import { h, clear, $ } from "./dom.js";
 import { t, pick, lang, setLang, onLangChange, applyStatic, fmtTime } from "./i18n.js";
-import { getJSON, postJSON, qs, items, ApiError, setCsrfToken } from "./api.js";
+import { getJSON, postJSON, deleteJSON, qs, items, ApiError, setCsrfToken } from "./api.js";
+import { setPrincipal, getPrincipal, can, deny, grantedDistricts, grantedClasses, scoped, districtVisible } from "./access.js";
 import { createMap, shadeLegend, STATUS_COLOURS, aqiColour, aqiLevel } from "./map.js";
 import { lineChart } from "./chart.js";
 
@@ -33,8 +34,10 @@ const state = {
   incidents: [],
   vitals: null,
   vitalsError: null,
+  districtProps: new Map(), // district code → properties from /api/v1/geo/districts (within the grants)
   sound: false,
   audio: null,
+  beeps: 0,
   detailCode: null,
   detailSeq: 0,
   connected: false,
@@ -44,6 +47,7 @@ const state = {
 };
 
 window.citybrainConsole = state; // for debugging from DevTools (and the end-to-end tests)
+Object.defineProperty(state, "principal", { get: getPrincipal, enumerable: true });
 
 // --- helpers --------------------------------------------------------------------------------------
 
@@ -101,8 +105,9 @@ async function checkSession() {
   try {
     const s = await getJSON("/api/v1/session");
     if (s?.csrf_token) setCsrfToken(s.csrf_token);
-    const who = s?.principal?.user ?? s?.username ?? s?.user?.username ?? s?.user ?? s?.name;
-    if (typeof who === "string" && who) state.actor = who;
+    const p = setPrincipal(s);
+    if (p) state.actor = p.user;
+    renderWhoami();
     return "ok";
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) return "login";
@@ -137,6 +142,58 @@ function showLogin() {
   form.querySelector("input")?.focus();
 }
 
+function joinNames(names) {
+  return names.join(lang() === "zh" ? "、" : ", ");
+}
+
+/** The principal's view of the city: granted districts (and classes), or all districts. */
+function scopeText() {
+  const districts = grantedDistricts();
+  const classes = grantedClasses();
+  const parts = [districts.length ? joinNames(districts.map(districtName)) : t("who.all")];
+  if (classes.length) parts.push(joinNames(classes.map(className)));
+  return parts.join(" · ");
+}
+
+function roleName(role) {
+  const key = `role.${role}`;
+  const text = t(key);
+  return text === key ? role : text;
+}
+
+/** "duty2 · operator · Siming" in the header: who is signed in and what they see. */
+function renderWhoami() {
+  const el = $("#whoami");
+  const p = getPrincipal();
+  $("#logout").hidden = !p;
+  if (!p) {
+    el.textContent = "";
+    el.dataset.scope = "";
+    return;
+  }
+  const parts = [p.user];
+  if (p.roles.length) parts.push(joinNames(p.roles.map(roleName)));
+  parts.push(scopeText());
+  el.textContent = parts.join(" · ");
+  el.dataset.scope = p.districts.length ? p.districts.join(",") : "all";
+  el.title = t("who.title", { user: p.user, scope: scopeText() });
+}
+
+async function logout() {
+  try {
+    await deleteJSON("/api/v1/session");
+  } catch (err) {
+    warn("sign-out failed", err);
+  }
+  // A fresh page: no data of the previous user stays in memory.
+  window.location.reload();
+}
+
+/** Show or hide the notes that say what this role may not do. */
+function renderPermissionNotes() {
+  $("#feed-readonly").hidden = can("alerts:act");
+}
+
 // --- vital signs ---------------------------------------------------------------------------------
 
 async function refreshVitals() {
@@ -166,6 +223,54 @@ function fmtCount(v) {
   return v == null || !Number.isFinite(Number(v)) ? t("common.none") : String(v);
 }
 
+/** Mark a tile as figured over the granted districts or city-wide (shown only to a scoped principal). */
+function scopeMark(el, granted) {
+  el.dataset.scope = granted ? "granted" : "city";
+  if (scoped()) el.append(h("span", { class: "tile-scope" }, granted ? scopeText() : t("who.city_wide")));
+  return el;
+}
+
+/** Liveness of an alerting device (the map's status says "alerting" first), as geo/status.py classifies it. */
+function liveness(d) {
+  const model = state.models.get(d.model) ?? state.models.get(String(d.model).split("@")[0]);
+  const cadence = Number(model?.cadence_s);
+  const seen = Date.parse(d.last_seen ?? "");
+  if (!(cadence > 0) || Number.isNaN(seen)) return "unknown";
+  const age = (Date.now() - seen) / 1000;
+  return age <= 2 * cadence ? "fresh" : age <= 10 * cadence ? "stale" : "offline";
+}
+
+/**
+ * Figures over the granted districts, from data the API already scopes: the map's devices and
+ * districts, and the feed's alerts. /api/v1/vitals is city-wide for every caller.
+ */
+function scopedFigures() {
+  const devices = { online: 0, stale: 0, offline: 0, total: 0 };
+  for (const d of state.devices.values()) {
+    const status = d.status === "alerting" ? liveness(d) : d.status;
+    if (status === "fresh") devices.online++;
+    else if (status === "stale") devices.stale++;
+    else if (status === "offline") devices.offline++;
+  }
+  let registered = 0;
+  const shares = [];
+  for (const [code, p] of state.districtProps) {
+    if (!districtVisible(code)) continue;
+    registered += Number(p.devices ?? 0);
+    if (p.water_ok_share != null) shares.push(Number(p.water_ok_share));
+  }
+  devices.total = Math.max(registered, state.devices.size);
+  const bySev = {};
+  let manhole = 0;
+  for (const a of state.alerts.values()) {
+    if (a.state === "resolved") continue;
+    bySev[a.severity] = (bySev[a.severity] ?? 0) + 1;
+    if (a.cls === "manhole") manhole++;
+  }
+  const water = shares.length ? shares.reduce((x, y) => x + y, 0) / shares.length : null;
+  return { devices, bySev, manhole, water };
+}
+
 function renderVitals() {
   const root = $("#vitals");
   clear(root);
@@ -174,10 +279,13 @@ function renderVitals() {
     root.append(h("span", { class: "muted" }, state.vitalsError ? t("vitals.unavailable") : t("detail.loading")));
     return;
   }
+  root.dataset.generated = v.generated_at ?? "";
+  const mine = scoped() ? scopedFigures() : null;
   const aqi = v.aqi?.city;
   const aqiChip = chip(fmtCount(aqi), aqiColour(aqi), "aqi-city");
   const districts = h("div", { class: "aqi-districts" });
   for (const [code, val] of Object.entries(v.aqi?.districts ?? {})) {
+    if (!districtVisible(code)) continue; // a scoped officer sees the city headline and their own districts
     const c = chip(`${districtName(code)} ${fmtCount(val)}`, aqiColour(val), "aqi-district");
     c.dataset.district = code;
     c.title = `${districtName(code)} AQI ${fmtCount(val)} (L${aqiLevel(val) ?? "-"})`;
@@ -185,11 +293,11 @@ function renderVitals() {
   }
   const aqiTile = h("div", { class: "tile tile-aqi", dataset: { vital: "aqi" } }, h("span", { class: "tile-label" }, t("vitals.aqi")), aqiChip, districts);
 
-  const share = v.water?.ok_share;
+  const share = mine ? mine.water : v.water?.ok_share;
   const water = share == null ? t("common.none") : `${Math.round(Number(share) * 100)}%`;
-  const stations = v.water?.stations;
+  const stations = mine ? null : v.water?.stations;
 
-  const dev = v.devices ?? {};
+  const dev = mine ? mine.devices : (v.devices ?? {});
   const devVal = h(
     "span",
     { class: "dev-counts" },
@@ -198,21 +306,21 @@ function renderVitals() {
     h("span", { class: "dot-label", dataset: { status: "offline" } }, `${fmtCount(dev.offline)} ${t("vitals.offline")}`),
   );
 
-  const bySev = v.alerts?.open_by_severity ?? {};
+  const bySev = mine ? mine.bySev : (v.alerts?.open_by_severity ?? {});
   const sevChips = h("span", { class: "sev-counts" });
   for (const sev of [...SEVERITIES].reverse()) {
     const n = Number(bySev[sev] ?? 0);
-    sevChips.append(h("span", { class: `sev-count sev-${sev}${n ? "" : " zero"}`, title: t(`severity.${sev}`) }, `${t(`severity.${sev}`)} ${n}`));
+    sevChips.append(h("span", { class: `sev-count sev-${sev}${n ? "" : " zero"}`, title: t(`severity.${sev}`), dataset: { severity: sev, n: String(n) } }, `${t(`severity.${sev}`)} ${n}`));
   }
 
   root.append(
-    aqiTile,
-    tile("water", water, stations != null ? h("span", { class: "tile-sub" }, `n=${stations}`) : null),
-    tile("noise", fmtCount(v.noise?.exceedances_today)),
-    tile("manhole", fmtCount(v.manhole?.open_alerts)),
-    tile("devices", devVal, h("span", { class: "tile-sub" }, `Σ ${fmtCount(dev.total)}`)),
-    tile("ingest", `${fmtCount(v.ingest?.readings_last_minute)}${t("vitals.per_min")}`),
-    tile("alerts", sevChips),
+    scopeMark(aqiTile, false),
+    scopeMark(tile("water", water, stations != null ? h("span", { class: "tile-sub" }, `n=${stations}`) : null), !!mine),
+    scopeMark(tile("noise", fmtCount(v.noise?.exceedances_today)), false),
+    scopeMark(tile("manhole", fmtCount(mine ? mine.manhole : v.manhole?.open_alerts)), !!mine),
+    scopeMark(tile("devices", devVal, h("span", { class: "tile-sub" }, `Σ ${fmtCount(dev.total)}`)), !!mine),
+    scopeMark(tile("ingest", `${fmtCount(v.ingest?.readings_last_minute)}${t("vitals.per_min")}`), false),
+    scopeMark(tile("alerts", sevChips), !!mine),
   );
 }
 
@@ -221,9 +329,12 @@ function renderVitals() {
 async function refreshDistricts() {
   try {
     const fc = await getJSON("/api/v1/geo/districts");
+    // Only the districts within the caller's grants come back: a scoped officer's map is their districts.
+    state.districtProps = new Map();
     for (const f of fc?.features ?? []) {
       const p = f.properties ?? {};
       if (p.code) {
+        state.districtProps.set(p.code, p);
         state.districtNames[p.code] = {
           zh: p.name_zh || FALLBACK_DISTRICTS[p.code]?.zh || p.code,
           en: (p.name_en || FALLBACK_DISTRICTS[p.code]?.en || p.code).replace(/ District$/, ""),
@@ -232,6 +343,8 @@ async function refreshDistricts() {
     }
     state.map.setDistricts(fc);
     fillDistrictFilter();
+    renderWhoami();
+    if (scoped()) renderVitals();
     $("#map").dataset.districts = String(fc?.features?.length ?? 0);
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) return showLogin();
@@ -251,6 +364,7 @@ async function refreshDevices() {
     $("#map").dataset.devices = String(feats.length);
     showMapMsg(feats.length ? "" : t("map.no_devices"));
     fillClassFilter();
+    if (scoped()) renderVitals();
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) return showLogin();
     warn("devices unavailable", err);
@@ -265,7 +379,10 @@ let gridLoaded = false;
 async function toggleGrid(on) {
   if (on && !gridLoaded) {
     try {
-      state.map.setGrid(await getJSON("/api/v1/geo/grid"));
+      // A scoped officer gets the cells of their districts only (the map frames those).
+      const wanted = scoped() ? grantedDistricts().map((d) => `/api/v1/geo/grid${qs({ district: d })}`) : ["/api/v1/geo/grid"];
+      const parts = await Promise.all(wanted.map((url) => getJSON(url)));
+      state.map.setGrid({ type: "FeatureCollection", features: parts.flatMap((fc) => fc?.features ?? []) });
       gridLoaded = true;
     } catch (err) {
       warn("grid unavailable", err);
@@ -356,10 +473,23 @@ async function act(a, action, comment, li) {
   try {
     const updated = await postJSON(`/api/v1/alerts/${encodeURIComponent(a.id)}/${action}`, { actor: state.actor, comment: comment ?? "" });
     if (updated && updated.id) upsert(normalise(updated, action));
+    return true;
   } catch (e) {
-    if (e instanceof ApiError && e.status === 401) return showLogin();
-    err.textContent = t("feed.error", { detail: e instanceof ApiError ? e.detail : String(e) });
+    if (e instanceof ApiError && e.status === 401) {
+      showLogin();
+      return false;
+    }
+    if (e instanceof ApiError && e.status === 403) {
+      // The role cannot act on alerts (or lost the right while the console was open).
+      deny("alerts:act");
+      err.textContent = t("perm.refused", { detail: e.detail });
+      renderFeed();
+      renderPermissionNotes();
+    } else {
+      err.textContent = t("feed.error", { detail: e instanceof ApiError ? e.detail : String(e) });
+    }
     err.hidden = false;
+    return false;
   }
 }
 
@@ -381,7 +511,7 @@ function alertRow(a) {
     ev.preventDefault();
     const text = input.value.trim();
     if (!text) return;
-    await act(state.alerts.get(a.id), "comment", text, li);
+    if (!(await act(state.alerts.get(a.id), "comment", text, li))) return;
     input.value = "";
     form.hidden = true;
   });
@@ -399,12 +529,12 @@ function alertRow(a) {
   );
   actions.append(ack, resolve, comment);
   li.append(body, actions, form, h("p", { class: "alert-error error", hidden: true }));
-  li._parts = { body, ack, resolve };
+  li._parts = { body, ack, resolve, comment, form };
   return li;
 }
 
 function fillAlertRow(li, a) {
-  const { body, ack, resolve } = li._parts;
+  const { body, ack, resolve, comment, form } = li._parts;
   li.className = `alert sev-${a.severity} state-${a.state}${li.classList.contains("flashing") ? " flashing" : ""}`;
   li.dataset.severity = a.severity ?? "";
   li.dataset.state = a.state ?? "";
@@ -438,6 +568,14 @@ function fillAlertRow(li, a) {
   if (a.cleared_at && a.state !== "resolved") body.append(h("div", { class: "alert-last" }, `${t("kind.clear")} ${fmtTime(a.cleared_at)}`));
   ack.hidden = a.state !== "open";
   resolve.hidden = a.state === "resolved";
+  // Roles without alerts:act (app, auditor) see the buttons disabled, with the reason as a tooltip.
+  const allowed = can("alerts:act");
+  for (const b of [ack, resolve, comment]) {
+    b.disabled = !allowed;
+    if (allowed) b.removeAttribute("title");
+    else b.title = t("perm.alerts_act");
+  }
+  if (!allowed) form.hidden = true;
 }
 
 function renderFeed() {
@@ -507,6 +645,7 @@ function beep() {
       osc.start(now + i * 0.3);
       osc.stop(now + i * 0.3 + 0.22);
     }
+    state.beeps++;
   } catch (err) {
     warn("sound unavailable", err);
   }
@@ -568,6 +707,7 @@ async function resync() {
   }
   renderFeed();
   state.map.setAlerting(alertingDevices());
+  if (scoped()) renderVitals();
 }
 
 function setConn(s) {
@@ -597,7 +737,9 @@ function fillDistrictFilter() {
   const sel = $("#f-district");
   const current = sel.value;
   while (sel.options.length > 1) sel.remove(1);
-  for (const code of Object.keys(state.districtNames).sort()) sel.append(h("option", { value: code }, districtName(code)));
+  for (const code of Object.keys(state.districtNames).sort()) {
+    if (districtVisible(code)) sel.append(h("option", { value: code }, districtName(code)));
+  }
   sel.value = current;
 }
 
@@ -629,7 +771,7 @@ function renderIncidents() {
     ul.append(
       h(
         "li",
-        { class: `incident sev-${inc.severity}`, dataset: { id: inc.id } },
+        { class: `incident sev-${inc.severity}`, dataset: { id: inc.id, district: inc.district ?? "" } },
         h("span", { class: `sev sev-${inc.severity}` }, t(`severity.${inc.severity}`)),
         h("span", { class: "incident-district" }, districtName(inc.district)),
         h("span", { class: "incident-rule" }, String(inc.rule ?? "").replace(/#incident$/, "")),
@@ -837,6 +979,14 @@ function commandsSection(code, model) {
     return sec;
   }
   const history = h("ul", { class: "cmd-history" });
+  const note = h("p", { class: "perm-note", hidden: true }, t("perm.commands_send"));
+  sec.append(note);
+  const forms = [];
+  const applyPermission = () => {
+    const allowed = can("commands:send");
+    note.hidden = allowed;
+    for (const f of forms) for (const el of f.elements) el.disabled = !allowed;
+  };
   for (const c of cmds) {
     const status = h("p", { class: "cmd-status", role: "status" });
     const fields = Object.entries(c.params ?? {}).map(([name, spec]) =>
@@ -850,6 +1000,7 @@ function commandsSection(code, model) {
       h("button", { type: "submit", class: "small" }, t("detail.send")),
       status,
     );
+    forms.push(form);
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const params = {};
@@ -862,12 +1013,20 @@ function commandsSection(code, model) {
         status.dataset.state = res?.state ?? "ok";
         loadCommandHistory(code, history);
       } catch (err) {
+        if (err instanceof ApiError && err.status === 401) return showLogin();
         status.classList.add("error");
-        status.textContent = t("common.error", { detail: err instanceof ApiError ? err.detail : String(err) });
+        if (err instanceof ApiError && err.status === 403) {
+          deny("commands:send");
+          status.textContent = t("perm.refused", { detail: err.detail });
+          applyPermission();
+        } else {
+          status.textContent = t("common.error", { detail: err instanceof ApiError ? err.detail : String(err) });
+        }
       }
     });
     sec.append(form);
   }
+  applyPermission();
   const histSec = h("div", { class: "cmd-history-box", hidden: true }, h("h4", null, t("detail.history")), history);
   sec.append(histSec);
   loadCommandHistory(code, history);
@@ -912,6 +1071,8 @@ let started = false;
 function startApp() {
   $("#login-view").hidden = true;
   $("#app").hidden = false;
+  renderWhoami();
+  renderPermissionNotes();
   if (started) return;
   started = true;
 
@@ -931,6 +1092,7 @@ function startApp() {
   $("#map-reset").addEventListener("click", () => state.map.resetView());
   for (const id of ["#f-severity", "#f-district", "#f-class", "#f-state"]) $(id).addEventListener("change", renderFeed);
   $("#detail-close").addEventListener("click", closeDetail);
+  $("#logout").addEventListener("click", logout);
   document.addEventListener("keydown", (ev) => {
     if (ev.key === "Escape" && !$("#detail").hidden) closeDetail();
   });
@@ -967,6 +1129,7 @@ function startApp() {
 function relabelAll() {
   applyStatic();
   document.title = t("app.title");
+  renderWhoami();
   renderVitals();
   renderLegend();
   relabelFeed();
