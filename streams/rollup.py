@@ -22,6 +22,13 @@ recorded in ``rollup_watermark`` (last refresh time, buckets, latest bucket end)
 
 Buckets are aligned on UTC midnight (``date_bin`` origin 2000-01-01 00:00 UTC,
 which ``time_bucket`` uses too for these widths).
+
+Like the raw tables, the plain rollup tables are natively partitioned on
+``bucket`` (migration 0301 converted tables created before): by UTC month for
+5 min and 1 h, by UTC year for 1 day, named ``rollup_{class}_{res}_YYYYMM`` /
+``_YYYY``. Maintenance creates the current and next period's partitions ahead;
+a recompute creates any other partition it needs (late data for an old month),
+and retention (:mod:`streams.retention`) drops whole partitions per level.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 from psycopg import sql
@@ -43,9 +50,14 @@ __all__ = [
     "Resolution",
     "aggregate_from_raw_sql",
     "bucket_expr",
+    "create_partition_sql",
     "create_rollup_tables_sql",
+    "ensure_rollup_partitions",
     "merge_ranges",
     "metric_value_expr",
+    "partition_bounds",
+    "partition_name",
+    "partitions_covering",
     "refresh_dirty",
     "refresh_window",
     "resolution",
@@ -67,12 +79,14 @@ class Resolution:
         width: Bucket width.
         pg_interval: The width as PostgreSQL interval text.
         source: The level it is computed from (None: the raw rows).
+        partition: Span of one partition of its table, ``month`` or ``year`` (UTC).
     """
 
     name: str
     width: timedelta
     pg_interval: str
     source: str | None
+    partition: str = "month"
 
     def floor(self, t: datetime) -> datetime:
         """Start of the bucket ``t`` falls in."""
@@ -83,7 +97,8 @@ class Resolution:
 RESOLUTIONS: tuple[Resolution, ...] = (
     Resolution("5m", timedelta(minutes=5), "5 minutes", None),
     Resolution("1h", timedelta(hours=1), "1 hour", "5m"),
-    Resolution("1d", timedelta(days=1), "1 day", "1h"),
+    # A day bucket per device is one row: a month would make tiny partitions.
+    Resolution("1d", timedelta(days=1), "1 day", "1h", "year"),
 )
 _BY_NAME = {r.name: r for r in RESOLUTIONS}
 
@@ -113,6 +128,81 @@ def rollup_columns(metric: str) -> tuple[str, str, str, str]:
     return (f"{metric}_avg", f"{metric}_min", f"{metric}_max", f"{metric}_count")
 
 
+def partition_bounds(res: Resolution, t: datetime) -> tuple[datetime, datetime]:
+    """``[start, end)`` of the partition of ``res``'s table that holds bucket ``t`` (UTC month or year)."""
+    u = t.astimezone(UTC)
+    if res.partition == "year":
+        return datetime(u.year, 1, 1, tzinfo=UTC), datetime(u.year + 1, 1, 1, tzinfo=UTC)
+    start = datetime(u.year, u.month, 1, tzinfo=UTC)
+    end = datetime(u.year + (u.month == 12), u.month % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+def partition_name(device_class: str, res: Resolution, start: datetime | date) -> str:
+    """``rollup_air_5m_202611`` (monthly) or ``rollup_air_1d_2026`` (yearly)."""
+    suffix = f"{start:%Y}" if res.partition == "year" else f"{start:%Y%m}"
+    return f"{rollup_table(device_class, res.name)}_{suffix}"
+
+
+def partitions_covering(res: Resolution, lo: datetime, hi: datetime) -> list[tuple[datetime, datetime]]:
+    """The partitions ``[start, end)`` that buckets in ``[lo, hi)`` fall in, oldest first."""
+    out: list[tuple[datetime, datetime]] = []
+    t = lo
+    while t < hi:
+        start, end = partition_bounds(res, t)
+        out.append((start, end))
+        t = end
+    return out
+
+
+def create_partition_sql(device_class: str, res: Resolution, start: datetime, end: datetime) -> sql.Composed:
+    """DDL of one rollup partition (idempotent)."""
+    return sql.SQL("create table if not exists {} partition of {} for values from ({}) to ({})").format(
+        sql.Identifier(partition_name(device_class, res, start)),
+        sql.Identifier(rollup_table(device_class, res.name)),
+        sql.Literal(start),
+        sql.Literal(end),
+    )
+
+
+async def ensure_rollup_partitions(
+    conn: psycopg.AsyncConnection, device_class: str, res: Resolution, ranges: Iterable[tuple[datetime, datetime]]
+) -> list[str]:
+    """Create the partitions of a rollup table that buckets in ``ranges`` (``[lo, hi)``) need and that are missing.
+
+    Runs in the caller's transaction, if any. Creating a partition locks the
+    parent table exclusively until commit, so it is done only when one is
+    missing: maintenance creates the current and next period ahead, which
+    leaves this to late data for an older period. A table that is not
+    partitioned (a continuous aggregate, or a database still before migration
+    0301) is left alone.
+
+    Returns:
+        The names of the partitions created.
+    """
+    wanted = {
+        partition_name(device_class, res, a): (a, b) for lo, hi in ranges for a, b in partitions_covering(res, lo, hi)
+    }
+    if not wanted:
+        return []
+    parent = rollup_table(device_class, res.name)
+    row = await (await conn.execute("select relkind from pg_class where oid = to_regclass(%s)", (parent,))).fetchone()
+    if row is None or row[0] != "p":
+        return []
+    cur = await conn.execute(
+        "select relname from pg_class where relname = any(%s) and relnamespace = current_schema()::regnamespace",
+        (list(wanted),),
+    )
+    have = {r[0] for r in await cur.fetchall()}
+    created = []
+    for name, (a, b) in wanted.items():
+        if name not in have:
+            await conn.execute(create_partition_sql(device_class, res, a, b))
+            log.info("rollup: created partition %s", name)
+            created.append(name)
+    return created
+
+
 def metric_value_expr(metric: str, alias: str | None = None) -> sql.Composed:
     """A raw metric column with values flagged ``bad`` turned into NULL."""
     col = sql.Identifier(alias, metric) if alias else sql.Identifier(metric)
@@ -138,7 +228,7 @@ def create_rollup_tables_sql(device_class: str, metrics: Sequence[str]) -> list[
         out.append(
             sql.SQL(
                 "create table if not exists {} (device_code text not null, bucket timestamptz not null,"
-                " primary key (device_code, bucket))"
+                " primary key (device_code, bucket)) partition by range (bucket)"
             ).format(table)
         )
         for m in metrics:
@@ -290,6 +380,7 @@ async def refresh_window(
         for res in RESOLUTIONS:
             a = res.floor(lo)
             b = res.floor(hi - timedelta(microseconds=1)) + res.width
+            await ensure_rollup_partitions(conn, device_class, res, [(a, b)])
             rows = await _recompute(conn, device_class, metrics, res, a, b)
             out.append(RefreshResult(device_class, res.name, 1, int((b - a) / res.width), rows))
     return out
@@ -343,6 +434,7 @@ async def refresh_dirty(
         buckets = {res.floor(b) for b in marks}
         ranges = merge_ranges(buckets, res.width)
         rows = 0
+        await ensure_rollup_partitions(conn, device_class, res, ranges)
         for lo, hi in ranges:
             rows += await _recompute(conn, device_class, metrics, res, lo, hi)
         if parent is not None and buckets:

@@ -12,7 +12,8 @@ and the API do not care which one they run on:
   bad-value exclusion) with refresh policies, instead of tables refreshed by
   :mod:`streams.rollup`;
 * compression after N days (segment by device, order by time) and a retention
-  policy replace :mod:`streams.retention`'s partition drops.
+  policy replace :mod:`streams.retention`'s partition drops, on the raw
+  hypertable and (per level) on each continuous aggregate.
 
 Late data older than a refresh policy's window is still caught: the store's
 dirty marks are turned into ``refresh_continuous_aggregate`` calls by
@@ -43,10 +44,13 @@ __all__ = [
     "enable",
     "ensure_class",
     "ensure_policies",
+    "ensure_rollup_retention",
     "hypertable_sql",
     "probe",
     "refresh_marked",
     "refresh_policy_sql",
+    "remove_retention_policy_sql",
+    "retention_policy_sql",
 ]
 
 log = logging.getLogger(__name__)
@@ -193,6 +197,52 @@ async def ensure_policies(
     if row is not None:
         await conn.execute("select remove_retention_policy(%s, if_exists => true)", (table,))
     await conn.execute("select add_retention_policy(%s, %s::interval, if_not_exists => true)", (table, want))
+
+
+# The retention job of a continuous aggregate, found through its materialization hypertable.
+_CAGG_RETENTION = (
+    "select (j.config->>'drop_after')::interval = %s::interval"
+    " from timescaledb_information.jobs j join timescaledb_information.continuous_aggregates c"
+    " on c.materialization_hypertable_schema = j.hypertable_schema"
+    " and c.materialization_hypertable_name = j.hypertable_name"
+    " where j.proc_name = 'policy_retention' and c.view_name = %s"
+)
+
+
+def retention_policy_sql(relation: str, drop_after: timedelta) -> sql.Composed:
+    """``add_retention_policy`` on a hypertable or a continuous aggregate."""
+    return sql.SQL("select add_retention_policy({}, {}::interval, if_not_exists => true)").format(
+        sql.Literal(relation), sql.Literal(f"{int(drop_after.total_seconds())} seconds")
+    )
+
+
+def remove_retention_policy_sql(relation: str) -> sql.Composed:
+    """``remove_retention_policy``, a no-op where there is none."""
+    return sql.SQL("select remove_retention_policy({}, if_exists => true)").format(sql.Literal(relation))
+
+
+async def ensure_rollup_retention(conn: psycopg.AsyncConnection, view: str, retention: timedelta | None) -> None:
+    """Keep a continuous aggregate's retention policy equal to ``retention`` (None: no policy).
+
+    A policy whose ``drop_after`` differs is replaced. A name that is not a
+    continuous aggregate (a plain rollup table) is left alone.
+    """
+    cur = await conn.execute(
+        "select 1 from timescaledb_information.continuous_aggregates where view_name = %s", (view,)
+    )
+    if await cur.fetchone() is None:
+        return
+    want = f"{int(retention.total_seconds())} seconds" if retention is not None else "0 seconds"
+    row = await (await conn.execute(_CAGG_RETENTION, (want, view))).fetchone()
+    if retention is None:
+        if row is not None:
+            await conn.execute(remove_retention_policy_sql(view))
+        return
+    if row is not None and row[0]:
+        return
+    if row is not None:
+        await conn.execute(remove_retention_policy_sql(view))
+    await conn.execute(retention_policy_sql(view, retention))
 
 
 async def refresh_marked(conn: psycopg.AsyncConnection, device_class: str, *, keep_from: datetime | None = None) -> int:
