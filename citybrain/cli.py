@@ -183,6 +183,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         store_batch_rows=settings.store_batch_rows,
         store_flush_interval_s=settings.store_flush_interval_s,
         retention_days=settings.retention_days,
+        rollup_retention_days=settings.rollup_retention_days(),
         maintenance_interval_s=settings.maintenance_interval_s,
         compress_after_days=settings.compress_after_days,
         offline_after_cadences=settings.offline_after_cadences,
@@ -467,6 +468,7 @@ def cmd_db_maintain(args: argparse.Namespace, settings: Settings) -> int:
                     datetime.now(UTC),
                     settings.retention_days,
                     compress_after_days=settings.compress_after_days,
+                    rollup_retention_days=settings.rollup_retention_days(),
                 )
             except MaintenanceError as exc:
                 print(f"error: {exc}", file=sys.stderr)

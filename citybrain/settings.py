@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     store_batch_rows: int = Field(default=10000, ge=1, description="Rows per store transaction, at most")
     store_flush_interval_s: float = Field(default=1.0, gt=0, description="Longest a row waits in the store buffer")
     retention_days: int = Field(default=180, ge=1, description="Raw readings older than this are dropped")
+    rollup_5m_retention_days: int = Field(
+        default=400, ge=0, description="5-minute rollups older than this are dropped (0: kept for ever)"
+    )
+    rollup_1h_retention_days: int = Field(
+        default=1098, ge=0, description="Hourly rollups older than this are dropped (0: kept for ever)"
+    )
+    rollup_1d_retention_days: int = Field(
+        default=0, ge=0, description="Daily rollups older than this are dropped (0: kept for ever)"
+    )
     maintenance_interval_s: float = Field(
         default=60.0, gt=0, description="Partitions ahead, rollup refresh and retention run this often"
     )
@@ -141,3 +150,12 @@ class Settings(BaseSettings):
     demo_devices: int = Field(default=12, ge=1, le=10000, description="Simulated devices in `citybrain demo`")
     demo_interval_s: float = Field(default=2.0, gt=0, description="Seconds between simulated reports")
     log_level: str = Field(default="INFO", description="Log level")
+
+    def rollup_retention_days(self) -> dict[str, int | None]:
+        """Per rollup level (``5m``, ``1h``, ``1d``), days kept; ``None`` keeps it for ever."""
+        days = {
+            "5m": self.rollup_5m_retention_days,
+            "1h": self.rollup_1h_retention_days,
+            "1d": self.rollup_1d_retention_days,
+        }
+        return {level: (n or None) for level, n in days.items()}

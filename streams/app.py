@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,7 +37,7 @@ from devices.models import ModelRegistry
 from streams.errors import MaintenanceError
 from streams.liveness import LivenessConfig, check_liveness
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
-from streams.retention import maintenance
+from streams.retention import DEFAULT_ROLLUP_RETENTION_DAYS, maintenance
 from streams.store import ReadingStore, StoreConfig, StoreMetrics
 
 __all__ = ["WORKER_ROLES", "WorkerConfig", "create_app"]
@@ -68,6 +68,7 @@ class WorkerConfig:
     store_batch_rows: int = 10000
     store_flush_interval_s: float = 1.0
     retention_days: int = 180
+    rollup_retention_days: Mapping[str, int | None] = field(default_factory=lambda: dict(DEFAULT_ROLLUP_RETENTION_DAYS))
     maintenance_interval_s: float = 60.0
     compress_after_days: int = 7
     offline_after_cadences: float = 5.0
@@ -198,7 +199,12 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         async with state["pool"].connection() as conn:
             try:
                 await maintenance(
-                    conn, models, datetime.now(UTC), cfg.retention_days, compress_after_days=cfg.compress_after_days
+                    conn,
+                    models,
+                    datetime.now(UTC),
+                    cfg.retention_days,
+                    compress_after_days=cfg.compress_after_days,
+                    rollup_retention_days=cfg.rollup_retention_days,
                 )
             except MaintenanceError as exc:
                 log.error("maintenance failed (the next run retries): %s", exc)
