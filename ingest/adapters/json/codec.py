@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from citybrain.records import Quality, Reading, RecordError
+from ingest.adapters.hj212.codec import FLAG_QUALITY
 from ingest.errors import DecodeError
 
 __all__ = ["MAX_RECORDS", "decode", "encode", "parse_time"]
@@ -101,7 +102,11 @@ def _metric_value(name: str, raw: Any) -> tuple[float, str, str | None]:
 
 
 def decode(payload: bytes, *, device_code: str, received_at: datetime) -> list[Reading]:
-    """Decode one telemetry payload into readings (units as sent, quality ``good``).
+    """Decode one telemetry payload into readings (units as sent).
+
+    Quality is ``good`` unless a metric carries a data flag: JSON payloads use
+    HJ 212's flags (N, F, M, S, D, C, T, B), mapped the same way, and an
+    unknown flag is ``suspect`` (a doubtful value is kept, never guessed good).
 
     Raises:
         DecodeError: ``bad_json``, ``bad_schema``, ``bad_time`` or ``bad_value``.
@@ -142,7 +147,8 @@ def decode(payload: bytes, *, device_code: str, received_at: datetime) -> list[R
         for name, raw in metrics.items():
             value, unit, flag = _metric_value(name, raw)
             try:
-                out.append(Reading(device_code, name, event_time, received_at, value, unit, Quality.GOOD, flag))
+                quality = Quality.GOOD if flag is None else FLAG_QUALITY.get(flag, Quality.SUSPECT)
+                out.append(Reading(device_code, name, event_time, received_at, value, unit, quality, flag))
             except RecordError as exc:
                 raise DecodeError("bad_schema", str(exc)) from None
     return out

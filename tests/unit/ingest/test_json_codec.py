@@ -45,6 +45,21 @@ def test_decode_single_and_units() -> None:
     assert all(r.event_time == T and r.received_at == RX for r in rs)
 
 
+def test_data_flags_set_quality_like_hj212() -> None:
+    payload = (
+        b'{"v":1,"ts":"2026-11-29T08:00:00Z","metrics":{"pm25":{"value":35,"flag":"M"},'
+        b'"pm10":{"value":50,"flag":"D"},"no2":{"value":20,"flag":"N"},"so2":{"value":5,"flag":"Q"},"o3":60}}'
+    )
+    got = {r.metric: (r.quality.value, r.flag) for r in decode(payload, device_code=CODE, received_at=RX)}
+    assert got == {
+        "pm25": ("suspect", "M"),  # maintenance: kept, doubtful
+        "pm10": ("bad", "D"),  # device fault: not a measurement
+        "no2": ("good", "N"),
+        "so2": ("suspect", "Q"),  # unknown flag: never guessed good
+        "o3": ("good", None),
+    }
+
+
 def test_decode_records_form() -> None:
     payload = encode(T, {"pm25": 1.0})[:-1] + b"}"
     doc = b'{"v":1,"records":[{"ts":1795939200,"metrics":{"pm25":1}},{"ts":1795939260,"metrics":{"pm25":2}}]}'
