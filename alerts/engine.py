@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import operator
 import string
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -71,7 +71,9 @@ class DeviceContext:
     code: str
     district: str
     device_class: str
-    fences: tuple[str, ...] = ()
+    #: Fence membership keys (:func:`alerts.rules.fence_keys`), e.g. ``GeofenceHook.keys(code)``
+    #: as is: a frozenset, no copy per device.
+    fences: Collection[str] = ()
     attributes: Mapping[str, Any] = field(default_factory=dict)
 
 

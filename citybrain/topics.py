@@ -6,14 +6,19 @@ MQTT (device side and app side):
 * ``citybrain/up/{code}/event`` — device → platform events (alarms on change).
 * ``citybrain/up/{code}/status`` — birth / last will (retained).
 * ``citybrain/cmd/{code}`` — platform → device commands.
-* ``citybrain/down/{district}/{class}/{code}`` — normalised readings for apps.
+* ``citybrain/down/{district}/{class}/{code}`` — normalised readings for apps, public view.
+* ``citybrain/down-internal/…``, ``citybrain/down-sensitive/…`` — the same, internal and
+  sensitive views (data grades, docs/security.md); separate roots so that an ACL on
+  ``citybrain/down/#`` never reaches a graded view.
 * ``citybrain/alerts/{district}/{severity}`` — alerts for apps and consoles.
 
 Kafka:
 
 * ``citybrain.raw`` — batches of raw messages, partitioned by device code.
 * ``citybrain.deadletter`` — rejected payloads with their reason and bytes.
-* ``citybrain.readings.{class}`` — normalised readings per device class.
+* ``citybrain.readings.{class}`` — normalised readings per device class (full fidelity).
+* ``citybrain.readings.{class}.public`` / ``.internal`` — masked views by data grade, for
+  the classes that have graded metrics (:mod:`streams.downstream`).
 * ``citybrain.alerts`` — alert transitions.
 
 Payloads carry ``"v": 1``; a breaking change adds a new version, never edits one.
@@ -28,12 +33,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "DOWNSTREAM_GRADES",
     "UPLINK_KINDS",
     "KafkaTopics",
     "TopicError",
     "UplinkTopic",
     "alert_topic",
     "command_topic",
+    "downstream_filter",
     "downstream_topic",
     "parse_uplink",
     "partition_for",
@@ -43,6 +50,9 @@ __all__ = [
 MQTT_ROOT = "citybrain"
 UPLINK_KINDS = ("telemetry", "event", "status")
 UplinkKind = Literal["telemetry", "event", "status"]
+#: Data grades, lowest first, and the MQTT root of each grade's downstream view.
+DOWNSTREAM_GRADES = ("public", "internal", "sensitive")
+_DOWN_ROOTS = {"public": "down", "internal": "down-internal", "sensitive": "down-sensitive"}
 
 _SEGMENT_RE = re.compile(r"^[0-9A-Za-z_-]{1,32}$")
 
@@ -100,12 +110,32 @@ def command_topic(code: str) -> str:
     return f"{MQTT_ROOT}/cmd/{code}"
 
 
-def downstream_topic(district: str, device_class: str, code: str) -> str:
-    """MQTT re-publish of normalised readings for apps."""
+def _down_root(grade: str) -> str:
+    root = _DOWN_ROOTS.get(grade)
+    if root is None:
+        raise TopicError(f"unknown data grade {grade!r} (one of {', '.join(DOWNSTREAM_GRADES)})")
+    return f"{MQTT_ROOT}/{root}"
+
+
+def downstream_topic(district: str, device_class: str, code: str, grade: str = "public") -> str:
+    """MQTT re-publish of normalised readings for apps, in the view of one data grade.
+
+    ``public`` is ``citybrain/down/…`` (the historical topic); ``internal`` and
+    ``sensitive`` have roots of their own (``citybrain/down-internal/…``,
+    ``citybrain/down-sensitive/…``), so a grant on ``citybrain/down/#`` never
+    covers them.
+    """
     for seg in (district, device_class, code):
         if not _SEGMENT_RE.match(seg):
             raise TopicError(f"bad topic segment {seg!r}")
-    return f"{MQTT_ROOT}/down/{district}/{device_class}/{code}"
+    return f"{_down_root(grade)}/{district}/{device_class}/{code}"
+
+
+def downstream_filter(grade: str = "public", district: str = "+") -> str:
+    """Subscription filter (and ACL pattern) for one grade's downstream readings, one or all (``+``) districts."""
+    if district != "+" and not _SEGMENT_RE.match(district):
+        raise TopicError(f"bad topic segment {district!r}")
+    return f"{_down_root(grade)}/{district}/#"
 
 
 def alert_topic(district: str, severity: str) -> str:
@@ -153,3 +183,16 @@ class KafkaTopics:
         if not _SEGMENT_RE.match(device_class):
             raise TopicError(f"bad device class {device_class!r}")
         return f"{self.prefix}.readings.{device_class}"
+
+    def readings_view(self, device_class: str, grade: str) -> str:
+        """The Kafka topic of one grade's view of a class's readings.
+
+        ``sensitive`` is the full topic (:meth:`readings`); ``public`` and
+        ``internal`` are ``{prefix}.readings.{class}.{grade}``. Which classes
+        have such a topic is decided by :func:`streams.downstream.plan_views`.
+        """
+        if grade == "sensitive":
+            return self.readings(device_class)
+        if grade not in _DOWN_ROOTS:
+            raise TopicError(f"unknown data grade {grade!r} (one of {', '.join(DOWNSTREAM_GRADES)})")
+        return f"{self.readings(device_class)}.{grade}"

@@ -16,7 +16,9 @@
   understands, never from the scrypt one.
 * :func:`render_password_file` and :func:`render_acl_file` write Mosquitto's
   ``password_file`` and ``acl_file``; service accounts get the topics of their
-  role (:data:`SERVICE_ROLES`).
+  role (:data:`SERVICE_ROLES`). App accounts (role ``app``, :func:`parse_app_user`)
+  read only the downstream views of the data grades they are granted, optionally
+  for some districts only (:func:`service_rights`).
 * HJ 212 station passwords (the frame's ``PW``, at most 6 alphanumerics) are
   low-entropy by the standard's design, so they get their own, slower scrypt
   cost (:data:`STATION_PW_SCRYPT`) and their own column: a station PW must
@@ -50,14 +52,18 @@ __all__ = [
     "mosquitto_hash",
     "new_secret",
     "new_station_password",
+    "parse_app_user",
     "parse_service_user",
     "render_acl_file",
     "render_password_file",
+    "service_rights",
     "verify_mosquitto",
     "verify_secret",
 ]
 
 UPLINK_PATTERN = "citybrain/up/{user}/#"
+#: Data grades, lowest first (as citybrain.security.scope.GRADES).
+DATA_GRADES = ("public", "internal", "sensitive")
 COMMAND_PATTERN = "citybrain/cmd/{user}"
 
 
@@ -207,9 +213,19 @@ SERVICE_ROLES: dict[str, tuple[tuple[str, str], ...]] = {
     "all": (("readwrite", "{p}/#"),),
     # gateways and the edge's command dispatcher: read uplinks (data, status, command
     # answers), send commands, bridge readings and alerts downstream
-    "gateway": (("read", "{p}/up/#"), ("write", "{p}/cmd/#"), ("write", "{p}/down/#"), ("write", "{p}/alerts/#")),
-    # a downstream bridge or application: read the normalised readings and alerts only
+    "gateway": (
+        ("read", "{p}/up/#"),
+        ("write", "{p}/cmd/#"),
+        ("write", "{p}/down/#"),
+        ("write", "{p}/alerts/#"),
+        # the graded downstream views (internal, sensitive) that the bridge publishes
+        ("write", "{p}/down-internal/#"),
+        ("write", "{p}/down-sensitive/#"),
+    ),
+    # a downstream bridge or application: read the public readings view and alerts only
     "downstream": (("read", "{p}/down/#"), ("read", "{p}/alerts/#")),
+    # an application granted some data grades (and districts): see service_rights()
+    "app": (),
     # the simulators (development): publish for many devices, answer their commands
     "simulator": (("write", "{p}/up/#"), ("read", "{p}/cmd/#")),
 }
@@ -226,11 +242,24 @@ class ServiceUser:
     name: str
     secret: str
     role: str = "all"
+    #: Role ``app`` only: the highest data grade it reads (``public``, ``internal``, ``sensitive``).
+    grade: str = "public"
+    #: Role ``app`` only: the districts it reads (empty: all).
+    districts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.role not in SERVICE_ROLES:
             roles = ", ".join(sorted(SERVICE_ROLES))
             raise CredentialError(f"service user {self.name}: unknown role {self.role!r} (one of {roles})")
+        if self.grade not in DATA_GRADES:
+            raise CredentialError(
+                f"service user {self.name}: unknown grade {self.grade!r} (one of public, internal, sensitive)"
+            )
+        if self.role != "app" and (self.grade != "public" or self.districts):
+            raise CredentialError(f"service user {self.name}: grades and districts are for role app only")
+        for d in self.districts:
+            if not re.fullmatch(r"[0-9]{6}", d):
+                raise CredentialError(f"service user {self.name}: district {d!r} must be a 6-digit code")
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", self.name):
             raise CredentialError(f"service user name {self.name!r} must be a letter then [A-Za-z0-9_.-]")
         if len(self.name) in (16, 17) and self.name[:16].isdigit():
@@ -245,6 +274,45 @@ def parse_service_user(text: str, role: str = "all") -> ServiceUser:
     if not sep:
         raise CredentialError("service user must be NAME:SECRET")
     return ServiceUser(name, secret, role)
+
+
+def parse_app_user(text: str) -> ServiceUser:
+    """Parse ``NAME:GRADE[:DISTRICT,…]:SECRET`` (``--app-user``): an app reading downstream views.
+
+    ``GRADE`` is the highest grade it may read; the optional district list (6-digit
+    codes, comma-separated) narrows it to those districts. A secret holding colons
+    needs the district list, empty for all (``NAME:GRADE::SECRET``), so that its
+    first part is never read as districts.
+    """
+    parts = text.split(":", 2)
+    if len(parts) < 3 or not parts[2]:
+        raise CredentialError("app user must be NAME:GRADE[:DISTRICT,...]:SECRET")
+    name, grade, rest = parts
+    districts: tuple[str, ...] = ()
+    head, sep, tail = rest.partition(":")
+    if sep and (head == "" or re.fullmatch(r"[0-9]{6}(,[0-9]{6})*", head)):
+        districts, secret = tuple(d for d in head.split(",") if d), tail
+    else:
+        secret = rest
+    return ServiceUser(name, secret, "app", grade, districts)
+
+
+def service_rights(user: ServiceUser, prefix: str = "citybrain") -> list[tuple[str, str]]:
+    """The (access, topic) lines of a service account in Mosquitto's ACL.
+
+    An ``app`` reads the downstream view of each grade up to its own (public:
+    ``{p}/down/…``; internal adds ``{p}/down-internal/…``; sensitive adds
+    ``{p}/down-sensitive/…``) and the alerts, for its districts or all of them.
+    """
+    if user.role != "app":
+        return [(access, pattern.format(p=prefix)) for access, pattern in SERVICE_ROLES[user.role]]
+    roots = ("down", "down-internal", "down-sensitive")[: DATA_GRADES.index(user.grade) + 1]
+    districts = user.districts or ("#",)
+    rights = []
+    for root in roots:
+        rights += [("read", f"{prefix}/{root}/{d}" + ("" if d == "#" else "/#")) for d in districts]
+    rights += [("read", f"{prefix}/alerts/{d}" + ("" if d == "#" else "/#")) for d in districts]
+    return rights
 
 
 def render_password_file(entries: Iterable[tuple[str, str]]) -> str:
@@ -276,8 +344,14 @@ def render_acl_file(service_users: Iterable[str | ServiceUser], *, prefix: str =
         "",
     ]
     for user in service_users:
-        name, role = (user, "all") if isinstance(user, str) else (user.name, user.role)
+        if isinstance(user, str):
+            name, role, rights = user, "all", [("readwrite", f"{prefix}/#")]
+        else:
+            name, role, rights = user.name, user.role, service_rights(user, prefix)
+            if role == "app":
+                districts = ",".join(user.districts) or "all districts"
+                role = f"app, grade {user.grade}, {districts}"
         out += [f"# service account, role {role}", f"user {name}"]
-        out += [f"topic {access} {pattern.format(p=prefix)}" for access, pattern in SERVICE_ROLES[role]]
+        out += [f"topic {access} {topic}" for access, topic in rights]
         out.append("")
     return "\n".join(out)

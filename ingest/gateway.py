@@ -22,8 +22,9 @@ Uplink path::
   header ``count``), so it never takes queue slots or batches from other devices.
 
 Downstream bridge: alerts from Kafka are re-published on MQTT
-``citybrain/alerts/{district}/{severity}`` and normalised readings on
-``citybrain/down/{district}/{class}/{code}``.
+``citybrain/alerts/{district}/{severity}`` and normalised readings, masked by
+data grade (:mod:`streams.downstream`), on ``citybrain/down/{district}/{class}/{code}``
+(public view), ``citybrain/down-internal/…`` and ``citybrain/down-sensitive/…``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from citybrain.topics import (
     KafkaTopics,
     TopicError,
     alert_topic,
+    downstream_filter,
     downstream_topic,
     parse_uplink,
     partition_for,
@@ -90,6 +92,9 @@ class GatewayConfig:
     bridge_readings: bool = True
     device_classes: tuple[str, ...] = ()
     throttle: ThrottleConfig | None = None  # None: no per-device flood limit
+    #: Data grades whose view of the readings the bridge publishes (citybrain/down/…,
+    #: citybrain/down-internal/…, citybrain/down-sensitive/…; docs/security.md).
+    bridge_grades: tuple[str, ...] = ("public", "internal", "sensitive")
 
 
 class GatewayMetrics:
@@ -547,21 +552,37 @@ class Gateway:
             except KafkaError as exc:
                 log.warning("bridge cannot start yet (%s); retrying", exc)
                 await asyncio.sleep(1)
+        # Imported here: only a gateway that bridges readings reads the model files.
+        from devices.models import shipped_models
+        from streams.downstream import masker_for
+
+        grades = self.cfg.bridge_grades
+        for g in grades:
+            downstream_filter(g)  # an unknown grade stops the bridge at once, not per record
+        masker = masker_for(shipped_models())
         async for rec in consumer:
+            out: list[tuple[str, str, bytes]] = []
             try:
                 doc = json.loads(rec.value)
                 if rec.topic == self.cfg.topics.alerts:
-                    topic = alert_topic(doc["district"], doc["severity"])
-                    stream = "alerts"
+                    out.append(("alerts", alert_topic(doc["district"], doc["severity"]), rec.value))
                 else:
-                    topic = downstream_topic(doc["district"], doc["class"], doc["device"])
-                    stream = "readings"
-            except (ValueError, KeyError, TypeError, TopicError) as exc:
+                    # The full record is on Kafka only; MQTT gets one view per grade.
+                    district, device_class, code = doc["district"], doc["class"], doc["device"]
+                    for grade in grades:
+                        view = masker.view(doc, grade)
+                        if view is None:
+                            continue
+                        value = rec.value if view is doc else json.dumps(view, separators=(",", ":")).encode()
+                        stream = "readings" if grade == "public" else f"readings.{grade}"
+                        out.append((stream, downstream_topic(district, device_class, code, grade), value))
+            except (ValueError, KeyError, TypeError, AttributeError, TopicError) as exc:
                 log.warning("bridge skipped a record on %s: %s", rec.topic, exc)
                 continue
             if self._client is not None:
-                self._client.publish(topic, rec.value, qos=1)
-                self.metrics.bridged.labels(stream).inc()
+                for stream, topic, value in out:
+                    self._client.publish(topic, value, qos=1)
+                    self.metrics.bridged.labels(stream).inc()
 
 
 async def run_gateway(

@@ -12,12 +12,17 @@ nothing and a replay duplicates nothing:
    while it fails the agent does not advance, so Kafka offsets are not
    committed and lag grows visibly;
 3. publish rejects to the dead-letter topic, readings to the readings topics;
-4. evaluate rules (:mod:`alerts.engine`) and anomaly detectors
-   (:mod:`alerts.anomaly.stream`) with each device's state read from
-   ``rule_state`` and ``anomaly_state`` and written back in the same
-   transaction as the alerts it produced; a replayed batch is below the
-   device's watermarks and changes nothing, and only transitions that changed
-   a row are published, so a restart neither loses nor repeats an alert.
+4. track mobile devices' positions against the geofences
+   (:class:`geo.membership.GeofenceHook`: ``geofence.*`` enter/leave alerts and
+   the membership fence-scoped rules use), then evaluate rules
+   (:mod:`alerts.engine`) and anomaly detectors (:mod:`alerts.anomaly.stream`)
+   with each device's state read from ``rule_state`` and ``anomaly_state`` and
+   written back in the same transaction as the alerts it produced; a replayed
+   batch is below the device's watermarks and changes nothing, and only
+   transitions that changed a row are published, so a restart neither loses
+   nor repeats an alert. Clock-skewed readings (future event time) are stored
+   but evaluated by nothing, so they never move a watermark; values outside
+   the model's physical range reach the detectors, not the rules.
 
 Worker roles (``CITYBRAIN_WORKER_ROLE``): ``all`` does 1–4; ``ingest`` does
 1–3 (``PipelineConfig.evaluate`` off); ``alerts`` consumes the readings topics
@@ -50,12 +55,14 @@ from citybrain.records import Alert, Quality, RawMessage, Reading, RecordError, 
 from citybrain.topics import KafkaTopics
 from devices.ledger import DeviceIndex, DeviceInfo, Ledger
 from devices.models import ModelError, ModelRegistry
+from geo.membership import GeofenceHook
 from ingest.batch import dead_letter_headers, decode_batch
 from ingest.errors import DecodeError
+from streams.downstream import masker_for, plan_views
 from streams.normalise import Normalised, Reject, normalise
 from streams.store import ReadingStore, StoreError
 
-__all__ = ["Pipeline", "PipelineConfig", "PipelineMetrics", "Publisher"]
+__all__ = ["Pipeline", "PipelineConfig", "PipelineMetrics", "Publisher", "clock_skewed", "out_of_range"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +124,12 @@ class PipelineMetrics:
         self.skew = Counter(
             "citybrain_stream_clock_skew_total", "Readings flagged for future event time", registry=registry
         )
+        self.not_evaluated = Counter(
+            "citybrain_rule_skipped_readings_total",
+            "Stored readings kept from rules (clock_skew, out_of_range) or from rules and detectors (clock_skew)",
+            ["reason"],
+            registry=registry,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +144,9 @@ class PipelineConfig:
     #: Evaluate rules and detectors inline after storing (roles ``all``); off for role ``ingest``.
     evaluate: bool = True
     peer_refresh_s: float = 60.0
+    #: Graded Kafka views ``readings.{class}.public|internal`` (streams.downstream.plan_views):
+    #: ``auto`` only for classes with non-public metrics, ``all`` for every class, ``off`` none.
+    downstream_views: str = "auto"
 
 
 class Pipeline:
@@ -156,6 +172,7 @@ class Pipeline:
         self.store = store
         self.ledger = Ledger(pool, models)
         self.alerts = AlertStore(pool)
+        self.geofences = GeofenceHook(pool)
         self.index = DeviceIndex()
         self._index_loaded = 0.0
         self._clock = clock
@@ -252,7 +269,7 @@ class Pipeline:
             await self._sessions(result.status)
         await self._publish_readings(result)
         if self.cfg.evaluate:
-            await self.evaluate(result.readings)
+            await self.evaluate(result.readings, skewed=result.skewed)
 
     async def _dead_letter(self, rej: Reject) -> None:
         self.metrics.rejected.labels(rej.reason).inc()
@@ -276,6 +293,8 @@ class Pipeline:
             )
 
     async def _publish_readings(self, result: Normalised) -> None:
+        plan = plan_views(self.models, self.cfg.downstream_views)
+        masker = masker_for(self.models)
         by_row: dict[tuple[str, int], list[Reading]] = {}
         info: dict[str, DeviceInfo] = {}
         for r, dev in result.readings:
@@ -300,11 +319,17 @@ class Pipeline:
                 ],
             }
             self.metrics.readings.labels(dev.device_class).inc(len(readings))
-            await self.publish(
-                self.cfg.topics.readings(dev.device_class),
-                code.encode(),
-                json.dumps(doc, separators=(",", ":")).encode(),
-            )
+            value = json.dumps(doc, separators=(",", ":")).encode()
+            await self.publish(self.cfg.topics.readings(dev.device_class), code.encode(), value)
+            # Masked views by data grade (docs/security.md), only for classes that need them.
+            for grade in plan.grades(dev.device_class):
+                view = masker.view(doc, grade)
+                if view is not None:
+                    await self.publish(
+                        self.cfg.topics.readings_view(dev.device_class, grade),
+                        code.encode(),
+                        value if view is doc else json.dumps(view, separators=(",", ":")).encode(),
+                    )
 
     async def process_readings(self, values: Sequence[bytes]) -> int:
         """Evaluate rules and detectors over records of the readings topics (role ``alerts``).
@@ -362,24 +387,50 @@ class Pipeline:
                     log.error("device %s: bad reading in a readings record skipped: %s", code, exc)
         return out
 
-    async def evaluate(self, readings: Sequence[tuple[Reading, DeviceInfo]]) -> list[tuple[str, Alert]]:
-        """Rules and anomaly detectors over a batch's readings, in one transaction.
+    async def evaluate(
+        self, readings: Sequence[tuple[Reading, DeviceInfo]], *, skewed: Sequence[Reading] = ()
+    ) -> list[tuple[str, Alert]]:
+        """Geofence tracking, rules and anomaly detectors over a batch's readings, in one transaction.
 
         Each device's rule state (``rule_state``) and detector state
         (``anomaly_state``) is locked, advanced and written back in the same
         transaction as the alerts and outbox rows it produced; a replayed batch
-        is below the watermarks and changes nothing.
+        is below the watermarks and changes nothing. Positions (``lon``/``lat``)
+        first move mobile devices' fence membership (``geofence.*`` enter/leave
+        alerts), so the rules see where the device is now; fixed devices are in
+        the fences of their registered location (:class:`geo.membership.GeofenceHook`).
+
+        Readings with a future event time (:func:`clock_skewed`) are stored but
+        reach nothing here, so they never move a watermark; ``suspect`` readings
+        outside the model's physical range (:func:`out_of_range`) reach the
+        detectors only, not the rules.
+
+        Args:
+            readings: The batch's ``(reading, device)`` pairs.
+            skewed: Readings normalisation flagged for clock skew (excluded even
+                if :func:`clock_skewed` would now accept them).
 
         Returns:
             The alert transitions that changed a row.
         """
         rules, anomaly = self.cfg.rules, self.cfg.anomaly
-        if not readings or not (len(rules) or anomaly):
+        if not readings:
+            return []
+        now, flagged = self._clock(), {id(r) for r in skewed}
+        usable = [
+            (r, dev)
+            for r, dev in readings
+            if id(r) not in flagged and not clock_skewed(r, now=now, max_future_skew=self.cfg.max_future_skew)
+        ]
+        if len(usable) < len(readings):
+            self.metrics.not_evaluated.labels("clock_skew").inc(len(readings) - len(usable))
+        # Without rules or detectors only mobile devices' positions need the transaction.
+        if not usable or not (len(rules) or anomaly or any(r.metric in _POSITION_METRICS for r, _ in usable)):
             return []
         t0 = time.perf_counter()
         per_device: dict[str, list[Reading]] = {}
         info: dict[str, DeviceInfo] = {}
-        for r, dev in readings:
+        for r, dev in usable:
             per_device.setdefault(r.device_code, []).append(r)
             info[r.device_code] = dev
         windows = await self._maintenance()
@@ -392,6 +443,9 @@ class Pipeline:
         peers = await self._peer_medians() if anomaly else {}
         transitions: list[tuple[str, Alert]] = []
         async with self.pool.connection() as conn, conn.transaction():
+            # Fences first (refreshing membership too): the rules below see this batch's positions.
+            # Every device is tracked, in a maintenance window or not: where it is is a fact.
+            transitions += await self.geofences.track(conn, usable)
             rule_updates = await self._rule_step(conn, codes, per_device, info, transitions) if len(rules) else []
             t1 = time.perf_counter()
             self.metrics.rule_seconds.observe(t1 - t0)
@@ -457,16 +511,22 @@ class Pipeline:
         ).fetchall()
         saved = {r[0]: (int(r[1]), _load_snapshot(r[2]), dict(r[3])) for r in rows}
         updates = []
+        faults = 0
         for code in codes:
             dev = info[code]
             wm, snap, states = saved.get(code, (0, {}, {}))
-            ctx = DeviceContext(code, dev.district, dev.device_class, attributes=dev.attributes)
-            out, new_wm = evaluate_device(
-                self.cfg.rules.for_class(dev.device_class), per_device[code], ctx, snap, states, wm
+            ctx = DeviceContext(
+                code, dev.district, dev.device_class, fences=self.geofences.keys(code), attributes=dev.attributes
             )
+            # A value outside the physical range is a sensor fault (the detectors' business), not a level.
+            readings = [r for r in per_device[code] if not out_of_range(r, dev, self.models)]
+            faults += len(per_device[code]) - len(readings)
+            out, new_wm = evaluate_device(self.cfg.rules.for_class(dev.device_class), readings, ctx, snap, states, wm)
             transitions += [(t.kind, t.alert) for t in out]
             if new_wm != wm:
                 updates.append((code, new_wm, Jsonb(_dump_snapshot(snap)), Jsonb(states)))
+        if faults:
+            self.metrics.not_evaluated.labels("out_of_range").inc(faults)
         return updates
 
     async def _anomaly_step(
@@ -616,6 +676,36 @@ class Pipeline:
 
 async def _no_flush() -> None:
     return None
+
+
+# Metrics that carry a mobile device's position (geo.membership.GeofenceHook's defaults).
+_POSITION_METRICS = frozenset({"lon", "lat"})
+
+
+def clock_skewed(r: Reading, *, now: datetime, max_future_skew: timedelta) -> bool:
+    """Whether a reading's event time is too far in the future to evaluate (a device clock ahead).
+
+    Judged against the earlier of its receive time and ``now``, so it holds the
+    same in an ``alerts`` worker reading the readings topics later as it did
+    when normalisation flagged the reading ``suspect`` for skew.
+    """
+    return r.event_time > min(r.received_at, now) + max_future_skew
+
+
+def out_of_range(r: Reading, dev: DeviceInfo, models: ModelRegistry) -> bool:
+    """Whether a reading is ``suspect`` because its value is outside its model's physical range.
+
+    Such a value (a PM2.5 of 5000) is a sensor fault, not a measurement: rules
+    skip it, detectors see it. ``suspect`` for other reasons (an HJ 212 flag
+    such as T, clock skew) is not this.
+    """
+    if r.quality is not Quality.SUSPECT:
+        return False
+    try:
+        m = models.get(dev.model).metrics.get(r.metric)
+    except ModelError:
+        return False
+    return m is not None and not (m.low <= r.value <= m.high)
 
 
 def _in_maintenance(windows: list[tuple[str | None, str | None, str | None]], dev: DeviceInfo) -> bool:

@@ -13,17 +13,26 @@ exactly like ``rule_state``). The function
    its series, one numpy step per *round* (round ``r`` = each series' ``r``-th
    new sample), so the cost is a few numpy calls per batch, not per series;
 4. turns firings into alert transitions with a small per-(series, detector)
-   state machine: open on the first firing sample, clear after
-   ``clear_after`` accepted samples in a row without firing, and a detector
-   that opens ``flap_count`` times within ``flap_window`` is marked flapping and
-   held open until quiet for ``flap_window / flap_count``.
+   episode state machine: an episode starts on the first firing sample and
+   ends after ``clear_after`` accepted samples in a row without firing, and a
+   detector that opens ``flap_count`` times within ``flap_window`` is marked
+   flapping and held open until quiet for ``flap_window / flap_count``;
+5. consolidates the episodes into **one alert per series** (device, metric):
+   detectors that start on the same sample raise one alert carried by the
+   strongest (highest severity, then score / threshold), with every firing
+   detector and its score in the labels; a detector starting while the
+   series' alert is open joins it; the alert clears when the last episode ends.
 
 State document per device (JSON-safe)::
 
     {"m": {metric: {"t": last accepted epoch s,
                     "d": {detector: <Detector state .to_dict()>},
-                    "a": {detector: {"o": opened epoch s | null, "q": quiet samples,
-                                     "f": flapping, "l": last firing epoch s, "opens": [...]}}}}}
+                    "a": {detector: {"o": episode start epoch s | null, "q": quiet samples,
+                                     "f": flapping, "l": last firing epoch s, "opens": [...]}},
+                    "c": {"r": detector carrying the open alert, "o": opened epoch s,
+                          "s": severity, "m": [detectors whose episode is still open]}}}}
+
+(``c`` is absent while the series has no open alert.)
 
 Drift needs the median of the same model and metric in the same district;
 the caller passes medians it computed from the peers' latest values and
@@ -55,7 +64,7 @@ from alerts.anomaly.detectors import (
 )
 from alerts.anomaly.result import DetectorKind
 from alerts.errors import AnomalyError
-from citybrain.records import Alert, AlertState, alert_id
+from citybrain.records import Alert, AlertState, Severity, alert_id
 
 __all__ = [
     "ANOMALY_RULE_PREFIX",
@@ -78,6 +87,8 @@ _BANKS: dict[DetectorKind, Any] = {
 # Detectors whose window start is known before the update (the baseline's extent).
 _PRE_WINDOW = (DetectorKind.ROBUST_Z, DetectorKind.EWMA, DetectorKind.RATE)
 _NO_FIRES: dict[int, Any] = {}
+# Key of a series document holding its consolidated alert (see _alert_steps).
+_CONSOLIDATED = "c"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +106,8 @@ class AnomalyOutcome:
     """What one batch produced.
 
     Attributes:
-        transitions: ``(kind, alert)`` with kind ``open`` or ``clear``, in event-time order per series.
+        transitions: ``(kind, alert)`` with kind ``open``, ``escalate`` (a more severe detector
+            joined the series' open alert) or ``clear``, in event-time order per series.
         changed: Devices whose state document changed (to write back).
         samples: Samples fed to at least one detector.
     """
@@ -208,10 +220,13 @@ def evaluate_anomalies(
     for (kind, params), members in groups.items():
         _run_group(kind, params, [series[i] for i, _ in members], [i for i, _ in members], peers or {}, results)
     for i, s in enumerate(series):
+        active = []
         for spec in s.specs:
             accepted, fires = results[(i, spec.kind)]
             if accepted and (fires or s.doc.get("a", {}).get(spec.kind.value, {}).get("o") is not None):
-                out.transitions += _alert_steps(s, spec, fires)
+                active.append((spec, fires))
+        if active or _CONSOLIDATED in s.doc:
+            out.transitions += _alert_steps(s, active)
         s.doc["t"] = s.times[-1]
         if any(spec.kind is DetectorKind.DRIFT for spec in s.specs):
             s.doc["x"] = [s.values[-1], s.times[-1]]  # for the peers' median (peer_entry)
@@ -265,36 +280,114 @@ def _run_group(
         results[(index[j], kind)] = (bool(accepted[j]), fires.get(j, _NO_FIRES))
 
 
-def _alert_steps(s: _Series, spec: DetectorSpec, fires: dict[int, _Fire]) -> list[tuple[str, Alert]]:
-    """Open on the first firing sample, clear after ``clear_after`` quiet ones (held while flapping)."""
-    st: dict[str, Any] = s.doc.setdefault("a", {}).setdefault(spec.kind.value, {})
-    rule = ANOMALY_RULE_PREFIX + spec.kind.value
+def _detector_step(st: dict[str, Any], spec: DetectorSpec, t: int, fire: _Fire | None) -> str | None:
+    """One sample of one detector's episode: ``open`` on its first firing sample, ``clear`` after
+    ``clear_after`` quiet ones (held while flapping), else None. Updates ``st`` in place."""
+    opened = st.get("o")
+    if fire is not None:
+        st["q"], st["l"] = 0, t
+        if opened is not None:
+            return None  # still firing: one episode
+        opens = [o for o in st.get("opens", []) if t - o < spec.flap_window_s] + [t]
+        st["opens"], st["o"], st["f"] = opens, t, len(opens) >= spec.flap_count
+        return "open"
+    if opened is None:
+        return None
+    st["q"] = int(st.get("q", 0)) + 1
+    quiet_enough = st["q"] >= spec.clear_after
+    if st.get("f"):
+        # A flapping detector clears only once it has been quiet for a while.
+        quiet_enough = quiet_enough and t - int(st.get("l", t)) >= spec.flap_window_s / spec.flap_count
+    if not quiet_enough:
+        return None
+    st["o"], st["f"], st["q"] = None, False, 0
+    return "clear"
+
+
+def _strength(item: tuple[DetectorSpec, _Fire]) -> tuple[int, float, str]:
+    """Which of the detectors firing on one sample carries the alert: severity, then score / threshold."""
+    spec, fire = item
+    thr = _threshold(spec)
+    ratio = abs(fire.score) / thr if thr > 0 and math.isfinite(fire.score) else 0.0
+    return int(spec.severity), ratio, spec.kind.value
+
+
+def _alert_steps(s: _Series, active: list[tuple[DetectorSpec, dict[int, _Fire]]]) -> list[tuple[str, Alert]]:
+    """One anomaly alert per series: the detectors' episodes, consolidated.
+
+    Each detector keeps its own episode (:func:`_detector_step`). Detectors
+    that open on the same sample raise **one** alert, carried by the strongest
+    (:func:`_strength`): its rule, id and evidence, plus every firing
+    detector and its score in the labels. A detector that opens while the
+    series' alert is open joins it (an ``escalate`` if its severity is
+    higher) instead of raising a second one. The alert clears when the last
+    of its detectors' episodes has ended. An alert opened per detector before
+    consolidation (a state without ``c``) still clears on its own.
+    """
+    a: dict[str, Any] = s.doc.setdefault("a", {})
+    grp: dict[str, Any] | None = s.doc.get(_CONSOLIDATED)
+    specs = {spec.kind.value: spec for spec in s.specs}
+    if grp is not None:
+        # A detector switched off in the configuration no longer holds the alert open.
+        grp["m"] = [k for k in grp["m"] if k in specs]
     out: list[tuple[str, Alert]] = []
     for r, (t, x) in enumerate(zip(s.times, s.values, strict=True)):
-        opened = st.get("o")
-        fire = fires.get(r)
-        if fire is not None:
-            st["q"], st["l"] = 0, t
-            if opened is not None:
-                continue  # still firing: one alert per episode
-            opens = [o for o in st.get("opens", []) if t - o < spec.flap_window_s] + [t]
-            st["opens"], st["o"], st["f"] = opens, t, len(opens) >= spec.flap_count
-            out.append(("open", _alert(s, spec, rule, t, x, fire, bool(st["f"]))))
-        elif opened is not None:
-            st["q"] = int(st.get("q", 0)) + 1
-            quiet_enough = st["q"] >= spec.clear_after
-            if st.get("f"):
-                # A flapping detector clears only once it has been quiet for a while.
-                quiet_enough = quiet_enough and t - int(st.get("l", t)) >= spec.flap_window_s / spec.flap_count
-            if quiet_enough:
-                out.append(("clear", _cleared(s, spec, rule, int(opened), t)))
-                st["o"], st["f"], st["q"] = None, False, 0
+        opened_now: list[tuple[DetectorSpec, _Fire]] = []
+        ended: list[tuple[DetectorSpec, int]] = []
+        for spec, fires in active:
+            st: dict[str, Any] = a.setdefault(spec.kind.value, {})
+            was = st.get("o")
+            fire = fires.get(r)
+            step = _detector_step(st, spec, t, fire)
+            if step == "open" and fire is not None:
+                opened_now.append((spec, fire))
+            elif step == "clear" and was is not None:
+                ended.append((spec, int(was)))
+        if opened_now:
+            flapping = any(a[spec.kind.value].get("f") for spec, _ in opened_now)
+            if grp is None:
+                spec, fire = max(opened_now, key=_strength)
+                grp = {
+                    "r": spec.kind.value,
+                    "o": t,
+                    "s": int(spec.severity),
+                    "m": [sp.kind.value for sp, _ in opened_now],
+                }
+                s.doc[_CONSOLIDATED] = grp
+                out.append(("open", _alert(s, spec, t, x, fire, flapping, opened_now)))
+            else:
+                grp["m"] += [sp.kind.value for sp, _ in opened_now if sp.kind.value not in grp["m"]]
+                spec, fire = max(opened_now, key=_strength)
+                if int(spec.severity) > int(grp["s"]):
+                    grp["s"] = int(spec.severity)
+                    out.append(("escalate", _joined(s, grp, spec, t, x, fire)))
+        for spec, was in ended:
+            if grp is not None and spec.kind.value in grp["m"]:
+                grp["m"].remove(spec.kind.value)
+            else:  # an alert of this detector alone (opened before consolidation)
+                out.append(("clear", _cleared(s, spec.kind.value, spec.severity, spec.clear_after, was, t)))
+        if grp is not None and not grp["m"]:
+            primary = specs.get(grp["r"])
+            clear_after = primary.clear_after if primary is not None else 0
+            out.append(("clear", _cleared(s, grp["r"], Severity(int(grp["s"])), clear_after, int(grp["o"]), t)))
+            del s.doc[_CONSOLIDATED]
+            grp = None
     return out
 
 
-def _alert(s: _Series, spec: DetectorSpec, rule: str, t: int, x: float, fire: _Fire, flapping: bool) -> Alert:
+def _alert(
+    s: _Series,
+    spec: DetectorSpec,
+    t: int,
+    x: float,
+    fire: _Fire,
+    flapping: bool,
+    firing: Sequence[tuple[DetectorSpec, _Fire]] = (),
+) -> Alert:
+    rule = ANOMALY_RULE_PREFIX + spec.kind.value
     threshold = _threshold(spec)
     detail = "up" if x >= fire.baseline else "down"
+    firing = sorted(firing or [(spec, fire)], key=lambda item: item[0].kind.value)
     labels = [
         ("detector", spec.kind.value),
         ("baseline", f"{fire.baseline:.6g}"),
@@ -303,9 +396,12 @@ def _alert(s: _Series, spec: DetectorSpec, rule: str, t: int, x: float, fire: _F
         ("window_start", _iso(fire.start)),
         ("window_end", _iso(t)),
         ("detail", detail),
+        ("detectors", ",".join(sp.kind.value for sp, _ in firing)),
     ]
+    labels += [(f"score.{sp.kind.value}", f"{f.score:.4g}") for sp, f in firing]
     if flapping:
         labels.append(("flapping", "true"))
+    others = [f"{sp.kind.value} {f.score:.3g} > {_threshold(sp):.3g}" for sp, f in firing if sp.kind is not spec.kind]
     opened_at = _utc(t)
     return Alert(
         id=alert_id(s.dev.code, f"{rule}.{s.metric}", opened_at),
@@ -321,27 +417,53 @@ def _alert(s: _Series, spec: DetectorSpec, rule: str, t: int, x: float, fire: _F
         message=(
             f"{s.metric} {x:.6g} {detail}: {spec.kind.value} score {fire.score:.3g} > {threshold:.3g}"
             f" (baseline {fire.baseline:.6g}, window {_iso(fire.start)} – {_iso(t)})"
+            + (f"; also {', '.join(others)}" if others else "")
         ),
         device_class=s.dev.device_class,
         labels=tuple(labels),
     )
 
 
-def _cleared(s: _Series, spec: DetectorSpec, rule: str, opened: int, t: int) -> Alert:
-    opened_at = _utc(opened)
+def _joined(s: _Series, grp: Mapping[str, Any], spec: DetectorSpec, t: int, x: float, fire: _Fire) -> Alert:
+    """The series' open alert, escalated to the severity of a detector that joined it."""
+    rule = ANOMALY_RULE_PREFIX + str(grp["r"])
+    opened_at = _utc(int(grp["o"]))
     return Alert(
         id=alert_id(s.dev.code, f"{rule}.{s.metric}", opened_at),
         rule=rule,
         device_code=s.dev.code,
         district=s.dev.district,
         severity=spec.severity,
+        state=AlertState.OPEN,
+        opened_at=opened_at,
+        metric=s.metric,
+        value=x,
+        threshold=_threshold(spec),
+        message=(
+            f"{s.metric} {x:.6g} at {_iso(t)}: {spec.kind.value} score {fire.score:.3g} > {_threshold(spec):.3g}"
+            f" too (detectors {', '.join(grp['m'])})"
+        ),
+        device_class=s.dev.device_class,
+        labels=(("detector", str(grp["r"])), ("detectors", ",".join(sorted(grp["m"])))),
+    )
+
+
+def _cleared(s: _Series, kind: str, severity: Severity, clear_after: int, opened: int, t: int) -> Alert:
+    rule = ANOMALY_RULE_PREFIX + kind
+    opened_at = _utc(opened)
+    return Alert(
+        id=alert_id(s.dev.code, f"{rule}.{s.metric}", opened_at),
+        rule=rule,
+        device_code=s.dev.code,
+        district=s.dev.district,
+        severity=severity,
         state=AlertState.RESOLVED,
         opened_at=opened_at,
         metric=s.metric,
-        message=f"{s.metric}: {spec.kind.value} quiet for {spec.clear_after} samples",
+        message=f"{s.metric}: {kind} quiet for {clear_after} samples",
         cleared_at=_utc(t),
         device_class=s.dev.device_class,
-        labels=(("detector", spec.kind.value),),
+        labels=(("detector", kind),),
     )
 
 

@@ -257,7 +257,8 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
             params["district"] = district
         query = (
             "select d.code, d.lon, d.lat, d.crs, d.device_class, d.model, d.district, d.name, d.state, l.last_seen,"
-            " exists (select 1 from alerts a where a.device_code = d.code and a.state <> 'resolved'),"
+            " exists (select 1 from alerts a where a.device_code = d.code and a.state <> 'resolved'"
+            " and a.rule not like 'geofence.%%'),"
             " s.connected, s.status_at"
             " from devices d left join device_liveness l on l.code = d.code"
             " left join device_sessions s on s.code = d.code where "

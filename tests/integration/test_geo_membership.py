@@ -5,20 +5,33 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import httpx
+import psycopg
 import pytest
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.engine import DeviceContext, evaluate_device
-from alerts.rules import shipped_rules
+from alerts.rules import RuleSet, parse_rules, shipped_rules
 from alerts.store import AlertStore
-from citybrain.records import Reading
+from citybrain.records import RawMessage, Reading, Transport
+from citybrain.routes import geo as geo_routes
+from citybrain.routes.context import ApiContext
+from citybrain.topics import KafkaTopics
 from devices.code import DeviceCode
 from devices.ledger import DeviceInfo
+from devices.models import ModelRegistry
 from geo import stats
 from geo.coords import wgs84_to_gcj02
 from geo.fences import FenceDraft, validate_fence
 from geo.membership import GeofenceHook
 from geo.service import GeoService
+from ingest.adapters.json.codec import encode
+from ingest.batch import encode_batch
+from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
+from streams.store import ReadingStore, StoreMetrics
+from tests.integration.helpers import api_key, secure
 
 pytestmark = pytest.mark.integration
 
@@ -130,3 +143,112 @@ async def test_mobile_device_enter_opens_and_leave_clears_a_fence_alert(pool: As
     again = GeofenceHook(pool, geo=GeoService(pool), check_s=0)
     await again.refresh()
     assert again.keys(BUS) == frozenset()
+
+
+FENCE_RULES = """
+- id: test.school.noise
+  class: noise
+  scope: {fence: school-1}
+  when: {metric: ld, op: ">", value: 55}
+- id: test.school.pm25
+  class: air
+  scope: {fence: school-1}
+  when: {metric: pm25, op: ">", value: 75}
+"""
+
+
+async def _sent(topic: str, key: bytes | None, value: bytes, headers: object = None) -> None:
+    return None
+
+
+def _worker(pool: AsyncConnectionPool, models: ModelRegistry, rules: RuleSet) -> Pipeline:
+    reg = CollectorRegistry()
+    return Pipeline(
+        PipelineConfig(topics=KafkaTopics("t"), rules=rules),
+        pool,
+        models,
+        _sent,
+        PipelineMetrics(reg),
+        ReadingStore(pool, models, StoreMetrics(reg)),
+    )
+
+
+def _open_alerts(pool_url: str) -> list[tuple[str, str]]:
+    with psycopg.connect(pool_url) as conn:
+        rows = conn.execute("select device_code, rule from alerts where state = 'open' order by 1, 2").fetchall()
+    return [(str(c), str(r)) for c, r in rows]
+
+
+async def test_the_worker_applies_a_fence_scoped_rule_only_inside_the_fence(
+    pool: AsyncConnectionPool, database_url: str, models: ModelRegistry
+) -> None:
+    await _add_fence(GeoService(pool))
+    worker = _worker(pool, models, RuleSet(parse_rules(FENCE_RULES)))
+    loud = [
+        RawMessage(f"citybrain/up/{code}/telemetry", encode(T0, {"ld": 57.0}), T0, Transport.MQTT, code)
+        for code in (NOISE_IN, NOISE_GCJ, NOISE_OUT)
+    ]
+    await worker.process([encode_batch(loud)])
+    assert _open_alerts(database_url) == sorted([(NOISE_IN, "test.school.noise"), (NOISE_GCJ, "test.school.noise")])
+
+
+async def test_the_worker_tracks_a_mobile_device_into_a_fence_before_its_rules(
+    pool: AsyncConnectionPool, database_url: str, models: ModelRegistry
+) -> None:
+    await _add_fence(GeoService(pool))
+    bus = DeviceInfo(BUS, "air-micro@1", "air", "350203", None, "active", {})
+
+    def fixes(lon: float, lat: float, pm25: float, *seconds: int) -> list[tuple[Reading, DeviceInfo]]:
+        out = []
+        for s in seconds:
+            t = T0 + timedelta(seconds=s)
+            out += [(Reading(BUS, "lon", t, t, lon, "deg"), bus), (Reading(BUS, "lat", t, t, lat, "deg"), bus)]
+            out.append((Reading(BUS, "pm25", t, t, pm25, "ug/m3"), bus))
+        return out
+
+    # No rules, no detectors: positions alone still go through the transaction (fence alerts).
+    idle = _worker(pool, models, RuleSet(()))
+    assert await idle.evaluate(fixes(118.2, 24.6, 100.0, 0, 15)) == []  # outside: nothing
+    assert [(k, a.rule) for k, a in await idle.evaluate(fixes(118.10, 24.44, 30.0, 30))] == []  # one fix: not yet
+    changed = await idle.evaluate(fixes(118.10, 24.44, 30.0, 45, 60))
+    assert [(k, a.rule) for k, a in changed] == [("open", "geofence.school-1")]
+    left = await idle.evaluate(fixes(118.2, 24.6, 30.0, 600, 660))
+    assert [(k, a.rule) for k, a in left] == [("clear", "geofence.school-1")]
+
+    # With the fence-scoped rule: polluted air outside the fence is not its business ...
+    worker = _worker(pool, models, RuleSet(parse_rules(FENCE_RULES)))
+    assert await worker.evaluate(fixes(118.2, 24.6, 100.0, 700, 715)) == []
+    # ... and the batch that brings the bus in evaluates its rules with the new membership.
+    await worker.evaluate(fixes(118.10, 24.44, 100.0, 730))
+    changed = await worker.evaluate(fixes(118.10, 24.44, 100.0, 745, 760))
+    assert sorted((k, a.rule) for k, a in changed) == [("open", "geofence.school-1"), ("open", "test.school.pm25")]
+    assert _open_alerts(database_url) == [(BUS, "geofence.school-1"), (BUS, "test.school.pm25")]
+
+
+async def test_an_open_fence_alert_does_not_colour_a_device_alerting_on_the_map(
+    pool: AsyncConnectionPool, models: ModelRegistry
+) -> None:
+    app = FastAPI()
+    app.include_router(
+        geo_routes.build(ApiContext(pool=pool, models=models, registry=CollectorRegistry()), GeoService(pool))
+    )
+    secure(app, pool)
+    headers = await api_key(pool, "integrator")
+
+    async def status() -> str:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers) as c:
+            fc = (await c.get("/api/v1/geo/devices", params={"bbox": "118.0,24.4,118.2,24.5"})).json()
+        return next(f["properties"]["status"] for f in fc["features"] if f["properties"]["code"] == NOISE_IN)
+
+    async def alert(aid: str, rule: str, severity: int) -> None:
+        async with pool.connection() as conn:
+            await conn.execute(
+                "insert into alerts (id, rule, device_code, district, device_class, severity, state, opened_at)"
+                " values (%s, %s, %s, '350203', 'noise', %s, 'open', %s)",
+                (aid, rule, NOISE_IN, severity, T0),
+            )
+
+    await alert("f1", "geofence.school-1", 1)  # inside a fence: an event, not a problem
+    assert await status() != "alerting"
+    await alert("n1", "noise.day.over_limit", 2)
+    assert await status() == "alerting"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
+from alerts.anomaly.config import parse_anomaly_config
 from alerts.rules import shipped_rules
 from citybrain.records import RawMessage, Transport
 from citybrain.topics import KafkaTopics
@@ -40,27 +42,29 @@ class FakePublisher:
         return [v for t, _, v, _ in self.sent if t == topic]
 
 
-def _raw(t: datetime, metrics: dict, ts_format: str = "iso") -> RawMessage:
+def _raw(t: datetime, metrics: dict, ts_format: str = "iso", rx: datetime | None = None) -> RawMessage:
     return RawMessage(
         f"citybrain/up/{CODE}/telemetry",
         encode(t, metrics, ts_format=ts_format),
-        datetime.now(UTC),
+        rx or datetime.now(UTC),
         Transport.MQTT,
         CODE,
     )
 
 
-async def _pipeline(database_url: str, models: ModelRegistry, pub: FakePublisher):
+async def _pipeline(database_url: str, models: ModelRegistry, pub: FakePublisher, **kw: Any):
     pool = AsyncConnectionPool(database_url, min_size=1, max_size=4, open=False)
     await pool.open(wait=True)
     reg = CollectorRegistry()
+    clock = kw.pop("clock", None)
     pipe = Pipeline(
-        PipelineConfig(topics=KafkaTopics("t"), rules=shipped_rules()),
+        PipelineConfig(topics=KafkaTopics("t"), rules=shipped_rules(), **kw),
         pool,
         models,
         pub,
         PipelineMetrics(reg),
         ReadingStore(pool, models, StoreMetrics(reg)),
+        **({"clock": clock} if clock else {}),
     )
     await Ledger(pool, models).register(NewDevice(CODE, "air-station"))
     return pool, pipe
@@ -115,5 +119,49 @@ async def test_bad_payloads_are_dead_lettered_with_reason(database_url: str, mod
         assert reasons == ["bad_batch", "bad_json"]
         originals = [v for t, _, v, _ in pub.sent if t == "t.deadletter"]
         assert b"{not json" in originals and b"garbage record" in originals
+    finally:
+        await pool.close()
+
+
+EWMA = parse_anomaly_config("series: [{class: air, metrics: [pm25], detectors: {ewma: {}}}]")
+
+
+@pytest.mark.parametrize("role", ["all", "split"])
+async def test_a_clock_skewed_reading_is_stored_but_moves_no_watermark(
+    database_url: str, models: ModelRegistry, role: str
+) -> None:
+    """A device clock two hours ahead, then correct readings crossing the limit: the alert still opens."""
+    now = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+    t = [now - timedelta(minutes=3 - i) for i in range(3)]
+    batches = [
+        [_raw(now + timedelta(hours=2), {"pm25": 20}, rx=now)],  # skewed: flagged suspect, stored
+        [_raw(t[0], {"pm25": 30}, rx=t[0]), _raw(t[1], {"pm25": 31}, rx=t[1])],
+        [_raw(t[2], {"pm25": 90}, rx=t[2])],  # over air.pm25.high
+    ]
+    pub = FakePublisher()
+    pool, pipe = await _pipeline(database_url, models, pub, anomaly=EWMA, evaluate=role == "all", clock=lambda: now)
+    try:
+        for batch in batches:
+            await pipe.process([encode_batch(batch)])
+        if role == "split":
+            # An alerts worker, an hour later, over the readings topic: judged by event vs receive time.
+            _, alerts = await _pipeline(
+                database_url, models, FakePublisher(), anomaly=EWMA, clock=lambda: now + timedelta(hours=1)
+            )
+            try:
+                for doc in pub.on("t.readings.air"):
+                    await alerts.process_readings([doc])
+            finally:
+                await alerts.pool.close()
+        with psycopg.connect(database_url) as conn:
+            stored = conn.execute("select ts, quality, flags from readings_air order by ts").fetchall()
+            opened = conn.execute("select rule, state, value, opened_at from alerts").fetchall()
+            wm = conn.execute("select watermark_us from rule_state").fetchone()
+            doc = conn.execute("select states from anomaly_state").fetchone()
+        assert len(stored) == 4 and stored[-1][0] == now + timedelta(hours=2)  # stored, flagged
+        assert stored[-1][1] > 0 and stored[-1][2] == {"pm25": "suspect"}
+        assert opened == [("air.pm25.high", "open", 90.0, t[2])]
+        assert wm == (int(t[2].timestamp() * 1_000_000),)  # the watermark never went past now
+        assert doc is not None and doc[0]["m"]["pm25"]["t"] == int(t[2].timestamp())
     finally:
         await pool.close()

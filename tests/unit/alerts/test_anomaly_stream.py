@@ -128,27 +128,76 @@ def test_warm_up_raises_nothing_even_on_wild_values() -> None:
     assert out == []
 
 
-def test_a_spike_opens_one_alert_per_detector_with_evidence_and_clears() -> None:
+def test_a_spike_opens_one_alert_for_the_series_with_every_detectors_evidence_and_clears() -> None:
+    """Both detectors fire on the spike: one alert (the stronger carries it), not one per detector."""
     values = _series(60, spike_at=45)
-    out, _ = _run(parse_anomaly_config(CONFIG), values, batch=7)
+    out, states = _run(parse_anomaly_config(CONFIG), values, batch=7)
     opens = [a for k, a in out if k == "open"]
-    assert sorted(a.rule for a in opens) == ["anomaly.ewma", "anomaly.robust_z"]
+    assert [a.rule for a in opens] == ["anomaly.ewma"]  # warning beats robust_z's info
+    a = opens[0]
     spike = T0 + timedelta(minutes=45)
-    for a in opens:
-        labels = dict(a.labels)
-        assert a.opened_at == spike and a.metric == "pm25" and a.value == 80.0 and a.state is AlertState.OPEN
-        assert labels["detector"] == a.rule.removeprefix("anomaly.") and labels["detail"] == "up"
-        assert 27 < float(labels["baseline"]) < 33
-        assert float(labels["score"]) > float(labels["threshold"]) == a.threshold
-        assert labels["window_end"] == "2026-11-29T00:45:00Z" and labels["window_start"] < labels["window_end"]
-    # robust z judged the spike on the 40 samples before it; EWMA on the baseline as of the previous sample
-    by_rule = {a.rule: dict(a.labels) for a in opens}
-    assert by_rule["anomaly.robust_z"]["window_start"] == "2026-11-29T00:05:00Z"
-    assert by_rule["anomaly.ewma"]["window_start"] == "2026-11-29T00:44:00Z"
-    assert {a.severity for a in opens} == {Severity.INFO, Severity.WARNING}
+    labels = dict(a.labels)
+    assert a.opened_at == spike and a.metric == "pm25" and a.value == 80.0 and a.state is AlertState.OPEN
+    assert a.severity is Severity.WARNING
+    assert labels["detector"] == "ewma" and labels["detail"] == "up"
+    assert 27 < float(labels["baseline"]) < 33
+    assert float(labels["score"]) > float(labels["threshold"]) == a.threshold
+    # EWMA judged the spike on the baseline as of the previous sample
+    assert labels["window_end"] == "2026-11-29T00:45:00Z" and labels["window_start"] == "2026-11-29T00:44:00Z"
+    # every detector that fired on the sample, with its score
+    assert labels["detectors"] == "ewma,robust_z"
+    assert labels["score.ewma"] == labels["score"] and float(labels["score.robust_z"]) > 6.0
+    assert "also robust_z" in a.message
     clears = [a for k, a in out if k == "clear"]
-    assert sorted((a.rule, a.id) for a in clears) == sorted((a.rule, a.id) for a in opens)
-    assert all(a.cleared_at == spike + timedelta(minutes=3) for a in clears)  # clear_after: 3 quiet samples
+    assert [(c.rule, c.id) for c in clears] == [(a.rule, a.id)]
+    assert clears[0].cleared_at == spike + timedelta(minutes=3)  # clear_after: 3 quiet samples
+    assert "c" not in states[DEV.code]["m"]["pm25"]  # nothing left open
+
+
+def test_a_detector_firing_while_the_series_alert_is_open_joins_it() -> None:
+    """Three detectors on one impossible value: one alert; a later, more severe one escalates it."""
+    cfg = parse_anomaly_config(
+        """
+defaults: {clear_after: 3}
+series:
+  - class: air
+    metrics: [pm25]
+    detectors:
+      ewma: {}
+      robust_z: {window: 40, severity: info}
+      rate: {max_rate: 0.5, severity: major}
+"""
+    )
+    values = _series(60, spike_at=45)
+    values[45] = 5000.0  # a sensor fault: every detector fires on it
+    out, _ = _run(cfg, values, batch=60)
+    assert [(k, a.rule) for k, a in out] == [("open", "anomaly.rate"), ("clear", "anomaly.rate")]
+    assert dict(out[0][1].labels)["detectors"] == "ewma,rate,robust_z"
+    assert out[0][1].severity is Severity.MAJOR
+
+    # Now the rate detector is quiet on the spike and fires only a few samples later, harder.
+    values = _series(80, spike_at=45)
+    values[48:] = [v + 40.0 for v in values[48:]]  # a step: rate fires at 48
+    cfg2 = parse_anomaly_config(
+        """
+defaults: {clear_after: 3}
+series:
+  - class: air
+    metrics: [pm25]
+    detectors:
+      ewma: {severity: info}
+      rate: {max_rate: 0.5, severity: major}
+"""
+    )
+    values[45] = 38.0  # small for rate (0.13/s), large for the EWMA chart
+    out, _ = _run(cfg2, values, batch=80)
+    assert [(k, a.rule) for k, a in out] == [
+        ("open", "anomaly.ewma"),
+        ("escalate", "anomaly.ewma"),  # rate joined the open alert: no second alert, its severity
+        ("clear", "anomaly.ewma"),  # once both detectors' episodes ended
+    ]
+    assert len({a.id for _, a in out}) == 1
+    assert out[1][1].severity is Severity.MAJOR and dict(out[1][1].labels)["detectors"] == "ewma,rate"
 
 
 def test_decisions_match_the_online_detectors() -> None:
@@ -160,16 +209,20 @@ def test_decisions_match_the_online_detectors() -> None:
         EwmaDetector(EwmaParams()),
         RobustZDetector(parse_anomaly_config(CONFIG).plan("air", "x", "pm25")[1].params),
     )  # type: ignore[arg-type]
-    fired: dict[str, list[int]] = {"anomaly.ewma": [], "anomaly.robust_z": []}
+    fired: dict[str, list[int]] = {"ewma": [], "robust_z": []}
     for i, v in enumerate(values):
         t = int((T0 + timedelta(minutes=i)).timestamp())
         if ewma.update(t, v):
-            fired["anomaly.ewma"].append(i)
+            fired["ewma"].append(i)
         if rz.update(t, v):
-            fired["anomaly.robust_z"].append(i)
-    for rule, idx in fired.items():
-        opened = sorted(int((a.opened_at - T0).total_seconds() // 60) for k, a in out if k == "open" and a.rule == rule)
-        assert idx and set(opened) <= set(idx) and opened[0] == idx[0]
+            fired["robust_z"].append(i)
+    opens = {int((a.opened_at - T0).total_seconds() // 60): dict(a.labels) for k, a in out if k == "open"}
+    assert fired["ewma"] and fired["robust_z"]
+    # the series' alert opens on the first sample any detector fired on ...
+    assert min(opens) == min(fired["ewma"][0], fired["robust_z"][0])
+    # ... and every alert names exactly the detectors that fired on its sample
+    for i, labels in opens.items():
+        assert labels["detectors"].split(",") == [k for k in ("ewma", "robust_z") if i in fired[k]]
 
 
 def test_restart_from_saved_state_neither_repeats_nor_loses_an_alert() -> None:

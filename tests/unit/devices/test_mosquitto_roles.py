@@ -32,6 +32,8 @@ def test_each_role_gets_only_its_topics() -> None:
         "topic write citybrain/cmd/#",
         "topic write citybrain/down/#",
         "topic write citybrain/alerts/#",
+        "topic write citybrain/down-internal/#",
+        "topic write citybrain/down-sensitive/#",
     ]
     assert blocks["user bridge"] == ["topic read citybrain/down/#", "topic read citybrain/alerts/#"]
     assert blocks["user sim"] == ["topic write citybrain/up/#", "topic read citybrain/cmd/#"]
