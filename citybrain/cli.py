@@ -130,6 +130,7 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
         client_id=settings.gateway_client_id,
         device_classes=tuple(shipped_models().device_classes()),
         bridge_readings=settings.gateway_bridge_readings,
+        bridge_grades=settings.bridge_grades(),
         throttle=throttle,
         mqtt_tls=_mqtt_tls(settings),
     )
@@ -191,6 +192,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             load_anomaly_config(Path(settings.anomaly_config)) if settings.anomaly_config else shipped_anomaly_config()
         ),
         role=settings.worker_role,
+        downstream_views=settings.downstream_views,
     )
     app = create_app(cfg, CollectorRegistry(), shipped_models())
     worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -124,6 +124,10 @@ class Settings(BaseSettings):
         default="",
         description="YAML file of anomaly detectors per class/model/metric; empty: alerts/data/anomaly/detectors.yaml",
     )
+    downstream_views: Literal["auto", "all", "off"] = Field(
+        default="auto",
+        description="Graded Kafka views of readings: auto (only where a view differs), all, or off",
+    )
     worker_role: Literal["all", "ingest", "alerts"] = Field(
         default="all",
         description=(
@@ -143,6 +147,10 @@ class Settings(BaseSettings):
     gateway_bridge_readings: bool = Field(
         default=True, description="Re-publish normalised readings on MQTT citybrain/down/... (off at city scale)"
     )
+    gateway_bridge_grades: str = Field(
+        default="public,internal,sensitive",
+        description="Downstream views the bridge publishes on MQTT (down/, down-internal/, down-sensitive/)",
+    )
     gateway_metrics_port: int = Field(default=0, ge=0, le=65535, description="Gateway /metrics port (0: free)")
     worker_web_port: int = Field(default=0, ge=0, le=65535, description="Stream worker web/metrics port (0: free)")
 
@@ -159,3 +167,15 @@ class Settings(BaseSettings):
             "1d": self.rollup_1d_retention_days,
         }
         return {level: (n or None) for level, n in days.items()}
+
+    @field_validator("gateway_bridge_grades")
+    @classmethod
+    def _known_grades(cls, value: str) -> str:
+        unknown = sorted({g.strip() for g in value.split(",") if g.strip()} - {"public", "internal", "sensitive"})
+        if unknown:
+            raise ValueError(f"unknown grade(s) {', '.join(unknown)}; use public, internal, sensitive")
+        return value
+
+    def bridge_grades(self) -> tuple[str, ...]:
+        """The grades of ``gateway_bridge_grades``."""
+        return tuple(g.strip() for g in self.gateway_bridge_grades.split(",") if g.strip())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from citybrain.settings import Settings
-from devices.credentials import ServiceUser, parse_service_user, render_acl_file
+from devices.credentials import ServiceUser, parse_app_user, parse_service_user, render_acl_file
 from devices.errors import CredentialError, DevicesError, ImportFileError, UnknownDeviceError
 from devices.lifecycle import ACCEPTING
 
@@ -175,14 +175,17 @@ def _hj212_pw(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _service_user(text: str, role: str) -> ServiceUser:
-    """``NAME:SECRET`` or ``NAME:@FILE`` (the secret read from a file, so it is not in the process list)."""
-    user = parse_service_user(text, role)
+    """``NAME:SECRET`` or ``NAME:@FILE`` (the secret read from a file, so it is not in the process list).
+
+    Role ``app`` takes ``NAME:GRADE[:DISTRICT,…]:SECRET`` (:func:`parse_app_user`).
+    """
+    user = parse_app_user(text) if role == "app" else parse_service_user(text, role)
     if user.secret.startswith("@"):
         try:
             secret = Path(user.secret[1:]).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise CredentialError(f"service user {user.name}: cannot read the secret file: {exc}") from exc
-        user = ServiceUser(user.name, secret, role)
+        user = ServiceUser(user.name, secret, user.role, user.grade, user.districts)
     return user
 
 
@@ -203,7 +206,7 @@ def cmd_mosquitto_files(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     try:
         services = [_service_user(s, "all") for s in args.service_user]
-        for role in ("gateway", "downstream", "simulator"):
+        for role in ("gateway", "downstream", "simulator", "app"):
             services += [_service_user(s, role) for s in getattr(args, f"{role}_user")]
     except CredentialError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -286,14 +289,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="NAME:SECRET",
-        help="gateway/edge: read citybrain/up/#, write citybrain/cmd/#, citybrain/down/#, citybrain/alerts/#",
+        help="gateway/edge: read citybrain/up/#, write citybrain/cmd/#, citybrain/alerts/# and the downstream "
+        "views citybrain/down/#, citybrain/down-internal/#, citybrain/down-sensitive/#",
     )
     q.add_argument(
         "--downstream-user",
         action="append",
         default=[],
         metavar="NAME:SECRET",
-        help="downstream bridge or app: read citybrain/down/# and citybrain/alerts/#",
+        help="downstream consumer: read the public view citybrain/down/# and citybrain/alerts/#",
     )
     q.add_argument(
         "--simulator-user",
@@ -301,5 +305,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="NAME:SECRET",
         help="simulators: write citybrain/up/#, read citybrain/cmd/#",
+    )
+    q.add_argument(
+        "--app-user",
+        action="append",
+        default=[],
+        metavar="NAME:GRADE[:DISTRICT,...]:SECRET",
+        help="downstream app: reads the views up to GRADE (public, internal, sensitive) and the alerts, "
+        "of the given districts or all (repeatable)",
     )
     q.set_defaults(func=cmd_mosquitto_files)

@@ -74,6 +74,7 @@ class WorkerConfig:
     offline_after_cadences: float = 5.0
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig.empty)
     role: str = "all"
+    downstream_views: str = "auto"
 
     def __post_init__(self) -> None:
         if self.role not in WORKER_ROLES:
@@ -156,6 +157,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
                 max_future_skew=timedelta(seconds=cfg.max_future_skew_s),
                 anomaly=cfg.anomaly,
                 evaluate=cfg.role == "all",
+                downstream_views=cfg.downstream_views,
             ),
             pool,
             models,

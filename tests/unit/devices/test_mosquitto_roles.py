@@ -66,3 +66,19 @@ def test_mosquitto_files_needs_a_directory_and_distinct_users(capsys: pytest.Cap
     assert run() == 2 and "--out" in capsys.readouterr().err
     assert run("--out", "x", "--gateway-user", "gw:gateway-secret-1", "--downstream-user", "gw:other-secret-12") == 2
     assert "twice" in capsys.readouterr().err
+
+
+def test_app_user_option_reads_grade_districts_and_a_secret_file(tmp_path: Path) -> None:
+    secret = tmp_path / "app.secret"
+    secret.write_text("app-secret-from-file\n", encoding="utf-8")
+    user = _service_user(f"dash:internal:350203,350206:@{secret}", "app")
+    assert (user.name, user.secret, user.role, user.grade, user.districts) == (
+        "dash",
+        "app-secret-from-file",
+        "app",
+        "internal",
+        ("350203", "350206"),
+    )
+    acl = render_acl_file([user])
+    assert "topic read citybrain/down-internal/350203/#" in acl
+    assert "down-sensitive" not in acl
