@@ -54,9 +54,12 @@ def parse_time(value: Any) -> datetime:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise DecodeError("bad_time", f"non-finite time {value}")
-        if value >= _MS_THRESHOLD:
-            return _from_us(round(value * 1000))
-        return _from_us(round(value * 1_000_000))
+        try:
+            us = round(value * 1000) if value >= _MS_THRESHOLD else round(value * 1_000_000)
+        except OverflowError:
+            # 1e306 is finite, but not once scaled to µs (found by `make fuzz`).
+            raise DecodeError("bad_time", f"time out of range ({value!r})") from None
+        return _from_us(us)
     if isinstance(value, str):
         text = value.strip()
         if text.endswith(("Z", "z")):
