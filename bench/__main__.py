@@ -1,31 +1,113 @@
-"""``make bench``: every benchmark, in turn; each prints its figures and asserts nothing."""
+"""``make bench``: every benchmark, in turn; each prints its figures and asserts nothing.
+
+At the end one summary table is printed and written, with the machine's core count
+and each benchmark's wall time, as JSON to ``bench/results/bench-<UTC time>.json``.
+Benchmarks whose ``main`` returns a dict contribute their figures to it; the others'
+figures are in their own printed output above the table.
+
+Knobs (environment; defaults keep the whole run under 10 minutes on 2 cores):
+
+* ``CITYBRAIN_BENCH_MESSAGES`` (10000): messages of the end-to-end throughput run;
+* ``CITYBRAIN_BENCH_RATE`` (500,2000) / ``CITYBRAIN_BENCH_LATENCY_S`` (10): the latency
+  runs' offered loads in msg/s (one run each; empty: none) and their duration;
+* ``CITYBRAIN_BENCH_SCALING_MESSAGES`` (6000): messages per worker count in the scaling run;
+* ``CITYBRAIN_BENCH_MEMORY_DEVICES`` (100000,1000000): ledger sizes of the memory run;
+* ``CITYBRAIN_BENCH_NODERED`` (1): 0 skips the Node-RED comparison;
+* ``CITYBRAIN_BENCH_ONLY``: comma-separated module names (``e2e,bench_scaling``) to run only those.
+"""
 
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import pkgutil
 import sys
 import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import bench
 
+RESULTS = Path(__file__).resolve().parent / "results"
+# bench.bench_latency runs inside bench.e2e, on the platform e2e has already started.
+INSIDE_E2E = {"bench.bench_latency"}
+# Arguments make bench passes, to stay under 10 minutes on 2 cores. bench_ledger's figures
+# (import rows/s, index bytes and lookups per device) are per row and barely move between
+# 200k and 1M rows, and bench_memory measures the 1M ledger; run
+# `python -m bench.bench_ledger` alone for its 1M default (about 3 minutes).
+ARGS = {
+    "bench.e2e": ["--no-json"],  # its figures go into the one summary file
+    "bench.bench_ledger": ["--rows", "200000", "--lookups", "200000"],
+}
+
+
+def _rows(name: str, result: Any) -> dict[str, dict[str, Any]]:
+    """Flatten a benchmark's result into table rows (``{row: {column: value}}``)."""
+    if not isinstance(result, dict):
+        return {}
+    inner = result.get("results", result)
+    if all(isinstance(v, dict) for v in inner.values()):
+        return {f"{name}.{k}" if name != "e2e" else k: v for k, v in inner.items()}
+    return {name: inner}
+
+
+def _table(rows: dict[str, dict[str, Any]]) -> str:
+    width = max([len(r) for r in rows] + [9]) + 2
+    lines = [f"{'benchmark':<{width}}figures"]
+    for name, res in rows.items():
+        lines.append(f"{name:<{width}}" + ", ".join(f"{k}={v}" for k, v in res.items()))
+    return "\n".join(lines)
+
 
 def main() -> int:
+    """Run every benchmark module, then print and write the summary."""
     names = [
         "bench.e2e",
-        *sorted(f"bench.{m.name}" for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_")),
+        *sorted(
+            f"bench.{m.name}"
+            for m in pkgutil.iter_modules(bench.__path__)
+            if m.name.startswith("bench_") and f"bench.{m.name}" not in INSIDE_E2E
+        ),
     ]
+    only = {n.strip() for n in os.environ.get("CITYBRAIN_BENCH_ONLY", "").split(",") if n.strip()}
+    if only:
+        names = [n for n in names if n.removeprefix("bench.") in only]
     failed = []
+    rows: dict[str, dict[str, Any]] = {}
+    seconds: dict[str, float] = {}
+    began = time.perf_counter()
     for name in names:
         print(f"\n=== {name} ===", flush=True)
         t0 = time.perf_counter()
+        short = name.removeprefix("bench.")
         try:
             mod = importlib.import_module(name)
-            mod.main([])
+            result = mod.main(ARGS.get(name, []))
+            rows.update(_rows(short, result))
         except Exception as exc:  # a broken benchmark must not hide the others' figures
             failed.append(name)
             print(f"{name} failed: {exc!r}", file=sys.stderr)
-        print(f"({name} took {time.perf_counter() - t0:.0f}s)", flush=True)
+        seconds[short] = round(time.perf_counter() - t0, 1)
+        print(f"({name} took {seconds[short]:.0f}s)", flush=True)
+    total = time.perf_counter() - began
+    doc = {
+        "when": datetime.now(UTC).isoformat(),
+        "cores": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+        "total_seconds": round(total, 1),
+        "seconds": seconds,
+        "failed": failed,
+        "results": rows,
+    }
+    print(f"\n=== summary: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, {total:.0f}s in all ===")
+    print(_table(rows))
+    print("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(doc, indent=2, default=str))
+    print(f"written to {path}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

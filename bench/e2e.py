@@ -8,10 +8,12 @@ Figures (printed as a table, written as JSON to bench/results/; nothing asserted
 * ``naive_baseline``: paho subscriber → one INSERT per message (how many city
   projects are built), for comparison.
 * ``e2e``: MQTT QoS 1 → gateway → Kafka → stream worker (normalise, COPY merge,
-  rules) → stored, counted in PostgreSQL; messages/s and readings/s, plus
-  latency percentiles from device event time to stored (``rx`` column vs ``ts``).
+  rules) → stored, counted in PostgreSQL; messages/s and readings/s.
+* ``latency``: on the same platform afterwards, p50/p95/p99 from device event time
+  to stored and to the alert on the MQTT feed at a fixed offered load
+  (:mod:`bench.bench_latency`; ``--rate`` / ``CITYBRAIN_BENCH_RATE``).
 
-Run: ``python -m bench`` (all) or ``python -m bench.e2e --messages 20000``.
+Run: ``python -m bench`` (all) or ``python -m bench.e2e --messages 20000 --rate 1000``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 
+from bench import bench_latency
 from citybrain.harness import ManagedProcess, MqttEndpoint, Services, start_mosquitto
 from citybrain.kafka_compat import install_empty_fetch_backoff
 
@@ -162,7 +165,17 @@ def bench_naive(ep: MqttEndpoint, url: str, n: int) -> dict[str, Any]:
     return {"messages": got, "seconds": round(dt, 2), "msg_per_s": round(got / dt)}
 
 
-def bench_e2e(data_dir: Path, n: int, devices: int, mqtt_url: str | None) -> dict[str, Any]:
+def bench_e2e(
+    data_dir: Path,
+    n: int,
+    devices: int,
+    mqtt_url: str | None,
+    *,
+    latency_rates: tuple[int, ...] = (),
+    latency_seconds: float = bench_latency.DEFAULT_SECONDS,
+    latency_devices: int = 500,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Throughput, then latency at each offered load in ``latency_rates``, on one platform."""
     from citybrain.platform import Platform, demo_device_codes
     from citybrain.settings import Settings
     from ingest.adapters.json.codec import encode
@@ -173,10 +186,18 @@ def bench_e2e(data_dir: Path, n: int, devices: int, mqtt_url: str | None) -> dic
         api_port=0,
         partitions=4,
         log_level="WARNING",
+        # Few device codes carry the whole load, each far above its model cadence:
+        # the gateway's per-device flood limit would drop most of it.
+        gateway_flood_factor=0,
+        # As at city scale (docs/scaling-plan.md): readings reach apps from Kafka, not
+        # re-published on MQTT, which would double the gateway's and the broker's work.
+        gateway_bridge_readings=False,
         mqtt_url=mqtt_url,
     )
     platform = Platform.from_settings(settings, data_dir=data_dir)
-    platform.start(simulate=False, devices=devices, progress=False)
+    # The latency run's devices are registered too (the throughput run uses the first ones).
+    registered = max(devices, latency_devices + bench_latency.PROBES * len(latency_rates))
+    platform.start(simulate=False, devices=registered, progress=False)
     try:
         assert platform.services.mqtt and platform.services.database_url
         codes = demo_device_codes(devices)
@@ -204,6 +225,11 @@ def bench_e2e(data_dir: Path, n: int, devices: int, mqtt_url: str | None) -> dic
                     return
                 time.sleep(0.05)
 
+        # CPU seconds of the gateway and the worker: on a shared machine, msg per CPU-second
+        # is the steadier figure, and the per-core one sizing needs (operations.md).
+        from bench.bench_scaling import cpu_seconds
+
+        cpu0 = {name: cpu_seconds(platform.process(name).pid) for name in ("gateway", "worker")}
         t0 = time.perf_counter()
         watcher = threading.Thread(target=watch_gateway, daemon=True)
         watcher.start()
@@ -221,7 +247,11 @@ def bench_e2e(data_dir: Path, n: int, devices: int, mqtt_url: str | None) -> dic
                     break  # done, or stalled: report what arrived
                 time.sleep(0.2)
             dt = time.perf_counter() - t0
+        cpu = {name: cpu_seconds(platform.process(name).pid) - cpu0[name] for name in cpu0}
         watcher.join(5)
+        latency = bench_latency.measure_all(
+            platform.services.mqtt, url, demo_device_codes(registered), latency_rates, latency_seconds
+        )
         return {
             "messages": total,
             "stored_rows": stored,
@@ -231,9 +261,21 @@ def bench_e2e(data_dir: Path, n: int, devices: int, mqtt_url: str | None) -> dic
             "msg_per_s": round(stored / dt),
             "readings_per_s": round(stored * 6 / dt),
             "gateway_msg_per_s": round(total / gateway_s[0]) if gateway_s else None,
-        }
+            "msg_per_gateway_cpu_s": round(stored / cpu["gateway"]) if cpu["gateway"] else None,
+            "msg_per_worker_cpu_s": round(stored / cpu["worker"]) if cpu["worker"] else None,
+        }, latency
     finally:
         platform.stop()
+        if settings.database_url is None:
+            drop_pg(platform.services.pg_name)
+
+
+def drop_pg(name: str) -> None:
+    """Remove a stopped embedded PostgreSQL's data dir and log (a 1M-device ledger is ~1.7 GB)."""
+    from citybrain.harness import pg_base_dir
+
+    shutil.rmtree(pg_base_dir() / name, ignore_errors=True)
+    (pg_base_dir() / f"{name}.log").unlink(missing_ok=True)
 
 
 def _forwarded(url: str) -> float:
@@ -253,7 +295,14 @@ def _table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_all(messages: int, out_dir: Path) -> dict[str, Any]:
+def run_all(
+    messages: int,
+    out_dir: Path | None,
+    *,
+    rates: tuple[int, ...] = bench_latency.DEFAULT_RATES,
+    latency_seconds: float = bench_latency.DEFAULT_SECONDS,
+) -> dict[str, Any]:
+    """Every side-by-side figure, the platform's throughput and its latency; JSON to ``out_dir`` if given."""
     install_empty_fetch_backoff(0.05)
     results: dict[str, dict[str, Any]] = {}
     root = Path(tempfile.mkdtemp(prefix="citybrain-bench-"))
@@ -278,9 +327,18 @@ def run_all(messages: int, out_dir: Path) -> dict[str, Any]:
         for name, fn in steps:
             print(f"running {name}…", flush=True)
             results[name] = fn(svc)
+    drop_pg(svc.pg_name)
     print("running e2e (platform: gateway, worker, store)…", flush=True)
     try:
-        results["e2e"] = bench_e2e(root / "platform", messages, devices=50, mqtt_url=mqtt_url)
+        results["e2e"], latency = bench_e2e(
+            root / "platform",
+            messages,
+            devices=50,
+            mqtt_url=mqtt_url,
+            latency_rates=rates,
+            latency_seconds=latency_seconds,
+        )
+        results.update(latency)
     finally:
         for p in extra:
             p.stop()
@@ -291,21 +349,31 @@ def run_all(messages: int, out_dir: Path) -> dict[str, Any]:
         "kafka_broker": "noida-db (embedded)",
         "results": results,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"e2e-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(doc, indent=2))
     print(f"cores: {os.cpu_count()}, MQTT: {doc['mqtt_broker']}, Kafka: noida-db")
     print(_table(results))
-    print(f"written to {path}")
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"e2e-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+        path.write_text(json.dumps(doc, indent=2))
+        print(f"written to {path}")
+    shutil.rmtree(root, ignore_errors=True)
     return doc
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="bench.e2e", description=__doc__)
-    parser.add_argument("--messages", type=int, default=10000)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--messages", type=int, default=int(os.environ.get("CITYBRAIN_BENCH_MESSAGES", "10000")))
+    parser.add_argument(
+        "--rate",
+        default=",".join(map(str, bench_latency.DEFAULT_RATES)),
+        help="latency runs' offered msg/s, comma-separated (empty: none)",
+    )
+    parser.add_argument("--latency-seconds", type=float, default=bench_latency.DEFAULT_SECONDS)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where the JSON goes")
+    parser.add_argument("--no-json", action="store_true", help="print only (python -m bench writes one JSON)")
     args = parser.parse_args(argv)
-    run_all(args.messages, args.out)
+    rates = tuple(int(x) for x in args.rate.split(",") if x.strip())
+    return run_all(args.messages, None if args.no_json else args.out, rates=rates, latency_seconds=args.latency_seconds)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Under load we SIGKILL, in turn, the gateway and PostgreSQL, stop the stream work
 abruptly and SIGKILL the Kafka-protocol broker while quiet (see the notes at those
 steps: both are limits of the dev broker, noida-db), restarting
 each (the servers as their own supervisor would, the services by the platform's
-supervisor), then check against the sent log:
+supervisor); a second test SIGKILLs the MQTT broker itself (an external
+Mosquitto process) under load. Each then checks against the sent log:
 
 * every reading sent was stored exactly once;
 * every alert transition reached the Kafka alerts topic, none twice;
@@ -30,7 +31,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
-from citybrain.harness import start_mosquitto
+from citybrain.harness import ManagedProcess, MqttEndpoint, start_mosquitto
 from citybrain.platform import Platform, demo_device_codes
 from citybrain.settings import Settings
 from citybrain.topics import KafkaTopics, uplink_topic
@@ -42,9 +43,36 @@ DEVICES = 8
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ManagedProcess, MqttEndpoint]]:
+    """A private Mosquitto: an external process the tests may kill -9 and respawn on the same port.
+
+    With persistence on, as in production (deploy/mosquitto/mosquitto.conf): the gateway's
+    persistent session and its subscription outlive a restart, so messages devices send
+    before the gateway is back are queued for it, not dropped for want of a subscriber.
+    The autosave interval is short because the test kills the broker seconds after the
+    gateway subscribed; a long-running production gateway's session is saved long before.
+    """
+    data = Path(tmp_path_factory.mktemp("mosquitto"))
+    proc, ep = start_mosquitto(data)
+    conf = Path(proc.argv[proc.argv.index("-c") + 1])
+    lines = [ln for ln in conf.read_text().splitlines() if not ln.startswith(("persistence", "autosave"))]
+    lines += ["persistence true", f"persistence_location {data}/", "autosave_interval 1"]
+    conf.write_text("\n".join(lines) + "\n")
+    proc.stop()
+    proc.respawn()
+    assert wait_for(lambda: _mqtt_up(ep), timeout=10, interval=0.2), proc.log_tail()
+    try:
+        yield proc, ep
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def platform(
+    tmp_path_factory: pytest.TempPathFactory, broker: tuple[ManagedProcess, MqttEndpoint]
+) -> Iterator[Platform]:
     data = tmp_path_factory.mktemp("failures")
-    broker, ep = start_mosquitto(Path(data) / "mosquitto")
+    _proc, ep = broker
     settings = Settings(
         database_url=None,
         kafka_bootstrap=None,
@@ -53,6 +81,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         topic_prefix=f"fail{uuid.uuid4().hex[:6]}",
         api_port=0,
         partitions=2,
+        # The load compresses time: 8 devices each report 20×/s, far above any model's
+        # cadence, so the gateway's per-device flood limit would (rightly) drop them.
+        gateway_flood_factor=0,
     )
     p = Platform.from_settings(settings, data_dir=Path(data))
     try:
@@ -60,13 +91,12 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         yield p
     finally:
         p.stop()
-        broker.stop()
 
 
 class Load:
     """A steady QoS 1 publisher with a sent log; a value pattern that opens and clears alerts."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, base: datetime | None = None) -> None:
         self.client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=f"load-{uuid.uuid4().hex[:6]}",
@@ -74,6 +104,9 @@ class Load:
         )
         self.client.max_inflight_messages_set(200)
         self.client.max_queued_messages_set(0)
+        # A device reconnects promptly after a broker restart and resends its unacknowledged
+        # QoS 1 messages (paho keeps them, and queues new ones, while disconnected).
+        self.client.reconnect_delay_set(1, 2)
         self.client.connect(host, port, keepalive=30)
         self.client.loop_start()
         self.sent: list[tuple[str, datetime]] = []
@@ -81,7 +114,7 @@ class Load:
         self.stop = threading.Event()
         self.pause = threading.Event()
         self.codes = demo_device_codes(DEVICES)
-        self.base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+        self.base = base or datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -104,6 +137,10 @@ class Load:
         self.stop.set()
         self.thread.join(10)
         for info in self.infos:
+            if info.rc == mqtt.MQTT_ERR_NO_CONN:
+                # Published while the broker was down: paho kept it and sends it on
+                # reconnect, and the info completes then; only the early rc says otherwise.
+                info.rc = mqtt.MQTT_ERR_SUCCESS
             info.wait_for_publish(60)
         self.client.loop_stop()
         self.client.disconnect()
@@ -207,6 +244,131 @@ def test_kill_minus_nine_each_part_loses_and_doubles_nothing(platform: Platform)
     for p in platform.processes:
         assert p.alive(), p.name
     assert platform.process("gateway").restarts >= 1 and platform.process("worker").restarts >= 1
+
+
+def test_mqtt_broker_kill_minus_nine_loses_and_doubles_nothing(
+    platform: Platform, broker: tuple[ManagedProcess, MqttEndpoint]
+) -> None:
+    """SIGKILL Mosquitto under load and start it again on the same port (as systemd would).
+
+    The devices (paho, QoS 1) resend what the dead broker never acknowledged; the gateway
+    reconnects and subscribes again by itself; a message both forwarded and resent is
+    stored once, because the store merges on (device, event time).
+    """
+    proc, ep = broker
+    url = platform.services.database_url
+    assert url
+    supervising = threading.Event()
+
+    def supervise() -> None:
+        while not supervising.is_set():
+            platform.supervise_once()
+            supervising.wait(0.5)
+
+    sup = threading.Thread(target=supervise, daemon=True)
+    sup.start()
+    # Start from a healthy platform: a service the previous test's kills left exiting is
+    # restarted by the supervisor first, so the restart count below is this test's own.
+    assert wait_for(lambda: _http_ok(platform.gateway_port), timeout=90, interval=0.5), "gateway"
+    assert wait_for(lambda: _http_ok(platform.worker_port), timeout=90, interval=0.5), "worker"
+    gateway_restarts = platform.process("gateway").restarts
+    # Event times after the other test's window, so each test checks only its own readings.
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    load = Load(ep.host, ep.port, base=base)
+    load.thread.start()
+    steps: list[int] = []
+    try:
+        time.sleep(4)
+        steps.append(len(load.sent) // DEVICES)
+        proc.kill()
+        time.sleep(2)  # the devices keep "sending" into paho's queue meanwhile
+        proc.respawn()
+        assert wait_for(lambda: _mqtt_up(ep), timeout=10, interval=0.2), proc.log_tail()
+        time.sleep(5)
+        steps.append(len(load.sent) // DEVICES)
+        proc.kill()  # a second time, right after the gateway's reconnect and resubscribe
+        time.sleep(1)
+        proc.respawn()
+        assert wait_for(lambda: _mqtt_up(ep), timeout=10, interval=0.2), proc.log_tail()
+        time.sleep(4)
+    finally:
+        load.finish()
+    sent = set(load.sent)
+    assert len(sent) == len(load.sent)
+    window = "select device_code, ts from readings_air where ts >= %s"
+
+    def stored_window() -> int:
+        try:
+            with psycopg.connect(url, connect_timeout=3) as conn:
+                row = conn.execute("select count(*) from readings_air where ts >= %s", (base,)).fetchone()
+                return int(row[0]) if row else 0
+        except psycopg.OperationalError:
+            return -1
+
+    try:
+        if not wait_for(lambda: stored_window() >= len(sent), timeout=60, interval=1.0):
+            with psycopg.connect(url) as conn:
+                have = {(r[0], r[1]) for r in conn.execute(window, (base,)).fetchall()}
+            lost = sorted(int((ts - base).total_seconds()) for code, ts in sent - have)
+            pytest.fail(
+                f"stored {len(have)} of {len(sent)}; lost steps {lost[:5]}…{lost[-5:]} (n={len(lost)}); "
+                f"broker killed at steps {steps}; gateway {_gateway_counts(platform)}"
+            )
+        with psycopg.connect(url) as conn:
+            got = [(r[0], r[1]) for r in conn.execute(window, (base,)).fetchall()]
+        dup = [k for k, n in collections.Counter(got).items() if n > 1]
+        assert not dup
+        assert set(got) == sent, (len(sent - set(got)), len(set(got) - sent))
+        # Recovered without a manual step, and by paho's own reconnect: the same gateway
+        # process is connected again, none was restarted for the broker's sake.
+        assert wait_for(lambda: _gateway_connected(platform), timeout=15, interval=0.5)
+        assert platform.process("gateway").restarts == gateway_restarts
+    finally:
+        supervising.set()
+        sup.join(5)
+
+
+def _mqtt_up(ep: MqttEndpoint) -> bool:
+    c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:6]}")
+    try:
+        c.connect(ep.host, ep.port, keepalive=5)
+    except OSError:
+        return False
+    c.disconnect()
+    return True
+
+
+def _http_ok(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _gateway_connected(platform: Platform) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{platform.gateway_port}/metrics", timeout=5) as r:
+            lines = r.read().decode().splitlines()
+    except OSError:  # not listening (yet): not connected
+        return False
+    return any(ln.startswith("citybrain_gateway_mqtt_connected ") and float(ln.split()[1]) == 1.0 for ln in lines)
+
+
+def _gateway_counts(platform: Platform) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{platform.gateway_port}/metrics", timeout=5) as r:
+        lines = r.read().decode().splitlines()
+    return {
+        ln.split()[0]: float(ln.split()[1])
+        for ln in lines
+        if ln.startswith(("citybrain_gateway_messages_received_total", "citybrain_gateway_messages_forwarded_total"))
+    }
 
 
 def _stored(url: str) -> int:
