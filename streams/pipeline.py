@@ -42,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import psycopg
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -83,6 +83,12 @@ class PipelineMetrics:
         self.messages = Counter("citybrain_stream_messages_total", "Raw messages processed", registry=registry)
         self.readings = Counter(
             "citybrain_stream_readings_total", "Readings normalised", ["device_class"], registry=registry
+        )
+        self.last_event = Gauge(
+            "citybrain_stream_last_event_timestamp_seconds",
+            "Newest reading event time per district and device class (Unix s, capped at now)",
+            ["district", "device_class"],
+            registry=registry,
         )
         self.rejected = Counter(
             "citybrain_stream_rejected_total", "Messages dead-lettered by reason", ["reason"], registry=registry
@@ -173,6 +179,8 @@ class Pipeline:
         self.ledger = Ledger(pool, models)
         self.alerts = AlertStore(pool)
         self.geofences = GeofenceHook(pool)
+        # Bounded by districts × classes; feeds the "no data from a district" Prometheus alert.
+        self._last_event: dict[tuple[str, str], float] = {}
         self.index = DeviceIndex()
         self._index_loaded = 0.0
         self._clock = clock
@@ -319,6 +327,12 @@ class Pipeline:
                 ],
             }
             self.metrics.readings.labels(dev.device_class).inc(len(readings))
+            # Capped at now: one device with a fast clock must not keep a silent district looking alive.
+            seen = min(first.event_time.timestamp(), time.time())
+            key = (dev.district, dev.device_class)
+            if seen > self._last_event.get(key, 0.0):
+                self._last_event[key] = seen
+                self.metrics.last_event.labels(*key).set(seen)
             value = json.dumps(doc, separators=(",", ":")).encode()
             await self.publish(self.cfg.topics.readings(dev.device_class), code.encode(), value)
             # Masked views by data grade (docs/security.md), only for classes that need them.

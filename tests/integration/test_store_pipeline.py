@@ -105,6 +105,9 @@ async def test_late_data_lands_in_its_own_day_partition(database_url: str, model
         with psycopg.connect(database_url) as conn:
             row = conn.execute("select tableoid::regclass::text from readings_air").fetchone()
         assert row == ("readings_air_20250301",)
+        # The per-district freshness gauge (Prometheus "no data from a district") follows event time.
+        gauge = pipe.metrics.last_event.labels(CODE[:6], "air")._value.get()
+        assert gauge == late.timestamp()
     finally:
         await pool.close()
 

@@ -33,7 +33,7 @@ K8S_VERSION = "1.30.0"  # a version kubernetes-validate ships schemas for
 
 SOURCE_PACKAGES = ("citybrain", "ingest", "streams", "devices", "alerts", "geo", "simulators")
 # Metrics named in dashboards/rules before the code exports them (remove once they exist).
-PLANNED_METRICS = {"citybrain_devices", "citybrain_stream_last_event_timestamp_seconds"}
+PLANNED_METRICS = {"citybrain_devices"}
 # Metrics from exporters in the stack (kafka-exporter), not from citybrain.
 EXTERNAL_METRICS = {"kafka_consumergroup_lag"}
 # Settings the deploy files set before the code reads them (see deploy/README.md,
