@@ -28,8 +28,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -63,6 +65,22 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+# PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the
+# process: a child respawned from a supervisor thread got SIGTERM (and exited 0,
+# silently) as soon as that thread ended. Children started off the main thread are
+# therefore forked by one thread that lives as long as the process.
+_spawner_lock = threading.Lock()
+_spawner: ThreadPoolExecutor | None = None
+
+
+def _fork_thread() -> ThreadPoolExecutor:
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="harness-spawner")
+        return _spawner
 
 
 def _die_with_parent() -> None:
@@ -144,8 +162,9 @@ def spawn(
     """Start a child in a new session that dies with this process."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
-    try:
-        proc = subprocess.Popen(
+
+    def popen() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             list(argv),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -156,6 +175,10 @@ def spawn(
             user=user,
             cwd=cwd,
         )
+
+    try:
+        on_main = threading.current_thread() is threading.main_thread()
+        proc = popen() if on_main else _fork_thread().submit(popen).result()
     except FileNotFoundError as exc:
         raise HarnessError(f"cannot start {name}: {argv[0]} not found ({exc})") from exc
     finally:

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
+import time
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from citybrain.harness import HarnessError, MqttEndpoint, free_port, parse_mqtt_url, start_postgres
+from citybrain.harness import (
+    HarnessError,
+    ManagedProcess,
+    MqttEndpoint,
+    free_port,
+    parse_mqtt_url,
+    spawn,
+    start_postgres,
+)
 from tests.integration.helpers import consume, create_topics, mqtt_client
 
 pytestmark = pytest.mark.integration
@@ -136,3 +147,22 @@ def test_no_orphans_when_the_harness_process_is_killed(tmp_path) -> None:  # typ
     while leftovers() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert leftovers() == []
+
+
+def test_a_child_respawned_from_a_thread_outlives_that_thread(tmp_path: Path) -> None:
+    # PR_SET_PDEATHSIG follows the forking *thread*: a supervisor thread that
+    # respawned the gateway used to take it down (exit 0, no log) when it ended.
+    box: dict[str, ManagedProcess] = {}
+
+    def supervise() -> None:
+        box["p"] = spawn("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "s.log")
+
+    t = threading.Thread(target=supervise)
+    t.start()
+    t.join()
+    proc = box["p"]
+    try:
+        time.sleep(1.0)  # the death signal, if any, arrives at once
+        assert proc.alive()
+    finally:
+        proc.kill()
