@@ -315,6 +315,19 @@ def test_promtool_checks_the_alert_rules() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_promtool_unit_tests_of_the_alert_rules_pass() -> None:
+    promtool = require_tool("promtool")
+    proc = subprocess.run(
+        [promtool, "test", "rules", "alerts_test.yml"],
+        cwd=ALERTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_promtool_checks_the_compose_prometheus_config(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
     # The config names the rule file by its in-container path; point it at the repo copy.
