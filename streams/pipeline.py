@@ -75,6 +75,9 @@ class Publisher(Protocol):
     ) -> Awaitable[None]: ...
 
 
+_UNKNOWN_RELOAD_S = 1.0
+
+
 class PipelineMetrics:
     """Stream worker metrics, on the registry passed in."""
 
@@ -200,6 +203,16 @@ class Pipeline:
             self.index = await self.ledger.load_compact_index()
             self._index_loaded = now
 
+    async def _reload_for_unknown(self, messages: Sequence[RawMessage]) -> None:
+        # A device registered a moment ago (an integrator's import, then the devices
+        # connect at once) is not in an index loaded before it: reload before
+        # dead-lettering its first messages as unknown. At most once a second, so a
+        # stream of junk codes cannot turn every batch into a ledger scan.
+        if time.monotonic() - self._index_loaded < _UNKNOWN_RELOAD_S:
+            return
+        if any(m.device_code is not None and self.index.get(m.device_code) is None for m in messages):
+            await self.refresh_index(force=True)
+
     async def process(self, values: Sequence[bytes]) -> Normalised:
         """Process one batch of raw-topic record values.
 
@@ -236,6 +249,7 @@ class Pipeline:
                 )
         self.metrics.records.inc(len(values))
         self.metrics.messages.inc(len(messages))
+        await self._reload_for_unknown(messages)
         result = normalise(
             messages, self.index, self.models, now=self._clock(), max_future_skew=self.cfg.max_future_skew
         )

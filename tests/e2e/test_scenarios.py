@@ -192,7 +192,9 @@ def run(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Run:
     keys = {(code, ts) for code, _, ts in expected_quality(sent_log, now=received_at)}
     codes = [s.code for s in scenario.sites()]
     since = min(ts for _, ts in keys)
-    stored = wait_settled(db, codes, expected_rows=len(keys), since=since, timeout=45, quiet_s=8)
+    # Returns as soon as every expected row is there; the long quiet period only matters on
+    # a loaded machine, where a worker can pause for seconds between batches.
+    stored = wait_settled(db, codes, expected_rows=len(keys), since=since, timeout=150, quiet_s=30)
     report = score_platform(scenario, db, codes=codes, sent_log=sent_log, received_at=received_at)
     print(f"\nfleet: {stats.records} records, {stats.messages} MQTT messages, {stats.hj212_frames} HJ 212 frames")
     print(f"platform stored {stored}/{len(keys)} rows; run + drain {time.monotonic() - t0:.1f}s")
@@ -221,7 +223,9 @@ def test_scenario_alerts_on_the_platform_score_against_the_ground_truth(run: Run
     assert report.fired, "the platform raised no alert at all"
     # The sewage at the station in maintenance (flag M) never reaches the rules.
     maint = run.scenario.named["maint-river"].code
-    assert not [a for a in report.fired if a.device == maint], report.fired
+    # (Liveness alerts are not about the data: the fleet disconnects when the run ends, and a
+    # device whose last word is its offline status is offline.)
+    assert not [a for a in report.fired if a.device == maint and not a.rule.startswith("device.")], report.fired
 
 
 def test_fault_injection_shows_in_the_stored_quality_flags(run: Run) -> None:
@@ -269,7 +273,9 @@ def test_stored_rows_tell_the_faults_apart(run: Run, platform: Platform) -> None
                 times.add(ts)
     huli = {ts for code, metric, ts in stored if code == named["huli-commercial"] and metric == "leq"}
     assert corrupt > 0 and duplicated > 0
-    assert huli == times
+    # Differences, not the sets: pytest's diff of two large sets of datetimes takes minutes.
+    missing, extra = sorted(times - huli), sorted(huli - times)
+    assert not missing and not extra, (len(missing), missing[:5], len(extra), extra[:5])
 
 
 def test_simulate_command_scores_a_scenario_against_the_running_platform(platform: Platform, tmp_path: Path) -> None:

@@ -112,6 +112,29 @@ async def test_late_data_lands_in_its_own_day_partition(database_url: str, model
         await pool.close()
 
 
+async def test_a_device_registered_after_the_index_loaded_is_not_dead_lettered(
+    database_url: str, models: ModelRegistry
+) -> None:
+    pub = FakePublisher()
+    pool, pipe = await _pipeline(database_url, models, pub)
+    try:
+        t0 = datetime(2026, 11, 29, 1, 0, tzinfo=UTC)
+        await pipe.process([encode_batch([_raw(t0, {"pm25": 10})])])  # loads the index
+        fresh = "35020603080000025"
+        await Ledger(pool, models).register(NewDevice(fresh, "air-station"))
+        # Inside the periodic refresh interval, past the unknown-device reload guard.
+        pipe._index_loaded -= 1.2
+        msg = RawMessage(
+            f"citybrain/up/{fresh}/telemetry", encode(t0, {"pm25": 11}), datetime.now(UTC), Transport.MQTT, fresh
+        )
+        await pipe.process([encode_batch([msg])])
+        assert not pub.on("t.deadletter")
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute("select count(*) from readings_air where device_code = %s", (fresh,)).fetchone() == (1,)
+    finally:
+        await pool.close()
+
+
 async def test_bad_payloads_are_dead_lettered_with_reason(database_url: str, models: ModelRegistry) -> None:
     pub = FakePublisher()
     pool, pipe = await _pipeline(database_url, models, pub)
