@@ -37,7 +37,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 
-from citybrain.harness import ManagedProcess, MqttEndpoint, start_mosquitto
+from bench._common import mqtt_broker_url, platform_settings
+from citybrain.harness import ManagedProcess, MqttEndpoint
 
 __all__ = ["DEFAULT_RATES", "DEFAULT_SECONDS", "install_stored_marker", "main", "measure", "percentiles"]
 
@@ -270,7 +271,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Standalone: start Mosquitto (if installed) and the platform, measure, print."""
     from citybrain.kafka_compat import install_empty_fetch_backoff
     from citybrain.platform import Platform, demo_device_codes
-    from citybrain.settings import Settings
 
     parser = argparse.ArgumentParser(prog="bench.bench_latency", description=__doc__)
     parser.add_argument(
@@ -282,23 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     install_empty_fetch_backoff(0.05)
     root = Path(tempfile.mkdtemp(prefix="citybrain-bench-lat-"))
     extra: list[ManagedProcess] = []
-    mqtt_url = os.environ.get("CITYBRAIN_MQTT_URL")
-    if mqtt_url is None and (shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")):
-        proc, mep = start_mosquitto(root / "mosquitto")
-        extra.append(proc)
-        mqtt_url = mep.url
-    settings = Settings(
-        data_dir=root,
-        topic_prefix=f"lat{uuid.uuid4().hex[:6]}",
-        api_port=0,
-        partitions=4,
-        log_level="WARNING",
-        # Few device codes carry the whole load, each far above its model cadence:
-        # the gateway's per-device flood limit would drop most of it.
-        gateway_flood_factor=0,
-        gateway_bridge_readings=False,  # as at city scale, and as bench.e2e runs it
-        mqtt_url=mqtt_url,
-    )
+    settings = platform_settings(root, f"lat{uuid.uuid4().hex[:6]}", mqtt_broker_url(root, extra))
     platform = Platform.from_settings(settings, data_dir=root)
     try:
         platform.start(simulate=False, devices=args.devices, progress=False)

@@ -34,8 +34,9 @@ from typing import Any
 
 import psycopg
 
+from bench._common import mqtt_broker_url, telemetry_messages
 from bench.e2e import drop_pg
-from citybrain.harness import ManagedProcess, MqttEndpoint, Services, free_port, spawn, start_mosquitto
+from citybrain.harness import ManagedProcess, MqttEndpoint, Services, free_port, spawn
 
 __all__ = ["ensure_node_red", "main"]
 
@@ -254,12 +255,7 @@ def run(root: Path, ep: MqttEndpoint, url: str, messages: int, workdir: Path) ->
             raise RuntimeError(f"the Node-RED flow stored nothing in 60 s; its log:\n{proc.log_tail()}")
         base = warm_base + timedelta(hours=1)
         steps = max(1, messages // len(codes))
-        items = []
-        for i in range(steps):
-            t = base + timedelta(seconds=i)
-            for c in codes:
-                metrics = {"pm25": 20.0 + i % 7, "pm10": 40.0, "no2": 30.0, "co": 0.6, "o3": 60.0, "so2": 8.0}
-                items.append((f"citybrain/up/{c}/telemetry", encode(t, metrics)))
+        items = telemetry_messages(codes, base, steps)
         t0 = time.perf_counter()
         _publish(ep, items, connections=4)
         stored = _wait(url, base, len(items), 30)
@@ -290,11 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {"nodered": {"skipped": why}}
     work = Path(tempfile.mkdtemp(prefix="citybrain-bench-nodered-"))
     extra: list[ManagedProcess] = []
-    mqtt_url = os.environ.get("CITYBRAIN_MQTT_URL")
-    if mqtt_url is None and (shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")):
-        proc, mep = start_mosquitto(work / "mosquitto")
-        extra.append(proc)
-        mqtt_url = mep.url
+    mqtt_url = mqtt_broker_url(work, extra)
     try:
         with Services(work / "servers", pg_name=f"bench-nodered-{os.getpid()}", mqtt_url=mqtt_url) as svc:
             svc.start(kafka=False)

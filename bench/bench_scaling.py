@@ -32,8 +32,9 @@ from typing import Any
 
 import psycopg
 
+from bench._common import mqtt_broker_url, telemetry_messages
 from bench.e2e import drop_pg
-from citybrain.harness import ManagedProcess, Services, free_port, spawn, start_mosquitto
+from citybrain.harness import ManagedProcess, Services, free_port, spawn
 from citybrain.kafka_compat import install_empty_fetch_backoff
 
 __all__ = ["cpu_seconds", "main", "run_step"]
@@ -63,18 +64,6 @@ def _wait_stored(url: str, since: datetime, until: datetime, want: int, stall_s:
                 stored, last_change = now, time.monotonic()
             time.sleep(0.1)
     return stored
-
-
-def _messages(codes: list[str], base: datetime, steps: int) -> list[tuple[str, bytes]]:
-    from ingest.adapters.json.codec import encode
-
-    out = []
-    for i in range(steps):
-        t = base + timedelta(seconds=i)
-        for code in codes:
-            metrics = {"pm25": 20.0 + i % 7, "pm10": 40.0, "no2": 30.0, "co": 0.6, "o3": 60.0, "so2": 8.0}
-            out.append((f"citybrain/up/{code}/telemetry", encode(t, metrics)))
-    return out
 
 
 def run_step(svc: Services, root: Path, workers: int, messages: int, base: datetime) -> dict[str, Any]:
@@ -120,12 +109,12 @@ def run_step(svc: Services, root: Path, workers: int, messages: int, base: datet
         codes = demo_device_codes(DEVICES)
         url = svc.database_url
         # Warm-up: one message per device through every partition, so the group has settled.
-        warm = _messages(codes, base - timedelta(minutes=5), 1)
+        warm = telemetry_messages(codes, base - timedelta(minutes=5), 1)
         _publish(svc.mqtt, warm, connections=2)
         _wait_stored(url, base - timedelta(minutes=5), base, len(warm), stall_s=60)
         time.sleep(1.0)
         steps = max(1, messages // DEVICES)
-        items = _messages(codes, base, steps)
+        items = telemetry_messages(codes, base, steps)
         until = base + timedelta(seconds=steps)
         procs: list[ManagedProcess] = [p for p in platform.processes if p.name == "gateway" or "worker" in p.name]
         cpu0 = {p.name: cpu_seconds(p.pid) for p in procs}
@@ -159,11 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     install_empty_fetch_backoff(0.05)
     root = Path(tempfile.mkdtemp(prefix="citybrain-bench-scale-"))
     extra: list[ManagedProcess] = []
-    mqtt_url = os.environ.get("CITYBRAIN_MQTT_URL")
-    if mqtt_url is None and (shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")):
-        proc, ep = start_mosquitto(root / "mosquitto")
-        extra.append(proc)
-        mqtt_url = ep.url
+    mqtt_url = mqtt_broker_url(root, extra)
     results: dict[str, Any] = {}
     try:
         with Services(root / "servers", pg_name=f"bench-scale-{os.getpid()}", mqtt_url=mqtt_url) as svc:

@@ -36,7 +36,8 @@ import paho.mqtt.client as mqtt
 import psycopg
 
 from bench import bench_latency
-from citybrain.harness import ManagedProcess, MqttEndpoint, Services, start_mosquitto
+from bench._common import mqtt_broker_url, platform_settings, telemetry_messages
+from citybrain.harness import ManagedProcess, MqttEndpoint, Services
 from citybrain.kafka_compat import install_empty_fetch_backoff
 
 __all__ = ["main", "run_all"]
@@ -177,23 +178,8 @@ def bench_e2e(
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Throughput, then latency at each offered load in ``latency_rates``, on one platform."""
     from citybrain.platform import Platform, demo_device_codes
-    from citybrain.settings import Settings
-    from ingest.adapters.json.codec import encode
 
-    settings = Settings(
-        data_dir=data_dir,
-        topic_prefix=f"bench{uuid.uuid4().hex[:6]}",
-        api_port=0,
-        partitions=4,
-        log_level="WARNING",
-        # Few device codes carry the whole load, each far above its model cadence:
-        # the gateway's per-device flood limit would drop most of it.
-        gateway_flood_factor=0,
-        # As at city scale (docs/scaling-plan.md): readings reach apps from Kafka, not
-        # re-published on MQTT, which would double the gateway's and the broker's work.
-        gateway_bridge_readings=False,
-        mqtt_url=mqtt_url,
-    )
+    settings = platform_settings(data_dir, f"bench{uuid.uuid4().hex[:6]}", mqtt_url)
     platform = Platform.from_settings(settings, data_dir=data_dir)
     # The latency run's devices are registered too (the throughput run uses the first ones).
     registered = max(devices, latency_devices + bench_latency.PROBES * len(latency_rates))
@@ -202,16 +188,7 @@ def bench_e2e(
         assert platform.services.mqtt and platform.services.database_url
         codes = demo_device_codes(devices)
         base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
-        items: list[tuple[str, bytes]] = []
-        per_device = max(1, n // devices)
-        for i in range(per_device):
-            ts = base.timestamp() + i
-            for code in codes:
-                payload = encode(
-                    datetime.fromtimestamp(ts, UTC),
-                    {"pm25": 20.0 + i % 7, "pm10": 40.0, "no2": 30.0, "co": 0.6, "o3": 60.0, "so2": 8.0},
-                )
-                items.append((f"citybrain/up/{code}/telemetry", payload))
+        items = telemetry_messages(codes, base, max(1, n // devices))
         total = len(items)
         gw_metrics = f"http://127.0.0.1:{platform.gateway_port}/metrics"
         forwarded0 = _forwarded(gw_metrics)
@@ -307,13 +284,8 @@ def run_all(
     results: dict[str, dict[str, Any]] = {}
     root = Path(tempfile.mkdtemp(prefix="citybrain-bench-"))
     steps: list[tuple[str, Callable[[Services], dict[str, Any]]]] = []
-    mqtt_url = os.environ.get("CITYBRAIN_MQTT_URL")
     extra: list[ManagedProcess] = []
-    if mqtt_url is None and (shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")):
-        # Mosquitto is the production broker; a private one, configured for the gateway.
-        proc, ep = start_mosquitto(root / "mosquitto")
-        extra.append(proc)
-        mqtt_url = ep.url
+    mqtt_url = mqtt_broker_url(root, extra)
     with Services(root / "servers", pg_name=f"bench-{os.getpid()}", mqtt_url=mqtt_url) as svc:
         svc.start()
         assert svc.mqtt and svc.kafka_bootstrap and svc.database_url

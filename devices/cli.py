@@ -139,12 +139,17 @@ def cmd_credentials(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         return asyncio.run(run())
-    except UnknownDeviceError:
-        print(f"error: no device {args.code}", file=sys.stderr)
-        return 2
     except DevicesError as exc:
+        return _device_error(args.code, exc)
+
+
+def _device_error(code: str, exc: DevicesError) -> int:
+    """Report a ledger error about device ``code`` on stderr; the exit status."""
+    if isinstance(exc, UnknownDeviceError):
+        print(f"error: no device {code}", file=sys.stderr)
+    else:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return 2
 
 
 def _hj212_pw(args: argparse.Namespace, settings: Settings) -> int:
@@ -164,12 +169,8 @@ def _hj212_pw(args: argparse.Namespace, settings: Settings) -> int:
             else:
                 revoke_pw(conn, code, actor=args.actor)
                 print(f"HJ 212 PW of {code} revoked")
-    except UnknownDeviceError:
-        print(f"error: no device {args.code}", file=sys.stderr)
-        return 2
     except DevicesError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _device_error(args.code, exc)
     # The edge re-reads the hashes every 30 s; a connected station is checked again on its next frame.
     return 0
 

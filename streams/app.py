@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -175,23 +175,26 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         ready.set()
         log.info("stream worker (role %s) ready: %d devices in the index", cfg.role, len(pipe.index))
 
+    async def in_batches(
+        stream: faust.StreamT[bytes], step: Callable[[Pipeline, Sequence[bytes]], Awaitable[object]]
+    ) -> None:
+        # Once the pipeline is ready, hand it the stream's values a batch at a time.
+        await ready.wait()
+        pipe: Pipeline = state["pipeline"]
+        async for values in stream.take(cfg.batch_max, within=cfg.batch_within_s):
+            await step(pipe, values)
+
     if ingest:
 
         @app.agent(raw, name="normalise")
         async def normalise_agent(stream: faust.StreamT[bytes]) -> None:
-            await ready.wait()
-            pipe: Pipeline = state["pipeline"]
-            async for values in stream.take(cfg.batch_max, within=cfg.batch_within_s):
-                await pipe.process(values)
+            await in_batches(stream, Pipeline.process)
 
     else:
 
         @app.agent(readings, name="alerts")
         async def alerts_agent(stream: faust.StreamT[bytes]) -> None:
-            await ready.wait()
-            pipe: Pipeline = state["pipeline"]
-            async for values in stream.take(cfg.batch_max, within=cfg.batch_within_s):
-                await pipe.process_readings(values)
+            await in_batches(stream, Pipeline.process_readings)
 
     @app.timer(interval=cfg.maintenance_interval_s)
     async def _maintain() -> None:

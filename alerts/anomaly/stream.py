@@ -384,7 +384,6 @@ def _alert(
     flapping: bool,
     firing: Sequence[tuple[DetectorSpec, _Fire]] = (),
 ) -> Alert:
-    rule = ANOMALY_RULE_PREFIX + spec.kind.value
     threshold = _threshold(spec)
     detail = "up" if x >= fire.baseline else "down"
     firing = sorted(firing or [(spec, fire)], key=lambda item: item[0].kind.value)
@@ -402,16 +401,11 @@ def _alert(
     if flapping:
         labels.append(("flapping", "true"))
     others = [f"{sp.kind.value} {f.score:.3g} > {_threshold(sp):.3g}" for sp, f in firing if sp.kind is not spec.kind]
-    opened_at = _utc(t)
-    return Alert(
-        id=alert_id(s.dev.code, f"{rule}.{s.metric}", opened_at),
-        rule=rule,
-        device_code=s.dev.code,
-        district=s.dev.district,
-        severity=spec.severity,
-        state=AlertState.OPEN,
-        opened_at=opened_at,
-        metric=s.metric,
+    return _series_alert(
+        s,
+        spec.kind.value,
+        spec.severity,
+        _utc(t),
         value=x,
         threshold=threshold,
         message=(
@@ -419,51 +413,70 @@ def _alert(
             f" (baseline {fire.baseline:.6g}, window {_iso(fire.start)} – {_iso(t)})"
             + (f"; also {', '.join(others)}" if others else "")
         ),
-        device_class=s.dev.device_class,
         labels=tuple(labels),
     )
 
 
 def _joined(s: _Series, grp: Mapping[str, Any], spec: DetectorSpec, t: int, x: float, fire: _Fire) -> Alert:
     """The series' open alert, escalated to the severity of a detector that joined it."""
-    rule = ANOMALY_RULE_PREFIX + str(grp["r"])
-    opened_at = _utc(int(grp["o"]))
-    return Alert(
-        id=alert_id(s.dev.code, f"{rule}.{s.metric}", opened_at),
-        rule=rule,
-        device_code=s.dev.code,
-        district=s.dev.district,
-        severity=spec.severity,
-        state=AlertState.OPEN,
-        opened_at=opened_at,
-        metric=s.metric,
+    return _series_alert(
+        s,
+        str(grp["r"]),
+        spec.severity,
+        _utc(int(grp["o"])),
         value=x,
         threshold=_threshold(spec),
         message=(
             f"{s.metric} {x:.6g} at {_iso(t)}: {spec.kind.value} score {fire.score:.3g} > {_threshold(spec):.3g}"
             f" too (detectors {', '.join(grp['m'])})"
         ),
-        device_class=s.dev.device_class,
         labels=(("detector", str(grp["r"])), ("detectors", ",".join(sorted(grp["m"])))),
     )
 
 
 def _cleared(s: _Series, kind: str, severity: Severity, clear_after: int, opened: int, t: int) -> Alert:
+    return _series_alert(
+        s,
+        kind,
+        severity,
+        _utc(opened),
+        state=AlertState.RESOLVED,
+        message=f"{s.metric}: {kind} quiet for {clear_after} samples",
+        cleared_at=_utc(t),
+        labels=(("detector", kind),),
+    )
+
+
+def _series_alert(
+    s: _Series,
+    kind: str,
+    severity: Severity,
+    opened_at: datetime,
+    *,
+    state: AlertState = AlertState.OPEN,
+    value: float | None = None,
+    threshold: float | None = None,
+    message: str,
+    cleared_at: datetime | None = None,
+    labels: tuple[tuple[str, str], ...],
+) -> Alert:
+    """The series' alert of the anomaly rule for detector ``kind`` (id, device and metric filled in)."""
     rule = ANOMALY_RULE_PREFIX + kind
-    opened_at = _utc(opened)
     return Alert(
         id=alert_id(s.dev.code, f"{rule}.{s.metric}", opened_at),
         rule=rule,
         device_code=s.dev.code,
         district=s.dev.district,
         severity=severity,
-        state=AlertState.RESOLVED,
+        state=state,
         opened_at=opened_at,
         metric=s.metric,
-        message=f"{s.metric}: {kind} quiet for {clear_after} samples",
-        cleared_at=_utc(t),
+        value=value,
+        threshold=threshold,
+        message=message,
+        cleared_at=cleared_at,
         device_class=s.dev.device_class,
-        labels=(("detector", kind),),
+        labels=labels,
     )
 
 

@@ -36,7 +36,7 @@ from citybrain.settings import Settings
 from citybrain.topics import uplink_topic
 from devices.code import DeviceCode
 from devices.credentials import hash_secret, mosquitto_hash, new_secret
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import paho_client, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -65,11 +65,7 @@ class Env:
         """A device's own MQTT connection (client id = its code, password = its secret)."""
         ep = self.platform.services.mqtt
         assert ep is not None
-        c = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=code,
-            protocol=mqtt.MQTTv311,
-        )
+        c = paho_client(code)
         c.username_pw_set(code, self.secrets[code])
         if will:
             c.will_set(uplink_topic(code, "status"), json.dumps({"v": 1, "state": "offline"}), qos=1, retain=True)
@@ -86,6 +82,11 @@ class Env:
             )
             cols = [d.name for d in cur.description or ()]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def wait_alerts(self, code: str, rule: str, timeout: float = WAIT_S) -> list[dict[str, Any]]:
+        """Wait until ``code`` has an alert of ``rule`` (else fail showing its alerts); return those alerts."""
+        assert wait_for(lambda: any(a["rule"] == rule for a in self.alerts(code)), timeout), self.alerts(code)
+        return [a for a in self.alerts(code) if a["rule"] == rule]
 
 
 def _send(client: mqtt.Client, code: str, at: datetime, metrics: dict[str, float]) -> None:
@@ -184,11 +185,8 @@ def test_pollution_episode_raises_an_aqi_alert(env: Env) -> None:
         for i, pm25 in enumerate(profile):  # one reading every 30 s of event time
             _send(dev, POLLUTED, start + timedelta(seconds=30 * i), {"pm25": pm25, "pm10": pm25 * 1.4})
         sent = time.monotonic()
-        assert wait_for(lambda: any(a["rule"] == "air.aqi.polluted" for a in env.alerts(POLLUTED)), WAIT_S), env.alerts(
-            POLLUTED
-        )
+        aqi = env.wait_alerts(POLLUTED, "air.aqi.polluted")
         print(f"AQI alert {time.monotonic() - sent:.1f} s after the episode was sent")
-        aqi = [a for a in env.alerts(POLLUTED) if a["rule"] == "air.aqi.polluted"]
         assert len(aqi) == 1 and aqi[0]["labels"].get("standard") == "HJ 633-2026"
         # opened once the AQI had held above 100 for 5 minutes of event time
         assert aqi[0]["opened_at"] >= start + timedelta(minutes=5)
@@ -206,10 +204,7 @@ def test_manhole_tilt_raises_an_alert(env: Env) -> None:
         _send(dev, MANHOLE, t + timedelta(seconds=11), {"tilt": 2.0})
         _send(dev, MANHOLE, t + timedelta(seconds=30), {"tilt": 34.0})  # lifted and left askew
         _send(dev, MANHOLE, t + timedelta(seconds=33), {"tilt": 35.0})
-        assert wait_for(lambda: any(a["rule"] == "manhole.tilt" for a in env.alerts(MANHOLE)), WAIT_S), env.alerts(
-            MANHOLE
-        )
-        tilt = [a for a in env.alerts(MANHOLE) if a["rule"] == "manhole.tilt"]
+        tilt = env.wait_alerts(MANHOLE, "manhole.tilt")
         assert len(tilt) == 1 and tilt[0]["opened_at"] == t + timedelta(seconds=33)
     finally:
         _close(dev)
@@ -224,7 +219,7 @@ def test_flapping_sensor_raises_one_alert_not_fifty(env: Env) -> None:
             _send(dev, FLAPPING, start + timedelta(seconds=10 * i), {"pm25": 120.0 if i % 2 else 20.0})
         _send(dev, FLAPPING, start + timedelta(seconds=500), {"pm25": 21.0})  # a marker: the last one
         assert wait_for(lambda: _stored(env.db, FLAPPING, start + timedelta(seconds=500)), WAIT_S)
-        assert wait_for(lambda: any(a["rule"] == "air.pm25.high" for a in env.alerts(FLAPPING)), WAIT_S)
+        env.wait_alerts(FLAPPING, "air.pm25.high")
         # Everything is evaluated once the marker is stored and the alert is in: count what it raised.
         time.sleep(3)
         raised = [a for a in env.alerts(FLAPPING) if not a["rule"].startswith("device.")]
@@ -272,17 +267,14 @@ def test_lost_connection_is_offline_at_once(env: Env) -> None:
     assert wait_for(lambda: _session(env.db, LOST) is True, WAIT_S)
     _drop(dev)
     assert wait_for(lambda: _session(env.db, LOST) is False, WAIT_S), "the last will did not reach the store"
-    assert wait_for(lambda: any(a["rule"] == "device.offline" for a in env.alerts(LOST)), WAIT_S), env.alerts(LOST)
-    offline = [a for a in env.alerts(LOST) if a["rule"] == "device.offline"]
+    offline = env.wait_alerts(LOST, "device.offline")
     assert len(offline) == 1 and offline[0]["state"] == "open" and "last will" in offline[0]["message"]
 
 
 def test_silent_sensor_goes_offline_and_a_connected_one_stale(env: Env) -> None:
     """No data for k × cadence: offline without a session, stale (a distinct alert) while connected."""
-    assert wait_for(lambda: any(a["rule"] == "device.offline" for a in env.alerts(SILENT)), WAIT_S + 60), env.alerts(
-        SILENT
-    )
-    assert wait_for(lambda: any(a["rule"] == "device.stale" for a in env.alerts(STALE)), WAIT_S), env.alerts(STALE)
+    env.wait_alerts(SILENT, "device.offline", WAIT_S + 60)
+    env.wait_alerts(STALE, "device.stale")
     assert [a["rule"] for a in env.alerts(SILENT)] == ["device.offline"]
     assert [a["rule"] for a in env.alerts(STALE)] == ["device.stale"]  # connected: not offline
     # The silence alert names its evidence like a detector does.

@@ -146,19 +146,25 @@ class Load:
         self.client.disconnect()
 
 
+def _supervise(platform: Platform) -> tuple[threading.Event, threading.Thread]:
+    """Run the platform's supervisor every 0.5 s in a daemon thread until the event is set."""
+    stop = threading.Event()
+
+    def supervise() -> None:
+        while not stop.is_set():
+            platform.supervise_once()
+            stop.wait(0.5)
+
+    thread = threading.Thread(target=supervise, daemon=True)
+    thread.start()
+    return stop, thread
+
+
 def test_kill_minus_nine_each_part_loses_and_doubles_nothing(platform: Platform) -> None:
     mqtt_ep = platform.services.mqtt
     assert mqtt_ep is not None and platform.services.database_url and platform.services.kafka_bootstrap
     url = platform.services.database_url
-    supervising = threading.Event()
-
-    def supervise() -> None:
-        while not supervising.is_set():
-            platform.supervise_once()
-            supervising.wait(0.5)
-
-    sup = threading.Thread(target=supervise, daemon=True)
-    sup.start()
+    supervising, _ = _supervise(platform)
     load = Load(mqtt_ep.host, mqtt_ep.port)
     load.thread.start()
     marks: list[tuple[str, int]] = []
@@ -258,15 +264,7 @@ def test_mqtt_broker_kill_minus_nine_loses_and_doubles_nothing(
     proc, ep = broker
     url = platform.services.database_url
     assert url
-    supervising = threading.Event()
-
-    def supervise() -> None:
-        while not supervising.is_set():
-            platform.supervise_once()
-            supervising.wait(0.5)
-
-    sup = threading.Thread(target=supervise, daemon=True)
-    sup.start()
+    supervising, sup = _supervise(platform)
     # Start from a healthy platform: a service the previous test's kills left exiting is
     # restarted by the supervisor first, so the restart count below is this test's own.
     assert wait_for(lambda: _http_ok(platform.gateway_port), timeout=90, interval=0.5), "gateway"

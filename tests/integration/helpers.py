@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import sys
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -17,8 +21,13 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
+from citybrain.harness import ManagedProcess, MqttEndpoint, free_port, spawn
 from citybrain.security.auth import API_KEY_HEADER, Security, install
 from citybrain.security.identities import IdentityStore, NewPrincipal
+from citybrain.topics import KafkaTopics
+from devices.ledger import Ledger
+from devices.models import ModelRegistry
+from ingest.gateway import Gateway, GatewayConfig, GatewayMetrics
 
 
 async def create_topics(bootstrap: str, names: list[str], partitions: int = 1) -> None:
@@ -58,16 +67,155 @@ async def consume(
     return out
 
 
-def mqtt_client(host: str, port: int, client_id: str | None = None, **kw: Any) -> mqtt.Client:
-    c = mqtt.Client(
+def paho_client(client_id: str | None = None, **kw: Any) -> mqtt.Client:
+    """A paho client (MQTT 3.1.1, like the devices and the gateway), not connected yet."""
+    return mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id or f"t-{uuid.uuid4().hex[:8]}",
         protocol=mqtt.MQTTv311,
         **kw,
     )
+
+
+def mqtt_client(host: str, port: int, client_id: str | None = None, **kw: Any) -> mqtt.Client:
+    c = paho_client(client_id, **kw)
     c.connect(host, port, keepalive=30)
     c.loop_start()
     return c
+
+
+class MqttRecorder:
+    """A connected paho client recording its CONNACKs, SUBACKs and the (topic, payload) it receives.
+
+    ``connack`` holds one bool per CONNACK (accepted or not), ``subacks`` the return
+    codes of each SUBACK; ``connected`` and ``subscribed`` are set on an accepted
+    CONNACK and on any SUBACK. The paho client itself is ``c``.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        username: str | None = None,
+        password: str | None = None,
+        host: str = "127.0.0.1",
+        *,
+        reconnect_delay: tuple[int, int] | None = None,
+    ) -> None:
+        self.connack: list[bool] = []
+        self.subacks: list[list[int]] = []
+        self.messages: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.c = paho_client()
+        if username:
+            self.c.username_pw_set(username, password)
+        self.c.on_connect = self._on_connect
+        self.c.on_subscribe = self._on_subscribe
+        self.c.on_message = self._on_message
+        if reconnect_delay:
+            self.c.reconnect_delay_set(*reconnect_delay)
+        self.c.connect(host, port, keepalive=30)
+        self.c.loop_start()
+
+    @classmethod
+    def at(cls, ep: MqttEndpoint) -> MqttRecorder:
+        """A recorder logged in to ``ep`` with its credentials."""
+        return cls(ep.port, ep.username, ep.password, ep.host)
+
+    def _on_connect(self, _c: object, _u: object, _f: object, rc: mqtt.ReasonCode, _p: object) -> None:
+        self.connack.append(not rc.is_failure)
+        if not rc.is_failure:
+            self.connected.set()
+
+    def _on_subscribe(self, _c: object, _u: object, _mid: int, rcs: list[mqtt.ReasonCode], _p: object) -> None:
+        self.subacks.append([int(r.value) for r in rcs])
+        self.subscribed.set()
+
+    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+
+    def subscribe(self, *filters: str) -> None:
+        """Subscribe (QoS 1) once connected, and wait for the SUBACK."""
+        assert self.connected.wait(20)
+        self.subscribed.clear()
+        self.c.subscribe([(f, 1) for f in filters])
+        assert self.subscribed.wait(10)
+
+    def topics(self) -> list[str]:
+        with self.lock:
+            return [t for t, _ in self.messages]
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+@contextlib.contextmanager
+def ledger_broker(
+    name: str, database_url: str, service_user: tuple[str, str], log_path: Path
+) -> Iterator[tuple[ManagedProcess, int]]:
+    """Run the embedded broker with ledger authentication (re-read every second); yields it and its port."""
+    port = free_port()
+    argv = [sys.executable, "-m", "citybrain.mqtt_broker", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--database-url", database_url, "--service-user", ":".join(service_user), "--refresh-s", "1"]
+    proc = spawn(name, argv, log_path)
+    try:
+        assert wait_for(lambda: port_open(port) or not proc.alive(), timeout=30), proc.log_tail()
+        assert proc.alive(), proc.log_tail()
+        yield proc, port
+    finally:
+        proc.stop()
+
+
+@contextlib.asynccontextmanager
+async def open_ledger(database_url: str, models: ModelRegistry) -> AsyncIterator[Ledger]:
+    """A device ledger on a small pool of its own."""
+    pool = AsyncConnectionPool(database_url, min_size=1, max_size=2, open=False)
+    await pool.open(wait=True)
+    try:
+        yield Ledger(pool, models)
+    finally:
+        await pool.close()
+
+
+async def start_gateway(
+    mqtt_endpoint: MqttEndpoint,
+    bootstrap: str,
+    topics: KafkaTopics,
+    registry: CollectorRegistry | None = None,
+    **config: Any,
+) -> Gateway:
+    """Create the gateway's topics and start a gateway without the downstream bridge (``config`` overrides)."""
+    await create_topics(bootstrap, [topics.raw], 4)
+    await create_topics(bootstrap, [topics.deadletter, topics.alerts])
+    gw = Gateway(
+        GatewayConfig(
+            mqtt_endpoint.host,
+            mqtt_endpoint.port,
+            bootstrap,
+            topics,
+            **{
+                "partitions": 4,
+                "linger_ms": 10,
+                "bridge": False,
+                "client_id": f"gw-{uuid.uuid4().hex[:6]}",
+                **config,
+            },
+        ),
+        GatewayMetrics(registry if registry is not None else CollectorRegistry()),
+    )
+    await gw.start()
+    await gw.wait_connected(10)
+    await asyncio.sleep(0.3)  # let the subscription settle
+    return gw
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 20.0, interval: float = 0.1) -> bool:

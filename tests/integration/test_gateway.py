@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -12,41 +11,18 @@ from citybrain.harness import MqttEndpoint
 from citybrain.platform import demo_device_codes
 from citybrain.topics import KafkaTopics, uplink_topic
 from ingest.batch import decode_batch
-from ingest.gateway import Gateway, GatewayConfig, GatewayMetrics
-from tests.integration.helpers import consume, create_topics, mqtt_client
+from tests.integration.helpers import consume, mqtt_client, start_gateway
 
 pytestmark = pytest.mark.integration
 
 CODES = demo_device_codes(3)
 
 
-async def _gateway(mqtt: MqttEndpoint, bootstrap: str, topics: KafkaTopics) -> tuple[Gateway, CollectorRegistry]:
-    await create_topics(bootstrap, [topics.raw], 4)
-    await create_topics(bootstrap, [topics.deadletter, topics.alerts])
-    reg = CollectorRegistry()
-    gw = Gateway(
-        GatewayConfig(
-            mqtt.host,
-            mqtt.port,
-            bootstrap,
-            topics,
-            partitions=4,
-            linger_ms=10,
-            bridge=False,
-            client_id=f"gw-{uuid.uuid4().hex[:6]}",
-        ),
-        GatewayMetrics(reg),
-    )
-    await gw.start()
-    await gw.wait_connected(10)
-    await asyncio.sleep(0.3)  # let the subscription settle
-    return gw, reg
-
-
 async def test_messages_reach_kafka_in_order_and_bad_ones_are_dead_lettered(
     mqtt_endpoint: MqttEndpoint, kafka_bootstrap: str, topics: KafkaTopics
 ) -> None:
-    gw, reg = await _gateway(mqtt_endpoint, kafka_bootstrap, topics)
+    reg = CollectorRegistry()
+    gw = await start_gateway(mqtt_endpoint, kafka_bootstrap, topics, reg)
     pub = mqtt_client(mqtt_endpoint.host, mqtt_endpoint.port)
     try:
         n = 30

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -16,9 +15,8 @@ from citybrain.harness import MqttEndpoint
 from citybrain.topics import KafkaTopics, uplink_topic
 from devices.code import DeviceCode
 from ingest.batch import decode_batch
-from ingest.gateway import Gateway, GatewayConfig, GatewayMetrics
 from ingest.throttle import ThrottleConfig
-from tests.integration.helpers import consume, create_topics, mqtt_client
+from tests.integration.helpers import consume, mqtt_client, start_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -29,27 +27,10 @@ NORMAL = DeviceCode.build("350206", "0701", 902).full  # smart pole: cadence 300
 async def test_flooding_device_is_throttled_and_reported_while_others_flow(
     mqtt_endpoint: MqttEndpoint, kafka_bootstrap: str, topics: KafkaTopics
 ) -> None:
-    await create_topics(kafka_bootstrap, [topics.raw], 4)
-    await create_topics(kafka_bootstrap, [topics.deadletter, topics.alerts])
     reg = CollectorRegistry()
     # 60× cadence: the flooder may average 1 msg/s, the pole one per 5 s; both a burst of 10.
-    gw = Gateway(
-        GatewayConfig(
-            mqtt_endpoint.host,
-            mqtt_endpoint.port,
-            kafka_bootstrap,
-            topics,
-            partitions=4,
-            linger_ms=10,
-            bridge=False,
-            client_id=f"gw-{uuid.uuid4().hex[:6]}",
-            throttle=ThrottleConfig(factor=60, burst=10, window_s=1.0),
-        ),
-        GatewayMetrics(reg),
-    )
-    await gw.start()
-    await gw.wait_connected(10)
-    await asyncio.sleep(0.3)
+    throttle = ThrottleConfig(factor=60, burst=10, window_s=1.0)
+    gw = await start_gateway(mqtt_endpoint, kafka_bootstrap, topics, reg, throttle=throttle)
     flood = mqtt_client(mqtt_endpoint.host, mqtt_endpoint.port)
     normal = mqtt_client(mqtt_endpoint.host, mqtt_endpoint.port)
     n_flood, n_normal = 400, 8

@@ -18,26 +18,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import socket
-import sys
-import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from psycopg_pool import AsyncConnectionPool
 
-from citybrain.harness import ManagedProcess, free_port, reload_mosquitto, spawn, start_mosquitto
+from citybrain.harness import ManagedProcess, reload_mosquitto, start_mosquitto
 from citybrain.settings import Settings
 from devices.cli import register
 from devices.code import DeviceCode
 from devices.ledger import Ledger, NewDevice
 from devices.models import ModelRegistry
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import MqttRecorder, ledger_broker, open_ledger, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,40 +41,9 @@ DOWNSTREAM = ("cb-bridge", "bridge-secret-0123")
 _HAS_MOSQUITTO = bool(shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin"))
 
 
-class Client:
-    """A paho client (MQTT 3.1.1, like the devices and the gateway) recording CONNACKs, SUBACKs and messages."""
-
-    def __init__(self, port: int, username: str | None, password: str | None) -> None:
-        self.connack: list[bool] = []
-        self.subacks: list[list[int]] = []
-        self.messages: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
-        self.c = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"t-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv311,
-        )
-        if username:
-            self.c.username_pw_set(username, password)
-        self.c.on_connect = lambda _c, _u, _f, rc, _p: self.connack.append(not rc.is_failure)
-        self.c.on_subscribe = lambda _c, _u, _mid, rcs, _p: self.subacks.append([int(r.value) for r in rcs])
-        self.c.on_message = self._on_message
-        # A refused client would otherwise reconnect every second and flood the log.
-        self.c.reconnect_delay_set(5, 10)
-        self.c.connect("127.0.0.1", port, keepalive=30)
-        self.c.loop_start()
-
-    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.messages.append((msg.topic, msg.payload))
-
-    def topics(self) -> list[str]:
-        with self.lock:
-            return [t for t, _ in self.messages]
-
-    def close(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
+def _client(port: int, username: str | None, password: str | None) -> MqttRecorder:
+    # A refused client would otherwise reconnect every second and flood the log.
+    return MqttRecorder(port, username, password, reconnect_delay=(5, 10))
 
 
 @dataclass
@@ -123,20 +86,10 @@ def render_files(database_url: str, out: Path) -> int:
     return int(args.func(args, Settings(database_url=database_url)))
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture
 async def ledger(database_url: str, models: ModelRegistry) -> AsyncIterator[Ledger]:
-    pool = AsyncConnectionPool(database_url, min_size=1, max_size=2, open=False)
-    await pool.open(wait=True)
-    try:
-        yield Ledger(pool, models)
-    finally:
-        await pool.close()
+    async with open_ledger(database_url, models) as ledger:
+        yield ledger
 
 
 @pytest.fixture
@@ -164,16 +117,8 @@ def broker(
         finally:
             proc.stop()
         return
-    port = free_port()
-    argv = [sys.executable, "-m", "citybrain.mqtt_broker", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--database-url", database_url, "--service-user", ":".join(GATEWAY), "--refresh-s", "1"]
-    proc = spawn("mqtt (amqtt, ledger auth)", argv, tmp_path / "amqtt.log")
-    try:
-        assert wait_for(lambda: _port_open(port) or not proc.alive(), timeout=30), proc.log_tail()
-        assert proc.alive(), proc.log_tail()
+    with ledger_broker("mqtt (amqtt, ledger auth)", database_url, GATEWAY, tmp_path / "amqtt.log") as (proc, port):
         yield Broker("amqtt", port, proc, database_url)
-    finally:
-        proc.stop()
 
 
 def _wrong(secret: str) -> str:
@@ -182,10 +127,10 @@ def _wrong(secret: str) -> str:
 
 def test_device_credentials_and_topic_acl(broker: Broker, devices: dict[str, str]) -> None:
     (a, secret), (b, _) = devices.items()
-    gateway = Client(broker.port, *GATEWAY)
-    device = Client(broker.port, a, secret)
-    wrong = Client(broker.port, a, _wrong(secret))
-    anonymous = Client(broker.port, None, None)
+    gateway = _client(broker.port, *GATEWAY)
+    device = _client(broker.port, a, secret)
+    wrong = _client(broker.port, a, _wrong(secret))
+    anonymous = _client(broker.port, None, None)
     clients = [gateway, device, wrong, anonymous]
     try:
         assert wait_for(lambda: all(c.connack for c in clients), timeout=20), [c.connack for c in clients]
@@ -222,8 +167,8 @@ def test_device_credentials_and_topic_acl(broker: Broker, devices: dict[str, str
 async def test_ledger_changes_reach_the_broker(broker: Broker, ledger: Ledger, devices: dict[str, str]) -> None:
     """After a refresh (SIGHUP on Mosquitto) a new credential works and a revoked one is dead, even mid-session."""
     (a, old_secret), (b, _) = devices.items()
-    gateway = Client(broker.port, *GATEWAY)
-    connected = Client(broker.port, a, old_secret)  # logged in before the revocation
+    gateway = _client(broker.port, *GATEWAY)
+    connected = _client(broker.port, a, old_secret)  # logged in before the revocation
     clients = [gateway, connected]
     try:
         assert wait_for(lambda: bool(gateway.connack) and bool(connected.connack), timeout=20)
@@ -234,8 +179,8 @@ async def test_ledger_changes_reach_the_broker(broker: Broker, ledger: Ledger, d
         secret_b = await ledger.rotate_credentials(b, actor="test")
         await ledger.revoke_credentials(a, actor="test")
         broker.refresh()
-        new = Client(broker.port, b, secret_b)
-        revoked = Client(broker.port, a, old_secret)
+        new = _client(broker.port, b, secret_b)
+        revoked = _client(broker.port, a, old_secret)
         clients += [new, revoked]
         assert wait_for(lambda: bool(new.connack) and bool(revoked.connack), timeout=20)
         assert new.connack[0] is True, "a credential rotated in the ledger must work after the refresh"
@@ -263,9 +208,9 @@ def test_mosquitto_service_roles(database_url: str, devices: dict[str, str], tmp
     assert f"user {GATEWAY[0]}\ntopic read citybrain/up/#\ntopic write citybrain/cmd/#" in acl
     assert f"user {DOWNSTREAM[0]}\ntopic read citybrain/down/#\ntopic read citybrain/alerts/#" in acl
     proc, ep = start_mosquitto(tmp_path / "mosquitto", password_file=files / "passwd", acl_file=files / "acl")
-    gateway = Client(ep.port, *GATEWAY)
-    bridge = Client(ep.port, *DOWNSTREAM)
-    device = Client(ep.port, a, secret)
+    gateway = _client(ep.port, *GATEWAY)
+    bridge = _client(ep.port, *DOWNSTREAM)
+    device = _client(ep.port, a, secret)
     clients = [gateway, bridge, device]
     try:
         assert wait_for(lambda: all(c.connack and c.connack[0] for c in clients), timeout=20)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ from citybrain.harness import (
     spawn,
     start_postgres,
 )
-from tests.integration.helpers import consume, create_topics, mqtt_client
+from tests.integration.helpers import consume, create_topics, mqtt_client, port_open
 
 pytestmark = pytest.mark.integration
 
@@ -66,15 +65,9 @@ def test_embedded_mqtt_pub_sub(mqtt_endpoint: MqttEndpoint) -> None:
     _pubsub(mqtt_endpoint.host, mqtt_endpoint.port)
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def test_mosquitto_pub_sub_when_present() -> None:
     # The machine's Mosquitto on 1883 is optional for `make test`; CI machines have it.
-    if not _port_open(1883):
+    if not port_open(1883):
         if os.environ.get("CI"):
             pytest.fail("CI machines run Mosquitto on 127.0.0.1:1883, but it is not answering")
         pytest.xfail("no Mosquitto on 127.0.0.1:1883 on this machine")

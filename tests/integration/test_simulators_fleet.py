@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import socketserver
 import threading
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from citybrain.harness import MqttEndpoint
@@ -20,54 +18,25 @@ from ingest.adapters.manhole.codec import decode as manhole_decode
 from simulators.city import build_sites, make_model
 from simulators.faults import Fault, FaultKind, FaultPlan
 from simulators.fleet import Fleet, FleetConfig, SimDevice, sent_rows
+from tests.integration.helpers import MqttRecorder, wait_for
 
 pytestmark = pytest.mark.integration
 
 START = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)  # 18:00 local: poles switch on during the run
 
 
-class Collector:
+class Collector(MqttRecorder):
     """Subscribes to every uplink of the given devices and keeps what arrives."""
 
     def __init__(self, ep: MqttEndpoint) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
-        self.ready = threading.Event()
-        self.client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"t-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv311,
-        )
-        if ep.username:
-            self.client.username_pw_set(ep.username, ep.password)
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: self.ready.set()
-        self.client.connect(ep.host, ep.port, keepalive=30)
-        self.client.loop_start()
+        super().__init__(ep.port, ep.username, ep.password, ep.host)
 
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.messages.append((msg.topic, msg.payload))
-
-    def subscribe(self, codes: list[str]) -> None:
-        self.client.subscribe([(f"citybrain/up/{c}/+", 1) for c in codes])
-        assert self.ready.wait(10)
+    def subscribe_uplinks(self, codes: list[str]) -> None:
+        self.subscribe(*(f"citybrain/up/{c}/+" for c in codes))
 
     def of(self, kind: str) -> list[tuple[str, bytes]]:
         with self.lock:
             return [(t, p) for t, p in self.messages if t.endswith("/" + kind)]
-
-    def wait_for(self, predicate: object, timeout: float = 20.0) -> bool:
-        done = threading.Event()
-        for _ in range(int(timeout / 0.05)):
-            if predicate():  # type: ignore[operator]
-                return True
-            done.wait(0.05)
-        return bool(predicate())  # type: ignore[operator]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def test_fleet_publishes_every_record_and_the_subscriber_decodes_them(
@@ -77,7 +46,7 @@ def test_fleet_publishes_every_record_and_the_subscriber_decodes_them(
     devices = [SimDevice(make_model(s, i)) for i, s in enumerate(sites)]
     codes = [d.code for d in devices]
     collector = Collector(mqtt_endpoint)
-    collector.subscribe(codes)
+    collector.subscribe_uplinks(codes)
     log = tmp_path / "sent.ndjson"
     cfg = FleetConfig(
         mqtt_endpoint.host,
@@ -98,9 +67,9 @@ def test_fleet_publishes_every_record_and_the_subscriber_decodes_them(
         stats = Fleet(devices, cfg, plan).run(3600)
         assert stats.records > 0 and stats.acked == stats.published
         want = stats.messages
-        assert collector.wait_for(lambda: len(collector.of("telemetry")) + len(collector.of("event")) >= want)
+        assert wait_for(lambda: len(collector.of("telemetry")) + len(collector.of("event")) >= want)
         # Offline statuses are published as each connection closes; they may trail the data.
-        assert collector.wait_for(lambda: sum(b'"offline"' in p for _, p in collector.of("status")) >= len(codes))
+        assert wait_for(lambda: sum(b'"offline"' in p for _, p in collector.of("status")) >= len(codes))
     finally:
         collector.close()
     data = collector.of("telemetry") + collector.of("event")
@@ -127,7 +96,7 @@ def test_poles_answer_commands_and_offline_devices_leave_a_last_will(mqtt_endpoi
     pole = next(d for d in devices if d.site.model_id == "smart-pole")
     air = next(d for d in devices if d.site.model_id == "air-station")
     collector = Collector(mqtt_endpoint)
-    collector.subscribe([pole.code, air.code])
+    collector.subscribe_uplinks([pole.code, air.code])
     cfg = FleetConfig(
         mqtt_endpoint.host,
         mqtt_endpoint.port,
@@ -146,18 +115,18 @@ def test_poles_answer_commands_and_offline_devices_leave_a_last_will(mqtt_endpoi
     runner.start()
     try:
         # The birth comes after the pole's command subscription on the same connection.
-        assert collector.wait_for(
+        assert wait_for(
             lambda: any(pole.code in t and json.loads(p)["state"] == "online" for t, p in collector.of("status"))
         )
         commander = Collector(mqtt_endpoint)
         command = {"v": 1, "id": "cmd-1", "name": "lamp", "params": {"state": "on", "dimming": 40}}
-        commander.client.publish(command_topic(pole.code), json.dumps(command), qos=1).wait_for_publish(10)
+        commander.c.publish(command_topic(pole.code), json.dumps(command), qos=1).wait_for_publish(10)
         acks = lambda: [json.loads(p) for t, p in collector.of("event") if pole.code in t]  # noqa: E731
-        assert collector.wait_for(lambda: any(a.get("ack") == "cmd-1" for a in acks()))
+        assert wait_for(lambda: any(a.get("ack") == "cmd-1" for a in acks()))
         assert next(a for a in acks() if a.get("ack") == "cmd-1") == {"v": 1, "ack": "cmd-1", "ok": True}
         commander.close()
         will = lambda: [json.loads(p)["state"] for t, p in collector.of("status") if air.code in t]  # noqa: E731
-        assert collector.wait_for(lambda: "offline" in will())
+        assert wait_for(lambda: "offline" in will())
     finally:
         stop.set()
         runner.join(30)
