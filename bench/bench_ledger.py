@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import tempfile
 import time
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from bench.e2e import drop_pg
 from citybrain.harness import start_postgres
 from citybrain.migrations import upgrade
 from devices.code import XIAMEN_DISTRICTS, DeviceCode
@@ -100,7 +102,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     proc = None
     url = args.database_url
     if url is None:
-        proc, url = start_postgres("bench-ledger", fresh=True)
+        # Per-process name: two runs at once must not wipe each other's data directory.
+        pg_name = f"bench-ledger-{os.getpid()}"
+        proc, url = start_postgres(pg_name, fresh=True)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "devices.csv"
@@ -177,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         if proc is not None:
             proc.stop()
+            drop_pg(pg_name)
     return figures
 
 
