@@ -356,6 +356,7 @@ def start_mosquitto(
     password_file: Path | None = None,
     acl_file: Path | None = None,
     tls: MosquittoTls | None = None,
+    persistence: bool = True,
 ) -> tuple[ManagedProcess, MqttEndpoint]:
     """Start a private Mosquitto (when installed) on 127.0.0.1 and a free port.
 
@@ -370,6 +371,9 @@ def start_mosquitto(
             turns anonymous access off.
         acl_file: Mosquitto ``acl_file`` (same command).
         tls: An extra TLS listener; the plain listener stays (the health check uses it).
+        persistence: Keep sessions and queued QoS 1 messages in ``data_dir`` across a
+            restart, as production does (``deploy/mosquitto``); without it a restarted
+            broker forgets the gateway's subscription and drops what devices send meanwhile.
 
     Returns:
         The process and the plain listener. After re-rendering the files, :func:`reload_mosquitto`.
@@ -404,8 +408,11 @@ def start_mosquitto(
         # Started as root, Mosquitto would switch to the "mosquitto" user, which
         # cannot read the harness's private (0600) files: keep the harness's identity.
         lines.append("user root")
+    if persistence:
+        lines += ["persistence true", f"persistence_location {data_dir}/", "autosave_interval 1"]
+    else:
+        lines.append("persistence false")
     lines += [
-        "persistence false",
         "max_inflight_messages 0",
         "max_queued_messages 1000000",
         "max_queued_bytes 0",
