@@ -193,6 +193,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         ),
         role=settings.worker_role,
         downstream_views=settings.downstream_views,
+        rules_dir=settings.rules_dir,
+        rules_reload_s=settings.rules_reload_s,
     )
     app = create_app(cfg, CollectorRegistry(), shipped_models())
     worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True)

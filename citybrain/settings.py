@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     rules_dir: str = Field(
         default="", description="Directory of rule YAML files; empty: the rules shipped in alerts/data/rules"
     )
+    rules_reload_s: float = Field(
+        default=10.0, ge=0, description="How often workers re-read CITYBRAIN_RULES_DIR for changed rules (0: never)"
+    )
     anomaly_config: str = Field(
         default="",
         description="YAML file of anomaly detectors per class/model/metric; empty: alerts/data/anomaly/detectors.yaml",

@@ -23,15 +23,17 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import faust
 import psycopg
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.anomaly.config import AnomalyConfig
-from alerts.rules import RuleSet
+from alerts.errors import RuleError
+from alerts.rules import RuleDirectory, RuleSet
 from citybrain.topics import KafkaTopics
 from devices.models import ModelRegistry
 from streams.errors import MaintenanceError
@@ -74,6 +76,8 @@ class WorkerConfig:
     offline_after_cadences: float = 5.0
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig.empty)
     role: str = "all"
+    rules_dir: str = ""
+    rules_reload_s: float = 10.0
     downstream_views: str = "auto"
 
     def __post_init__(self) -> None:
@@ -213,6 +217,25 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
                 )
             except MaintenanceError as exc:
                 log.error("maintenance failed (the next run retries): %s", exc)
+
+    rule_files = RuleDirectory(Path(cfg.rules_dir)) if cfg.rules_dir and cfg.rules_reload_s > 0 else None
+    reloads = Counter("citybrain_rules_reloads_total", "Rule hot reloads by result", ["result"], registry=registry)
+
+    @app.timer(interval=cfg.rules_reload_s if cfg.rules_reload_s > 0 else 3600.0)
+    async def _reload_rules() -> None:
+        # Rules are data: an edited YAML file takes effect without a restart.
+        if rule_files is None or not ready.is_set() or not alerting:
+            return
+        try:
+            rules = await asyncio.to_thread(rule_files.poll)
+        except RuleError as exc:
+            reloads.labels("invalid").inc()
+            log.error("rules in %s not reloaded, keeping the %d loaded: %s", cfg.rules_dir, len(cfg.rules.rules), exc)
+            return
+        if rules is not None:
+            state["pipeline"].replace_rules(rules)
+            reloads.labels("loaded").inc()
+            log.info("reloaded %d rules from %s", len(rules.rules), cfg.rules_dir)
 
     @app.timer(interval=15.0)
     async def _liveness() -> None:

@@ -32,6 +32,7 @@ and runs only step 4 (:meth:`Pipeline.process_readings`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -194,6 +195,18 @@ class Pipeline:
         self._peers_loaded = -1e9
         self._groups = {
             r.id: GroupPolicy(r.group_min_devices, timedelta(seconds=r.group_window_s)) for r in cfg.rules.rules
+        }
+
+    def replace_rules(self, rules: RuleSet) -> None:
+        """Evaluate with ``rules`` from the next batch on (hot reload).
+
+        Rule state is keyed by rule id, so an unchanged rule keeps its open alerts
+        and hysteresis; a new rule starts from nothing; a removed rule's open alerts
+        stay open for an operator (nothing evaluates them any more).
+        """
+        self.cfg = dataclasses.replace(self.cfg, rules=rules)
+        self._groups = {
+            r.id: GroupPolicy(r.group_min_devices, timedelta(seconds=r.group_window_s)) for r in rules.rules
         }
 
     async def refresh_index(self, force: bool = False) -> None:

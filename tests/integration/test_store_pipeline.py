@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.anomaly.config import parse_anomaly_config
-from alerts.rules import shipped_rules
+from alerts.rules import RuleSet, shipped_rules
 from citybrain.records import RawMessage, Transport
 from citybrain.topics import KafkaTopics
 from devices.ledger import Ledger, NewDevice
@@ -58,7 +58,7 @@ async def _pipeline(database_url: str, models: ModelRegistry, pub: FakePublisher
     reg = CollectorRegistry()
     clock = kw.pop("clock", None)
     pipe = Pipeline(
-        PipelineConfig(topics=KafkaTopics("t"), rules=shipped_rules(), **kw),
+        PipelineConfig(topics=KafkaTopics("t"), **({"rules": shipped_rules()} | kw)),
         pool,
         models,
         pub,
@@ -131,6 +131,21 @@ async def test_a_device_registered_after_the_index_loaded_is_not_dead_lettered(
         assert not pub.on("t.deadletter")
         with psycopg.connect(database_url) as conn:
             assert conn.execute("select count(*) from readings_air where device_code = %s", (fresh,)).fetchone() == (1,)
+    finally:
+        await pool.close()
+
+
+async def test_rules_replaced_at_run_time_apply_from_the_next_batch(database_url: str, models: ModelRegistry) -> None:
+    pub = FakePublisher()
+    pool, pipe = await _pipeline(database_url, models, pub, rules=RuleSet(()))
+    try:
+        t0 = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
+        await pipe.process([encode_batch([_raw(t0, {"pm25": 90})])])
+        pipe.replace_rules(shipped_rules())  # what the worker's reload timer does
+        await pipe.process([encode_batch([_raw(t0 + timedelta(minutes=1), {"pm25": 95})])])
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute("select rule, state from alerts where device_code = %s", (CODE,)).fetchall()
+        assert rows == [("air.pm25.high", "open")]
     finally:
         await pool.close()
 
