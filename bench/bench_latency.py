@@ -279,6 +279,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS)
     parser.add_argument("--devices", type=int, default=500)
     args = parser.parse_args(argv)
+    rates = tuple(int(x) for x in args.rate.split(","))
+    # Each rate needs PROBES devices of its own besides the ones carrying the load.
+    least = PROBES * len(rates) + 10
+    if args.devices < least:
+        parser.error(f"--devices must be at least {least} for {len(rates)} rate(s) ({PROBES} alert probes each)")
     install_empty_fetch_backoff(0.05)
     root = Path(tempfile.mkdtemp(prefix="citybrain-bench-lat-"))
     extra: list[ManagedProcess] = []
@@ -291,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             platform.services.mqtt,
             platform.services.database_url,
             demo_device_codes(args.devices),
-            tuple(int(x) for x in args.rate.split(",")),
+            rates,
             args.seconds,
         )
     finally:
