@@ -15,6 +15,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from citybrain.harness import HarnessError, parse_mqtt_url
+from citybrain.logs import logging_dict, setup_logging
 from citybrain.settings import Settings
 from citybrain.topics import KafkaTopics
 from ingest.mqtt_tls import MqttTls, MqttTlsError
@@ -22,12 +23,6 @@ from ingest.mqtt_tls import MqttTls, MqttTlsError
 __all__ = ["main"]
 
 log = logging.getLogger("citybrain")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("aiokafka", "faust", "mode", "amqtt", "transitions", "uvicorn.access", "kafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _need(value: str | None, name: str) -> str:
@@ -197,7 +192,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         rules_reload_s=settings.rules_reload_s,
     )
     app = create_app(cfg, CollectorRegistry(), shipped_models())
-    worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True)
+    worker = Worker(
+        app,
+        loglevel=settings.log_level.lower(),
+        quiet=True,
+        # Faust replaces the process's logging setup; give it ours so JSON lines stay JSON.
+        logging_config=logging_dict(settings.log_level, settings.log_format),
+    )
     worker.execute_from_commandline()
     return 0
 
@@ -569,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     from citybrain.kafka_compat import install_empty_fetch_backoff
 
     install_empty_fetch_backoff(settings.kafka_empty_fetch_backoff_ms / 1000)

@@ -161,6 +161,9 @@ class Settings(BaseSettings):
     demo_devices: int = Field(default=12, ge=1, le=10000, description="Simulated devices in `citybrain demo`")
     demo_interval_s: float = Field(default=2.0, gt=0, description="Seconds between simulated reports")
     log_level: str = Field(default="INFO", description="Log level")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines: text, or json (one object per line, for log shippers)"
+    )
 
     def rollup_retention_days(self) -> dict[str, int | None]:
         """Per rollup level (``5m``, ``1h``, ``1d``), days kept; ``None`` keeps it for ever."""
