@@ -24,7 +24,7 @@ from shapely.geometry import Point
 from shapely.geometry.base import BaseGeometry
 
 from geo.coords import Location
-from geo.districts import District, validate_geometry
+from geo.districts import District, validate_fences
 from geo.errors import GeoError
 from geo.grid import Grid
 from geo.spatial import as_lonlat_arrays, query_points
@@ -103,15 +103,7 @@ class Assigner:
         # District codes by index, plus a trailing "" so index -1 (outside)
         # maps to the empty code in assign_many.
         self._code_lookup = np.array([*(d.code for d in grid.districts), ""], dtype="<U6")
-        ids: list[str] = []
-        geometries: list[BaseGeometry] = []
-        for fence_id, geometry in fences:
-            if not isinstance(fence_id, str) or not fence_id:
-                raise ValueError(f"fence ids must be non-empty strings, got {fence_id!r}")
-            if fence_id in ids:
-                raise ValueError(f"duplicate fence id {fence_id!r}")
-            ids.append(fence_id)
-            geometries.append(validate_geometry(geometry, label=f"geofence {fence_id!r}"))
+        ids, geometries = validate_fences(fences)
         self._fence_ids = np.array(ids, dtype=np.str_)
         self._fence_tree = shapely.STRtree(np.array(geometries, dtype=object))
 

@@ -42,6 +42,7 @@ __all__ = [
     "districts_from_geojson",
     "load_districts",
     "polygonal_part",
+    "validate_fences",
     "validate_geometry",
 ]
 
@@ -316,3 +317,24 @@ class DistrictIndex:
             f"point (lon={lon:.6f}, lat={lat:.6f}) is outside every district; nearest is "
             f"{district.name_zh} {district.name_en} ({district.code}) at {metres / 1000:.2f} km"
         )
+
+
+def validate_fences(fences: Iterable[tuple[str, BaseGeometry]]) -> tuple[list[str], list[Polygonal]]:
+    """Fence ids and their checked (repaired if needed) geometries, in order.
+
+    Raises:
+        ValueError: An empty or duplicate fence id.
+        GeometryError: A fence that cannot be repaired.
+    """
+    ids: list[str] = []
+    seen: set[str] = set()
+    geometries: list[Polygonal] = []
+    for fence_id, geometry in fences:
+        if not isinstance(fence_id, str) or not fence_id:
+            raise ValueError(f"fence ids must be non-empty strings, got {fence_id!r}")
+        if fence_id in seen:
+            raise ValueError(f"duplicate fence id {fence_id!r}")
+        seen.add(fence_id)
+        ids.append(fence_id)
+        geometries.append(validate_geometry(geometry, label=f"geofence {fence_id!r}"))
+    return ids, geometries

@@ -38,7 +38,7 @@ import shapely
 from numpy.typing import NDArray
 from shapely.geometry.base import BaseGeometry
 
-from geo.districts import validate_geometry
+from geo.districts import validate_fences
 from geo.fences import FenceEvent
 
 __all__ = ["DebouncePolicy", "FenceTracker", "Fix", "Pending", "TrackState"]
@@ -178,16 +178,8 @@ class FenceTracker:
 
     def __init__(self, fences: Iterable[tuple[str, BaseGeometry]], policy: DebouncePolicy | None = None) -> None:
         self.policy = policy or DebouncePolicy()
-        ids: list[str] = []
-        projected: list[BaseGeometry] = []
-        for fence_id, geometry in fences:
-            if not isinstance(fence_id, str) or not fence_id:
-                raise ValueError(f"fence ids must be non-empty strings, got {fence_id!r}")
-            if fence_id in ids:
-                raise ValueError(f"duplicate fence id {fence_id!r}")
-            ids.append(fence_id)
-            valid = validate_geometry(geometry, label=f"geofence {fence_id!r}")
-            projected.append(shapely.transform(valid, self._project_xy))
+        ids, valid = validate_fences(fences)
+        projected: list[BaseGeometry] = [shapely.transform(g, self._project_xy) for g in valid]
         self._ids = ids
         self._known = frozenset(ids)
         self._geoms = np.array(projected, dtype=object)
