@@ -88,7 +88,7 @@ def build(ctx: ApiContext) -> APIRouter:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,  # deeper: filter by time instead
     ) -> dict[str, Any]:
         """Alerts within the caller's grants, newest first."""
         scope = Scope.of(principal)
