@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import psycopg.conninfo
+import psycopg.sql
 import pytest
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
@@ -147,6 +151,53 @@ async def test_rules_replaced_at_run_time_apply_from_the_next_batch(database_url
             rows = conn.execute("select rule, state from alerts where device_code = %s", (CODE,)).fetchall()
         assert rows == [("air.pm25.high", "open")]
     finally:
+        await pool.close()
+
+
+async def test_a_database_refusing_writes_holds_the_batch_and_loses_nothing(
+    database_url: str, models: ModelRegistry
+) -> None:
+    """PostgreSQL read-only (a failover, a full disk's emergency mode): the batch waits, then lands once.
+
+    The worker does not return from the batch, so its Kafka offsets stay uncommitted and
+    the consumer lag shows the backlog; the raw topic is the buffer (the gateway keeps
+    acknowledging MQTT only after Kafka has each message, as ever).
+    """
+    pub = FakePublisher()
+    pool, pipe = await _pipeline(database_url, models, pub)
+    dbname = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+
+    def read_only(on: bool) -> None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("set default_transaction_read_only = off")  # this session may still write
+            conn.execute(
+                psycopg.sql.SQL("alter database {} set default_transaction_read_only = {}").format(
+                    psycopg.sql.Identifier(str(dbname)), psycopg.sql.SQL("on" if on else "off")
+                )
+            )
+            # Sessions pick the setting up when they start: end the pool's.
+            conn.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity"
+                " where datname = current_database() and pid <> pg_backend_pid()"
+            )
+
+    try:
+        t0 = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+        await pipe.process([encode_batch([_raw(t0, {"pm25": 10})])])  # warm: index loaded, device active
+        read_only(True)
+        batch = encode_batch([_raw(t0 + timedelta(minutes=i), {"pm25": 20 + i}) for i in range(1, 4)])
+        task = asyncio.create_task(pipe.process([batch]))
+        await asyncio.sleep(2.0)
+        assert not task.done(), "the batch must wait for the database, not be skipped"
+        assert pipe.metrics.store_retries._value.get() > 0
+        read_only(False)
+        await asyncio.wait_for(task, 60)
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute("select count(*) from readings_air").fetchone() == (4,)
+        assert not pub.on("t.deadletter")
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            read_only(False)
         await pool.close()
 
 
