@@ -183,6 +183,9 @@ class Pipeline:
         self.ledger = Ledger(pool, models)
         self.alerts = AlertStore(pool)
         self.geofences = GeofenceHook(pool)
+        # Fixed for the worker's life (models and setting do not change): built once, not per batch.
+        self._views = plan_views(models, cfg.downstream_views)
+        self._masker = masker_for(models)
         # Bounded by districts × classes; feeds the "no data from a district" Prometheus alert.
         self._last_event: dict[tuple[str, str], float] = {}
         self.index = DeviceIndex()
@@ -328,8 +331,7 @@ class Pipeline:
             )
 
     async def _publish_readings(self, result: Normalised) -> None:
-        plan = plan_views(self.models, self.cfg.downstream_views)
-        masker = masker_for(self.models)
+        plan, masker = self._views, self._masker
         by_row: dict[tuple[str, int], list[Reading]] = {}
         info: dict[str, DeviceInfo] = {}
         for r, dev in result.readings:
