@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -11,7 +13,12 @@ from psycopg_pool import AsyncConnectionPool
 from alerts.feed import AlertFeed
 from devices.models import ModelRegistry
 
-__all__ = ["ApiContext"]
+__all__ = ["ApiContext", "utc_now"]
+
+
+def utc_now() -> datetime:
+    """The wall clock, in UTC: the default clock of the API."""
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,3 +30,5 @@ class ApiContext:
     registry: CollectorRegistry
     alert_feed: AlertFeed | None = None
     assigner: Any = None  # geo.assign.Assigner: districts, grid cells, fences of a point
+    # Injected so that windows "back from now" can be tested at any date.
+    clock: Callable[[], datetime] = field(default=utc_now)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import shapely
@@ -270,7 +269,7 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
         truncated = len(rows) > limit
         rows = rows[:limit]
         lons, lats, masked = await geo.display_points([(r[0], r[1], r[2], r[3]) for r in rows], precise=precise)
-        now = datetime.now(UTC)
+        now = ctx.clock()
         features = []
         for i, r in enumerate(rows):
             x, y = float(lons[i]), float(lats[i])

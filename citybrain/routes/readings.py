@@ -262,7 +262,7 @@ def build(ctx: ApiContext) -> APIRouter:
         metrics = readable_class_metrics(principal, class_, metrics)
         params = {
             "cls": class_,
-            "since": datetime.now(UTC) - timedelta(minutes=within_minutes),
+            "since": ctx.clock() - timedelta(minutes=within_minutes),
             "limit": limit,
             "district": district,
             "after": after,

@@ -7,7 +7,7 @@ district and class grants; the per-class figures are city-wide aggregates
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -58,7 +58,7 @@ def build(ctx: ApiContext) -> APIRouter:
             raise HTTPException(422, str(exc)) from exc
         check_metric(principal, class_, metric)
         scope = Scope.of(principal)
-        since = datetime.now(UTC) - timedelta(minutes=minutes)
+        since = ctx.clock() - timedelta(minutes=minutes)
         rows = []
         if scope.allows_class(class_):
             async with pool.connection() as conn:
@@ -93,7 +93,7 @@ def build(ctx: ApiContext) -> APIRouter:
         for c in models.device_classes():
             if metric and metric in models.metrics_of_class(c):
                 check_metric(principal, c, metric)
-        since = datetime.now(UTC) - timedelta(minutes=minutes)
+        since = ctx.clock() - timedelta(minutes=minutes)
         async with pool.connection() as conn:
             rows = await (await conn.execute(queries.class_stats_sql(sources), {"since": since})).fetchall()
         scope = Scope.of(principal)

@@ -27,7 +27,10 @@ from tests.integration.helpers import api_key, secure
 pytestmark = pytest.mark.integration
 
 CODES = ["35020603080000017", "35020603080000025"]
-T0 = datetime(2026, 11, 28, tzinfo=UTC)
+# Data is built relative to the day the test runs, and the API reads an injected
+# clock 25 hours after T0: no assertion depends on today's date.
+T0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
+NOW = T0 + timedelta(days=1, hours=1)
 
 
 @pytest.fixture
@@ -51,10 +54,10 @@ async def client(database_url: str, models: ModelRegistry) -> AsyncIterator[http
             store.add("air", rows)
         await store.flush()
         async with pool.connection() as conn:
-            await maintenance(conn, models, T0 + timedelta(days=1, hours=1), retention_days=30)
+            await maintenance(conn, models, NOW, retention_days=30)
             await conn.execute("insert into device_liveness values (%s, now(), now())", (CODES[0],))
             await conn.commit()
-        ctx = ApiContext(pool=pool, models=models, registry=CollectorRegistry())
+        ctx = ApiContext(pool=pool, models=models, registry=CollectorRegistry(), clock=lambda: NOW)
         app = FastAPI()
         for module in (readings, stats, schemas):
             app.include_router(module.build(ctx))
@@ -135,9 +138,10 @@ async def test_export_streams_ndjson_and_csv(client: httpx.AsyncClient) -> None:
 
 
 async def test_latest_per_device_and_stats(client: httpx.AsyncClient) -> None:
-    r = (await client.get("/api/v1/readings/latest", params={"class": "air", "within_minutes": str(10**4)})).json()
+    r = (await client.get("/api/v1/readings/latest", params={"class": "air", "within_minutes": "120"})).json()
     assert [i["device"] for i in r["items"]] == CODES
-    assert all(i["ts"] == "2026-11-28T23:59:00Z" for i in r["items"])
+    last = (T0 + timedelta(days=1, minutes=-1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert all(i["ts"] == last for i in r["items"])
     r = (await client.get("/api/v1/stats/districts", params={"class": "air", "metric": "pm25", "minutes": "60"})).json()
     assert r["items"] == [{"district": "350206", "devices": 2, "reporting": 1, "mean": None, "values": 0}]
     r = (await client.get("/api/v1/stats/classes", params={"metric": "pm25"})).json()
