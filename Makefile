@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy citybrain ingest streams devices alerts geo simulators
+	$(VENV)/bin/mypy core citybrain ingest streams devices alerts geo simulators
 
 test: $(STAMP) lint typecheck  ## lint, type-check and run the whole suite (starts its own servers)
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from alerts.derive import derive
 from alerts.rules import AllOf, AnyOf, Compare, Condition, Not, Outside, Rate, Rule
-from citybrain.records import (
+from core.records import (
     Alert,
     AlertState,
     Quality,

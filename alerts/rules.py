@@ -50,7 +50,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alerts.errors import RuleError
-from citybrain.records import Severity
+from core.records import Severity
 
 __all__ = [
     "FENCE_KINDS",

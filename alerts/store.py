@@ -25,7 +25,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.errors import AlertsError
-from citybrain.records import Alert, AlertState, Severity, alert_id
+from core.records import Alert, AlertState, Severity, alert_id
 
 __all__ = ["NOTIFY_CHANNEL", "AlertNotFound", "AlertStore", "BadTransition", "GroupPolicy"]
 

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from citybrain.harness import start_kafka
 from citybrain.kafka_compat import install_empty_fetch_backoff
 from citybrain.platform import create_topics
-from citybrain.topics import KafkaTopics
+from core.topics import KafkaTopics
 from devices.code import DeviceCode
 from devices.models import shipped_models
 from ingest.adapters.hj212.connector import Hj212Metrics, Hj212Server, Hj212ServerConfig, auth_resolver

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from citybrain.records import RawMessage, Transport
+from core.records import RawMessage, Transport
 from devices.ledger import DeviceIndex, DeviceInfo
 from devices.models import DeviceModel, ModelRegistry, shipped_models
 from ingest.adapters.json.codec import encode as json_encode

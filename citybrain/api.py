@@ -25,7 +25,6 @@ from psycopg_pool import AsyncConnectionPool
 from alerts.feed import AlertFeed, FeedMetrics
 from alerts.store import AlertStore
 from citybrain.console import routes as console_routes
-from citybrain.records import Severity
 from citybrain.routes import alerts as alert_routes
 from citybrain.routes import commands as command_routes
 from citybrain.routes import devices as device_routes
@@ -41,6 +40,7 @@ from citybrain.security import routes as security_routes
 from citybrain.security.auth import Security, public
 from citybrain.security.auth import install as install_security
 from citybrain.security.policy import annotate_openapi, undeclared_routes
+from core.records import Severity
 from devices.models import ModelRegistry
 from ingest.kafka_sink import KafkaSink, KafkaSinkConfig, KafkaSinkMetrics
 

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from citybrain.harness import HarnessError, parse_mqtt_url
 from citybrain.logs import logging_dict, setup_logging
 from citybrain.settings import Settings
-from citybrain.topics import KafkaTopics
+from core.topics import KafkaTopics
 from ingest.mqtt_tls import MqttTls, MqttTlsError
 
 __all__ = ["main"]

@@ -29,7 +29,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from citybrain.harness import HarnessError, ManagedProcess, Services, free_port, spawn
 from citybrain.migrations import upgrade
 from citybrain.settings import Settings
-from citybrain.topics import KafkaTopics
+from core.topics import KafkaTopics
 from devices.code import XIAMEN_DISTRICTS, DeviceCode
 from devices.models import ModelRegistry, shipped_models
 

@@ -44,7 +44,7 @@ from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from alerts.rules import fence_keys
-from citybrain.records import Alert, AlertState, Reading, Severity, alert_id
+from core.records import Alert, AlertState, Reading, Severity, alert_id
 from geo.coords import Crs, gcj02_to_wgs84
 from geo.districts import validate_geometry
 from geo.fences import FenceEvent
@@ -166,7 +166,7 @@ def positions_from_readings(
     reports 0, 0). Values are WGS84 (a model declaring position metrics
     reports WGS84, as GNSS receivers do).
     """
-    from citybrain.records import Quality
+    from core.records import Quality
 
     halves: dict[tuple[str, datetime], list[float | None]] = {}
     for r in readings:

@@ -27,7 +27,7 @@ import struct
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from citybrain.records import RawMessage, Transport, epoch_us, utc_from_epoch_us
+from core.records import RawMessage, Transport, epoch_us, utc_from_epoch_us
 from ingest.errors import DecodeError
 
 __all__ = ["MAGIC", "dead_letter_headers", "decode_batch", "encode_batch"]

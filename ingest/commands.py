@@ -49,7 +49,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from citybrain.topics import command_topic
+from core.topics import command_topic
 from devices.models import Command
 from ingest.errors import CommandError
 from ingest.mqtt_tls import MqttTls

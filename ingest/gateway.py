@@ -47,8 +47,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from citybrain.records import RawMessage, Transport
-from citybrain.topics import (
+from core.records import RawMessage, Transport
+from core.topics import (
     KafkaTopics,
     TopicError,
     alert_topic,

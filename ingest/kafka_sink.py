@@ -34,8 +34,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from citybrain.records import RawMessage
-from citybrain.topics import KafkaTopics, partition_for
+from core.records import RawMessage
+from core.topics import KafkaTopics, partition_for
 from ingest.batch import dead_letter_headers, encode_batch
 from ingest.errors import SinkError
 

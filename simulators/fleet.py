@@ -61,7 +61,7 @@ from typing import IO, Any
 
 import paho.mqtt.client as mqtt
 
-from citybrain.topics import command_topic, uplink_topic
+from core.topics import command_topic, uplink_topic
 from ingest.adapters.hj212.codec import FrameDecoder, parse_segment
 from ingest.errors import DecodeError
 from simulators.base import Site, ValueModel

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
 
-from citybrain.topics import uplink_topic
+from core.topics import uplink_topic
 from ingest.adapters.json.codec import encode
 from simulators.air import AirStation
 

@@ -38,7 +38,7 @@ import yaml
 
 from alerts.engine import DeviceContext, evaluate_device
 from alerts.rules import RuleSet, parse_duration, shipped_rules
-from citybrain.records import Reading
+from core.records import Reading
 from devices.code import DeviceCode
 from geo.spatial import haversine_m
 from simulators.base import Drivers, Site, ValueModel, local_hour

@@ -36,7 +36,7 @@ import psycopg
 from psycopg import sql
 
 from citybrain.migrations import class_table
-from citybrain.records import Quality
+from core.records import Quality
 from devices.importer import ImportReport, import_rows
 from devices.models import ModelRegistry, shipped_models
 from ingest.adapters.hj212.codec import FLAG_QUALITY

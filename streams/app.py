@@ -34,7 +34,7 @@ from psycopg_pool import AsyncConnectionPool
 from alerts.anomaly.config import AnomalyConfig
 from alerts.errors import RuleError
 from alerts.rules import RuleDirectory, RuleSet
-from citybrain.topics import KafkaTopics
+from core.topics import KafkaTopics
 from devices.models import ModelRegistry
 from streams.errors import MaintenanceError
 from streams.liveness import LivenessConfig, check_liveness

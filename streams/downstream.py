@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from citybrain.topics import DOWNSTREAM_GRADES, KafkaTopics
+from core.topics import DOWNSTREAM_GRADES, KafkaTopics
 from devices.errors import ModelError
 from devices.models import ModelRegistry
 

@@ -45,7 +45,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from alerts.anomaly import liveness_many
 from alerts.store import AlertStore
-from citybrain.records import Alert, AlertState, Severity, alert_id
+from core.records import Alert, AlertState, Severity, alert_id
 from devices.models import ModelError, ModelRegistry
 
 __all__ = [

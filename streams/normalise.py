@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from citybrain.records import Quality, RawMessage, Reading, RecordError, Transport, epoch_us
-from citybrain.topics import TopicError, parse_uplink
+from core.records import Quality, RawMessage, Reading, RecordError, Transport, epoch_us
+from core.topics import TopicError, parse_uplink
 from devices.errors import UnitError
 from devices.ledger import ACCEPTING, DeviceIndex, DeviceInfo
 from devices.models import DeviceModel, ModelError, ModelRegistry

@@ -52,8 +52,8 @@ from alerts.anomaly.stream import SeriesDevice, evaluate_anomalies, peer_entry
 from alerts.engine import DeviceContext, evaluate_device, suppressed_flag
 from alerts.rules import RuleSet
 from alerts.store import AlertStore, GroupPolicy
-from citybrain.records import Alert, Quality, RawMessage, Reading, RecordError, epoch_us
-from citybrain.topics import KafkaTopics
+from core.records import Alert, Quality, RawMessage, Reading, RecordError, epoch_us
+from core.topics import KafkaTopics
 from devices.ledger import DeviceIndex, DeviceInfo, Ledger
 from devices.models import ModelError, ModelRegistry
 from geo.membership import GeofenceHook

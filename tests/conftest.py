@@ -22,7 +22,7 @@ import pytest
 from citybrain.harness import MqttEndpoint, Services, pg_base_dir
 from citybrain.kafka_compat import install_empty_fetch_backoff
 from citybrain.migrations import upgrade
-from citybrain.topics import KafkaTopics
+from core.topics import KafkaTopics
 from devices.models import ModelRegistry, shipped_models
 
 install_empty_fetch_backoff(0.05)

@@ -37,7 +37,7 @@ from alerts.anomaly.detectors import DriftParams, EwmaParams, RateParams, Robust
 from alerts.anomaly.result import DetectorKind
 from alerts.errors import AnomalyError, RuleError
 from alerts.rules import parse_duration
-from citybrain.records import RecordError, Severity
+from core.records import RecordError, Severity
 
 __all__ = [
     "AnomalyConfig",

@@ -64,7 +64,7 @@ from alerts.anomaly.detectors import (
 )
 from alerts.anomaly.result import DetectorKind
 from alerts.errors import AnomalyError
-from citybrain.records import Alert, AlertState, Severity, alert_id
+from core.records import Alert, AlertState, Severity, alert_id
 
 __all__ = [
     "ANOMALY_RULE_PREFIX",

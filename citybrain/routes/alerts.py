@@ -19,11 +19,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
 from alerts.store import AlertNotFound, AlertStore, BadTransition
-from citybrain.records import Severity
 from citybrain.routes.context import ApiContext
 from citybrain.security.auth import record, require
 from citybrain.security.identities import Principal
 from citybrain.security.scope import Scope
+from core.records import Severity
 
 __all__ = ["AssignIn", "CommentIn", "MaintenanceIn", "build"]
 

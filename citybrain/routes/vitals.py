@@ -17,11 +17,11 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends
 
-from citybrain.records import Severity
 from citybrain.routes.context import ApiContext
 from citybrain.routes.geo import DEFAULT_MAX_AGE_S, aqi_properties, model_cadences
 from citybrain.security.auth import require
 from citybrain.security.identities import Principal
+from core.records import Severity
 from devices.code import XIAMEN_DISTRICTS
 from geo import stats
 

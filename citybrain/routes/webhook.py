@@ -42,9 +42,9 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 
-from citybrain.records import RawMessage, Transport
 from citybrain.routes.context import ApiContext
 from citybrain.security.auth import public
+from core.records import RawMessage, Transport
 from ingest.errors import IngestError
 from ingest.kafka_sink import RawSink
 

@@ -181,7 +181,7 @@ def _main() -> None:
 
 def _placeholder_ingest() -> Any:
     # The webhook is mounted only with a Kafka sink; nothing connects until the lifespan runs.
-    from citybrain.topics import KafkaTopics
+    from core.topics import KafkaTopics
     from ingest.kafka_sink import KafkaSinkConfig
 
     return KafkaSinkConfig("127.0.0.1:9", KafkaTopics("citybrain"), partitions=1, source="webhook")

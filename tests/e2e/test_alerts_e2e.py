@@ -33,7 +33,7 @@ import pytest
 from citybrain.harness import free_port, spawn
 from citybrain.platform import Platform, demo_device_codes
 from citybrain.settings import Settings
-from citybrain.topics import uplink_topic
+from core.topics import uplink_topic
 from devices.code import DeviceCode
 from devices.credentials import hash_secret, mosquitto_hash, new_secret
 from tests.integration.helpers import paho_client, wait_for

@@ -29,7 +29,7 @@ import pytest
 
 from citybrain.platform import Platform, demo_device_codes
 from citybrain.settings import Settings
-from citybrain.topics import uplink_topic
+from core.topics import uplink_topic
 from devices.code import DeviceCode
 from tests.integration.helpers import mqtt_client, wait_for
 

@@ -34,7 +34,7 @@ import pytest
 from citybrain.harness import ManagedProcess, MqttEndpoint, start_mosquitto
 from citybrain.platform import Platform, demo_device_codes
 from citybrain.settings import Settings
-from citybrain.topics import KafkaTopics, uplink_topic
+from core.topics import KafkaTopics, uplink_topic
 from tests.integration.helpers import consume, wait_for
 
 pytestmark = pytest.mark.e2e

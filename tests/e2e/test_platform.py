@@ -18,7 +18,7 @@ import pytest
 
 from citybrain.platform import Platform, demo_device_codes
 from citybrain.settings import Settings
-from citybrain.topics import KafkaTopics, uplink_topic
+from core.topics import KafkaTopics, uplink_topic
 from tests.integration.helpers import consume, mqtt_client, wait_for
 
 pytestmark = pytest.mark.e2e

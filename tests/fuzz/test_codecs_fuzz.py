@@ -16,7 +16,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from citybrain.records import RawMessage, Transport
+from core.records import RawMessage, Transport
 from ingest.adapters.hj212 import codec as hj212
 from ingest.adapters.hj212.decoder import packet_of
 from ingest.adapters.json import codec as json_codec

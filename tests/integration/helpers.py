@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from citybrain.harness import ManagedProcess, MqttEndpoint, free_port, spawn
 from citybrain.security.auth import API_KEY_HEADER, Security, install
 from citybrain.security.identities import IdentityStore, NewPrincipal
-from citybrain.topics import KafkaTopics
+from core.topics import KafkaTopics
 from devices.ledger import Ledger
 from devices.models import ModelRegistry
 from ingest.gateway import Gateway, GatewayConfig, GatewayMetrics

@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from citybrain.api import create_api
 from citybrain.security.identities import ROLES
 from citybrain.security.policy import TABLE_BEGIN, TABLE_END, RouteRule, markdown_table, route_rules
-from citybrain.topics import KafkaTopics
+from core.topics import KafkaTopics
 from devices.code import DeviceCode
 from devices.models import ModelRegistry
 from ingest.kafka_sink import KafkaSinkConfig

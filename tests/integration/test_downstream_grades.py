@@ -29,8 +29,8 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from citybrain.harness import MqttEndpoint, start_mosquitto
-from citybrain.records import RawMessage, Transport
-from citybrain.topics import KafkaTopics, downstream_topic, uplink_topic
+from core.records import RawMessage, Transport
+from core.topics import KafkaTopics, downstream_topic, uplink_topic
 from devices.code import DeviceCode
 from devices.credentials import (
     ServiceUser,

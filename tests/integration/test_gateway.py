@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from citybrain.harness import MqttEndpoint
 from citybrain.platform import demo_device_codes
-from citybrain.topics import KafkaTopics, uplink_topic
+from core.topics import KafkaTopics, uplink_topic
 from ingest.batch import decode_batch
 from tests.integration.helpers import consume, mqtt_client, start_gateway
 

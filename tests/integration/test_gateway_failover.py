@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from citybrain.harness import MqttEndpoint, start_mosquitto
 from citybrain.platform import demo_device_codes
-from citybrain.topics import KafkaTopics, uplink_topic
+from core.topics import KafkaTopics, uplink_topic
 from ingest.batch import decode_batch
 from ingest.gateway import Gateway, GatewayConfig, GatewayMetrics
 from tests.integration.helpers import consume, create_topics, mqtt_client

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from citybrain.harness import MqttEndpoint
-from citybrain.topics import KafkaTopics, uplink_topic
+from core.topics import KafkaTopics, uplink_topic
 from devices.code import DeviceCode
 from ingest.batch import decode_batch
 from ingest.throttle import ThrottleConfig

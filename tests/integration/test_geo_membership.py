@@ -15,10 +15,10 @@ from psycopg_pool import AsyncConnectionPool
 from alerts.engine import DeviceContext, evaluate_device
 from alerts.rules import RuleSet, parse_rules, shipped_rules
 from alerts.store import AlertStore
-from citybrain.records import RawMessage, Reading, Transport
 from citybrain.routes import geo as geo_routes
 from citybrain.routes.context import ApiContext
-from citybrain.topics import KafkaTopics
+from core.records import RawMessage, Reading, Transport
+from core.topics import KafkaTopics
 from devices.code import DeviceCode
 from devices.ledger import DeviceInfo
 from devices.models import ModelRegistry

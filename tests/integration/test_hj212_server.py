@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from citybrain.harness import Services, free_port, spawn
-from citybrain.records import Transport
 from citybrain.settings import Settings
-from citybrain.topics import KafkaTopics
+from core.records import Transport
+from core.topics import KafkaTopics
 from devices.cli import register
 from devices.code import DeviceCode
 from devices.ledger import Ledger, NewDevice

@@ -22,8 +22,8 @@ from psycopg_pool import AsyncConnectionPool
 from alerts.anomaly.config import parse_anomaly_config
 from alerts.rules import shipped_rules
 from alerts.store import AlertStore
-from citybrain.records import RawMessage, Transport
-from citybrain.topics import KafkaTopics
+from core.records import RawMessage, Transport
+from core.topics import KafkaTopics
 from devices.ledger import Ledger, NewDevice
 from devices.models import ModelRegistry
 from ingest.adapters.json.codec import encode

@@ -18,8 +18,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from alerts.engine import DeviceContext, evaluate_device
 from alerts.rules import shipped_rules
-from citybrain.records import RawMessage, Reading, Transport
-from citybrain.topics import KafkaTopics
+from core.records import RawMessage, Reading, Transport
+from core.topics import KafkaTopics
 from devices.ledger import Ledger, NewDevice
 from devices.models import ModelRegistry
 from ingest.adapters.json.codec import encode

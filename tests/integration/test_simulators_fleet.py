@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from citybrain.harness import MqttEndpoint
-from citybrain.topics import command_topic
+from core.topics import command_topic
 from ingest.adapters.hj212.codec import FrameDecoder, parse_segment, reply_9014
 from ingest.adapters.json.codec import decode as json_decode
 from ingest.adapters.manhole.codec import decode as manhole_decode

@@ -27,7 +27,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from citybrain.harness import MosquittoTls, free_port, spawn, start_mosquitto
-from citybrain.topics import KafkaTopics, uplink_topic
+from core.topics import KafkaTopics, uplink_topic
 from devices.credentials import mosquitto_hash, render_acl_file, render_password_file
 from ingest.batch import decode_batch
 from ingest.gateway import Gateway, GatewayConfig, GatewayMetrics

@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from citybrain.routes import webhook
 from citybrain.routes.context import ApiContext
-from citybrain.topics import KafkaTopics
+from core.topics import KafkaTopics
 from devices.code import DeviceCode
 from devices.ledger import Ledger, NewDevice
 from devices.models import ModelRegistry

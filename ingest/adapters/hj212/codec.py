@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from itertools import chain
 
-from citybrain.records import Quality, Reading
+from core.records import Quality, Reading
 from ingest.errors import DecodeError
 
 __all__ = [

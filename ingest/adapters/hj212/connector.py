@@ -64,7 +64,7 @@ from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from citybrain.records import RawMessage, Transport
+from core.records import RawMessage, Transport
 from devices.credentials import verify_secret
 from devices.ledger import DeviceInfo
 from ingest.adapters.hj212.codec import (

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import tzinfo
 from zoneinfo import ZoneInfo
 
-from citybrain.records import RawMessage, Reading
+from core.records import RawMessage, Reading
 from devices.ledger import DeviceInfo
 from devices.models import DeviceModel
 from ingest.adapters.hj212.codec import (

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from citybrain.records import Quality, Reading, RecordError
+from core.records import Quality, Reading, RecordError
 from ingest.adapters.hj212.codec import FLAG_QUALITY
 from ingest.errors import DecodeError
 

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from citybrain.records import Reading
+from core.records import Reading
 from ingest.errors import DecodeError
 
 __all__ = [

@@ -5,7 +5,7 @@ Registered in ``streams.normalise`` under the adapter name ``manhole-tlv``.
 
 from __future__ import annotations
 
-from citybrain.records import RawMessage, Reading
+from core.records import RawMessage, Reading
 from devices.ledger import DeviceInfo
 from devices.models import DeviceModel
 from ingest.adapters.json import codec as json_codec

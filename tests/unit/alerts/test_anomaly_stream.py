@@ -26,7 +26,7 @@ from alerts.anomaly import (
 from alerts.anomaly.config import AnomalyConfig, parse_anomaly_config, shipped_anomaly_config
 from alerts.anomaly.stream import SeriesDevice, evaluate_anomalies, peer_entry
 from alerts.errors import AnomalyError
-from citybrain.records import AlertState, Severity
+from core.records import AlertState, Severity
 
 DEV = SeriesDevice("35020303080000012", "350203", "air", "air-station")
 T0 = datetime(2026, 11, 29, tzinfo=UTC)

@@ -9,7 +9,7 @@ import pytest
 from alerts.engine import DeviceContext, evaluate_device
 from alerts.errors import RuleError
 from alerts.rules import parse_duration, parse_rules, shipped_rules
-from citybrain.records import AlertState, Quality, Reading, Severity
+from core.records import AlertState, Quality, Reading, Severity
 
 CODE = "35020603080000017"
 T0 = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)

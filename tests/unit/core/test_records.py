@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from citybrain.records import (
+from core.records import (
     Alert,
     AlertState,
     Quality,

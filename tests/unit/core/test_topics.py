@@ -1,6 +1,6 @@
 import pytest
 
-from citybrain.topics import (
+from core.topics import (
     KafkaTopics,
     TopicError,
     UplinkTopic,

@@ -9,7 +9,7 @@ from shapely.geometry import box
 
 from alerts.engine import DeviceContext, evaluate_device
 from alerts.rules import parse_rules
-from citybrain.records import AlertState, Quality, Reading, Severity
+from core.records import AlertState, Quality, Reading, Severity
 from devices.ledger import DeviceInfo
 from geo.coords import wgs84_to_gcj02
 from geo.fences import FenceEvent

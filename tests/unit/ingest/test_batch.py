@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citybrain.records import RawMessage, Transport
+from core.records import RawMessage, Transport
 from ingest.batch import decode_batch, encode_batch
 from ingest.errors import DecodeError
 

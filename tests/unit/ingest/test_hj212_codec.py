@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citybrain.records import Quality
+from core.records import Quality
 from ingest.adapters.hj212 import (
     FLAG_QUALITY,
     MAX_FRAME_LEN,

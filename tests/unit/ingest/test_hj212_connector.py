@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from prometheus_client import CollectorRegistry
 
-from citybrain.records import RawMessage, Transport
+from core.records import RawMessage, Transport
 from devices.ledger import DeviceInfo
 from ingest.adapters.hj212 import (
     FrameDecoder,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citybrain.records import Quality, RawMessage, Transport
+from core.records import Quality, RawMessage, Transport
 from devices.ledger import DeviceInfo
 from devices.models import shipped_models
 from ingest.adapters.hj212.decoder import decode_hj212, make_hj212_decoder, packet_of

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from citybrain.records import RawMessage, Transport
+from core.records import RawMessage, Transport
 from devices.ledger import DeviceInfo
 from devices.models import shipped_models
 from ingest.adapters.manhole import FrameType, ManholeFrame, checksum, decode, encode, to_readings

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from citybrain.records import RawMessage, Transport
+from core.records import RawMessage, Transport
 from devices.ledger import DeviceIndex, DeviceInfo
 from devices.models import shipped_models
 from ingest.adapters.hj212.codec import decode as hj212_decode

@@ -9,7 +9,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from citybrain.topics import KafkaTopics, TopicError, downstream_filter, downstream_topic
+from core.topics import KafkaTopics, TopicError, downstream_filter, downstream_topic
 from devices.code import DeviceCode
 from devices.models import ModelRegistry, load_models, shipped_models
 from streams import schemas

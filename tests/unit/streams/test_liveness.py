@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from citybrain.records import AlertState
+from core.records import AlertState
 from geo.status import DeviceStatus, classify
 from streams.liveness import (
     OFFLINE_RULE,

@@ -1,6 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
-from citybrain.records import Quality, RawMessage, Transport
+from core.records import Quality, RawMessage, Transport
 from devices.ledger import DeviceIndex, DeviceInfo
 from devices.models import shipped_models
 from ingest.adapters.json.codec import encode

@@ -20,8 +20,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from citybrain.records import Quality, RawMessage, Reading, RecordError, Transport, epoch_us
-from citybrain.topics import TopicError, parse_uplink
+from core.records import Quality, RawMessage, Reading, RecordError, Transport, epoch_us
+from core.topics import TopicError, parse_uplink
 from devices.errors import UnitError
 from devices.ledger import ACCEPTING, DeviceIndex, DeviceInfo
 from devices.models import ModelError, ModelRegistry, shipped_models

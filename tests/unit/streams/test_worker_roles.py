@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from citybrain.settings import Settings
-from citybrain.topics import KafkaTopics
+from core.topics import KafkaTopics
 from devices.models import ModelRegistry, shipped_models
 from streams.app import WORKER_ROLES, WorkerConfig, create_app
 
