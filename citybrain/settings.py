@@ -93,7 +93,8 @@ class Settings(BaseSettings):
 
     # --- protocol adapters ---------------------------------------------------
     webhook_token: str = Field(
-        default="", description="Shared token NB-IoT platforms send in X-Citybrain-Token; empty refuses every push"
+        default="",
+        description="Shared token NB-IoT platforms send in X-Citybrain-Token; empty refuses every push (503)",
     )
     webhook_max_body_bytes: int = Field(default=65536, ge=256, description="Largest accepted webhook body")
     hj212_host: str = Field(default="127.0.0.1", description="Bind address of the HJ 212 TCP server")
