@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -235,6 +236,7 @@ async def test_connection_limit(server_factory) -> None:
     async with asyncio.timeout(5):
         assert await r2.read() == b""
     assert reg.get_sample_value("citybrain_hj212_connections_total", {"result": "refused"}) == 1
+    assert reg.get_sample_value("citybrain_hj212_connections_refused_total", {"reason": "max_connections"}) == 1
     w1.close()
     w2.close()
 
@@ -295,3 +297,91 @@ def test_mn_map_uses_the_mn_attribute_or_the_code() -> None:
     ]
     assert mn_map(devs) == {"010000A8900016F000169DC0": "35020603080000017", "35020603080000025": "35020603080000025"}
     assert auth_resolver(mn_map(devs))("35020603080000025") == DeviceAuth("35020603080000025", None, None)
+
+
+async def _closed(reader: asyncio.StreamReader, timeout: float = 5.0) -> bool:
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                if await reader.read(4096) == b"":
+                    return True
+            except ConnectionError:
+                return True
+
+
+async def _until(reg: CollectorRegistry, name: str, labels: dict[str, str] | None, want: float) -> float | None:
+    for _ in range(500):
+        if reg.get_sample_value(name, labels or {}) == want:
+            break
+        await asyncio.sleep(0.01)
+    return reg.get_sample_value(name, labels or {})
+
+
+@pytest.mark.parametrize("what", ["frame", "junk"])
+async def test_a_frame_dribbled_slower_than_the_deadline_closes_the_connection(server_factory, what: str) -> None:
+    """Issue 15 defect 10: the idle timer restarts on every byte; the frame deadline does not."""
+    srv, reg = await server_factory(MemorySink(), idle_timeout_s=60, frame_deadline_s=0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    data = upload() if what == "frame" else b"x" * 2000
+    sent = 0
+    async with asyncio.timeout(10):
+        for byte in data:
+            if writer.is_closing() or reader.at_eof():
+                break
+            writer.write(bytes([byte]))
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            sent += 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05):  # one byte per 50 ms: far inside the idle timeout
+                    if await reader.read(4096) == b"":
+                        break
+    assert sent < len(data)
+    assert await _until(reg, "citybrain_hj212_frame_deadline_total", None, 1) == 1
+    assert reg.get_sample_value("citybrain_hj212_disconnects_total", {"reason": "frame_deadline"}) == 1
+    writer.close()
+
+
+async def test_whole_frames_keep_a_connection_within_the_deadline(server_factory) -> None:
+    sink = MemorySink()
+    srv, reg = await server_factory(sink, idle_timeout_s=60, frame_deadline_s=0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    for i in range(4):  # each frame complete at once; the pauses between frames are idle time, not frame time
+        writer.write(upload(i=i))
+        await writer.drain()
+        (reply,) = await read_frames(reader, 1)
+        assert reply.cn == "9014"
+        await asyncio.sleep(0.15)
+    # Half a frame now, the rest while the deadline still runs: answered.
+    frame = upload(i=9)
+    writer.write(frame[:20])
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(frame[20:])
+    await writer.drain()
+    assert [r.cn for r in await read_frames(reader, 1)] == ["9014"]
+    assert reg.get_sample_value("citybrain_hj212_frame_deadline_total") == 0
+    writer.close()
+
+
+async def test_connections_per_source_address_are_capped(server_factory) -> None:
+    srv, reg = await server_factory(MemorySink(), max_connections_per_address=2)
+    held = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(2)]
+    for r, w in held:  # both served
+        w.write(upload())
+        await w.drain()
+        await read_frames(r, 1)
+    r3, w3 = await asyncio.open_connection("127.0.0.1", srv.port)
+    assert await _closed(r3)
+    assert reg.get_sample_value("citybrain_hj212_connections_refused_total", {"reason": "per_address"}) == 1
+    w3.close()
+    # A slot freed by a close is free again.
+    held[0][1].close()
+    assert await _closed(held[0][0])
+    assert await _until(reg, "citybrain_hj212_open_connections", None, 1) == 1
+    r4, w4 = await asyncio.open_connection("127.0.0.1", srv.port)
+    w4.write(upload(i=4))
+    await w4.drain()
+    assert [r.cn for r in await read_frames(r4, 1)] == ["9014"]
+    for _, w in (held[1], (r4, w4)):
+        w.close()
