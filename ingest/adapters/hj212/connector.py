@@ -312,7 +312,7 @@ class Hj212Server:
         sink: Where accepted messages go (e.g. :class:`ingest.kafka_sink.KafkaSink`).
         resolve: MN → :class:`DeviceAuth` or ``None``.
         metrics: Metrics.
-        clock: Monotonic clock in seconds (split-message ages).
+        clock: Monotonic clock in seconds (split-message ages, frame deadlines).
     """
 
     def __init__(
@@ -452,14 +452,19 @@ class Hj212Server:
         frame_started: float | None = None
         while True:
             timeout = self.cfg.idle_timeout_s
+            # Which timer is waited on is decided here, not re-judged after the wait: the
+            # loop's timer may fire a little early, and a frame cut short is never "idle".
+            frame_due = False
             if frame_started is not None:
-                timeout = min(timeout, frame_started + self.cfg.frame_deadline_s - self._clock())
+                left = frame_started + self.cfg.frame_deadline_s - self._clock()
+                if left < timeout:
+                    timeout, frame_due = left, True
             try:
                 if timeout <= 0:
                     raise TimeoutError
                 data = await asyncio.wait_for(conn.reader.read(self.cfg.read_size), timeout)
             except TimeoutError:
-                if frame_started is not None and self._clock() - frame_started >= self.cfg.frame_deadline_s:
+                if frame_due:
                     self._metrics.frame_deadline.inc()
                     log.warning(
                         "HJ 212 %s: frame not complete %.1fs after its first byte; closing",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -317,51 +316,72 @@ async def _until(reg: CollectorRegistry, name: str, labels: dict[str, str] | Non
     return reg.get_sample_value(name, labels or {})
 
 
+class FakeClock:
+    """The server's monotonic clock, moved by the test: deadlines pass without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def clocked_server(sink: MemorySink, **cfg: object) -> tuple[Hj212Server, CollectorRegistry, FakeClock]:
+    reg, clock = CollectorRegistry(), FakeClock()
+    resolve = auth_resolver({MN: CODE}, {CODE: "123456"})
+    srv = Hj212Server(Hj212ServerConfig(**cfg), sink, resolve, Hj212Metrics(reg), clock=clock)  # type: ignore[arg-type]
+    await srv.start()
+    return srv, reg, clock
+
+
 @pytest.mark.parametrize("what", ["frame", "junk"])
-async def test_a_frame_dribbled_slower_than_the_deadline_closes_the_connection(server_factory, what: str) -> None:
+async def test_a_frame_dribbled_past_the_deadline_closes_the_connection(what: str) -> None:
     """Issue 15 defect 10: the idle timer restarts on every byte; the frame deadline does not."""
-    srv, reg = await server_factory(MemorySink(), idle_timeout_s=60, frame_deadline_s=0.3)
-    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
-    data = upload() if what == "frame" else b"x" * 2000
-    sent = 0
-    async with asyncio.timeout(10):
-        for byte in data:
-            if writer.is_closing() or reader.at_eof():
-                break
-            writer.write(bytes([byte]))
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
-            sent += 1
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.05):  # one byte per 50 ms: far inside the idle timeout
-                    if await reader.read(4096) == b"":
-                        break
-    assert sent < len(data)
-    assert await _until(reg, "citybrain_hj212_frame_deadline_total", None, 1) == 1
-    assert reg.get_sample_value("citybrain_hj212_disconnects_total", {"reason": "frame_deadline"}) == 1
-    writer.close()
-
-
-async def test_whole_frames_keep_a_connection_within_the_deadline(server_factory) -> None:
-    sink = MemorySink()
-    srv, reg = await server_factory(sink, idle_timeout_s=60, frame_deadline_s=0.3)
-    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
-    for i in range(4):  # each frame complete at once; the pauses between frames are idle time, not frame time
-        writer.write(upload(i=i))
+    # Deadline and idle timeout far beyond the test's real duration: only the injected clock moves.
+    srv, reg, clock = await clocked_server(MemorySink(), idle_timeout_s=600, frame_deadline_s=30)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        data = upload() if what == "frame" else b"x" * 200
+        for i in range(3):  # bytes 10 s apart: each well inside the idle timeout, the frame still open
+            writer.write(data[i : i + 1])
+            await writer.drain()
+            assert await _until(reg, "citybrain_hj212_received_bytes_total", None, i + 1) == i + 1
+            clock.now += 10
+        writer.write(data[3:4])  # 30 s after the first byte
         await writer.drain()
-        (reply,) = await read_frames(reader, 1)
-        assert reply.cn == "9014"
-        await asyncio.sleep(0.15)
-    # Half a frame now, the rest while the deadline still runs: answered.
-    frame = upload(i=9)
-    writer.write(frame[:20])
-    await writer.drain()
-    await asyncio.sleep(0.05)
-    writer.write(frame[20:])
-    await writer.drain()
-    assert [r.cn for r in await read_frames(reader, 1)] == ["9014"]
-    assert reg.get_sample_value("citybrain_hj212_frame_deadline_total") == 0
-    writer.close()
+        assert await _closed(reader)
+        assert await _until(reg, "citybrain_hj212_frame_deadline_total", None, 1) == 1
+        assert reg.get_sample_value("citybrain_hj212_disconnects_total", {"reason": "frame_deadline"}) == 1
+        assert reg.get_sample_value("citybrain_hj212_disconnects_total", {"reason": "idle"}) is None
+        writer.close()
+    finally:
+        await srv.stop()
+
+
+async def test_whole_frames_keep_a_connection_however_far_apart() -> None:
+    sink = MemorySink()
+    srv, reg, clock = await clocked_server(sink, idle_timeout_s=600, frame_deadline_s=30)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        for i in range(3):  # whole frames 100 s apart: the gaps are idle time, not frame time
+            writer.write(upload(i=i))
+            await writer.drain()
+            assert [r.cn for r in await read_frames(reader, 1)] == ["9014"]
+            clock.now += 100
+        # Half a frame, then the rest 20 s later (inside the deadline): answered.
+        frame = upload(i=9)
+        writer.write(frame[:20])
+        await writer.drain()
+        received = 3 * len(frame) + 20  # the three frames were as long as this one
+        assert await _until(reg, "citybrain_hj212_received_bytes_total", None, received) == received
+        clock.now += 20
+        writer.write(frame[20:])
+        await writer.drain()
+        assert [r.cn for r in await read_frames(reader, 1)] == ["9014"]
+        assert reg.get_sample_value("citybrain_hj212_frame_deadline_total") == 0
+        writer.close()
+    finally:
+        await srv.stop()
 
 
 async def test_connections_per_source_address_are_capped(server_factory) -> None:
