@@ -308,6 +308,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             progress=not args.quiet,
             database_url=settings.database_url,
             register=args.register or args.score,
+            edge_refresh_s=settings.hj212_refresh_s + 1,
         )
         stats, scenario = simulate(opts, stop)
     except (FleetError, ScenarioError, SimulateError, ValueError) as exc:
