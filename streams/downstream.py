@@ -55,7 +55,7 @@ __all__ = [
 GRADES = DOWNSTREAM_GRADES
 _RANK = {g: i for i, g in enumerate(GRADES)}
 _SENSITIVE = _RANK["sensitive"]
-#: Metrics that together are a device's position (WGS84, as geo.membership reads them).
+#: Metrics that together are a device's position (WGS84, as alerts.geofence reads them).
 POSITION_METRICS = ("lon", "lat")
 ViewMode = Literal["auto", "all", "off"]
 VIEW_MODES = ("auto", "all", "off")
