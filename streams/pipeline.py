@@ -55,11 +55,12 @@ from alerts.rules import RuleSet
 from alerts.store import AlertStore, GroupPolicy
 from core.records import Alert, Quality, RawMessage, Reading, RecordError, epoch_us
 from core.topics import KafkaTopics
+from devices.grades import masker_for
 from devices.ledger import DeviceIndex, DeviceInfo, Ledger
 from devices.models import ModelError, ModelRegistry
 from ingest.batch import dead_letter_headers, decode_batch
 from ingest.errors import DecodeError
-from streams.downstream import masker_for, plan_views
+from streams.downstream import plan_views
 from streams.normalise import Normalised, Reject, normalise
 from streams.store import ReadingStore, StoreError
 
