@@ -32,8 +32,8 @@ from geo import stats
 from geo.coords import Crs, gcj02_to_wgs84
 from geo.errors import CoordinateError, FenceExistsError, FenceNotFoundError, GeometryError, OutsideCityError
 from geo.fences import FenceDraft, FenceKind, fence_geometry, fences_from_feature_collection, validate_fence
+from geo.geojson import districts_feature_collection
 from geo.service import GeoService
-from geo.spatial import districts_feature_collection
 from geo.status import classify
 
 __all__ = ["aqi_properties", "build", "model_cadences", "parse_bbox"]
