@@ -33,7 +33,7 @@ ADAPTER = "hj212"
 DEFAULT_TZ = ZoneInfo("Asia/Shanghai")
 
 #: Units stations send in, where they differ from a model's canonical unit (HJ 212-2017
-#: 附录B, standards reference §2.6): gases in mg/m³; particulates in µg/m³ as platforms
+#: 附录B, docs/standards.md §2.6): gases in mg/m³; particulates in µg/m³ as platforms
 #: send them (the transcribed table says ng/m³, which no station uses). Codes not listed
 #: are sent in the model's canonical unit (water mg/L, pH, µS/cm, dB …).
 HJ212_UNITS: Mapping[str, str] = {
