@@ -108,6 +108,16 @@ def edges_in(source: str, module: str, *, is_package: bool, path: Path) -> Itera
                 targets.append(sub if module_file(sub) is not None else base)
             for target in dict.fromkeys(targets):
                 yield Edge(path, node.lineno, target)
+        elif isinstance(node, ast.Call) and _is_import_module(node.func) and node.args:
+            # importlib.import_module("pkg.mod") with a literal name is an import too.
+            arg = node.args[0]
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                yield Edge(path, node.lineno, arg.value)
+
+
+def _is_import_module(func: ast.expr) -> bool:
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    return name in ("import_module", "__import__")
 
 
 def imports(path: Path) -> Iterator[Edge]:
@@ -248,7 +258,7 @@ def test_no_import_circles_between_files() -> None:
     assert not bad, "import circles (lazy imports count):\n" + "\n".join(bad)
 
 
-def test_the_walker_sees_lazy_relative_and_type_checking_imports() -> None:
+def test_the_walker_sees_lazy_relative_type_checking_and_dynamic_imports() -> None:
     # The checks above are only as good as the walker: an import inside a
     # function, under TYPE_CHECKING, or relative must all come out as edges.
     source = (
@@ -260,6 +270,7 @@ def test_the_walker_sees_lazy_relative_and_type_checking_imports() -> None:
         "def f():\n"
         "    import fastapi\n"
         "    from geo import grid, GridSpec\n"
+        "    importlib.import_module('alerts.rules')\n"
     )
     path = ROOT / "streams" / "probe.py"
     got = {(e.line, e.target) for e in edges_in(source, "streams.probe", is_package=False, path=path)}
@@ -271,6 +282,7 @@ def test_the_walker_sees_lazy_relative_and_type_checking_imports() -> None:
         (7, "fastapi"),
         (8, "geo.grid"),
         (8, "geo"),
+        (9, "alerts.rules"),
     }, got
 
 
