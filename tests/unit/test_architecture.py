@@ -44,7 +44,7 @@ TOOLS = ("tests", "bench")
 PACKAGES = tuple(ALLOWED) + TOOLS
 
 #: Third-party roots only the composition root may import.
-WEB_STACK = frozenset({"fastapi", "starlette", "uvicorn"})
+WEB_STACK = frozenset({"fastapi", "fastapi_offline", "starlette", "uvicorn"})
 WEB_ALLOWED = frozenset({"citybrain"})
 
 
