@@ -49,10 +49,10 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from citybrain.platform import Platform
+    from citybrain.platform import Platform, demo_device_codes
 
-    if args.devices:
-        settings = settings.model_copy(update={"demo_devices": args.devices})
+    if args.size is not None:
+        settings = settings.model_copy(update={"demo_size": args.size})
     if args.port is not None:
         settings = settings.model_copy(update={"api_port": args.port})
     print("citybrain demo: bringing the platform up", flush=True)
@@ -60,21 +60,20 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
-        platform.start()
+        platform.start(fleet=settings.demo_size, speed=args.speed)
         user, password = platform.add_user("demo", "admin")
         print("\ncitybrain is running:", flush=True)
         for k, v in platform.urls().items():
             print(f"  {k:<20} {v}")
         print(f"  {'console login':<20} {user} / {password}   (shown once)")
-        print("\nPublish a reading yourself, e.g.:")
-        from citybrain.platform import demo_device_codes
-
+        # The demo registers one air station that no simulator drives: the user's own.
         code = demo_device_codes(1)[0]
         mqtt = platform.services.mqtt
         assert mqtt is not None
+        print(f"\nPublish a reading yourself, as your own station {code} (no simulator drives it):")
         print(
             f"  mosquitto_pub -h {mqtt.host} -p {mqtt.port} -q 1 -t citybrain/up/{code}/telemetry "
-            f'-m \'{{"v":1,"ts":"2026-01-01T00:00:00Z","metrics":{{"pm25":80}}}}\''
+            f'-m "{{\\"v\\":1,\\"ts\\":\\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\\",\\"metrics\\":{{\\"pm25\\":80}}}}"'
         )
         # Every data route needs a principal: the demo's admin API key (shown once).
         key = platform.api_key("admin")
@@ -279,7 +278,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     mqtt = parse_mqtt_url(_need(settings.mqtt_url, "CITYBRAIN_MQTT_URL"))
     stop = threading.Event()
     _stop_on_signals(stop)
-    if not (args.city or args.scenario):
+    if not (args.city or args.scenario or args.size):
         # The demo's path (`citybrain demo` spawns `simulate --devices N --interval S`): real-time air stations.
         from citybrain.platform import demo_device_codes
         from simulators.air import AirStation, Episode
@@ -327,6 +326,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             username=mqtt.username,
             password=mqtt.password,
             scenario=args.scenario,
+            size=args.size,
             mix=parse_mix(args.mix) if args.mix else dict(DEFAULT_MIX),
             duration_s=args.sim_duration,
             speed=args.speed or None,
@@ -529,7 +529,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("demo", help="start everything (servers, services, simulators) until Ctrl-C")
-    p.add_argument("--devices", type=int, default=None, help="simulated devices")
+    p.add_argument(
+        "--size",
+        choices=["small", "city", "large"],
+        default=None,
+        help="located Xiamen fleet: small (~150 devices), city (~2,100) or large (~10,000); "
+        "default CITYBRAIN_DEMO_SIZE",
+    )
+    p.add_argument(
+        "--speed", type=float, default=1.0, help="simulated seconds per second (1: real cadences; more: a faster day)"
+    )
     p.add_argument("--port", type=int, default=None, help="API port (0: a free port)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("gateway", help="run the MQTT → Kafka gateway")
@@ -552,6 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--city", action="store_true", help="simulate a city mix of every device class")
     p.add_argument("--scenario", default=None, help="scenario id (simulators/scenarios) or YAML path")
     p.add_argument("--mix", default=None, help="city mix, e.g. air-station=10,manhole-cover=200")
+    p.add_argument(
+        "--size",
+        choices=["small", "city", "large"],
+        default=None,
+        help="the demo's located Xiamen fleet of this size (simulators/xiamen.py) instead of --mix",
+    )
     p.add_argument("--speed", type=float, default=60.0, help="simulated seconds per second (0: as fast as possible)")
     p.add_argument("--sim-duration", type=float, default=None, help="simulated seconds (default: scenario's, or 1 h)")
     p.add_argument(

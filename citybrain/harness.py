@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -495,24 +496,39 @@ def _pg_user() -> str | None:
     return _PG_SYSTEM_USER
 
 
-def pg_base_dir() -> Path:
+def pg_base_dir(data_dir: Path | None = None) -> Path:
     """Where embedded PostgreSQL data lives.
 
-    Under the system temp dir: as root, the data dir's parents must be opened
-    to the postgres system user (o+rx), which is harmless under /tmp but not
-    under a home or project directory.
+    ``data_dir / "postgres"`` when a data directory is given (``citybrain demo``: under
+    ``CITYBRAIN_DATA_DIR``, so ``make clean`` removes it with the rest of the state).
+    As root, PostgreSQL runs as a system user that must be able to reach it: when a
+    parent of ``data_dir`` is closed to others (e.g. pytest's 0700 temp dirs), and
+    without a data directory, it is under the system temp dir instead.
     """
+    if data_dir is not None:
+        base = data_dir.resolve() / "postgres"
+        if os.geteuid() != 0 or _reachable_by_others(base.parent):
+            return base
+        log.warning("%s is not reachable by the postgres system user; its data goes to the temp dir", data_dir)
     return Path(tempfile.gettempdir()) / f"citybrain-pg-{os.getuid()}"
 
 
+def _reachable_by_others(path: Path) -> bool:
+    """Whether every existing directory from / to ``path`` lets others traverse it (o+x)."""
+    return all(not p.exists() or bool(p.stat().st_mode & stat.S_IXOTH) for p in [path, *path.parents])
+
+
 def start_postgres(
-    name: str = "main", *, timeout: float = 60.0, fresh: bool = False, port: int = 0
+    name: str = "main", *, timeout: float = 60.0, fresh: bool = False, port: int = 0, base: Path | None = None
 ) -> tuple[ManagedProcess, str]:
-    """Start embedded PostgreSQL on 127.0.0.1 and a free port (or ``port``); returns the process and URL."""
+    """Start embedded PostgreSQL on 127.0.0.1 and a free port (or ``port``); returns the process and URL.
+
+    Its data is ``base / name`` (default: :func:`pg_base_dir`).
+    """
     bin_path = _pg_bin()
     user = _pg_user()
-    base = pg_base_dir()
-    base.mkdir(mode=0o755, exist_ok=True)
+    base = base or pg_base_dir()
+    base.mkdir(mode=0o755, parents=True, exist_ok=True)
     base.chmod(0o755)
     pgdata = base / name
     if fresh and pgdata.exists():
@@ -630,8 +646,14 @@ class Services:
     mqtt_url: str | None = None
     kafka_bootstrap: str | None = None
     pg_name: str = "main"
+    #: Keep embedded PostgreSQL's data under ``data_dir`` (``pg_base_dir(data_dir)``), not the temp dir.
+    pg_in_data_dir: bool = False
     processes: list[ManagedProcess] = field(default_factory=list)
     mqtt: MqttEndpoint | None = None
+
+    def pg_base(self) -> Path:
+        """The directory embedded PostgreSQL's data dir (``pg_name``) is in."""
+        return pg_base_dir(self.data_dir if self.pg_in_data_dir else None)
 
     def start(self, *, kafka: bool = True, mqtt: bool = True, postgres: bool = True) -> Services:
         """Start whatever is not given by URL; raise :class:`HarnessError` on failure."""
@@ -641,7 +663,7 @@ class Services:
                 if self.database_url:
                     check_postgres(self.database_url)
                 else:
-                    proc, self.database_url = start_postgres(self.pg_name)
+                    proc, self.database_url = start_postgres(self.pg_name, base=self.pg_base())
                     self.processes.append(proc)
             if kafka:
                 if self.kafka_bootstrap:
@@ -700,7 +722,7 @@ class Services:
                 else:
                     assert self.database_url
                     port = int(urlsplit(self.database_url).port or 5432)
-                    self.processes[i], _ = start_postgres(self.pg_name, port=port)
+                    self.processes[i], _ = start_postgres(self.pg_name, port=port, base=self.pg_base())
                 return
         raise HarnessError(f"no {kind} server was started by this harness")
 

@@ -33,7 +33,7 @@ from core.topics import KafkaTopics
 from devices.code import XIAMEN_DISTRICTS, DeviceCode
 from devices.models import ModelRegistry, shipped_models
 
-__all__ = ["Platform", "create_topics", "demo_device_codes", "migrate", "register_demo_devices"]
+__all__ = ["Platform", "create_topics", "demo_device_codes", "migrate", "register_demo_devices", "register_fleet"]
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +98,55 @@ def demo_device_codes(n: int) -> list[str]:
     return [DeviceCode.build(districts[i % len(districts)], "0308", 1 + i // len(districts)).full for i in range(n)]
 
 
-def register_demo_devices(database_url: str, codes: list[str]) -> None:
-    """Register demo air stations (idempotent)."""
+def register_demo_devices(database_url: str, codes: list[str], *, located: bool = False) -> None:
+    """Register demo air stations (idempotent); ``located`` puts each near its district's label point."""
+    points = _label_points() if located else {}
     with psycopg.connect(database_url) as conn, conn.cursor() as cur:
         for code in codes:
             c = DeviceCode.build(code[:6], code[6:10], int(code[10:16]))
+            name = f"Demo air station {c.sequence} ({XIAMEN_DISTRICTS[c.district]})"
+            lon, lat = points.get(c.district, (None, None))
             cur.execute(
-                "insert into devices (code, alias, model, device_class, name, district, state, created_by, updated_by)"
-                " values (%s, %s, 'air-station@1', 'air', %s, %s, 'registered', 'demo', 'demo')"
+                "insert into devices (code, alias, model, device_class, name, district, state, lon, lat,"
+                " created_by, updated_by)"
+                " values (%s, %s, 'air-station@1', 'air', %s, %s, 'registered', %s, %s, 'demo', 'demo')"
                 " on conflict (code) do nothing",
-                (c.full, c.body, f"Demo air station {c.sequence} ({XIAMEN_DISTRICTS[c.district]})", c.district),
+                (c.full, c.body, name, c.district, lon, lat),
             )
+
+
+def _label_points() -> dict[str, tuple[float, float]]:
+    from geo.districts import load_districts
+
+    out = {}
+    for d in load_districts():
+        p = d.geometry.representative_point()
+        out[d.code] = (round(float(p.x), 6), round(float(p.y), 6))
+    return out
+
+
+def register_fleet(database_url: str, size: str, seed: int) -> int:
+    """Import the demo's located fleet (``simulators.xiamen``) through the ledger's bulk import.
+
+    The import checks every row (district of the code against the point, model attributes);
+    water stations, which report over HJ 212 TCP, get their PW. Idempotent. Returns the
+    fleet's size.
+
+    Raises:
+        HarnessError: the ledger refused a row.
+    """
+    from simulators.fleet import DEFAULT_HJ212_MODELS
+    from simulators.score import register_sites
+    from simulators.xiamen import city_fleet
+
+    sites = city_fleet(size, seed)
+    hj212 = [s.code for s in sites if s.model_id in DEFAULT_HJ212_MODELS]
+    with psycopg.connect(database_url) as conn:
+        report = register_sites(conn, sites, actor="demo", hj212_codes=hj212)
+    if report.issues:
+        first = report.issues[0]
+        raise HarnessError(f"the ledger refused {len(report.issues)} demo device(s); line {first.line}: {first.reason}")
+    return len(sites)
 
 
 @dataclass
@@ -138,6 +176,8 @@ class Platform:
             # Stable per data dir (Python's hash() is salted per process), so a demo
             # restarted on the same data dir finds its database again.
             pg_name=f"pg-{zlib.crc32(str(root).encode()):08x}",
+            # Under CITYBRAIN_DATA_DIR: `make clean` removes the database with the rest of the state.
+            pg_in_data_dir=True,
         )
         return cls(settings=settings, services=services, log_dir=root / "logs")
 
@@ -159,8 +199,29 @@ class Platform:
             env["CITYBRAIN_WEBHOOK_TOKEN"] = self.webhook_token
         return env
 
-    def start(self, *, simulate: bool = True, devices: int | None = None, progress: bool = True) -> Platform:
-        """Start servers, migrate, create topics, then gateway, worker and API (and simulators)."""
+    def start(
+        self,
+        *,
+        simulate: bool = True,
+        devices: int | None = None,
+        progress: bool = True,
+        fleet: str | None = None,
+        speed: float = 1.0,
+        seed: int = 42,
+    ) -> Platform:
+        """Start servers, migrate, create topics, then gateway, worker and API (and simulators).
+
+        Args:
+            simulate: Run simulated devices.
+            devices: Demo air stations registered without a location; when ``fleet`` is
+                unset, the simulator drives them every ``demo_interval_s`` (tests use it).
+            progress: Print what it does.
+            fleet: Size of the located Xiamen fleet (``small``, ``city``, ``large``) to
+                register and, with ``simulate``, run at its models' cadences. The
+                ``devices`` stations are then located, left to the user (README example).
+            speed: Simulated seconds per wall second of the fleet (1: real time).
+            seed: Seed of the fleet's placement and traffic.
+        """
 
         def say(msg: str) -> None:
             if progress:
@@ -177,9 +238,13 @@ class Platform:
             topics = KafkaTopics(self.settings.topic_prefix)
             say("creating Kafka topics…")
             create_topics(self.services.kafka_bootstrap, topics, self.settings.partitions, models.device_classes())
-            n = devices if devices is not None else self.settings.demo_devices
-            codes = demo_device_codes(n)
-            register_demo_devices(self.services.database_url, codes)
+            if fleet is None:
+                n = devices if devices is not None else self.settings.demo_devices
+                register_demo_devices(self.services.database_url, demo_device_codes(n))
+            else:
+                register_demo_devices(self.services.database_url, demo_device_codes(devices or 1), located=True)
+                say(f"registering the {fleet} fleet of located devices…")
+                n = register_fleet(self.services.database_url, fleet, seed)
             # The demo's webhook needs a token; a random one unless one is configured.
             self.webhook_token = self.settings.webhook_token or secrets.token_urlsafe(16)
             env = self.env()
@@ -238,7 +303,34 @@ class Platform:
             self.wait_http(f"http://127.0.0.1:{self.edge_port}/healthz", "edge (HJ 212, commands)", 60)
             self.wait_http(f"http://127.0.0.1:{self.gateway_port}/healthz", "gateway", 60)
             self.wait_http(f"http://127.0.0.1:{self.worker_port}/healthz", "stream worker", 90)
-            if simulate:
+            if simulate and fleet is not None:
+                say(f"starting {n} simulated devices (HJ 212 water stations over TCP)…")
+                self.processes.append(
+                    spawn(
+                        "simulator",
+                        [
+                            py,
+                            "-m",
+                            "citybrain.cli",
+                            "simulate",
+                            "--size",
+                            fleet,
+                            "--seed",
+                            str(seed),
+                            "--speed",
+                            str(speed),
+                            # Until stopped: a century of simulated time.
+                            "--sim-duration",
+                            str(100 * 365 * 86400),
+                            "--hj212",
+                            f"127.0.0.1:{self.hj212_port}",
+                            "--quiet",
+                        ],
+                        self.log_dir / "simulator.log",
+                        env=env,
+                    )
+                )
+            elif simulate:
                 say(f"starting {n} simulated air stations…")
                 self.processes.append(
                     spawn(

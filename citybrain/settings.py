@@ -190,6 +190,10 @@ class Settings(BaseSettings):
     # --- demo ----------------------------------------------------------------
     demo_devices: int = Field(default=12, ge=1, le=10000, description="Simulated devices in `citybrain demo`")
     demo_interval_s: float = Field(default=2.0, gt=0, description="Seconds between simulated reports")
+    demo_size: Literal["small", "city", "large"] = Field(
+        default="city",
+        description="Located Xiamen fleet of `citybrain demo`: small (~150), city (~2,100), large (~10,000)",
+    )
     log_level: str = Field(default="INFO", description="Log level")
     log_format: Literal["text", "json"] = Field(
         default="text", description="Log lines: text, or json (one object per line, for log shippers)"

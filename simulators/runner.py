@@ -66,6 +66,8 @@ class SimulateOptions:
     username: str | None = None
     password: str | None = None
     scenario: str | None = None
+    #: The demo's located Xiamen fleet (``simulators.xiamen.FLEET_SIZES``) instead of ``mix``.
+    size: str | None = None
     mix: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
     duration_s: float | None = None
     speed: float | None = 60.0
@@ -100,6 +102,14 @@ def simulate(opts: SimulateOptions, stop: threading.Event | None = None) -> tupl
         devices = [SimDevice(m) for m in scenario.models()]
         start = opts.start or scenario.start
         duration = opts.duration_s or scenario.duration_s
+    elif opts.size is not None:
+        from simulators.xiamen import city_fleet, demo_drivers
+
+        sites = city_fleet(opts.size, opts.seed)
+        start = opts.start or datetime.now(UTC).replace(microsecond=0)
+        drivers = demo_drivers(sites, start)
+        devices = [SimDevice(make_model(s, opts.seed * 100_003 + i, drivers)) for i, s in enumerate(sites)]
+        duration = opts.duration_s or 3600.0
     else:
         sites = build_sites(opts.mix, opts.seed)
         devices = [SimDevice(make_model(s, opts.seed * 100_003 + i, NO_DRIVERS)) for i, s in enumerate(sites)]

@@ -17,6 +17,11 @@ export const STATUS_COLOURS = {
   unknown: "#a0aec0",
 };
 const NO_DATA = "#d5dbe3";
+// Clustering: below this zoom, devices closer than CLUSTER_PX (screen-ish units of the 1000-wide
+// map) are drawn as one numbered circle; zooming in splits them. Worst status first for its colour.
+const CLUSTER_BELOW_ZOOM = 8;
+const CLUSTER_PX = 34;
+const STATUS_RANK = ["alerting", "offline", "stale", "fresh", "unknown"];
 const W = 1000;
 const DEFAULT_FRAME = [117.8, 24.3, 118.5, 25.0]; // city grid frame (geo/grid.py)
 
@@ -140,10 +145,11 @@ export function createMap(svg, { onDeviceClick } = {}) {
     districts: s("g", { class: "layer-districts" }),
     grid: s("g", { class: "layer-grid" }),
     labels: s("g", { class: "layer-labels" }),
+    clusters: s("g", { class: "layer-clusters" }),
     devices: s("g", { class: "layer-devices" }),
   };
   clear(svg);
-  svg.append(layers.districts, layers.grid, layers.labels, layers.devices);
+  svg.append(layers.districts, layers.grid, layers.labels, layers.clusters, layers.devices);
   const state = {
     districts: [],
     grid: [],
@@ -151,6 +157,7 @@ export function createMap(svg, { onDeviceClick } = {}) {
     shade: "aqi",
     alerting: new Set(),
     selected: null,
+    clusterCell: 0,
     proj: makeProjection(DEFAULT_FRAME),
     view: null, // [x, y, w, h]
     showGrid: false,
@@ -165,6 +172,23 @@ export function createMap(svg, { onDeviceClick } = {}) {
     for (const c of layers.devices.querySelectorAll("circle.device")) c.setAttribute("r", r.toFixed(2));
     for (const c of layers.devices.querySelectorAll("circle.halo")) c.setAttribute("r", (r * 1.9).toFixed(2));
     for (const el of layers.labels.querySelectorAll("text")) el.setAttribute("font-size", (20 / zoom).toFixed(1));
+    if (clusterCell(zoom) !== state.clusterCell) scheduleRender();
+  }
+
+  function clusterCell(zoom) {
+    // Quantised (powers of 1.25) so that a small wheel step does not regroup everything.
+    if (zoom >= CLUSTER_BELOW_ZOOM) return 0;
+    return CLUSTER_PX / Math.pow(1.25, Math.floor(Math.log(zoom) / Math.log(1.25)));
+  }
+
+  let renderPending = false;
+  function scheduleRender() {
+    if (renderPending) return;
+    renderPending = true;
+    requestAnimationFrame(() => {
+      renderPending = false;
+      renderDevices();
+    });
   }
 
   function resetView() {
@@ -231,14 +255,56 @@ export function createMap(svg, { onDeviceClick } = {}) {
 
   function renderDevices() {
     const seen = new Set();
-    const r = state.view ? 7 / (state.proj.width / state.view[2]) : 7;
+    const zoom = state.view ? state.proj.width / state.view[2] : 1;
+    const r = 7 / zoom;
+    const cell = clusterCell(zoom);
+    state.clusterCell = cell;
+    const points = [];
     for (const f of state.devices) {
       const p = f.properties || {};
       const c = f.geometry?.type === "Point" ? f.geometry.coordinates : null;
       if (!c || !Number.isFinite(c[0]) || !Number.isFinite(c[1]) || !p.code || seen.has(p.code)) continue;
       seen.add(p.code);
       const [x, y] = state.proj.project(c[0], c[1]);
-      const status = statusOf(p);
+      points.push({ p, x, y, status: statusOf(p) });
+    }
+    // Grid clustering in map units: a bucket of two or more devices (none selected) is one circle.
+    const buckets = new Map();
+    for (const pt of points) {
+      const key = cell ? `${Math.floor(pt.x / cell)}:${Math.floor(pt.y / cell)}` : pt.p.code;
+      const b = buckets.get(key);
+      if (b) b.push(pt);
+      else buckets.set(key, [pt]);
+    }
+    clear(layers.clusters);
+    const single = new Set();
+    for (const members of buckets.values()) {
+      if (members.length < 2 || members.some((m) => m.p.code === state.selected)) {
+        for (const m of members) single.add(m.p.code);
+        continue;
+      }
+      const x = members.reduce((a, m) => a + m.x, 0) / members.length;
+      const y = members.reduce((a, m) => a + m.y, 0) / members.length;
+      const worst = STATUS_RANK.find((st) => members.some((m) => m.status === st)) || "unknown";
+      const n = members.length;
+      const cr = Math.min(0.6 * cell, (7 + 1.6 * Math.log2(n)) / zoom);
+      const g = s(
+        "g",
+        { class: `device-cluster status-${worst}`, dataset: { count: String(n), status: worst }, role: "button" },
+        s("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: cr.toFixed(2), fill: STATUS_COLOURS[worst] }),
+        s("text", { x: x.toFixed(1), y: y.toFixed(1), "font-size": (11 / zoom).toFixed(2), text: String(n) }),
+        s("title", { text: t("map.cluster", { n }) }),
+      );
+      g.addEventListener("click", () => {
+        // Zoom in around the cluster until it splits (at most to the unclustered zoom).
+        const [vx, vy, vw, vh] = state.view;
+        const f = Math.max(1 / 3, zoom / CLUSTER_BELOW_ZOOM);
+        setView([x - (x - vx) * f, y - (y - vy) * f, vw * f, vh * f]);
+      });
+      layers.clusters.append(g);
+    }
+    for (const { p, x, y, status } of points) {
+      if (!single.has(p.code)) continue;
       let m = markers.get(p.code);
       if (!m) {
         const title = s("title");
@@ -264,8 +330,10 @@ export function createMap(svg, { onDeviceClick } = {}) {
       m.title.textContent = `${p.name || p.code} (${p.code}) — ${t(`status.${status}`)}`;
       if (m.g.parentNode !== layers.devices) layers.devices.append(m.g);
     }
+    svg.dataset.shownDevices = String(points.length);
+    svg.dataset.clusters = String(layers.clusters.childElementCount);
     for (const [code, m] of markers) {
-      if (!seen.has(code)) {
+      if (!single.has(code)) {
         m.g.remove();
         markers.delete(code);
       }
