@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install citybrain with the embedded servers and dev tools
 
-demo: $(STAMP)  ## start the whole platform with simulators; Ctrl-C stops it
-	$(VENV)/bin/citybrain demo
+demo: $(STAMP)  ## start the whole platform with the simulated city (SIZE=small|city|large); Ctrl-C stops it
+	$(VENV)/bin/citybrain demo $(if $(SIZE),--size $(SIZE))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -92,7 +92,7 @@ class AirStation:
         self.site = site or Site(code=code, model_id=self.model.id, district=code[:6])
         self.drivers = drivers
         # Per-unit constants: drawn once from the seed, so a device keeps its character.
-        self.bias = self.rng.uniform(0.85, 1.2) if micro else 1.0
+        self.bias = self.rng.uniform(0.9, 1.1) if micro else 1.0
         self.base_pm25 = self.rng.uniform(12, 25)
         self.base_so2 = self.rng.uniform(4, 10)
         self.t0: datetime | None = None
@@ -114,7 +114,7 @@ class AirStation:
         wind_dir = (135.0 if sun > 0.2 else 45.0) + 35 * smooth_noise(self.seed, self.code, at, 7200, "wd")
         # Stronger wind disperses particulates; a calm night under an inversion traps them.
         dispersion = 1.0 / (0.5 + wind_speed / 4.4)
-        sigma = 0.3 if self.micro else 0.1
+        sigma = 0.14 if self.micro else 0.1
         noise = rng.lognormvariate(0, sigma)
         drift = 1 + 0.25 * smooth_noise(self.seed, self.code, at, 3 * 3600, "pm")
         factor = float(self.drivers(self.site, at).get("pm_factor", 1.0))
@@ -125,7 +125,7 @@ class AirStation:
         pm25 = self.base_pm25 * (1 + 0.4 * traffic) * dispersion * drift * noise * factor
         if self.micro:
             # Optical sensors count swollen droplets as particles above ~70 % RH.
-            pm25 *= self.bias * (1 + 0.25 * max(0.0, (humidity - 70) / 30))
+            pm25 *= self.bias * (1 + 0.2 * max(0.0, (humidity - 70) / 30))
         no2 = (12 + 48 * traffic * dispersion) * noise
         values = {
             "pm25": pm25,

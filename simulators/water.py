@@ -66,6 +66,10 @@ class WaterStation:
         self.codmn0 = rng.uniform(2.2, 3.4)
         self.cond0 = rng.uniform(250, 450)
         self.turb0 = rng.uniform(5, 20)
+        if self.site.attributes.get("waterbody") == "lake":
+            # Lakes and reservoirs are classed on TP by their own, stricter column (class II ≤ 0.025,
+            # III ≤ 0.05): a reservoir at a river's TP would read class IV on a normal day.
+            self.tp0 *= 0.35
 
     def sample(self, t: datetime) -> dict[str, float]:
         """Values of every ``water-station`` metric at ``t`` (canonical units, inside the ranges)."""

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 def test_demo_answers_healthz_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
     env = dict(os.environ, CITYBRAIN_DATA_DIR=str(tmp_path / "var"), CITYBRAIN_TOPIC_PREFIX="democmd")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "citybrain.cli", "demo", "--port", "0", "--devices", "3"],
+        [sys.executable, "-m", "citybrain.cli", "demo", "--port", "0", "--size", "small"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
