@@ -188,7 +188,9 @@ class Settings(BaseSettings):
     worker_web_port: int = Field(default=0, ge=0, le=65535, description="Stream worker web/metrics port (0: free)")
 
     # --- demo ----------------------------------------------------------------
-    demo_devices: int = Field(default=12, ge=1, le=10000, description="Unlocated air stations of `Platform.start` without a fleet (tests)")
+    demo_devices: int = Field(
+        default=12, ge=1, le=10000, description="Unlocated air stations of `Platform.start` without a fleet (tests)"
+    )
     demo_interval_s: float = Field(default=2.0, gt=0, description="Seconds between reports of those stations")
     demo_size: Literal["small", "city", "large"] = Field(
         default="city",
