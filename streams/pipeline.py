@@ -134,6 +134,12 @@ class PipelineMetrics:
         self.skew = Counter(
             "citybrain_stream_clock_skew_total", "Readings flagged for future event time", registry=registry
         )
+        self.derive_errors = Counter(
+            "citybrain_derived_indicator_errors_total",
+            "Evaluations whose derived indicators (AQI, water class …) could not be computed",
+            ["device_class"],
+            registry=registry,
+        )
         self.not_evaluated = Counter(
             "citybrain_rule_skipped_readings_total",
             "Stored readings kept from rules (clock_skew, out_of_range) or from rules and detectors (clock_skew)",
@@ -564,13 +570,25 @@ class Pipeline:
             # A value outside the physical range is a sensor fault (the detectors' business), not a level.
             readings = [r for r in per_device[code] if not out_of_range(r, dev, self.models)]
             faults += len(per_device[code]) - len(readings)
-            out, new_wm = evaluate_device(self.cfg.rules.for_class(dev.device_class), readings, ctx, snap, states, wm)
+            out, new_wm = evaluate_device(
+                self.cfg.rules.for_class(dev.device_class),
+                readings,
+                ctx,
+                snap,
+                states,
+                wm,
+                on_derive_error=self._derive_error,
+            )
             transitions += [(t.kind, t.alert) for t in out]
             if new_wm != wm:
                 updates.append((code, new_wm, Jsonb(_dump_snapshot(snap)), Jsonb(states)))
         if faults:
             self.metrics.not_evaluated.labels("out_of_range").inc(faults)
         return updates
+
+    def _derive_error(self, device_class: str, exc: Exception) -> None:
+        # evaluate_device has logged it with the device code.
+        self.metrics.derive_errors.labels(device_class).inc()
 
     async def _anomaly_step(
         self,
