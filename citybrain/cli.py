@@ -177,7 +177,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         max_future_skew_s=settings.max_future_skew_s,
         rules=load_rules(Path(settings.rules_dir)) if settings.rules_dir else shipped_rules(),
         store_batch_rows=settings.store_batch_rows,
-        store_flush_interval_s=settings.store_flush_interval_s,
         retention_days=settings.retention_days,
         rollup_retention_days=settings.rollup_retention_days(),
         maintenance_interval_s=settings.maintenance_interval_s,

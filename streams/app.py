@@ -68,7 +68,6 @@ class WorkerConfig:
     max_future_skew_s: float = 300.0
     rules: RuleSet = field(default_factory=lambda: RuleSet(()))
     store_batch_rows: int = 10000
-    store_flush_interval_s: float = 1.0
     retention_days: int = 180
     rollup_retention_days: Mapping[str, int | None] = field(default_factory=lambda: dict(DEFAULT_ROLLUP_RETENTION_DAYS))
     maintenance_interval_s: float = 60.0
@@ -152,7 +151,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
             pool,
             models,
             StoreMetrics(registry),
-            StoreConfig(batch_rows=cfg.store_batch_rows, flush_interval_s=cfg.store_flush_interval_s),
+            StoreConfig(batch_rows=cfg.store_batch_rows),
         )
         pipe = Pipeline(
             PipelineConfig(

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -82,21 +82,16 @@ class StoreConfig:
     Attributes:
         batch_rows: Wide rows per COPY + merge transaction (bounds lock time
             and memory of one statement; a larger flush is split).
-        flush_interval_s: :meth:`ReadingStore.due` turns true once rows have
-            waited this long, for callers that buffer across batches.
         mark_dirty: Append touched buckets to ``rollup_dirty`` (off only for
             benchmarks that measure the bare merge).
     """
 
     batch_rows: int = 10_000
-    flush_interval_s: float = 1.0
     mark_dirty: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_rows < 1:
             raise ValueError("batch_rows must be >= 1")
-        if self.flush_interval_s <= 0:
-            raise ValueError("flush_interval_s must be > 0")
 
 
 class StoreMetrics:
@@ -202,14 +197,11 @@ class ReadingStore:
         models: ModelRegistry,
         metrics: StoreMetrics,
         config: StoreConfig | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pool = pool
         self.models = models
         self.metrics = metrics
         self.config = config or StoreConfig()
-        self._clock = clock
         self._classes = self.models.device_classes()
         self._units: dict[str, dict[str, str]] = {}
         for m in reversed(self.models.all()):  # latest version's unit wins
@@ -218,7 +210,6 @@ class ReadingStore:
         self._layout: dict[str, ClassLayout] | None = None
         self._partitions: set[tuple[str, date]] = set()
         self._pending: dict[str, dict[tuple[str, datetime], Row]] = {}
-        self._oldest: float | None = None
         # Staging tables already created on a pooled connection (temp tables live
         # as long as the session); weak keys, so a closed connection is forgotten.
         self._staged: weakref.WeakKeyDictionary[psycopg.AsyncConnection, set[str]] = weakref.WeakKeyDictionary()
@@ -239,21 +230,11 @@ class ReadingStore:
                 cur.values.update(row.values)
                 cur.flags.update(row.flags)
                 cur.quality = max(cur.quality, row.quality)
-        if self._oldest is None and bucket:
-            self._oldest = self._clock()
         self.metrics.pending.set(self.pending())
 
     def pending(self) -> int:
         """Rows queued and not yet written."""
         return sum(len(b) for b in self._pending.values())
-
-    def due(self) -> bool:
-        """True when a flush is due: ``batch_rows`` queued, or rows older than ``flush_interval_s``."""
-        if self._oldest is None:
-            return False
-        return self.pending() >= self.config.batch_rows or (
-            self._clock() - self._oldest >= self.config.flush_interval_s
-        )
 
     async def refresh_layout(self) -> None:
         """Re-read the class tables' columns (after ``citybrain db upgrade`` added some)."""
@@ -296,7 +277,6 @@ class ReadingStore:
             self._partitions.clear()
             raise StoreError(f"write failed: {exc}") from exc
         self._pending.clear()
-        self._oldest = None
         self.metrics.pending.set(0)
         self.metrics.flushes.inc()
         self.metrics.flush_rows.observe(written)
