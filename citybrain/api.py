@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -71,6 +72,7 @@ def create_api(
     ingest: KafkaSinkConfig | None = None,
     webhook_token: str = "",
     webhook_max_body_bytes: int = 65536,
+    max_future_skew: timedelta = timedelta(minutes=5),
 ) -> FastAPI:
     """Build the API app; the pool (and the webhook's Kafka sink) open in the lifespan.
 
@@ -81,6 +83,7 @@ def create_api(
         ingest: Kafka sink settings for the NB-IoT webhook; ``None`` leaves it unmounted.
         webhook_token: Shared token the platforms must send.
         webhook_max_body_bytes: Largest accepted webhook body.
+        max_future_skew: Readings dated further ahead are kept out of "latest".
     """
     pool = AsyncConnectionPool(
         database_url, min_size=1, max_size=8, open=False, check=AsyncConnectionPool.check_connection
@@ -137,6 +140,7 @@ def create_api(
         registry=registry,
         alert_feed=feed,
         assigner=Assigner(districts, Grid.build(districts)),
+        max_future_skew=max_future_skew,
     )
     for module in ROUTE_MODULES:
         app.include_router(module.build(ctx))

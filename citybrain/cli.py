@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -230,7 +230,12 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from devices.models import shipped_models
 
     tls = _api_tls(settings)  # before anything starts: half a TLS setting stops here
-    app = create_api(_need(settings.database_url, "CITYBRAIN_DATABASE_URL"), shipped_models(), CollectorRegistry())
+    app = create_api(
+        _need(settings.database_url, "CITYBRAIN_DATABASE_URL"),
+        shipped_models(),
+        CollectorRegistry(),
+        max_future_skew=timedelta(seconds=settings.max_future_skew_s),
+    )
     # Open SSE streams must not hold a shutdown for long.
     uvicorn.run(
         app,

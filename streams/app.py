@@ -161,6 +161,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
                 anomaly=cfg.anomaly,
                 evaluate=cfg.role == "all",
                 downstream_views=cfg.downstream_views,
+                retention_days=cfg.retention_days,
             ),
             pool,
             models,
