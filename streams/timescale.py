@@ -38,7 +38,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from streams.rollup import RESOLUTIONS, aggregate_from_raw_sql, merge_ranges, rollup_table
+from streams.rollup import RESOLUTIONS, RefreshResult, aggregate_from_raw_sql, merge_ranges, rollup_table
 
 __all__ = [
     "Capability",
@@ -304,7 +304,9 @@ async def ensure_rollup_retention(conn: psycopg.AsyncConnection, view: str, rete
     await conn.execute(retention_policy_sql(view, retention))
 
 
-async def refresh_marked(conn: psycopg.AsyncConnection, device_class: str, *, keep_from: datetime | None = None) -> int:
+async def refresh_marked(
+    conn: psycopg.AsyncConnection, device_class: str, *, keep_from: datetime | None = None
+) -> list[RefreshResult]:
     """Refresh the continuous aggregates over the buckets the store marked dirty.
 
     ``refresh_continuous_aggregate`` cannot run inside a transaction, so
@@ -313,18 +315,24 @@ async def refresh_marked(conn: psycopg.AsyncConnection, device_class: str, *, ke
     is raised for the caller to log.
 
     Returns:
-        The number of ``[lo, hi)`` ranges refreshed per level.
+        Per level, the ``[lo, hi)`` ranges and the buckets refreshed (as
+        :func:`streams.rollup.refresh_dirty` reports them for plain rollups;
+        ``rows`` is 0, the extension does not say), and the marks discarded as
+        older than ``keep_from``.
     """
     cur = await conn.execute(
         "delete from rollup_dirty where device_class = %s returning resolution, bucket", (device_class,)
     )
-    marks = [b for res, b in await cur.fetchall() if res == "5m" and (keep_from is None or b >= keep_from)]
-    ranges = 0
+    fine = [b for res, b in await cur.fetchall() if res == "5m"]
+    marks = [b for b in fine if keep_from is None or b >= keep_from]
+    out = []
     for res in RESOLUTIONS:
-        spans = merge_ranges({res.floor(b) for b in marks}, res.width)
+        buckets = {res.floor(b) for b in marks}
+        spans = merge_ranges(buckets, res.width)
         for lo, hi in spans:
             await conn.execute(
                 "call refresh_continuous_aggregate(%s, %s, %s)", (rollup_table(device_class, res.name), lo, hi)
             )
-        ranges = max(ranges, len(spans))
-    return ranges
+        discarded = len(fine) - len(marks) if res is RESOLUTIONS[0] else 0
+        out.append(RefreshResult(device_class, res.name, len(spans), len(buckets), 0, discarded))
+    return out
