@@ -100,6 +100,7 @@ async def test_replayed_batch_stores_no_duplicates_and_alerts_once(database_url:
         await pool.close()
 
 
+@pytest.mark.plain_partitions("checks the day partition a row lands in (a hypertable makes its own chunks)")
 async def test_late_data_lands_in_its_own_day_partition(database_url: str, models: ModelRegistry) -> None:
     pub = FakePublisher()
     pool, pipe = await _pipeline(database_url, models, pub)

@@ -96,6 +96,7 @@ def _stored(database_url: str) -> list[float]:
         return [r[0] for r in conn.execute("select pm25 from readings_air order by pm25").fetchall()]
 
 
+@pytest.mark.plain_partitions("checks which day partitions exist and what maintenance drops")
 async def test_older_than_retention_is_dead_lettered_and_counted_never_stored(
     database_url: str, models: ModelRegistry, pool: AsyncConnectionPool
 ) -> None:
@@ -131,6 +132,7 @@ async def test_older_than_retention_is_dead_lettered_and_counted_never_stored(
     assert _stored(database_url) == [1.0, 179.0, 180.0]
 
 
+@pytest.mark.plain_partitions("detaches a day partition (a hypertable has none)")
 async def test_a_row_without_a_partition_is_dead_lettered_and_the_batch_lands(
     database_url: str, models: ModelRegistry, pool: AsyncConnectionPool
 ) -> None:

@@ -29,7 +29,10 @@ from devices.models import ModelRegistry
 from streams import rollup, timescale
 from streams.retention import maintenance
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.plain_partitions("stubs the extension's functions, which the server has for real (test_timescale.py)"),
+]
 
 T0 = datetime(2026, 11, 29, tzinfo=UTC)
 CODE = "35020603080000017"

@@ -28,7 +28,10 @@ from citybrain.migrations import upgrade
 from devices.models import ModelRegistry
 from streams import timescale
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.plain_partitions("simulates a server without timescaledb preloaded"),
+]
 
 SIMULATE = """
 create schema fake_catalog;
