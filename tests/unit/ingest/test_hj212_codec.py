@@ -492,10 +492,10 @@ def test_to_readings_air_realtime() -> None:
     assert got == {
         "pm25": (35.2, Quality.GOOD, "N"),
         "pm10": (58.0, Quality.GOOD, "N"),
-        "so2": (0.008, Quality.GOOD, "N"),
-        "no2": (0.031, Quality.GOOD, "N"),
+        "so2": (8.0, Quality.GOOD, "N"),
+        "no2": (31.0, Quality.GOOD, "N"),
         "co": (0.6, Quality.BAD, "D"),
-        "o3": (0.087, Quality.SUSPECT, "M"),
+        "o3": (87.0, Quality.SUSPECT, "M"),
     }
     # DataTime 2024-05-15 10:30:00 Asia/Shanghai (UTC+8) → 02:30:00Z.
     assert {r.event_time for r in result.readings} == {datetime(2024, 5, 15, 2, 30, tzinfo=UTC)}
