@@ -13,15 +13,13 @@ import logging
 import re
 from collections.abc import Callable
 from importlib import resources
-from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
 
+from core.tables import class_table
 from devices.models import ModelRegistry
-
-if TYPE_CHECKING:
-    from streams.timescale import Capability
+from streams import rollup, timescale
 
 __all__ = ["MIGRATIONS", "upgrade"]
 
@@ -29,7 +27,7 @@ log = logging.getLogger(__name__)
 
 Migration = Callable[[psycopg.Connection], None]
 #: Reads TimescaleDB's availability on a server (:func:`streams.timescale.probe_apart`).
-TimescaleDetect = Callable[[psycopg.Connection], "Capability"]
+TimescaleDetect = Callable[[psycopg.Connection], timescale.Capability]
 
 
 def _sql_migrations() -> list[tuple[int, str, str]]:
@@ -61,11 +59,6 @@ def _run_sql(text: str) -> Migration:
 MIGRATIONS: list[tuple[int, str, Migration]] = [(v, n, _run_sql(t)) for v, n, t in _sql_migrations()]
 
 
-def class_table(device_class: str) -> str:
-    """Name of a device class's wide readings table."""
-    return f"readings_{device_class}"
-
-
 def ensure_class_tables(
     conn: psycopg.Connection, models: ModelRegistry, *, timescale_detect: TimescaleDetect | None = None
 ) -> None:
@@ -86,9 +79,6 @@ def ensure_class_tables(
     preloaded (default :func:`streams.timescale.probe_apart`); tests pass
     their own to simulate a server.
     """
-    # Imported here: streams.store imports this module for class_table().
-    from streams import rollup, timescale
-
     use_timescale = timescale.enable(conn, timescale_detect or timescale.probe_apart)
     for device_class in models.device_classes():
         name = class_table(device_class)
