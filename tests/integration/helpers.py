@@ -89,7 +89,8 @@ class MqttRecorder:
 
     ``connack`` holds one bool per CONNACK (accepted or not), ``subacks`` the return
     codes of each SUBACK; ``connected`` and ``subscribed`` are set on an accepted
-    CONNACK and on any SUBACK. The paho client itself is ``c``.
+    CONNACK and on any SUBACK, ``disconnected`` when a connection ends. The paho client
+    itself is ``c``.
     """
 
     def __init__(
@@ -107,12 +108,14 @@ class MqttRecorder:
         self.lock = threading.Lock()
         self.connected = threading.Event()
         self.subscribed = threading.Event()
+        self.disconnected = threading.Event()
         self.c = paho_client()
         if username:
             self.c.username_pw_set(username, password)
         self.c.on_connect = self._on_connect
         self.c.on_subscribe = self._on_subscribe
         self.c.on_message = self._on_message
+        self.c.on_disconnect = self._on_disconnect
         if reconnect_delay:
             self.c.reconnect_delay_set(*reconnect_delay)
         self.c.connect(host, port, keepalive=30)
@@ -127,6 +130,9 @@ class MqttRecorder:
         self.connack.append(not rc.is_failure)
         if not rc.is_failure:
             self.connected.set()
+
+    def _on_disconnect(self, _c: object, _u: object, _f: object, _rc: mqtt.ReasonCode, _p: object) -> None:
+        self.disconnected.set()
 
     def _on_subscribe(self, _c: object, _u: object, _mid: int, rcs: list[mqtt.ReasonCode], _p: object) -> None:
         self.subacks.append([int(r.value) for r in rcs])
