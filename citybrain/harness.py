@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 __all__ = [
     "HarnessError",
     "ManagedProcess",
+    "MosquittoServices",
     "MosquittoTls",
     "Services",
     "free_port",
@@ -349,6 +350,26 @@ class MosquittoTls:
     require_certificate: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class MosquittoServices:
+    """A listener of its own for the platform's service accounts, as ``deploy/mosquitto`` has.
+
+    With it, the device listener(s) replace every client id by the username
+    (``use_username_as_clientid``): a device can only resume its own session. The
+    service listener admits only the accounts in ``password_file`` (``services.passwd``
+    of ``citybrain devices mosquitto-files``), which keep the client ids they choose
+    (several gateway replicas share one account, and a gateway's persistent session
+    lives under its stable id).
+
+    Attributes:
+        port: TCP port of the service listener (127.0.0.1), e.g. :func:`free_port`.
+        password_file: Password file of the service accounts only.
+    """
+
+    port: int
+    password_file: Path
+
+
 def start_mosquitto(
     data_dir: Path,
     *,
@@ -356,6 +377,7 @@ def start_mosquitto(
     password_file: Path | None = None,
     acl_file: Path | None = None,
     tls: MosquittoTls | None = None,
+    services: MosquittoServices | None = None,
     persistence: bool = True,
 ) -> tuple[ManagedProcess, MqttEndpoint]:
     """Start a private Mosquitto (when installed) on 127.0.0.1 and a free port.
@@ -371,6 +393,8 @@ def start_mosquitto(
             turns anonymous access off.
         acl_file: Mosquitto ``acl_file`` (same command).
         tls: An extra TLS listener; the plain listener stays (the health check uses it).
+        services: A separate listener for service accounts; the plain and TLS listeners
+            then bind each client id to its username (needs ``password_file``).
         persistence: Keep sessions and queued QoS 1 messages in ``data_dir`` across a
             restart, as production does (``deploy/mosquitto``); without it a restarted
             broker forgets the gateway's subscription and drops what devices send meanwhile.
@@ -385,10 +409,21 @@ def start_mosquitto(
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = data_dir / "mosquitto.conf"
+    if services is not None and password_file is None:
+        raise HarnessError("a Mosquitto service listener needs a password_file for the device listener")
+    if password_file is not None:
+        auth = ["allow_anonymous false", f"password_file {password_file}"]
+    else:
+        auth = ["allow_anonymous true"]
+    if acl_file is not None:
+        auth.append(f"acl_file {acl_file}")
+    # Without a service listener, one set of auth settings for every listener (the
+    # TLS one included); with it, each listener has its own (per_listener_settings).
+    device_auth = [*auth, "use_username_as_clientid true"] if services is not None else []
     lines = [
-        # One set of auth settings for every listener (the TLS one included).
-        "per_listener_settings false",
+        f"per_listener_settings {'true' if services is not None else 'false'}",
         f"listener {port} 127.0.0.1",
+        *device_auth,
     ]
     if tls is not None:
         lines += [
@@ -397,13 +432,15 @@ def start_mosquitto(
             f"certfile {tls.certfile}",
             f"keyfile {tls.keyfile}",
             f"require_certificate {'true' if tls.require_certificate else 'false'}",
+            *device_auth,
         ]
-    if password_file is not None:
-        lines += ["allow_anonymous false", f"password_file {password_file}"]
+    if services is not None:
+        lines += [f"listener {services.port} 127.0.0.1", "allow_anonymous false"]
+        lines.append(f"password_file {services.password_file}")
+        if acl_file is not None:
+            lines.append(f"acl_file {acl_file}")
     else:
-        lines.append("allow_anonymous true")
-    if acl_file is not None:
-        lines.append(f"acl_file {acl_file}")
+        lines += auth
     if os.geteuid() == 0:
         # Started as root, Mosquitto would switch to the "mosquitto" user, which
         # cannot read the harness's private (0600) files: keep the harness's identity.
@@ -425,6 +462,8 @@ def start_mosquitto(
     _wait_until(lambda: _mqtt_ok("127.0.0.1", port), timeout, "Mosquitto", proc)
     if tls is not None:
         _wait_until(lambda: _tcp_open("127.0.0.1", tls.port), timeout, "Mosquitto TLS listener", proc)
+    if services is not None:
+        _wait_until(lambda: _tcp_open("127.0.0.1", services.port), timeout, "Mosquitto service listener", proc)
     return proc, MqttEndpoint("127.0.0.1", port)
 
 
