@@ -271,7 +271,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="devices_command", required=True, metavar="DEVICES_COMMAND")
 
     q = sub.add_parser("import", help="validate and import devices from CSV or JSON (array or JSON Lines)")
-    q.add_argument("file")
+    q.add_argument("file", help="CSV or JSON file of devices (columns: docs/device-code.md)")
     q.add_argument("--format", choices=["csv", "json"], default=None, help="default: from the file name")
     q.add_argument("--dry-run", action="store_true", help="validate and report, change nothing")
     q.add_argument("--actor", default="cli-import", help="recorded as created_by / updated_by")
@@ -283,9 +283,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_export)
 
     q = sub.add_parser("credentials", help="MQTT credentials of a device, or its HJ 212 PW (--hj212)")
-    q.add_argument("action", choices=["rotate", "revoke"])
+    q.add_argument("action", choices=["rotate", "revoke"], help="rotate: issue a new secret; revoke: refuse it")
     q.add_argument("code", help="device code or alias")
-    q.add_argument("--actor", default="cli")
+    q.add_argument("--actor", default="cli", help="recorded in the audit log as who did it")
     q.add_argument("--hj212", action="store_true", help="the station's HJ 212 PW instead of the MQTT secret")
     q.add_argument("--pw", default=None, help="with --hj212 rotate: record the station's PW instead of a new one")
     q.set_defaults(func=cmd_credentials)

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
-from citybrain.routes.schemas import ASYNCAPI_PATH, served_asyncapi
+from citybrain.routes.schemas import ASYNCAPI_PATH, bundled_asyncapi
 from streams import schemas
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -34,8 +34,10 @@ def test_asyncapi_covers_every_topic_and_schema() -> None:
     for name in schemas.names():
         assert f"../streams/schemas/{name}.json" in text
         assert (ROOT / "streams" / "schemas" / f"{name}.json").exists()
-    served = served_asyncapi(text)
-    assert "../streams" not in served and "/api/v1/schemas/readings.v1" in served
+    served = bundled_asyncapi(text)
+    assert "../streams" not in served and "$ref: '#/$defs" not in served and "$defs" not in served
+    payload = yaml.safe_load(served)["components"]["messages"]["reading"]["payload"]["schema"]
+    assert payload["title"].startswith("citybrain.readings") and payload["properties"]["ts"]["pattern"].endswith("Z$")
 
 
 def test_examples_in_topics_md_validate() -> None:
