@@ -67,7 +67,7 @@ async def _run(stations: int, packets: int) -> dict[str, float]:
         model = shipped_models().get("air-station")
         codes = [DeviceCode.build("350206", "0308", 900000 + i).full for i in range(stations)]
         server = Hj212Server(
-            Hj212ServerConfig(port=0),
+            Hj212ServerConfig(port=0, max_connections_per_address=0),  # every station is on 127.0.0.1
             sink,
             auth_resolver({c: c for c in codes}, {c: DEFAULT_PW for c in codes}),
             Hj212Metrics(registry),

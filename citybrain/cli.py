@@ -308,6 +308,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             progress=not args.quiet,
             database_url=settings.database_url,
             register=args.register or args.score,
+            edge_refresh_s=settings.hj212_refresh_s + 1,
         )
         stats, scenario = simulate(opts, stop)
     except (FleetError, ScenarioError, SimulateError, ValueError) as exc:
@@ -332,13 +333,14 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_edge(args: argparse.Namespace, settings: Settings) -> int:
     """Protocol adapters and downlink: the HJ 212 TCP server and the command dispatcher."""
-    from psycopg_pool import AsyncConnectionPool
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
     from citybrain.httpmini import MetricsServer
     from devices.ledger import Ledger
     from devices.models import shipped_models
-    from ingest.adapters.hj212.connector import Hj212Metrics, Hj212Server, Hj212ServerConfig, auth_resolver, mn_map
-    from ingest.adapters.hj212.passwords import load_pw_hashes
+    from ingest.adapters.hj212.connector import Hj212Metrics, Hj212Server, Hj212ServerConfig, StationDirectory
+    from ingest.adapters.hj212.passwords import refresh_directory
     from ingest.commands import (
         CommandDispatcher,
         CommandMetrics,
@@ -362,39 +364,45 @@ def cmd_edge(args: argparse.Namespace, settings: Settings) -> int:
         pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, check=AsyncConnectionPool.check_connection)
         await pool.open(wait=True, timeout=30)
         ledger = Ledger(pool, models)
-        mns: dict[str, str] = {}
-        codes_to_mn: dict[str, str] = {}
-        pw_hashes: dict[str, str] = {}
+        # One directory, owned here and refreshed in place: the server resolves through
+        # it, so a PW provisioned after start-up is seen at the next refresh.
+        directory = StationDirectory()
+        hj212_metrics = Hj212Metrics(registry)
 
-        async def refresh() -> None:
-            devices = await ledger.load_index()
-            async with pool.connection() as conn:
-                hashes = await load_pw_hashes(conn)
-            mns.clear()
-            mns.update(mn_map(devices))
-            codes_to_mn.clear()
-            codes_to_mn.update({code: mn for mn, code in mns.items()})
-            pw_hashes.clear()
-            pw_hashes.update(hashes)
+        async def refresh(*, first: bool = False) -> None:
+            try:
+                await refresh_directory(directory, ledger)
+            except (psycopg.Error, PoolTimeout, OSError) as exc:
+                if first:  # no directory to keep yet: fail fast
+                    raise
+                # Keep the last good directory: a database blip must not stop the stations.
+                hj212_metrics.directory_refreshes.labels("error").inc()
+                log.warning("HJ 212 station directory not refreshed (kept the previous one): %s", exc)
+                return
+            hj212_metrics.directory_refreshes.labels("ok").inc()
+            hj212_metrics.known_stations.set(directory.stations)
+            hj212_metrics.stations_with_pw.set(directory.with_pw)
 
-        await refresh()
+        await refresh(first=True)
         sink = KafkaSink(
             KafkaSinkConfig(bootstrap, KafkaTopics(settings.topic_prefix), settings.partitions, source="hj212"),
             KafkaSinkMetrics(registry),
         )
         await sink.start()
         # Station PWs are checked against the ledger's scrypt hashes (devices credentials
-        # rotate CODE --hj212), re-read with the MN map every 30 s.
+        # rotate CODE --hj212), re-read with the MN map every CITYBRAIN_HJ212_REFRESH_S.
         server = Hj212Server(
             Hj212ServerConfig(
                 host=settings.hj212_host,
                 port=args.hj212_port or settings.hj212_port,
+                max_connections_per_address=settings.hj212_max_connections_per_address,
                 idle_timeout_s=settings.hj212_idle_timeout_s,
+                frame_deadline_s=settings.hj212_frame_deadline_s,
                 check_pw=settings.hj212_check_pw,
             ),
             sink,
-            auth_resolver(mns, pw_hashes=pw_hashes),
-            Hj212Metrics(registry),
+            directory.resolve,
+            hj212_metrics,
         )
         await server.start()
         mqtt_tx = MqttCommandTransport(
@@ -403,7 +411,7 @@ def cmd_edge(args: argparse.Namespace, settings: Settings) -> int:
         await mqtt_tx.start()
         dispatcher = CommandDispatcher(
             CommandStore(pool),
-            {"mqtt": mqtt_tx, "hj212": Hj212Transport(server, lambda code: codes_to_mn.get(code, code))},
+            {"mqtt": mqtt_tx, "hj212": Hj212Transport(server, directory.mn_of)},
             CommandMetrics(registry),
             max_attempts=settings.command_max_attempts,
         )
@@ -417,7 +425,7 @@ def cmd_edge(args: argparse.Namespace, settings: Settings) -> int:
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 30)
+                    await asyncio.wait_for(stop.wait(), settings.hj212_refresh_s)
                 if not stop.is_set():
                     await refresh()
         finally:
@@ -548,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service-user", action="append", help="NAME:SECRET of a platform service (repeatable)")
     p.add_argument("--allow-anonymous", action="store_true", help="development only: let anonymous clients in")
     p.set_defaults(func=cmd_mqtt_broker)
-    from devices.cli import register as register_devices
+    from citybrain.devices_cli import register as register_devices
 
     register_devices(sub)
     from citybrain.security import cli as sec

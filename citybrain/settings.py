@@ -101,6 +101,17 @@ class Settings(BaseSettings):
     hj212_check_pw: bool = Field(
         default=True, description="Check HJ 212 PW against the ledger's hash; a station without one is refused"
     )
+    hj212_refresh_s: float = Field(
+        default=30.0, gt=0, description="How often the edge re-reads station MNs and PW hashes from the ledger"
+    )
+    hj212_frame_deadline_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="An HJ 212 frame must be complete this long after its first byte, or the connection is closed",
+    )
+    hj212_max_connections_per_address: int = Field(
+        default=32, ge=0, description="Open HJ 212 connections one source address may hold (0: no limit)"
+    )
 
     # --- TLS (device side; see docs/security.md) -----------------------------
     mqtt_tls_ca: str = Field(

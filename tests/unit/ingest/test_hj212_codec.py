@@ -70,7 +70,7 @@ HEADER = "QN=20240515103000123;ST=22;CN=2011;PW=123456;MN=AIR001;Flag=4;"
 
 
 def reference_crc(data: bytes) -> int:
-    """The Python reference of standards reference §2.7, kept independent of the codec."""
+    """The Python reference of docs/standards.md §2.7, kept independent of the codec."""
     crc = 0xFFFF
     for b in data:
         crc = (crc >> 8) ^ b
@@ -472,10 +472,10 @@ def test_to_readings_air_realtime() -> None:
     assert got == {
         "pm25": (35.2, Quality.GOOD, "N"),
         "pm10": (58.0, Quality.GOOD, "N"),
-        "so2": (0.008, Quality.GOOD, "N"),
-        "no2": (0.031, Quality.GOOD, "N"),
+        "so2": (8.0, Quality.GOOD, "N"),
+        "no2": (31.0, Quality.GOOD, "N"),
         "co": (0.6, Quality.BAD, "D"),
-        "o3": (0.087, Quality.SUSPECT, "M"),
+        "o3": (87.0, Quality.SUSPECT, "M"),
     }
     # DataTime 2024-05-15 10:30:00 Asia/Shanghai (UTC+8) → 02:30:00Z.
     assert {r.event_time for r in result.readings} == {datetime(2024, 5, 15, 2, 30, tzinfo=UTC)}
