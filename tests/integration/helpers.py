@@ -171,12 +171,18 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 @contextlib.contextmanager
 def ledger_broker(
-    name: str, database_url: str, service_user: tuple[str, str], log_path: Path
+    name: str,
+    database_url: str,
+    service_user: tuple[str, str],
+    log_path: Path,
+    *more_service_users: tuple[str, str],
 ) -> Iterator[tuple[ManagedProcess, int]]:
     """Run the embedded broker with ledger authentication (re-read every second); yields it and its port."""
     port = free_port()
     argv = [sys.executable, "-m", "citybrain.mqtt_broker", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--database-url", database_url, "--service-user", ":".join(service_user), "--refresh-s", "1"]
+    argv += ["--database-url", database_url, "--refresh-s", "1"]
+    for user in (service_user, *more_service_users):
+        argv += ["--service-user", ":".join(user)]
     proc = spawn(name, argv, log_path)
     try:
         assert wait_for(lambda: port_open(port) or not proc.alive(), timeout=30), proc.log_tail()

@@ -364,3 +364,31 @@ async def test_retained_messages_only_reach_matching_authorised_subscriptions(
     finally:
         for c in clients:
             c.close()
+
+
+def test_amqtt_service_client_ids_belong_to_their_account(database_url: str, tmp_path: Path) -> None:
+    """On the embedded broker a client id held by one account's session is refused to another account.
+
+    (Mosquitto's service listener leaves service accounts their free choice of id: only
+    platform accounts can log in there, see docs/security.md.)
+    """
+    with ledger_broker("mqtt (amqtt, two services)", database_url, GATEWAY, tmp_path / "amqtt.log", DOWNSTREAM) as (
+        _,
+        port,
+    ):
+        gateway = _client(port, *GATEWAY, GATEWAY_CLIENT_ID, clean_session=False)
+        clients = [gateway]
+        try:
+            gateway.subscribe("citybrain/up/+/+")
+            other = _client(port, *DOWNSTREAM, GATEWAY_CLIENT_ID, clean_session=False)
+            clients.append(other)
+            assert wait_for(lambda: bool(other.connack), timeout=20)
+            assert other.connack[0] is False, "another account took the gateway's client id"
+            # The gateway's own account may come back to its session (a restarted gateway).
+            gateway.close()
+            again = _client(port, *GATEWAY, GATEWAY_CLIENT_ID, clean_session=False)
+            clients.append(again)
+            assert again.connected.wait(20) and again.session_present == [True]
+        finally:
+            for c in clients:
+                c.close()
