@@ -333,6 +333,7 @@ class Pipeline:
 
     async def _publish_readings(self, result: Normalised) -> None:
         plan, masker = self._views, self._masker
+        now = self._clock().timestamp()
         by_row: dict[tuple[str, int], list[Reading]] = {}
         info: dict[str, DeviceInfo] = {}
         for r, dev in result.readings:
@@ -358,7 +359,7 @@ class Pipeline:
             }
             self.metrics.readings.labels(dev.device_class).inc(len(readings))
             # Capped at now: one device with a fast clock must not keep a silent district looking alive.
-            seen = min(first.event_time.timestamp(), time.time())
+            seen = min(first.event_time.timestamp(), now)
             key = (dev.district, dev.device_class)
             if seen > self._last_event.get(key, 0.0):
                 self._last_event[key] = seen

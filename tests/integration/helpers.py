@@ -90,8 +90,8 @@ class MqttRecorder:
     ``connack`` holds one bool per CONNACK (accepted or not), ``session_present``
     the flag of each accepted one, ``subacks`` the return codes of each SUBACK and
     ``disconnects`` how often the connection was lost or closed; ``connected`` and
-    ``subscribed`` are set on an accepted CONNACK and on any SUBACK. The paho
-    client itself is ``c``.
+    ``subscribed`` are set on an accepted CONNACK and on any SUBACK, ``disconnected``
+    when a connection ends. The paho client itself is ``c``.
     """
 
     def __init__(
@@ -113,6 +113,7 @@ class MqttRecorder:
         self.lock = threading.Lock()
         self.connected = threading.Event()
         self.subscribed = threading.Event()
+        self.disconnected = threading.Event()
         self.c = paho_client(client_id, clean_session=clean_session)
         if username:
             self.c.username_pw_set(username, password)
@@ -138,6 +139,7 @@ class MqttRecorder:
 
     def _on_disconnect(self, _c: object, _u: object, _f: object, _rc: mqtt.ReasonCode, _p: object) -> None:
         self.disconnects += 1
+        self.disconnected.set()
 
     def _on_subscribe(self, _c: object, _u: object, _mid: int, rcs: list[mqtt.ReasonCode], _p: object) -> None:
         self.subacks.append([int(r.value) for r in rcs])
