@@ -105,6 +105,7 @@ async def test_replayed_batch_stores_no_duplicates_and_alerts_once(database_url:
         await pool.close()
 
 
+@pytest.mark.plain_partitions("checks the day partition a row lands in (a hypertable makes its own chunks)")
 async def test_late_data_lands_in_its_own_day_partition(database_url: str, models: ModelRegistry) -> None:
     pub = FakePublisher()
     pool, pipe = await _pipeline(database_url, models, pub)
@@ -274,5 +275,24 @@ async def test_a_clock_skewed_reading_is_stored_but_moves_no_watermark(
         assert opened == [("air.pm25.high", "open", 90.0, t[2])]
         assert wm == (int(t[2].timestamp() * 1_000_000),)  # the watermark never went past now
         assert doc is not None and doc[0]["m"]["pm25"]["t"] == int(t[2].timestamp())
+    finally:
+        await pool.close()
+
+
+async def test_a_derived_indicator_that_cannot_be_computed_is_counted(
+    database_url: str, models: ModelRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: the IndicatorError of an AQI that could not be computed was swallowed.
+    pub = FakePublisher()
+    pool, pipe = await _pipeline(database_url, models, pub)
+    try:
+        code = "35020603080000025"
+        await Ledger(pool, models).register(NewDevice(code, "air-station", attributes={"aqi_version": "HJ633-2012"}))
+        t0 = datetime(2026, 11, 29, 1, 0, tzinfo=UTC)
+        # HJ 633-2012 defines no 1 h IAQI for SO2 above 800 µg/m³.
+        msg = RawMessage(f"citybrain/up/{code}/telemetry", encode(t0, {"so2": 900}), t0, Transport.MQTT, code)
+        await pipe.process([encode_batch([msg])])
+        assert pipe.metrics.derive_errors.labels("air")._value.get() == 1
+        assert code in caplog.text and "so2" in caplog.text
     finally:
         await pool.close()
