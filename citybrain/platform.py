@@ -125,12 +125,12 @@ def _label_points() -> dict[str, tuple[float, float]]:
     return out
 
 
-def register_fleet(database_url: str, size: str, seed: int) -> int:
+def register_fleet(database_url: str, size: str, seed: int) -> tuple[int, int]:
     """Import the demo's located fleet (``simulators.xiamen``) through the ledger's bulk import.
 
     The import checks every row (district of the code against the point, model attributes);
     water stations, which report over HJ 212 TCP, get their PW. Idempotent. Returns the
-    fleet's size.
+    fleet's size and how many of its stations speak HJ 212.
 
     Raises:
         HarnessError: the ledger refused a row.
@@ -146,7 +146,7 @@ def register_fleet(database_url: str, size: str, seed: int) -> int:
     if report.issues:
         first = report.issues[0]
         raise HarnessError(f"the ledger refused {len(report.issues)} demo device(s); line {first.line}: {first.reason}")
-    return len(sites)
+    return len(sites), len(hj212)
 
 
 @dataclass
@@ -244,7 +244,11 @@ class Platform:
             else:
                 register_demo_devices(self.services.database_url, demo_device_codes(devices or 1), located=True)
                 say(f"registering the {fleet} fleet of located devices…")
-                n = register_fleet(self.services.database_url, fleet, seed)
+                n, stations = register_fleet(self.services.database_url, fleet, seed)
+                limit = self.settings.hj212_max_connections_per_address
+                if limit and limit < stations + 8:
+                    # Every simulated station connects from 127.0.0.1; in the field each has its own address.
+                    self.settings = self.settings.model_copy(update={"hj212_max_connections_per_address": stations + 8})
             # The demo's webhook needs a token; a random one unless one is configured.
             self.webhook_token = self.settings.webhook_token or secrets.token_urlsafe(16)
             env = self.env()

@@ -299,24 +299,34 @@ class Hj212Link:
     """
 
     def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+        self._address = (host, port)
+        self._timeout = timeout
+        self.replies: Counter[str] = Counter()
+        self.errors = 0
+        self.reconnects = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        host, port = self._address
         try:
-            self.sock = socket.create_connection((host, port), timeout=timeout)
+            self.sock = socket.create_connection(self._address, timeout=self._timeout)
         except OSError as exc:
             raise FleetError(f"cannot connect to HJ 212 server {host}:{port}: {exc}") from exc
         self.sock.settimeout(None)
-        self.replies: Counter[str] = Counter()
-        self.errors = 0
-        self._reader = threading.Thread(target=self._read, name="hj212-link", daemon=True)
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, args=(self.sock,), name="hj212-link", daemon=True)
         self._reader.start()
 
-    def _read(self) -> None:
+    def _read(self, sock: socket.socket) -> None:
         framer = FrameDecoder()
         while True:
             try:
-                data = self.sock.recv(4096)
+                data = sock.recv(4096)
             except OSError:
-                return
+                data = b""
             if not data:
+                # The server closed it (idle timeout, restart): the next send reconnects first.
+                self._closed.set()
                 return
             for item in framer.feed(data):
                 if isinstance(item, DecodeError):
@@ -328,8 +338,21 @@ class Hj212Link:
                     self.errors += 1
 
     def send(self, frame: bytes) -> None:
-        """Write one frame."""
-        self.sock.sendall(frame)
+        """Write one frame; a connection the server closed (idle timeout, restart) is opened again.
+
+        A data logger reconnects the same way: an hourly station outlives the server's
+        idle timeout (``CITYBRAIN_HJ212_IDLE_TIMEOUT_S``, 600 s) between two frames.
+        """
+        try:
+            if self._closed.is_set():
+                raise ConnectionResetError("closed by the server")
+            self.sock.sendall(frame)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            self.reconnects += 1
+            self._connect()
+            self.sock.sendall(frame)
 
     def wait_replies(self, count: int, timeout: float) -> bool:
         """Wait until ``count`` replies arrived (any CN); polls, for shutdown only."""
