@@ -61,7 +61,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
-        platform.start(fleet=settings.demo_size, speed=args.speed)
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=args.start_ago)
+        platform.start(fleet=settings.demo_size, speed=args.speed, start=start)
         user, password = platform.add_user("demo", "admin")
         print("\ncitybrain is running:", flush=True)
         for k, v in platform.urls().items():
@@ -339,6 +340,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             password=mqtt.password,
             scenario=args.scenario,
             size=args.size,
+            start=args.start,
             mix=parse_mix(args.mix) if args.mix else dict(DEFAULT_MIX),
             duration_s=args.sim_duration,
             speed=args.speed or None,
@@ -551,6 +553,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--speed", type=float, default=1.0, help="simulated seconds per second (1: real cadences; more: a faster day)"
     )
+    p.add_argument(
+        "--start-ago",
+        type=float,
+        default=0.0,
+        help="hours before now the simulated clock starts; with --speed N it reaches now after "
+        "H/(N-1) hours (readings further ahead than CITYBRAIN_MAX_FUTURE_SKEW_S are flagged)",
+    )
     p.add_argument("--port", type=int, default=None, help="API port (0: a free port)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("gateway", help="run the MQTT → Kafka gateway")
@@ -570,6 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=2.0, help="demo mode: seconds between reports")
     p.add_argument("--duration", type=float, default=None, help="demo mode: stop after this many seconds")
     p.add_argument("--seed", type=int, default=42, help="random seed: the same seed sends the same traffic")
+    p.add_argument(
+        "--start",
+        type=datetime.fromisoformat,
+        default=None,
+        help="simulated start time, ISO 8601 with offset (default: the scenario's, or now)",
+    )
     p.add_argument("--city", action="store_true", help="simulate a city mix of every device class")
     p.add_argument("--scenario", default=None, help="scenario id (simulators/scenarios) or YAML path")
     p.add_argument("--mix", default=None, help="city mix, e.g. air-station=10,manhole-cover=200")

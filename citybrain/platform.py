@@ -20,6 +20,7 @@ import time
 import urllib.request
 import zlib
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -208,6 +209,7 @@ class Platform:
         fleet: str | None = None,
         speed: float = 1.0,
         seed: int = 42,
+        start: datetime | None = None,
     ) -> Platform:
         """Start servers, migrate, create topics, then gateway, worker and API (and simulators).
 
@@ -221,6 +223,8 @@ class Platform:
                 ``devices`` stations are then located, left to the user (README example).
             speed: Simulated seconds per wall second of the fleet (1: real time).
             seed: Seed of the fleet's placement and traffic.
+            start: Simulated start time of the fleet (default: now). With ``speed`` > 1 a start in
+                the past keeps event times behind the wall clock for a while (the quiet-day run).
         """
 
         def say(msg: str) -> None:
@@ -329,6 +333,7 @@ class Platform:
                             "--hj212",
                             f"127.0.0.1:{self.hj212_port}",
                             "--quiet",
+                            *(["--start", start.isoformat()] if start is not None else []),
                         ],
                         self.log_dir / "simulator.log",
                         env=env,
