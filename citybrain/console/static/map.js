@@ -20,6 +20,8 @@ const NO_DATA = "#d5dbe3";
 // Clustering: below this zoom, devices closer than CLUSTER_PX (screen-ish units of the 1000-wide
 // map) are drawn as one numbered circle; zooming in splits them. Worst status first for its colour.
 const CLUSTER_BELOW_ZOOM = 8;
+const CLUSTER_MIN_DEVICES = 300; // a map with fewer devices shows each of them
+
 const CLUSTER_PX = 34;
 const STATUS_RANK = ["alerting", "offline", "stale", "fresh", "unknown"];
 const W = 1000;
@@ -177,7 +179,7 @@ export function createMap(svg, { onDeviceClick } = {}) {
 
   function clusterCell(zoom) {
     // Quantised (powers of 1.25) so that a small wheel step does not regroup everything.
-    if (zoom >= CLUSTER_BELOW_ZOOM) return 0;
+    if (zoom >= CLUSTER_BELOW_ZOOM || state.devices.length < CLUSTER_MIN_DEVICES) return 0;
     return CLUSTER_PX / Math.pow(1.25, Math.floor(Math.log(zoom) / Math.log(1.25)));
   }
 
