@@ -55,7 +55,7 @@ _CMP: dict[str, Callable[[float, float], bool]] = {
 }
 
 # HJ 212-2017 data flags M (维护期间数据) and C (校准状态) mean the station is in
-# maintenance or calibration: its values must not raise alerts (standards.md §2.5).
+# maintenance or calibration: its values must not raise alerts (docs/standards.md §2.5).
 SUPPRESSING_FLAGS = frozenset({"M", "C"})
 
 

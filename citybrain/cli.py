@@ -556,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service-user", action="append", help="NAME:SECRET of a platform service (repeatable)")
     p.add_argument("--allow-anonymous", action="store_true", help="development only: let anonymous clients in")
     p.set_defaults(func=cmd_mqtt_broker)
-    from devices.cli import register as register_devices
+    from citybrain.devices_cli import register as register_devices
 
     register_devices(sub)
     from citybrain.security import cli as sec

@@ -17,7 +17,9 @@ from importlib import resources
 import psycopg
 from psycopg import sql
 
+from core.tables import class_table
 from devices.models import ModelRegistry
+from streams import rollup, timescale
 
 __all__ = ["MIGRATIONS", "upgrade"]
 
@@ -55,11 +57,6 @@ def _run_sql(text: str) -> Migration:
 MIGRATIONS: list[tuple[int, str, Migration]] = [(v, n, _run_sql(t)) for v, n, t in _sql_migrations()]
 
 
-def class_table(device_class: str) -> str:
-    """Name of a device class's wide readings table."""
-    return f"readings_{device_class}"
-
-
 def ensure_class_tables(conn: psycopg.Connection, models: ModelRegistry) -> None:
     """Create or extend one wide, day-partitioned table per device class, and its rollups.
 
@@ -74,9 +71,6 @@ def ensure_class_tables(conn: psycopg.Connection, models: ModelRegistry) -> None
     are plain tables kept by :mod:`streams.rollup`. A table that already
     exists keeps its kind.
     """
-    # Imported here: streams.store imports this module for class_table().
-    from streams import rollup, timescale
-
     use_timescale = timescale.enable(conn)
     for device_class in models.device_classes():
         name = class_table(device_class)

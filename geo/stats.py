@@ -52,7 +52,7 @@ _LATEST = (
 )
 
 _LIVE = "d.state <> 'decommissioned'"
-# Fence-presence alerts (geo.membership: "device is inside fence X", severity info)
+# Fence-presence alerts (alerts.geofence: "device is inside fence X", severity info)
 # are events, not problems: they must not colour the map or count as open alerts.
 # Written for queries run with parameters ("%%" is a literal "%").
 _NOT_FENCE = "rule not like 'geofence.%%'"

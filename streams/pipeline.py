@@ -13,7 +13,7 @@ nothing and a replay duplicates nothing:
    committed and lag grows visibly;
 3. publish rejects to the dead-letter topic, readings to the readings topics;
 4. track mobile devices' positions against the geofences
-   (:class:`geo.membership.GeofenceHook`: ``geofence.*`` enter/leave alerts and
+   (:class:`alerts.geofence.GeofenceHook`: ``geofence.*`` enter/leave alerts and
    the membership fence-scoped rules use), then evaluate rules
    (:mod:`alerts.engine`) and anomaly detectors (:mod:`alerts.anomaly.stream`)
    with each device's state read from ``rule_state`` and ``anomaly_state`` and
@@ -50,16 +50,17 @@ from psycopg_pool import AsyncConnectionPool
 from alerts.anomaly.config import AnomalyConfig
 from alerts.anomaly.stream import SeriesDevice, evaluate_anomalies, peer_entry
 from alerts.engine import DeviceContext, evaluate_device, suppressed_flag
+from alerts.geofence import GeofenceHook
 from alerts.rules import RuleSet
 from alerts.store import AlertStore, GroupPolicy
 from core.records import Alert, Quality, RawMessage, Reading, RecordError, epoch_us
 from core.topics import KafkaTopics
+from devices.grades import masker_for
 from devices.ledger import DeviceIndex, DeviceInfo, Ledger
 from devices.models import ModelError, ModelRegistry
-from geo.membership import GeofenceHook
 from ingest.batch import dead_letter_headers, decode_batch
 from ingest.errors import DecodeError
-from streams.downstream import masker_for, plan_views
+from streams.downstream import plan_views
 from streams.normalise import Normalised, Reject, normalise
 from streams.store import ReadingStore, StoreError
 
@@ -441,7 +442,7 @@ class Pipeline:
         is below the watermarks and changes nothing. Positions (``lon``/``lat``)
         first move mobile devices' fence membership (``geofence.*`` enter/leave
         alerts), so the rules see where the device is now; fixed devices are in
-        the fences of their registered location (:class:`geo.membership.GeofenceHook`).
+        the fences of their registered location (:class:`alerts.geofence.GeofenceHook`).
 
         Readings with a future event time (:func:`clock_skewed`) are stored but
         reach nothing here, so they never move a watermark; ``suspect`` readings
@@ -721,7 +722,7 @@ async def _no_flush() -> None:
     return None
 
 
-# Metrics that carry a mobile device's position (geo.membership.GeofenceHook's defaults).
+# Metrics that carry a mobile device's position (alerts.geofence.GeofenceHook's defaults).
 _POSITION_METRICS = frozenset({"lon", "lat"})
 
 

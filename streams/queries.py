@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from citybrain.migrations import class_table
+from core.tables import class_table
 from devices.models import ModelRegistry
 from streams.errors import QueryError
 from streams.rollup import BUCKET_ORIGIN, RESOLUTIONS, Resolution, metric_value_expr, rollup_columns, rollup_table

@@ -38,7 +38,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from citybrain.migrations import class_table
+from core.tables import class_table
 from devices.models import ModelRegistry
 from streams.errors import StreamsError
 from streams.normalise import Row

@@ -23,12 +23,12 @@ from fastapi.responses import StreamingResponse
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from citybrain.migrations import class_table
 from citybrain.routes.context import ApiContext
 from citybrain.routes.devices import device_class_of
 from citybrain.security.auth import record, require
 from citybrain.security.identities import Principal
 from citybrain.security.scope import Masker, Scope, can_read
+from core.tables import class_table
 from streams import queries
 from streams.errors import QueryError
 from streams.store import EXTRA_TABLE

@@ -1,7 +1,7 @@
 """NB-IoT platform push webhook: ``POST /api/v1/ingest/webhook/{platform}``.
 
 NB-IoT devices talk CoAP/LwM2M to an operator platform, which pushes their
-data to the application over HTTP (standards reference §6.2). Two push styles
+data to the application over HTTP (docs/standards.md §6.2). Two push styles
 are understood:
 
 * ``oceanconnect`` (Huawei OceanConnect / IoTDA): ``notifyType`` ``deviceDataChanged``

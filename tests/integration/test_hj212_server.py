@@ -19,11 +19,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
+from citybrain.devices_cli import register
 from citybrain.harness import ManagedProcess, Services, free_port, spawn
 from citybrain.settings import Settings
 from core.records import Transport
 from core.topics import KafkaTopics
-from devices.cli import register
 from devices.code import DeviceCode
 from devices.ledger import Ledger, NewDevice
 from devices.models import ModelRegistry

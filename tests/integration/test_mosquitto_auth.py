@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from citybrain.devices_cli import register
 from citybrain.harness import ManagedProcess, reload_mosquitto, start_mosquitto
 from citybrain.settings import Settings
-from devices.cli import register
 from devices.code import DeviceCode
 from devices.ledger import Ledger, NewDevice
 from devices.models import ModelRegistry

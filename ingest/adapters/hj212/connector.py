@@ -109,7 +109,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: QnRtn codes used here (HJ 212-2017; standards reference §2.4).
+#: QnRtn codes used here (HJ 212-2017; docs/standards.md §2.4).
 QN_RTN_READY = 1
 QN_RTN_BAD_PW = 3
 QN_RTN_BAD_MN = 4

@@ -2,10 +2,10 @@
 
 HJ 212-2017 附录B lists the factor codes with the units of *pollution-source*
 monitoring: SO2 (a21026), NO2 (a21004), NOx (a21002) and CO (a21005) in mg/m³
-(standards reference §2.6). Ambient (environmental-quality) stations report the
+(docs/standards.md §2.6). Ambient (environmental-quality) stations report the
 same codes in the units of the ambient-air standards: SO2, NO2, NOx, O3 and
-particulates in µg/m³, CO in mg/m³ (GB 3095-2012 Table 1 and 2, standards
-reference §3.5; HJ 633 Table 1, §3.1, whose breakpoints use the same units). A
+particulates in µg/m³, CO in mg/m³ (GB 3095-2012 Table 1 and 2, docs/standards.md
+§3.5; HJ 633 Table 1, §3.1, whose breakpoints use the same units). A
 code alone does not say its unit: an ambient SO2 of 6 is 6 µg/m³, a stack's
 SO2 of 6 is 6 mg/m³. Reading the first as mg/m³ stored it 1,000× too high
 (issue 15).
@@ -13,7 +13,7 @@ SO2 of 6 is 6 mg/m³. Reading the first as mg/m³ stored it 1,000× too high
 So the unit of a factor is decided, in this order, by
 
 1. the device model: a metric's ``hj212_unit`` (``devices/data/models/*.yaml``);
-2. the station type (ST, HJ 212-2017 system codes, standards reference §2.3): the
+2. the station type (ST, HJ 212-2017 system codes, docs/standards.md §2.3): the
    table :data:`ST_UNITS` below, for the model's ``hj212_st`` (the ledger's word
    for what the station is; the frame's own ST only when the model has none);
 3. the model's canonical unit for the metric (no conversion).
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: Ambient air quality stations and micro-stations: GB 3095-2012 Table 1/2 units
-#: (standards reference §3.5). CO is the one gas in mg/m³.
+#: (docs/standards.md §3.5). CO is the one gas in mg/m³.
 AMBIENT_AIR_UNITS: Mapping[str, str] = MappingProxyType(
     {
         "a21026": "ug/m3",  # SO2
@@ -55,7 +55,7 @@ AMBIENT_AIR_UNITS: Mapping[str, str] = MappingProxyType(
     }
 )
 
-#: Stack and flue-gas monitoring: the units of HJ 212-2017 附录B (standards reference §2.6).
+#: Stack and flue-gas monitoring: the units of HJ 212-2017 附录B (docs/standards.md §2.6).
 #: Only the gases: the transcribed table's particulate unit (ng/m³) is doubtful, so a
 #: source model must declare its particulates' ``hj212_unit`` itself.
 SOURCE_GAS_UNITS: Mapping[str, str] = MappingProxyType(
@@ -119,7 +119,7 @@ SOURCE_COU_UNITS: Mapping[str, str] = MappingProxyType(
     }
 )
 
-#: Default unit per factor code, by HJ 212 system code ST (standards reference §2.3).
+#: Default unit per factor code, by HJ 212 system code ST (docs/standards.md §2.3).
 #: 22 空气质量监测; 31 大气环境污染源; 51 烟气排放过程监控; 32 地表水体环境污染源;
 #: 52 污水排放过程监控. Other types (water 21, noise 23 …) report in the units their
 #: models declare canonical (mg/L, pH, dB …).

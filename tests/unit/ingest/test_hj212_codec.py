@@ -70,7 +70,7 @@ HEADER = "QN=20240515103000123;ST=22;CN=2011;PW=123456;MN=AIR001;Flag=4;"
 
 
 def reference_crc(data: bytes) -> int:
-    """The Python reference of standards reference §2.7, kept independent of the codec."""
+    """The Python reference of docs/standards.md §2.7, kept independent of the codec."""
     crc = 0xFFFF
     for b in data:
         crc = (crc >> 8) ^ b

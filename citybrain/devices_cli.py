@@ -1,7 +1,9 @@
 """``citybrain devices …``: bulk import and export, credentials, Mosquitto files.
 
 Wired into the main CLI by :func:`register`; every handler receives the parsed
-arguments and the process's :class:`~citybrain.settings.Settings`.
+arguments and the process's :class:`~citybrain.settings.Settings`. It lives in
+the composition root because it reads settings and reaches into two packages
+(the ledger in ``devices``, HJ 212 station passwords in ``ingest``).
 """
 
 from __future__ import annotations
