@@ -290,8 +290,8 @@ def _build(spec: _ModelSpec) -> DeviceModel:
         if m.hj212 is None:
             continue
         base = metrics[m.name]
-        for suffix in spec.hj212_intervals.values():
-            _add_interval_metrics(metrics, base, suffix, m)
+        for cn, suffix in spec.hj212_intervals.items():
+            _add_interval_metrics(metrics, base, suffix, m, stats=cn != "2051")
     return DeviceModel(
         id=spec.id,
         version=spec.version,
@@ -312,14 +312,19 @@ def _build(spec: _ModelSpec) -> DeviceModel:
     )
 
 
-def _add_interval_metrics(metrics: dict[str, Metric], base: Metric, suffix: str, spec: _MetricSpec) -> None:
+def _add_interval_metrics(
+    metrics: dict[str, Metric], base: Metric, suffix: str, spec: _MetricSpec, *, stats: bool
+) -> None:
     """``hg`` → ``hg_hour`` (Avg), ``hg_hour_min``, ``hg_hour_max`` and, with a ``cou_unit``, ``hg_hour_cou``.
 
     The statistics share the base metric's unit, range and conversions; the discharge
-    amount is a mass (or a volume for a flow) in ``cou_unit``, never negative.
+    amount is a mass (or a volume for a flow) in ``cou_unit``, never negative. Minute data
+    keep only Avg and Cou (``stats=False``): their Min/Max add a column per factor to every
+    class and rollup table for a detail no rule or report uses; they are left out like
+    any sub-item a model does not declare.
     """
     name = base.name + suffix
-    for metric_name in (name, name + "_min", name + "_max"):
+    for metric_name in (name, name + "_min", name + "_max") if stats else (name,):
         if metric_name in metrics:
             raise ModelError(f"metric {metric_name} is both declared and derived from {base.name}")
         metrics[metric_name] = Metric(

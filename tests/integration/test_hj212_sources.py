@@ -1,0 +1,122 @@
+"""Pollution-source frames over the real HJ 212 TCP edge into stored readings (issue 19).
+
+ST=32 wastewater and ST=31 flue-gas stations connect to the edge's TCP server, which
+forwards each frame to Kafka and answers 9014 after the ack; the stream pipeline then
+decodes, converts and stores them in PostgreSQL (``readings_wastewater``,
+``readings_fluegas``). Two of the frames are published example packets, byte for byte
+(see tests/unit/ingest/test_hj212_sources.py for where they were found).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry
+from psycopg_pool import AsyncConnectionPool
+
+from alerts.rules import shipped_rules
+from core.topics import KafkaTopics
+from devices.code import DeviceCode
+from devices.ledger import Ledger, NewDevice
+from devices.models import ModelRegistry
+from ingest.adapters.hj212 import FrameDecoder, Hj212Packet, parse_segment
+from ingest.adapters.hj212.connector import Hj212Metrics, Hj212Server, Hj212ServerConfig, auth_resolver
+from ingest.kafka_sink import KafkaSink, KafkaSinkConfig, KafkaSinkMetrics
+from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
+from streams.store import ReadingStore, StoreMetrics
+from tests.integration.helpers import consume, create_topics
+from tests.integration.test_store_pipeline import FakePublisher
+
+pytestmark = pytest.mark.integration
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hj212"
+WW = DeviceCode.build("350206", "0310", 17).full
+FG = DeviceCode.build("350206", "0308", 18).full
+NOW = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
+# MN as the frames carry it → device code; the published frames keep their own MNs.
+MNS = {"000101": WW, "WW0001": WW, "81733553216103": FG, "FG0001": FG}
+FRAMES = [
+    ("000101", "wastewater_2011_published.bin", True),
+    ("WW0001", "wastewater_2061_heavy_metals.bin", True),
+    ("81733553216103", "fluegas_2061_published.bin", False),  # Flag=4: no answer wanted
+    ("FG0001", "fluegas_2061_heavy_metals.bin", True),
+]
+
+
+async def test_source_frames_travel_the_tcp_edge_into_stored_readings_with_their_units(
+    kafka_bootstrap: str, topics: KafkaTopics, database_url: str, models: ModelRegistry
+) -> None:
+    await create_topics(kafka_bootstrap, [topics.raw], 2)
+    await create_topics(kafka_bootstrap, [topics.deadletter])
+    reg = CollectorRegistry()
+    sink = KafkaSink(KafkaSinkConfig(kafka_bootstrap, topics, partitions=2, linger_ms=5), KafkaSinkMetrics(reg))
+    server = Hj212Server(
+        Hj212ServerConfig(), sink, auth_resolver(MNS, {WW: "123456", FG: "123456"}), Hj212Metrics(reg)
+    )
+    await sink.start()
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"".join((FIXTURES / name).read_bytes() for _, name, _ in FRAMES))
+        await writer.drain()
+        framer = FrameDecoder()
+        replies: list[Hj212Packet] = []
+        async with asyncio.timeout(30):
+            while len(replies) < sum(ack for *_, ack in FRAMES):
+                data = await reader.read(4096)
+                assert data
+                replies += [parse_segment(s) for s in framer.feed(data) if isinstance(s, bytes)]
+        assert {r.cn for r in replies} == {"9014"}
+        writer.close()
+        records = await consume(kafka_bootstrap, topics.raw, len(FRAMES), timeout=20)
+    finally:
+        await server.stop()
+        await sink.stop()
+
+    pool = AsyncConnectionPool(database_url, min_size=1, max_size=4, open=False)
+    await pool.open(wait=True)
+    try:
+        ledger = Ledger(pool, models)
+        await ledger.register(NewDevice(WW, "wastewater-source"))
+        await ledger.register(NewDevice(FG, "fluegas-source"))
+        preg = CollectorRegistry()
+        pipe = Pipeline(
+            PipelineConfig(topics=KafkaTopics("t"), rules=shipped_rules()),
+            pool,
+            models,
+            FakePublisher(),
+            PipelineMetrics(preg),
+            ReadingStore(pool, models, StoreMetrics(preg)),
+            clock=lambda: NOW,
+        )
+        await pipe.process([r.value for r in records])
+    finally:
+        await pool.close()
+
+    with psycopg.connect(database_url) as conn:
+        ww = conn.execute(
+            "select ts, cod, flow, hg_hour, hg_hour_max, hg_hour_cou, cr6_hour, pb_hour, flow_hour_cou, quality, flags"
+            " from readings_wastewater order by ts"
+        ).fetchall()
+        fg = conn.execute(
+            "select ts, flow_hour, flow_hour_cou, so2_hour, so2_hour_cou, hg_hour, ni_hour, flue_pressure_hour"
+            " from readings_fluegas order by ts"
+        ).fetchall()
+        dead = conn.execute("select count(*) from readings_extra").fetchone()
+    assert dead == (0,)  # every value found its wide column
+    published, hour = ww
+    assert published[0] == datetime(2024, 1, 23, 4, 32, tzinfo=UTC)  # DataTime is Beijing time
+    assert published[1:3] == (4653.8, 3.41)  # COD mg/L, flow L/s as sent
+    # 附录B: total Hg, Cr6+ and Pb travel in µg/L; stored in mg/L. The discharge of Hg in g → kg.
+    assert hour[0] == datetime(2026, 12, 7, 1, 0, tzinfo=UTC)
+    assert hour[3:9] == pytest.approx((0.05, 0.061, 0.0018, 0.1, 0.1, 36.0))
+    assert hour[9] == 1 and "pb_hour" in str(hour[10])  # the M-flagged lead: kept, suspect, named
+    published_gas, hour_gas = fg
+    assert published_gas[0] == datetime(2024, 1, 22, 9, 0, tzinfo=UTC)
+    assert published_gas[1:3] == pytest.approx((5.331, 19191.973))
+    assert published_gas[7] == pytest.approx(-0.026)
+    assert hour_gas[3:7] == pytest.approx((80.0, 5.76, 0.02, 0.1))
