@@ -13,6 +13,8 @@ latest values and attributes, so that rules can threshold on them like any metri
 * manhole: ``water_level_state`` (0 normal, 1 warning, 2 danger) from the
   device's warning/danger levels.
 * pole: ``lamp_fault`` (1 when on with no current, or current while off).
+* wastewater / fluegas (pollution sources): ``{p}_hour_excess`` over the permit's
+  limit and the discharge loads against its caps (:mod:`alerts.indicators.source`).
 
 Pure functions; each writes into the snapshot with the event time of the
 readings that produced it.
@@ -28,6 +30,7 @@ from typing import Any
 from alerts.errors import IndicatorError
 from alerts.indicators import aqi as aqi_mod
 from alerts.indicators.noise import is_daytime, noise_limit
+from alerts.indicators.source import source_indicators
 from alerts.indicators.water import water_class
 
 __all__ = ["DERIVERS", "derive"]
@@ -124,7 +127,19 @@ def _pole(snap: Snapshot, attrs: Mapping[str, Any], t: float) -> dict[str, float
     return {"lamp_fault": 1.0 if fault else 0.0}
 
 
+def _wastewater(snap: Snapshot, attrs: Mapping[str, Any], t: float) -> dict[str, float]:
+    # flow is in L/s (wastewater-source model): 0.001 m³ per L.
+    return source_indicators(snap, attrs, t, medium="water", flow_m3_per_unit_s=0.001)
+
+
+def _fluegas(snap: Snapshot, attrs: Mapping[str, Any], t: float) -> dict[str, float]:
+    # flow is in m³/s (fluegas-source model).
+    return source_indicators(snap, attrs, t, medium="gas", flow_m3_per_unit_s=1.0)
+
+
 DERIVERS: dict[str, Deriver] = {
+    "wastewater": _wastewater,
+    "fluegas": _fluegas,
     "air": _air,
     "water": _water,
     "noise": _noise,

@@ -54,9 +54,7 @@ async def test_source_frames_travel_the_tcp_edge_into_stored_readings_with_their
     await create_topics(kafka_bootstrap, [topics.deadletter])
     reg = CollectorRegistry()
     sink = KafkaSink(KafkaSinkConfig(kafka_bootstrap, topics, partitions=2, linger_ms=5), KafkaSinkMetrics(reg))
-    server = Hj212Server(
-        Hj212ServerConfig(), sink, auth_resolver(MNS, {WW: "123456", FG: "123456"}), Hj212Metrics(reg)
-    )
+    server = Hj212Server(Hj212ServerConfig(), sink, auth_resolver(MNS, {WW: "123456", FG: "123456"}), Hj212Metrics(reg))
     await sink.start()
     await server.start()
     try:

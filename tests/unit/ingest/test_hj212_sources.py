@@ -49,7 +49,10 @@ def readings(name: str, code: str, model: str, now: datetime = NOW) -> dict[str,
 
 
 def test_published_frames_are_byte_exact_with_their_published_crc() -> None:
-    for name, crc, length in (("wastewater_2011_published.bin", "D941", 437), ("fluegas_2061_published.bin", "0E40", 612)):
+    for name, crc, length in (
+        ("wastewater_2011_published.bin", "D941", 437),
+        ("fluegas_2061_published.bin", "0E40", 612),
+    ):
         data = fixture(name)
         assert data[2:6] == f"{length:04d}".encode() and data[-6:-2] == crc.encode()
         assert f"{crc16(data[6:-6]):04X}" == crc
@@ -90,7 +93,9 @@ def test_heavy_metals_in_ug_l_are_stored_in_mg_l_with_discharge_in_kg() -> None:
 
 
 def test_adapted_published_heavy_metal_frame_reads_cr6_in_ug_l() -> None:
-    got = readings("wastewater_2011_heavy_metals_adapted.bin", WW, "wastewater-source@1", datetime(2018, 3, 15, 9, tzinfo=UTC))
+    got = readings(
+        "wastewater_2011_heavy_metals_adapted.bin", WW, "wastewater-source@1", datetime(2018, 3, 15, 9, tzinfo=UTC)
+    )
     assert got["cr6"] == (0.005, "mg/L", Quality.GOOD)  # 5 µg/L
     # w20141-w20144 (砷, 汞, 镉, 铅 without 总) are other 附录B codes the model does not carry: skipped.
     assert "hg" not in got and got["cod"][0] == 1.31
