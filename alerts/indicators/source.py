@@ -32,7 +32,7 @@ from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Literal
 
-__all__ = ["G_PER_CONC_M3", "interval_load_g", "period_bounds", "source_indicators"]
+__all__ = ["G_PER_CONC_M3", "in_operating_hours", "interval_load_g", "period_bounds", "source_indicators"]
 
 Medium = Literal["water", "gas"]
 Snapshot = MutableMapping[str, list[float]]
@@ -138,3 +138,32 @@ def source_indicators(
                 hours_left = max(0.0, (end - (t + _HOUR_S)) / _HOUR_S)
                 out[f"{metric}_load_{period}_forecast_ratio"] = (total + load_kg * hours_left) / cap
     return out
+
+
+def in_operating_hours(spec: str, t: float) -> bool:
+    """Whether ``t`` (epoch s) falls in a source's operating hours, in Beijing time.
+
+    Args:
+        spec: ``"HH:MM-HH:MM"``; the end may be ``24:00``, and an end before the start
+            spans midnight (``"22:00-06:00"``). Several ranges are comma-separated.
+
+    Raises:
+        ValueError: a malformed spec.
+    """
+    local = datetime.fromtimestamp(t, tz=UTC).astimezone(_CST)
+    minute = local.hour * 60 + local.minute
+    for part in spec.split(","):
+        start_text, sep, end_text = part.strip().partition("-")
+        if not sep:
+            raise ValueError(f"operating hours {spec!r}: expected HH:MM-HH:MM")
+        start, end = _minutes(start_text), _minutes(end_text)
+        if (start <= minute < end) if start <= end else (minute >= start or minute < end):
+            return True
+    return False
+
+
+def _minutes(text: str) -> int:
+    hh, sep, mm = text.strip().partition(":")
+    if not sep or not hh.isdigit() or not mm.isdigit() or int(mm) > 59 or int(hh) * 60 + int(mm) > 24 * 60:
+        raise ValueError(f"operating hours: {text!r} is not HH:MM")
+    return int(hh) * 60 + int(mm)

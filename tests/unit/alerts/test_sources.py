@@ -18,12 +18,13 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from alerts.engine import DeviceContext, evaluate_device
-from alerts.indicators.source import interval_load_g, period_bounds, source_indicators
+from alerts.indicators.source import in_operating_hours, interval_load_g, period_bounds, source_indicators
 from alerts.rules import shipped_rules
 from core.records import Quality, Reading
 from devices.errors import PermitError
 from devices.models import shipped_models
 from devices.permits import Permit, PermitLimit, default_limits, permit_attributes
+from streams.liveness import OFFLINE_RULE, DeviceLiveness, LivenessConfig, liveness_transitions
 
 CODE = "35020603100000017"
 DAY = datetime(2026, 12, 6, 16, 0, tzinfo=UTC)  # 2026-12-07 00:00 Beijing time
@@ -116,3 +117,35 @@ def test_a_limit_names_its_clause_and_caps_are_positive() -> None:
     lims = {lim.metric: lim for lim in permit().limits}
     assert lims["alkyl_hg"].limit == 0  # 不得检出
     assert lims["cr6"].limit == 0.5 and lims["cod"].limit is None and lims["cod"].day_kg == 20.0
+
+
+def test_a_source_silent_during_its_operating_hours_is_in_outage_naming_its_permit() -> None:
+    def dev(last_seen: datetime) -> DeviceLiveness:
+        return DeviceLiveness(
+            CODE, "350206", "wastewater", 600, last_seen, None, None, "08:00-18:00", "91350200TEST0001P"
+        )
+
+    cfg = LivenessConfig(k=5)
+    # Silent since 10:00 Beijing; at 11:00 (five 10-minute cadences later) it is in outage.
+    day_out = liveness_transitions([dev(DAY + timedelta(hours=10))], {}, DAY + timedelta(hours=11), cfg)
+    assert [(k, a.rule) for k, a in day_out] == [("open", OFFLINE_RULE)]
+    assert "permit 91350200TEST0001P" in day_out[0][1].message and "08:00-18:00" in day_out[0][1].message
+    # Shut at 18:00 as it should: at 19:00 nothing opens.
+    assert liveness_transitions([dev(DAY + timedelta(hours=18))], {}, DAY + timedelta(hours=19), cfg) == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "hour", "inside"),
+    [
+        ("08:00-18:00", 8, True),
+        ("08:00-18:00", 18, False),
+        ("22:00-06:00", 23, True),
+        ("22:00-06:00", 12, False),
+        ("00:00-24:00", 23, True),
+        ("06:00-12:00, 13:00-17:00", 12, False),
+    ],
+)
+def test_operating_hours(spec: str, hour: int, inside: bool) -> None:
+    assert in_operating_hours(spec, (DAY + timedelta(hours=hour)).timestamp()) is inside
+    with pytest.raises(ValueError):
+        in_operating_hours("8-18", DAY.timestamp())
