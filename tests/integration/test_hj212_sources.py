@@ -10,7 +10,8 @@ decodes, converts and stores them in PostgreSQL (``readings_wastewater``,
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import json
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import psycopg
@@ -19,12 +20,15 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.rules import shipped_rules
+from core.records import RawMessage, Transport
 from core.topics import KafkaTopics
 from devices.code import DeviceCode
 from devices.ledger import Ledger, NewDevice
 from devices.models import ModelRegistry
-from ingest.adapters.hj212 import FrameDecoder, Hj212Packet, parse_segment
+from devices.permits import Permit, default_limits, load_permit, save_permit
+from ingest.adapters.hj212 import FrameDecoder, Hj212Packet, encode, parse_segment
 from ingest.adapters.hj212.connector import Hj212Metrics, Hj212Server, Hj212ServerConfig, auth_resolver
+from ingest.batch import encode_batch
 from ingest.kafka_sink import KafkaSink, KafkaSinkConfig, KafkaSinkMetrics
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
 from streams.store import ReadingStore, StoreMetrics
@@ -118,3 +122,71 @@ async def test_source_frames_travel_the_tcp_edge_into_stored_readings_with_their
     assert published_gas[1:3] == pytest.approx((5.331, 19191.973))
     assert published_gas[7] == pytest.approx(-0.026)
     assert hour_gas[3:7] == pytest.approx((80.0, 5.76, 0.02, 0.1))
+
+
+def _hour_frame(h: int, hg_ug_l: float, hg_flag: str = "N") -> bytes:
+    """An hourly upload of the worked example, as the station sends it (Hg in µg/L, 附录B)."""
+    local = datetime(2026, 12, 7, h, 0)
+    cp = (
+        ("DataTime", f"{local:%Y%m%d%H%M%S}"),
+        ("w00000-Cou", "36.0"),
+        ("w00000-Avg", "10.0"),
+        ("w00000-Flag", "N"),
+        ("w01018-Avg", "50.0"),
+        ("w01018-Flag", "N"),
+        ("w20111-Avg", f"{hg_ug_l}"),
+        ("w20111-Flag", hg_flag),
+    )
+    return encode(
+        Hj212Packet(qn=f"{local:%Y%m%d%H%M%S}000", st="32", cn="2061", pw="123456", mn="WW0001", flag=5, cp=cp)
+    )
+
+
+async def test_permit_in_the_ledger_judges_the_hourly_uploads_into_stored_alerts(
+    database_url: str, models: ModelRegistry
+) -> None:
+    """The worked example of tests/unit/alerts/test_sources.py, with the permit saved in the ledger."""
+    pool = AsyncConnectionPool(database_url, min_size=1, max_size=4, open=False)
+    await pool.open(wait=True)
+    try:
+        await Ledger(pool, models).register(NewDevice(WW, "wastewater-source"))
+        limits = default_limits(models.get("wastewater-source"), WW, caps={"cod": {"day_kg": 20.0}})
+        async with pool.connection() as conn:
+            await save_permit(
+                conn,
+                Permit("91350200TEST0001P", "Test Plating Co.", date(2026, 1, 1), date(2030, 12, 31), tuple(limits)),
+            )
+            saved = await load_permit(conn, "91350200TEST0001P")
+        assert saved is not None and {lim.metric for lim in saved.limits} >= {"hg", "cr6", "cod"}
+        preg = CollectorRegistry()
+        pub = FakePublisher()
+        pipe = Pipeline(
+            PipelineConfig(topics=KafkaTopics("t"), rules=shipped_rules()),
+            pool,
+            models,
+            pub,
+            PipelineMetrics(preg),
+            ReadingStore(pool, models, StoreMetrics(preg)),
+            clock=lambda: datetime(2026, 12, 8, tzinfo=UTC),
+        )
+        frames = [_hour_frame(h, *{5: (80.0, "N"), 9: (200.0, "M")}.get(h, (30.0, "N"))) for h in range(24)]
+        rx = datetime(2026, 12, 7, 16, 5, tzinfo=UTC)
+        for frame in frames:  # one upload an hour, one batch each, as the worker sees them
+            await pipe.process([encode_batch([RawMessage("hj212/127.0.0.1:5000", frame, rx, Transport.HJ212, WW)])])
+    finally:
+        await pool.close()
+    with psycopg.connect(database_url) as conn:
+        alerts = conn.execute(
+            "select rule, opened_at, message from alerts where rule not like '%forecast' order by opened_at"
+        ).fetchall()
+    assert [(r, t) for r, t, _ in alerts] == [
+        ("wastewater.hg.hour_limit", datetime(2026, 12, 6, 21, tzinfo=UTC)),  # 05:00 Beijing, 80 µg/L
+        ("wastewater.cod.day_cap", datetime(2026, 12, 7, 3, tzinfo=UTC)),  # 11:00 Beijing: 21.6 kg ≥ 20 kg
+    ]
+    assert all("91350200TEST0001P" in m for _, _, m in alerts)
+    assert "GB 8978-1996 表1 第1项 总汞" in alerts[0][2]
+    published = [json.loads(v) for v in pub.on("t.alerts")]  # through the one outbox
+    assert {(a["rule"], a["transition"]) for a in published} >= {
+        ("wastewater.hg.hour_limit", "open"),
+        ("wastewater.cod.day_cap", "open"),
+    }
