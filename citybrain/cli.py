@@ -11,6 +11,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -224,14 +225,43 @@ def _api_tls(settings: Settings) -> dict[str, str]:
     return {"ssl_certfile": cert, "ssl_keyfile": key}
 
 
+def _api_proxy_headers(settings: Settings) -> dict[str, Any]:
+    """uvicorn's forwarding-header arguments, always explicit.
+
+    uvicorn believes X-Forwarded-For/-Proto from 127.0.0.1 (or $FORWARDED_ALLOW_IPS) unless
+    told otherwise, and the login limiter and the audit log key on the client address: so
+    they are believed only from CITYBRAIN_TRUSTED_PROXIES, and by default from nobody.
+    """
+    proxies = settings.proxy_networks()
+    if not proxies:
+        return {"proxy_headers": False, "forwarded_allow_ips": []}
+    return {"proxy_headers": True, "forwarded_allow_ips": list(proxies)}
+
+
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from citybrain.api import create_api
+    from citybrain.security.guard import EdgeLimits
     from devices.models import shipped_models
+    from ingest.kafka_sink import KafkaSinkConfig
 
     tls = _api_tls(settings)  # before anything starts: half a TLS setting stops here
-    app = create_api(_need(settings.database_url, "CITYBRAIN_DATABASE_URL"), shipped_models(), CollectorRegistry())
+    ingest = KafkaSinkConfig(
+        _need(settings.kafka_bootstrap, "CITYBRAIN_KAFKA_BOOTSTRAP"),
+        KafkaTopics(settings.topic_prefix),
+        partitions=settings.partitions,
+        source="webhook",
+    )
+    app = create_api(
+        _need(settings.database_url, "CITYBRAIN_DATABASE_URL"),
+        shipped_models(),
+        CollectorRegistry(),
+        ingest=ingest,
+        webhook_token=settings.webhook_token,
+        webhook_max_body_bytes=settings.webhook_max_body_bytes,
+        limits=EdgeLimits(settings.api_max_body_bytes, settings.api_anonymous_max_body_bytes),
+    )
     # Open SSE streams must not hold a shutdown for long.
     uvicorn.run(
         app,
@@ -239,6 +269,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port or settings.api_port,
         log_level="warning",
         timeout_graceful_shutdown=3,
+        **_api_proxy_headers(settings),
         **tls,  # type: ignore[arg-type]
     )
     return 0
