@@ -18,7 +18,7 @@ The stream worker sees a device's permit in its ledger attributes under ``permit
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
@@ -37,7 +37,9 @@ __all__ = [
     "PermitLimit",
     "default_limits",
     "load_permit",
+    "parse_permit",
     "permit_attributes",
+    "permit_document",
     "save_permit",
 ]
 
@@ -215,6 +217,99 @@ def permit_attributes(permit: Permit, device_code: str) -> dict[str, Any]:
             for lim in _of(permit.limits, device_code)
         },
     }
+
+
+def parse_permit(doc: Mapping[str, Any], model_of: Callable[[str], DeviceModel]) -> Permit:
+    """A permit from its file form (``citybrain devices permit import``)::
+
+        number: 91350200TEST0001P
+        holder: Test Plating Co.
+        valid_from: 2026-01-01
+        valid_to: 2030-12-31
+        outlets:
+          - device: "35020603100000017"
+            defaults: true                 # the national-standard limits of its model (§8)
+            limits:                        # the permit's own values, over the defaults
+              cod: {day_kg: 20, year_kg: 5000}
+              hg: {limit: 0.03, clause: "permit §3.1"}
+
+    Args:
+        doc: The parsed document.
+        model_of: Device code → its model (to check metrics and take units and defaults).
+
+    Raises:
+        PermitError: a missing field, an unknown metric, or an invalid value.
+    """
+    try:
+        number, holder = str(doc["number"]), str(doc["holder"])
+        valid_from, valid_to = _date(doc["valid_from"]), _date(doc["valid_to"])
+        outlets = doc.get("outlets") or []
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PermitError(f"permit: missing or bad field {exc}") from None
+    limits: list[PermitLimit] = []
+    for outlet in outlets:
+        if not isinstance(outlet, Mapping) or "device" not in outlet:
+            raise PermitError(f"permit {number}: each outlet names its device")
+        code = str(outlet["device"])
+        model = model_of(code)
+        own = outlet.get("limits") or {}
+        if not isinstance(own, Mapping):
+            raise PermitError(f"permit {number}: outlet {code}: limits must be a mapping")
+        unknown = sorted(set(own) - set(model.metrics))
+        if unknown:
+            raise PermitError(f"permit {number}: outlet {code}: {unknown} are not metrics of {model.key}")
+        base = {lim.metric: lim for lim in default_limits(model, code)} if outlet.get("defaults", True) else {}
+        for metric in sorted(set(base) | set(own)):
+            given = own.get(metric) or {}
+            if not isinstance(given, Mapping):
+                raise PermitError(f"permit {number}: outlet {code}: {metric} must be a mapping")
+            d = base.get(metric)
+            try:
+                limits.append(
+                    PermitLimit(
+                        code,
+                        metric,
+                        _num(given["limit"]) if "limit" in given else (d.limit if d else None),
+                        model.metrics[metric].unit,
+                        str(given.get("clause") or (d.clause if d else f"permit {number}")),
+                        _num(given.get("day_kg")),
+                        _num(given.get("month_kg")),
+                        _num(given.get("year_kg")),
+                    )
+                )
+            except (TypeError, ValueError) as exc:
+                raise PermitError(f"permit {number}: outlet {code}: {metric}: {exc}") from None
+    return Permit(number, holder, valid_from, valid_to, tuple(limits))
+
+
+def permit_document(permit: Permit) -> dict[str, Any]:
+    """The file form of a permit (:func:`parse_permit` reads it back), every limit explicit."""
+    outlets: dict[str, dict[str, Any]] = {}
+    for lim in permit.limits:
+        row: dict[str, Any] = {"clause": lim.clause}
+        for key, value in (("limit", lim.limit), *zip(("day_kg", "month_kg", "year_kg"), _caps(lim), strict=True)):
+            if value is not None:
+                row[key] = value
+        outlets.setdefault(lim.device_code, {})[lim.metric] = row
+    return {
+        "number": permit.number,
+        "holder": permit.holder,
+        "valid_from": permit.valid_from.isoformat(),
+        "valid_to": permit.valid_to.isoformat(),
+        "outlets": [{"device": code, "defaults": False, "limits": lims} for code, lims in outlets.items()],
+    }
+
+
+def _date(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{value!r} is not a number")
+    return float(value)
 
 
 def _caps(lim: PermitLimit) -> tuple[float | None, float | None, float | None]:

@@ -9,6 +9,7 @@ decodes, converts and stores them in PostgreSQL (``readings_wastewater``,
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 from datetime import UTC, date, datetime
@@ -16,10 +17,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.rules import shipped_rules
+from citybrain.devices_cli import register
+from citybrain.settings import Settings
 from core.records import RawMessage, Transport
 from core.topics import KafkaTopics
 from devices.code import DeviceCode
@@ -189,4 +193,65 @@ async def test_permit_in_the_ledger_judges_the_hourly_uploads_into_stored_alerts
     assert {(a["rule"], a["transition"]) for a in published} >= {
         ("wastewater.hg.hour_limit", "open"),
         ("wastewater.cod.day_cap", "open"),
+    }
+
+
+async def test_permit_file_imports_and_exports_through_the_cli(
+    database_url: str, models: ModelRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``citybrain devices permit import FILE`` then ``export NUMBER``: defaults filled, own values kept."""
+    pool = AsyncConnectionPool(database_url, min_size=1, max_size=2, open=False)
+    await pool.open(wait=True)
+    try:
+        await Ledger(pool, models).register(NewDevice(WW, "wastewater-source"))
+    finally:
+        await pool.close()
+    doc = {
+        "number": "91350200TEST0002P",
+        "holder": "Test Plating Co.",
+        "valid_from": "2026-01-01",
+        "valid_to": "2030-12-31",
+        "outlets": [
+            {
+                "device": WW,
+                "limits": {"cod": {"day_kg": 20, "year_kg": 5000}, "hg": {"limit": 0.03, "clause": "permit §3.1"}},
+            }
+        ],
+    }
+    src = tmp_path / "permit.yaml"
+    src.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    settings = Settings(database_url=database_url)
+
+    def cli(*argv: str) -> int:
+        args = parser.parse_args(["devices", "permit", *argv])
+        return int(args.func(args, settings))
+
+    assert await asyncio.to_thread(cli, "import", str(src)) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(doc | {"outlets": [{"device": WW, "limits": {"nope": {"limit": 1}}}]}), encoding="utf-8"
+    )
+    assert await asyncio.to_thread(cli, "import", str(bad)) == 2
+    assert await asyncio.to_thread(cli, "export", "no-such-permit") == 2
+    with psycopg.connect(database_url) as conn:
+        rows = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                "select metric, conc_limit, clause, day_cap_kg from permit_limits where permit_no = %s",
+                ("91350200TEST0002P",),
+            ).fetchall()
+        }
+    assert rows["hg"] == (0.03, "permit §3.1", None)  # the permit's own limit over GB 8978's 0.05
+    assert rows["cr6"] == (0.5, "GB 8978-1996 表1 第5项 六价铬", None)  # a default filled in
+    assert rows["cod"] == (None, "permit 91350200TEST0002P", 20.0)  # load-capped only
+    capsys.readouterr()
+    assert await asyncio.to_thread(cli, "export", "91350200TEST0002P") == 0
+    exported = yaml.safe_load(capsys.readouterr().out)
+    assert exported["outlets"][0]["limits"]["hg"] == {"clause": "permit §3.1", "limit": 0.03}
+    assert exported["outlets"][0]["limits"]["cod"] == {
+        "clause": "permit 91350200TEST0002P",
+        "day_kg": 20.0,
+        "year_kg": 5000.0,
     }
