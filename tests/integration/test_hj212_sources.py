@@ -15,14 +15,18 @@ import json
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import yaml
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.rules import shipped_rules
 from citybrain.devices_cli import register
+from citybrain.routes import sources
+from citybrain.routes.context import ApiContext
 from citybrain.settings import Settings
 from core.records import RawMessage, Transport
 from core.topics import KafkaTopics
@@ -36,7 +40,7 @@ from ingest.batch import encode_batch
 from ingest.kafka_sink import KafkaSink, KafkaSinkConfig, KafkaSinkMetrics
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
 from streams.store import ReadingStore, StoreMetrics
-from tests.integration.helpers import consume, create_topics
+from tests.integration.helpers import api_key, consume, create_topics, secure
 from tests.integration.test_store_pipeline import FakePublisher
 
 pytestmark = pytest.mark.integration
@@ -45,6 +49,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hj212"
 WW = DeviceCode.build("350206", "0310", 17).full
 FG = DeviceCode.build("350206", "0308", 18).full
 NOW = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
+_BJ_2330 = datetime(2026, 12, 7, 15, 30, tzinfo=UTC)  # 23:30 Beijing, the worked example's day
 # MN as the frames carry it → device code; the published frames keep their own MNs.
 MNS = {"000101": WW, "WW0001": WW, "81733553216103": FG, "FG0001": FG}
 FRAMES = [
@@ -177,6 +182,15 @@ async def test_permit_in_the_ledger_judges_the_hourly_uploads_into_stored_alerts
         rx = datetime(2026, 12, 7, 16, 5, tzinfo=UTC)
         for frame in frames:  # one upload an hour, one batch each, as the worker sees them
             await pipe.process([encode_batch([RawMessage("hj212/127.0.0.1:5000", frame, rx, Transport.HJ212, WW)])])
+        # The console's sources view: the permit, today's load against its cap, open exceedances.
+        ctx = ApiContext(pool=pool, models=models, registry=CollectorRegistry(), clock=lambda: _BJ_2330)
+        app = FastAPI()
+        app.include_router(sources.build(ctx))
+        secure(app, pool)
+        headers = await api_key(pool, "app")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers) as c:
+            view = (await c.get("/api/v1/sources", params={"district": "350206"})).json()
+            elsewhere = (await c.get("/api/v1/sources", params={"district": "350203"})).json()
     finally:
         await pool.close()
     with psycopg.connect(database_url) as conn:
@@ -189,6 +203,14 @@ async def test_permit_in_the_ledger_judges_the_hourly_uploads_into_stored_alerts
     ]
     assert all("91350200TEST0001P" in m for _, _, m in alerts)
     assert "GB 8978-1996 表1 第1项 总汞" in alerts[0][2]
+    (item,) = view["items"]
+    assert item["permit"] == {"number": "91350200TEST0001P", "holder": "Test Plating Co.", "status": "valid"}
+    assert item["loads_today"] == [
+        {"metric": "cod", "today_kg": pytest.approx(43.2), "day_cap_kg": 20.0, "ratio": pytest.approx(2.16)}
+    ]
+    assert [a["rule"] for a in item["open_alerts"]] == ["wastewater.cod.day_cap"]  # the Hg hour cleared at 06:00
+    assert view["districts"] == [{"district": "350206", "sources": 1, "with_permit": 1, "alerting": 1, "over_cap": 1}]
+    assert elsewhere["items"] == [] and view["date"] == "2026-12-07"
     published = [json.loads(v) for v in pub.on("t.alerts")]  # through the one outbox
     assert {(a["rule"], a["transition"]) for a in published} >= {
         ("wastewater.hg.hour_limit", "open"),
