@@ -11,6 +11,7 @@ micro air           half along a road (street-side units), half anywhere
 water station       on a river polyline or at a reservoir / lake point
 manhole cover       along a road, within ~20 m of its centre line
 smart pole          along a road, within ~20 m of its centre line
+pollution source    wastewater and flue-gas outlets at an industrial area
 noise monitor       by GB 3096 zone class: 4a along a road, 3 in an industrial
                     area, 1 and 2 anywhere in the district
 ==================  ===========================================================
@@ -167,6 +168,8 @@ class FleetSize:
     noise: int
     covers: int
     poles: int
+    #: Wastewater and flue-gas sources per industrial area (each district's ``industrial`` points).
+    sources_per_area: int = 1
 
 
 #: ``citybrain demo --size``: ``small`` for a laptop, ``city`` (default, > 2,000), ``large`` (~10,000).
@@ -326,6 +329,11 @@ def city_fleet(size: str = "city", seed: int = 42) -> list[Site]:
         add("manhole-cover", d, _on_line(d, roads[d], rng, ROAD_OFFSET_DEG), attrs, "road")
     for d in round_robin(spec.poles):
         add("smart-pole", d, _on_line(d, roads[d], rng, ROAD_OFFSET_DEG), {}, "road")
+    for d in districts:
+        for area in FEATURES[d].industrial:
+            for model_id in ("wastewater-source", "fluegas-source"):
+                for _ in range(spec.sources_per_area):
+                    add(model_id, d, _near(d, area, rng, POINT_JITTER_DEG), {}, "industrial")
     return sites
 
 

@@ -12,7 +12,7 @@ from devices.code import XIAMEN_DISTRICTS, parse
 from devices.importer import default_assigner
 from devices.models import shipped_models
 from simulators.base import Site
-from simulators.city import city_layout
+from simulators.city import MODEL_FACTORIES, city_layout
 from simulators.xiamen import FEATURES, ROAD_OFFSET_DEG, city_fleet, road_lines, water_features
 
 # Placement tolerances in degrees (1e-3 ≈ 100 m): a road-side device is within ~30 m of a road.
@@ -36,14 +36,7 @@ def test_the_city_fleet_has_2000_located_devices_in_all_six_districts(fleet: lis
     assert set(by_district) == set(XIAMEN_DISTRICTS) == set(FEATURES)
     assert min(by_district.values()) >= 300
     # Every class the simulators have.
-    assert {s.model_id for s in fleet} == {
-        "air-station",
-        "air-micro",
-        "water-station",
-        "noise-monitor",
-        "manhole-cover",
-        "smart-pole",
-    }
+    assert {s.model_id for s in fleet} == set(MODEL_FACTORIES)
     layout = city_layout()
     for s in fleet:
         # The point is in the district its code says, and the code is a valid city code.
@@ -76,6 +69,9 @@ def test_each_class_stands_where_such_devices_stand(fleet: list[Site]) -> None:
                 assert _dist_to_lines(s, roads[s.district]) <= NEAR_ROAD, s
             elif zone == "3":  # industrial
                 assert "industrial" in s.tags and FEATURES[s.district].industrial, s
+        elif s.model_id.endswith("-source"):
+            areas = FEATURES[s.district].industrial
+            assert min(Point(s.lon, s.lat).distance(Point(p)) for p in areas) <= NEAR_LAKE, s
         elif s.model_id == "air-station":
             assert s.attributes["assessment"] is True
             assert s.attributes["station_level"] in ("national", "provincial")
