@@ -47,10 +47,12 @@ def _rows(name: str, result: Any) -> dict[str, dict[str, Any]]:
     """Flatten a benchmark's result into table rows (``{row: {column: value}}``)."""
     if not isinstance(result, dict):
         return {}
-    inner = result.get("results", result)
-    if all(isinstance(v, dict) for v in inner.values()):
-        return {f"{name}.{k}" if name != "e2e" else k: v for k, v in inner.items()}
-    return {name: inner}
+    if isinstance(result.get("results"), dict):
+        # Rows named by the benchmark itself (e2e_city, ledger_import, ...).
+        return {k: v for k, v in result["results"].items() if isinstance(v, dict)}
+    if all(isinstance(v, dict) for v in result.values()):
+        return {f"{name}.{k}": v for k, v in result.items()}
+    return {name: result}
 
 
 def _table(rows: dict[str, dict[str, Any]]) -> str:
