@@ -43,6 +43,31 @@ ARGS = {
 }
 
 
+#: Figures the side-by-side table must have (issue 17); a run names those it lacks.
+REQUIRED = (
+    "e2e_city.msg_per_s",
+    "e2e_city.msg_per_worker_cpu_s",
+    "e2e_city.msg_per_gateway_cpu_s",
+    "e2e_city_1m.msg_per_s",
+    "mqtt_native.msg_per_s",
+    "naive_baseline.msg_per_s",
+    "nodered.msg_per_s",
+    "latency_3000.event_to_stored_p99_ms",
+    "latency_3000.event_to_alert_feed_p99_ms",
+    "ledger_import.rows_per_s",
+)
+
+
+def missing(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """The :data:`REQUIRED` figures (``row.column``) that ``rows`` lacks."""
+    out = []
+    for key in REQUIRED:
+        row, col = key.split(".", 1)
+        if col not in rows.get(row, {}):
+            out.append(key)
+    return out
+
+
 def _rows(name: str, result: Any) -> dict[str, dict[str, Any]]:
     """Flatten a benchmark's result into table rows (``{row: {column: value}}``)."""
     if not isinstance(result, dict):
@@ -102,9 +127,12 @@ def main() -> int:
         "seconds": seconds,
         "failed": failed,
         "results": rows,
+        "missing": missing(rows),
     }
     print(f"\n=== summary: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, {total:.0f}s in all ===")
     print(_table(rows))
+    if doc["missing"]:
+        print("not measured in this run: " + ", ".join(doc["missing"]))
     print("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()))
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
