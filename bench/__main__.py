@@ -7,8 +7,10 @@ figures are in their own printed output above the table.
 
 Knobs (environment; defaults keep the whole run under 10 minutes on 2 cores):
 
-* ``CITYBRAIN_BENCH_MESSAGES`` (10000): messages of the end-to-end throughput run;
-* ``CITYBRAIN_BENCH_RATE`` (500,2000) / ``CITYBRAIN_BENCH_LATENCY_S`` (10): the latency
+* ``CITYBRAIN_BENCH_MESSAGES`` (10000): messages of the side-by-side rows;
+* ``CITYBRAIN_BENCH_CITY_DEVICES`` (20000): devices of the city-like end-to-end run (one message each);
+* ``CITYBRAIN_BENCH_NAIVE_RATE`` (1000) / ``CITYBRAIN_BENCH_NAIVE_S`` (20): the naive baseline's paced load;
+* ``CITYBRAIN_BENCH_RATE`` (500,3000) / ``CITYBRAIN_BENCH_LATENCY_S`` (10): the latency
   runs' offered loads in msg/s (one run each; empty: none) and their duration;
 * ``CITYBRAIN_BENCH_SCALING_MESSAGES`` (6000): messages per worker count in the scaling run;
 * ``CITYBRAIN_BENCH_MEMORY_DEVICES`` (100000,1000000): ledger sizes of the memory run;

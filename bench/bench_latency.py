@@ -45,7 +45,7 @@ __all__ = ["DEFAULT_RATES", "DEFAULT_SECONDS", "install_stored_marker", "main", 
 #: Offered loads, msg/s, one run each: a light one (the pipeline's own latency) and the
 #: issue's "fixed offered load"; a load above what the machine sustains shows as p50s
 #: rising from quarter to quarter of the run (a backlog), not as a latency.
-DEFAULT_RATES = tuple(int(x) for x in os.environ.get("CITYBRAIN_BENCH_RATE", "500,2000").split(",") if x.strip())
+DEFAULT_RATES = tuple(int(x) for x in os.environ.get("CITYBRAIN_BENCH_RATE", "500,3000").split(",") if x.strip())
 DEFAULT_SECONDS = float(os.environ.get("CITYBRAIN_BENCH_LATENCY_S", "10"))
 PROBES = 20  # alert probes per run: enough for p95, few enough to be a negligible share of the load
 CONNECTIONS = 4

@@ -5,10 +5,18 @@ Figures (printed as a table, written as JSON to bench/results/; nothing asserted
 * ``mqtt_qos1_pubsub``: bare MQTT QoS 1, paho publisher → paho subscriber.
 * ``kafka_produce``: raw aiokafka produce (acks=all), 200-byte records.
 * ``pg_copy``: raw PostgreSQL COPY of narrow rows into an unlogged table.
-* ``naive_baseline``: paho subscriber → one INSERT per message (how many city
-  projects are built), for comparison.
-* ``e2e``: MQTT QoS 1 → gateway → Kafka → stream worker (normalise, COPY merge,
-  rules) → stored, counted in PostgreSQL; messages/s and readings/s.
+* ``naive_paho_one_process``: paho subscriber → one INSERT per message, publisher and
+  subscriber in this interpreter (the old row, kept for comparison).
+* ``e2e_city``: MQTT QoS 1 → gateway → Kafka → stream worker (normalise, COPY merge,
+  rules) → stored, counted in PostgreSQL; messages/s, readings/s and messages per
+  CPU-second of the gateway and the worker. City-like traffic: ``CITYBRAIN_BENCH_CITY_DEVICES``
+  (20,000) devices send one message each (paho publisher: ``mosquitto_pub -l`` has
+  one topic per connection, and every device has its own topic).
+* ``mqtt_native``: the MQTT ceiling, native ``mosquitto_pub -l -q 1`` connections →
+  ``mosquitto_sub``, same JSON payloads (:mod:`bench.native`).
+* ``naive_baseline``: :mod:`bench.naive` in its own process (parse, INSERT into a wide
+  table with a primary key, COMMIT per message) under a paced native load for a fixed
+  time (``CITYBRAIN_BENCH_NAIVE_RATE`` msg/s for ``CITYBRAIN_BENCH_NAIVE_S`` s).
 * ``latency``: on the same platform afterwards, p50/p95/p99 from device event time
   to stored and to the alert on the MQTT feed at a fixed offered load
   (:mod:`bench.bench_latency`; ``--rate`` / ``CITYBRAIN_BENCH_RATE``).
@@ -356,10 +364,12 @@ def run_all(
     drop_pg(svc.pg_name)
     print("running e2e (platform: gateway, worker, store)…", flush=True)
     try:
-        results["e2e"], latency = bench_e2e(
+        # City-like traffic: every message from another device (one each), as a city sends it.
+        city = int(os.environ.get("CITYBRAIN_BENCH_CITY_DEVICES", "20000"))
+        results["e2e_city"], latency = bench_e2e(
             root / "platform",
-            messages,
-            devices=50,
+            city,
+            devices=city,
             mqtt_url=mqtt_url,
             latency_rates=rates,
             latency_seconds=latency_seconds,
