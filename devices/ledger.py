@@ -631,6 +631,9 @@ _SAFE_MARK = (
     " then coalesce(pg_sequence_last_value('device_change_seq'), 0) end"
 )
 _SELECT_CHANGED = _SELECT_INDEX + " where change_seq > %s"
+_COUNT_CHANGED = "select count(*) from devices where change_seq > %s"
+# More changed devices than this (plus a quarter of the index): a full load instead.
+_RELOAD_ABOVE = 100_000
 _SELECT_REMOVED = (
     "select t.code from device_tombstones t where t.change_seq > %s"
     " and not exists (select 1 from devices d where d.code = t.code)"
@@ -695,9 +698,17 @@ class IndexFeed:
         since = self.watermark
         async with self.pool.connection() as conn:
             mark = await self._safe_mark(conn)
-            async with conn.transaction():
-                changed = await (await conn.execute(_SELECT_CHANGED, (since,))).fetchall()
-                removed = await (await conn.execute(_SELECT_REMOVED, (since,))).fetchall()
+            row = await (await conn.execute(_COUNT_CHANGED, (since,))).fetchone()
+            count = int(row[0]) if row is not None else 0
+            if count <= _RELOAD_ABOVE + len(self.index) // 4:
+                async with conn.transaction():
+                    changed = await (await conn.execute(_SELECT_CHANGED, (since,))).fetchall()
+                    removed = await (await conn.execute(_SELECT_REMOVED, (since,))).fetchall()
+        if count > _RELOAD_ABOVE + len(self.index) // 4:
+            # A bulk import changed a large part of the ledger: one streamed full read
+            # costs less memory than that many rows fetched and overlaid.
+            await self.load()
+            return count
         n = self.index.apply(changed, (r[0] for r in removed))
         if mark is not None:
             self.watermark = max(since, mark)

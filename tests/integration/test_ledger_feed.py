@@ -77,3 +77,19 @@ async def test_a_change_committed_late_is_not_missed(
         slow.commit()
     await feed.refresh()
     assert feed.index.get(codes[0]).state == "suspended"  # type: ignore[union-attr]
+
+
+async def test_a_large_change_is_read_as_a_full_load(
+    pool: AsyncConnectionPool, models: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("devices.ledger._RELOAD_ABOVE", 0)
+    ledger = Ledger(pool, models)
+    codes = await _register(ledger, 4)
+    feed = IndexFeed(pool)
+    await feed.load()
+    first = feed.index
+    more = await _register(ledger, 3)  # 3 changes > 0 + 4 // 4
+    assert await feed.refresh() == 3
+    assert feed.index is not first  # a new index, read in full
+    assert all(feed.index.get(c) is not None for c in [*codes, *more])
+    assert await feed.refresh() == 0
