@@ -159,6 +159,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from faust import Worker
 
     from alerts.anomaly.config import load_anomaly_config, shipped_anomaly_config
+    from alerts.notify import RetryPolicy
     from alerts.rules import load_rules, shipped_rules
     from devices.models import shipped_models
     from streams.app import WorkerConfig, create_app
@@ -191,6 +192,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         downstream_views=settings.downstream_views,
         rules_dir=settings.rules_dir,
         rules_reload_s=settings.rules_reload_s,
+        notify=RetryPolicy(
+            attempts=settings.notify_attempts,
+            first_wait_s=settings.notify_first_wait_s,
+            max_wait_s=settings.notify_max_wait_s,
+            timeout_s=settings.notify_timeout_s,
+        ),
+        dead_letter_retention_days=settings.dead_letter_retention_days,
     )
     app = create_app(cfg, CollectorRegistry(), shipped_models())
     worker = Worker(

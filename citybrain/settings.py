@@ -136,6 +136,17 @@ class Settings(BaseSettings):
     rules_reload_s: float = Field(
         default=10.0, ge=0, description="How often workers re-read CITYBRAIN_RULES_DIR for changed rules (0: never)"
     )
+    notify_attempts: int = Field(
+        default=5, ge=1, le=20, description="Attempts per notification webhook delivery before it is marked failed"
+    )
+    notify_first_wait_s: float = Field(
+        default=2.0, gt=0, description="Wait after a failed notification attempt; doubles per attempt"
+    )
+    notify_max_wait_s: float = Field(default=120.0, gt=0, description="Longest wait between notification attempts")
+    notify_timeout_s: float = Field(default=10.0, gt=0, description="HTTP timeout of one notification attempt")
+    dead_letter_retention_days: int = Field(
+        default=7, ge=1, description="Days dead letters stay in the dead_letters table (the per-device debug view)"
+    )
     anomaly_config: str = Field(
         default="",
         description="YAML file of anomaly detectors per class/model/metric; empty: alerts/data/anomaly/detectors.yaml",

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import faust
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -33,9 +34,18 @@ from psycopg_pool import AsyncConnectionPool
 
 from alerts.anomaly.config import AnomalyConfig
 from alerts.errors import RuleError
+from alerts.notify import (
+    Dispatcher,
+    NotificationMetrics,
+    NotificationStore,
+    RetryPolicy,
+    WebhookSender,
+    parse_transitions,
+)
 from alerts.rules import RuleDirectory, RuleSet
 from core.topics import KafkaTopics
 from devices.models import ModelRegistry
+from streams.debug import DeadLetter, prune_dead_letters, record_dead_letters
 from streams.errors import MaintenanceError
 from streams.liveness import LivenessConfig, check_liveness
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
@@ -79,6 +89,10 @@ class WorkerConfig:
     rules_dir: str = ""
     rules_reload_s: float = 10.0
     downstream_views: str = "auto"
+    notify: RetryPolicy = field(default_factory=RetryPolicy)
+    notify_interval_s: float = 1.0
+    notify_concurrency: int = 16
+    dead_letter_retention_days: int = 7
 
     def __post_init__(self) -> None:
         if self.role not in WORKER_ROLES:
@@ -129,6 +143,13 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         value_serializer="raw",
         partitions=cfg.partitions,
     )
+    alerts_topic = app.topic(
+        cfg.topics.alerts, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    deadletter = app.topic(
+        cfg.topics.deadletter, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    notify_metrics = NotificationMetrics(registry) if alerting else None
     state: dict[str, Any] = {}
     ready = asyncio.Event()
 
@@ -176,6 +197,15 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
             await pipe.drain_outbox()
         state["pool"] = pool
         state["pipeline"] = pipe
+        if alerting and notify_metrics is not None:
+            # Outbound notification webhooks: enqueued from the alerts topic, sent by the dispatcher.
+            http = aiohttp.ClientSession()
+            notifications = NotificationStore(pool, notify_metrics)
+            state["http"] = http
+            state["notifications"] = notifications
+            state["dispatcher"] = Dispatcher(
+                notifications, WebhookSender(http, cfg.notify, notify_metrics), cfg.notify_concurrency
+            )
         ready.set()
         log.info("stream worker (role %s) ready: %d devices in the index", cfg.role, len(pipe.index))
 
@@ -200,6 +230,58 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         async def alerts_agent(stream: faust.StreamT[bytes]) -> None:
             await in_batches(stream, Pipeline.process_readings)
 
+    if alerting:
+
+        @app.agent(alerts_topic, name="notify")
+        async def notify_agent(stream: faust.StreamT[bytes]) -> None:
+            # At least once: the offset moves on only after the deliveries are enqueued
+            # (idempotently, so a re-read after a crash enqueues nothing twice).
+            await ready.wait()
+            store: NotificationStore = state["notifications"]
+            async for values in stream.take(cfg.batch_max, within=cfg.batch_within_s):
+                docs = parse_transitions(values)
+                while True:
+                    try:
+                        await store.enqueue(docs)
+                        break
+                    except psycopg.OperationalError as exc:
+                        log.error("notification enqueue failed, retrying: %s", exc)
+                        await asyncio.sleep(1.0)
+
+        @app.timer(interval=cfg.notify_interval_s)
+        async def _notify() -> None:
+            if not ready.is_set():
+                return
+            try:
+                await state["dispatcher"].tick()
+            except psycopg.OperationalError as exc:
+                log.warning("notification dispatch skipped, database unavailable: %s", exc)
+
+    if ingest:
+
+        @app.agent(deadletter, name="deadletters")
+        async def deadletter_agent(stream: faust.StreamT[bytes]) -> None:
+            # The debug view's copy of the dead-letter topic, keyed by (topic, partition, offset).
+            await ready.wait()
+            async for event in stream.events():
+                msg = event.message
+                headers = msg.headers.items() if isinstance(msg.headers, Mapping) else (msg.headers or [])
+                rec = DeadLetter(
+                    msg.topic,
+                    msg.partition,
+                    msg.offset,
+                    event.value if isinstance(event.value, bytes) else b"",
+                    tuple((str(k), bytes(v or b"")) for k, v in headers),
+                )
+                while True:
+                    try:
+                        async with state["pool"].connection() as conn:
+                            await record_dead_letters(conn, [rec])
+                        break
+                    except psycopg.OperationalError as exc:
+                        log.error("dead letter copy failed, retrying: %s", exc)
+                        await asyncio.sleep(1.0)
+
     @app.timer(interval=cfg.maintenance_interval_s)
     async def _maintain() -> None:
         # Partitions ahead, rollup refresh, retention; one worker at a time (advisory lock inside).
@@ -217,6 +299,10 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
                 )
             except MaintenanceError as exc:
                 log.error("maintenance failed (the next run retries): %s", exc)
+            try:
+                await prune_dead_letters(conn, datetime.now(UTC), cfg.dead_letter_retention_days)
+            except psycopg.Error as exc:
+                log.error("dead letter pruning failed (the next run retries): %s", exc)
 
     rule_files = RuleDirectory(Path(cfg.rules_dir)) if cfg.rules_dir and cfg.rules_reload_s > 0 else None
     reloads = Counter("citybrain_rules_reloads_total", "Rule hot reloads by result", ["result"], registry=registry)
@@ -264,6 +350,12 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode's signal stubs are narrower than its runtime
     async def _close(app_: Any, *args: Any, **kwargs: Any) -> None:
+        dispatcher = state.get("dispatcher")
+        if dispatcher is not None:
+            await dispatcher.close()
+        http = state.get("http")
+        if http is not None:
+            await http.close()
         pool = state.get("pool")
         if pool is not None:
             await pool.close()

@@ -60,6 +60,7 @@ from devices.ledger import DeviceIndex, DeviceInfo, Ledger
 from devices.models import ModelError, ModelRegistry
 from ingest.batch import dead_letter_headers, decode_batch
 from ingest.errors import DecodeError
+from streams.debug import record_recent
 from streams.downstream import plan_views
 from streams.normalise import Normalised, Reject, normalise
 from streams.store import ReadingStore, StoreError
@@ -275,6 +276,15 @@ class Pipeline:
                 self.store.add(device_class, rows.values())
             await self._flush_with_retry()
         await self._after_store(result)
+        if messages:
+            # The debug view's ring of recent raw messages: one upsert per device per batch.
+            async with self.pool.connection() as conn:
+                await record_recent(
+                    conn,
+                    messages,
+                    (r for r, _ in result.readings),
+                    ((rej.raw, rej.reason, rej.detail) for rej in result.rejects),
+                )
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         return result
 
