@@ -422,11 +422,14 @@ class NotificationStore:
         metrics: Counters.
         lease_s: How long a claimed delivery is hidden from other dispatchers; a
             dispatcher that dies mid-delivery leaves it to be claimed again then.
+        cache_s: How long the matcher keeps the subscriptions before re-reading
+            them (an edit through another process shows within this).
     """
 
     pool: AsyncConnectionPool
     metrics: NotificationMetrics
     lease_s: float = 600.0
+    cache_s: float = 5.0
     _subs: list[Subscription] = field(default_factory=list)
     _loaded: float = -1e9
 
@@ -507,10 +510,10 @@ class NotificationStore:
             self._loaded = -1e9
             return cur.rowcount > 0
 
-    async def subscriptions(self, max_age_s: float = 5.0) -> list[Subscription]:
-        """The enabled subscriptions, cached for ``max_age_s`` (edits show within that)."""
+    async def subscriptions(self) -> list[Subscription]:
+        """The enabled subscriptions, cached for ``cache_s`` (edits show within that)."""
         now = time.monotonic()
-        if now - self._loaded > max_age_s:
+        if now - self._loaded >= self.cache_s:
             async with self.pool.connection() as conn:
                 cur = conn.cursor(row_factory=dict_row)
                 await cur.execute(f"select {_SUB_COLUMNS} from notification_subscriptions where enabled order by id")
