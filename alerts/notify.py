@@ -37,7 +37,7 @@ import string
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -422,16 +422,12 @@ class NotificationStore:
         metrics: Counters.
         lease_s: How long a claimed delivery is hidden from other dispatchers; a
             dispatcher that dies mid-delivery leaves it to be claimed again then.
-        cache_s: How long the matcher keeps the subscriptions before re-reading
-            them (an edit through another process shows within this).
+
     """
 
     pool: AsyncConnectionPool
     metrics: NotificationMetrics
     lease_s: float = 600.0
-    cache_s: float = 5.0
-    _subs: list[Subscription] = field(default_factory=list)
-    _loaded: float = -1e9
 
     # -- subscriptions --------------------------------------------------------
 
@@ -478,7 +474,6 @@ class NotificationStore:
                 )
             ).fetchone()
         assert row is not None
-        self._loaded = -1e9
         return int(row[0])
 
     async def update_subscription(self, sub: Subscription) -> bool:
@@ -500,26 +495,25 @@ class NotificationStore:
                     sub.id,
                 ),
             )
-            self._loaded = -1e9
             return cur.rowcount > 0
 
     async def delete_subscription(self, sub_id: int) -> bool:
         """Delete a subscription and its deliveries; False if there was none."""
         async with self.pool.connection() as conn:
             cur = await conn.execute("delete from notification_subscriptions where id = %s", (sub_id,))
-            self._loaded = -1e9
             return cur.rowcount > 0
 
     async def subscriptions(self) -> list[Subscription]:
-        """The enabled subscriptions, cached for ``cache_s`` (edits show within that)."""
-        now = time.monotonic()
-        if now - self._loaded >= self.cache_s:
-            async with self.pool.connection() as conn:
-                cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(f"select {_SUB_COLUMNS} from notification_subscriptions where enabled order by id")
-                self._subs = [_subscription(r) for r in await cur.fetchall()]
-            self._loaded = now
-        return self._subs
+        """The enabled subscriptions.
+
+        Read afresh for every batch of transitions, not cached: transitions are rare
+        (a quiet day raises few), the table is small, and an edit then applies to
+        the very next transition in every worker.
+        """
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(f"select {_SUB_COLUMNS} from notification_subscriptions where enabled order by id")
+            return [_subscription(r) for r in await cur.fetchall()]
 
     # -- deliveries -----------------------------------------------------------
 

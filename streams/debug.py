@@ -126,7 +126,7 @@ async def record_recent(
         await cur.executemany(
             "insert into device_recent_messages (code, slot, received_at, topic, transport, payload, readings,"
             " reject_reason, reject_detail)"
-            " select %s, coalesce((select (slot + 1) % " + str(RING) + " from device_recent_messages"
+            " select %s, coalesce((select (slot + 1) %% " + str(RING) + " from device_recent_messages"
             " where code = %s order by received_at desc limit 1), 0), %s, %s, %s, %s, %s, %s, %s"
             " on conflict (code, slot) do update set received_at = excluded.received_at, topic = excluded.topic,"
             " transport = excluded.transport, payload = excluded.payload, readings = excluded.readings,"
@@ -208,10 +208,13 @@ async def prune_dead_letters(conn: psycopg.AsyncConnection, now: datetime, reten
 
 
 def payload_text(payload: bytes) -> dict[str, object]:
-    """A payload for JSON: text if it is UTF-8 (parsed if JSON), else a hex preview."""
+    """A payload for JSON: text if it is printable UTF-8 (parsed if JSON), else a hex preview."""
     try:
         text = payload.decode()
     except UnicodeDecodeError:
+        text = None
+    # Binary frames (HJ 212 is text, the manhole TLV is not) read better as hex.
+    if text is None or any(ord(c) < 32 and c not in "\t\r\n" for c in text):
         return {"encoding": "hex", "data": payload[:1024].hex()}
     try:
         return {"encoding": "json", "data": json.loads(text)}

@@ -108,7 +108,7 @@ async def kit(pool: AsyncConnectionPool, models: ModelRegistry) -> AsyncIterator
     secure(app, pool)
     app.include_router(notification_routes.build(ApiContext(pool=pool, models=models, registry=CollectorRegistry())))
     metrics = NotificationMetrics(registry)
-    store = NotificationStore(pool, metrics, lease_s=60, cache_s=0)
+    store = NotificationStore(pool, metrics, lease_s=60)
     admin = await api_key(pool, "admin")
     async with (
         aiohttp.ClientSession() as http,
