@@ -18,6 +18,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -84,6 +85,7 @@ def create_api(
     ingest: KafkaSinkConfig | None = None,
     webhook_token: str = "",
     webhook_max_body_bytes: int = 65536,
+    max_future_skew: timedelta = timedelta(minutes=5),
     limits: EdgeLimits | None = None,
 ) -> FastAPI:
     """Build the API app; the pool (and the webhook's Kafka sink) open in the lifespan.
@@ -95,6 +97,7 @@ def create_api(
         ingest: Kafka sink settings for the NB-IoT webhook; ``None`` leaves it unmounted.
         webhook_token: Shared token the platforms must send (empty: every push is refused, 503).
         webhook_max_body_bytes: Largest accepted webhook body.
+        max_future_skew: Readings dated further ahead are kept out of "latest".
         limits: Body bounds of every request (:mod:`citybrain.security.guard`); default bounds if ``None``.
     """
     pool = AsyncConnectionPool(
@@ -176,6 +179,7 @@ def create_api(
         registry=registry,
         alert_feed=feed,
         assigner=Assigner(districts, Grid.build(districts)),
+        max_future_skew=max_future_skew,
     )
     for module in ROUTE_MODULES:
         app.include_router(module.build(ctx))

@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +180,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         max_future_skew_s=settings.max_future_skew_s,
         rules=load_rules(Path(settings.rules_dir)) if settings.rules_dir else shipped_rules(),
         store_batch_rows=settings.store_batch_rows,
-        store_flush_interval_s=settings.store_flush_interval_s,
         retention_days=settings.retention_days,
         rollup_retention_days=settings.rollup_retention_days(),
         maintenance_interval_s=settings.maintenance_interval_s,
@@ -208,8 +208,19 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         # Faust replaces the process's logging setup; give it ours so JSON lines stay JSON.
         logging_config=logging_dict(settings.log_level, settings.log_format),
     )
-    worker.execute_from_commandline()
-    return 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    else:  # pragma: no cover - execute_from_commandline always raises SystemExit
+        code = 0
+    # Faust has stopped: offsets committed, producer flushed, pool closed. Leave without the
+    # interpreter's teardown, which spent seconds freeing the records fetched ahead of a
+    # backlog (not drained on stop: streams/app.py) and pushed a SIGTERM past the supervisor's 10 s.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _mqtt_tls(settings: Settings) -> MqttTls | None:
@@ -269,6 +280,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         webhook_token=settings.webhook_token,
         webhook_max_body_bytes=settings.webhook_max_body_bytes,
         limits=EdgeLimits(settings.api_max_body_bytes, settings.api_anonymous_max_body_bytes),
+        max_future_skew=timedelta(seconds=settings.max_future_skew_s),
     )
     # Open SSE streams must not hold a shutdown for long.
     uvicorn.run(

@@ -72,7 +72,6 @@ class Settings(BaseSettings):
     worker_batch_max: int = Field(default=200, ge=1, description="Kafka records per worker batch")
     worker_batch_within_s: float = Field(default=0.2, gt=0, description="Max wait to fill a worker batch")
     store_batch_rows: int = Field(default=10000, ge=1, description="Rows per store transaction, at most")
-    store_flush_interval_s: float = Field(default=1.0, gt=0, description="Longest a row waits in the store buffer")
     retention_days: int = Field(default=180, ge=1, description="Raw readings older than this are dropped")
     rollup_5m_retention_days: int = Field(
         default=400, ge=0, description="5-minute rollups older than this are dropped (0: kept for ever)"
