@@ -610,6 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
     from citybrain.devices_cli import register as register_devices
 
     register_devices(sub)
+    from citybrain.notify_cli import register as register_notify
+
+    register_notify(sub)
     from citybrain.security import cli as sec
 
     p = sub.add_parser("audit", help="audit log")

@@ -101,10 +101,10 @@ function readingsText(readings) {
   return (readings ?? []).map((r) => `${r.metric}=${r.value}${r.unit && r.unit !== "1" ? ` ${r.unit}` : ""}${r.quality && r.quality !== "good" ? ` (${r.quality})` : ""}`).join(", ");
 }
 
-function table(head, rows) {
+function table(head, rows, kind) {
   return h(
     "table",
-    { class: "debug-table" },
+    { class: `debug-table debug-${kind}` },
     h("thead", null, h("tr", null, head.map((x) => h("th", null, x)))),
     h("tbody", null, rows),
   );
@@ -122,24 +122,6 @@ function render(body, d) {
       d.liveness ? ` · ${tr("last_seen")} ${fmtTime(d.liveness.last_seen, true)}` : "",
     ),
   );
-  body.append(h("h3", null, tr("messages")));
-  if (!d.messages.length) body.append(h("p", { class: "muted" }, tr("none")));
-  else
-    body.append(
-      table(
-        [tr("received"), tr("topic"), tr("payload"), tr("decoded")],
-        d.messages.map((m) =>
-          h(
-            "tr",
-            { class: m.rejected ? "debug-msg rejected" : "debug-msg", dataset: { reason: m.rejected?.reason ?? "" } },
-            h("td", { class: "nowrap" }, fmtTime(m.received_at, true)),
-            h("td", { class: "mono" }, m.topic),
-            h("td", { class: "mono payload" }, payloadText(m.payload)),
-            h("td", null, m.rejected ? h("span", { class: "reject" }, `${m.rejected.reason}: ${m.rejected.detail ?? ""}`) : readingsText(m.readings) || tr("accepted")),
-          ),
-        ),
-      ),
-    );
   body.append(h("h3", null, tr("dead")));
   if (!d.dead_letters.length) body.append(h("p", { class: "muted debug-dead-empty" }, tr("none")));
   else
@@ -153,9 +135,29 @@ function render(body, d) {
             h("td", { class: "nowrap" }, fmtTime(x.received_at, true)),
             h("td", null, h("strong", { class: "reject" }, x.reason), x.detail ? h("div", { class: "muted" }, x.detail) : null),
             h("td", null, x.source),
-            h("td", { class: "mono payload" }, payloadText(x.payload)),
+            h("td", { class: "mono" }, h("div", { class: "payload" }, payloadText(x.payload))),
           ),
         ),
+        "dead",
+      ),
+    );
+  body.append(h("h3", null, tr("messages")));
+  if (!d.messages.length) body.append(h("p", { class: "muted" }, tr("none")));
+  else
+    body.append(
+      table(
+        [tr("received"), tr("topic"), tr("payload"), tr("decoded")],
+        d.messages.map((m) =>
+          h(
+            "tr",
+            { class: m.rejected ? "debug-msg rejected" : "debug-msg", dataset: { reason: m.rejected?.reason ?? "" } },
+            h("td", { class: "nowrap" }, fmtTime(m.received_at, true)),
+            h("td", { class: "mono" }, m.topic),
+            h("td", { class: "mono" }, h("div", { class: "payload" }, payloadText(m.payload))),
+            h("td", null, m.rejected ? h("span", { class: "reject" }, `${m.rejected.reason}: ${m.rejected.detail ?? ""}`) : readingsText(m.readings) || tr("accepted")),
+          ),
+        ),
+        "messages",
       ),
     );
 }
