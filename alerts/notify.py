@@ -285,6 +285,12 @@ class RetryPolicy:
         if self.attempts < 1:
             raise NotifyError("at least one attempt")
 
+    @property
+    def worst_case_s(self) -> float:
+        """The longest a delivery's attempts can take: every attempt timing out, every wait at its longest."""
+        waits = sum(min(self.max_wait_s, self.first_wait_s * 2**i) for i in range(self.attempts - 1))
+        return self.attempts * self.timeout_s + waits
+
 
 class NotificationMetrics:
     """Counters of the notification dispatcher (on the registry passed in)."""

@@ -278,7 +278,8 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         if alerting and notify_metrics is not None:
             # Outbound notification webhooks: enqueued from the alerts topic, sent by the dispatcher.
             http = aiohttp.ClientSession()
-            notifications = NotificationStore(pool, notify_metrics)
+            # A claim outlives the longest attempt series, so no other worker sends the delivery meanwhile.
+            notifications = NotificationStore(pool, notify_metrics, lease_s=cfg.notify.worst_case_s + 60.0)
             state["http"] = http
             state["notifications"] = notifications
             state["dispatcher"] = Dispatcher(

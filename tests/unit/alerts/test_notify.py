@@ -13,6 +13,7 @@ import pytest
 
 from alerts.notify import (
     NotifyError,
+    RetryPolicy,
     Subscription,
     dingtalk_signed_url,
     matches,
@@ -119,3 +120,12 @@ def test_dingtalk_url_signature() -> None:
     mac = hmac.new(b"SECabc", b"1577836800000\nSECabc", hashlib.sha256).digest()
     assert q["sign"] == base64.b64encode(mac).decode()
     assert "+" not in parts.query and "/" not in parts.query.split("sign=")[1]  # URL-encoded
+
+
+def test_the_worst_case_of_a_retry_policy_bounds_the_claim() -> None:
+    # 5 attempts of at most 10 s, waits 2, 4, 8, 16 s.
+    assert RetryPolicy(attempts=5, first_wait_s=2, max_wait_s=120, timeout_s=10).worst_case_s == 80
+    # Waits stop doubling at max_wait_s.
+    assert RetryPolicy(attempts=4, first_wait_s=50, max_wait_s=60, timeout_s=1).worst_case_s == 4 + 50 + 60 + 60
+    with pytest.raises(NotifyError):
+        RetryPolicy(attempts=0)
