@@ -47,7 +47,7 @@ from prometheus_client import CollectorRegistry, Counter
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
-from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, RetryError, retry_if_exception, stop_after_attempt, wait_exponential
 
 from alerts.errors import AlertsError
 from core.records import Severity
@@ -103,12 +103,17 @@ class NotifyError(AlertsError):
 
 
 class DeliveryFailed(NotifyError):
-    """One attempt did not deliver (HTTP status, a robot's errcode, a network error)."""
+    """One attempt did not deliver (HTTP status, a robot's errcode, a network error).
+
+    ``permanent``: the target refused the request itself (a 4xx other than 408 and
+    429: a wrong path, a revoked key); trying again cannot help.
+    """
 
     def __init__(self, reason: str, status: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.permanent = status is not None and 400 <= status < 500 and status not in (408, 429)
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +355,11 @@ class WebhookSender:
         headers = signature_headers(sub.secret, int(now), body, d.key)
         try:
             async with self.client.post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.policy.timeout_s)
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.policy.timeout_s),
+                allow_redirects=False,  # a redirect is a misconfigured target, not somewhere to resend to
             ) as resp:
                 text = await resp.text(errors="replace")
                 if resp.status >= 300:
@@ -374,7 +383,7 @@ class WebhookSender:
             True once delivered, False after the last failed attempt.
         """
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(DeliveryFailed),
+            retry=retry_if_exception(lambda e: isinstance(e, DeliveryFailed) and not e.permanent),
             stop=stop_after_attempt(self.policy.attempts),
             wait=wait_exponential(multiplier=self.policy.first_wait_s, max=self.policy.max_wait_s),
         )
@@ -392,7 +401,8 @@ class WebhookSender:
                         raise
                     self.metrics.attempts.labels("ok").inc()
                     await on_attempt(d, n, status, None)
-        except RetryError:
+        except (RetryError, DeliveryFailed):
+            # Attempts used up (RetryError), or a permanent refusal (not retried, re-raised as is).
             self.metrics.deliveries.labels("failed").inc()
             return False
         self.metrics.deliveries.labels("delivered").inc()

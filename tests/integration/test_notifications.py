@@ -52,6 +52,7 @@ class Receiver:
 
     url: str = ""
     fail_first: int = 0
+    fail_status: int = 500
     errcode_first: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
 
@@ -59,7 +60,7 @@ class Receiver:
         body = await request.read()
         self.requests.append({"body": body, "headers": dict(request.headers), "query": dict(request.query)})
         if len(self.requests) <= self.fail_first:
-            return web.Response(status=500, text="boom")
+            return web.Response(status=self.fail_status, text="boom")
         if len(self.requests) <= self.errcode_first:
             return web.json_response({"errcode": 310000, "errmsg": "sign not match"})
         return web.json_response({"errcode": 0, "errmsg": "ok"})
@@ -319,3 +320,18 @@ async def test_subscription_edits_reach_the_matcher(kit: Kit, receiver: Receiver
     )
     assert r.status_code == 200
     assert await kit.store.enqueue([_transition()]) == 1
+
+
+@pytest.mark.parametrize(("status", "attempts"), [(404, 1), (400, 1), (429, FAST.attempts), (503, FAST.attempts)])
+async def test_a_client_error_is_not_retried_but_throttling_and_server_errors_are(
+    kit: Kit, receiver: Receiver, status: int, attempts: int
+) -> None:
+    receiver.fail_first, receiver.fail_status = 99, status
+    sub = await _subscribe(kit, name="x", url=receiver.url)
+    await kit.store.enqueue([_transition()])
+    await _deliver_all(kit)
+    assert len(receiver.requests) == attempts
+    log = (
+        await kit.client.get(f"/api/v1/notifications/subscriptions/{sub['id']}/deliveries", headers=kit.admin)
+    ).json()
+    assert log[0]["status"] == "failed" and log[0]["attempts"] == attempts
