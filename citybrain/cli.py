@@ -199,6 +199,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             timeout_s=settings.notify_timeout_s,
         ),
         dead_letter_retention_days=settings.dead_letter_retention_days,
+        debug_recent_messages=settings.debug_recent_messages,
     )
     app = create_app(cfg, CollectorRegistry(), shipped_models())
     worker = Worker(

@@ -143,6 +143,10 @@ class Settings(BaseSettings):
     )
     notify_max_wait_s: float = Field(default=120.0, gt=0, description="Longest wait between notification attempts")
     notify_timeout_s: float = Field(default=10.0, gt=0, description="HTTP timeout of one notification attempt")
+    debug_recent_messages: bool = Field(
+        default=True,
+        description="Workers keep each device's last 20 raw messages for the debug view (a write per device and batch)",
+    )
     dead_letter_retention_days: int = Field(
         default=7, ge=1, description="Days dead letters stay in the dead_letters table (the per-device debug view)"
     )

@@ -104,6 +104,7 @@ class WorkerConfig:
     notify_interval_s: float = 1.0
     notify_concurrency: int = 16
     dead_letter_retention_days: int = 7
+    debug_recent_messages: bool = True
 
     def __post_init__(self) -> None:
         if self.role not in WORKER_ROLES:
@@ -260,6 +261,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
                 anomaly=cfg.anomaly,
                 evaluate=cfg.role == "all",
                 downstream_views=cfg.downstream_views,
+                debug_recent=cfg.debug_recent_messages,
                 retention_days=cfg.retention_days,
             ),
             pool,
