@@ -38,6 +38,7 @@ from citybrain.routes import ledger as ledger_routes
 from citybrain.routes import notifications as notification_routes
 from citybrain.routes import readings as reading_routes
 from citybrain.routes import schemas as schema_routes
+from citybrain.routes import sources as source_routes
 from citybrain.routes import stats as stats_routes
 from citybrain.routes import vitals as vitals_routes
 from citybrain.routes import webhook as webhook_routes
@@ -60,6 +61,7 @@ ROUTE_MODULES = [
     ledger_routes,
     reading_routes,
     stats_routes,
+    source_routes,
     alert_routes,
     command_routes,
     geo_routes,
