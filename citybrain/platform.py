@@ -26,7 +26,7 @@ import psycopg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from citybrain.harness import HarnessError, ManagedProcess, Services, free_port, spawn
+from citybrain.harness import AMQTT_WARNING, HarnessError, ManagedProcess, Services, free_port, spawn
 from citybrain.migrations import upgrade
 from citybrain.settings import Settings
 from core.topics import KafkaTopics
@@ -104,6 +104,27 @@ def register_demo_devices(database_url: str, codes: list[str]) -> None:
             )
 
 
+#: Services that join Kafka consumer groups (their members must leave when they die).
+_GROUP_MEMBERS = frozenset({"gateway", "worker"})
+
+
+@dataclass
+class _Health:
+    """What the supervisor knows about one service's /healthz."""
+
+    url: str
+    seen_healthy: bool = False
+    failing_since: float | None = None
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
 @dataclass
 class Platform:
     """A running platform: servers plus service processes."""
@@ -118,10 +139,21 @@ class Platform:
     hj212_port: int = 0
     webhook_token: str = ""
     log_dir: Path = Path("var/logs")
+    #: A service whose /healthz has failed this long (after it was once healthy, or
+    #: after ``startup_grace_s``) is killed and restarted by :meth:`supervise_once`.
+    unhealthy_restart_s: float = 20.0
+    #: How long a (re)started service may take to become healthy the first time.
+    startup_grace_s: float = 90.0
     _api_keys: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = field(default_factory=dict, repr=False)
+    _health: dict[str, _Health] = field(default_factory=dict, repr=False)
+    _dead_pids: set[int] = field(default_factory=set, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings, data_dir: Path | None = None) -> Platform:
+    def from_settings(cls, settings: Settings, data_dir: Path | None = None, *, mqtt_broker: str = "amqtt") -> Platform:
+        """A platform for these settings; ``mqtt_broker`` as in :class:`citybrain.harness.Services`.
+
+        ``citybrain demo`` passes ``auto``: a private Mosquitto whenever it is installed.
+        """
         root = (data_dir or settings.data_dir).resolve()
         services = Services(
             root,
@@ -131,6 +163,7 @@ class Platform:
             # Stable per data dir (Python's hash() is salted per process), so a demo
             # restarted on the same data dir finds its database again.
             pg_name=f"pg-{zlib.crc32(str(root).encode()):08x}",
+            mqtt_broker=mqtt_broker,
         )
         return cls(settings=settings, services=services, log_dir=root / "logs")
 
@@ -163,6 +196,8 @@ class Platform:
             t0 = time.monotonic()
             say("starting servers (PostgreSQL, Kafka protocol, MQTT)…")
             self.services.start()
+            if self.services.processes and self.services.processes[-1].name == "mqtt (amqtt)":
+                say(AMQTT_WARNING)
             models = shipped_models()
             assert self.services.database_url and self.services.kafka_bootstrap
             say("migrating the database…")
@@ -326,19 +361,79 @@ class Platform:
         raise HarnessError(f"{what} not healthy at {url} within {timeout:.0f}s ({last})")
 
     def supervise_once(self) -> list[str]:
-        """Restart every platform service that died; returns their names.
+        """Restart every platform service that died or stayed unhealthy; returns their names.
+
+        A service is judged by its /healthz, not only by whether its process lives:
+        one that answered healthy and then failed for ``unhealthy_restart_s`` (or never
+        became healthy within ``startup_grace_s`` of its start) is killed and restarted.
+
+        Before a Kafka client (gateway, worker) is restarted, its consumer-group members
+        are evicted: Apache Kafka expires a dead member after its session timeout, the
+        embedded broker (noida-db) never does, and a group waiting for a member killed
+        with ``-9`` would keep the restarted worker from ever getting its partitions
+        (:func:`citybrain.kafka_compat.evict_dead_members`).
 
         Servers (Kafka, PostgreSQL, MQTT) belong to their own supervisor
         (systemd, Kubernetes, or the harness); services must recover from
         their restarts on their own.
         """
         restarted = []
+        now = time.monotonic()
         for p in self.processes:
-            if not p.alive():
+            if p.alive():
+                reason = self._unhealthy(p, now)
+                if reason is None:
+                    continue
+                log.warning("%s is unhealthy (%s); killing and restarting it (see %s)", p.name, reason, p.log_path)
+                p.kill()
+            else:
                 log.warning("%s exited with code %s; restarting it (see %s)", p.name, p.proc.returncode, p.log_path)
-                p.respawn()
-                restarted.append(p.name)
+            if p.name in _GROUP_MEMBERS:
+                self._dead_pids.add(p.pid)
+            self._evict_dead()
+            p.respawn()
+            self._health.pop(p.name, None)
+            restarted.append(p.name)
+        if self._dead_pids:
+            self._evict_dead()  # the broker was down at the time: try again
         return restarted
+
+    def health_url(self, name: str) -> str | None:
+        """The /healthz URL of a platform service (None: it has none)."""
+        port = {
+            "gateway": self.gateway_port,
+            "worker": self.worker_port,
+            "api": self.api_port,
+            "edge": self.edge_port,
+        }.get(name, 0)
+        return f"http://127.0.0.1:{port}/healthz" if port else None
+
+    def _unhealthy(self, p: ManagedProcess, now: float) -> str | None:
+        """Why a live service should be restarted, or None."""
+        url = self.health_url(p.name)
+        if url is None:
+            return None
+        h = self._health.setdefault(p.name, _Health(url))
+        if _http_ok(url):
+            h.seen_healthy, h.failing_since = True, None
+            return None
+        if not h.seen_healthy:
+            waited = now - p.started_at
+            return f"not healthy {waited:.0f}s after its start" if waited > self.startup_grace_s else None
+        if h.failing_since is None:
+            h.failing_since = now
+        failing = now - h.failing_since
+        return f"/healthz failing for {failing:.0f}s" if failing > self.unhealthy_restart_s else None
+
+    def _evict_dead(self) -> None:
+        bootstrap = self.services.kafka_bootstrap
+        if not bootstrap:
+            return
+        from citybrain.kafka_compat import evict_dead_members
+
+        for pid in sorted(self._dead_pids):
+            if evict_dead_members(bootstrap, pid, timeout_s=5.0) is not None:
+                self._dead_pids.discard(pid)
 
     def process(self, name: str) -> ManagedProcess:
         for p in self.processes:
@@ -352,6 +447,12 @@ class Platform:
             self.processes.pop().stop()
         self.services.stop()
 
+    def _mqtt_broker_name(self) -> str:
+        for p in self.services.processes:
+            if p.name.startswith("mqtt ("):
+                return p.name[len("mqtt (") : -1]
+        return "external"
+
     def urls(self) -> dict[str, str]:
         mqtt = self.services.mqtt
         return {
@@ -360,7 +461,7 @@ class Platform:
             "API metrics": f"http://127.0.0.1:{self.api_port}/metrics",
             "gateway metrics": f"http://127.0.0.1:{self.gateway_port}/metrics",
             "worker metrics": f"http://127.0.0.1:{self.worker_port}/metrics",
-            "MQTT": f"mqtt://{mqtt.host}:{mqtt.port}" if mqtt else "-",
+            "MQTT": f"mqtt://{mqtt.host}:{mqtt.port}  ({self._mqtt_broker_name()})" if mqtt else "-",
             "HJ 212 (TCP)": f"127.0.0.1:{self.hj212_port}",
             "NB-IoT webhook": f"http://127.0.0.1:{self.api_port}/api/v1/ingest/webhook/{{oceanconnect|ctwing}}"
             f"  (X-Citybrain-Token: {self.webhook_token})",

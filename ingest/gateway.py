@@ -85,6 +85,10 @@ class GatewayConfig:
     max_payload_bytes: int = 65536
     shared_group: str = ""
     client_id: str = ""
+    #: Kafka client id of the producer and the bridge consumer (default random). The
+    #: platform puts the pid in it, so a supervisor can evict a killed gateway's
+    #: bridge-group member on a broker that never expires it (citybrain.kafka_compat).
+    kafka_client_id: str = ""
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_tls: MqttTls | None = None  # set: connect over TLS (CITYBRAIN_MQTT_TLS_*)
@@ -237,7 +241,7 @@ class Gateway:
             linger_ms=2,
             max_request_size=max(1_048_576, self.cfg.batch_max_bytes + 65536),
             request_timeout_ms=15000,
-            client_id=f"citybrain-gateway-{uuid.uuid4().hex[:6]}",
+            client_id=self.cfg.kafka_client_id or f"citybrain-gateway-{uuid.uuid4().hex[:6]}",
         )
         try:
             await self._producer.start()
@@ -541,6 +545,7 @@ class Gateway:
             *topics,
             bootstrap_servers=self.cfg.kafka_bootstrap,
             group_id=f"{self.cfg.topics.prefix}-mqtt-bridge",
+            client_id=self.cfg.kafka_client_id or f"citybrain-bridge-{uuid.uuid4().hex[:6]}",
             auto_offset_reset="latest",
             enable_auto_commit=True,
         )

@@ -79,6 +79,8 @@ class WorkerConfig:
     rules_dir: str = ""
     rules_reload_s: float = 10.0
     downstream_views: str = "auto"
+    #: Kafka client id (the platform puts the pid in it: citybrain.kafka_compat.evict_dead_members).
+    client_id: str = "citybrain-worker"
 
     def __post_init__(self) -> None:
         if self.role not in WORKER_ROLES:
@@ -94,6 +96,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
     app = faust.App(
         app_id,
         broker=[f"kafka://{h}" for h in cfg.kafka_bootstrap.split(",")],
+        broker_client_id=cfg.client_id,
         store="memory://",
         datadir=cfg.data_dir,
         web_bind=cfg.web_host,
