@@ -129,3 +129,46 @@ def evict_dead_members(bootstrap: str, pid: int, timeout_s: float = 10.0) -> lis
     for group, member in evicted:
         log.warning("evicted member %s of dead process %d from consumer group %s", member, pid, group)
     return evicted
+
+
+async def _rewind(bootstrap: str, group: str, topics: list[str], since_ms: int) -> dict[str, int]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.structs import OffsetAndMetadata
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        if not tps:
+            return {}
+        consumer.assign(tps)
+        found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
+        ends = await consumer.end_offsets(tps)
+        offsets = {}
+        for tp in tps:
+            at = found.get(tp)
+            committed = await consumer.committed(tp)
+            target = at.offset if at is not None else ends[tp]
+            if committed is not None:
+                target = min(target, committed)
+            offsets[tp] = OffsetAndMetadata(target, "")
+        await consumer.commit(offsets)
+        return {f"{tp.topic}[{tp.partition}]": om.offset for tp, om in offsets.items()}
+    finally:
+        await consumer.stop()
+
+
+def rewind_group(
+    bootstrap: str, group: str, topics: list[str], since_ms: int, timeout_s: float = 30.0
+) -> dict[str, int]:
+    """Move an (empty) consumer group back to the first records written at or after ``since_ms``.
+
+    After a broker lost the tail of its log (noida-db killed with ``-9``), records written
+    after its restart take offsets the group had already passed, and a consumer resuming
+    at its position skips them. Rewinding to a time before the crash makes it read them;
+    what it reads twice is merged idempotently. Never moves a group forward.
+
+    Returns:
+        ``topic[partition]`` → the committed offset.
+    """
+    return asyncio.run(asyncio.wait_for(_rewind(bootstrap, group, topics, since_ms), timeout_s))

@@ -16,7 +16,9 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 import zlib
 from dataclasses import dataclass, field
@@ -115,14 +117,20 @@ class _Health:
     url: str
     seen_healthy: bool = False
     failing_since: float | None = None
+    slow_since: float | None = None
 
 
-def _http_ok(url: str, timeout: float = 2.0) -> bool:
+def _http_health(url: str, timeout: float = 2.0) -> str:
+    """``ok`` (200), ``slow`` (no answer in time: busy, or hung) or ``bad`` (refused, or not 200)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
-            return bool(r.status == 200)
+            return "ok" if r.status == 200 else "bad"
+    except TimeoutError:
+        return "slow"
+    except urllib.error.URLError as exc:
+        return "slow" if isinstance(exc.reason, TimeoutError) else "bad"
     except OSError:
-        return False
+        return "bad"
 
 
 @dataclass
@@ -147,6 +155,8 @@ class Platform:
     _api_keys: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = field(default_factory=dict, repr=False)
     _health: dict[str, _Health] = field(default_factory=dict, repr=False)
     _dead_pids: set[int] = field(default_factory=set, repr=False)
+    # supervise_once and restart_server change the same processes (the supervisor runs in a thread).
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, data_dir: Path | None = None, *, mqtt_broker: str = "amqtt") -> Platform:
@@ -176,6 +186,10 @@ class Platform:
         if not self.settings.gateway_client_id:
             # A stable client id: the broker keeps a restarted gateway's unacked QoS 1 messages.
             env["CITYBRAIN_GATEWAY_CLIENT_ID"] = f"{self.settings.topic_prefix}-gateway-1"
+        if not self.settings.kafka_bootstrap and not self.settings.gateway_kafka_hold_ms:
+            # The embedded broker (noida-db) acknowledges before its log is safe and loses the
+            # last ~0.8 s on kill -9: the gateway holds PUBACKs 1.5 s and resends what it lost.
+            env["CITYBRAIN_GATEWAY_KAFKA_HOLD_MS"] = "1500"
         env.update(self.services.env())
         env["CITYBRAIN_TOPIC_PREFIX"] = self.settings.topic_prefix
         env["CITYBRAIN_PARTITIONS"] = str(self.settings.partitions)
@@ -364,8 +378,10 @@ class Platform:
         """Restart every platform service that died or stayed unhealthy; returns their names.
 
         A service is judged by its /healthz, not only by whether its process lives:
-        one that answered healthy and then failed for ``unhealthy_restart_s`` (or never
-        became healthy within ``startup_grace_s`` of its start) is killed and restarted.
+        one that answered healthy and then refused or answered "unhealthy" for
+        ``unhealthy_restart_s`` (or left it unanswered six times as long: a saturated
+        service answers late and is not restarted for it), or never became healthy within
+        ``startup_grace_s`` of its start, is killed and restarted.
 
         Before a Kafka client (gateway, worker) is restarted, its consumer-group members
         are evicted: Apache Kafka expires a dead member after its session timeout, the
@@ -377,6 +393,10 @@ class Platform:
         (systemd, Kubernetes, or the harness); services must recover from
         their restarts on their own.
         """
+        with self._lock:
+            return self._supervise_once()
+
+    def _supervise_once(self) -> list[str]:
         restarted = []
         now = time.monotonic()
         for p in self.processes:
@@ -398,6 +418,51 @@ class Platform:
             self._evict_dead()  # the broker was down at the time: try again
         return restarted
 
+    def restart_server(self, kind: str, *, hard: bool = True, rewind_s: float = 10.0) -> None:
+        """Kill (``-9`` when ``hard``) a server the harness started, start it again, and recover the services.
+
+        ``kafka``: the embedded broker (noida-db) acknowledges records before its log is
+        safe, so a ``kill -9`` can cut the tail off its log; records written after its
+        restart then take offsets the stream workers had already passed, and a worker
+        resuming at its position would skip them. So the workers are stopped, their
+        group is rewound to the records written ``rewind_s`` before the kill (read twice,
+        merged once), and they are started again. Apache Kafka with replication loses no
+        acknowledged record and needs none of this.
+
+        Args:
+            kind: ``kafka`` or ``postgres``.
+            hard: SIGKILL, else the server's own stop signal.
+            rewind_s: How far before the kill the workers read again (Kafka only).
+        """
+        with self._lock:
+            killed_at = time.time()
+            self.services.restart(kind, hard=hard)
+            if kind != "kafka" or not self.services.kafka_bootstrap:
+                return
+            from citybrain.kafka_compat import rewind_group
+
+            workers = [p for p in self.processes if p.name == "worker"]
+            for w in workers:
+                w.kill()
+                self._dead_pids.add(w.pid)
+            self._evict_dead()
+            topics = KafkaTopics(self.settings.topic_prefix)
+            if self.settings.worker_role == "alerts":
+                group = f"{self.settings.topic_prefix}-streams-alerts"
+                names = [topics.readings(c) for c in shipped_models().device_classes()]
+            else:
+                group = f"{self.settings.topic_prefix}-streams"
+                names = [topics.raw]
+            since_ms = int((killed_at - rewind_s) * 1000)
+            try:
+                offsets = rewind_group(self.services.kafka_bootstrap, group, names, since_ms)
+                log.warning("Kafka restarted: group %s rewound to %s", group, offsets)
+            except Exception as exc:  # the workers must come back whatever happened
+                log.error("Kafka restarted, but group %s could not be rewound: %s", group, exc)
+            for w in workers:
+                w.respawn()
+                self._health.pop(w.name, None)
+
     def health_url(self, name: str) -> str | None:
         """The /healthz URL of a platform service (None: it has none)."""
         port = {
@@ -414,12 +479,20 @@ class Platform:
         if url is None:
             return None
         h = self._health.setdefault(p.name, _Health(url))
-        if _http_ok(url):
-            h.seen_healthy, h.failing_since = True, None
+        state = _http_health(url)
+        if state == "ok":
+            h.seen_healthy, h.failing_since, h.slow_since = True, None, None
             return None
         if not h.seen_healthy:
             waited = now - p.started_at
             return f"not healthy {waited:.0f}s after its start" if waited > self.startup_grace_s else None
+        if state == "slow":
+            # A service saturated by load answers late; restarting it would only add to the
+            # load. Only one that stays silent for much longer is taken for hung.
+            if h.slow_since is None:
+                h.slow_since = now
+            slow = now - h.slow_since
+            return f"/healthz unanswered for {slow:.0f}s" if slow > 6 * self.unhealthy_restart_s else None
         if h.failing_since is None:
             h.failing_since = now
         failing = now - h.failing_since
