@@ -254,16 +254,29 @@ def _check(
 ) -> KillResult:
     sent_at = {(s.code, s.ts): s.at for s in load.log}
     end = max(ts for _, ts in sent_at) + timedelta(seconds=1)
+    # Rules run after the readings are stored: wait until the alert transitions stop changing.
+    alerts_sql = (
+        "select h.alert_id, h.action from alert_history h join alerts a on a.id = h.alert_id"
+        " where h.actor = 'rules' and a.device_code = any(%s) and a.opened_at >= %s and a.opened_at < %s"
+    )
+    args = (list(rig.codes), base, end)
+    counts: list[int] = []
+
+    def settled() -> bool:
+        try:
+            with psycopg.connect(rig.url, connect_timeout=3) as conn:
+                counts.append(len(conn.execute(alerts_sql, args).fetchall()))
+        except psycopg.OperationalError:
+            return False
+        return len(counts) >= 4 and counts[-1] == counts[-4]
+
+    _wait(settled, 60, 1.0)
     with psycopg.connect(rig.url) as conn:
         rows = conn.execute(
             "select device_code, ts from readings_air where ts >= %s and ts < %s and device_code = any(%s)",
             (base, end, list(rig.codes)),
         ).fetchall()
-        transitions = conn.execute(
-            "select h.alert_id, h.action from alert_history h join alerts a on a.id = h.alert_id"
-            " where h.actor = 'rules' and a.device_code = any(%s) and a.opened_at >= %s and a.opened_at < %s",
-            (list(rig.codes), base, end),
-        ).fetchall()
+        transitions = conn.execute(alerts_sql, args).fetchall()
     got = collections.Counter((r[0], r[1]) for r in rows)
     lost = sorted(set(sent_at) - set(got))
     alert_keys = collections.Counter((t[0], t[1]) for t in transitions)

@@ -243,6 +243,7 @@ class Gateway:
         # When Kafka last answered (monotonic): a held record is released only once the broker
         # was seen alive kafka_hold_ms after acknowledging it, not merely after that much time.
         self._alive_at = 0.0
+        self._flushing = 0
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = threading.Event()
@@ -524,6 +525,13 @@ class Gateway:
                 oldest = None
 
     async def _flush(self, buffers: dict[int, list[_Pending]], rejects: list[_Reject]) -> None:
+        self._flushing += 1
+        try:
+            await self._flush_once(buffers, rejects)
+        finally:
+            self._flushing -= 1
+
+    async def _flush_once(self, buffers: dict[int, list[_Pending]], rejects: list[_Reject]) -> None:
         assert self._producer is not None
         while True:
             try:
@@ -553,7 +561,7 @@ class Gateway:
             lost = self._hold([(p, md.offset, buffers[p]) for p, md in zip(parts, results, strict=False)])
             self._ack({}, rejects)
             if lost:
-                await self._flush(lost, [])
+                await self._flush_once(lost, [])
         else:
             self._ack(buffers, rejects)
 
@@ -605,6 +613,10 @@ class Gateway:
             if not self._held:
                 continue
             started = time.monotonic()
+            # Not while a send is pending: the broker may be down, or back with a shorter log
+            # that only the offsets of that send will show; the flush releases what is due.
+            if self._flushing:
+                continue
             if started >= self._held[0].acked_at + hold > self._alive_at:
                 try:
                     await self._producer.client.fetch_all_metadata()
