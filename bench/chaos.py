@@ -18,8 +18,10 @@ The failure tests (tests/e2e/test_failures.py) run the same kills with a short l
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import dataclasses
+import json
 import threading
 import time
 import urllib.request
@@ -35,6 +37,7 @@ import psycopg
 from citybrain.harness import ManagedProcess, MqttEndpoint, start_mosquitto
 from citybrain.platform import Platform, demo_device_codes
 from citybrain.settings import Settings
+from core.topics import KafkaTopics
 from simulators.load import CityLoad, LoadConfig, LoadReport
 
 #: What can be killed, in the order ``make chaos`` kills them.
@@ -53,6 +56,9 @@ class KillResult:
     recovery_s: float | None
     alert_transitions: int
     alert_duplicates: int
+    #: Transitions on the Kafka alerts topic twice / recorded but never published.
+    published_twice: int
+    unpublished: int
     unacked: int
     resent: int
     lost_keys: list[tuple[str, datetime]]
@@ -63,14 +69,55 @@ class KillResult:
         rec = f"{self.recovery_s:.1f}" if self.recovery_s is not None else "not recovered"
         return (
             f"| kill -9 {self.component} | {self.sent:,} | {self.stored:,} | {self.lost:,} | {self.duplicated:,} "
-            f"| {rec} | {self.alert_transitions:,} / {self.alert_duplicates} |"
+            f"| {rec} | {self.alert_transitions:,} / {self.alert_duplicates} "
+            f"| {self.published_twice} / {self.unpublished} |"
         )
 
 
 TABLE_HEAD = (
-    "| Killed | Sent (acked) | Stored | Lost | Duplicated | Recovery s | Alert transitions / twice |\n"
-    "|---|---|---|---|---|---|---|"
+    "| Killed | Sent (acked) | Stored | Lost | Duplicated | Recovery s | Alert transitions / twice "
+    "| On Kafka twice / missing |\n"
+    "|---|---|---|---|---|---|---|---|"
 )
+
+#: alert_history actions → the transition named on the alerts topic.
+_TRANSITIONS = {"open": "open", "auto-resolve": "clear", "escalate": "escalate", "deescalate": "deescalate"}
+
+
+async def _published(
+    bootstrap: str, topic: str, ids: set[str], timeout: float = 20.0
+) -> collections.Counter[tuple[str, str]]:
+    """(alert id, transition) of every record on the alerts topic about these alerts, counted."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"chaos-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    out: collections.Counter[tuple[str, str]] = collections.Counter()
+    try:
+        parts = consumer.assignment() or set()
+        deadline = time.monotonic() + timeout
+        while not parts and time.monotonic() < deadline:
+            await consumer.getmany(timeout_ms=200)
+            parts = consumer.assignment()
+        ends = await consumer.end_offsets(list(parts))
+        while time.monotonic() < deadline:
+            for recs in (await consumer.getmany(timeout_ms=200)).values():
+                for r in recs:
+                    doc = json.loads(r.value)
+                    if doc.get("id") in ids:
+                        out[(doc["id"], doc["transition"])] += 1
+            positions = [await consumer.position(tp) for tp in ends]
+            if all(pos >= end for pos, end in zip(positions, ends.values(), strict=True)):
+                break
+    finally:
+        await consumer.stop()
+    return out
 
 
 class Rig:
@@ -280,6 +327,18 @@ def _check(
     got = collections.Counter((r[0], r[1]) for r in rows)
     lost = sorted(set(sent_at) - set(got))
     alert_keys = collections.Counter((t[0], t[1]) for t in transitions)
+    # Every transition the rules recorded reaches the alerts topic once (the outbox drains).
+    expected = {(aid, _TRANSITIONS[action]) for aid, action in transitions if action in _TRANSITIONS}
+    assert rig.platform is not None and rig.platform.services.kafka_bootstrap
+    topic = KafkaTopics(rig.platform.settings.topic_prefix).alerts
+    published: collections.Counter[tuple[str, str]] = collections.Counter()
+    ids = {aid for aid, _ in expected}
+    deadline = time.monotonic() + 60
+    while ids and time.monotonic() < deadline:
+        published = asyncio.run(_published(rig.platform.services.kafka_bootstrap, topic, ids))
+        if expected <= set(published):
+            break
+        time.sleep(2)
     return KillResult(
         component=kind,
         sent=len(sent_at),
@@ -289,6 +348,8 @@ def _check(
         recovery_s=recovery,
         alert_transitions=len(transitions),
         alert_duplicates=sum(n - 1 for n in alert_keys.values() if n > 1),
+        published_twice=sum(n - 1 for k, n in published.items() if n > 1 and k in expected),
+        unpublished=len(expected - set(published)),
         unacked=report.unacked,
         resent=report.resent,
         lost_keys=lost,
@@ -334,7 +395,16 @@ def main(argv: list[str] | None = None) -> int:
     print(TABLE_HEAD)
     for res in results:
         print(res.row())
-    bad = [res for res in results if res.lost or res.duplicated or res.alert_duplicates or res.recovery_s is None]
+    bad = [
+        res
+        for res in results
+        if res.lost
+        or res.duplicated
+        or res.alert_duplicates
+        or res.published_twice
+        or res.unpublished
+        or res.recovery_s is None
+    ]
     return 1 if bad else 0
 
 

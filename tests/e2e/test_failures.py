@@ -10,7 +10,8 @@ its supervisor restart it (the platform's for services; the harness, as systemd
 would, for servers) and checks the store against the sender's log:
 
 * every message sent was stored, none twice;
-* no alert transition was recorded twice (the polluters' alerts open and clear);
+* no alert transition was recorded twice (the polluters' alerts open and clear), and each
+  reached the Kafka alerts topic exactly once;
 * the platform recovered without a manual step (the seconds are printed, not asserted).
 
 ``make chaos`` (bench/chaos.py) runs the same kills with a longer load and prints a table.
@@ -53,6 +54,8 @@ def _run(rig: Rig, kind: str) -> KillResult:
     )
     assert res.stored == res.sent
     assert res.alert_duplicates == 0
+    assert res.unpublished == 0, "alert transitions recorded but never published on the alerts topic"
+    assert res.published_twice == 0, "alert transitions published twice on the alerts topic"
     assert res.recovery_s is not None, "messages sent after the kill were never stored"
     assert rig.platform is not None
     for p in rig.platform.processes:
