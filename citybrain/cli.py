@@ -127,7 +127,7 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
         shared_group=settings.gateway_shared_group,
         client_id=settings.gateway_client_id,
         kafka_client_id=process_client_id("gateway"),
-        kafka_hold_ms=settings.gateway_kafka_hold_ms,
+        kafka_replay_s=settings.gateway_kafka_replay_s,
         device_classes=tuple(shipped_models().device_classes()),
         bridge_readings=settings.gateway_bridge_readings,
         bridge_grades=settings.bridge_grades(),

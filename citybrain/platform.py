@@ -186,10 +186,11 @@ class Platform:
         if not self.settings.gateway_client_id:
             # A stable client id: the broker keeps a restarted gateway's unacked QoS 1 messages.
             env["CITYBRAIN_GATEWAY_CLIENT_ID"] = f"{self.settings.topic_prefix}-gateway-1"
-        if not self.settings.kafka_bootstrap and not self.settings.gateway_kafka_hold_ms:
-            # The embedded broker (noida-db) acknowledges before its log is safe and loses the
-            # last ~0.8 s on kill -9: the gateway holds PUBACKs 1.5 s and resends what it lost.
-            env["CITYBRAIN_GATEWAY_KAFKA_HOLD_MS"] = "1500"
+        if not self.settings.kafka_bootstrap and not self.settings.gateway_kafka_replay_s:
+            # The embedded broker (noida-db) acknowledges before its log is safe (it snapshots its
+            # whole state now and then) and loses what came since on kill -9: the gateway keeps
+            # copies of what it acknowledged for a minute and resends what the log lost.
+            env["CITYBRAIN_GATEWAY_KAFKA_REPLAY_S"] = "60"
         env.update(self.services.env())
         env["CITYBRAIN_TOPIC_PREFIX"] = self.settings.topic_prefix
         env["CITYBRAIN_PARTITIONS"] = str(self.settings.partitions)

@@ -89,10 +89,11 @@ class GatewayConfig:
     #: platform puts the pid in it, so a supervisor can evict a killed gateway's
     #: bridge-group member on a broker that never expires it (citybrain.kafka_compat).
     kafka_client_id: str = ""
-    #: Hold each PUBACK this long after Kafka acknowledged its record (0: ack at once). For a
-    #: broker that acknowledges before its log is safe (the embedded noida-db): if the log
-    #: turns out to have lost records still held, the gateway sends them again.
-    kafka_hold_ms: int = 0
+    #: Keep a copy of each record Kafka acknowledged this long (0: none). For a broker that
+    #: acknowledges before its log is safe (the embedded noida-db): when a later record gets
+    #: an offset at or below one it acknowledged, its log went back, and the gateway sends the
+    #: copies from that offset on again (the store merges what arrives twice).
+    kafka_replay_s: float = 0.0
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_tls: MqttTls | None = None  # set: connect over TLS (CITYBRAIN_MQTT_TLS_*)
@@ -152,7 +153,7 @@ class GatewayMetrics:
         )
         self.kafka_resent = Counter(
             "citybrain_gateway_kafka_resent_messages_total",
-            "Held messages sent to Kafka again because its log lost them",
+            "Acknowledged messages sent to Kafka again because its log lost them (kafka_replay_s)",
             registry=registry,
         )
         self.bridged = Counter(
@@ -186,7 +187,7 @@ class _Pending:
 
 @dataclass(slots=True)
 class _Held:
-    """A Kafka record acknowledged but not yet PUBACKed (``kafka_hold_ms``)."""
+    """A copy of a record Kafka acknowledged, kept ``kafka_replay_s`` in case its log loses it."""
 
     acked_at: float
     partition: int
@@ -237,13 +238,9 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots = threading.BoundedSemaphore(config.queue_max)
         self._inbox: collections.deque[mqtt.MQTTMessage] = collections.deque()
-        # kafka_hold_ms: records acknowledged, not yet PUBACKed; highest offset acknowledged per partition.
+        # kafka_replay_s: copies of acknowledged records; highest offset acknowledged per partition.
         self._held: collections.deque[_Held] = collections.deque()
         self._high: dict[int, int] = {}
-        # When Kafka last answered (monotonic): a held record is released only once the broker
-        # was seen alive kafka_hold_ms after acknowledging it, not merely after that much time.
-        self._alive_at = 0.0
-        self._flushing = 0
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = threading.Event()
@@ -283,8 +280,6 @@ class Gateway:
                 "start the broker or fix CITYBRAIN_KAFKA_BOOTSTRAP"
             ) from exc
         self._tasks.append(asyncio.create_task(self._batch_loop(), name="gateway-batcher"))
-        if self.cfg.kafka_hold_ms > 0:
-            self._tasks.append(asyncio.create_task(self._release_loop(), name="gateway-release"))
         if self._floods is not None:
             self._tasks.append(asyncio.create_task(self._flood_loop(), name="gateway-floods"))
         self._connect_mqtt()
@@ -524,14 +519,7 @@ class Gateway:
             elif not buffers and not rejects:
                 oldest = None
 
-    async def _flush(self, buffers: dict[int, list[_Pending]], rejects: list[_Reject]) -> None:
-        self._flushing += 1
-        try:
-            await self._flush_once(buffers, rejects)
-        finally:
-            self._flushing -= 1
-
-    async def _flush_once(self, buffers: dict[int, list[_Pending]], rejects: list[_Reject]) -> None:
+    async def _flush(self, buffers: dict[int, list[_Pending]], rejects: list[_Reject], *, ack: bool = True) -> None:
         assert self._producer is not None
         while True:
             try:
@@ -550,34 +538,33 @@ class Gateway:
                     )
                     futures.append(fut)
                 results = await asyncio.gather(*futures)
-                self._alive_at = time.monotonic()
                 break
             except KafkaError as exc:
                 # Hold the acks and retry: the broker keeps redelivering, nothing is dropped.
                 self.metrics.kafka_errors.inc()
                 log.error("Kafka send failed (%s); retrying, MQTT acks held", exc)
                 await asyncio.sleep(0.5)
-        if self.cfg.kafka_hold_ms > 0:
-            lost = self._hold([(p, md.offset, buffers[p]) for p, md in zip(parts, results, strict=False)])
-            self._ack({}, rejects)
-            if lost:
-                await self._flush_once(lost, [])
-        else:
+        if ack:
             self._ack(buffers, rejects)
+        if self.cfg.kafka_replay_s > 0:
+            lost = self._retain([(p, md.offset, buffers[p]) for p, md in zip(parts, results, strict=False)])
+            if lost:
+                # Already acknowledged on MQTT: only Kafka needs them again.
+                await self._flush(lost, [], ack=False)
 
-    def _hold(self, records: list[tuple[int, int, list[_Pending]]]) -> dict[int, list[_Pending]]:
-        """Keep acknowledged records for ``kafka_hold_ms``; return held messages the broker's log lost."""
+    def _retain(self, records: list[tuple[int, int, list[_Pending]]]) -> dict[int, list[_Pending]]:
+        """Keep copies of acknowledged records ``kafka_replay_s``; return those the broker's log lost."""
         now = time.monotonic()
         lost: dict[int, list[_Pending]] = collections.defaultdict(list)
         for p, offset, items in records:
             if offset <= self._high.get(p, -1):
-                # The log went back: every record we hold at this offset or beyond is gone.
+                # The log went back: every record we acknowledged at this offset or beyond is gone.
                 gone = [h for h in self._held if h.partition == p and h.offset >= offset]
                 n = sum(len(h.items) for h in gone)
                 self.metrics.kafka_regressions.inc()
                 self.metrics.kafka_resent.inc(n)
                 log.error(
-                    "Kafka log %s[%d] went back to offset %d (had acknowledged %d): sending %d held messages again",
+                    "Kafka log %s[%d] went back to offset %d (had acknowledged %d): sending %d messages again",
                     self.cfg.topics.raw,
                     p,
                     offset,
@@ -589,41 +576,12 @@ class Gateway:
                 self._held = collections.deque(h for h in self._held if h not in gone)
             self._high[p] = offset
             self._held.append(_Held(now, p, offset, items))
-        self._release(now)
+        # Pruned only here, after a successful send: while the broker is down nothing expires,
+        # so the first send after its restart still finds what it lost.
+        keep = self.cfg.kafka_replay_s
+        while self._held and now - self._held[0].acked_at > keep:
+            self._held.popleft()
         return dict(lost)
-
-    def _release(self, now: float) -> None:
-        """PUBACK the held records the broker outlived by ``kafka_hold_ms``."""
-        hold = self.cfg.kafka_hold_ms / 1000
-        due: dict[int, list[_Pending]] = collections.defaultdict(list)
-        while self._held and self._held[0].acked_at + hold <= self._alive_at:
-            h = self._held.popleft()
-            due[h.partition].extend(h.items)
-        if due:
-            self._ack(due, [])
-
-    async def _release_loop(self) -> None:
-        # Held acks go out on time even when no new record is flushed: ask the broker
-        # whether it is still there (a metadata request), then release what it outlived.
-        assert self._producer is not None
-        hold = self.cfg.kafka_hold_ms / 1000
-        period = max(0.01, hold / 4)
-        while True:
-            await asyncio.sleep(period)
-            if not self._held:
-                continue
-            started = time.monotonic()
-            # Not while a send is pending: the broker may be down, or back with a shorter log
-            # that only the offsets of that send will show; the flush releases what is due.
-            if self._flushing:
-                continue
-            if started >= self._held[0].acked_at + hold > self._alive_at:
-                try:
-                    await self._producer.client.fetch_all_metadata()
-                except KafkaError:
-                    continue  # down: keep holding; the next flush retries and compares offsets
-                self._alive_at = max(self._alive_at, started)
-            self._release(started)
 
     def _ack(self, buffers: dict[int, list[_Pending]], rejects: list[_Reject]) -> None:
         now = time.monotonic()
