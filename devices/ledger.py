@@ -55,7 +55,6 @@ __all__ = [
     "Page",
     "allocate_codes",
     "load_index_sync",
-    "mask_contact",
 ]
 
 log = logging.getLogger(__name__)
@@ -512,14 +511,6 @@ _UPDATABLE = frozenset(
         "serial",
     }
 )
-
-
-def mask_contact(value: str | None) -> str | None:
-    """Mask personal contact data: keep the last 4 characters of a long value, hide the rest."""
-    if not value:
-        return value
-    keep = value[-4:] if len(value) >= 8 else ""
-    return "*" * max(3, len(value) - len(keep)) + keep
 
 
 _SELECT_INDEX = "select code, model, device_class, district, grid, state, attributes from devices"

@@ -4,6 +4,7 @@ import pytest
 
 from devices.code import DeviceCode, check_char, code_bounds, resolve
 from devices.errors import AllocationError, DeviceCodeError
+from devices.grades import mask_contact
 from devices.ledger import (
     DeviceIndex,
     DeviceInfo,
@@ -11,7 +12,6 @@ from devices.ledger import (
     _allocate_params,
     _allocated,
     code_key,
-    mask_contact,
 )
 
 
