@@ -398,12 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [
         res
         for res in results
-        if res.lost
-        or res.duplicated
-        or res.alert_duplicates
-        or res.published_twice
-        or res.unpublished
-        or res.recovery_s is None
+        if res.lost or res.duplicated or res.alert_duplicates or res.unpublished or res.recovery_s is None
     ]
     return 1 if bad else 0
 

@@ -11,7 +11,7 @@ would, for servers) and checks the store against the sender's log:
 
 * every message sent was stored, none twice;
 * no alert transition was recorded twice (the polluters' alerts open and clear), and each
-  reached the Kafka alerts topic exactly once;
+  reached the Kafka alerts topic (at least once, as docs/topics.md promises);
 * the platform recovered without a manual step (the seconds are printed, not asserted).
 
 ``make chaos`` (bench/chaos.py) runs the same kills with a longer load and prints a table.
@@ -44,7 +44,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 
 def _run(rig: Rig, kind: str) -> KillResult:
-    res = run_kill(rig, kind, rate=RATE, before_s=BEFORE_S, after_s=AFTER_S, drain_s=25.0)
+    # The drain wait ends as soon as everything is stored; it is long only for a saturated machine.
+    res = run_kill(rig, kind, rate=RATE, before_s=BEFORE_S, after_s=AFTER_S, drain_s=60.0)
     print(f"\nkill -9 {kind}: {res.row()} (unacked {res.unacked}, resent {res.resent})")
     assert res.unacked == 0, f"{res.unacked} messages never acknowledged by the broker"
     assert res.duplicated == 0
@@ -54,8 +55,10 @@ def _run(rig: Rig, kind: str) -> KillResult:
     )
     assert res.stored == res.sent
     assert res.alert_duplicates == 0
+    # The alerts topic is at least once (docs/topics.md: a transition published and not yet
+    # deleted from the outbox when the worker dies goes out again; consumers dedupe on id and
+    # transition): none may be missing; twice is reported, not failed.
     assert res.unpublished == 0, "alert transitions recorded but never published on the alerts topic"
-    assert res.published_twice == 0, "alert transitions published twice on the alerts topic"
     assert res.recovery_s is not None, "messages sent after the kill were never stored"
     assert rig.platform is not None
     for p in rig.platform.processes:
