@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         default="", description="Shared-subscription group ($share/<group>/...); empty: plain subscription"
     )
     gateway_client_id: str = Field(default="", description="MQTT client id of the gateway (default random)")
+    gateway_kafka_replay_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Keep copies of Kafka-acknowledged records this long and resend them if the broker's log"
+        " loses them (0: off; the platform sets 60 for its embedded broker)",
+    )
     max_payload_bytes: int = Field(default=65536, ge=256, description="Largest accepted MQTT payload")
     gateway_flood_factor: float = Field(
         default=100.0,

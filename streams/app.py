@@ -105,6 +105,8 @@ class WorkerConfig:
     notify_concurrency: int = 16
     dead_letter_retention_days: int = 7
     debug_recent_messages: bool = True
+    #: Kafka client id (the platform puts the pid in it: citybrain.kafka_compat.evict_dead_members).
+    client_id: str = "citybrain-worker"
 
     def __post_init__(self) -> None:
         if self.role not in WORKER_ROLES:
@@ -183,6 +185,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
     app = faust.App(
         app_id,
         broker=[f"kafka://{h}" for h in cfg.kafka_bootstrap.split(",")],
+        broker_client_id=cfg.client_id,
         store="memory://",
         datadir=cfg.data_dir,
         web_bind=cfg.web_host,
