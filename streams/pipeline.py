@@ -56,10 +56,11 @@ from alerts.store import AlertStore, GroupPolicy
 from core.records import Alert, Quality, RawMessage, Reading, RecordError, epoch_us
 from core.topics import KafkaTopics
 from devices.grades import masker_for
-from devices.ledger import DeviceIndex, DeviceInfo, Ledger
+from devices.ledger import DeviceInfo, IndexFeed, Ledger
 from devices.models import ModelError, ModelRegistry
 from ingest.batch import dead_letter_headers, decode_batch
 from ingest.errors import DecodeError
+from streams.debug import record_recent
 from streams.downstream import plan_views
 from streams.normalise import Normalised, Reject, normalise
 from streams.retention import retention_cutoff
@@ -165,6 +166,9 @@ class PipelineConfig:
     #: Graded Kafka views ``readings.{class}.public|internal`` (streams.downstream.plan_views):
     #: ``auto`` only for classes with non-public metrics, ``all`` for every class, ``off`` none.
     downstream_views: str = "auto"
+    #: Keep each device's last raw messages for the debug view (streams.debug.record_recent):
+    #: one more upsert per device per batch (``CITYBRAIN_DEBUG_RECENT_MESSAGES``).
+    debug_recent: bool = True
     #: Raw readings are kept this many whole UTC days (``CITYBRAIN_RETENTION_DAYS``); an older
     #: reading is dead-lettered ``beyond_retention`` instead of stored (None: no limit).
     retention_days: int | None = None
@@ -199,7 +203,8 @@ class Pipeline:
         self._masker = masker_for(models)
         # Bounded by districts × classes; feeds the "no data from a district" Prometheus alert.
         self._last_event: dict[tuple[str, str], float] = {}
-        self.index = DeviceIndex()
+        self._feed = IndexFeed(pool)
+        self.index = self._feed.index
         self._index_loaded = 0.0
         self._clock = clock
         self.flush_producer: Callable[[], Awaitable[None]] = flush_producer or _no_flush
@@ -224,10 +229,16 @@ class Pipeline:
         }
 
     async def refresh_index(self, force: bool = False) -> None:
-        """Reload the ledger index when it is older than ``index_refresh_s``."""
+        """Bring the ledger index up to date when it is older than ``index_refresh_s`` (or ``force``).
+
+        The first call reads the whole ledger; later ones read only the devices
+        changed since (:class:`devices.ledger.IndexFeed`), so a refresh costs time
+        in proportion to the changes, not to the size of the ledger.
+        """
         now = time.monotonic()
         if force or now - self._index_loaded > self.cfg.index_refresh_s:
-            self.index = await self.ledger.load_compact_index()
+            await self._feed.refresh()
+            self.index = self._feed.index
             self._index_loaded = now
 
     async def _reload_for_unknown(self, messages: Sequence[RawMessage]) -> None:
@@ -294,6 +305,15 @@ class Pipeline:
             if unplaced:
                 self._set_aside(result, unplaced)
         await self._after_store(result)
+        if messages and self.cfg.debug_recent:
+            # The debug view's ring of recent raw messages: one upsert per device per batch.
+            async with self.pool.connection() as conn:
+                await record_recent(
+                    conn,
+                    messages,
+                    (r for r, _ in result.readings),
+                    ((rej.raw, rej.reason, rej.detail) for rej in result.rejects),
+                )
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         return result
 
