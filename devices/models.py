@@ -29,6 +29,7 @@ __all__ = [
     "DeviceModel",
     "Metric",
     "ModelRegistry",
+    "is_assessment_station",
     "load_models",
     "shipped_models",
 ]
@@ -240,6 +241,50 @@ class DeviceModel:
                 for c in self.commands.values()
             ],
         }
+
+
+# HJ 664 / HJ 663: national (国控) and provincial (省控) stations are the assessment
+# stations (评价点位) an area's air quality is computed from; municipal stations
+# and micro-stations are not (docs/standards.md §3.6).
+_ASSESSMENT_LEVELS = frozenset({"national", "provincial"})
+
+
+def _truthy(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("false", "0", "no"):
+        return False
+    return None
+
+
+def is_assessment_station(attributes: Mapping[str, Any], model: DeviceModel | None) -> bool:
+    """Whether an air device is an assessment station, whose values set its area's AQI.
+
+    The one rule (docs/standards.md §3.6), first that applies:
+
+    1. the device's ``assessment`` attribute (true/false), if set;
+    2. its ``station_level``: ``national`` or ``provincial`` → yes, any other → no;
+    3. the model's default for ``assessment`` (``air-station`` true,
+       ``air-micro`` false);
+    4. no.
+
+    Args:
+        attributes: The device's attributes from the ledger.
+        model: Its model, or None when unknown.
+    """
+    explicit = _truthy(attributes.get("assessment"))
+    if explicit is not None:
+        return explicit
+    level = attributes.get("station_level")
+    if isinstance(level, str) and level:
+        return level in _ASSESSMENT_LEVELS
+    if model is not None:
+        for spec in model.attributes:
+            if spec.get("name") == "assessment":
+                return _truthy(spec.get("default")) is True
+    return False
 
 
 def _build(spec: _ModelSpec) -> DeviceModel:
