@@ -18,8 +18,8 @@ from devices.models import is_assessment_station, shipped_models
 from geo.stats import AirStationValues
 
 # Two national stations of one district, HJ 633-2026 real-time report (1 h values).
-STATION_A = {"pm25": 30, "pm10": 60, "no2": 30}
-STATION_B = {"pm25": 60, "pm10": 80, "no2": 50}
+STATION_A: dict[str, float] = {"pm25": 30, "pm10": 60, "no2": 30}
+STATION_B: dict[str, float] = {"pm25": 60, "pm10": 80, "no2": 50}
 
 
 def test_area_aqi_is_computed_on_the_mean_concentrations() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from alerts.anomaly.result import DetectorKind
@@ -59,7 +61,7 @@ def test_alerts_without_value_or_rule_name_still_render() -> None:
 
 
 def test_malformed_texts_are_refused() -> None:
-    base = {
+    base: dict[str, Any] = {
         "languages": ["zh-CN", "en"],
         "templates": {
             k: {"zh-CN": "{rule_name}", "en": "{rule_name}"} for k in ("default", "measured", "no_value", "incident")
