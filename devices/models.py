@@ -187,6 +187,7 @@ class Command:
     params: Mapping[str, Mapping[str, Any]]
     ttl_s: int
     timeout_s: int
+    label: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +238,12 @@ class DeviceModel:
             ],
             "attributes": [dict(a) for a in self.attributes],
             "commands": [
-                {"name": c.name, "params": {k: dict(v) for k, v in c.params.items()}, "ttl_s": c.ttl_s}
+                {
+                    "name": c.name,
+                    "label": dict(c.label),
+                    "params": {k: dict(v) for k, v in c.params.items()},
+                    "ttl_s": c.ttl_s,
+                }
                 for c in self.commands.values()
             ],
         }
@@ -318,7 +324,9 @@ def _build(spec: _ModelSpec) -> DeviceModel:
         metrics=metrics,
         attributes=tuple(a.model_dump() for a in spec.attributes),
         commands={
-            c.name: Command(c.name, {k: p.model_dump() for k, p in c.params.items()}, c.ttl_s, c.timeout_s)
+            c.name: Command(
+                c.name, {k: p.model_dump() for k, p in c.params.items()}, c.ttl_s, c.timeout_s, dict(c.label)
+            )
             for c in spec.commands
         },
         by_hj212={m.hj212: m.name for m in spec.metrics if m.hj212},
