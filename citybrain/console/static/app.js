@@ -616,9 +616,8 @@ function fillAlertRow(li, a) {
       h("span", { class: "alert-state" }, t(`state.${a.state}`)),
       h("span", { class: "alert-time", title: a.opened_at ?? "" }, fmtTime(a.opened_at, true)),
     ),
-    h("div", { class: "alert-title" }, title),
     // The rule id and the raw (English, UTC) message stay one hover away, for integrators.
-    h("div", { class: "alert-msg", title: `${a.rule ?? ""}: ${a.message ?? ""}` }, text),
+    h("div", { class: "alert-msg", dataset: { title }, title: `${a.rule ?? ""}: ${a.message ?? ""}` }, text),
     h("div", { class: "alert-meta" }, h("span", null, districtName(a.district)), h("span", null, className(a.cls)), devLink),
   );
   if (shelved) {
