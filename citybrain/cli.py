@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -177,7 +179,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         max_future_skew_s=settings.max_future_skew_s,
         rules=load_rules(Path(settings.rules_dir)) if settings.rules_dir else shipped_rules(),
         store_batch_rows=settings.store_batch_rows,
-        store_flush_interval_s=settings.store_flush_interval_s,
         retention_days=settings.retention_days,
         rollup_retention_days=settings.rollup_retention_days(),
         maintenance_interval_s=settings.maintenance_interval_s,
@@ -199,8 +200,19 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         # Faust replaces the process's logging setup; give it ours so JSON lines stay JSON.
         logging_config=logging_dict(settings.log_level, settings.log_format),
     )
-    worker.execute_from_commandline()
-    return 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    else:  # pragma: no cover - execute_from_commandline always raises SystemExit
+        code = 0
+    # Faust has stopped: offsets committed, producer flushed, pool closed. Leave without the
+    # interpreter's teardown, which spent seconds freeing the records fetched ahead of a
+    # backlog (not drained on stop: streams/app.py) and pushed a SIGTERM past the supervisor's 10 s.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _mqtt_tls(settings: Settings) -> MqttTls | None:
@@ -224,14 +236,44 @@ def _api_tls(settings: Settings) -> dict[str, str]:
     return {"ssl_certfile": cert, "ssl_keyfile": key}
 
 
+def _api_proxy_headers(settings: Settings) -> dict[str, Any]:
+    """uvicorn's forwarding-header arguments, always explicit.
+
+    uvicorn believes X-Forwarded-For/-Proto from 127.0.0.1 (or $FORWARDED_ALLOW_IPS) unless
+    told otherwise, and the login limiter and the audit log key on the client address: so
+    they are believed only from CITYBRAIN_TRUSTED_PROXIES, and by default from nobody.
+    """
+    proxies = settings.proxy_networks()
+    if not proxies:
+        return {"proxy_headers": False, "forwarded_allow_ips": []}
+    return {"proxy_headers": True, "forwarded_allow_ips": list(proxies)}
+
+
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from citybrain.api import create_api
+    from citybrain.security.guard import EdgeLimits
     from devices.models import shipped_models
+    from ingest.kafka_sink import KafkaSinkConfig
 
     tls = _api_tls(settings)  # before anything starts: half a TLS setting stops here
-    app = create_api(_need(settings.database_url, "CITYBRAIN_DATABASE_URL"), shipped_models(), CollectorRegistry())
+    ingest = KafkaSinkConfig(
+        _need(settings.kafka_bootstrap, "CITYBRAIN_KAFKA_BOOTSTRAP"),
+        KafkaTopics(settings.topic_prefix),
+        partitions=settings.partitions,
+        source="webhook",
+    )
+    app = create_api(
+        _need(settings.database_url, "CITYBRAIN_DATABASE_URL"),
+        shipped_models(),
+        CollectorRegistry(),
+        ingest=ingest,
+        webhook_token=settings.webhook_token,
+        webhook_max_body_bytes=settings.webhook_max_body_bytes,
+        limits=EdgeLimits(settings.api_max_body_bytes, settings.api_anonymous_max_body_bytes),
+        max_future_skew=timedelta(seconds=settings.max_future_skew_s),
+    )
     # Open SSE streams must not hold a shutdown for long.
     uvicorn.run(
         app,
@@ -239,6 +281,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port or settings.api_port,
         log_level="warning",
         timeout_graceful_shutdown=3,
+        **_api_proxy_headers(settings),
         **tls,  # type: ignore[arg-type]
     )
     return 0

@@ -194,13 +194,16 @@ async def air_station_values(conn: AsyncConnection[Any], *, max_age_s: float) ->
     return out
 
 
-async def device_counts(conn: AsyncConnection[Any], cadences: Mapping[str, int]) -> dict[str, int]:
+async def device_counts(conn: AsyncConnection[Any], cadences: Mapping[str, int], *, now: datetime) -> dict[str, int]:
     """City-wide liveness counts with the thresholds of :func:`geo.status.classify` (session included).
 
     Args:
         conn: An open connection.
         cadences: Reporting cadence in seconds per model key as stored in
             ``devices.model`` (``id@version`` and bare ``id``).
+        now: The caller's clock. ``last_seen`` is a receive time stamped by the ingest
+            side's clock, not the database's, so "how long ago" is measured from here
+            (as :func:`geo.status.classify` does for the map), not from ``now()``.
 
     Returns:
         ``{"fresh", "stale", "offline", "unknown", "total"}``; ``unknown``
@@ -219,19 +222,19 @@ async def device_counts(conn: AsyncConnection[Any], cadences: Mapping[str, int])
             where {live}
         )
         select
-            count(*) filter (where not will and last_seen >= now() - make_interval(secs => {fresh} * cadence_s)),
-            count(*) filter (where not will and last_seen < now() - make_interval(secs => {fresh} * cadence_s)
+            count(*) filter (where not will and last_seen >= %(now)s - make_interval(secs => {fresh} * cadence_s)),
+            count(*) filter (where not will and last_seen < %(now)s - make_interval(secs => {fresh} * cadence_s)
                                and (coalesce(connected, false)
-                                    or last_seen >= now() - make_interval(secs => {stale} * cadence_s))),
+                                    or last_seen >= %(now)s - make_interval(secs => {stale} * cadence_s))),
             count(*) filter (where cadence_s is not null and last_seen is not null
-                               and (will or (last_seen < now() - make_interval(secs => {stale} * cadence_s)
+                               and (will or (last_seen < %(now)s - make_interval(secs => {stale} * cadence_s)
                                              and not coalesce(connected, false)))),
             count(*) filter (where last_seen is null or cadence_s is null),
             count(*)
         from j
         """
     ).format(fresh=sql.Literal(FRESH_CADENCES), stale=sql.Literal(STALE_CADENCES), live=sql.SQL(_LIVE))
-    params = {"models": list(cadences), "cadences": list(cadences.values())}
+    params = {"models": list(cadences), "cadences": list(cadences.values()), "now": now}
     row = await (await conn.execute(query, params)).fetchone()
     assert row is not None  # an aggregate without GROUP BY always returns one row
     fresh, stale, offline, unknown, total = (int(v) for v in row)
@@ -333,8 +336,10 @@ async def manhole_open_alerts(conn: AsyncConnection[Any]) -> int:
 INGEST_EVENT_LOOKBACK_S = 600
 
 
-async def messages_last_minute(conn: AsyncConnection[Any], tables: Iterable[str], *, window_s: int = 60) -> int:
-    """Messages stored with a receive time in the last ``window_s`` seconds, over all class tables.
+async def messages_last_minute(
+    conn: AsyncConnection[Any], tables: Iterable[str], *, now: datetime, window_s: int = 60
+) -> int:
+    """Messages stored with a receive time in the ``window_s`` seconds before ``now``, over all class tables.
 
     A row of ``readings_{class}`` is one device's message at one event time (a
     message's metrics are one wide row), so this counts messages, not devices
@@ -344,6 +349,8 @@ async def messages_last_minute(conn: AsyncConnection[Any], tables: Iterable[str]
     Args:
         conn: An open connection.
         tables: The ``readings_{class}`` tables (``streams.store.class_table``).
+        now: The API's clock: ``rx`` is an application-side receive time, so the
+            window is measured from the application's clock, not the database's.
         window_s: The window, 60 for a per-minute rate.
     """
     names = list(tables)
@@ -357,11 +364,13 @@ async def messages_last_minute(conn: AsyncConnection[Any], tables: Iterable[str]
         return 0
     parts = sql.SQL(" union all ").join(
         sql.SQL(
-            "select count(*) as n from {} where ts >= now() - make_interval(secs => %(lookback)s)"
-            " and rx >= now() - make_interval(secs => %(window)s)"
+            "select count(*) as n from {} where ts >= %(now)s - make_interval(secs => %(lookback)s)"
+            " and rx >= %(now)s - make_interval(secs => %(window)s)"
         ).format(sql.Identifier(t))
         for t in existing
     )
     query = sql.SQL("select coalesce(sum(n), 0) from ({}) c").format(parts)
-    row = await (await conn.execute(query, {"lookback": INGEST_EVENT_LOOKBACK_S, "window": window_s})).fetchone()
+    row = await (
+        await conn.execute(query, {"now": now, "lookback": INGEST_EVENT_LOOKBACK_S, "window": window_s})
+    ).fetchone()
     return int(row[0]) if row else 0

@@ -54,15 +54,15 @@ def build(ctx: ApiContext, *, zone: ZoneInfo = CITY_ZONE, ttl_s: float = 5.0) ->
     lock = asyncio.Lock()
 
     async def compute() -> dict[str, Any]:
-        now = datetime.now(zone)
+        now = ctx.clock().astimezone(zone)
         async with pool.connection() as conn:
             figures = await stats.district_figures(conn, max_age_s=DEFAULT_MAX_AGE_S)
             report = await area_aqi_report(conn, ctx.models, max_age_s=DEFAULT_MAX_AGE_S)
-            counts = await stats.device_counts(conn, cadences)
+            counts = await stats.device_counts(conn, cadences, now=now)
             severities = await stats.open_by_severity(conn)
             noise = await stats.noise_exceedances_since(conn, local_midnight(now, zone))
             manhole = await stats.manhole_open_alerts(conn)
-            ingest = await stats.messages_last_minute(conn, tables)
+            ingest = await stats.messages_last_minute(conn, tables, now=now)
         city = report.city.to_json()
         stations = sum(f.water_stations for f in figures.values())
         ok = sum((f.water_ok_share or 0.0) * f.water_stations for f in figures.values())

@@ -170,6 +170,7 @@ def _worker(pool: AsyncConnectionPool, models: ModelRegistry, rules: RuleSet) ->
         _sent,
         PipelineMetrics(reg),
         ReadingStore(pool, models, StoreMetrics(reg)),
+        clock=lambda: T0 + timedelta(hours=1),  # the data's "now", whatever today's date
     )
 
 

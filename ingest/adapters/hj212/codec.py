@@ -346,8 +346,25 @@ def _parse_header(header: str) -> dict[str, str]:
     # Strict field order of HJ 212-2017 (docs/standards.md §2.2); QN may be missing in some uploads.
     core = keys[1:] if keys[:1] == ("QN",) else keys
     if core not in (_HEADER_KEYS, _HEADER_KEYS + _SPLIT_KEYS):
-        raise DecodeError("bad_segment", f"header fields {','.join(k[:8] for k in keys[:12])} out of order")
+        raise DecodeError("bad_segment", _header_problem(core, keys))
     return dict(fields)
+
+
+def _header_problem(core: tuple[str, ...], keys: tuple[str, ...]) -> str:
+    """Why a header's keys are not those of HJ 212-2017: a missing, unknown or repeated field, or the order."""
+    sent = ",".join(k[:8] for k in keys[:12])
+    missing = [k for k in _HEADER_KEYS if k not in core]
+    if any(k in core for k in _SPLIT_KEYS):
+        missing += [k for k in _SPLIT_KEYS if k not in core]
+    if missing:
+        return f"header field{'s' if len(missing) > 1 else ''} {','.join(missing)} missing (sent {sent})"
+    unknown = [k[:8] for k in core if k not in _HEADER_KEYS + _SPLIT_KEYS + ("QN",)]
+    if unknown:
+        return f"header field{'s' if len(unknown) > 1 else ''} {','.join(unknown[:4])} not allowed (sent {sent})"
+    repeated = sorted({k for k in core if core.count(k) > 1})
+    if repeated:
+        return f"header field{'s' if len(repeated) > 1 else ''} {','.join(repeated)} given more than once"
+    return f"header fields {sent} out of order"
 
 
 def _parse_cp(body: str) -> tuple[tuple[str, str], ...]:

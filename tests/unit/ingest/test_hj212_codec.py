@@ -309,6 +309,26 @@ def test_parse_segment_errors(segment: bytes, reason: str, field: str) -> None:
     assert field in info.value.detail
 
 
+@pytest.mark.parametrize(
+    ("segment", "detail"),
+    [
+        # Regression: a packet without Flag was reported as "header fields … out of order".
+        (_seg(Flag="<drop>"), "header field Flag missing"),
+        (_seg(ST="<drop>", PW="<drop>"), "header fields ST,PW missing"),
+        (_seg(Flag="6;PNUM=2"), "header field PNO missing"),
+        (b"QN=20240515103000123;ST=22;CN=2011;PW=1;MN=A;Flag=4;XX=1;CP=&&&&", "header field XX not allowed"),
+        (b"ST=22;CN=2011;CN=2011;PW=1;MN=A;Flag=4;CP=&&&&", "header field CN given more than once"),
+        (b"ST=22;QN=20240515103000123;CN=2011;PW=1;MN=A;Flag=4;CP=&&&&", "out of order"),
+        (b"ST=22;PW=1;CN=2011;MN=A;Flag=4;CP=&&&&", "out of order"),
+    ],
+)
+def test_parse_segment_names_the_header_problem(segment: bytes, detail: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        parse_segment(segment)
+    assert info.value.reason == "bad_segment"
+    assert detail in info.value.detail
+
+
 def test_packet_validates_on_construction() -> None:
     with pytest.raises(DecodeError, match="MN"):
         Hj212Packet(qn="", st="22", cn="2011", pw="", mn="bad mn", flag=4)
