@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from alerts.errors import AlertsError
 from core.records import Alert, AlertState, Severity, alert_id
 
-__all__ = ["NOTIFY_CHANNEL", "SORTS", "AlertNotFound", "AlertStore", "BadTransition", "GroupPolicy"]
+__all__ = ["MAX_SHELVE_S", "NOTIFY_CHANNEL", "SORTS", "AlertNotFound", "AlertStore", "BadTransition", "GroupPolicy"]
 
 NOTIFY_CHANNEL = "citybrain_alerts"
 
@@ -48,6 +48,11 @@ SORTS = {
     "time": "opened_at desc, id",
     "severity": "severity desc, opened_at desc, id",
 }
+
+# The longest an alert may be shelved: a forgotten shelving must not hide a fault for weeks.
+MAX_SHELVE_S = 7 * 86400
+# Whether an alert's shelving holds now, on the database's clock.
+_SHELVED = "coalesce(shelved_until > now(), false) as shelved"
 
 _TRANSITIONS = {
     "ack": ({"open"}, "acknowledged"),
@@ -277,7 +282,7 @@ class AlertStore:
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
-                "select * from alerts" + clause + " order by " + SORTS[sort] + " limit %s offset %s",
+                "select *, " + _SHELVED + " from alerts" + clause + " order by " + SORTS[sort] + " limit %s offset %s",
                 (*args, limit, offset),
             )
             rows = await cur.fetchall()
@@ -288,7 +293,7 @@ class AlertStore:
         await self.expire_shelving()
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute("select * from alerts where id = %s", (alert_id,))
+            await cur.execute("select *, " + _SHELVED + " from alerts where id = %s", (alert_id,))
             row = await cur.fetchone()
             if row is None:
                 raise AlertNotFound(alert_id)
@@ -341,7 +346,7 @@ class AlertStore:
                     " values (%s, 'unshelve', 'system', 'shelving expired')",
                     (row["id"],),
                 )
-                payload = _public(dict(row))
+                payload = _public({**row, "shelved": False})
                 payload.update(actor="system", comment="shelving expired")
                 await cur.execute("select pg_notify(%s, %s)", (NOTIFY_CHANNEL, _notify_payload("unshelve", payload)))
         return [r["id"] for r in rows]
@@ -357,11 +362,13 @@ class AlertStore:
         assignee: str | None = None,
         *,
         shelve_until: datetime | None = None,
+        shelve_for_s: int | None = None,
     ) -> dict[str, Any]:
         """Apply ``ack``, ``resolve``, ``reopen``, ``assign``, ``comment``, ``shelve`` or ``unshelve``.
 
-        ``shelve`` needs ``shelve_until`` (in the future) and a reason in
-        ``comment``; it is refused for a resolved alert. Shelving keeps the
+        ``shelve`` needs an expiry, ``shelve_until`` or ``shelve_for_s`` from
+        the database's now (in the future, at most :data:`MAX_SHELVE_S`), and a
+        reason in ``comment``; it is refused for a resolved alert. Shelving keeps the
         state; ``unshelve`` (or the expiry) returns the alert to normal.
         """
         async with self.pool.connection() as conn, conn.transaction():
@@ -376,16 +383,26 @@ class AlertStore:
             if action == "shelve":
                 if row["state"] == "resolved":
                     raise BadTransition("cannot shelve an alert that is resolved")
-                if shelve_until is None or not comment.strip():
-                    raise BadTransition("shelving needs an expiry and a reason")
+                if (shelve_until is None) == (shelve_for_s is None) or not comment.strip():
+                    raise BadTransition("shelving needs one expiry (a time or a duration) and a reason")
+                # Expiry and checks on the database's clock, like every other alert time.
+                await cur.execute(
+                    "select coalesce(%s::timestamptz, now() + make_interval(secs => %s)) as until, now() as now",
+                    (shelve_until, shelve_for_s),
+                )
+                when = await cur.fetchone()
+                assert when is not None
+                until = when["until"]
+                if until <= when["now"]:
+                    raise BadTransition("the shelving expiry must be in the future")
+                if (until - when["now"]).total_seconds() > MAX_SHELVE_S:
+                    raise BadTransition(f"an alert may be shelved for at most {MAX_SHELVE_S // 86400} days")
                 await cur.execute(
                     "update alerts set shelved_until = %s, shelved_reason = %s, shelved_by = %s, updated_at = now()"
-                    " where id = %s and %s > now() returning id",
-                    (shelve_until, comment, actor, alert_id, shelve_until),
+                    " where id = %s",
+                    (until, comment, actor, alert_id),
                 )
-                if await cur.fetchone() is None:
-                    raise BadTransition("the shelving expiry must be in the future")
-                comment = f"until {shelve_until.isoformat()}: {comment}"
+                comment = f"until {until.isoformat()}: {comment}"
             elif action == "unshelve":
                 if not row["shelved"]:
                     raise BadTransition("the alert is not shelved")
@@ -414,7 +431,7 @@ class AlertStore:
                 "insert into alert_history (alert_id, action, actor, comment) values (%s,%s,%s,%s)",
                 (alert_id, action, actor, comment),
             )
-            await cur.execute("select * from alerts where id = %s", (alert_id,))
+            await cur.execute("select *, " + _SHELVED + " from alerts where id = %s", (alert_id,))
             after = await cur.fetchone()
             assert after is not None
             payload = _public(dict(after))
@@ -454,8 +471,7 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
     row = dict(row)
     row["severity"] = Severity(row["severity"]).label
     row["device"] = row.pop("device_code")
-    # Expired shelving is cleared on read (AlertStore.expire_shelving); a row read
-    # in between still carries it, and "shelved" says whether it holds now.
-    until = row.get("shelved_until")
-    row["shelved"] = until is not None and until > datetime.now(until.tzinfo)
+    # "shelved": whether the shelving holds now (by the database's clock, _SHELVED);
+    # an expired one is cleared on the next read (AlertStore.expire_shelving).
+    row["shelved"] = bool(row.get("shelved", False))
     return row

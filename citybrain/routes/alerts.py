@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from importlib import resources
 from typing import Annotated, Any
 
@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
-from alerts.store import AlertNotFound, AlertStore, BadTransition
+from alerts.store import MAX_SHELVE_S, AlertNotFound, AlertStore, BadTransition
 from alerts.texts import AlertTexts, MetricText, load_texts
 from citybrain.routes.context import ApiContext
 from citybrain.security.auth import record, require
@@ -48,10 +48,6 @@ class AssignIn(CommentIn):
     assignee: str = Field(min_length=1, max_length=100)
 
 
-# The longest an alert may be shelved: a forgotten shelving must not hide a fault for weeks.
-MAX_SHELVE_S = 7 * 86400
-
-
 class ShelveIn(BaseModel):
     """Shelve (silence) an alert until a time or for a duration, with a reason."""
 
@@ -71,13 +67,6 @@ class ShelveIn(BaseModel):
         if not self.reason.strip():
             raise ValueError("a reason is required")
         return self
-
-    def expiry(self, now: datetime) -> datetime:
-        """The expiry as an aware time (``now`` + duration, or ``until``)."""
-        if self.until is not None:
-            return self.until
-        assert self.duration_s is not None
-        return now + timedelta(seconds=self.duration_s)
 
 
 class MaintenanceIn(BaseModel):
@@ -253,11 +242,18 @@ def build(ctx: ApiContext) -> APIRouter:
         principal: Principal,
         assignee: str | None = None,
         shelve_until: datetime | None = None,
+        shelve_for_s: int | None = None,
     ) -> dict[str, Any]:
         await visible(alert_id, principal)
         try:
             out = await alerts.transition(
-                alert_id, action, principal.user, body.comment, assignee, shelve_until=shelve_until
+                alert_id,
+                action,
+                principal.user,
+                body.comment,
+                assignee,
+                shelve_until=shelve_until,
+                shelve_for_s=shelve_for_s,
             )
         except AlertNotFound:
             raise HTTPException(404, f"no alert {alert_id}") from None
@@ -269,8 +265,9 @@ def build(ctx: ApiContext) -> APIRouter:
         details: dict[str, Any] = {"comment": body.comment[:500]} if body.comment else {}
         if assignee is not None:
             details["assignee"] = assignee
-        if shelve_until is not None:
-            details["until"] = shelve_until.isoformat()
+        until = out.get("shelved_until")
+        if action == "shelve" and isinstance(until, datetime):
+            details["until"] = until.isoformat()
         await record(request, principal, f"alert.{action}", f"alert/{alert_id}", details)
         return with_texts(out)
 
@@ -303,14 +300,13 @@ def build(ctx: ApiContext) -> APIRouter:
     async def shelve(alert_id: str, body: ShelveIn, request: Request, principal: _Act) -> dict[str, Any]:
         """Shelve (silence) an open or acknowledged alert until ``until`` or for ``duration_s``, with a reason.
 
-        The state does not change; at the expiry the alert returns to normal
+        At most 7 days (409 beyond). The state does not change; at the expiry the alert returns to normal
         (``unshelve`` by ``system`` in its history). Audited as ``alert.shelve``.
         """
-        expiry = body.expiry(datetime.now(UTC))
-        if expiry - datetime.now(UTC) > timedelta(seconds=MAX_SHELVE_S):
-            raise HTTPException(422, f"an alert may be shelved for at most {MAX_SHELVE_S // 86400} days")
         comment = CommentIn(comment=body.reason)
-        return await _transition(alert_id, "shelve", comment, request, principal, shelve_until=expiry)
+        return await _transition(
+            alert_id, "shelve", comment, request, principal, shelve_until=body.until, shelve_for_s=body.duration_s
+        )
 
     @router.post("/api/v1/alerts/{alert_id}/unshelve", tags=["alerts"])
     async def unshelve(alert_id: str, body: CommentIn, request: Request, principal: _Act) -> dict[str, Any]:
