@@ -42,6 +42,7 @@ from devices.errors import (
 )
 from devices.lifecycle import ACCEPTING, STATES, check_transition
 from devices.models import ModelRegistry
+from devices.permits import PERMIT_JOIN_SQL, PERMIT_JSON_SQL
 
 __all__ = [
     "ACCEPTING",
@@ -513,7 +514,13 @@ _UPDATABLE = frozenset(
 )
 
 
-_SELECT_INDEX = "select code, model, device_class, district, grid, state, attributes from devices"
+# The index's attributes carry an outlet's discharge permit (devices/permits.py) so the rules see it.
+_SELECT_INDEX = (
+    "select d.code, d.model, d.device_class, d.district, d.grid, d.state, "
+    + PERMIT_JSON_SQL
+    + " from devices d "
+    + PERMIT_JOIN_SQL
+)
 
 
 def _info(row: Sequence[Any]) -> DeviceInfo:
