@@ -132,16 +132,39 @@ class AlertTexts:
             raise TextsError(f"texts: {where} has no text for {missing}")
         return {lang: str(value[lang]) for lang in self.languages}
 
-    def _lookup(self, table: Mapping[str, dict[str, str]], rule: str) -> dict[str, str] | None:
+    def _match(self, table: Mapping[str, dict[str, str]], rule: str) -> tuple[dict[str, str] | None, str]:
+        """The entry for a rule id: exact; else a key with ``*`` segments (rules made per
+        pollutant, ``wastewater.*.hour_limit``), whose matched segment is returned too;
+        else the longest ``prefix.`` key."""
         if rule in table:
-            return table[rule]
+            return table[rule], ""
+        parts = rule.split(".")
+        for key, entry in table.items():
+            pattern = key.split(".")
+            if (
+                "*" in pattern
+                and len(pattern) == len(parts)
+                and all(p in ("*", r) for p, r in zip(pattern, parts, strict=True))
+            ):
+                return entry, next(r for p, r in zip(pattern, parts, strict=True) if p == "*")
         best = max((k for k in table if k.endswith(".") and rule.startswith(k)), key=len, default=None)
-        return table[best] if best is not None else None
+        return (table[best] if best is not None else None), ""
 
-    def rule_name(self, rule: str, lang: str) -> str:
-        """The rule's name in ``lang``, or the rule id when none is known."""
-        names = self._lookup(self._names, rule.removesuffix(_INCIDENT_SUFFIX))
-        return names[lang] if names and lang in names else rule
+    def _lookup(self, table: Mapping[str, dict[str, str]], rule: str) -> dict[str, str] | None:
+        return self._match(table, rule)[0]
+
+    def rule_name(self, rule: str, lang: str, metrics: Mapping[str, MetricText] | None = None) -> str:
+        """The rule's name in ``lang``, or the rule id when none is known.
+
+        A name of a per-pollutant rule (key with ``*``) may say ``{pollutant}``:
+        the metric's label when ``metrics`` knows it, else the id's segment.
+        """
+        names, segment = self._match(self._names, rule.removesuffix(_INCIDENT_SUFFIX))
+        if not names or lang not in names:
+            return rule
+        mt = (metrics or {}).get(segment)
+        pollutant = (mt.label.get(lang) if mt else None) or segment.upper()
+        return names[lang].replace("{pollutant}", pollutant)
 
     def local_time(self, value: Any) -> str:
         """An ISO or datetime time as ``YYYY-MM-DD HH:MM:SS`` in the city's zone (no zone suffix)."""
@@ -179,7 +202,7 @@ class AlertTexts:
         mt = (metrics or {}).get(str(metric)) if metric else None
         district = str(alert.get("district") or "")
         values = {
-            "rule_name": self.rule_name(rule, lang),
+            "rule_name": self.rule_name(rule, lang, metrics),
             "metric_name": (mt.label.get(lang) or str(metric)) if mt else str(metric or ""),
             "value": _number(alert.get("value")),
             "unit": _spaced(display_unit(mt.unit)) if mt else "",

@@ -60,6 +60,15 @@ def test_alerts_without_value_or_rule_name_still_render() -> None:
     assert incident["text"] == "区域事件：思明区 5 台设备颗粒物浓度超标（2026-12-07 08:00:00 起）"
 
 
+def test_per_pollutant_rules_are_named_with_the_pollutant() -> None:
+    """``wastewater.*.hour_limit`` names every ``wastewater.<pollutant>.hour_limit`` rule, with the metric's label."""
+    texts = load_texts()
+    hg = {"hg": MetricText({"zh-CN": "总汞", "en": "Total Hg"}, "mg/L")}
+    assert texts.rule_name("wastewater.hg.hour_limit", "zh-CN", hg) == "废水总汞小时均值超许可限值"
+    assert texts.rule_name("fluegas.so2.day_cap", "en") == "Flue gas SO2 daily load at the permit cap"
+    assert texts.rule_name("wastewater.hg.unknown_kind", "en") == "wastewater.hg.unknown_kind"
+
+
 def test_malformed_texts_are_refused() -> None:
     base: dict[str, Any] = {
         "languages": ["zh-CN", "en"],
