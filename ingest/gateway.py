@@ -85,6 +85,15 @@ class GatewayConfig:
     max_payload_bytes: int = 65536
     shared_group: str = ""
     client_id: str = ""
+    #: Kafka client id of the producer and the bridge consumer (default random). The
+    #: platform puts the pid in it, so a supervisor can evict a killed gateway's
+    #: bridge-group member on a broker that never expires it (citybrain.kafka_compat).
+    kafka_client_id: str = ""
+    #: Keep a copy of each record Kafka acknowledged this long (0: none). For a broker that
+    #: acknowledges before its log is safe (the embedded noida-db): when a later record gets
+    #: an offset at or below one it acknowledged, its log went back, and the gateway sends the
+    #: copies from that offset on again (the store merges what arrives twice).
+    kafka_replay_s: float = 0.0
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_tls: MqttTls | None = None  # set: connect over TLS (CITYBRAIN_MQTT_TLS_*)
@@ -137,6 +146,16 @@ class GatewayMetrics:
         self.kafka_errors = Counter(
             "citybrain_gateway_kafka_errors_total", "Failed Kafka sends (retried)", registry=registry
         )
+        self.kafka_regressions = Counter(
+            "citybrain_gateway_kafka_log_regressions_total",
+            "Times Kafka handed out an offset at or below one it had acknowledged (it lost records)",
+            registry=registry,
+        )
+        self.kafka_resent = Counter(
+            "citybrain_gateway_kafka_resent_messages_total",
+            "Acknowledged messages sent to Kafka again because its log lost them (kafka_replay_s)",
+            registry=registry,
+        )
         self.bridged = Counter(
             "citybrain_gateway_bridged_total", "Records re-published on MQTT", ["stream"], registry=registry
         )
@@ -164,6 +183,16 @@ class _Pending:
     mid: int
     qos: int
     t0: float
+
+
+@dataclass(slots=True)
+class _Held:
+    """A copy of a record Kafka acknowledged, kept ``kafka_replay_s`` in case its log loses it."""
+
+    acked_at: float
+    partition: int
+    offset: int
+    items: list[_Pending]
 
 
 @dataclass(slots=True)
@@ -209,6 +238,9 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots = threading.BoundedSemaphore(config.queue_max)
         self._inbox: collections.deque[mqtt.MQTTMessage] = collections.deque()
+        # kafka_replay_s: copies of acknowledged records; highest offset acknowledged per partition.
+        self._held: collections.deque[_Held] = collections.deque()
+        self._high: dict[int, int] = {}
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = threading.Event()
@@ -237,7 +269,7 @@ class Gateway:
             linger_ms=2,
             max_request_size=max(1_048_576, self.cfg.batch_max_bytes + 65536),
             request_timeout_ms=15000,
-            client_id=f"citybrain-gateway-{uuid.uuid4().hex[:6]}",
+            client_id=self.cfg.kafka_client_id or f"citybrain-gateway-{uuid.uuid4().hex[:6]}",
         )
         try:
             await self._producer.start()
@@ -487,13 +519,14 @@ class Gateway:
             elif not buffers and not rejects:
                 oldest = None
 
-    async def _flush(self, buffers: dict[int, list[_Pending]], rejects: list[_Reject]) -> None:
+    async def _flush(self, buffers: dict[int, list[_Pending]], rejects: list[_Reject], *, ack: bool = True) -> None:
         assert self._producer is not None
         while True:
             try:
                 futures = []
-                for p, items in buffers.items():
-                    value = encode_batch(i.raw for i in items)
+                parts = list(buffers)
+                for p in parts:
+                    value = encode_batch(i.raw for i in buffers[p])
                     fut = await self._producer.send(self.cfg.topics.raw, value=value, key=str(p).encode(), partition=p)
                     futures.append(fut)
                 for r in rejects:
@@ -504,13 +537,53 @@ class Gateway:
                         headers=dead_letter_headers(r.reason, r.detail, r.topic, r.received_at, "mqtt-gateway"),
                     )
                     futures.append(fut)
-                await asyncio.gather(*futures)
+                results = await asyncio.gather(*futures)
                 break
             except KafkaError as exc:
                 # Hold the acks and retry: the broker keeps redelivering, nothing is dropped.
                 self.metrics.kafka_errors.inc()
                 log.error("Kafka send failed (%s); retrying, MQTT acks held", exc)
                 await asyncio.sleep(0.5)
+        if ack:
+            self._ack(buffers, rejects)
+        if self.cfg.kafka_replay_s > 0:
+            lost = self._retain([(p, md.offset, buffers[p]) for p, md in zip(parts, results, strict=False)])
+            if lost:
+                # Already acknowledged on MQTT: only Kafka needs them again.
+                await self._flush(lost, [], ack=False)
+
+    def _retain(self, records: list[tuple[int, int, list[_Pending]]]) -> dict[int, list[_Pending]]:
+        """Keep copies of acknowledged records ``kafka_replay_s``; return those the broker's log lost."""
+        now = time.monotonic()
+        lost: dict[int, list[_Pending]] = collections.defaultdict(list)
+        for p, offset, items in records:
+            if offset <= self._high.get(p, -1):
+                # The log went back: every record we acknowledged at this offset or beyond is gone.
+                gone = [h for h in self._held if h.partition == p and h.offset >= offset]
+                n = sum(len(h.items) for h in gone)
+                self.metrics.kafka_regressions.inc()
+                self.metrics.kafka_resent.inc(n)
+                log.error(
+                    "Kafka log %s[%d] went back to offset %d (had acknowledged %d): sending %d messages again",
+                    self.cfg.topics.raw,
+                    p,
+                    offset,
+                    self._high[p],
+                    n,
+                )
+                for h in gone:
+                    lost[p].extend(h.items)
+                self._held = collections.deque(h for h in self._held if h not in gone)
+            self._high[p] = offset
+            self._held.append(_Held(now, p, offset, items))
+        # Pruned only here, after a successful send: while the broker is down nothing expires,
+        # so the first send after its restart still finds what it lost.
+        keep = self.cfg.kafka_replay_s
+        while self._held and now - self._held[0].acked_at > keep:
+            self._held.popleft()
+        return dict(lost)
+
+    def _ack(self, buffers: dict[int, list[_Pending]], rejects: list[_Reject]) -> None:
         now = time.monotonic()
         client = self._client
         n = 0
@@ -541,6 +614,7 @@ class Gateway:
             *topics,
             bootstrap_servers=self.cfg.kafka_bootstrap,
             group_id=f"{self.cfg.topics.prefix}-mqtt-bridge",
+            client_id=self.cfg.kafka_client_id or f"citybrain-bridge-{uuid.uuid4().hex[:6]}",
             auto_offset_reset="latest",
             enable_auto_commit=True,
         )
