@@ -3,7 +3,7 @@
 Uplink path::
 
     paho thread ──(slot semaphore: bounded)──▶ asyncio deque ──▶ validate
-        ──▶ per-partition batch ──▶ Kafka (acks=all) ──▶ MQTT PUBACK (manual)
+        ──▶ KafkaSink (per-partition batch, acks=all) ──▶ MQTT PUBACK (manual)
 
 * An MQTT QoS 1/2 message is acknowledged only after Kafka acknowledged the
   record its batch went into. If the gateway dies before that, the broker
@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -43,7 +44,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -55,12 +56,11 @@ from core.topics import (
     downstream_filter,
     downstream_topic,
     parse_uplink,
-    partition_for,
 )
 from devices.code import parse as parse_code
 from devices.errors import DeviceCodeError
-from ingest.batch import dead_letter_headers, encode_batch
-from ingest.errors import GatewayError
+from ingest.errors import GatewayError, SinkError
+from ingest.kafka_sink import KafkaSink, KafkaSinkConfig, KafkaSinkMetrics
 from ingest.mqtt_tls import MqttTls
 from ingest.throttle import DeviceThrottle, FloodReport, FloodTracker, ThrottleConfig, profiles_for, topic_device
 
@@ -156,26 +156,8 @@ class GatewayMetrics:
         self.throttle_devices = Gauge(
             "citybrain_gateway_throttle_tracked_devices", "Devices in the rate-limit map", registry=registry
         )
-
-
-@dataclass(slots=True)
-class _Pending:
-    raw: RawMessage
-    mid: int
-    qos: int
-    t0: float
-
-
-@dataclass(slots=True)
-class _Reject:
-    topic: str
-    payload: bytes
-    reason: str
-    detail: str
-    received_at: datetime
-    mid: int
-    qos: int
-    t0: float
+        #: The Kafka sink's own series (``citybrain_sink_*{source="mqtt-gateway"}``).
+        self.sink = KafkaSinkMetrics(registry)
 
 
 def classify(topic: str, payload: bytes, max_payload: int) -> tuple[str | None, str, str]:
@@ -205,7 +187,7 @@ class Gateway:
         self.cfg = config
         self.metrics = metrics
         self._client: mqtt.Client | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self._sink: KafkaSink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots = threading.BoundedSemaphore(config.queue_max)
         self._inbox: collections.deque[mqtt.MQTTMessage] = collections.deque()
@@ -231,22 +213,31 @@ class Gateway:
     async def start(self) -> None:
         """Connect to Kafka, then MQTT, and start the batching and bridge tasks."""
         self._loop = asyncio.get_running_loop()
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.cfg.kafka_bootstrap,
-            acks="all",
-            linger_ms=2,
-            max_request_size=max(1_048_576, self.cfg.batch_max_bytes + 65536),
-            request_timeout_ms=15000,
-            client_id=f"citybrain-gateway-{uuid.uuid4().hex[:6]}",
+        cfg = self.cfg
+        sink = KafkaSink(
+            KafkaSinkConfig(
+                cfg.kafka_bootstrap,
+                cfg.topics,
+                partitions=cfg.partitions,
+                source="mqtt-gateway",
+                # paho's hand-off is bounded by queue_max already; the sink holds as many again
+                queue_max=cfg.queue_max,
+                batch_max=cfg.batch_max,
+                batch_max_bytes=cfg.batch_max_bytes,
+                linger_ms=cfg.linger_ms,
+            ),
+            self.metrics.sink,
+            on_record=self._record_sent,
+            on_error=self.metrics.kafka_errors.inc,
         )
         try:
-            await self._producer.start()
-        except KafkaError as exc:
-            await self._producer.stop()
+            await sink.start()
+        except SinkError as exc:
             raise GatewayError(
                 f"cannot reach Kafka at {self.cfg.kafka_bootstrap}: {exc}; "
                 "start the broker or fix CITYBRAIN_KAFKA_BOOTSTRAP"
             ) from exc
+        self._sink = sink
         self._tasks.append(asyncio.create_task(self._batch_loop(), name="gateway-batcher"))
         if self._floods is not None:
             self._tasks.append(asyncio.create_task(self._flood_loop(), name="gateway-floods"))
@@ -255,7 +246,8 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self._bridge_loop(), name="gateway-bridge"))
 
     def healthy(self) -> bool:
-        return self._connected.is_set() and all(not t.done() for t in self._tasks)
+        sink_ok = self._sink is not None and self._sink.healthy()
+        return sink_ok and self._connected.is_set() and all(not t.done() for t in self._tasks)
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -281,16 +273,18 @@ class Gateway:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        if self._floods is not None and self._producer is not None:
+        if self._floods is not None and self._sink is not None:
             # Open windows are reported now rather than lost with the process.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._report_floods(self._floods.drain()), 5)
         if self._bridge_consumer is not None:
             with contextlib.suppress(Exception):
                 await self._bridge_consumer.stop()
-        if self._producer is not None:
+        if self._sink is not None:
+            # Not drained: MQTT is disconnected, so nothing more can be acked; the broker
+            # redelivers every unacked message to the next gateway.
             with contextlib.suppress(Exception):
-                await self._producer.stop()
+                await self._sink.stop(drain_timeout=0)
 
     # -- MQTT side (paho's thread) ------------------------------------------
 
@@ -399,51 +393,41 @@ class Gateway:
 
     async def _report_floods(self, reports: list[FloodReport]) -> None:
         """One dead-letter record per report: reason ``throttled``, the count, a sample payload."""
-        assert self._producer is not None
-        sent: list[tuple[asyncio.Future[Any], FloodReport]] = []
+        assert self._sink is not None
+        sent: list[tuple[asyncio.Future[None], FloodReport]] = []
         for r in reports:
             detail = (
                 f"{r.dropped} messages of {r.device_class} device {r.device_code} dropped"
                 f" between {r.first_at.isoformat()} and {r.last_at.isoformat()}"
             )
-            headers = dead_letter_headers("throttled", detail, r.topic, r.first_at, "mqtt-gateway")
-            headers += [
+            extra = (
                 ("count", str(r.dropped).encode()),
                 ("device", r.device_code.encode()),
                 ("class", r.device_class.encode()),
                 ("last_at", r.last_at.isoformat().encode()),
-            ]
+            )
             try:
-                fut = await self._producer.send(
-                    self.cfg.topics.deadletter, value=r.sample, key=r.topic.encode()[:200], headers=headers
-                )
-                sent.append((fut, r))
-            except KafkaError as exc:
-                self.metrics.kafka_errors.inc()
+                fut = await self._sink.dead_letter(r.sample, "throttled", detail, r.topic, r.first_at, extra)
+            except SinkError as exc:
                 log.error("flood report for device %s on %s not written: %s", r.device_code, r.topic[:200], exc)
+                continue
+            sent.append((fut, r))
         for fut, r in sent:
             try:
                 await fut
-            except KafkaError as exc:
-                self.metrics.kafka_errors.inc()
+            except SinkError as exc:
                 log.error("flood report for device %s on %s not written: %s", r.device_code, r.topic[:200], exc)
             else:
                 self.metrics.flood_reports.inc()
 
     async def _batch_loop(self) -> None:
-        assert self._producer is not None
-        buffers: dict[int, list[_Pending]] = collections.defaultdict(list)
-        sizes: dict[int, int] = collections.defaultdict(int)
-        rejects: list[_Reject] = []
-        oldest: float | None = None
-        linger = self.cfg.linger_ms / 1000
+        """Validate what paho handed over and pass it to the sink; each message is acked on its Kafka ack."""
+        assert self._sink is not None
+        sink = self._sink
         while True:
-            timeout = None if oldest is None else max(0.0, oldest + linger - time.monotonic())
             if not self._inbox:
                 self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout)
-            full = False
+                await self._wakeup.wait()
             while self._inbox:
                 msg = self._inbox.popleft()
                 self._slots.release()
@@ -454,8 +438,8 @@ class Gateway:
                 self.metrics.received.labels(kind if kind in ("telemetry", "event", "status") else "other").inc()
                 code, reason, detail = classify(msg.topic, payload, self.cfg.max_payload_bytes)
                 if reason:
-                    rejects.append(_Reject(msg.topic, payload, reason, detail, rx, msg.mid, msg.qos, msg.timestamp))
                     log.warning("dead-letter %s from topic %s: %s", reason, msg.topic[:200], detail)
+                    fut = await sink.dead_letter(payload, reason, detail, msg.topic, rx)
                 else:
                     assert code is not None
                     raw = RawMessage(
@@ -466,70 +450,32 @@ class Gateway:
                         device_code=code,
                         meta=(("qos", str(msg.qos)),),
                     )
-                    p = partition_for(code, self.cfg.partitions)
-                    buffers[p].append(_Pending(raw, msg.mid, msg.qos, msg.timestamp))
-                    sizes[p] += len(payload) + len(msg.topic) + 32
-                    if len(buffers[p]) >= self.cfg.batch_max or sizes[p] >= self.cfg.batch_max_bytes:
-                        full = True
-                if oldest is None:
-                    oldest = time.monotonic()
-                if full:
-                    break
-            self.metrics.queue_depth.set(len(self._inbox))
-            self.metrics.unacked.set(self._unacked)
-            due = oldest is not None and time.monotonic() >= oldest + linger
-            if (full or due) and (buffers or rejects):
-                await self._flush(buffers, rejects)
-                buffers.clear()
-                sizes.clear()
-                rejects = []
-                oldest = None
-            elif not buffers and not rejects:
-                oldest = None
+                    fut = await sink.submit(raw)
+                fut.add_done_callback(functools.partial(self._acked, msg.mid, msg.qos, msg.timestamp, reason))
+                self.metrics.queue_depth.set(len(self._inbox))
+                self.metrics.unacked.set(self._unacked)
 
-    async def _flush(self, buffers: dict[int, list[_Pending]], rejects: list[_Reject]) -> None:
-        assert self._producer is not None
-        while True:
-            try:
-                futures = []
-                for p, items in buffers.items():
-                    value = encode_batch(i.raw for i in items)
-                    fut = await self._producer.send(self.cfg.topics.raw, value=value, key=str(p).encode(), partition=p)
-                    futures.append(fut)
-                for r in rejects:
-                    fut = await self._producer.send(
-                        self.cfg.topics.deadletter,
-                        value=r.payload,
-                        key=r.topic.encode()[:200],
-                        headers=dead_letter_headers(r.reason, r.detail, r.topic, r.received_at, "mqtt-gateway"),
-                    )
-                    futures.append(fut)
-                await asyncio.gather(*futures)
-                break
-            except KafkaError as exc:
-                # Hold the acks and retry: the broker keeps redelivering, nothing is dropped.
-                self.metrics.kafka_errors.inc()
-                log.error("Kafka send failed (%s); retrying, MQTT acks held", exc)
-                await asyncio.sleep(0.5)
-        now = time.monotonic()
+    def _acked(self, mid: int, qos: int, t0: float, reason: str, fut: asyncio.Future[None]) -> None:
+        """Kafka has the message (or its dead letter): PUBACK it now. A failed future is never acked.
+
+        The sink fails futures only when it stops; the broker redelivers those later.
+        """
+        if fut.cancelled() or fut.exception() is not None:
+            return
         client = self._client
-        n = 0
-        for items in buffers.values():
-            self.metrics.batches.inc()
-            self.metrics.batch_size.observe(len(items))
-            for i in items:
-                if client is not None and i.qos > 0:
-                    client.ack(i.mid, i.qos)
-                self.metrics.ack_lag.observe(now - i.t0)
-                n += 1
-        self.metrics.forwarded.inc(n)
-        for r in rejects:
-            if client is not None and r.qos > 0:
-                client.ack(r.mid, r.qos)
-            self.metrics.rejected.labels(r.reason).inc()
-            n += 1
-        self._unacked -= n
+        if client is not None and qos > 0:
+            client.ack(mid, qos)
+        if reason:
+            self.metrics.rejected.labels(reason).inc()
+        else:
+            self.metrics.ack_lag.observe(time.monotonic() - t0)
+            self.metrics.forwarded.inc()
+        self._unacked -= 1
         self.metrics.unacked.set(self._unacked)
+
+    def _record_sent(self, messages: int) -> None:
+        self.metrics.batches.inc()
+        self.metrics.batch_size.observe(messages)
 
     # -- downstream bridge ---------------------------------------------------
 

@@ -16,6 +16,10 @@ workers cannot tell the transports apart except by ``RawMessage.transport``.
 A failed Kafka send is retried with the futures held (like the gateway holds
 its PUBACKs); nothing is dropped. Futures still pending at :meth:`KafkaSink.stop`
 fail with :class:`~ingest.errors.SinkError`.
+
+This is the one Kafka batcher of raw messages: the MQTT gateway
+(:mod:`ingest.gateway`) hands its messages to a sink too and acknowledges
+each MQTT message when its future resolves.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -131,6 +136,7 @@ class _Item:
     payload: bytes = b""
     topic: str = ""
     received_at: datetime | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def size(self) -> int:
@@ -145,12 +151,27 @@ class KafkaSink:
     Args:
         config: Settings.
         metrics: Metrics (shared by the sinks of one registry).
+        on_record: Called with the message count of every raw record Kafka acknowledged
+            (a transport's own batch metrics).
+        on_error: Called on every failed Kafka send (before it is retried).
     """
 
-    def __init__(self, config: KafkaSinkConfig, metrics: KafkaSinkMetrics) -> None:
+    def __init__(
+        self,
+        config: KafkaSinkConfig,
+        metrics: KafkaSinkMetrics,
+        *,
+        on_record: Callable[[int], None] | None = None,
+        on_error: Callable[[], None] | None = None,
+    ) -> None:
         self.cfg = config
         self._metrics = metrics
         self._src = config.source
+        self._on_record = on_record
+        self._on_error = on_error
+        # Labelled children looked up once: submit() runs per message.
+        self._submitted = metrics.submitted.labels(self._src)
+        self._queue_depth = metrics.queue_depth.labels(self._src)
         self._queue: asyncio.Queue[_Item] | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -215,13 +236,27 @@ class KafkaSink:
             SinkError: the sink is not running.
         """
         fut = await self._put(_Item(raw, self._new_future(), time.monotonic()))
-        self._metrics.submitted.labels(self._src).inc()
+        self._submitted.inc()
         return fut
 
     async def dead_letter(
-        self, payload: bytes, reason: str, detail: str, topic: str, received_at: datetime
+        self,
+        payload: bytes,
+        reason: str,
+        detail: str,
+        topic: str,
+        received_at: datetime,
+        headers: tuple[tuple[str, bytes], ...] = (),
     ) -> asyncio.Future[None]:
         """Queue a rejected payload for ``topics.deadletter`` with its reason headers.
+
+        Args:
+            payload: The original bytes.
+            reason: Metric-label-safe reason.
+            detail: Human-readable detail (cut to 500 characters).
+            topic: Where the payload came from.
+            received_at: When it was received.
+            headers: More Kafka headers, after the standard ones.
 
         Returns:
             A future resolved after the Kafka ack.
@@ -235,6 +270,7 @@ class KafkaSink:
             payload=payload,
             topic=topic,
             received_at=received_at,
+            headers=headers,
         )
         return await self._put(item)
 
@@ -251,7 +287,7 @@ class KafkaSink:
             t = time.monotonic()
             await self._queue.put(item)
             self._metrics.backpressure.labels(self._src).inc(time.monotonic() - t)
-        self._metrics.queue_depth.labels(self._src).set(self._queue.qsize())
+        self._queue_depth.set(self._queue.qsize())
         return item.future
 
     async def _run(self) -> None:
@@ -276,7 +312,7 @@ class KafkaSink:
                         break
                 items.append(item)
                 size += item.size
-            self._metrics.queue_depth.labels(self._src).set(queue.qsize())
+            self._queue_depth.set(queue.qsize())
             self._inflight = items
             await self._flush(items)
             self._inflight = []
@@ -294,6 +330,7 @@ class KafkaSink:
                 key = item.raw.device_code or item.raw.topic
                 by_partition[partition_for(key, self.cfg.partitions)].append(item)
         while True:
+            records: list[int] = []
             try:
                 futures = []
                 for p, group in by_partition.items():
@@ -305,9 +342,10 @@ class KafkaSink:
                                 self.cfg.topics.raw, value=value, key=str(p).encode(), partition=p
                             )
                         )
-                        self._metrics.batches.labels(self._src).inc()
+                        records.append(len(chunk))
                 for r in rejects:
                     headers = dead_letter_headers(r.reason, r.detail, r.topic, r.received_at, self._src)
+                    headers += r.headers
                     futures.append(
                         await self._producer.send(
                             self.cfg.topics.deadletter, value=r.payload, key=r.topic.encode()[:200], headers=headers
@@ -318,8 +356,14 @@ class KafkaSink:
             except KafkaError as exc:
                 # Hold the callers' acks and retry: they have not answered their peers yet.
                 self._metrics.kafka_errors.labels(self._src).inc()
+                if self._on_error is not None:
+                    self._on_error()
                 log.error("%s sink: Kafka send of %d messages failed (%s); retrying", self._src, len(items), exc)
                 await asyncio.sleep(0.5)
+        self._metrics.batches.labels(self._src).inc(len(records))
+        if self._on_record is not None:
+            for n in records:
+                self._on_record(n)
         now = time.monotonic()
         for item in items:
             if not item.future.done():
