@@ -40,13 +40,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.anomaly import liveness_many
 from alerts.store import AlertStore
 from core.records import Alert, AlertState, Severity, alert_id
 from devices.models import ModelError, ModelRegistry
+from streams.outbox import write_outbox
 
 __all__ = [
     "OFFLINE_RULE",
@@ -247,14 +247,7 @@ async def check_liveness(
         if not transitions:
             return []
         changed = await store.apply(conn, transitions)
-        if changed:
-            outbox = []
-            for kind, alert in changed:
-                doc = alert.to_json()
-                doc["transition"] = kind
-                outbox.append((alert.device_code, Jsonb(doc)))
-            async with conn.cursor() as cur:
-                await cur.executemany("insert into alert_outbox (key, payload) values (%s, %s)", outbox)
+        await write_outbox(conn, changed)
     for kind, alert in changed:
         log.info("%s %s: device %s district %s", alert.rule, kind, alert.device_code, alert.district)
     return changed

@@ -61,6 +61,7 @@ from ingest.batch import dead_letter_headers, decode_batch
 from ingest.errors import DecodeError
 from streams.downstream import masker_for, plan_views
 from streams.normalise import Normalised, Reject, normalise
+from streams.outbox import drain_outbox, write_outbox
 from streams.store import ReadingStore, StoreError
 
 __all__ = ["Pipeline", "PipelineConfig", "PipelineMetrics", "Publisher", "clock_skewed", "out_of_range"]
@@ -512,13 +513,7 @@ class Pipeline:
                         " peers = excluded.peers, updated_at = now()",
                         anomaly_updates,
                     )
-                if changed:
-                    outbox = []
-                    for kind, alert in changed:
-                        doc = alert.to_json()
-                        doc["transition"] = kind
-                        outbox.append((alert.device_code, Jsonb(doc)))
-                    await cur.executemany("insert into alert_outbox (key, payload) values (%s, %s)", outbox)
+            await write_outbox(conn, changed)
         now = self._clock()
         for kind, alert in changed:
             self.metrics.alerts.labels(alert.rule, kind).inc()
@@ -675,32 +670,8 @@ class Pipeline:
             log.info("device %s session %s", code, "online" if up else "offline")
 
     async def drain_outbox(self, limit: int = 1000) -> int:
-        """Publish committed alert transitions and delete them once Kafka has them.
-
-        Rows are locked (``skip locked``) so several workers never publish the same
-        row at once; a crash after the Kafka ack and before the delete republishes a
-        row, so consumers dedupe on (``id``, ``transition``).
-        """
-        sent = 0
-        while True:
-            async with self.pool.connection() as conn, conn.transaction():
-                rows = await (
-                    await conn.execute(
-                        "select seq, key, payload from alert_outbox order by seq limit %s for update skip locked",
-                        (limit,),
-                    )
-                ).fetchall()
-                if not rows:
-                    return sent
-                for _seq, key, payload in rows:
-                    await self.publish(
-                        self.cfg.topics.alerts,
-                        key.encode(),
-                        json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(),
-                    )
-                await self.flush_producer()
-                await conn.execute("delete from alert_outbox where seq = any(%s)", ([r[0] for r in rows],))
-                sent += len(rows)
+        """Publish committed alert transitions (:func:`streams.outbox.drain_outbox`)."""
+        return await drain_outbox(self.pool, self.publish, self.cfg.topics.alerts, self.flush_producer, limit)
 
     async def _maintenance(self) -> list[tuple[str | None, str | None, str | None]]:
         now = time.monotonic()
