@@ -43,8 +43,9 @@ import numpy as np
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.anomaly import liveness_many
+from alerts.build import device_alert
 from alerts.store import AlertStore
-from core.records import Alert, AlertState, Severity, alert_id
+from core.records import Alert, AlertState, Severity
 from devices.models import ModelError, ModelRegistry
 from streams.outbox import write_outbox
 
@@ -187,20 +188,16 @@ def _alert(
         message = f"connection lost at {d.status_at.isoformat()} (last will); last data {d.last_seen.isoformat()}"
     else:
         message = f"no data since {d.last_seen.isoformat()} (expected every {d.cadence_s:g} s)"
-    return Alert(
-        id=alert_id(d.code, rule, opened_at),
-        rule=rule,
-        device_code=d.code,
-        district=d.district,
-        severity=Severity.WARNING,
+    return device_alert(
+        rule,
+        d.code,
+        d.district,
+        d.device_class,
+        Severity.WARNING,
+        opened_at,
         state=state,
-        opened_at=opened_at,
-        metric=None,
-        value=None,
-        threshold=None,
         message=message,
         cleared_at=cleared,
-        device_class=d.device_class,
         labels=(
             ("detector", "silence"),
             ("detail", "stale" if rule == STALE_RULE else "offline"),
