@@ -50,7 +50,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alerts.errors import RuleError
-from core.records import Severity
+from core.records import METRIC_NAME_RE, Severity
 
 __all__ = [
     "FENCE_KINDS",
@@ -204,7 +204,7 @@ def _parse_condition(raw: Any, path: str) -> Condition:
             raise RuleError(f"{path}: 'not' must stand alone")
         return Not(path, _parse_condition(raw["not"], f"{path}.not"))
     metric = raw.get("metric")
-    if not isinstance(metric, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", metric):
+    if not isinstance(metric, str) or not METRIC_NAME_RE.match(metric):
         raise RuleError(f"{path}: needs a metric name")
     allowed = {"metric", "op", "value", "outside", "rate_per_s", "deadband", "for"}
     unknown = keys - allowed

@@ -42,6 +42,7 @@ from devices.errors import (
 )
 from devices.lifecycle import ACCEPTING, STATES, check_transition
 from devices.models import ModelRegistry
+from devices.rows import COLUMNS
 
 __all__ = [
     "ACCEPTING",
@@ -471,47 +472,21 @@ class Page:
     next_after: str | None
 
 
+# A device as the API shows it: the ledger's keys, the registration columns, the lifecycle and the audit stamps.
 _PUBLIC_COLUMNS = (
     "code",
     "alias",
-    "serial",
-    "model",
     "device_class",
-    "name",
-    "district",
-    "grid",
-    "lon",
-    "lat",
-    "crs",
-    "owner_unit",
-    "installer",
-    "contact",
-    "install_date",
+    *(c for c in COLUMNS if c not in ("code", "class_code")),
     "state",
-    "attributes",
     "created_at",
     "updated_at",
     "created_by",
     "updated_by",
 )
 _SELECT_PUBLIC = sql.SQL(", ").join(sql.Identifier(c) for c in _PUBLIC_COLUMNS)
-_UPDATABLE = frozenset(
-    {
-        "name",
-        "lon",
-        "lat",
-        "crs",
-        "grid",
-        "owner_unit",
-        "installer",
-        "contact",
-        "install_date",
-        "attributes",
-        "model",
-        "alias",
-        "serial",
-    }
-)
+# What an update may change: every registration column but those the code is made of.
+_UPDATABLE = frozenset(COLUMNS) - {"code", "district", "class_code"} | {"alias"}
 
 
 def mask_contact(value: str | None) -> str | None:

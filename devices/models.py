@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.records import METRIC_NAME_PATTERN
 from devices.errors import ModelError, UnitError
 from devices.units import Conversion, canonical_unit_name, conversion
 
@@ -32,7 +33,8 @@ __all__ = [
     "shipped_models",
 ]
 
-_NAME_RE = r"^[a-z][a-z0-9_]{0,40}$"
+# Commands and attributes are named like metrics.
+_NAME_RE = METRIC_NAME_PATTERN
 
 
 class _MetricSpec(BaseModel):
