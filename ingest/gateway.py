@@ -49,6 +49,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from core.records import RawMessage, Transport
+from core.retry import retrying
 from core.topics import (
     KafkaTopics,
     TopicError,
@@ -491,13 +492,9 @@ class Gateway:
             enable_auto_commit=True,
         )
         self._bridge_consumer = consumer
-        while True:
-            try:
-                await consumer.start()
-                break
-            except KafkaError as exc:
-                log.warning("bridge cannot start yet (%s); retrying", exc)
-                await asyncio.sleep(1)
+        await retrying(
+            KafkaError, what="bridge cannot start yet", log=log, wait_s=1.0, max_wait_s=None, level=logging.WARNING
+        )(consumer.start)
         # Imported here: only a gateway that bridges readings reads the model files.
         from devices.models import shipped_models
         from streams.downstream import masker_for

@@ -13,7 +13,7 @@ Kafka ack makes the peer resend: duplicates, never loss. The layout of the
 record is :mod:`ingest.batch`, the same as the MQTT gateway's, so stream
 workers cannot tell the transports apart except by ``RawMessage.transport``.
 
-A failed Kafka send is retried with the futures held (like the gateway holds
+A failed Kafka send is retried (:func:`core.retry.retrying`) with the futures held (like the gateway holds
 its PUBACKs); nothing is dropped. Futures still pending at :meth:`KafkaSink.stop`
 fail with :class:`~ingest.errors.SinkError`.
 
@@ -40,6 +40,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from core.records import RawMessage
+from core.retry import retrying
 from core.topics import KafkaTopics, partition_for
 from ingest.batch import dead_letter_headers, encode_batch
 from ingest.errors import SinkError
@@ -329,37 +330,38 @@ class KafkaSink:
             else:
                 key = item.raw.device_code or item.raw.topic
                 by_partition[partition_for(key, self.cfg.partitions)].append(item)
-        while True:
-            records: list[int] = []
-            try:
-                futures = []
-                for p, group in by_partition.items():
-                    for i in range(0, len(group), self.cfg.batch_max):
-                        chunk = group[i : i + self.cfg.batch_max]
-                        value = encode_batch(it.raw for it in chunk if it.raw is not None)
-                        futures.append(
-                            await self._producer.send(
-                                self.cfg.topics.raw, value=value, key=str(p).encode(), partition=p
-                            )
-                        )
-                        records.append(len(chunk))
-                for r in rejects:
-                    headers = dead_letter_headers(r.reason, r.detail, r.topic, r.received_at, self._src)
-                    headers += r.headers
+        records: list[int] = []
+
+        async def send() -> None:
+            # Hold the callers' acks while this fails: they have not answered their peers yet.
+            assert self._producer is not None
+            records.clear()
+            futures = []
+            for p, group in by_partition.items():
+                for i in range(0, len(group), self.cfg.batch_max):
+                    chunk = group[i : i + self.cfg.batch_max]
+                    value = encode_batch(it.raw for it in chunk if it.raw is not None)
                     futures.append(
-                        await self._producer.send(
-                            self.cfg.topics.deadletter, value=r.payload, key=r.topic.encode()[:200], headers=headers
-                        )
+                        await self._producer.send(self.cfg.topics.raw, value=value, key=str(p).encode(), partition=p)
                     )
-                await asyncio.gather(*futures)
-                break
-            except KafkaError as exc:
-                # Hold the callers' acks and retry: they have not answered their peers yet.
-                self._metrics.kafka_errors.labels(self._src).inc()
-                if self._on_error is not None:
-                    self._on_error()
-                log.error("%s sink: Kafka send of %d messages failed (%s); retrying", self._src, len(items), exc)
-                await asyncio.sleep(0.5)
+                    records.append(len(chunk))
+            for r in rejects:
+                headers = dead_letter_headers(r.reason, r.detail, r.topic, r.received_at, self._src)
+                headers += r.headers
+                futures.append(
+                    await self._producer.send(
+                        self.cfg.topics.deadletter, value=r.payload, key=r.topic.encode()[:200], headers=headers
+                    )
+                )
+            await asyncio.gather(*futures)
+
+        def failed(exc: BaseException) -> None:
+            self._metrics.kafka_errors.labels(self._src).inc()
+            if self._on_error is not None:
+                self._on_error()
+
+        what = f"{self._src} sink: Kafka send of {len(items)} messages failed"
+        await retrying(KafkaError, what=what, log=log, wait_s=0.5, max_wait_s=None, on_retry=failed)(send)
         self._metrics.batches.labels(self._src).inc(len(records))
         if self._on_record is not None:
             for n in records:

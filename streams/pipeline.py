@@ -31,7 +31,6 @@ and runs only step 4 (:meth:`Pipeline.process_readings`).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -53,6 +52,7 @@ from alerts.engine import DeviceContext, evaluate_device, suppressed_flag
 from alerts.rules import RuleSet
 from alerts.store import AlertStore, GroupPolicy
 from core.records import Alert, Quality, RawMessage, Reading, RecordError, epoch_us
+from core.retry import retrying
 from core.topics import KafkaTopics
 from devices.ledger import DeviceIndex, DeviceInfo, Ledger
 from devices.models import ModelError, ModelRegistry
@@ -238,15 +238,13 @@ class Pipeline:
         the lag shows it. Every step is idempotent, so a retried batch stores
         nothing twice and (through the rule watermark) raises no alert twice.
         """
-        delay = 0.2
-        while True:
-            try:
-                return await self._process(values)
-            except psycopg.OperationalError as exc:
-                self.metrics.store_retries.inc()
-                log.error("database unavailable, retrying the batch in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        retry = retrying(
+            psycopg.OperationalError, what="database unavailable for the batch", log=log, on_retry=self._count_retry
+        )
+        return await retry(self._process, values)
+
+    def _count_retry(self, exc: BaseException) -> None:
+        self.metrics.store_retries.inc()
 
     async def _process(self, values: Sequence[bytes]) -> Normalised:
         t0 = time.perf_counter()
@@ -279,16 +277,7 @@ class Pipeline:
         return result
 
     async def _flush_with_retry(self) -> None:
-        delay = 0.2
-        while True:
-            try:
-                await self.store.flush()
-                return
-            except StoreError as exc:
-                self.metrics.store_retries.inc()
-                log.error("store write failed, retrying in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await retrying(StoreError, what="store write failed", log=log, on_retry=self._count_retry)(self.store.flush)
 
     async def _after_store(self, result: Normalised) -> None:
         for rej in result.rejects:
@@ -385,22 +374,23 @@ class Pipeline:
         Returns:
             Readings evaluated.
         """
-        delay = 0.2
-        while True:
-            try:
-                await self.refresh_index()
-                docs = _parse_readings(values)
-                if any(self.index.get(doc["device"]) is None for doc in docs):
-                    # The ingest worker knew the device, so this index is older than it: reload once.
-                    await self.refresh_index(force=True)
-                readings = self._decode_readings(docs)
-                await self.evaluate(readings)
-                return len(readings)
-            except psycopg.OperationalError as exc:
-                self.metrics.store_retries.inc()
-                log.error("database unavailable, retrying the readings batch in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        retry = retrying(
+            psycopg.OperationalError,
+            what="database unavailable for the readings batch",
+            log=log,
+            on_retry=self._count_retry,
+        )
+        return await retry(self._process_readings, values)
+
+    async def _process_readings(self, values: Sequence[bytes]) -> int:
+        await self.refresh_index()
+        docs = _parse_readings(values)
+        if any(self.index.get(doc["device"]) is None for doc in docs):
+            # The ingest worker knew the device, so this index is older than it: reload once.
+            await self.refresh_index(force=True)
+        readings = self._decode_readings(docs)
+        await self.evaluate(readings)
+        return len(readings)
 
     def _decode_readings(self, docs: Sequence[dict[str, Any]]) -> list[tuple[Reading, DeviceInfo]]:
         out: list[tuple[Reading, DeviceInfo]] = []
