@@ -53,7 +53,7 @@ from geo.service import GeoService
 from geo.spatial import query_points
 
 if TYPE_CHECKING:
-    from devices.ledger import DeviceInfo
+    from devices.index import DeviceInfo
 
 __all__ = [
     "FENCE_RULE_PREFIX",

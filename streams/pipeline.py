@@ -54,7 +54,8 @@ from alerts.store import AlertStore, GroupPolicy
 from core.records import Alert, Quality, RawMessage, Reading, RecordError, epoch_us
 from core.retry import retrying
 from core.topics import KafkaTopics
-from devices.ledger import DeviceIndex, DeviceInfo, Ledger
+from devices.index import DeviceIndex, DeviceInfo
+from devices.ledger import Ledger
 from devices.models import ModelError, ModelRegistry
 from geo.membership import GeofenceHook
 from ingest.batch import dead_letter_headers, decode_batch

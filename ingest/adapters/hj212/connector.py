@@ -66,7 +66,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from core.records import RawMessage, Transport
 from devices.credentials import verify_secret
-from devices.ledger import DeviceInfo
+from devices.index import DeviceInfo
 from ingest.adapters.hj212.codec import (
     CN_DATA_ACK,
     CN_EXECUTE_RESULT,

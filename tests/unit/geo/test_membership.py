@@ -10,7 +10,7 @@ from shapely.geometry import box
 from alerts.engine import DeviceContext, evaluate_device
 from alerts.rules import parse_rules
 from core.records import AlertState, Quality, Reading, Severity
-from devices.ledger import DeviceInfo
+from devices.index import DeviceInfo
 from geo.coords import wgs84_to_gcj02
 from geo.fences import FenceEvent
 from geo.membership import FenceMembership, FenceRecord, _build_membership, fence_transitions, positions_from_readings
