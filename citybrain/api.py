@@ -26,6 +26,7 @@ from alerts.feed import AlertFeed, FeedMetrics
 from alerts.store import AlertStore
 from citybrain.console import routes as console_routes
 from citybrain.routes import alerts as alert_routes
+from citybrain.routes import apidocs as apidocs_routes
 from citybrain.routes import commands as command_routes
 from citybrain.routes import devices as device_routes
 from citybrain.routes import geo as geo_routes
@@ -58,6 +59,7 @@ ROUTE_MODULES = [
     vitals_routes,
     schema_routes,
     console_routes,
+    apidocs_routes,
 ]
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,9 @@ def create_api(
         version="1",
         description="City IoT sensing hub: devices, readings, alerts.",
         lifespan=lifespan,
+        # Served from local files by citybrain.routes.apidocs (FastAPI's use a CDN).
+        docs_url=None,
+        redoc_url=None,
     )
     from geo.assign import Assigner
     from geo.districts import load_districts

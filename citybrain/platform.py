@@ -39,7 +39,14 @@ log = logging.getLogger(__name__)
 
 
 def _port_free(host: str, port: int) -> bool:
+    """Whether the API could listen on ``host:port`` now.
+
+    The check binds as the server will (uvicorn sets SO_REUSEADDR), so sockets a
+    previous run left in TIME-WAIT do not count as busy and a restart within a
+    minute keeps the documented port.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from citybrain.routes.context import ApiContext
 from citybrain.security.auth import public
 
-__all__ = ["CONTENT_TYPES", "CSP", "StaticFile", "build", "load_static"]
+__all__ = ["CONTENT_TYPES", "CSP", "StaticFile", "build", "load_static", "respond"]
 
 STATIC_PACKAGE = "citybrain.console"
 STATIC_DIR = "static"
@@ -91,7 +91,8 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return etag in tags
 
 
-def _respond(request: Request, f: StaticFile) -> Response:
+def respond(request: Request, f: StaticFile) -> Response:
+    """One static file, with its ETag (answering 304 to a matching If-None-Match)."""
     headers = {
         "ETag": f.etag,
         "Cache-Control": "no-cache",
@@ -118,13 +119,13 @@ def build(ctx: ApiContext | None = None, *, files: dict[str, StaticFile] | None 
     # answers 200); every data call they make is to a route that requires a permission.
     @router.get("/", dependencies=[Depends(public("console page: login form, no data"))])
     async def index(request: Request) -> Response:
-        return _respond(request, static["index.html"])
+        return respond(request, static["index.html"])
 
     @router.get("/static/{name}", dependencies=[Depends(public("console scripts and styles, no data"))])
     async def static_file(name: str, request: Request) -> Response:
         f = static.get(name)
         if f is None:
             raise HTTPException(404, "no such console file")
-        return _respond(request, f)
+        return respond(request, f)
 
     return router

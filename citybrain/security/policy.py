@@ -39,9 +39,6 @@ __all__ = [
 # Routes FastAPI adds itself: the API's shape, not its data.
 FRAMEWORK_PUBLIC: dict[str, str] = {
     "/openapi.json": "the OpenAPI document",
-    "/docs": "Swagger UI",
-    "/docs/oauth2-redirect": "Swagger UI",
-    "/redoc": "ReDoc",
 }
 TABLE_BEGIN = "<!-- route-table:begin (generated: python -m citybrain.security.policy) -->"
 TABLE_END = "<!-- route-table:end -->"

@@ -18,7 +18,7 @@ _Reader = Annotated[Principal, Depends(require("devices:read"))]
 
 
 def _app(*, forget: bool = False) -> FastAPI:
-    app = FastAPI()
+    app = FastAPI(docs_url=None, redoc_url=None)  # as create_api: the docs pages are routes of their own
     router = APIRouter()
 
     @router.get("/read")
