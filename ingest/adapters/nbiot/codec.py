@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.records import RawMessage, Transport
+from ingest.adapters.json.codec import load_json
 from ingest.errors import DecodeError
 
 __all__ = ["PLATFORMS", "Push", "PushMessage", "decode", "raw_messages", "topic"]
@@ -96,12 +97,7 @@ def decode(platform: str, body: bytes, received_at: datetime) -> Push | None:
     """
     if platform not in PLATFORMS:
         raise ValueError(f"unknown platform {platform[:40]!r}")
-    try:
-        doc = json.loads(body)
-    except RecursionError:
-        raise DecodeError("bad_json", "nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError("bad_json", str(exc)[:200]) from None
+    doc = load_json(body)
     if not isinstance(doc, dict):
         raise DecodeError("bad_json", "body is not a JSON object")
     found = _services(platform, doc)
