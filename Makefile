@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit integration e2e bench fuzz clean
+.PHONY: install demo test test-future lint typecheck unit integration e2e bench fuzz clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ typecheck: $(STAMP)
 
 test: $(STAMP) lint typecheck  ## lint, type-check and run the whole suite (starts its own servers)
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+# No test may depend on today's date: the unit and integration suites again, with every
+# process's clock (this one's, and those of the servers it starts) FUTURE ahead (libfaketime).
+FUTURE ?= +400 days
+test-future: $(STAMP)  ## the unit and integration suites with the clock 400 days ahead (needs Debian's faketime)
+	@command -v faketime >/dev/null || { echo "make test-future needs faketime (Debian: apt-get install faketime)" >&2; exit 1; }
+	faketime '$(FUTURE)' $(VENV)/bin/pytest -q -p no:cacheprovider tests/unit tests/integration
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit

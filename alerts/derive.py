@@ -1,8 +1,10 @@
 """Derived metrics: the standards-based indicators, computed per device from its
 latest values and attributes, so that rules can threshold on them like any metric.
 
-* air: ``aqi`` (indicative real-time AQI per HJ 633-2026 from the latest values
-  taken as 1-hour concentrations) and ``aqi_level`` (HJ 633 Table 2).
+* air: ``aqi`` (indicative real-time AQI from the latest values, each taken as
+  the average a real-time report of the device's ``aqi_version`` uses for it:
+  1 h means under HJ 633-2026, and under HJ 633-2012 the 24 h sliding mean for
+  PM2.5/PM10) and ``aqi_level`` (HJ 633 Table 2).
   The reported hourly/daily AQI is computed from stored hourly means
   (:mod:`alerts.indicators.aqi`); this one is the early warning.
 * water: ``water_class`` (GB 3838-2002 single-factor method, 6 = 劣V) and
@@ -15,11 +17,16 @@ latest values and attributes, so that rules can threshold on them like any metri
 * pole: ``lamp_fault`` (1 when on with no current, or current while off).
 
 Pure functions; each writes into the snapshot with the event time of the
-readings that produced it.
+readings that produced it. A deriver that cannot compute its indicator (an
+unknown standard or zone, a concentration the standard defines no IAQI for)
+raises :class:`~alerts.errors.IndicatorError`; :func:`derive` logs it and hands
+it to the caller's ``on_error`` (the stream worker counts it), and the
+device's other metrics and rules carry on.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, MutableMapping
 from datetime import UTC, datetime, timedelta, timezone
@@ -31,6 +38,8 @@ from alerts.indicators.noise import is_daytime, noise_limit
 from alerts.indicators.water import water_class
 
 __all__ = ["DERIVERS", "derive"]
+
+log = logging.getLogger(__name__)
 
 Snapshot = MutableMapping[str, list[float]]
 Deriver = Callable[[Snapshot, Mapping[str, Any], float], dict[str, float]]
@@ -44,25 +53,18 @@ def _v(snap: Snapshot, metric: str) -> float | None:
 
 
 def _air(snap: Snapshot, attrs: Mapping[str, Any], t: float) -> dict[str, float]:
-    conc: dict[tuple[str, str], float] = {}
-    for metric, pollutant in (
-        ("pm25", "pm25"),
-        ("pm10", "pm10"),
-        ("so2", "so2"),
-        ("no2", "no2"),
-        ("co", "co"),
-        ("o3", "o3"),
-    ):
+    # Bare pollutant names: each stands for the average the version's real-time
+    # report uses (HJ 633-2012: PM 24 h sliding means; 2026: 1 h means), so the
+    # latest value is read as that average whichever standard the device follows.
+    conc: dict[str, float] = {}
+    for metric in aqi_mod.POLLUTANTS:
         v = _v(snap, metric)
         if v is not None and v >= 0:
-            conc[(pollutant, "1h")] = v
+            conc[metric] = v
     if not conc:
         return {}
     version = str(attrs.get("aqi_version", aqi_mod.DEFAULT_VERSION))
-    try:
-        res = aqi_mod.aqi(conc, version=version, mode="hourly")
-    except IndicatorError:
-        return {}
+    res = aqi_mod.aqi(conc, version=version, mode="hourly")
     return {"aqi": float(res.aqi), "aqi_level": float(res.level)}
 
 
@@ -71,10 +73,7 @@ def _water(snap: Snapshot, attrs: Mapping[str, Any], t: float) -> dict[str, floa
     if not values:
         return {}
     waterbody = str(attrs.get("waterbody", "river"))
-    try:
-        res = water_class(values, waterbody=waterbody)  # type: ignore[arg-type]
-    except IndicatorError:
-        return {}
+    res = water_class(values, waterbody=waterbody)  # type: ignore[arg-type]
     target = int(attrs.get("target_class", 3))
     return {"water_class": float(res.water_class), "water_class_over_target": float(res.water_class - target)}
 
@@ -82,10 +81,7 @@ def _water(snap: Snapshot, attrs: Mapping[str, Any], t: float) -> dict[str, floa
 def _noise(snap: Snapshot, attrs: Mapping[str, Any], t: float) -> dict[str, float]:
     zone = str(attrs.get("zone", "2"))
     out: dict[str, float] = {}
-    try:
-        day, night = noise_limit(zone, "day"), noise_limit(zone, "night")
-    except IndicatorError:
-        return {}
+    day, night = noise_limit(zone, "day"), noise_limit(zone, "night")
     if (ld := _v(snap, "ld")) is not None:
         out["ld_excess_db"] = ld - day
     if (ln := _v(snap, "ln")) is not None:
@@ -133,13 +129,38 @@ DERIVERS: dict[str, Deriver] = {
 }
 
 
-def derive(device_class: str, snap: Snapshot, attrs: Mapping[str, Any], t: float) -> set[str]:
-    """Update derived metrics in the snapshot; returns the names that changed."""
+def derive(
+    device_class: str,
+    snap: Snapshot,
+    attrs: Mapping[str, Any],
+    t: float,
+    *,
+    on_error: Callable[[str, IndicatorError], None] | None = None,
+) -> set[str]:
+    """Update derived metrics in the snapshot; returns the names that changed.
+
+    Args:
+        device_class: The device's class (picks the deriver).
+        snap: Latest values per metric (updated in place).
+        attrs: The device's attributes (standard version, zone, levels …).
+        t: Event time (Unix s) of the readings that changed the snapshot.
+        on_error: Called with the class and the error when the class's
+            indicators cannot be computed (then nothing is derived this time);
+            without it the error is logged here.
+    """
     fn = DERIVERS.get(device_class)
     if fn is None:
         return set()
+    try:
+        derived = fn(snap, attrs, t)
+    except IndicatorError as exc:
+        if on_error is None:
+            log.warning("derived indicators of class %s not computed: %s", device_class, exc)
+        else:
+            on_error(device_class, exc)
+        return set()
     changed = set()
-    for name, value in fn(snap, attrs, t).items():
+    for name, value in derived.items():
         prev = snap.get(name)
         if prev is None or prev[0] != value or prev[1] != t:
             snap[name] = [value, t, prev[0], prev[1]] if prev else [value, t, math.nan, math.nan]

@@ -20,6 +20,7 @@ emitted) until the condition has stayed false for a stable period.
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 import string
@@ -30,6 +31,7 @@ from typing import Any, Literal
 
 from alerts.build import device_alert
 from alerts.derive import derive
+from alerts.errors import IndicatorError
 from alerts.rules import AllOf, AnyOf, Compare, Condition, Not, Outside, Rate, Rule
 from core.records import (
     Alert,
@@ -43,6 +45,8 @@ from core.records import (
 
 __all__ = ["DeviceContext", "Transition", "TransitionKind", "evaluate_device", "suppressed_flag"]
 
+log = logging.getLogger(__name__)
+
 TransitionKind = Literal["open", "escalate", "deescalate", "clear"]
 
 _CMP: dict[str, Callable[[float, float], bool]] = {
@@ -55,7 +59,7 @@ _CMP: dict[str, Callable[[float, float], bool]] = {
 }
 
 # HJ 212-2017 data flags M (维护期间数据) and C (校准状态) mean the station is in
-# maintenance or calibration: its values must not raise alerts (standards.md §2.5).
+# maintenance or calibration: its values must not raise alerts (docs/standards.md §2.5).
 SUPPRESSING_FLAGS = frozenset({"M", "C"})
 
 
@@ -257,6 +261,8 @@ def evaluate_device(
     snapshot: Snapshot,
     states: MutableMapping[str, RuleState],
     watermark_us: int,
+    *,
+    on_derive_error: Callable[[str, IndicatorError], None] | None = None,
 ) -> tuple[list[Transition], int]:
     """Evaluate a device's rules over its new readings, in event-time order.
 
@@ -268,6 +274,9 @@ def evaluate_device(
         states: Rule id → state (updated in place).
         watermark_us: Event time (µs) up to which this device was already evaluated;
             older readings are a replay or arrived too late for rules and are skipped.
+        on_derive_error: Told (class, error) when the device's derived indicators
+            (:func:`alerts.derive.derive`) cannot be computed, after the error is
+            logged with the device code; the rules on measured metrics still run.
 
     Returns:
         The transitions, and the new watermark.
@@ -282,6 +291,12 @@ def evaluate_device(
             continue
         by_time.setdefault(t_us, []).append(r)
     out: list[Transition] = []
+
+    def on_error(device_class: str, exc: IndicatorError) -> None:
+        log.warning("device %s: derived indicators not computed: %s", ctx.code, exc)
+        if on_derive_error is not None:
+            on_derive_error(device_class, exc)
+
     for t_us in sorted(by_time):
         t = t_us / 1_000_000
         touched = set()
@@ -289,7 +304,7 @@ def evaluate_device(
             prev = snapshot.get(r.metric)
             snapshot[r.metric] = [r.value, t, prev[0], prev[1]] if prev else [r.value, t, math.nan, math.nan]
             touched.add(r.metric)
-        touched |= derive(ctx.device_class, snapshot, ctx.attributes, t)
+        touched |= derive(ctx.device_class, snapshot, ctx.attributes, t, on_error=on_error)
         for rule in applicable:
             st = states.setdefault(rule.id, {})
             if not (rule.metrics & touched) and st.get("phase", "idle") == "idle":

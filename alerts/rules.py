@@ -29,7 +29,7 @@ of codes) must each match if given; ``fence`` or ``fences`` (one reference or
 a list; each is a geofence **id or name**) and ``fence_kind`` or
 ``fence_kinds`` (e.g. ``school_zone``: every fence of that kind) together
 are one alternative: the device must be inside at least one of them. A
-device is in a fence as :mod:`geo.membership` says (fixed devices by their
+device is in a fence as :mod:`alerts.geofence` says (fixed devices by their
 registered location, mobile ones by their debounced position); a rule
 scoped to fences only sees devices inside at least one of them. The
 references become :func:`fence_keys`, matched against the keys the
@@ -91,7 +91,7 @@ def fence_kind_key(kind: str) -> str:
 def fence_keys(fence_id: str, name: str, kind: str) -> tuple[str, str, str]:
     """Every key under which a device inside this fence is found (id, name, kind).
 
-    :mod:`geo.membership` gives each device the keys of the fences it is
+    :mod:`alerts.geofence` gives each device the keys of the fences it is
     in; a rule's fence scope is a set of such keys.
     """
     return fence_id, fence_name_key(name), fence_kind_key(kind)
@@ -333,7 +333,7 @@ class Rule:
             district: Its district code.
             code: Its device code.
             fences: Its fence membership keys (:func:`fence_keys` of every
-                fence it is in), e.g. from :mod:`geo.membership`.
+                fence it is in), e.g. from :mod:`alerts.geofence`.
         """
         if device_class != self.device_class:
             return False

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from citybrain.harness import ManagedProcess, start_mosquitto
+import paho.mqtt.client as mqtt
+
+from citybrain.harness import ManagedProcess, MqttEndpoint, pg_base_dir, start_mosquitto
 
 if TYPE_CHECKING:
     from citybrain.settings import Settings
@@ -57,3 +62,57 @@ def platform_settings(data_dir: Path, topic_prefix: str, mqtt_url: str | None) -
         gateway_bridge_readings=False,
         mqtt_url=mqtt_url,
     )
+
+
+def mqtt_client(ep: MqttEndpoint, **kw: Any) -> mqtt.Client:
+    """A connected paho client with its network loop running (1000 in flight, unbounded queue)."""
+    c = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=f"bench-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv311,
+        **kw,
+    )
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    c.connect(ep.host, ep.port, keepalive=60)
+    c.loop_start()
+    return c
+
+
+def publish_qos1(ep: MqttEndpoint, topics_payloads: list[tuple[str, bytes]], connections: int = 4) -> float:
+    """Publish at QoS 1 over several connections; returns seconds until all PUBACKs."""
+    chunks = [topics_payloads[i::connections] for i in range(connections)]
+    clients = [mqtt_client(ep) for _ in range(connections)]
+    t0 = time.perf_counter()
+
+    def run(c: mqtt.Client, items: list[tuple[str, bytes]]) -> None:
+        infos = [c.publish(t, p, qos=1) for t, p in items]
+        for i in infos:
+            i.wait_for_publish(120)
+
+    threads = [threading.Thread(target=run, args=(c, ch)) for c, ch in zip(clients, chunks, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    dt = time.perf_counter() - t0
+    for c in clients:
+        c.loop_stop()
+        c.disconnect()
+    return dt
+
+
+def drop_pg(name: str) -> None:
+    """Remove a stopped embedded PostgreSQL's data dir and log (a 1M-device ledger is ~1.7 GB)."""
+    shutil.rmtree(pg_base_dir() / name, ignore_errors=True)
+    (pg_base_dir() / f"{name}.log").unlink(missing_ok=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # Fields after the command: state is [0], so utime/stime (14th/15th overall) are [11]/[12].
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -4,7 +4,7 @@ Builds the shipped districts and the 0.01° grid, draws uniformly random points
 over Xiamen's bounding box (about half fall at sea, as real noise would not,
 so the figure is conservative for the outside path too), and times
 ``assign_many`` and ``fences_many`` over three geofences. Then the rule
-engine's fence membership (:class:`geo.membership.FenceMembership`) over the
+engine's fence membership (:class:`alerts.geofence.FenceMembership`) over the
 same points and 300 school-zone-sized fences (Xiamen has ~300 schools), and
 debounced tracking of mobile devices (:class:`geo.tracking.FenceTracker`).
 
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from shapely.geometry import box
 
+from alerts.geofence import FenceMembership, FenceRecord
 from geo.assign import Assigner
 from geo.districts import load_districts
 from geo.grid import Grid
-from geo.membership import FenceMembership, FenceRecord
 from geo.sample import random_points_in
 from geo.tracking import FenceTracker, Fix
 

@@ -37,7 +37,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 
-from bench._common import mqtt_broker_url, platform_settings
+from bench._common import drop_pg, mqtt_broker_url, platform_settings
 from citybrain.harness import ManagedProcess, MqttEndpoint
 
 __all__ = ["DEFAULT_RATES", "DEFAULT_SECONDS", "install_stored_marker", "main", "measure", "percentiles"]
@@ -300,8 +300,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args.seconds,
         )
     finally:
-        from bench.e2e import drop_pg
-
         platform.stop()
         drop_pg(platform.services.pg_name)
         for p in extra:

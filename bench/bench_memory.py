@@ -31,7 +31,7 @@ from typing import Any
 
 import psycopg
 
-from bench.e2e import drop_pg
+from bench._common import drop_pg
 from citybrain.harness import start_postgres
 from citybrain.migrations import upgrade
 from devices.code import XIAMEN_DISTRICTS, DeviceCode

@@ -34,8 +34,7 @@ from typing import Any
 
 import psycopg
 
-from bench._common import mqtt_broker_url, telemetry_messages
-from bench.e2e import drop_pg
+from bench._common import drop_pg, mqtt_broker_url, publish_qos1, telemetry_messages
 from citybrain.harness import ManagedProcess, MqttEndpoint, Services, free_port, spawn
 
 __all__ = ["ensure_node_red", "main"]
@@ -209,7 +208,6 @@ def _wait(url: str, since: datetime, want: int, stall_s: float) -> int:
 
 def run(root: Path, ep: MqttEndpoint, url: str, messages: int, workdir: Path) -> dict[str, Any]:
     """Start the flow against ``ep`` and ``url``, publish ``messages``, time until all are stored."""
-    from bench.e2e import _publish
     from citybrain.platform import demo_device_codes
     from ingest.adapters.json.codec import encode
 
@@ -249,7 +247,7 @@ def run(root: Path, ep: MqttEndpoint, url: str, messages: int, workdir: Path) ->
         while _count(url, warm_base) == 0 and time.monotonic() < deadline:
             if not proc.alive():
                 raise RuntimeError(f"Node-RED exited: {proc.log_tail()}")
-            _publish(ep, warm[:1], connections=1)
+            publish_qos1(ep, warm[:1], connections=1)
             time.sleep(1.0)
         if _count(url, warm_base) == 0:
             raise RuntimeError(f"the Node-RED flow stored nothing in 60 s; its log:\n{proc.log_tail()}")
@@ -257,7 +255,7 @@ def run(root: Path, ep: MqttEndpoint, url: str, messages: int, workdir: Path) ->
         steps = max(1, messages // len(codes))
         items = telemetry_messages(codes, base, steps)
         t0 = time.perf_counter()
-        _publish(ep, items, connections=4)
+        publish_qos1(ep, items, connections=4)
         stored = _wait(url, base, len(items), 30)
         dt = time.perf_counter() - t0
         version = json.loads((root / "node_modules" / "node-red" / "package.json").read_text())["version"]

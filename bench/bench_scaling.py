@@ -32,24 +32,13 @@ from typing import Any
 
 import psycopg
 
-from bench._common import mqtt_broker_url, telemetry_messages
-from bench.e2e import drop_pg
+from bench._common import cpu_seconds, drop_pg, mqtt_broker_url, publish_qos1, telemetry_messages
 from citybrain.harness import ManagedProcess, Services, free_port, spawn
 from citybrain.kafka_compat import install_empty_fetch_backoff
 
-__all__ = ["cpu_seconds", "main", "run_step"]
+__all__ = ["main", "run_step"]
 
 DEVICES = 100
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    # Fields after the command: state is [0], so utime/stime (14th/15th overall) are [11]/[12].
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_stored(url: str, since: datetime, until: datetime, want: int, stall_s: float = 30.0) -> int:
@@ -68,7 +57,6 @@ def _wait_stored(url: str, since: datetime, until: datetime, want: int, stall_s:
 
 def run_step(svc: Services, root: Path, workers: int, messages: int, base: datetime) -> dict[str, Any]:
     """One platform with ``workers`` partitions and worker processes; returns its figures."""
-    from bench.e2e import _publish
     from citybrain.platform import Platform, demo_device_codes
     from citybrain.settings import Settings
 
@@ -110,7 +98,7 @@ def run_step(svc: Services, root: Path, workers: int, messages: int, base: datet
         url = svc.database_url
         # Warm-up: one message per device through every partition, so the group has settled.
         warm = telemetry_messages(codes, base - timedelta(minutes=5), 1)
-        _publish(svc.mqtt, warm, connections=2)
+        publish_qos1(svc.mqtt, warm, connections=2)
         _wait_stored(url, base - timedelta(minutes=5), base, len(warm), stall_s=60)
         time.sleep(1.0)
         steps = max(1, messages // DEVICES)
@@ -119,7 +107,7 @@ def run_step(svc: Services, root: Path, workers: int, messages: int, base: datet
         procs: list[ManagedProcess] = [p for p in platform.processes if p.name == "gateway" or "worker" in p.name]
         cpu0 = {p.name: cpu_seconds(p.pid) for p in procs}
         t0 = time.perf_counter()
-        _publish(svc.mqtt, items, connections=4)
+        publish_qos1(svc.mqtt, items, connections=4)
         stored = _wait_stored(url, base, until, len(items))
         dt = time.perf_counter() - t0
         cpu = {p.name: cpu_seconds(p.pid) - cpu0[p.name] for p in procs}

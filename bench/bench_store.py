@@ -40,11 +40,12 @@ from streams.normalise import Row
 from streams.store import ReadingStore, StoreConfig, StoreMetrics
 
 
-def _rows(n: int, metrics: list[str], seed: int = 1) -> list[Row]:
+def _rows(n: int, metrics: list[str], now: datetime, seed: int = 1) -> list[Row]:
     rng = np.random.default_rng(seed)
     devices = [f"350206030800{i:05d}" for i in range(max(1, n // 60))]
     values = rng.gamma(4.0, 10.0, size=(n, len(metrics))).round(3)
-    t0 = datetime(2026, 11, 29, tzinfo=UTC)
+    # Recent event times (the day before ``now``), well inside retention whatever the date.
+    t0 = (now - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     out = []
     for i in range(n):
         t = t0 + timedelta(seconds=60 * (i // len(devices)))
@@ -58,9 +59,9 @@ async def _timed(fn: Callable[[], Awaitable[None]]) -> float:
     return time.perf_counter() - t0
 
 
-async def _run(url: str, models: ModelRegistry, n: int, batch: int) -> list[tuple[str, int, int, float]]:
+async def _run(url: str, models: ModelRegistry, n: int, batch: int, now: datetime) -> list[tuple[str, int, int, float]]:
     metrics = models.metrics_of_class("air")
-    rows = _rows(n, metrics)
+    rows = _rows(n, metrics, now)
     results: list[tuple[str, int, int, float]] = []
     pool = AsyncConnectionPool(url, min_size=1, max_size=2, open=False)
     await pool.open(wait=True)
@@ -125,7 +126,8 @@ async def _run(url: str, models: ModelRegistry, n: int, batch: int) -> list[tupl
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Print (and return, for ``make bench``'s summary) rows/s and values/s of each store path."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=5000, help="rows per flush (StoreConfig.batch_rows)")
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         models = shipped_models()
         with psycopg.connect(url) as conn:
             upgrade(conn, models)
-        results = asyncio.run(_run(url, models, args.rows, args.batch))
+        results = asyncio.run(_run(url, models, args.rows, args.batch, datetime.now(UTC)))
         print(f"\nstore throughput, {args.rows} rows of class air, {args.batch} rows per flush\n")
         print(f"{'path':<28}{'rows/s':>12}{'values/s':>14}{'seconds':>10}")
         for label, rows, values, secs in results:
@@ -153,6 +155,16 @@ def main(argv: list[str] | None = None) -> None:
             "\ntime relative to binary COPY into an unlogged table: "
             + ", ".join(f"{lbl} {s / base:.1f}x" for lbl, _, _, s in results[2:])
         )
+        return {
+            label: {
+                "rows": rows,
+                "rows_per_s": round(rows / secs),
+                "values_per_s": round(values / secs),
+                "seconds": round(secs, 2),
+                "x_binary_copy": round(secs / base, 2),
+            }
+            for label, rows, values, secs in results
+        }
     finally:
         with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))

@@ -32,52 +32,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import psycopg
 
 from bench import bench_latency
-from bench._common import mqtt_broker_url, platform_settings, telemetry_messages
+from bench._common import (
+    cpu_seconds,
+    drop_pg,
+    mqtt_broker_url,
+    mqtt_client,
+    platform_settings,
+    publish_qos1,
+    telemetry_messages,
+)
 from citybrain.harness import ManagedProcess, MqttEndpoint, Services
 from citybrain.kafka_compat import install_empty_fetch_backoff
 
 __all__ = ["main", "run_all"]
-
-
-def _client(ep: MqttEndpoint, **kw: Any) -> mqtt.Client:
-    c = mqtt.Client(
-        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-        client_id=f"bench-{uuid.uuid4().hex[:8]}",
-        protocol=mqtt.MQTTv311,
-        **kw,
-    )
-    c.max_inflight_messages_set(1000)
-    c.max_queued_messages_set(0)
-    c.connect(ep.host, ep.port, keepalive=60)
-    c.loop_start()
-    return c
-
-
-def _publish(ep: MqttEndpoint, topics_payloads: list[tuple[str, bytes]], connections: int = 4) -> float:
-    """Publish at QoS 1 over several connections; returns seconds until all PUBACKs."""
-    chunks = [topics_payloads[i::connections] for i in range(connections)]
-    clients = [_client(ep) for _ in range(connections)]
-    t0 = time.perf_counter()
-
-    def run(c: mqtt.Client, items: list[tuple[str, bytes]]) -> None:
-        infos = [c.publish(t, p, qos=1) for t, p in items]
-        for i in infos:
-            i.wait_for_publish(120)
-
-    threads = [threading.Thread(target=run, args=(c, ch)) for c, ch in zip(clients, chunks, strict=True)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    dt = time.perf_counter() - t0
-    for c in clients:
-        c.loop_stop()
-        c.disconnect()
-    return dt
 
 
 def bench_mqtt(ep: MqttEndpoint, n: int) -> dict[str, Any]:
@@ -91,13 +61,13 @@ def bench_mqtt(ep: MqttEndpoint, n: int) -> dict[str, Any]:
         if got >= n:
             done.set()
 
-    sub = _client(ep)
+    sub = mqtt_client(ep)
     sub.on_message = on_msg
     sub.subscribe(topic, qos=1)
     time.sleep(0.5)
     payload = b"x" * 200
     t0 = time.perf_counter()
-    _publish(ep, [(topic, payload)] * n, connections=1)
+    publish_qos1(ep, [(topic, payload)] * n, connections=1)
     done.wait(120)
     dt = time.perf_counter() - t0
     sub.loop_stop()
@@ -151,12 +121,12 @@ def bench_naive(ep: MqttEndpoint, url: str, n: int) -> dict[str, Any]:
         if got >= n:
             done.set()
 
-    sub = _client(ep)
+    sub = mqtt_client(ep)
     sub.on_message = on_msg
     sub.subscribe(topic, qos=1)
     time.sleep(0.5)
     t0 = time.perf_counter()
-    _publish(ep, [(topic, b'{"v":1,"ts":0,"metrics":{"pm25":1}}')] * n, connections=1)
+    publish_qos1(ep, [(topic, b'{"v":1,"ts":0,"metrics":{"pm25":1}}')] * n, connections=1)
     done.wait(300)
     dt = time.perf_counter() - t0
     sub.loop_stop()
@@ -204,13 +174,11 @@ def bench_e2e(
 
         # CPU seconds of the gateway and the worker: on a shared machine, msg per CPU-second
         # is the steadier figure, and the per-core one sizing needs (operations.md).
-        from bench.bench_scaling import cpu_seconds
-
         cpu0 = {name: cpu_seconds(platform.process(name).pid) for name in ("gateway", "worker")}
         t0 = time.perf_counter()
         watcher = threading.Thread(target=watch_gateway, daemon=True)
         watcher.start()
-        pub_s = _publish(platform.services.mqtt, items, connections=4)
+        pub_s = publish_qos1(platform.services.mqtt, items, connections=4)
         url = platform.services.database_url
         stored = 0
         last_change = time.monotonic()
@@ -245,14 +213,6 @@ def bench_e2e(
         platform.stop()
         if settings.database_url is None:
             drop_pg(platform.services.pg_name)
-
-
-def drop_pg(name: str) -> None:
-    """Remove a stopped embedded PostgreSQL's data dir and log (a 1M-device ledger is ~1.7 GB)."""
-    from citybrain.harness import pg_base_dir
-
-    shutil.rmtree(pg_base_dir() / name, ignore_errors=True)
-    (pg_base_dir() / f"{name}.log").unlink(missing_ok=True)
 
 
 def _forwarded(url: str) -> float:

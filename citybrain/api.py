@@ -13,9 +13,12 @@ table is in docs/security.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -40,9 +43,12 @@ from citybrain.routes.context import ApiContext
 from citybrain.security import routes as security_routes
 from citybrain.security.auth import Security, public
 from citybrain.security.auth import install as install_security
+from citybrain.security.guard import EdgeLimits, install_guard
 from citybrain.security.policy import annotate_openapi, undeclared_routes
 from core.records import Severity
+from core.retry import retrying
 from devices.models import ModelRegistry
+from ingest.errors import IngestError
 from ingest.kafka_sink import KafkaSink, KafkaSinkConfig, KafkaSinkMetrics
 
 __all__ = ["ROUTE_MODULES", "create_api"]
@@ -64,6 +70,9 @@ ROUTE_MODULES = [
 
 log = logging.getLogger(__name__)
 
+# The webhook reads its body raw and dead-letters what it cannot use: no body scan at the edge.
+WEBHOOK_PREFIX = "/api/v1/ingest/webhook/"
+
 
 def create_api(
     database_url: str,
@@ -73,6 +82,8 @@ def create_api(
     ingest: KafkaSinkConfig | None = None,
     webhook_token: str = "",
     webhook_max_body_bytes: int = 65536,
+    max_future_skew: timedelta = timedelta(minutes=5),
+    limits: EdgeLimits | None = None,
 ) -> FastAPI:
     """Build the API app; the pool (and the webhook's Kafka sink) open in the lifespan.
 
@@ -81,8 +92,10 @@ def create_api(
         models: Device models.
         registry: Prometheus registry for every metric of this process.
         ingest: Kafka sink settings for the NB-IoT webhook; ``None`` leaves it unmounted.
-        webhook_token: Shared token the platforms must send.
+        webhook_token: Shared token the platforms must send (empty: every push is refused, 503).
         webhook_max_body_bytes: Largest accepted webhook body.
+        max_future_skew: Readings dated further ahead are kept out of "latest".
+        limits: Body bounds of every request (:mod:`citybrain.security.guard`); default bounds if ``None``.
     """
     pool = AsyncConnectionPool(
         database_url, min_size=1, max_size=8, open=False, check=AsyncConnectionPool.check_connection
@@ -106,11 +119,17 @@ def create_api(
         "citybrain_api_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry
     )
 
+    async def _connect_sink(sink: KafkaSink) -> None:
+        # In the background: reads and the console must not wait for Kafka; until the sink
+        # is up the webhook answers 503 and the platforms retry.
+        retry = retrying(IngestError, what="webhook sink", log=log, wait_s=1.0, max_wait_s=30.0, level=logging.WARNING)
+        await retry(sink.start)
+        log.info("webhook sink connected to Kafka at %s", sink.cfg.kafka_bootstrap)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pool.open(wait=True, timeout=30)
-        if sink is not None:
-            await sink.start()
+        connecting = asyncio.create_task(_connect_sink(sink), name="webhook-sink") if sink is not None else None
         await feed.start()
         gauges = asyncio.create_task(_gauges(), name="api-gauges")
         try:
@@ -118,6 +137,10 @@ def create_api(
         finally:
             gauges.cancel()
             await feed.stop()
+            if connecting is not None:
+                connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await connecting
             if sink is not None:
                 await sink.stop()
             await pool.close()
@@ -131,6 +154,9 @@ def create_api(
         docs_url=None,
         redoc_url=None,
     )
+    # First, so that every middleware added after it (the request counter) sees its refusals.
+    limits = limits or EdgeLimits()
+    install_guard(app, replace(limits, raw_body_prefixes=(*limits.raw_body_prefixes, WEBHOOK_PREFIX)), registry)
     from geo.assign import Assigner
     from geo.districts import load_districts
     from geo.grid import Grid
@@ -142,6 +168,7 @@ def create_api(
         registry=registry,
         alert_feed=feed,
         assigner=Assigner(districts, Grid.build(districts)),
+        max_future_skew=max_future_skew,
     )
     for module in ROUTE_MODULES:
         app.include_router(module.build(ctx))
@@ -150,9 +177,10 @@ def create_api(
     app.include_router(security_routes.build(ctx, security))
     sink = KafkaSink(ingest, KafkaSinkMetrics(registry)) if ingest is not None else None
     if sink is not None:
-        app.include_router(
-            webhook_routes.build(ctx, webhook_routes.WebhookDeps(sink, webhook_token, webhook_max_body_bytes))
-        )
+        if not webhook_token:
+            log.warning("CITYBRAIN_WEBHOOK_TOKEN is not set: the NB-IoT webhook refuses every push (503)")
+        deps = webhook_routes.WebhookDeps(sink, webhook_token, webhook_max_body_bytes, ready=sink.healthy)
+        app.include_router(webhook_routes.build(ctx, deps))
 
     @app.middleware("http")
     async def count(request: Request, call_next: Any) -> Response:

@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -177,7 +179,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         max_future_skew_s=settings.max_future_skew_s,
         rules=load_rules(Path(settings.rules_dir)) if settings.rules_dir else shipped_rules(),
         store_batch_rows=settings.store_batch_rows,
-        store_flush_interval_s=settings.store_flush_interval_s,
         retention_days=settings.retention_days,
         rollup_retention_days=settings.rollup_retention_days(),
         maintenance_interval_s=settings.maintenance_interval_s,
@@ -199,8 +200,19 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         # Faust replaces the process's logging setup; give it ours so JSON lines stay JSON.
         logging_config=logging_dict(settings.log_level, settings.log_format),
     )
-    worker.execute_from_commandline()
-    return 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    else:  # pragma: no cover - execute_from_commandline always raises SystemExit
+        code = 0
+    # Faust has stopped: offsets committed, producer flushed, pool closed. Leave without the
+    # interpreter's teardown, which spent seconds freeing the records fetched ahead of a
+    # backlog (not drained on stop: streams/app.py) and pushed a SIGTERM past the supervisor's 10 s.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _mqtt_tls(settings: Settings) -> MqttTls | None:
@@ -224,14 +236,44 @@ def _api_tls(settings: Settings) -> dict[str, str]:
     return {"ssl_certfile": cert, "ssl_keyfile": key}
 
 
+def _api_proxy_headers(settings: Settings) -> dict[str, Any]:
+    """uvicorn's forwarding-header arguments, always explicit.
+
+    uvicorn believes X-Forwarded-For/-Proto from 127.0.0.1 (or $FORWARDED_ALLOW_IPS) unless
+    told otherwise, and the login limiter and the audit log key on the client address: so
+    they are believed only from CITYBRAIN_TRUSTED_PROXIES, and by default from nobody.
+    """
+    proxies = settings.proxy_networks()
+    if not proxies:
+        return {"proxy_headers": False, "forwarded_allow_ips": []}
+    return {"proxy_headers": True, "forwarded_allow_ips": list(proxies)}
+
+
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from citybrain.api import create_api
+    from citybrain.security.guard import EdgeLimits
     from devices.models import shipped_models
+    from ingest.kafka_sink import KafkaSinkConfig
 
     tls = _api_tls(settings)  # before anything starts: half a TLS setting stops here
-    app = create_api(_need(settings.database_url, "CITYBRAIN_DATABASE_URL"), shipped_models(), CollectorRegistry())
+    ingest = KafkaSinkConfig(
+        _need(settings.kafka_bootstrap, "CITYBRAIN_KAFKA_BOOTSTRAP"),
+        KafkaTopics(settings.topic_prefix),
+        partitions=settings.partitions,
+        source="webhook",
+    )
+    app = create_api(
+        _need(settings.database_url, "CITYBRAIN_DATABASE_URL"),
+        shipped_models(),
+        CollectorRegistry(),
+        ingest=ingest,
+        webhook_token=settings.webhook_token,
+        webhook_max_body_bytes=settings.webhook_max_body_bytes,
+        limits=EdgeLimits(settings.api_max_body_bytes, settings.api_anonymous_max_body_bytes),
+        max_future_skew=timedelta(seconds=settings.max_future_skew_s),
+    )
     # Open SSE streams must not hold a shutdown for long.
     uvicorn.run(
         app,
@@ -239,6 +281,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port or settings.api_port,
         log_level="warning",
         timeout_graceful_shutdown=3,
+        **_api_proxy_headers(settings),
         **tls,  # type: ignore[arg-type]
     )
     return 0
@@ -308,6 +351,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             progress=not args.quiet,
             database_url=settings.database_url,
             register=args.register or args.score,
+            edge_refresh_s=settings.hj212_refresh_s + 1,
         )
         stats, scenario = simulate(opts, stop)
     except (FleetError, ScenarioError, SimulateError, ValueError) as exc:
@@ -332,13 +376,14 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_edge(args: argparse.Namespace, settings: Settings) -> int:
     """Protocol adapters and downlink: the HJ 212 TCP server and the command dispatcher."""
-    from psycopg_pool import AsyncConnectionPool
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
     from citybrain.httpmini import MetricsServer
     from devices.ledger import Ledger
     from devices.models import shipped_models
-    from ingest.adapters.hj212.connector import Hj212Metrics, Hj212Server, Hj212ServerConfig, auth_resolver, mn_map
-    from ingest.adapters.hj212.passwords import load_pw_hashes
+    from ingest.adapters.hj212.connector import Hj212Metrics, Hj212Server, Hj212ServerConfig, StationDirectory
+    from ingest.adapters.hj212.passwords import refresh_directory
     from ingest.commands import (
         CommandDispatcher,
         CommandMetrics,
@@ -362,39 +407,45 @@ def cmd_edge(args: argparse.Namespace, settings: Settings) -> int:
         pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, check=AsyncConnectionPool.check_connection)
         await pool.open(wait=True, timeout=30)
         ledger = Ledger(pool, models)
-        mns: dict[str, str] = {}
-        codes_to_mn: dict[str, str] = {}
-        pw_hashes: dict[str, str] = {}
+        # One directory, owned here and refreshed in place: the server resolves through
+        # it, so a PW provisioned after start-up is seen at the next refresh.
+        directory = StationDirectory()
+        hj212_metrics = Hj212Metrics(registry)
 
-        async def refresh() -> None:
-            devices = await ledger.load_index()
-            async with pool.connection() as conn:
-                hashes = await load_pw_hashes(conn)
-            mns.clear()
-            mns.update(mn_map(devices))
-            codes_to_mn.clear()
-            codes_to_mn.update({code: mn for mn, code in mns.items()})
-            pw_hashes.clear()
-            pw_hashes.update(hashes)
+        async def refresh(*, first: bool = False) -> None:
+            try:
+                await refresh_directory(directory, ledger)
+            except (psycopg.Error, PoolTimeout, OSError) as exc:
+                if first:  # no directory to keep yet: fail fast
+                    raise
+                # Keep the last good directory: a database blip must not stop the stations.
+                hj212_metrics.directory_refreshes.labels("error").inc()
+                log.warning("HJ 212 station directory not refreshed (kept the previous one): %s", exc)
+                return
+            hj212_metrics.directory_refreshes.labels("ok").inc()
+            hj212_metrics.known_stations.set(directory.stations)
+            hj212_metrics.stations_with_pw.set(directory.with_pw)
 
-        await refresh()
+        await refresh(first=True)
         sink = KafkaSink(
             KafkaSinkConfig(bootstrap, KafkaTopics(settings.topic_prefix), settings.partitions, source="hj212"),
             KafkaSinkMetrics(registry),
         )
         await sink.start()
         # Station PWs are checked against the ledger's scrypt hashes (devices credentials
-        # rotate CODE --hj212), re-read with the MN map every 30 s.
+        # rotate CODE --hj212), re-read with the MN map every CITYBRAIN_HJ212_REFRESH_S.
         server = Hj212Server(
             Hj212ServerConfig(
                 host=settings.hj212_host,
                 port=args.hj212_port or settings.hj212_port,
+                max_connections_per_address=settings.hj212_max_connections_per_address,
                 idle_timeout_s=settings.hj212_idle_timeout_s,
+                frame_deadline_s=settings.hj212_frame_deadline_s,
                 check_pw=settings.hj212_check_pw,
             ),
             sink,
-            auth_resolver(mns, pw_hashes=pw_hashes),
-            Hj212Metrics(registry),
+            directory.resolve,
+            hj212_metrics,
         )
         await server.start()
         mqtt_tx = MqttCommandTransport(
@@ -403,7 +454,7 @@ def cmd_edge(args: argparse.Namespace, settings: Settings) -> int:
         await mqtt_tx.start()
         dispatcher = CommandDispatcher(
             CommandStore(pool),
-            {"mqtt": mqtt_tx, "hj212": Hj212Transport(server, lambda code: codes_to_mn.get(code, code))},
+            {"mqtt": mqtt_tx, "hj212": Hj212Transport(server, directory.mn_of)},
             CommandMetrics(registry),
             max_attempts=settings.command_max_attempts,
         )
@@ -417,7 +468,7 @@ def cmd_edge(args: argparse.Namespace, settings: Settings) -> int:
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 30)
+                    await asyncio.wait_for(stop.wait(), settings.hj212_refresh_s)
                 if not stop.is_set():
                     await refresh()
         finally:
@@ -494,20 +545,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="API port (0: a free port)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("gateway", help="run the MQTT → Kafka gateway")
-    p.add_argument("--metrics-port", type=int, default=0)
+    p.add_argument("--metrics-port", type=int, default=0, help="port of /metrics and /healthz (0: a free port)")
     p.set_defaults(func=cmd_gateway)
     p = sub.add_parser("worker", help="run a stream worker (Faust)")
-    p.add_argument("--web-port", type=int, default=0)
+    p.add_argument(
+        "--web-port", type=int, default=0, help="port of the worker's /metrics and /healthz (0: a free port)"
+    )
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("api", help="run the HTTP API")
-    p.add_argument("--host", default=None)
-    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--host", default=None, help="address to bind (default: CITYBRAIN_API_HOST)")
+    p.add_argument("--port", type=int, default=None, help="port to bind (default: CITYBRAIN_API_PORT)")
     p.set_defaults(func=cmd_api)
     p = sub.add_parser("simulate", help="run simulated devices against the MQTT broker")
     p.add_argument("--devices", type=int, default=12, help="demo mode: simulated air stations")
     p.add_argument("--interval", type=float, default=2.0, help="demo mode: seconds between reports")
     p.add_argument("--duration", type=float, default=None, help="demo mode: stop after this many seconds")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="random seed: the same seed sends the same traffic")
     p.add_argument("--city", action="store_true", help="simulate a city mix of every device class")
     p.add_argument("--scenario", default=None, help="scenario id (simulators/scenarios) or YAML path")
     p.add_argument("--mix", default=None, help="city mix, e.g. air-station=10,manhole-cover=200")
@@ -530,8 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-timeout", type=float, default=120.0, help="seconds to wait for the platform to drain")
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("edge", help="run the HJ 212 TCP server and the downlink command dispatcher")
-    p.add_argument("--hj212-port", type=int, default=0)
-    p.add_argument("--metrics-port", type=int, default=0)
+    p.add_argument("--hj212-port", type=int, default=0, help="HJ 212 TCP port (0: CITYBRAIN_HJ212_PORT or a free port)")
+    p.add_argument("--metrics-port", type=int, default=0, help="port of /metrics and /healthz (0: a free port)")
     p.set_defaults(func=cmd_edge)
     p = sub.add_parser("db", help="database commands")
     dbsub = p.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
@@ -540,13 +593,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = dbsub.add_parser("maintain", help="partitions ahead, rollup refresh, retention (the worker runs it too)")
     q.set_defaults(func=cmd_db_maintain)
     p = sub.add_parser("mqtt-broker", help="run the embedded amqtt broker")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (development: keep it on loopback)")
+    p.add_argument("--port", type=int, default=1883, help="MQTT port")
     p.add_argument("--database-url", default=None, help="ledger PostgreSQL: turns on device authentication")
     p.add_argument("--service-user", action="append", help="NAME:SECRET of a platform service (repeatable)")
     p.add_argument("--allow-anonymous", action="store_true", help="development only: let anonymous clients in")
     p.set_defaults(func=cmd_mqtt_broker)
-    from devices.cli import register as register_devices
+    from citybrain.devices_cli import register as register_devices
 
     register_devices(sub)
     from citybrain.security import cli as sec

@@ -14,6 +14,11 @@ process dies (``PR_SET_PDEATHSIG``), and :meth:`Services.stop` kills their
 whole process group, so no orphan survives Ctrl-C, SIGTERM or a failed test.
 Every start either succeeds within its timeout or raises :class:`HarnessError`
 that says what to start or install.
+
+What the servers write is private to the user running them: data directories are
+0700, and children run with umask 077 (files 0600). Embedded PostgreSQL asks every
+client, local socket included, for the password (SCRAM) generated at ``initdb`` and
+kept owner-only in its data directory; the URLs the harness hands out carry it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -39,10 +45,13 @@ from urllib.parse import urlsplit
 __all__ = [
     "HarnessError",
     "ManagedProcess",
+    "MosquittoServices",
     "MosquittoTls",
     "Services",
     "free_port",
     "parse_mqtt_url",
+    "pg_password",
+    "private_dir",
     "reload_mosquitto",
     "spawn",
     "start_kafka",
@@ -58,6 +67,30 @@ _PR_SET_PDEATHSIG = 1
 
 class HarnessError(RuntimeError):
     """A server could not be started or reached; the message says what to do."""
+
+
+_PRIVATE_UMASK = 0o077
+_PRIVATE_DIR = 0o700
+_PRIVATE_FILE = 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and its parents) if needed and make it owner-only (0700)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(_PRIVATE_DIR)
+    return path
+
+
+def _write_private(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
+    """Write ``path`` owner-only (0600), through a temp file; ``owner`` (uid, gid) when root runs it for another."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _PRIVATE_FILE)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    if owner is not None:
+        os.chown(tmp, *owner)
+    tmp.replace(path)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -159,9 +192,13 @@ def spawn(
     cwd: Path | None = None,
     stop_signal: int = signal.SIGTERM,
 ) -> ManagedProcess:
-    """Start a child in a new session that dies with this process."""
+    """Start a child in a new session that dies with this process.
+
+    The child runs with umask 077: what it writes (data, sockets' neighbours, logs)
+    is its user's alone. Its log file is created 0600.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    out = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+    out = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, _PRIVATE_FILE), "ab")
 
     def popen() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -174,6 +211,7 @@ def spawn(
             env=env,
             user=user,
             cwd=cwd,
+            umask=_PRIVATE_UMASK,
         )
 
     try:
@@ -241,7 +279,7 @@ def _noida_binary() -> str:
 def start_kafka(data_dir: Path, *, timeout: float = 30.0, port: int = 0) -> tuple[ManagedProcess, str]:
     """Start noida-db's Kafka protocol on a free port (or ``port``); returns the process and bootstrap."""
     port = port or free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     argv = [
         _noida_binary(),
         "start",
@@ -322,7 +360,7 @@ def _mqtt_ok(host: str, port: int) -> bool:
 def start_mqtt(data_dir: Path, *, timeout: float = 20.0) -> tuple[ManagedProcess, MqttEndpoint]:
     """Start the embedded amqtt broker in a child process on 127.0.0.1 and a free port."""
     port = free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     argv = [sys.executable, "-m", "citybrain.mqtt_broker", "--host", "127.0.0.1", "--port", str(port)]
     env = dict(os.environ)
     proc = spawn("mqtt (amqtt)", argv, data_dir / "amqtt.log", env=env)
@@ -349,6 +387,26 @@ class MosquittoTls:
     require_certificate: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class MosquittoServices:
+    """A listener of its own for the platform's service accounts, as ``deploy/mosquitto`` has.
+
+    With it, the device listener(s) replace every client id by the username
+    (``use_username_as_clientid``): a device can only resume its own session. The
+    service listener admits only the accounts in ``password_file`` (``services.passwd``
+    of ``citybrain devices mosquitto-files``), which keep the client ids they choose
+    (several gateway replicas share one account, and a gateway's persistent session
+    lives under its stable id).
+
+    Attributes:
+        port: TCP port of the service listener (127.0.0.1), e.g. :func:`free_port`.
+        password_file: Password file of the service accounts only.
+    """
+
+    port: int
+    password_file: Path
+
+
 def start_mosquitto(
     data_dir: Path,
     *,
@@ -356,6 +414,7 @@ def start_mosquitto(
     password_file: Path | None = None,
     acl_file: Path | None = None,
     tls: MosquittoTls | None = None,
+    services: MosquittoServices | None = None,
     persistence: bool = True,
 ) -> tuple[ManagedProcess, MqttEndpoint]:
     """Start a private Mosquitto (when installed) on 127.0.0.1 and a free port.
@@ -371,6 +430,8 @@ def start_mosquitto(
             turns anonymous access off.
         acl_file: Mosquitto ``acl_file`` (same command).
         tls: An extra TLS listener; the plain listener stays (the health check uses it).
+        services: A separate listener for service accounts; the plain and TLS listeners
+            then bind each client id to its username (needs ``password_file``).
         persistence: Keep sessions and queued QoS 1 messages in ``data_dir`` across a
             restart, as production does (``deploy/mosquitto``); without it a restarted
             broker forgets the gateway's subscription and drops what devices send meanwhile.
@@ -383,12 +444,23 @@ def start_mosquitto(
     if binary is None:
         raise HarnessError("mosquitto is not installed (Debian: apt-get install mosquitto)")
     port = free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     conf = data_dir / "mosquitto.conf"
+    if services is not None and password_file is None:
+        raise HarnessError("a Mosquitto service listener needs a password_file for the device listener")
+    if password_file is not None:
+        auth = ["allow_anonymous false", f"password_file {password_file}"]
+    else:
+        auth = ["allow_anonymous true"]
+    if acl_file is not None:
+        auth.append(f"acl_file {acl_file}")
+    # Without a service listener, one set of auth settings for every listener (the
+    # TLS one included); with it, each listener has its own (per_listener_settings).
+    device_auth = [*auth, "use_username_as_clientid true"] if services is not None else []
     lines = [
-        # One set of auth settings for every listener (the TLS one included).
-        "per_listener_settings false",
+        f"per_listener_settings {'true' if services is not None else 'false'}",
         f"listener {port} 127.0.0.1",
+        *device_auth,
     ]
     if tls is not None:
         lines += [
@@ -397,13 +469,15 @@ def start_mosquitto(
             f"certfile {tls.certfile}",
             f"keyfile {tls.keyfile}",
             f"require_certificate {'true' if tls.require_certificate else 'false'}",
+            *device_auth,
         ]
-    if password_file is not None:
-        lines += ["allow_anonymous false", f"password_file {password_file}"]
+    if services is not None:
+        lines += [f"listener {services.port} 127.0.0.1", "allow_anonymous false"]
+        lines.append(f"password_file {services.password_file}")
+        if acl_file is not None:
+            lines.append(f"acl_file {acl_file}")
     else:
-        lines.append("allow_anonymous true")
-    if acl_file is not None:
-        lines.append(f"acl_file {acl_file}")
+        lines += auth
     if os.geteuid() == 0:
         # Started as root, Mosquitto would switch to the "mosquitto" user, which
         # cannot read the harness's private (0600) files: keep the harness's identity.
@@ -420,11 +494,13 @@ def start_mosquitto(
         "log_type error",
         "log_type warning",
     ]
-    conf.write_text("\n".join(lines) + "\n")
+    _write_private(conf, "\n".join(lines) + "\n")
     proc = spawn("mqtt (mosquitto)", [binary, "-c", str(conf)], data_dir / "mosquitto.log")
     _wait_until(lambda: _mqtt_ok("127.0.0.1", port), timeout, "Mosquitto", proc)
     if tls is not None:
         _wait_until(lambda: _tcp_open("127.0.0.1", tls.port), timeout, "Mosquitto TLS listener", proc)
+    if services is not None:
+        _wait_until(lambda: _tcp_open("127.0.0.1", services.port), timeout, "Mosquitto service listener", proc)
     return proc, MqttEndpoint("127.0.0.1", port)
 
 
@@ -505,47 +581,67 @@ def pg_base_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"citybrain-pg-{os.getuid()}"
 
 
+PG_PASSWORD_FILE = "citybrain-password"
+_PG_HBA = """# Written by citybrain's harness: every connection, local socket included, gives
+# the superuser password kept in citybrain-password (owner-only) in this directory.
+local all all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
+
+
+def pg_password(pgdata: Path) -> str | None:
+    """The embedded PostgreSQL's superuser password, kept in its data directory (None before the first start)."""
+    try:
+        return (pgdata / PG_PASSWORD_FILE).read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _pg_url(port: int, password: str | None) -> str:
+    # token_urlsafe: letters, digits, - and _, nothing to escape in a URL.
+    auth = f"postgres:{password}" if password else "postgres"
+    return f"postgresql://{auth}@127.0.0.1:{port}/postgres"
+
+
 def start_postgres(
     name: str = "main", *, timeout: float = 60.0, fresh: bool = False, port: int = 0
 ) -> tuple[ManagedProcess, str]:
-    """Start embedded PostgreSQL on 127.0.0.1 and a free port (or ``port``); returns the process and URL."""
+    """Start embedded PostgreSQL on 127.0.0.1 and a free port (or ``port``); returns the process and URL.
+
+    The cluster is created with a generated superuser password (SCRAM, for TCP and
+    the Unix socket alike), kept owner-only in ``{data dir}/citybrain-password``;
+    the returned URL carries it. A cluster made by an older harness (``trust`` for
+    every local user) gets a password and SCRAM on its first start here.
+    """
     bin_path = _pg_bin()
     user = _pg_user()
-    base = pg_base_dir()
-    base.mkdir(mode=0o755, exist_ok=True)
-    base.chmod(0o755)
-    pgdata = base / name
-    if fresh and pgdata.exists():
-        shutil.rmtree(pgdata)
-    pgdata.mkdir(mode=0o700, exist_ok=True)
+    owner: tuple[int, int] | None = None
     if user is not None:
         import pwd
 
         pw = pwd.getpwnam(user)
-        os.chown(pgdata, pw.pw_uid, pw.pw_gid)
+        owner = (pw.pw_uid, pw.pw_gid)
+    base = pg_base_dir()
+    # As root the postgres system user must reach its data dir: traverse, not list.
+    base_mode = 0o711 if owner is not None else _PRIVATE_DIR
+    base.mkdir(mode=base_mode, exist_ok=True)
+    base.chmod(base_mode)
+    pgdata = base / name
+    if fresh and pgdata.exists():
+        shutil.rmtree(pgdata)
+    pgdata.mkdir(mode=_PRIVATE_DIR, exist_ok=True)
+    if owner is not None:
+        os.chown(pgdata, *owner)
     stale = pgdata / "postmaster.pid"
     if stale.exists():
         _kill_stale_postmaster(stale)
+    password = pg_password(pgdata)
     if not (pgdata / "PG_VERSION").exists():
-        log.info("initdb %s", pgdata)
-        res = subprocess.run(
-            [
-                str(bin_path / "initdb"),
-                "-D",
-                str(pgdata),
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-locale",
-                "-U",
-                "postgres",
-            ],
-            user=user,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if res.returncode != 0:
-            raise HarnessError(f"initdb failed for {pgdata}:\n{res.stdout}\n{res.stderr}")
+        password = secrets.token_urlsafe(24)
+        _initdb(bin_path, pgdata, base / f"{name}.pwfile", password, user, owner)
+        _write_private(pgdata / "pg_hba.conf", _PG_HBA, owner)
+        _write_private(pgdata / PG_PASSWORD_FILE, password + "\n")
     port = port or free_port()
     sock_dir = pgdata
     argv = [
@@ -569,19 +665,73 @@ def start_postgres(
         "max_connections=200",
         "-c",
         "shared_buffers=128MB",
+        "-c",
+        "password_encryption=scram-sha-256",
     ]
     log_path = base / f"{name}.log"
-    if user is not None:
-        log_path.touch()
-        import pwd
-
-        pw = pwd.getpwnam(user)
-        os.chown(log_path, pw.pw_uid, pw.pw_gid)
+    log_path.touch(mode=_PRIVATE_FILE)
+    log_path.chmod(_PRIVATE_FILE)
+    if owner is not None:
+        os.chown(log_path, *owner)
     # SIGQUIT is PostgreSQL's immediate shutdown; SIGTERM waits for clients.
     proc = spawn("postgres (embedded)", argv, log_path, user=user, stop_signal=signal.SIGINT)
-    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    if password is None:
+        password = _secure_trusting_cluster(pgdata, port, owner, timeout, proc)
+    url = _pg_url(port, password)
     _wait_until(lambda: _pg_ok(url), timeout, "embedded PostgreSQL", proc)
     return proc, url
+
+
+def _initdb(
+    bin_path: Path, pgdata: Path, pwfile: Path, password: str, user: str | None, owner: tuple[int, int] | None
+) -> None:
+    log.info("initdb %s", pgdata)
+    # initdb wants an empty data dir: the password goes through a private file beside it.
+    _write_private(pwfile, password + "\n", owner)
+    try:
+        res = subprocess.run(
+            [
+                str(bin_path / "initdb"),
+                "-D",
+                str(pgdata),
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "--encoding=UTF8",
+                "--no-locale",
+                "-U",
+                "postgres",
+            ],
+            user=user,
+            umask=_PRIVATE_UMASK,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        pwfile.unlink(missing_ok=True)
+    if res.returncode != 0:
+        raise HarnessError(f"initdb failed for {pgdata}:\n{res.stdout}\n{res.stderr}")
+
+
+def _secure_trusting_cluster(
+    pgdata: Path, port: int, owner: tuple[int, int] | None, timeout: float, proc: ManagedProcess
+) -> str:
+    """Give a cluster an older harness made with ``trust`` a password, then require it (SCRAM)."""
+    import psycopg
+    from psycopg import sql
+
+    trusting = _pg_url(port, None)
+    _wait_until(lambda: _pg_ok(trusting), timeout, "embedded PostgreSQL", proc)
+    password = secrets.token_urlsafe(24)
+    with psycopg.connect(trusting, autocommit=True) as conn:
+        conn.execute("set password_encryption = 'scram-sha-256'")
+        conn.execute(sql.SQL("alter role postgres password {}").format(sql.Literal(password)))
+        # Kept before pg_hba requires it, so a crash in between never locks us out.
+        _write_private(pgdata / PG_PASSWORD_FILE, password + "\n")
+        _write_private(pgdata / "pg_hba.conf", _PG_HBA, owner)
+        conn.execute("select pg_reload_conf()")
+    log.info("embedded PostgreSQL %s: trust replaced by a password (%s)", pgdata, PG_PASSWORD_FILE)
+    return password
 
 
 def _kill_stale_postmaster(pidfile: Path) -> None:
@@ -635,7 +785,7 @@ class Services:
 
     def start(self, *, kafka: bool = True, mqtt: bool = True, postgres: bool = True) -> Services:
         """Start whatever is not given by URL; raise :class:`HarnessError` on failure."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         try:
             if postgres:
                 if self.database_url:

@@ -17,13 +17,17 @@ from importlib import resources
 import psycopg
 from psycopg import sql
 
+from core.tables import class_table
 from devices.models import ModelRegistry
+from streams import rollup, timescale
 
 __all__ = ["MIGRATIONS", "upgrade"]
 
 log = logging.getLogger(__name__)
 
 Migration = Callable[[psycopg.Connection], None]
+#: Reads TimescaleDB's availability on a server (:func:`streams.timescale.probe_apart`).
+TimescaleDetect = Callable[[psycopg.Connection], timescale.Capability]
 
 
 def _sql_migrations() -> list[tuple[int, str, str]]:
@@ -55,12 +59,9 @@ def _run_sql(text: str) -> Migration:
 MIGRATIONS: list[tuple[int, str, Migration]] = [(v, n, _run_sql(t)) for v, n, t in _sql_migrations()]
 
 
-def class_table(device_class: str) -> str:
-    """Name of a device class's wide readings table."""
-    return f"readings_{device_class}"
-
-
-def ensure_class_tables(conn: psycopg.Connection, models: ModelRegistry) -> None:
+def ensure_class_tables(
+    conn: psycopg.Connection, models: ModelRegistry, *, timescale_detect: TimescaleDetect | None = None
+) -> None:
     """Create or extend one wide, day-partitioned table per device class, and its rollups.
 
     Columns: device_code, ts (event time, UTC), rx (receive time), one double
@@ -73,11 +74,12 @@ def ensure_class_tables(conn: psycopg.Connection, models: ModelRegistry) -> None
     aggregates; otherwise it is natively partitioned by day and its rollups
     are plain tables kept by :mod:`streams.rollup`. A table that already
     exists keeps its kind.
-    """
-    # Imported here: streams.store imports this module for class_table().
-    from streams import rollup, timescale
 
-    use_timescale = timescale.enable(conn)
+    ``timescale_detect`` reads whether the extension is available and
+    preloaded (default :func:`streams.timescale.probe_apart`); tests pass
+    their own to simulate a server.
+    """
+    use_timescale = timescale.enable(conn, timescale_detect or timescale.probe_apart)
     for device_class in models.device_classes():
         name = class_table(device_class)
         table = sql.Identifier(name)
@@ -127,8 +129,13 @@ def ensure_class_tables(conn: psycopg.Connection, models: ModelRegistry) -> None
                 conn.execute(stmt)
 
 
-def upgrade(conn: psycopg.Connection, models: ModelRegistry) -> list[int]:
-    """Apply pending migrations and align class tables; returns the versions applied."""
+def upgrade(
+    conn: psycopg.Connection, models: ModelRegistry, *, timescale_detect: TimescaleDetect | None = None
+) -> list[int]:
+    """Apply pending migrations and align class tables; returns the versions applied.
+
+    ``timescale_detect``: see :func:`ensure_class_tables`.
+    """
     conn.execute(
         "create table if not exists schema_migrations ("
         " version integer primary key, name text not null, applied_at timestamptz not null default now())"
@@ -146,5 +153,5 @@ def upgrade(conn: psycopg.Connection, models: ModelRegistry) -> list[int]:
             run(conn)
             conn.execute("insert into schema_migrations (version, name) values (%s, %s)", (version, name))
             applied.append(version)
-        ensure_class_tables(conn, models)
+        ensure_class_tables(conn, models, timescale_detect=timescale_detect)
     return applied

@@ -15,6 +15,16 @@ Two modes:
   Service accounts (gateway, simulator) may use every topic. Anonymous clients
   are refused unless ``--allow-anonymous`` (development only) is given.
 
+Client ids are bound to identities, as Mosquitto's ``use_username_as_clientid``
+does on the device listener: a device's client id is replaced by its code, so a
+device can only ever resume or push off its own session, never the gateway's.
+A client id held by a session of another identity (a service account's) is
+refused. amqtt itself (0.12) looks the session up, resets it and takes it over
+*before* it authenticates the client, so :class:`CitybrainBroker` authenticates
+first; it also sends retained messages only to the subscriptions they match and
+that may receive them (amqtt sent every client, at connect, the retained messages
+of every other client's subscriptions).
+
 Credentials come from PostgreSQL into an in-memory cache that a background
 task refreshes (changed rows every ``--refresh-s``, everything now and then);
 an unknown username is looked up once (and remembered as unknown for a short
@@ -37,13 +47,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from amqtt.broker import Broker
+from amqtt.contexts import Action
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
+from amqtt.utils import gen_client_id
 
 from devices.credentials import ServiceUser, parse_service_user, verify_secret
 from devices.errors import CredentialError
 from devices.lifecycle import ACCEPTING
 
 __all__ = [
+    "CitybrainBroker",
     "CredentialStore",
     "LedgerAuthPlugin",
     "LedgerTopicPlugin",
@@ -178,6 +196,17 @@ class CredentialStore:
     def is_service(self, username: str | None) -> bool:
         return username is not None and username in self._service
 
+    def bound_client_id(self, username: str | None) -> str | None:
+        """The client id an authenticated client must use: its code for a device, None (its own) otherwise.
+
+        Devices never choose their client id, so no device can resume or push off
+        another client's session (the gateway's least of all); service accounts run
+        several connections each (gateway replicas, simulators) and keep their own.
+        """
+        if not username or username in self._service:
+            return None
+        return username
+
     async def authenticate(self, username: str | None, password: str | None) -> bool:
         """True if the client may connect."""
         if not username:
@@ -262,6 +291,110 @@ class LedgerTopicPlugin(BaseTopicPlugin):
         return allowed
 
 
+class CitybrainBroker(Broker):
+    """amqtt's broker with client ids bound to identities and retained messages kept to their subscribers.
+
+    Overrides three internals of amqtt 0.12 (pinned in pyproject; the broker tests
+    fail if a new release changes them):
+
+    * the CONNECT handling authenticates *before* any session is looked up, reset
+      or taken over: amqtt let a refused client (wrong secret, anonymous) delete or
+      push off the session whose client id it claimed;
+    * a device's client id becomes its code (``CredentialStore.bound_client_id``),
+      and a client id held by another identity's session is refused;
+    * retained messages go to a session only for its own subscriptions and only
+      where the topic ACL lets it receive them.
+
+    Args:
+        config: amqtt configuration (:func:`broker_config`).
+        store: The credential store of ledger authentication; None when anonymous.
+    """
+
+    def __init__(self, config: dict[str, Any], *, store: CredentialStore | None = None) -> None:
+        super().__init__(config)
+        self._store = store
+        # Sessions authenticated at CONNECT, by identity (a Session compares by client
+        # id): amqtt asks again right after, which would cost a second scrypt check.
+        self._authenticated: dict[int, Session] = {}
+
+    async def _authenticate(self, session: Session, listener: Any) -> bool:
+        if self._authenticated.pop(id(session), None) is session:
+            return True
+        return bool(await super()._authenticate(session, listener))
+
+    async def _refuse(self, writer: Any, why: str) -> None:
+        connack = ConnackPacket.build(0, NOT_AUTHORIZED)
+        with contextlib.suppress(Exception):
+            await connack.to_stream(writer)
+            await writer.close()
+        raise AMQTTError(why)
+
+    async def _initialize_client_session(
+        self, reader: Any, writer: Any, remote_address: str, remote_port: int
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        try:
+            handler, incoming = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+        except MQTTError as exc:
+            with contextlib.suppress(Exception):
+                await writer.close()
+            raise MQTTError(exc) from exc
+        except (AMQTTError, NoDataError) as exc:
+            raise AMQTTError(exc) from exc
+        if not await self._authenticate(incoming, None):
+            await self._refuse(writer, f"connection refused for {incoming.username!r} from {remote_address}")
+        bound = self._store.bound_client_id(incoming.username) if self._store is not None else None
+        if bound is not None and incoming.client_id != bound:
+            log.info("client id %r of %s replaced by its own", incoming.client_id, bound)
+            incoming.client_id = bound
+        held = self._sessions.get(incoming.client_id) if incoming.client_id else None
+        if held is not None and held[0].username != incoming.username:
+            log.warning("client id %r is held by another identity; %s refused", incoming.client_id, incoming.username)
+            await self._refuse(writer, f"client id {incoming.client_id!r} belongs to another identity")
+        # From here on as amqtt 0.12 (Broker._initialize_client_session), for an authenticated client.
+        session = incoming
+        if incoming.clean_session:
+            if incoming.client_id:
+                await self._delete_session(incoming.client_id)
+            else:
+                incoming.client_id = gen_client_id()
+            incoming.parent = 0
+        elif held is not None:
+            session = held[0]
+            for name in ("will_flag", "will_message", "will_topic", "will_qos", "keep_alive", "username", "password"):
+                setattr(session, name, getattr(incoming, name))
+            session.parent = 1
+        else:
+            incoming.parent = 0
+        delay = self.config.get("timeout-disconnect-delay", 0)
+        if session.keep_alive > 0 and isinstance(delay, int):
+            session.keep_alive += delay
+        self._authenticated[id(session)] = session
+        return handler, session
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        # amqtt calls this at CONNECT for every filter any client subscribed to:
+        # keep to this session's own subscriptions, at the QoS granted to it.
+        topic_filter = subscription[0]
+        granted = next(
+            (q for s, q in self._subscriptions.get(topic_filter, ()) if s.client_id == session.client_id), None
+        )
+        handler = self._get_handler(session)
+        if granted is None or handler is None:
+            return
+        tasks = []
+        for topic, retained in list(self._retained_messages.items()):
+            if not self._matches(topic, topic_filter):
+                continue
+            if not await self._topic_filtering(session, topic=topic, action=Action.RECEIVE):
+                continue
+            qos = min(granted, retained.qos if retained.qos is not None else granted)
+            tasks.append(asyncio.ensure_future(handler.mqtt_publish(retained.topic, retained.data, qos, retain=True)))
+        if tasks:
+            await asyncio.wait(tasks)
+
+
 def broker_config(host: str, port: int, store: CredentialStore | None = None) -> dict[str, Any]:
     """amqtt configuration on ``host:port``: anonymous, or ledger auth with ``store``."""
     listeners = {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 10000}}
@@ -281,12 +414,10 @@ def broker_config(host: str, port: int, store: CredentialStore | None = None) ->
 
 async def serve(host: str, port: int, stop: asyncio.Event, store: CredentialStore | None = None) -> None:
     """Run the broker until ``stop`` is set (with ledger auth when ``store`` is given)."""
-    from amqtt.broker import Broker
-
     if store is not None:
         await store.start()
     try:
-        broker = Broker(broker_config(host, port, store))
+        broker = CitybrainBroker(broker_config(host, port, store), store=store)
         await broker.start()
         log.info("amqtt listening on %s:%d (%s)", host, port, "ledger auth" if store else "anonymous")
         try:

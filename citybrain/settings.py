@@ -7,10 +7,11 @@ arguments, never the environment.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -71,7 +72,6 @@ class Settings(BaseSettings):
     worker_batch_max: int = Field(default=200, ge=1, description="Kafka records per worker batch")
     worker_batch_within_s: float = Field(default=0.2, gt=0, description="Max wait to fill a worker batch")
     store_batch_rows: int = Field(default=10000, ge=1, description="Rows per store transaction, at most")
-    store_flush_interval_s: float = Field(default=1.0, gt=0, description="Longest a row waits in the store buffer")
     retention_days: int = Field(default=180, ge=1, description="Raw readings older than this are dropped")
     rollup_5m_retention_days: int = Field(
         default=400, ge=0, description="5-minute rollups older than this are dropped (0: kept for ever)"
@@ -92,7 +92,8 @@ class Settings(BaseSettings):
 
     # --- protocol adapters ---------------------------------------------------
     webhook_token: str = Field(
-        default="", description="Shared token NB-IoT platforms send in X-Citybrain-Token; empty refuses every push"
+        default="",
+        description="Shared token NB-IoT platforms send in X-Citybrain-Token; empty refuses every push (503)",
     )
     webhook_max_body_bytes: int = Field(default=65536, ge=256, description="Largest accepted webhook body")
     hj212_host: str = Field(default="127.0.0.1", description="Bind address of the HJ 212 TCP server")
@@ -100,6 +101,17 @@ class Settings(BaseSettings):
     hj212_idle_timeout_s: float = Field(default=600.0, gt=0, description="HJ 212 connections idle longer are closed")
     hj212_check_pw: bool = Field(
         default=True, description="Check HJ 212 PW against the ledger's hash; a station without one is refused"
+    )
+    hj212_refresh_s: float = Field(
+        default=30.0, gt=0, description="How often the edge re-reads station MNs and PW hashes from the ledger"
+    )
+    hj212_frame_deadline_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="An HJ 212 frame must be complete this long after its first byte, or the connection is closed",
+    )
+    hj212_max_connections_per_address: int = Field(
+        default=32, ge=0, description="Open HJ 212 connections one source address may hold (0: no limit)"
     )
 
     # --- TLS (device side; see docs/security.md) -----------------------------
@@ -141,6 +153,23 @@ class Settings(BaseSettings):
     # --- HTTP ----------------------------------------------------------------
     api_host: str = Field(default="127.0.0.1", description="Bind address of the HTTP API")
     api_port: int = Field(default=8080, ge=0, le=65535, description="Port of the HTTP API (0: a free port)")
+    api_max_body_bytes: int = Field(
+        default=4_194_304,
+        ge=1024,
+        description="Largest request body the API reads from a caller presenting a credential (413 beyond)",
+    )
+    api_anonymous_max_body_bytes: int = Field(
+        default=16_384,
+        ge=1024,
+        description="Largest request body the API reads from a caller without credentials, e.g. a login (413 beyond)",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description=(
+            "Addresses/networks (comma-separated) whose X-Forwarded-For/-Proto the API believes; "
+            "empty: the socket peer is the client"
+        ),
+    )
     gateway_metrics_host: str = Field(
         default="127.0.0.1", description="Bind address of the gateway's /metrics and /healthz (0.0.0.0 in containers)"
     )
@@ -181,6 +210,29 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown grade(s) {', '.join(unknown)}; use public, internal, sensitive")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: str) -> str:
+        for item in (p.strip() for p in value.split(",")):
+            if not item:
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                # Host names and "*" are refused: trusting a forwarding header must name who sends it.
+                raise ValueError(f"trusted proxy {item!r} is not an IP address or network") from None
+        return value
+
+    @model_validator(mode="after")
+    def _body_bounds(self) -> Settings:
+        if self.api_anonymous_max_body_bytes > self.api_max_body_bytes:
+            raise ValueError("CITYBRAIN_API_ANONYMOUS_MAX_BODY_BYTES must not exceed CITYBRAIN_API_MAX_BODY_BYTES")
+        return self
+
+    def proxy_networks(self) -> tuple[str, ...]:
+        """The entries of ``trusted_proxies`` (empty: trust no forwarding header)."""
+        return tuple(p.strip() for p in self.trusted_proxies.split(",") if p.strip())
 
     def bridge_grades(self) -> tuple[str, ...]:
         """The grades of ``gateway_bridge_grades``."""

@@ -1,6 +1,6 @@
 """The unified city device code.
 
-Layout (GB/T 30428.2 部件 code, shared/reference/standards.md §1.1) plus one
+Layout (GB/T 30428.2 部件 code, docs/standards.md §1.1) plus one
 check character::
 
     350206 03 08 000001 7
@@ -43,7 +43,7 @@ __all__ = [
 # 000000 stays recognisable as a placeholder in paper records.
 MAX_SEQUENCE = 999_999
 
-# GB/T 2260 county-level codes of Xiamen (standards.md §1.2, [V]).
+# GB/T 2260 county-level codes of Xiamen (docs/standards.md §1.2, [V]).
 XIAMEN_DISTRICTS: dict[str, str] = {
     "350203": "思明区",
     "350205": "海沧区",

@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from devices.errors import CredentialError
+from devices.grades import GRADES
 
 __all__ = [
     "SCRYPT_DEFAULT",
@@ -62,8 +63,8 @@ __all__ = [
 ]
 
 UPLINK_PATTERN = "citybrain/up/{user}/#"
-#: Data grades, lowest first (as citybrain.security.scope.GRADES).
-DATA_GRADES = ("public", "internal", "sensitive")
+#: Data grades, lowest first (the policy is :mod:`devices.grades`).
+DATA_GRADES = GRADES
 COMMAND_PATTERN = "citybrain/cmd/{user}"
 
 

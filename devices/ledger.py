@@ -49,7 +49,6 @@ __all__ = [
     "Page",
     "allocate_codes",
     "load_index_sync",
-    "mask_contact",
 ]
 
 log = logging.getLogger(__name__)
@@ -229,14 +228,6 @@ _PUBLIC_COLUMNS = (
 _SELECT_PUBLIC = sql.SQL(", ").join(sql.Identifier(c) for c in _PUBLIC_COLUMNS)
 # What an update may change: every registration column but those the code is made of.
 _UPDATABLE = frozenset(COLUMNS) - {"code", "district", "class_code"} | {"alias"}
-
-
-def mask_contact(value: str | None) -> str | None:
-    """Mask personal contact data: keep the last 4 characters of a long value, hide the rest."""
-    if not value:
-        return value
-    keep = value[-4:] if len(value) >= 8 else ""
-    return "*" * max(3, len(value) - len(keep)) + keep
 
 
 _SELECT_INDEX = "select code, model, device_class, district, grid, state, attributes from devices"

@@ -1,7 +1,8 @@
 """Device models (thing models), declared as data.
 
 Each model is a YAML file in ``devices/data/models/``: its metrics (name, HJ 212
-code, canonical unit, accepted input units, physical range, cadence), its
+code and, where it differs from the station type's, the unit stations send it in over
+HJ 212; canonical unit, accepted input units, physical range, cadence), its
 attributes and its commands. Models are versioned; a device is bound to one
 model version. Files are validated at start-up; an invalid file stops the
 process with the file name and the reason.
@@ -45,6 +46,7 @@ class _MetricSpec(BaseModel):
     accepts: list[str] = Field(default_factory=list)
     range: tuple[float, float]
     hj212: str | None = None
+    hj212_unit: str | None = None
     molar_mass: float | None = Field(default=None, gt=0)
     kind: Literal["gauge", "boolean", "state", "counter"] = "gauge"
     grade: Literal["public", "internal", "sensitive"] = "public"
@@ -58,6 +60,14 @@ class _MetricSpec(BaseModel):
         canonical_unit_name(self.unit)
         for u in self.accepts:
             conversion(u, self.unit, molar_mass=self.molar_mass)
+        if self.hj212_unit is not None:
+            # The unit stations of this model send the factor in over HJ 212 must be one the
+            # metric converts from, or every value would be rejected as bad_unit.
+            if self.hj212 is None:
+                raise ValueError(f"metric {self.name}: hj212_unit without an hj212 code")
+            known = {canonical_unit_name(u) for u in (self.unit, *self.accepts)}
+            if canonical_unit_name(self.hj212_unit) not in known:
+                raise ValueError(f"metric {self.name}: hj212_unit {self.hj212_unit!r} is not its unit or in accepts")
         return self
 
 
@@ -142,6 +152,9 @@ class Metric:
     grade: str
     label: Mapping[str, str]
     conversions: Mapping[str, Conversion]
+    #: The unit an HJ 212 station of this model sends the factor in, when the model says so
+    #: (else the station type's default applies: ``ingest.adapters.hj212.units``).
+    hj212_unit: str | None = None
 
     def convert_from(self, unit: str | None) -> Conversion:
         """The conversion from a sent unit to this metric's canonical unit.
@@ -215,6 +228,7 @@ class DeviceModel:
                     "unit": m.unit,
                     "range": [m.low, m.high],
                     "hj212": m.hj212,
+                    **({"hj212_unit": m.hj212_unit} if m.hj212_unit else {}),
                     "kind": m.kind,
                     "grade": m.grade,
                     "accepts": sorted(m.conversions),
@@ -247,6 +261,7 @@ def _build(spec: _ModelSpec) -> DeviceModel:
             grade=m.grade,
             label=dict(m.label),
             conversions=convs,
+            hj212_unit=None if m.hj212_unit is None else canonical_unit_name(m.hj212_unit),
         )
     return DeviceModel(
         id=spec.id,

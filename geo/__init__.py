@@ -41,15 +41,12 @@ if TYPE_CHECKING:
         load_districts,
         validate_geometry,
     )
-    from geo.grid import Grid, GridCell, GridSpec
+    from geo.geojson import cells_feature_collection, districts_feature_collection, points_feature_collection
+    from geo.grid import Grid, GridCell, GridSpec, coarsen_to_cell
     from geo.spatial import (
-        cells_feature_collection,
-        coarsen_to_cell,
-        districts_feature_collection,
         geofence_transitions,
         haversine_m,
         k_nearest,
-        points_feature_collection,
         points_in_bbox,
         points_in_polygon,
         query_points,
@@ -101,16 +98,15 @@ _LAZY: dict[str, str] = {
         ("District", "DistrictIndex", "districts_from_geojson", "load_districts", "validate_geometry"),
         "geo.districts",
     ),
-    **dict.fromkeys(("Grid", "GridCell", "GridSpec"), "geo.grid"),
+    **dict.fromkeys(("Grid", "GridCell", "GridSpec", "coarsen_to_cell"), "geo.grid"),
+    **dict.fromkeys(
+        ("cells_feature_collection", "districts_feature_collection", "points_feature_collection"), "geo.geojson"
+    ),
     **dict.fromkeys(
         (
-            "cells_feature_collection",
-            "coarsen_to_cell",
-            "districts_feature_collection",
             "geofence_transitions",
             "haversine_m",
             "k_nearest",
-            "points_feature_collection",
             "points_in_bbox",
             "points_in_polygon",
             "query_points",

@@ -75,6 +75,7 @@ __all__ = [
     "Grid",
     "GridCell",
     "GridSpec",
+    "coarsen_to_cell",
 ]
 
 STREET_DEG = 0.1
@@ -446,3 +447,25 @@ def _label_point(polygon: Polygon | MultiPolygon) -> tuple[float, float]:
     if not polygon.contains_properly(point):
         point = polygon.point_on_surface()
     return float(point.x), float(point.y)
+
+
+def coarsen_to_cell(lon: float, lat: float, grid: Grid) -> tuple[float, float]:
+    """Replace a location by its grid cell's label point, to mask it.
+
+    Sensitive sites (e.g. a water intake) are published at cell resolution.
+    The label point is the centroid of the cell clipped to its district, or a
+    point on its surface when the centroid falls outside, so the masked
+    location still falls in the same district and cell as the true one.
+
+    Args:
+        lon: WGS84 longitude.
+        lat: WGS84 latitude.
+        grid: The city grid.
+
+    Returns:
+        ``(lon, lat)`` of the label point.
+
+    Raises:
+        OutsideCityError: If the point is outside every district.
+    """
+    return grid.label_point(grid.cell_code_of(lon, lat))

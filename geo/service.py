@@ -57,7 +57,7 @@ def is_sensitive_code(code: str, sensitive_classes: frozenset[str]) -> bool:
 
 
 def coarsen_many(grid: Grid, lons: FloatArray, lats: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """Vectorised :func:`geo.spatial.coarsen_to_cell` that never raises.
+    """Vectorised :func:`geo.grid.coarsen_to_cell` that never raises.
 
     Points in a district get their cell piece's label point. Points outside
     every district (a cover on a pier, a bad survey) still must not leak:

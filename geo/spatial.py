@@ -1,20 +1,20 @@
 """Pure, vectorised spatial helpers on WGS84 lon/lat points.
 
 Nothing here keeps state or does I/O: point sets are plain numpy arrays of
-longitudes and latitudes (degrees, WGS84), results are masks, index arrays or
-JSON-ready dicts. Distances are great-circle distances on a sphere of the
-IUGG mean Earth radius, which is within 0.5 % of the ellipsoidal distance and
-far better than the district outlines' own precision.
+longitudes and latitudes (degrees, WGS84), results are masks or index arrays.
+Distances are great-circle distances on a sphere of the IUGG mean Earth
+radius, which is within 0.5 % of the ellipsoidal distance and far better than
+the district outlines' own precision.
 
-At run time this module imports only :mod:`geo.errors` from the package, so
-every other module may use it.
+This module imports only :mod:`geo.errors` from the package, so every other
+module may use it. GeoJSON writers are in :mod:`geo.geojson`, coarsening to a
+grid cell in :mod:`geo.grid`.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping, Sequence, Set
-from typing import TYPE_CHECKING, Any, overload
+from collections.abc import Set
+from typing import overload
 
 import numpy as np
 import shapely
@@ -23,19 +23,11 @@ from shapely.geometry.base import BaseGeometry
 
 from geo.errors import CoordinateError
 
-if TYPE_CHECKING:
-    from geo.districts import District
-    from geo.grid import Grid, GridCell
-
 __all__ = [
     "EARTH_RADIUS_M",
-    "cells_feature_collection",
-    "coarsen_to_cell",
-    "districts_feature_collection",
     "geofence_transitions",
     "haversine_m",
     "k_nearest",
-    "points_feature_collection",
     "points_in_bbox",
     "points_in_polygon",
     "query_points",
@@ -219,142 +211,3 @@ def geofence_transitions(prev: Set[str], now: Set[str]) -> tuple[frozenset[str],
         ``(entered, left)``.
     """
     return frozenset(now - prev), frozenset(prev - now)
-
-
-def coarsen_to_cell(lon: float, lat: float, grid: Grid) -> tuple[float, float]:
-    """Replace a location by its grid cell's label point, to mask it.
-
-    Sensitive sites (e.g. a water intake) are published at cell resolution.
-    The label point is the centroid of the cell clipped to its district, or a
-    point on its surface when the centroid falls outside, so the masked
-    location still falls in the same district and cell as the true one.
-
-    Args:
-        lon: WGS84 longitude.
-        lat: WGS84 latitude.
-        grid: The city grid.
-
-    Returns:
-        ``(lon, lat)`` of the label point.
-
-    Raises:
-        OutsideCityError: If the point is outside every district.
-    """
-    return grid.label_point(grid.cell_code_of(lon, lat))
-
-
-def _geometry_json(geometry: BaseGeometry) -> dict[str, Any]:
-    # to_geojson is GEOS's writer: plain lists, no numpy scalars, RFC 7946 keys.
-    result: dict[str, Any] = json.loads(shapely.to_geojson(geometry))
-    return result
-
-
-def _merge(base: dict[str, Any], extra: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
-    if not extra:
-        return base
-    clash = base.keys() & extra.keys()
-    if clash:
-        raise ValueError(f"{what}: properties {sorted(clash)} are reserved")
-    return {**base, **extra}
-
-
-def districts_feature_collection(
-    districts: Iterable[District], properties: Mapping[str, Mapping[str, Any]] | None = None
-) -> dict[str, Any]:
-    """GeoJSON FeatureCollection of districts, e.g. for a choropleth.
-
-    Args:
-        districts: The districts to include, in output order.
-        properties: Extra properties per district code (e.g. ``{"350203":
-            {"aqi": 42}}``), merged with ``code``, ``name_zh`` and ``name_en``.
-
-    Returns:
-        A JSON-serialisable dict.
-
-    Raises:
-        ValueError: If ``properties`` names a district not in ``districts`` (a
-            typo would otherwise silently drop data) or reuses a reserved key.
-    """
-    districts = list(districts)
-    extra = properties or {}
-    unknown = set(extra) - {d.code for d in districts}
-    if unknown:
-        raise ValueError(f"properties given for unknown district codes {sorted(unknown)}")
-    features = [
-        {
-            "type": "Feature",
-            "id": d.code,
-            "properties": _merge(
-                {"code": d.code, "name_zh": d.name_zh, "name_en": d.name_en}, extra.get(d.code), d.code
-            ),
-            "geometry": _geometry_json(d.geometry),
-        }
-        for d in districts
-    ]
-    return {"type": "FeatureCollection", "features": features}
-
-
-def cells_feature_collection(
-    cells: Iterable[GridCell], properties: Mapping[str, Mapping[str, Any]] | None = None
-) -> dict[str, Any]:
-    """GeoJSON FeatureCollection of grid cells (clipped polygons).
-
-    Args:
-        cells: Cells to include, e.g. ``grid.cells.values()``.
-        properties: Extra properties per cell code, merged with ``code`` and
-            ``district_code``.
-
-    Returns:
-        A JSON-serialisable dict.
-    """
-    extra = properties or {}
-    features = [
-        {
-            "type": "Feature",
-            "id": c.code,
-            "properties": _merge({"code": c.code, "district_code": c.district_code}, extra.get(c.code), c.code),
-            "geometry": _geometry_json(c.polygon),
-        }
-        for c in cells
-    ]
-    return {"type": "FeatureCollection", "features": features}
-
-
-def points_feature_collection(
-    lons: ArrayLike,
-    lats: ArrayLike,
-    properties: Sequence[Mapping[str, Any]] | None = None,
-    ids: Sequence[str | int] | None = None,
-) -> dict[str, Any]:
-    """GeoJSON FeatureCollection of points.
-
-    Args:
-        lons: Longitudes.
-        lats: Latitudes.
-        properties: One properties mapping per point, or ``None``.
-        ids: One feature id per point, or ``None``.
-
-    Returns:
-        A JSON-serialisable dict.
-
-    Raises:
-        CoordinateError: On mismatched lengths or non-finite coordinates
-            (GeoJSON has no NaN).
-    """
-    x, y = as_lonlat_arrays(lons, lats)
-    for name, seq in (("properties", properties), ("ids", ids)):
-        if seq is not None and len(seq) != x.size:
-            raise CoordinateError(f"{name} has {len(seq)} entries for {x.size} points")
-    if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        raise CoordinateError("GeoJSON points need finite coordinates")
-    features: list[dict[str, Any]] = []
-    for i, (px, py) in enumerate(zip(x.tolist(), y.tolist(), strict=True)):
-        feature: dict[str, Any] = {
-            "type": "Feature",
-            "properties": dict(properties[i]) if properties is not None else {},
-            "geometry": {"type": "Point", "coordinates": [px, py]},
-        }
-        if ids is not None:
-            feature["id"] = ids[i]
-        features.append(feature)
-    return {"type": "FeatureCollection", "features": features}

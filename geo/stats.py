@@ -52,7 +52,7 @@ _LATEST = (
 )
 
 _LIVE = "d.state <> 'decommissioned'"
-# Fence-presence alerts (geo.membership: "device is inside fence X", severity info)
+# Fence-presence alerts (alerts.geofence: "device is inside fence X", severity info)
 # are events, not problems: they must not colour the map or count as open alerts.
 # Written for queries run with parameters ("%%" is a literal "%").
 _NOT_FENCE = "rule not like 'geofence.%%'"
@@ -132,13 +132,16 @@ async def district_figures(conn: AsyncConnection[Any], *, max_age_s: float) -> d
     return {code: DistrictFigures(**values) for code, values in out.items()}
 
 
-async def device_counts(conn: AsyncConnection[Any], cadences: Mapping[str, int]) -> dict[str, int]:
+async def device_counts(conn: AsyncConnection[Any], cadences: Mapping[str, int], *, now: datetime) -> dict[str, int]:
     """City-wide liveness counts with the thresholds of :func:`geo.status.classify` (session included).
 
     Args:
         conn: An open connection.
         cadences: Reporting cadence in seconds per model key as stored in
             ``devices.model`` (``id@version`` and bare ``id``).
+        now: The caller's clock. ``last_seen`` is a receive time stamped by the ingest
+            side's clock, not the database's, so "how long ago" is measured from here
+            (as :func:`geo.status.classify` does for the map), not from ``now()``.
 
     Returns:
         ``{"fresh", "stale", "offline", "unknown", "total"}``; ``unknown``
@@ -157,19 +160,19 @@ async def device_counts(conn: AsyncConnection[Any], cadences: Mapping[str, int])
             where {live}
         )
         select
-            count(*) filter (where not will and last_seen >= now() - make_interval(secs => {fresh} * cadence_s)),
-            count(*) filter (where not will and last_seen < now() - make_interval(secs => {fresh} * cadence_s)
+            count(*) filter (where not will and last_seen >= %(now)s - make_interval(secs => {fresh} * cadence_s)),
+            count(*) filter (where not will and last_seen < %(now)s - make_interval(secs => {fresh} * cadence_s)
                                and (coalesce(connected, false)
-                                    or last_seen >= now() - make_interval(secs => {stale} * cadence_s))),
+                                    or last_seen >= %(now)s - make_interval(secs => {stale} * cadence_s))),
             count(*) filter (where cadence_s is not null and last_seen is not null
-                               and (will or (last_seen < now() - make_interval(secs => {stale} * cadence_s)
+                               and (will or (last_seen < %(now)s - make_interval(secs => {stale} * cadence_s)
                                              and not coalesce(connected, false)))),
             count(*) filter (where last_seen is null or cadence_s is null),
             count(*)
         from j
         """
     ).format(fresh=sql.Literal(FRESH_CADENCES), stale=sql.Literal(STALE_CADENCES), live=sql.SQL(_LIVE))
-    params = {"models": list(cadences), "cadences": list(cadences.values())}
+    params = {"models": list(cadences), "cadences": list(cadences.values()), "now": now}
     row = await (await conn.execute(query, params)).fetchone()
     assert row is not None  # an aggregate without GROUP BY always returns one row
     fresh, stale, offline, unknown, total = (int(v) for v in row)
@@ -264,14 +267,14 @@ async def manhole_open_alerts(conn: AsyncConnection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-async def readings_last_minute(conn: AsyncConnection[Any]) -> int:
-    """Devices heard from in the last 60 s: a cheap proxy for the ingest rate.
+async def readings_last_minute(conn: AsyncConnection[Any], *, now: datetime) -> int:
+    """Devices heard from in the 60 s before ``now``: a cheap proxy for the ingest rate.
 
     ``device_liveness`` keeps one row per device, so this counts devices, not
     messages; a device reporting every 10 s counts once. The exact rate is
     the gateway's ``…_messages_total`` counter in Prometheus.
     """
     row = await (
-        await conn.execute("select count(*) from device_liveness where last_seen >= now() - interval '60 seconds'")
+        await conn.execute("select count(*) from device_liveness where last_seen >= %s - interval '60 seconds'", (now,))
     ).fetchone()
     return int(row[0]) if row else 0

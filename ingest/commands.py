@@ -37,10 +37,11 @@ import json
 import logging
 import math
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -149,8 +150,9 @@ class NewCommand:
     created_by: str = "api"
 
 
-def _event(state: str, detail: str = "") -> Jsonb:
-    return Jsonb([{"at": datetime.now(UTC).isoformat(), "state": state, "detail": detail}])
+#: One history entry, stamped by the database's clock like every other time of a command
+#: (``created_at``, ``sent_at``, …): one clock, whatever the dispatcher's host says.
+_EVENT = "jsonb_build_array(jsonb_build_object('at', now(), 'state', %s::text, 'detail', %s::text))"
 
 
 _COLUMNS = (
@@ -171,7 +173,7 @@ class CommandStore:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 f"insert into commands (id, device_code, name, params, transport, ttl_s, timeout_s, history,"
-                f" created_by) values (%s, %s, %s, %s, %s, %s, %s, %s, %s) returning {_COLUMNS}",
+                f" created_by) values (%s, %s, %s, %s, %s, %s, %s, {_EVENT}, %s) returning {_COLUMNS}",
                 (
                     uuid.uuid4(),
                     cmd.device_code,
@@ -180,7 +182,8 @@ class CommandStore:
                     cmd.transport,
                     cmd.ttl_s,
                     cmd.timeout_s,
-                    _event("queued"),
+                    "queued",
+                    "",
                     cmd.created_by,
                 ),
             )
@@ -234,9 +237,9 @@ class CommandStore:
         }.get(to_state, "")
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                f"update commands set state = %s, history = history || %s,"
+                f"update commands set state = %s, history = history || {_EVENT},"
                 f" result = coalesce(%s, result){stamp} where id = %s and state = %s",
-                (to_state, _event(to_state, detail), None if result is None else Jsonb(result), command_id, from_state),
+                (to_state, to_state, detail, None if result is None else Jsonb(result), command_id, from_state),
             )
             return cur.rowcount == 1
 
@@ -261,29 +264,31 @@ class CommandStore:
         stamp = ", acked_at = now()" if ok else ""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                f"update commands set state = %s, history = history || %s, result = %s{stamp}"
+                f"update commands set state = %s, history = history || {_EVENT}, result = %s{stamp}"
                 " where id = %s and (state = 'sent' or (state = 'queued' and attempts > 0))"
                 " and (%s::text is null or device_code = %s)",
-                (state, _event(state, "device answered"), Jsonb(result), key, device_code, device_code),
+                (state, state, "device answered", Jsonb(result), key, device_code, device_code),
             )
             return state if cur.rowcount == 1 else None
 
-    async def requeue_sent(self, device_code: str, before: datetime, max_attempts: int) -> int:
+    async def requeue_sent(self, device_code: str, birth_age_s: float, max_attempts: int) -> int:
         """Put a reconnected device's unanswered MQTT commands back in the queue.
 
-        Only commands last sent before ``before`` (the birth's receipt), with sends
-        left and within their TTL: one sent after the birth reached the new connection.
+        Only commands last sent before the birth's receipt, ``birth_age_s`` seconds ago, with
+        sends left and within their TTL: one sent after the birth reached the new connection.
+        The birth's age, not its time: ``last_sent_at`` is the database's clock, and the
+        dispatcher's host clock may disagree with it.
 
         Returns:
             How many were re-queued.
         """
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "update commands set state = 'queued', history = history || %s"
+                f"update commands set state = 'queued', history = history || {_EVENT}"
                 " where device_code = %s and state = 'sent' and transport = 'mqtt'"
-                " and last_sent_at < %s and attempts < %s"
+                " and last_sent_at < now() - make_interval(secs => %s) and attempts < %s"
                 " and created_at + ttl_s * interval '1 second' > now()",
-                (_event("queued", "device reconnected; sending again"), device_code, before, max_attempts),
+                ("queued", "device reconnected; sending again", device_code, max(0.0, birth_age_s), max_attempts),
             )
             return cur.rowcount
 
@@ -301,20 +306,20 @@ class CommandStore:
         due = "coalesce(last_sent_at, sent_at) + timeout_s * interval '1 second' <= now()"
         async with self.pool.connection() as conn:
             expired = await conn.execute(
-                "update commands set state = 'expired', history = history || %s"
+                f"update commands set state = 'expired', history = history || {_EVENT}"
                 " where state = 'queued' and created_at + ttl_s * interval '1 second' <= now()",
-                (_event("expired", "not delivered and answered within the TTL"),),
+                ("expired", "not delivered and answered within the TTL"),
             )
             retried = await conn.execute(
-                f"update commands set state = 'queued', history = history || %s"
+                f"update commands set state = 'queued', history = history || {_EVENT}"
                 f" where state = 'sent' and transport = 'mqtt' and {due} and attempts < %s"
                 f" and created_at + ttl_s * interval '1 second' > now()",
-                (_event("queued", "no answer within timeout; sending again"), max_attempts),
+                ("queued", "no answer within timeout; sending again", max_attempts),
             )
             timed_out = await conn.execute(
-                f"update commands set state = 'failed', result = %s, history = history || %s"
+                f"update commands set state = 'failed', result = %s, history = history || {_EVENT}"
                 f" where state = 'sent' and {due}",
-                (Jsonb({"error": "timeout"}), _event("failed", "no answer within timeout")),
+                (Jsonb({"error": "timeout"}), "failed", "no answer within timeout"),
             )
         return expired.rowcount, retried.rowcount, timed_out.rowcount
 
@@ -584,8 +589,8 @@ class CommandDispatcher:
         self._poll_s = poll_s
         self._max_attempts = max(1, max_attempts)
         self._max_reconnects = max_reconnects
-        # device code → when its live birth arrived; drained by the next pass
-        self._reconnected: dict[str, datetime] = {}
+        # device code → when its live birth arrived (time.monotonic()); drained by the next pass
+        self._reconnected: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         for transport in self._transports.values():
@@ -594,7 +599,7 @@ class CommandDispatcher:
     def on_online(self, device_code: str, reconnected: bool) -> None:
         """A device came online (on the event loop): send what waits for it, re-send what it may have missed."""
         if reconnected and (device_code in self._reconnected or len(self._reconnected) < self._max_reconnects):
-            self._reconnected[device_code] = datetime.now(UTC)
+            self._reconnected[device_code] = time.monotonic()
         self._wake.set()
 
     def wake(self) -> None:
@@ -640,7 +645,7 @@ class CommandDispatcher:
             self._metrics.transitions.labels("failed").inc(timed_out)
         reconnected, self._reconnected = self._reconnected, {}
         for code, at in reconnected.items():
-            n = await self._store.requeue_sent(code, at, self._max_attempts)
+            n = await self._store.requeue_sent(code, time.monotonic() - at, self._max_attempts)
             if n:
                 self._metrics.transitions.labels("queued").inc(n)
                 self._metrics.resends.labels("reconnect").inc(n)

@@ -23,7 +23,7 @@ Uplink path::
 
 Downstream bridge: alerts from Kafka are re-published on MQTT
 ``citybrain/alerts/{district}/{severity}`` and normalised readings, masked by
-data grade (:mod:`streams.downstream`), on ``citybrain/down/{district}/{class}/{code}``
+data grade (:mod:`devices.grades`), on ``citybrain/down/{district}/{class}/{code}``
 (public view), ``citybrain/down-internal/…`` and ``citybrain/down-sensitive/…``.
 """
 
@@ -496,8 +496,8 @@ class Gateway:
             KafkaError, what="bridge cannot start yet", log=log, wait_s=1.0, max_wait_s=None, level=logging.WARNING
         )(consumer.start)
         # Imported here: only a gateway that bridges readings reads the model files.
+        from devices.grades import masker_for
         from devices.models import shipped_models
-        from streams.downstream import masker_for
 
         grades = self.cfg.bridge_grades
         for g in grades:

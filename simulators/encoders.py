@@ -25,7 +25,7 @@ from typing import Any
 
 from devices.models import DeviceModel
 from ingest.adapters.hj212.codec import Hj212Packet, encode, make_qn
-from ingest.adapters.hj212.decoder import HJ212_UNITS
+from ingest.adapters.hj212.units import wire_units
 from ingest.adapters.json.codec import encode as json_encode
 from simulators.base import CST
 
@@ -117,17 +117,17 @@ def json_batch(
 
 def _fmt(value: float) -> str:
     # HJ 212 data types are plain decimals (N5.2 …): no exponent, no trailing zeros needed.
-    # Six places below 1 keep µg/m³-sized gases sent in mg/m³ exact; three elsewhere.
+    # Six places below 1 keep small values (CO in mg/m³, a stack's gases) exact; three elsewhere.
     text = f"{value:.{6 if abs(value) < 1 else 3}f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
 
 
 def _to_wire(model: DeviceModel, name: str, code: str, value: float) -> float:
-    # Stations send some factors in the unit HJ 212 prescribes, not the model's canonical one
-    # (gases in mg/m³ where the model stores µg/m³): convert with the platform's own table,
-    # inverting the conversion the platform applies on the way in.
-    unit = HJ212_UNITS.get(code)
-    if unit is None:
+    # A station sends each factor in the unit of its station type or model (ambient air:
+    # µg/m³, CO mg/m³; a stack: mg/m³), not necessarily the model's canonical one: convert
+    # with the platform's own rule, inverting the conversion it applies on the way in.
+    unit = wire_units(model).get(code)
+    if unit is None or unit == model.metrics[name].unit:
         return value
     conv = model.metrics[name].convert_from(unit)
     return (value - conv.offset) / conv.scale

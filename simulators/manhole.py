@@ -2,7 +2,7 @@
 
 Real covers sleep on NB-IoT and wake for a periodic report (the model's
 ``cadence_s``, hourly) or at once when an alarm condition starts or ends
-(standards reference §6.1: "heartbeat/periodic packet + immediate alarm packet
+(docs/standards.md §6.1: "heartbeat/periodic packet + immediate alarm packet
 + immediate recovery packet"). :meth:`ManholeCover.events` says which of those a
 cover sends in a tick; :meth:`ManholeCover.sample` gives the values.
 
@@ -41,7 +41,7 @@ _RAIN_STEPS = 18  # three hours of memory
 _RAIN_DECAY_STEPS = 6.0  # e-folding time of the drain, in steps (one hour)
 #: Metres of water per (mm/h of rain × step of memory): 80 mm/h sustained gives ~1.8 m.
 _RAIN_GAIN = 0.00375
-#: Alarm thresholds of the cover's own firmware (standards reference §6.1).
+#: Alarm thresholds of the cover's own firmware (docs/standards.md §6.1).
 _TILT_ALARM_DEG = 15.0
 _CH4_ALARM_LEL = 25.0
 _H2S_ALARM_PPM = 10.0

@@ -79,6 +79,9 @@ class SimulateOptions:
     start: datetime | None = None
     database_url: str | None = None
     register: bool = False
+    #: How long a registration waits for the HJ 212 edge to re-read the ledger
+    #: (its ``CITYBRAIN_HJ212_REFRESH_S`` plus a margin).
+    edge_refresh_s: float = EDGE_REFRESH_S
 
 
 def simulate(opts: SimulateOptions, stop: threading.Event | None = None) -> tuple[FleetStats, Scenario | None]:
@@ -146,9 +149,10 @@ def register(opts: SimulateOptions, sites: list[Site], stop: threading.Event | N
     if hj212 and report.inserted:
         if opts.progress:
             print(
-                f"registered {report.inserted} devices; waiting {EDGE_REFRESH_S:.0f}s for the HJ 212 edge", flush=True
+                f"registered {report.inserted} devices; waiting {opts.edge_refresh_s:.0f}s for the HJ 212 edge",
+                flush=True,
             )
-        (stop or threading.Event()).wait(EDGE_REFRESH_S)
+        (stop or threading.Event()).wait(opts.edge_refresh_s)
 
 
 def score_run(

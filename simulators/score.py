@@ -35,8 +35,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from citybrain.migrations import class_table
 from core.records import Quality
+from core.tables import class_table
 from devices.importer import ImportReport, import_rows
 from devices.models import ModelRegistry, shipped_models
 from ingest.adapters.hj212.codec import FLAG_QUALITY

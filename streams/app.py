@@ -14,13 +14,25 @@ scale on its own:
 * ``alerts``: consumes the readings topics (``citybrain.readings.{class}``,
   keyed by device, so each device stays in order) in its own consumer group
   (``<app id>-alerts``) and runs rules, anomaly detectors and the liveness timer.
+
+**Stopping (SIGTERM).** The worker finishes the batch in hand (or cancels it
+after :data:`STOP_BATCH_WAIT_S`), commits the offsets of what it finished and
+leaves. It does not drain what it had fetched but not yet taken into a batch
+(Faust's ``stream_wait_empty`` is off): those records are not committed and
+the next owner of the partitions processes them, which the idempotent store
+and the rule watermarks make harmless. Draining them — up to Faust's 4,096
+records per partition, each a gateway batch of up to 500 messages — is what
+made a worker stopped behind a backlog (after a benchmark) overrun its
+supervisor's 10 s and get killed. The database pool closes only after the
+batch in hand has ended (:class:`BatchLoop`), so no batch meets a closed pool
+and retries against it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,7 +54,7 @@ from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
 from streams.retention import DEFAULT_ROLLUP_RETENTION_DAYS, maintenance
 from streams.store import ReadingStore, StoreConfig, StoreMetrics
 
-__all__ = ["WORKER_ROLES", "WorkerConfig", "create_app"]
+__all__ = ["WORKER_ROLES", "BatchLoop", "WorkerConfig", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +80,6 @@ class WorkerConfig:
     max_future_skew_s: float = 300.0
     rules: RuleSet = field(default_factory=lambda: RuleSet(()))
     store_batch_rows: int = 10000
-    store_flush_interval_s: float = 1.0
     retention_days: int = 180
     rollup_retention_days: Mapping[str, int | None] = field(default_factory=lambda: dict(DEFAULT_ROLLUP_RETENTION_DAYS))
     maintenance_interval_s: float = 60.0
@@ -83,6 +94,69 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if self.role not in WORKER_ROLES:
             raise ValueError(f"worker role must be one of {', '.join(WORKER_ROLES)}, got {self.role!r}")
+
+
+#: Longest a stopping worker lets the batch in hand run on before it cancels it: inside the
+#: supervisor's 10 s, with Faust's own few seconds of shutdown after it. A batch can hold
+#: 200 gateway records of up to 500 messages each, so finishing it cannot be promised.
+STOP_BATCH_WAIT_S = 2.0
+
+
+class BatchLoop:
+    """Hands a stream's values to a step a batch at a time, and stops between batches.
+
+    :meth:`stop` takes no further batch and gives the one in hand a moment to
+    finish, then cancels it. A cancelled batch is like a crash mid-batch, which
+    every step is built for (idempotent store, rule watermarks, alert outbox):
+    its values are not acknowledged, so their offsets are not committed and
+    whoever consumes the partition next processes them again.
+    """
+
+    def __init__(self) -> None:
+        self._stopping = False
+        self._current: asyncio.Task[object] | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def run(
+        self, batches: AsyncIterator[Sequence[bytes]], step: Callable[[Sequence[bytes]], Awaitable[object]]
+    ) -> None:
+        """Run ``step`` on each batch until the batches end or :meth:`stop` is called."""
+        async for values in batches:
+            if self._stopping:
+                break
+            self._current = asyncio.ensure_future(step(values))
+            try:
+                await self._current
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._stopping and self._current.cancelled() and not (task and task.cancelling()):
+                    break  # cancelled by stop(), not the agent itself: end quietly
+                raise
+            finally:
+                self._current = None
+
+    async def stop(self, timeout: float) -> bool:
+        """Take no further batch; let the one in hand run up to ``timeout`` s, then cancel it.
+
+        Returns:
+            True if no batch was cut short.
+        """
+        self._stopping = True
+        current = self._current
+        if current is None:
+            return True
+        done, _ = await asyncio.wait({current}, timeout=timeout)
+        if done:
+            return True
+        log.warning(
+            "stopping: the batch in hand is cancelled after %.0fs; its records will be processed again", timeout
+        )
+        current.cancel()
+        await asyncio.wait({current}, timeout=timeout)
+        return False
 
 
 def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegistry) -> faust.App:
@@ -110,6 +184,8 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         broker_commit_every=100,
         broker_commit_interval=1.0,
         consumer_auto_offset_reset="earliest",
+        # On stop, finish the batch in hand, not every record fetched ahead (module docstring).
+        stream_wait_empty=False,
         producer_acks=-1,
         web_enabled=True,
     )
@@ -131,6 +207,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
     )
     state: dict[str, Any] = {}
     ready = asyncio.Event()
+    loop = BatchLoop()
 
     async def publish(
         topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] | None = None
@@ -152,7 +229,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
             pool,
             models,
             StoreMetrics(registry),
-            StoreConfig(batch_rows=cfg.store_batch_rows, flush_interval_s=cfg.store_flush_interval_s),
+            StoreConfig(batch_rows=cfg.store_batch_rows),
         )
         pipe = Pipeline(
             PipelineConfig(
@@ -162,6 +239,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
                 anomaly=cfg.anomaly,
                 evaluate=cfg.role == "all",
                 downstream_views=cfg.downstream_views,
+                retention_days=cfg.retention_days,
             ),
             pool,
             models,
@@ -185,8 +263,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         # Once the pipeline is ready, hand it the stream's values a batch at a time.
         await ready.wait()
         pipe: Pipeline = state["pipeline"]
-        async for values in stream.take(cfg.batch_max, within=cfg.batch_within_s):
-            await step(pipe, values)
+        await loop.run(stream.take(cfg.batch_max, within=cfg.batch_within_s), lambda values: step(pipe, values))
 
     if ingest:
 
@@ -203,10 +280,10 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
     @app.timer(interval=cfg.maintenance_interval_s)
     async def _maintain() -> None:
         # Partitions ahead, rollup refresh, retention; one worker at a time (advisory lock inside).
-        if not ready.is_set() or not ingest:
+        if not ready.is_set() or not ingest or loop.stopping:
             return
-        async with state["pool"].connection() as conn:
-            try:
+        try:
+            async with state["pool"].connection() as conn:
                 await maintenance(
                     conn,
                     models,
@@ -215,8 +292,8 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
                     compress_after_days=cfg.compress_after_days,
                     rollup_retention_days=cfg.rollup_retention_days,
                 )
-            except MaintenanceError as exc:
-                log.error("maintenance failed (the next run retries): %s", exc)
+        except (MaintenanceError, psycopg.OperationalError) as exc:
+            log.error("maintenance failed (the next run retries): %s", exc)
 
     rule_files = RuleDirectory(Path(cfg.rules_dir)) if cfg.rules_dir and cfg.rules_reload_s > 0 else None
     reloads = Counter("citybrain_rules_reloads_total", "Rule hot reloads by result", ["result"], registry=registry)
@@ -240,7 +317,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
     @app.timer(interval=15.0)
     async def _liveness() -> None:
         # Stale vs offline detection (issue: "wrong offline state" in the platforms users left).
-        if not ready.is_set() or not alerting:
+        if not ready.is_set() or not alerting or loop.stopping:
             return
         pipe: Pipeline = state["pipeline"]
         try:
@@ -264,6 +341,9 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode's signal stubs are narrower than its runtime
     async def _close(app_: Any, *args: Any, **kwargs: Any) -> None:
+        # Sent after the consumer stopped fetching, before the agents are cancelled:
+        # the batch in hand finishes (and is acknowledged) with its pool still open.
+        await loop.stop(STOP_BATCH_WAIT_S)
         pool = state.get("pool")
         if pool is not None:
             await pool.close()

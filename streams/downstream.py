@@ -10,7 +10,8 @@ device and event time. Metrics have a grade — ``public``, ``internal`` or
 * ``sensitive``: everything (the full record, the ``{prefix}.readings.{class}``
   topic that platform services such as the alerts worker consume).
 
-The rules are those of the API (:mod:`citybrain.security.scope`): a device of a
+The grades and the masking are the one policy of :mod:`devices.grades`, the
+same the API applies (:class:`devices.grades.GradeMasker`): a device of a
 sensitive class (gas, power, oil/gas manhole covers, ``sensitive: true`` in
 ``devices/data/classes.yaml``) has a sensitive exact location, so its position
 metrics (``lon``/``lat``, when a model declares them) are coarsened to the grid
@@ -18,155 +19,40 @@ cell's label point in the views below ``sensitive``. A record carries no other
 location (``grid`` is the cell itself). A metric whose model is unknown counts
 as ``sensitive`` (fail closed: it never reaches a lower view).
 
-Kafka (:func:`plan_views`): a class gets ``{prefix}.readings.{class}.public``
-only when its public view can differ from the next higher one (it has an
-internal or sensitive metric, or sensitive positions), and ``.internal`` only
+This module plans the Kafka topics of the views (:func:`plan_views`): a class
+gets ``{prefix}.readings.{class}.public`` only when its public view can differ
+from the next higher one (it has an internal or sensitive metric, or sensitive
+positions), and ``.internal`` only
 when that view can differ from the full record. Classes whose metrics are all
 public get no extra topic: their public view *is* the full topic, and
 :meth:`ViewPlan.topic_for` names the topic that carries each grade's view.
 Mode ``all`` produces both views for every class (uniform ACLs, up to 3× the
 readings volume), ``off`` none.
 
-Pure functions and small caches; no I/O.
+Pure functions and a small cache; no I/O.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from core.topics import DOWNSTREAM_GRADES, KafkaTopics
-from devices.errors import ModelError
+from core.topics import KafkaTopics
+from devices.grades import GRADES, POSITION_METRICS, grade_rank, sensitive_class_codes
 from devices.models import ModelRegistry
 
 __all__ = [
-    "GRADES",
-    "POSITION_METRICS",
-    "GradeMasker",
+    "VIEW_MODES",
     "ViewMode",
     "ViewPlan",
-    "grade_rank",
-    "masker_for",
     "plan_views",
 ]
 
-GRADES = DOWNSTREAM_GRADES
-_RANK = {g: i for i, g in enumerate(GRADES)}
-_SENSITIVE = _RANK["sensitive"]
-#: Metrics that together are a device's position (WGS84, as geo.membership reads them).
-POSITION_METRICS = ("lon", "lat")
+_SENSITIVE = grade_rank("sensitive")
 ViewMode = Literal["auto", "all", "off"]
 VIEW_MODES = ("auto", "all", "off")
-
-
-def grade_rank(grade: str) -> int:
-    """0 public, 1 internal, 2 sensitive; an unknown grade counts as sensitive."""
-    return _RANK.get(grade, _SENSITIVE)
-
-
-def _sensitive_class_codes() -> frozenset[str]:
-    from devices.code import load_class_table
-
-    table = load_class_table()
-    return frozenset(c for c in table.minors if table.is_sensitive(c))
-
-
-class GradeMasker:
-    """Masks readings records by grade, with the grades of a model registry.
-
-    Args:
-        models: Device models (metric grades).
-        is_sensitive_code: Whether a device code's class has a sensitive location
-            (default: :func:`citybrain.security.scope.is_sensitive_class`).
-        coarsen: WGS84 ``(lon, lat)`` → the published grid-cell point
-            (default: :func:`citybrain.security.scope.coarsen`).
-    """
-
-    def __init__(
-        self,
-        models: ModelRegistry,
-        *,
-        is_sensitive_code: Callable[[str], bool] | None = None,
-        coarsen: Callable[[float, float], tuple[float, float]] | None = None,
-    ) -> None:
-        self._models = models
-        self._grades: dict[str, Mapping[str, int] | None] = {}
-        self._is_sensitive_code = is_sensitive_code
-        self._coarsen = coarsen
-
-    def metric_grades(self, model_key: str) -> Mapping[str, int] | None:
-        """Grade rank of each metric of a model (``id@version``); None when the model is unknown."""
-        if model_key not in self._grades:
-            try:
-                model = self._models.get(model_key)
-            except ModelError:
-                self._grades[model_key] = None
-            else:
-                self._grades[model_key] = {name: grade_rank(m.grade) for name, m in model.metrics.items()}
-        return self._grades[model_key]
-
-    def _sensitive_location(self, code: str) -> bool:
-        if self._is_sensitive_code is None:
-            from citybrain.security.scope import is_sensitive_class
-
-            self._is_sensitive_code = is_sensitive_class
-        return len(code) >= 10 and self._is_sensitive_code(code)
-
-    def _coarse(self, lon: float, lat: float) -> tuple[float, float]:
-        if self._coarsen is None:
-            from citybrain.security.scope import coarsen
-
-            self._coarsen = coarsen
-        return self._coarsen(lon, lat)
-
-    def view(self, doc: Mapping[str, Any], grade: str) -> Mapping[str, Any] | None:
-        """The record as a holder of ``grade`` may see it.
-
-        Returns ``doc`` itself when nothing is masked (callers can reuse its
-        serialisation), a new record otherwise, and None when no reading is left
-        (the schema needs at least one; nothing is published).
-        """
-        rank = grade_rank(grade)
-        readings: Sequence[Mapping[str, Any]] = doc.get("readings") or ()
-        if rank >= _SENSITIVE:
-            return doc if readings else None
-        grades = self.metric_grades(str(doc.get("model") or "")) or {}
-        kept = [r for r in readings if grades.get(str(r.get("metric")), _SENSITIVE) <= rank]
-        moved = False
-        if any(r.get("metric") in POSITION_METRICS for r in kept) and self._sensitive_location(
-            str(doc.get("device") or "")
-        ):
-            kept, moved = self._coarsen_position(kept), True
-        if not kept:
-            return None
-        if len(kept) == len(readings) and not moved:
-            return doc
-        return {**doc, "readings": kept}
-
-    def views(self, doc: Mapping[str, Any], grades: Iterable[str] = GRADES) -> dict[str, Mapping[str, Any] | None]:
-        """:meth:`view` for several grades."""
-        return {g: self.view(doc, g) for g in grades}
-
-    def _coarsen_position(self, kept: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-        lon_name, lat_name = POSITION_METRICS
-        by_name = {r.get("metric"): r for r in kept}
-        lon, lat = by_name.get(lon_name), by_name.get(lat_name)
-        rest = [r for r in kept if r.get("metric") not in POSITION_METRICS]
-        if lon is None or lat is None:
-            return rest  # half a position cannot be coarsened: it is dropped
-        try:
-            x, y = self._coarse(float(lon["value"]), float(lat["value"]))
-        except (KeyError, TypeError, ValueError):
-            return rest
-        return [*rest, {**lon, "value": x}, {**lat, "value": y}]
-
-
-@functools.cache
-def masker_for(models: ModelRegistry) -> GradeMasker:
-    """One :class:`GradeMasker` per registry (its grade table is cached)."""
-    return GradeMasker(models)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +119,7 @@ def plan_views(models: ModelRegistry, mode: str = "auto") -> ViewPlan:
     """
     if mode not in VIEW_MODES:
         raise ValueError(f"unknown downstream view mode {mode!r} (one of {', '.join(VIEW_MODES)})")
-    codes = _sensitive_class_codes()
+    codes = sensitive_class_codes()
     distinct = {c: _class_distinct(models, c, codes) for c in models.device_classes()}
     if mode == "auto":
         views = {c: g for c, g in distinct.items() if g}

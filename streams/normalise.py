@@ -6,7 +6,10 @@ with the adapter the device's model names, convert every value to the
 model's canonical unit (an unknown unit rejects that value with a reason,
 never a guess), flag quality (``suspect`` when outside the model's physical
 range, or an HJ 212 flag other than N; ``bad`` for fault flags), and flag
-readings too far in the future (clock skew).
+readings too far in the future (clock skew). Values older than the retention
+window (``oldest``) are rejected as ``beyond_retention``: storing them would
+only have them dropped by the next maintenance run, or would re-create a day
+partition retention has already dropped.
 
 The output is grouped per device class as wide rows (one row per device and
 event time, one column per metric), which is what the store writes with COPY.
@@ -36,7 +39,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
@@ -61,6 +64,8 @@ _VALUE = attrgetter("value")
 _QUALITY = attrgetter("quality")
 # Slot setters of Reading, for _canonical (bypassing the frozen __setattr__ and __post_init__).
 _NEW = object.__new__
+# Below any event time a Reading can carry: "keep everything".
+_NO_OLDEST = -(2**63)
 
 
 def _slot_setter(name: str) -> Callable[[Reading, Any], None]:
@@ -129,9 +134,26 @@ class Normalised:
     skewed: list[Reading] = field(default_factory=list)
     first_seen: set[str] = field(default_factory=set)
     status: list[tuple[RawMessage, DeviceInfo]] = field(default_factory=list)
+    #: Per value of the columnar pass: its message and event time (µs), and per message the
+    #: raw message and device; read only by :meth:`messages_of` (a rare path), so kept as built.
+    origin: tuple[list[RawMessage], list[DeviceInfo], np.ndarray, np.ndarray] | None = None
 
     def row_count(self) -> int:
         return sum(len(v) for v in self.rows.values())
+
+    def messages_of(self, keys: set[tuple[str, int]]) -> list[tuple[RawMessage, tuple[str, int]]]:
+        """The raw messages that gave a value to a row with one of these (device, event time µs) keys.
+
+        Each with the first such key, in batch order.
+        """
+        if self.origin is None or not keys:
+            return []
+        raws, infos, msg, us = self.origin
+        found: dict[int, tuple[str, int]] = {}
+        for m, t in zip(msg.tolist(), us.tolist(), strict=True):
+            if m not in found and (key := (infos[m].code, t)) in keys:
+                found[m] = key
+        return [(raws[m], found[m]) for m in sorted(found)]
 
 
 def _decode_json(raw: RawMessage, dev: DeviceInfo, model: DeviceModel) -> list[Reading]:
@@ -177,12 +199,26 @@ def normalise(
     *,
     now: datetime,
     max_future_skew: timedelta,
+    oldest: datetime | None = None,
 ) -> Normalised:
-    """Normalise one batch of raw messages (see module docstring)."""
+    """Normalise one batch of raw messages (see module docstring).
+
+    Args:
+        batch: The raw messages.
+        index: The ledger index.
+        models: The device models.
+        now: The worker's clock; event times beyond ``now + max_future_skew``
+            are flagged (clock skew).
+        max_future_skew: See ``now``.
+        oldest: Start of the retention window: a message's values with an
+            earlier event time are not kept, and the message is rejected once
+            with reason ``beyond_retention``. None keeps everything.
+    """
     out = Normalised()
     cols = _Columns()
     pending = _Pending()
-    _decode_pass(batch, index, models, out, cols, pending)
+    oldest_us = _NO_OLDEST if oldest is None else epoch_us(oldest)
+    _decode_pass(batch, index, models, out, cols, pending, oldest_us)
     if pending.src:
         _columnar_pass(pending, cols, out, epoch_us(now + max_future_skew))
     elif pending.rejects:
@@ -264,6 +300,7 @@ def _decode_pass(
     out: Normalised,
     cols: _Columns,
     pending: _Pending,
+    oldest_us: int = _NO_OLDEST,
 ) -> None:
     """Per message: topic, ledger, state, decode; queue each value with its column."""
     rejects = pending.rejects
@@ -330,6 +367,8 @@ def _decode_pass(
         queued = len(src)
         last_t: datetime | None = None
         last_us = 0
+        stale = False
+        too_old: datetime | None = None
         for r in readings:
             c = ids.get((model_key, r.metric, r.unit))
             if c is None:
@@ -341,15 +380,36 @@ def _decode_pass(
             t = r.event_time
             if t is not last_t:
                 last_t, last_us = t, epoch_us(t)
+                stale = last_us < oldest_us
+            if stale:
+                too_old = t if too_old is None else min(too_old, t)
+                continue
             src.append(r)
             col.append(c)  # type: ignore[arg-type]
             us.append(last_us)
+        if too_old is not None:
+            rejects.append(
+                (
+                    len(src),
+                    0,
+                    Reject(
+                        raw,
+                        "beyond_retention",
+                        f"event time {too_old.isoformat()} is before the retention window"
+                        f" (kept from {_iso_us(oldest_us)})",
+                    ),
+                )
+            )
         if len(src) > queued:
             dev_id = dev_ids.setdefault(dev.code, len(dev_ids))
             pending.msg_dev.append(dev_id)
             pending.msg_info.append(dev)
             pending.msg_raw.append(raw)
             pending.msg_count.append(len(src) - queued)
+
+
+def _iso_us(us: int) -> str:
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)).isoformat()
 
 
 def _columnar_pass(p: _Pending, cols: _Columns, out: Normalised, horizon_us: int) -> None:
@@ -369,6 +429,7 @@ def _columnar_pass(p: _Pending, cols: _Columns, out: Normalised, horizon_us: int
     rank[future & (rank != 2)] = 1
     msg = np.repeat(np.arange(len(p.msg_count)), p.msg_count)
     dev = np.array(p.msg_dev, dtype=np.int64)[msg]
+    out.origin = (p.msg_raw, p.msg_info, msg, us)
 
     finite = np.isfinite(values)
     if finite.all():

@@ -13,7 +13,7 @@ nothing and a replay duplicates nothing:
    committed and lag grows visibly;
 3. publish rejects to the dead-letter topic, readings to the readings topics;
 4. track mobile devices' positions against the geofences
-   (:class:`geo.membership.GeofenceHook`: ``geofence.*`` enter/leave alerts and
+   (:class:`alerts.geofence.GeofenceHook`: ``geofence.*`` enter/leave alerts and
    the membership fence-scoped rules use), then evaluate rules
    (:mod:`alerts.engine`) and anomaly detectors (:mod:`alerts.anomaly.stream`)
    with each device's state read from ``rule_state`` and ``anomaly_state`` and
@@ -54,21 +54,23 @@ from psycopg_pool import AsyncConnectionPool
 from alerts.anomaly.config import AnomalyConfig
 from alerts.anomaly.stream import SeriesDevice, evaluate_anomalies
 from alerts.engine import DeviceContext, evaluate_device, suppressed_flag
+from alerts.geofence import GeofenceHook
 from alerts.rules import RuleSet
 from alerts.store import AlertStore, GroupPolicy
 from core.records import Alert, Quality, RawMessage, Reading, RecordError, epoch_us
 from core.retry import retrying
 from core.topics import KafkaTopics
+from devices.grades import masker_for
 from devices.index import DeviceIndex, DeviceInfo
 from devices.ledger import Ledger
 from devices.models import ModelError, ModelRegistry
-from geo.membership import GeofenceHook
 from ingest.batch import dead_letter_headers, decode_batch
 from ingest.errors import DecodeError
-from streams.downstream import masker_for, plan_views
+from streams.downstream import plan_views
 from streams.liveness import record_seen, record_sessions
 from streams.normalise import Normalised, Reject, normalise
 from streams.outbox import drain_outbox, write_outbox
+from streams.retention import retention_cutoff
 from streams.state import (
     MaintenanceWindow,
     RuleState,
@@ -79,7 +81,7 @@ from streams.state import (
     save_anomaly_state,
     save_rule_state,
 )
-from streams.store import ReadingStore, StoreError
+from streams.store import ReadingStore, StoreError, Unplaced
 
 __all__ = ["Pipeline", "PipelineConfig", "PipelineMetrics", "Publisher", "clock_skewed", "out_of_range"]
 
@@ -152,6 +154,12 @@ class PipelineMetrics:
         self.skew = Counter(
             "citybrain_stream_clock_skew_total", "Readings flagged for future event time", registry=registry
         )
+        self.derive_errors = Counter(
+            "citybrain_derived_indicator_errors_total",
+            "Evaluations whose derived indicators (AQI, water class …) could not be computed",
+            ["device_class"],
+            registry=registry,
+        )
         self.not_evaluated = Counter(
             "citybrain_rule_skipped_readings_total",
             "Stored readings kept from rules (clock_skew, out_of_range) or from rules and detectors (clock_skew)",
@@ -175,6 +183,9 @@ class PipelineConfig:
     #: Graded Kafka views ``readings.{class}.public|internal`` (streams.downstream.plan_views):
     #: ``auto`` only for classes with non-public metrics, ``all`` for every class, ``off`` none.
     downstream_views: str = "auto"
+    #: Raw readings are kept this many whole UTC days (``CITYBRAIN_RETENTION_DAYS``); an older
+    #: reading is dead-lettered ``beyond_retention`` instead of stored (None: no limit).
+    retention_days: int | None = None
 
 
 class Pipeline:
@@ -282,19 +293,57 @@ class Pipeline:
         self.metrics.records.inc(len(values))
         self.metrics.messages.inc(len(messages))
         await self._reload_for_unknown(messages)
+        now = self._clock()
         result = normalise(
-            messages, self.index, self.models, now=self._clock(), max_future_skew=self.cfg.max_future_skew
+            messages,
+            self.index,
+            self.models,
+            now=now,
+            max_future_skew=self.cfg.max_future_skew,
+            oldest=self.retention_start(now),
         )
         if result.rows:
             for device_class, rows in result.rows.items():
                 self.store.add(device_class, rows.values())
             await self._flush_with_retry()
+            unplaced = self.store.take_unplaced()
+            if unplaced:
+                self._set_aside(result, unplaced)
         await self._after_store(result)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         return result
 
+    def retention_start(self, now: datetime) -> datetime | None:
+        """The earliest event time stored: the start of the first UTC day maintenance keeps."""
+        if self.cfg.retention_days is None:
+            return None
+        day = retention_cutoff(now, self.cfg.retention_days)
+        return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
     async def _flush_with_retry(self) -> None:
         await retrying(StoreError, what="store write failed", log=log, on_retry=self._count_retry)(self.store.flush)
+
+    def _set_aside(self, result: Normalised, unplaced: Sequence[Unplaced]) -> None:
+        """Rows the database refused (the rest of the batch is stored): their messages are dead-lettered.
+
+        Their readings are taken out of the batch, so neither the readings topics
+        nor the rules see a reading that is not stored.
+        """
+        by_key = {(u.row.device_code, epoch_us(u.row.event_time)): u for u in unplaced}
+        for raw, key in result.messages_of(set(by_key)):
+            u = by_key[key]
+            result.rejects.append(
+                Reject(
+                    raw,
+                    u.reason,
+                    f"{u.device_class} row of {u.row.device_code} at {_iso(u.row.event_time)} refused by the"
+                    f" database: {u.detail}",
+                )
+            )
+        result.readings = [
+            (r, dev) for r, dev in result.readings if (r.device_code, epoch_us(r.event_time)) not in by_key
+        ]
+        result.skewed = [r for r in result.skewed if (r.device_code, epoch_us(r.event_time)) not in by_key]
 
     async def _after_store(self, result: Normalised) -> None:
         for rej in result.rejects:
@@ -330,6 +379,7 @@ class Pipeline:
 
     async def _publish_readings(self, result: Normalised) -> None:
         plan, masker = self._views, self._masker
+        now = self._clock().timestamp()
         by_row: dict[tuple[str, int], list[Reading]] = {}
         info: dict[str, DeviceInfo] = {}
         for r, dev in result.readings:
@@ -355,7 +405,7 @@ class Pipeline:
             }
             self.metrics.readings.labels(dev.device_class).inc(len(readings))
             # Capped at now: one device with a fast clock must not keep a silent district looking alive.
-            seen = min(first.event_time.timestamp(), time.time())
+            seen = min(first.event_time.timestamp(), now)
             key = (dev.district, dev.device_class)
             if seen > self._last_event.get(key, 0.0):
                 self._last_event[key] = seen
@@ -440,7 +490,7 @@ class Pipeline:
         is below the watermarks and changes nothing. Positions (``lon``/``lat``)
         first move mobile devices' fence membership (``geofence.*`` enter/leave
         alerts), so the rules see where the device is now; fixed devices are in
-        the fences of their registered location (:class:`geo.membership.GeofenceHook`).
+        the fences of their registered location (:class:`alerts.geofence.GeofenceHook`).
 
         Readings with a future event time (:func:`clock_skewed`) are stored but
         reach nothing here, so they never move a watermark; ``suspect`` readings
@@ -537,13 +587,25 @@ class Pipeline:
             # A value outside the physical range is a sensor fault (the detectors' business), not a level.
             readings = [r for r in per_device[code] if not out_of_range(r, dev, self.models)]
             faults += len(per_device[code]) - len(readings)
-            out, new_wm = evaluate_device(self.cfg.rules.for_class(dev.device_class), readings, ctx, snap, states, wm)
+            out, new_wm = evaluate_device(
+                self.cfg.rules.for_class(dev.device_class),
+                readings,
+                ctx,
+                snap,
+                states,
+                wm,
+                on_derive_error=self._derive_error,
+            )
             transitions += [(t.kind, t.alert) for t in out]
             if new_wm != wm:
                 updates.append((code, (new_wm, snap, states)))
         if faults:
             self.metrics.not_evaluated.labels("out_of_range").inc(faults)
         return updates
+
+    def _derive_error(self, device_class: str, exc: Exception) -> None:
+        # evaluate_device has logged it with the device code.
+        self.metrics.derive_errors.labels(device_class).inc()
 
     async def _anomaly_step(
         self,
@@ -604,7 +666,7 @@ async def _no_flush() -> None:
     return None
 
 
-# Metrics that carry a mobile device's position (geo.membership.GeofenceHook's defaults).
+# Metrics that carry a mobile device's position (alerts.geofence.GeofenceHook's defaults).
 _POSITION_METRICS = frozenset({"lon", "lat"})
 
 

@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from citybrain.migrations import class_table
+from core.tables import class_table
 from devices.models import ModelRegistry
 from streams.errors import QueryError
 from streams.rollup import BUCKET_ORIGIN, RESOLUTIONS, Resolution, metric_value_expr, rollup_columns, rollup_table
@@ -38,6 +38,7 @@ from streams.store import EXTRA_TABLE, load_layout
 
 __all__ = [
     "MAX_POINTS",
+    "SKEW_FILTER",
     "Bucket",
     "BucketPlan",
     "Catalog",
@@ -318,13 +319,20 @@ def points_sql(src: MetricSource, *, after: bool) -> sql.Composed:
     ).format(t=sql.Identifier(EXTRA_TABLE), m=sql.Literal(src.metric), k=keyset)
 
 
+#: The condition that keeps clock-skewed rows out of "latest" (params ``now``, ``skew``):
+#: the same test as :func:`streams.pipeline.clock_skewed`, which keeps them from the rules.
+SKEW_FILTER = "ts <= least(rx, %(now)s) + %(skew)s"
+
+
 def latest_sql(device_class: str, metrics: Sequence[str], *, district: bool, after: bool) -> sql.Composed:
     """Latest row per device of a class (optionally one district), devices in code order.
 
-    Params ``cls``, ``since`` (look no further back), ``limit``, and ``district``
-    / ``after`` (the last device code of the previous page) when asked for.
-    One index probe per device on (device_code, ts), pruned to partitions
-    newer than ``since``.
+    Params ``cls``, ``since`` (look no further back), ``now`` and ``skew``,
+    ``limit``, and ``district`` / ``after`` (the last device code of the
+    previous page) when asked for. A row dated more than ``skew`` after the
+    earlier of its receive time and ``now`` is a device clock running ahead
+    (:data:`SKEW_FILTER`): it is never the latest. One index probe per device
+    on (device_code, ts), pruned to partitions newer than ``since``.
     """
     cols = sql.SQL("").join(sql.SQL(", r.{}").format(sql.Identifier(m)) for m in metrics)
     where = [sql.SQL("d.device_class = %(cls)s")]
@@ -335,7 +343,8 @@ def latest_sql(device_class: str, metrics: Sequence[str], *, district: bool, aft
     return sql.SQL(
         "select d.code, d.district, l.* from devices d cross join lateral ("
         " select r.ts, r.rx, r.quality, r.flags{cols} from {t} r"
-        " where r.device_code = d.code and r.ts >= %(since)s order by r.ts desc limit 1) as l"
+        " where r.device_code = d.code and r.ts >= %(since)s and r.ts <= least(r.rx, %(now)s) + %(skew)s"
+        " order by r.ts desc limit 1) as l"
         " where {where} order by d.code limit %(limit)s"
     ).format(cols=cols, t=sql.Identifier(class_table(device_class)), where=sql.SQL(" and ").join(where))
 

@@ -39,7 +39,7 @@ from datetime import UTC, date, datetime, timedelta
 import psycopg
 from psycopg import sql
 
-from citybrain.migrations import class_table
+from core.tables import class_table
 from devices.models import ModelRegistry
 from streams import rollup, timescale
 from streams.errors import MaintenanceError
@@ -267,7 +267,9 @@ async def maintenance(
                 raise MaintenanceError(f"{class_table(device_class)} is missing; run `citybrain db upgrade`")
             if not layout.partitioned:
                 ts_classes.append(device_class)
-                await _timescale_class(conn, device_class, now, retention_days, compress_after_days, keep_from)
+                refreshed += await _timescale_class(
+                    conn, device_class, now, retention_days, compress_after_days, keep_from
+                )
                 await _timescale_rollup_retention(conn, device_class, rollup_days)
                 continue
             for day in days_ahead(now, ahead_days):
@@ -352,7 +354,7 @@ async def _timescale_class(
     retention_days: int,
     compress_after_days: int | None,
     keep_from: datetime,
-) -> None:
+) -> list[rollup.RefreshResult]:
     await timescale.ensure_policies(
         conn,
         class_table(device_class),
@@ -363,10 +365,11 @@ async def _timescale_class(
     previous = conn.autocommit
     await conn.set_autocommit(True)
     try:
-        n = await timescale.refresh_marked(conn, device_class, keep_from=keep_from)
-        log.debug("timescale %s: refreshed %d range(s) per level at %s", device_class, n, now)
+        refreshed = await timescale.refresh_marked(conn, device_class, keep_from=keep_from)
+        log.debug("timescale %s: refreshed %s at %s", device_class, refreshed, now)
     finally:
         await conn.set_autocommit(previous)
+    return refreshed
 
 
 async def _timescale_rollup_retention(

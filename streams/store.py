@@ -21,6 +21,14 @@ Day partitions are created on demand before a batch that needs them (and
 ahead of time by :func:`streams.retention.maintenance`), so late data lands in
 its own day's partition. On TimescaleDB the class tables are hypertables and
 no partition is created here.
+
+A row the database refuses for itself — no partition accepts it (its day's
+partition was detached, or could not be created), or a check constraint — must
+not hold up the rows around it: the failing transaction is split in halves
+until the refused rows are alone, the others are written, and the refused ones
+are set aside for the caller to dead-letter (:meth:`ReadingStore.take_unplaced`).
+Any other error (the database down, a lock timeout) fails the flush and keeps
+every row for a retry.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -38,7 +46,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from citybrain.migrations import class_table
+from core.tables import class_table
 from devices.models import ModelRegistry
 from streams.errors import StreamsError
 from streams.normalise import Row
@@ -50,6 +58,7 @@ __all__ = [
     "StoreConfig",
     "StoreError",
     "StoreMetrics",
+    "Unplaced",
     "dirty_buckets",
     "ensure_partition",
     "load_layout",
@@ -82,21 +91,16 @@ class StoreConfig:
     Attributes:
         batch_rows: Wide rows per COPY + merge transaction (bounds lock time
             and memory of one statement; a larger flush is split).
-        flush_interval_s: :meth:`ReadingStore.due` turns true once rows have
-            waited this long, for callers that buffer across batches.
         mark_dirty: Append touched buckets to ``rollup_dirty`` (off only for
             benchmarks that measure the bare merge).
     """
 
     batch_rows: int = 10_000
-    flush_interval_s: float = 1.0
     mark_dirty: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_rows < 1:
             raise ValueError("batch_rows must be >= 1")
-        if self.flush_interval_s <= 0:
-            raise ValueError("flush_interval_s must be > 0")
 
 
 class StoreMetrics:
@@ -125,6 +129,24 @@ class StoreMetrics:
             "citybrain_store_last_flush_timestamp_seconds", "Unix time of the last successful flush", registry=registry
         )
         self.errors = Counter("citybrain_store_errors_total", "Failed flushes", registry=registry)
+
+
+@dataclass(frozen=True, slots=True)
+class Unplaced:
+    """A row the database refused on its own (the rest of its flush was written).
+
+    Attributes:
+        device_class: The row's class.
+        row: The row.
+        reason: ``no_partition`` (no partition of the class table accepts its
+            event time) or ``check_violation``.
+        detail: The database's message.
+    """
+
+    device_class: str
+    row: Row
+    reason: str
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,14 +224,11 @@ class ReadingStore:
         models: ModelRegistry,
         metrics: StoreMetrics,
         config: StoreConfig | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pool = pool
         self.models = models
         self.metrics = metrics
         self.config = config or StoreConfig()
-        self._clock = clock
         self._classes = self.models.device_classes()
         self._units: dict[str, dict[str, str]] = {}
         for m in reversed(self.models.all()):  # latest version's unit wins
@@ -218,7 +237,7 @@ class ReadingStore:
         self._layout: dict[str, ClassLayout] | None = None
         self._partitions: set[tuple[str, date]] = set()
         self._pending: dict[str, dict[tuple[str, datetime], Row]] = {}
-        self._oldest: float | None = None
+        self._unplaced: list[Unplaced] = []
         # Staging tables already created on a pooled connection (temp tables live
         # as long as the session); weak keys, so a closed connection is forgotten.
         self._staged: weakref.WeakKeyDictionary[psycopg.AsyncConnection, set[str]] = weakref.WeakKeyDictionary()
@@ -239,21 +258,16 @@ class ReadingStore:
                 cur.values.update(row.values)
                 cur.flags.update(row.flags)
                 cur.quality = max(cur.quality, row.quality)
-        if self._oldest is None and bucket:
-            self._oldest = self._clock()
         self.metrics.pending.set(self.pending())
 
     def pending(self) -> int:
         """Rows queued and not yet written."""
         return sum(len(b) for b in self._pending.values())
 
-    def due(self) -> bool:
-        """True when a flush is due: ``batch_rows`` queued, or rows older than ``flush_interval_s``."""
-        if self._oldest is None:
-            return False
-        return self.pending() >= self.config.batch_rows or (
-            self._clock() - self._oldest >= self.config.flush_interval_s
-        )
+    def take_unplaced(self) -> list[Unplaced]:
+        """Rows the database refused in the flushes since the last call (then forgotten here)."""
+        out, self._unplaced = self._unplaced, []
+        return out
 
     async def refresh_layout(self) -> None:
         """Re-read the class tables' columns (after ``citybrain db upgrade`` added some)."""
@@ -263,6 +277,9 @@ class ReadingStore:
     async def flush(self) -> int:
         """Write everything queued; returns wide rows written.
 
+        Rows the database refuses one by one (see the module docstring) are not
+        written and not counted; :meth:`take_unplaced` returns them.
+
         Raises:
             StoreError: the write failed; the queued rows are kept for a retry.
         """
@@ -270,6 +287,7 @@ class ReadingStore:
             return 0
         t0 = time.perf_counter()
         written = 0
+        unplaced: list[Unplaced] = []
         try:
             async with self.pool.connection() as conn:
                 if self._layout is None:
@@ -286,8 +304,7 @@ class ReadingStore:
                 for device_class, bucket in self._pending.items():
                     rows = list(bucket.values())
                     for chunk in _chunks(rows, self.config.batch_rows):
-                        async with conn.transaction():
-                            written += await self._write_chunk(conn, self._layout[device_class], chunk)
+                        written += await self._write_placed(conn, self._layout[device_class], chunk, unplaced)
         except psycopg.Error as exc:
             self.metrics.errors.inc()
             # A stale layout (a column added, a table recreated) or a partition
@@ -295,8 +312,8 @@ class ReadingStore:
             self._layout = None
             self._partitions.clear()
             raise StoreError(f"write failed: {exc}") from exc
+        self._unplaced += unplaced
         self._pending.clear()
-        self._oldest = None
         self.metrics.pending.set(0)
         self.metrics.flushes.inc()
         self.metrics.flush_rows.observe(written)
@@ -304,11 +321,57 @@ class ReadingStore:
         self.metrics.last_flush.set(time.time())
         return written
 
+    async def _write_placed(
+        self, conn: psycopg.AsyncConnection, layout: ClassLayout, rows: list[Row], unplaced: list[Unplaced]
+    ) -> int:
+        """Write rows in one transaction; if the database refuses a row, split until it is alone.
+
+        Halving costs O(k log n) transactions for k refused rows among n, and
+        nothing when none is refused.
+        """
+        try:
+            async with conn.transaction():
+                return await self._write_chunk(conn, layout, rows)
+        except psycopg.errors.CheckViolation as exc:
+            # The rollback also undid a staging table created in this transaction.
+            self._staged.pop(conn, None)
+            if len(rows) == 1:
+                message = exc.diag.message_primary or str(exc)
+                reason = "no_partition" if message.startswith("no partition") else "check_violation"
+                unplaced.append(Unplaced(layout.device_class, rows[0], reason, message))
+                self._partitions.discard((layout.device_class, rows[0].event_time.astimezone(UTC).date()))
+                log.warning(
+                    "store: %s row of device %s at %s refused (%s): %s",
+                    layout.device_class,
+                    rows[0].device_code,
+                    rows[0].event_time.isoformat(),
+                    reason,
+                    message,
+                )
+                return 0
+        except psycopg.Error:
+            self._staged.pop(conn, None)
+            raise
+        # Halves in event-time order, so one day's refused rows stay together.
+        ordered = sorted(rows, key=lambda r: r.event_time)
+        mid = len(ordered) // 2
+        return await self._write_placed(conn, layout, ordered[:mid], unplaced) + await self._write_placed(
+            conn, layout, ordered[mid:], unplaced
+        )
+
     async def _ensure_partitions(self, conn: psycopg.AsyncConnection, device_class: str, times: set[datetime]) -> None:
         days = {t.astimezone(UTC).date() for t in times}
         missing = sorted(d for d in days if (device_class, d) not in self._partitions)
         for day in missing:
-            await ensure_partition(conn, device_class, day)
+            try:
+                await ensure_partition(conn, device_class, day)
+            except (psycopg.ProgrammingError, psycopg.DataError) as exc:
+                # This day's partition cannot be made (its range overlaps a partition
+                # someone else made, …). Its rows then find one to land in, or are
+                # refused one by one in the write; they never hold up the batch.
+                await conn.rollback()
+                log.warning("store: partition of %s for %s not created: %s", device_class, day, exc)
+                continue
             self._partitions.add((device_class, day))
 
     async def _stage(self, conn: psycopg.AsyncConnection, stage: str, like: str) -> None:

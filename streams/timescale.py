@@ -1,7 +1,10 @@
 """TimescaleDB: hypertables, compression, retention and continuous aggregates.
 
-Used when the extension is available (``pg_available_extensions``) and can be
-created (it must be in ``shared_preload_libraries``). The objects keep the
+Used when the extension is available (``pg_available_extensions``) and
+preloaded (``shared_preload_libraries``). Both are read before anything is
+tried, on a connection of the probe's own: on a server where the package is
+installed but not preloaded, ``create extension`` raises a FATAL error that
+closes the connection, so trying and catching cannot fall back. The objects keep the
 names and columns of the plain-PostgreSQL layout, so :mod:`streams.queries`
 and the API do not care which one they run on:
 
@@ -27,14 +30,15 @@ the plain path for it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
-from streams.rollup import RESOLUTIONS, aggregate_from_raw_sql, merge_ranges, rollup_table
+from streams.rollup import RESOLUTIONS, RefreshResult, aggregate_from_raw_sql, merge_ranges, rollup_table
 
 __all__ = [
     "Capability",
@@ -47,6 +51,7 @@ __all__ = [
     "ensure_rollup_retention",
     "hypertable_sql",
     "probe",
+    "probe_apart",
     "refresh_marked",
     "refresh_policy_sql",
     "remove_retention_policy_sql",
@@ -55,9 +60,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# pg_available_extensions unqualified: a test shadows it with a view in an earlier schema.
 _PROBE = (
     "select (select true from pg_available_extensions where name = 'timescaledb'),"
-    " (select extversion from pg_extension where extname = 'timescaledb')"
+    " (select extversion from pg_extension where extname = 'timescaledb'),"
+    " current_setting('shared_preload_libraries')"
 )
 # Refresh policy per level: (start_offset, end_offset, schedule_interval).
 # The end offset keeps the still-filling bucket out of the materialisation.
@@ -75,35 +82,87 @@ class Capability:
     Attributes:
         available: The extension is installable (``pg_available_extensions``).
         version: The installed version, or None if not created in this database.
+        preloaded: ``timescaledb`` is in the server's ``shared_preload_libraries``
+            (without it, creating or using the extension is a FATAL error).
     """
 
     available: bool
     version: str | None
+    preloaded: bool = False
 
     @property
     def installed(self) -> bool:
         return self.version is not None
 
+    @property
+    def usable(self) -> bool:
+        """The extension can be created (or is) and used without killing the connection."""
+        return self.available and self.preloaded
+
+
+def _preloaded(setting: str | None) -> bool:
+    # A comma-separated list; entries may be quoted or carry a directory ("$libdir/timescaledb").
+    for item in (setting or "").split(","):
+        lib = item.strip().strip('"').rsplit("/", 1)[-1]
+        if lib == "timescaledb" or lib.startswith("timescaledb-"):
+            return True
+    return False
+
+
+def _capability(row: tuple[object, ...] | None) -> Capability:
+    if row is None:
+        return Capability(False, None)
+    return Capability(bool(row[0]), None if row[1] is None else str(row[1]), _preloaded(str(row[2] or "")))
+
 
 def probe(conn: psycopg.Connection) -> Capability:
-    """Probe a (synchronous) connection for TimescaleDB."""
-    row = conn.execute(_PROBE).fetchone()
-    return Capability(bool(row and row[0]), row[1] if row else None)
+    """Probe a (synchronous) connection for TimescaleDB (reads only; never loads the extension)."""
+    return _capability(conn.execute(_PROBE).fetchone())
 
 
 async def aprobe(conn: psycopg.AsyncConnection) -> Capability:
-    """Probe an async connection for TimescaleDB."""
-    row = await (await conn.execute(_PROBE)).fetchone()
-    return Capability(bool(row and row[0]), row[1] if row else None)
+    """Probe an async connection for TimescaleDB (reads only; never loads the extension)."""
+    return _capability(await (await conn.execute(_PROBE)).fetchone())
 
 
-def enable(conn: psycopg.Connection) -> bool:
-    """Create the extension if it is available; True when it is usable.
+def probe_apart(conn: psycopg.Connection) -> Capability:
+    """Probe on a connection of its own to the same database, so nothing can touch ``conn``.
 
-    Runs in a savepoint: on a server where the package is installed but not
-    preloaded, ``create extension`` fails and the plain layout is used.
+    Falls back to probing ``conn`` itself (the probe only reads) when a second
+    connection cannot be opened (connection limit, a password only the first
+    one knew).
     """
-    cap = probe(conn)
+    # The live connection's own parameters (password included, which ``conn.info.dsn`` hides).
+    params = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val}
+    try:
+        with psycopg.connect(make_conninfo(**params), autocommit=True, connect_timeout=10) as own:
+            return probe(own)
+    except psycopg.OperationalError as exc:
+        log.debug("TimescaleDB probe on its own connection failed (%s); probing the migration's", exc)
+        return probe(conn)
+
+
+def enable(conn: psycopg.Connection, detect: Callable[[psycopg.Connection], Capability] = probe_apart) -> bool:
+    """Create the extension if it can be used; True when it is usable.
+
+    Availability and preloading are read first (``detect``, by default
+    :func:`probe_apart`), so ``create extension`` is only tried where it cannot
+    raise the FATAL error that would close ``conn`` and roll back the whole
+    upgrade. An available but not preloaded extension means the plain layout
+    (native partitions), with a warning saying what to set.
+
+    Args:
+        conn: The migration's connection (in its transaction).
+        detect: How the facts are read; tests pass their own to simulate a server.
+    """
+    cap = detect(conn)
+    if cap.available and not cap.preloaded:
+        log.warning(
+            "TimescaleDB is installed%s but not in shared_preload_libraries; using native partitioning"
+            " (add timescaledb to shared_preload_libraries and restart the server to use it)",
+            f" (version {cap.version} in this database)" if cap.installed else "",
+        )
+        return False
     if cap.installed:
         return True
     if not cap.available:
@@ -245,7 +304,9 @@ async def ensure_rollup_retention(conn: psycopg.AsyncConnection, view: str, rete
     await conn.execute(retention_policy_sql(view, retention))
 
 
-async def refresh_marked(conn: psycopg.AsyncConnection, device_class: str, *, keep_from: datetime | None = None) -> int:
+async def refresh_marked(
+    conn: psycopg.AsyncConnection, device_class: str, *, keep_from: datetime | None = None
+) -> list[RefreshResult]:
     """Refresh the continuous aggregates over the buckets the store marked dirty.
 
     ``refresh_continuous_aggregate`` cannot run inside a transaction, so
@@ -254,18 +315,24 @@ async def refresh_marked(conn: psycopg.AsyncConnection, device_class: str, *, ke
     is raised for the caller to log.
 
     Returns:
-        The number of ``[lo, hi)`` ranges refreshed per level.
+        Per level, the ``[lo, hi)`` ranges and the buckets refreshed (as
+        :func:`streams.rollup.refresh_dirty` reports them for plain rollups;
+        ``rows`` is 0, the extension does not say), and the marks discarded as
+        older than ``keep_from``.
     """
     cur = await conn.execute(
         "delete from rollup_dirty where device_class = %s returning resolution, bucket", (device_class,)
     )
-    marks = [b for res, b in await cur.fetchall() if res == "5m" and (keep_from is None or b >= keep_from)]
-    ranges = 0
+    fine = [b for res, b in await cur.fetchall() if res == "5m"]
+    marks = [b for b in fine if keep_from is None or b >= keep_from]
+    out = []
     for res in RESOLUTIONS:
-        spans = merge_ranges({res.floor(b) for b in marks}, res.width)
+        buckets = {res.floor(b) for b in marks}
+        spans = merge_ranges(buckets, res.width)
         for lo, hi in spans:
             await conn.execute(
                 "call refresh_continuous_aggregate(%s, %s, %s)", (rollup_table(device_class, res.name), lo, hi)
             )
-        ranges = max(ranges, len(spans))
-    return ranges
+        discarded = len(fine) - len(marks) if res is RESOLUTIONS[0] else 0
+        out.append(RefreshResult(device_class, res.name, len(spans), len(buckets), 0, discarded))
+    return out

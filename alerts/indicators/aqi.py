@@ -6,7 +6,7 @@ reviewer can hold them against the standard's table line by line, and so that
 the items not yet confirmed against the official text (marked ``[M]``) can be
 overridden with :func:`dataclasses.replace` instead of editing code.
 
-Sources (see ``/work/shared/reference/standards.md`` §3):
+Sources (see ``docs/standards.md`` §3):
 
 * HJ 633-2012 《环境空气质量指数（AQI）技术规定（试行）》 Table 1 — §3.1 [V].
 * HJ 633-2026, in force 2026-03-01 — only the PM2.5 and PM10 rows changed — §3.2 [S].
@@ -87,7 +87,7 @@ IAQI_STEPS: tuple[int, ...] = (0, 50, 100, 150, 200, 300, 400, 500)
 
 _TOP_IAQI = 500
 
-# --- HJ 633-2012 Table 1 (standards.md §3.1, [V]) -----------------------------------------------
+# --- HJ 633-2012 Table 1 (docs/standards.md §3.1, [V]) -----------------------------------------------
 # Concentrations at IAQI 0, 50, 100, 150, 200, 300, 400, 500.
 _BREAKPOINTS_2012: dict[Key, tuple[int, ...]] = {
     ("so2", "24h"): (0, 50, 150, 475, 800, 1600, 2100, 2620),  # µg/m³, Table 1
@@ -106,7 +106,7 @@ _BREAKPOINTS_2012: dict[Key, tuple[int, ...]] = {
     ("pm25", "24h"): (0, 35, 75, 115, 150, 250, 350, 500),  # µg/m³, Table 1
 }
 
-# --- HJ 633-2026 (standards.md §3.2, [S]: two public implementations agree) ---------------------
+# --- HJ 633-2026 (docs/standards.md §3.2, [S]: two public implementations agree) ---------------------
 # Only PM2.5 and PM10 changed ("更新了AQI中PM2.5和PM10的分级浓度限值"); the
 # IAQI-100 breakpoint drops to 60 (PM2.5) and 120 (PM10) µg/m³. 2026 real-time
 # reports use hourly PM means with the same breakpoints as the 24 h row.
@@ -121,7 +121,7 @@ _BREAKPOINTS_2026: dict[Key, tuple[int, ...]] = {
 }
 
 # Which averages make up each report (HJ 633 实时报 / 日报; Table 1 notes (1)–(3),
-# standards.md §3.1).
+# docs/standards.md §3.1).
 # The first period listed for a pollutant is the one a bare pollutant name
 # ("pm25") stands for.
 _HOURLY_2012: dict[str, tuple[str, ...]] = {
@@ -213,27 +213,27 @@ HJ633_2012 = AqiStandard(
     reports_exceeding=True,
     hourly_periods=MappingProxyType(_HOURLY_2012),
 )
-"""HJ 633-2012 Table 1 (standards.md §3.1)."""
+"""HJ 633-2012 Table 1 (docs/standards.md §3.1)."""
 
 HJ633_2026 = AqiStandard(
     name="HJ633-2026",
     breakpoints=MappingProxyType(_BREAKPOINTS_2026),
     # [M] caiyunapp/aqi-hub's reading of HJ 633-2026: SO2 1 h > 800 → IAQI 200,
-    # O3 8 h > 800 → IAQI 300 (standards.md §3.2, not checked against the
+    # O3 8 h > 800 → IAQI 300 (docs/standards.md §3.2, not checked against the
     # official text). For the 2012 behaviour instead, use
     # dataclasses.replace(HJ633_2026, over_top_iaqi={("so2", "1h"): None, ("o3", "8h"): None}).
     over_top_iaqi=MappingProxyType({("so2", "1h"): 200, ("o3", "8h"): 300}),
-    # 2026 removed 超标污染物 (aqi-hub README, standards.md §3 [S]).
+    # 2026 removed 超标污染物 (aqi-hub README, docs/standards.md §3 [S]).
     reports_exceeding=False,
     hourly_periods=MappingProxyType(_HOURLY_2026),
 )
-"""HJ 633-2026, in force 2026-03-01 (standards.md §3.2)."""
+"""HJ 633-2026, in force 2026-03-01 (docs/standards.md §3.2)."""
 
 STANDARDS: Mapping[str, AqiStandard] = MappingProxyType({HJ633_2012.name: HJ633_2012, HJ633_2026.name: HJ633_2026})
 DEFAULT_VERSION = HJ633_2026.name
 
 
-# --- levels (HJ 633 Table 2; standards.md §3.3 [V]) ----------------------------------------------
+# --- levels (HJ 633 Table 2; docs/standards.md §3.3 [V]) ----------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +267,7 @@ class AqiLevel:
     aqi_max: int | None
 
 
-# HJ 633-2012 Table 2 / HJ 633-2026; colours exactly as standards.md §3.3 [V].
+# HJ 633-2012 Table 2 / HJ 633-2026; colours exactly as docs/standards.md §3.3 [V].
 # fmt: off
 LEVELS: tuple[AqiLevel, ...] = (
     AqiLevel(1, "一级", "优", "Excellent", "绿色", "green",
@@ -551,7 +551,7 @@ def aqi(
     by_pollutant: dict[str, int] = {}
     for (name, _), value in values.items():
         by_pollutant[name] = max(value, by_pollutant.get(name, 0))
-    # 首要污染物 only when AQI > 50; ties are all listed (HJ 633, standards.md §3).
+    # 首要污染物 only when AQI > 50; ties are all listed (HJ 633, docs/standards.md §3).
     primary = tuple(p for p in POLLUTANTS if total > 50 and by_pollutant.get(p) == total)
     exceeding = tuple(p for p in POLLUTANTS if by_pollutant.get(p, 0) > 100) if std.reports_exceeding else None
     band = level_for(total)
@@ -573,7 +573,7 @@ def aqi(
 
 # --- averages from stored readings ---------------------------------------------------------------
 
-# [M] GB 3095-2012 Table 4 (数据统计的有效性规定), not in standards.md and not
+# [M] GB 3095-2012 Table 4 (数据统计的有效性规定) (docs/standards.md §3.4), not
 # checked against GB 3095-2026: a 24 h mean needs ≥ 20 hourly means, an O3
 # 8 h mean needs ≥ 6 hourly means in the 8 hours. Callers may pass others.
 DAILY_MIN_VALID_HOURS = 20

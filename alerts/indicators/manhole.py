@@ -1,7 +1,7 @@
 """Smart manhole cover (智能井盖) alarm conditions.
 
 No national standard fixes these thresholds; the defaults come from vendor
-documentation collected in ``/work/shared/reference/standards.md`` §6.1 and
+documentation collected in ``docs/standards.md`` §6.1 and
 are all configurable. Every default below is [M] unless stated otherwise.
 
 * Tilt: |angle − background| over 15° for ≥ 2 s (shorter is a passing
@@ -38,11 +38,11 @@ __all__ = [
     "water_level_state",
 ]
 
-# [M] standards.md §6.1 (jishuzhan article): > 15° sustained ≥ 2 s; one
+# [M] docs/standards.md §6.1 (jishuzhan article): > 15° sustained ≥ 2 s; one
 # vendor (drksir) defaults to 10°, another alarms at > 5° — hence parameters.
 TILT_THRESHOLD_DEG = 15.0
 TILT_MIN_DURATION_S = 2.0
-# [S] standards.md §6.1 (drksir): > 90° is an unconditional, immediate alarm.
+# [S] docs/standards.md §6.1 (drksir): > 90° is an unconditional, immediate alarm.
 TILT_IMMEDIATE_DEG = 90.0
 
 # [M] No standard: sensor-to-water distances for the warning and danger
@@ -51,10 +51,10 @@ WATER_WARNING_DISTANCE_MM = 500.0
 WATER_DANGER_DISTANCE_MM = 200.0
 
 # [M] GB/T 50493-2019 (石油化工可燃气体和有毒气体检测报警设计标准): first-level
-# alarm set point for combustible gas ≤ 25 %LEL. Not in standards.md.
+# alarm set point for combustible gas ≤ 25 %LEL. docs/standards.md §6.1.
 CH4_ALARM_PCT_LEL = 25.0
 # [M] H2S: GBZ 2.1-2019 MAC 10 mg/m³, used as the toxic-gas set point
-# (GB/T 50493-2019: first-level toxic alarm ≤ 100 % OEL). Not in standards.md.
+# (GB/T 50493-2019: first-level toxic alarm ≤ 100 % OEL). docs/standards.md §6.1.
 H2S_ALARM_MG_M3 = 10.0
 
 # [M] No standard: a common vendor default for "battery low".

@@ -3,7 +3,7 @@
 GB 3096-2008 Table 1 (环境噪声限值) gives the limit of the day-time and
 night-time equivalent sound level (Ld / Ln, dB(A)) for each 声环境功能区
 category. §5.4 adds: at night, a sudden noise's maximum level must not exceed
-the limit by more than 15 dB(A). See ``/work/shared/reference/standards.md``
+the limit by more than 15 dB(A). See ``docs/standards.md``
 §5 ([S+M]).
 
 Levels are compared as the decimals the caller meant (``repr`` of the float),
@@ -39,7 +39,7 @@ __all__ = [
 
 Period = Literal["day", "night"]
 
-# GB 3096-2008 Table 1, dB(A): zone → (昼间 day, 夜间 night). standards.md §5.
+# GB 3096-2008 Table 1, dB(A): zone → (昼间 day, 夜间 night). docs/standards.md §5.
 NOISE_LIMITS: Mapping[str, tuple[int, int]] = MappingProxyType(
     {
         "0": (50, 40),  # 0 类 康复疗养区

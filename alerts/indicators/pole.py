@@ -1,7 +1,7 @@
 """Smart multifunction pole (智慧多功能杆) fault conditions.
 
 The pole standards (GB/T 40994-2021 [M] and the Shenzhen 《多功能智能杆系统设计
-与工程建设规范》, ``/work/shared/reference/standards.md`` §6.3) list what a
+与工程建设规范》, ``docs/standards.md`` §6.3) list what a
 pole carries — lamp, cabinet (综合箱), EV charger, sensors — but set no fault
 thresholds. The defaults below are engineering choices, all [M] and all
 parameters.

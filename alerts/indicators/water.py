@@ -4,7 +4,7 @@ GB 3838-2002 《地表水环境质量标准》 Table 1 (基本项目标准限值
 parameter, the limit of classes I–V; a water body's class is the worst class
 of any assessed parameter (单因子评价法). 《地表水环境质量评价办法（试行）》
 (环办〔2011〕22号) adds which parameters count and the 水质状况 words. See
-``/work/shared/reference/standards.md`` §4 ([S+M]; Table 1 values also match
+``docs/standards.md`` §4 ([S+M]; Table 1 values also match
 the public transcription of the official text).
 
 Rules applied here:
@@ -57,7 +57,7 @@ WORSE_THAN_V = 6
 CLASS_LABELS: Mapping[int, str] = MappingProxyType({1: "I", 2: "II", 3: "III", 4: "IV", 5: "V", 6: "劣V"})
 
 # 水质状况 by class, 评价办法 Table 1 [M]: I–II 优, III 良好, IV 轻度污染,
-# V 中度污染, 劣V 重度污染 (standards.md §4).
+# V 中度污染, 劣V 重度污染 (docs/standards.md §4).
 STATUS: Mapping[int, tuple[str, str]] = MappingProxyType(
     {
         1: ("优", "excellent"),

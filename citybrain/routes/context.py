@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -32,3 +32,6 @@ class ApiContext:
     assigner: Any = None  # geo.assign.Assigner: districts, grid cells, fences of a point
     # Injected so that windows "back from now" can be tested at any date.
     clock: Callable[[], datetime] = field(default=utc_now)
+    #: ``CITYBRAIN_MAX_FUTURE_SKEW_S``: readings dated further ahead of their receive time
+    #: (or of ``clock``) are a device clock running ahead, kept out of "latest".
+    max_future_skew: timedelta = timedelta(minutes=5)

@@ -27,14 +27,14 @@ from citybrain.security.auth import record, require
 from citybrain.security.identities import Principal
 from citybrain.security.scope import Scope
 from core.records import METRIC_NAME_PATTERN
-from devices.code import load_class_table
+from devices.grades import sensitive_class_codes
 from devices.models import ModelRegistry
 from geo import stats
 from geo.coords import Crs, gcj02_to_wgs84
 from geo.errors import CoordinateError, FenceExistsError, FenceNotFoundError, GeometryError, OutsideCityError
 from geo.fences import FenceDraft, FenceKind, fence_geometry, fences_from_feature_collection, validate_fence
+from geo.geojson import districts_feature_collection
 from geo.service import GeoService
-from geo.spatial import districts_feature_collection
 from geo.status import classify
 
 __all__ = ["aqi_properties", "build", "model_cadences", "parse_bbox"]
@@ -127,8 +127,7 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
     router = APIRouter()
     pool = ctx.pool
     models = ctx.models
-    classes = load_class_table()
-    geo = service or GeoService(pool, sensitive_classes=[c for c in classes.minors if classes.is_sensitive(c)])
+    geo = service or GeoService(pool, sensitive_classes=sensitive_class_codes())
     cadences = model_cadences(models)
     grid_cache: dict[str, dict[str, Any]] = {}
 

@@ -23,12 +23,12 @@ from fastapi.responses import StreamingResponse
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from citybrain.migrations import class_table
 from citybrain.routes.context import ApiContext
 from citybrain.routes.devices import device_class_of
 from citybrain.security.auth import record, require
 from citybrain.security.identities import Principal
 from citybrain.security.scope import Masker, Scope, can_read
+from core.tables import class_table
 from streams import queries
 from streams.errors import QueryError
 from streams.store import EXTRA_TABLE
@@ -123,27 +123,32 @@ def build(ctx: ApiContext) -> APIRouter:
         catalog = await catalogs.get(pool)
         wide = [c for c in models.metrics_of_class(device_class) if c in catalog.wide.get(device_class, ())]
         # One query: for each metric, the value at the greatest event time where it is set.
+        # A reading beyond the clock-skew limit (stored, flagged suspect) is never the
+        # latest: one device clock a year ahead must not hide every correct reading after it.
+        skew = {"now": ctx.clock(), "skew": ctx.max_future_skew}
         parts = [
             sql.SQL(
                 "(select array[extract(epoch from ts)::float8, {c}] from {t} where device_code = %(d)s"
-                " and {c} is not null order by ts desc limit 1) as {c}"
-            ).format(c=sql.Identifier(c), t=sql.Identifier(class_table(device_class)))
+                " and {c} is not null and {skewed} order by ts desc limit 1) as {c}"
+            ).format(
+                c=sql.Identifier(c), t=sql.Identifier(class_table(device_class)), skewed=sql.SQL(queries.SKEW_FILTER)
+            )
             for c in wide
         ]
         async with pool.connection() as conn:
             row: dict[str, Any] | None = None
             if parts:
                 cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(sql.SQL("select {}").format(sql.SQL(", ").join(parts)), {"d": code})
+                await cur.execute(sql.SQL("select {}").format(sql.SQL(", ").join(parts)), {"d": code} | skew)
                 row = await cur.fetchone()
             # Metrics without a wide column yet live in the narrow table.
             narrow = await (
                 await conn.execute(
                     sql.SQL(
                         "select distinct on (metric) metric, extract(epoch from ts)::float8, value from {}"
-                        " where device_code = %s order by metric, ts desc"
-                    ).format(sql.Identifier(EXTRA_TABLE)),
-                    (code,),
+                        " where device_code = %(d)s and {} order by metric, ts desc"
+                    ).format(sql.Identifier(EXTRA_TABLE), sql.SQL(queries.SKEW_FILTER)),
+                    {"d": code} | skew,
                 )
             ).fetchall()
         found: dict[str, tuple[float, float]] = {}
@@ -263,6 +268,8 @@ def build(ctx: ApiContext) -> APIRouter:
         params = {
             "cls": class_,
             "since": ctx.clock() - timedelta(minutes=within_minutes),
+            "now": ctx.clock(),
+            "skew": ctx.max_future_skew,
             "limit": limit,
             "district": district,
             "after": after,

@@ -51,14 +51,14 @@ def build(ctx: ApiContext, *, zone: ZoneInfo = CITY_ZONE, ttl_s: float = 5.0) ->
     lock = asyncio.Lock()
 
     async def compute() -> dict[str, Any]:
-        now = datetime.now(zone)
+        now = ctx.clock().astimezone(zone)
         async with pool.connection() as conn:
             figures = await stats.district_figures(conn, max_age_s=DEFAULT_MAX_AGE_S)
-            counts = await stats.device_counts(conn, cadences)
+            counts = await stats.device_counts(conn, cadences, now=now)
             severities = await stats.open_by_severity(conn)
             noise = await stats.noise_exceedances_since(conn, local_midnight(now, zone))
             manhole = await stats.manhole_open_alerts(conn)
-            ingest = await stats.readings_last_minute(conn)
+            ingest = await stats.readings_last_minute(conn, now=now)
         district_aqi = {
             code: aqi_properties(figures[code].aqi if code in figures else None)["aqi"] for code in XIAMEN_DISTRICTS
         }

@@ -8,7 +8,8 @@ The platform's ``deviceId`` maps to a device code through the ledger attribute
 ``nb_device_id``, or is the code itself. The request is answered 200 only after Kafka
 acknowledged every message, so a platform that gets anything else retries.
 Notifications without data (device added, online/offline …) are acknowledged and ignored.
-Bad token → 401; oversized body → 413; a body that cannot be used → 400 with
+No token configured → 503 (disabled); bad token → 401; Kafka not connected yet → 503;
+oversized body → 413; a body that cannot be used → 400 with
 ``{"reason", "detail"}``, after the body was dead-lettered (reasons ``bad_json``,
 ``bad_body``, ``bad_frame_encoding``, ``unknown_device``).
 """
@@ -19,7 +20,8 @@ import asyncio
 import hmac
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,12 +54,14 @@ class WebhookDeps:
         token: Shared secret the platforms send in ``X-Citybrain-Token``; empty refuses every push.
         max_body_bytes: Largest accepted body.
         ack_timeout_s: How long to wait for the Kafka ack before answering 503.
+        ready: Whether the sink is connected; until then pushes answer 503 (the platform retries).
     """
 
     sink: RawSink
     token: str
     max_body_bytes: int = 65536
     ack_timeout_s: float = 15.0
+    ready: Callable[[], bool] = field(default=lambda: True)
 
 
 def build(ctx: ApiContext, deps: WebhookDeps) -> APIRouter:
@@ -137,10 +141,17 @@ def build(ctx: ApiContext, deps: WebhookDeps) -> APIRouter:
     async def push(platform: str, request: Request) -> Any:
         if platform not in PLATFORMS:
             raise HTTPException(404, f"unknown platform {platform[:40]!r}; known: {', '.join(PLATFORMS)}")
+        if not deps.token:
+            # Said plainly, so that whoever sets up the platform's push sees what is missing.
+            requests.labels(platform, "disabled").inc()
+            raise HTTPException(503, "NB-IoT webhook disabled: CITYBRAIN_WEBHOOK_TOKEN is not set on this API")
         given = request.headers.get(TOKEN_HEADER, "")
-        if not deps.token or not hmac.compare_digest(given.encode(), deps.token.encode()):
+        if not hmac.compare_digest(given.encode(), deps.token.encode()):
             requests.labels(platform, "unauthorized").inc()
             raise HTTPException(401, "missing or wrong " + TOKEN_HEADER)
+        if not deps.ready():
+            requests.labels(platform, "unavailable").inc()
+            raise HTTPException(503, "not connected to Kafka yet, retry later", headers={"Retry-After": "5"})
         body = await read_body(request, platform)
         rx = datetime.now(UTC)
         try:

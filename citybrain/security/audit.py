@@ -21,6 +21,7 @@ import hashlib
 import ipaddress
 import json
 import math
+import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,7 +42,9 @@ __all__ = [
     "VerifyReport",
     "canonical",
     "check_chain",
+    "printable",
     "row_hash",
+    "scrub",
     "verify",
     "verify_async",
 ]
@@ -72,6 +75,31 @@ def _check_finite(value: Any) -> None:
     elif isinstance(value, list | tuple):
         for v in value:
             _check_finite(v)
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def printable(text: str, limit: int = _MAX_TEXT) -> str:
+    """``text`` made fit for an audit field: control characters (NUL included) and lone
+    surrogates escaped as ``\\xNN`` / ``\\uNNNN``, and cut to ``limit`` characters (``…`` marks a cut).
+
+    Request-derived text (a path, a filter) goes through this, so that a refusal is
+    recorded whatever the caller sent, and a log reader sees no terminal escapes.
+    """
+    escaped = _CONTROL.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
+    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
+
+
+def scrub(value: Any, limit: int = _MAX_TEXT) -> Any:
+    """:func:`printable` applied to every string (and key) of a JSON-like value."""
+    if isinstance(value, str):
+        return printable(value, limit)
+    if isinstance(value, Mapping):
+        return {printable(str(k), limit): scrub(v, limit) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v, limit) for v in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)

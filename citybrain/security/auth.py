@@ -34,7 +34,7 @@ from fastapi import FastAPI, HTTPException, Request
 from prometheus_client import CollectorRegistry, Counter
 from psycopg_pool import AsyncConnectionPool
 
-from citybrain.security.audit import AuditLog
+from citybrain.security.audit import AuditLog, printable, scrub
 from citybrain.security.errors import SecurityError, TokenError
 from citybrain.security.identities import IdentityStore, Principal, csrf_token, roles_with
 from citybrain.security.ratelimit import LoginLimiter
@@ -279,8 +279,10 @@ async def record(
     """
     security = security_of(request)
     try:
+        # Resource and details often quote the request (its path, its filters): escaped and cut,
+        # so that no input can keep an entry out of the log.
         await security.audit.record(
-            principal.user, action, resource[:200], outcome, _audit_ip(request), dict(details or {})
+            principal.user, action, printable(resource), outcome, _audit_ip(request), scrub(dict(details or {}), 1000)
         )
     except SecurityError as exc:
         security.metrics.auth_failures.labels("audit_unavailable").inc()

@@ -31,7 +31,7 @@ def _url(settings: Settings) -> str:
 
 def add_arguments(users_add: argparse.ArgumentParser) -> None:
     """Arguments of ``citybrain users add``."""
-    users_add.add_argument("name")
+    users_add.add_argument("name", help="login name of the user or service account")
     users_add.add_argument("--role", action="append", required=True, help="repeat for several roles")
     users_add.add_argument("--district", action="append", default=[], help="6-digit district code; repeatable")
     users_add.add_argument("--class", dest="device_class", action="append", default=[], help="device class; repeatable")

@@ -9,7 +9,8 @@ table in docs/security.md (:func:`markdown_table`) cannot drift from the code:
 ``tests/integration/test_authz_matrix.py`` compares the two and then asks the
 running API, role by role, for 403 or not-403.
 
-Run ``python -m citybrain.security.policy`` to print the table.
+Run ``python -m citybrain.security.route_table`` to print the table (that module
+builds the app; this one only reads one, so the app may import it).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ __all__ = [
 FRAMEWORK_PUBLIC: dict[str, str] = {
     "/openapi.json": "the OpenAPI document",
 }
-TABLE_BEGIN = "<!-- route-table:begin (generated: python -m citybrain.security.policy) -->"
+TABLE_BEGIN = "<!-- route-table:begin (generated: python -m citybrain.security.route_table) -->"
 TABLE_END = "<!-- route-table:end -->"
 
 
@@ -159,30 +160,3 @@ def markdown_table(rules: Iterable[RouteRule]) -> str:
         cells = " | ".join("✓" if r.allows(role) else "" for role in ROLES)
         lines.append(f"| {r.method} | `{r.path}` | {rule} | {cells} |")
     return "\n".join(lines) + "\n"
-
-
-def _main() -> None:
-    from prometheus_client import CollectorRegistry
-
-    from citybrain.api import create_api
-    from devices.models import shipped_models
-
-    app = create_api(
-        "postgresql://unused/none",
-        shipped_models(),
-        CollectorRegistry(),
-        ingest=_placeholder_ingest(),
-    )
-    print(markdown_table(route_rules(app)), end="")
-
-
-def _placeholder_ingest() -> Any:
-    # The webhook is mounted only with a Kafka sink; nothing connects until the lifespan runs.
-    from core.topics import KafkaTopics
-    from ingest.kafka_sink import KafkaSinkConfig
-
-    return KafkaSinkConfig("127.0.0.1:9", KafkaTopics("citybrain"), partitions=1, source="webhook")
-
-
-if __name__ == "__main__":
-    _main()

@@ -5,60 +5,36 @@
   :class:`Scope`; a single object outside the scope answers 404 (so codes cannot
   be probed), a list is filtered.
 * **Grades.** Every field a response can carry has a grade — ``public``,
-  ``internal`` or ``sensitive`` — declared as data: metrics and model
-  attributes in ``devices/data/models/*.yaml`` (``grade:``), ledger columns in
-  :data:`DEVICE_FIELD_GRADES`, and the exact location of a device whose class is
-  ``sensitive: true`` in ``devices/data/classes.yaml`` (gas, power and oil/gas
-  manhole covers) in :data:`SENSITIVE_LOCATION_GRADE`. Reading a grade unmasked
-  needs :data:`GRADE_PERMISSION` (``internal:read``, ``sensitive:read``).
-  Masking: contacts keep their last 4 characters, other sensitive text becomes
-  ``***``, internal fields become ``null``, sensitive locations are coarsened
-  to their grid cell's label point (the same published point as the map).
+  ``internal`` or ``sensitive``. The grades and the masking are the one policy
+  of :mod:`devices.grades` (grades are a property of the device model), the
+  same the stream worker applies to the downstream views. This module adds
+  only what the API knows: reading a grade unmasked needs
+  :data:`GRADE_PERMISSION` (``internal:read``, ``sensitive:read``), and
+  :class:`Masker` applies the policy for one principal.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from citybrain.security.identities import Principal
-from devices.code import load_class_table
-from devices.errors import ModelError
-from devices.ledger import mask_contact
-from devices.models import DeviceModel, ModelRegistry
+from devices.grades import GradeMasker
+from devices.models import ModelRegistry
 
 __all__ = [
-    "DEVICE_FIELD_GRADES",
-    "GRADES",
     "GRADE_PERMISSION",
-    "SENSITIVE_LOCATION_GRADE",
     "Masker",
     "Scope",
     "can_read",
 ]
 
-GRADES = ("public", "internal", "sensitive")
 GRADE_PERMISSION: Mapping[str, str | None] = {
     "public": None,
     "internal": "internal:read",
     "sensitive": "sensitive:read",
 }
-# Ledger columns that are not public. Everything else of a device row is public.
-DEVICE_FIELD_GRADES: Mapping[str, str] = {
-    "contact": "sensitive",  # a person's phone number
-    "owner_unit": "internal",
-    "installer": "internal",
-    "serial": "internal",
-    "created_by": "internal",
-    "updated_by": "internal",
-}
-# The exact position of a device of a sensitive class (gas/power manholes …).
-SENSITIVE_LOCATION_GRADE = "sensitive"
-_CLASS_SLICE = slice(6, 10)
 
 
 def can_read(principal: Principal, grade: str) -> bool:
@@ -117,118 +93,27 @@ class Scope:
         return [r for r in rows if self.allows(r.get("district"), r.get("device_class"))]
 
 
-@functools.cache
-def _grid() -> Any:
-    # Built once per process, and only when a sensitive location must be coarsened.
-    from geo.districts import load_districts
-    from geo.grid import Grid
-
-    return Grid.build(load_districts())
-
-
-@functools.cache
-def _sensitive_class_codes() -> frozenset[str]:
-    classes = load_class_table()
-    return frozenset(c for c in classes.minors if classes.is_sensitive(c))
-
-
-def is_sensitive_class(code: str) -> bool:
-    """Whether a device code's class (大类+小类) is sensitive (its exact location is graded)."""
-    return code[_CLASS_SLICE] in _sensitive_class_codes()
-
-
-def coarsen(lon: float, lat: float, crs: str = "WGS84") -> tuple[float, float]:
-    """The published (grid-cell) position of a WGS84 or GCJ-02 point, in WGS84."""
-    from geo.coords import gcj02_to_wgs84
-    from geo.service import coarsen_many
-
-    if crs == "GCJ02":
-        lon, lat = (float(v) for v in gcj02_to_wgs84(lon, lat))
-    lons, lats = coarsen_many(_grid(), np.array([lon], dtype=np.float64), np.array([lat], dtype=np.float64))
-    return float(lons[0]), float(lats[0])
-
-
 class Masker:
-    """Masks device rows and readings by grade for one principal.
+    """Masks device rows and readings by grade for one principal (:class:`devices.grades.GradeMasker`).
 
     Args:
         models: Device models (metric and attribute grades).
     """
 
     def __init__(self, models: ModelRegistry) -> None:
-        self._models = models
-
-    def _model(self, key: str | None) -> DeviceModel | None:
-        if not key:
-            return None
-        try:
-            return self._models.get(key)
-        except ModelError:
-            return None
+        self._policy = GradeMasker(models)
 
     def metric_grade(self, model_key: str | None, metric: str) -> str:
         """A metric's grade in a model (``public`` when the model does not declare the metric)."""
-        model = self._model(model_key)
-        if model is None or metric not in model.metrics:
-            return "public"
-        return model.metrics[metric].grade
+        return self._policy.metric_grade(model_key, metric)
 
     def class_metric_grade(self, device_class: str, metric: str) -> str:
         """The strictest grade any model of a class gives a metric."""
-        order = {g: i for i, g in enumerate(GRADES)}
-        worst = "public"
-        for model in self._models.all():
-            if model.device_class == device_class and metric in model.metrics:
-                grade = model.metrics[metric].grade
-                if order.get(grade, 2) > order[worst]:
-                    worst = grade
-        return worst
+        return self._policy.class_metric_grade(device_class, metric)
 
     def device(self, row: Mapping[str, Any], principal: Principal) -> tuple[dict[str, Any], list[str]]:
         """A device row as the principal may see it, and the sensitive fields it reveals.
 
         The returned row has ``masked``: the fields that were masked.
         """
-        out = dict(row)
-        masked: list[str] = []
-        revealed: list[str] = []
-        for name, grade in DEVICE_FIELD_GRADES.items():
-            if out.get(name) in (None, ""):
-                continue
-            if can_read(principal, grade):
-                if grade == "sensitive":
-                    revealed.append(name)
-                continue
-            out[name] = mask_contact(out[name]) if name == "contact" else None
-            masked.append(name)
-        model = self._model(out.get("model"))
-        attributes = out.get("attributes")
-        if model is not None and isinstance(attributes, dict) and attributes:
-            shown = dict(attributes)
-            for spec in model.attributes:
-                attr = str(spec.get("name"))
-                grade = str(spec.get("grade", "public"))
-                if attr not in shown or grade == "public":
-                    continue
-                if can_read(principal, grade):
-                    if grade == "sensitive":
-                        revealed.append(f"attributes.{attr}")
-                    continue
-                value = shown[attr]
-                if grade == "sensitive":
-                    shown[attr] = mask_contact(value) if isinstance(value, str) else "***"
-                else:
-                    shown[attr] = None
-                masked.append(f"attributes.{attr}")
-            out["attributes"] = shown
-        code = str(out.get("code") or "")
-        lon, lat = out.get("lon"), out.get("lat")
-        if code and lon is not None and lat is not None and is_sensitive_class(code):
-            if can_read(principal, SENSITIVE_LOCATION_GRADE):
-                revealed.append("location")
-            else:
-                out["lon"], out["lat"] = coarsen(float(lon), float(lat), str(out.get("crs") or "WGS84"))
-                out["crs"] = "WGS84"
-                masked.append("location")
-        out["masked"] = masked
-        return out, revealed
+        return self._policy.device(row, lambda grade: can_read(principal, grade))

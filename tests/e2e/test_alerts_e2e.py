@@ -83,6 +83,25 @@ class Env:
             cols = [d.name for d in cur.description or ()]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
+    def evaluated_up_to(self, code: str) -> datetime | None:
+        """Event time up to which the alerts worker evaluated ``code`` (``rule_state`` watermark)."""
+        with psycopg.connect(self.db) as conn:
+            row = conn.execute("select watermark_us from rule_state where device_code = %s", (code,)).fetchone()
+        return None if row is None else datetime.fromtimestamp(row[0] / 1e6, UTC)
+
+    def wait_evaluated(self, code: str, at: datetime, timeout: float = WAIT_S) -> None:
+        """Wait until the rules and detectors have evaluated ``code``'s readings up to ``at``.
+
+        The watermark is written in the transaction that writes the alerts those readings
+        raised, so once it reaches ``at`` every alert up to ``at`` is in the table.
+        """
+
+        def done() -> bool:
+            upto = self.evaluated_up_to(code)
+            return upto is not None and upto >= at
+
+        assert wait_for(done, timeout), f"{code} evaluated up to {self.evaluated_up_to(code)}, not {at}"
+
     def wait_alerts(self, code: str, rule: str, timeout: float = WAIT_S) -> list[dict[str, Any]]:
         """Wait until ``code`` has an alert of ``rule`` (else fail showing its alerts); return those alerts."""
         assert wait_for(lambda: any(a["rule"] == rule for a in self.alerts(code)), timeout), self.alerts(code)
@@ -217,11 +236,12 @@ def test_flapping_sensor_raises_one_alert_not_fifty(env: Env) -> None:
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
         for i in range(50):
             _send(dev, FLAPPING, start + timedelta(seconds=10 * i), {"pm25": 120.0 if i % 2 else 20.0})
-        _send(dev, FLAPPING, start + timedelta(seconds=500), {"pm25": 21.0})  # a marker: the last one
-        assert wait_for(lambda: _stored(env.db, FLAPPING, start + timedelta(seconds=500)), WAIT_S)
+        marker = start + timedelta(seconds=500)
+        _send(dev, FLAPPING, marker, {"pm25": 21.0})  # a marker: the last one
         env.wait_alerts(FLAPPING, "air.pm25.high")
-        # Everything is evaluated once the marker is stored and the alert is in: count what it raised.
-        time.sleep(3)
+        # The alerts worker has evaluated everything up to the marker (its alerts are committed
+        # with the watermark): count what it raised.
+        env.wait_evaluated(FLAPPING, marker)
         raised = [a for a in env.alerts(FLAPPING) if not a["rule"].startswith("device.")]
         assert [a["rule"] for a in raised] == ["air.pm25.high"], raised
     finally:
@@ -242,9 +262,10 @@ def test_anomaly_detector_raises_an_alert_with_its_evidence(env: Env) -> None:
         def anomalies() -> list[dict[str, Any]]:
             return [a for a in env.alerts(SPIKY) if a["rule"].startswith("anomaly.")]
 
-        assert wait_for(lambda: bool(anomalies()), WAIT_S), env.alerts(SPIKY)
-        time.sleep(2)
+        # Every detector has seen the spike once the watermark is past it (same transaction).
+        env.wait_evaluated(SPIKY, spike_at)
         found = anomalies()
+        assert found, env.alerts(SPIKY)
         assert {a["rule"] for a in found} <= {"anomaly.ewma", "anomaly.robust_z"}
         for a in found:
             assert a["metric"] == "pm25" and a["value"] == 60.0 and a["opened_at"] == spike_at
@@ -281,14 +302,6 @@ def test_silent_sensor_goes_offline_and_a_connected_one_stale(env: Env) -> None:
     labels = env.alerts(SILENT)[0]["labels"]
     assert labels["detector"] == "silence" and labels["detail"] == "offline"
     assert float(labels["score"]) > float(labels["threshold"]) == pytest.approx(K_CADENCES)
-
-
-def _stored(db: str, code: str, at: datetime) -> bool:
-    with psycopg.connect(db) as conn:
-        return (
-            conn.execute("select 1 from readings_air where device_code = %s and ts = %s", (code, at)).fetchone()
-            is not None
-        )
 
 
 def _session(db: str, code: str) -> bool | None:

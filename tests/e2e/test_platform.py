@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -183,6 +182,18 @@ def _sse_reader(url: str, events: list[dict], stop: threading.Event) -> None:
             raise
 
 
+def _feed_subscribers(api: str) -> float:
+    """The API's ``citybrain_alert_feed_subscribers`` gauge: SSE subscriptions registered with the feed."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{api}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "citybrain_alert_feed_subscribers":
+            return sum(s.value for s in family.samples)
+    return 0.0
+
+
 def test_live_feed_reaches_every_console_and_ack_updates_all(platform: Platform) -> None:
     mqtt = platform.services.mqtt
     assert mqtt is not None
@@ -196,9 +207,11 @@ def test_live_feed_reaches_every_console_and_ack_updates_all(platform: Platform)
         )
         for f in feeds
     ]
+    before = _feed_subscribers(api)
     for t in readers:
         t.start()
-    time.sleep(1.0)
+    # Publish only once the feed has both subscriptions (its gauge counts them once registered).
+    assert wait_for(lambda: _feed_subscribers(api) >= before + len(readers), 20), _feed_subscribers(api)
     dev = mqtt_client(mqtt.host, mqtt.port)
     try:
         ts = datetime.now(UTC).replace(microsecond=0)

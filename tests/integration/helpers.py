@@ -87,9 +87,11 @@ def mqtt_client(host: str, port: int, client_id: str | None = None, **kw: Any) -
 class MqttRecorder:
     """A connected paho client recording its CONNACKs, SUBACKs and the (topic, payload) it receives.
 
-    ``connack`` holds one bool per CONNACK (accepted or not), ``subacks`` the return
-    codes of each SUBACK; ``connected`` and ``subscribed`` are set on an accepted
-    CONNACK and on any SUBACK. The paho client itself is ``c``.
+    ``connack`` holds one bool per CONNACK (accepted or not), ``session_present``
+    the flag of each accepted one, ``subacks`` the return codes of each SUBACK and
+    ``disconnects`` how often the connection was lost or closed; ``connected`` and
+    ``subscribed`` are set on an accepted CONNACK and on any SUBACK, ``disconnected``
+    when a connection ends. The paho client itself is ``c``.
     """
 
     def __init__(
@@ -100,19 +102,25 @@ class MqttRecorder:
         host: str = "127.0.0.1",
         *,
         reconnect_delay: tuple[int, int] | None = None,
+        client_id: str | None = None,
+        clean_session: bool = True,
     ) -> None:
         self.connack: list[bool] = []
+        self.session_present: list[bool] = []
+        self.disconnects = 0
         self.subacks: list[list[int]] = []
         self.messages: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self.c = paho_client()
+        self.disconnected = threading.Event()
+        self.c = paho_client(client_id, clean_session=clean_session)
         if username:
             self.c.username_pw_set(username, password)
         self.c.on_connect = self._on_connect
         self.c.on_subscribe = self._on_subscribe
         self.c.on_message = self._on_message
+        self.c.on_disconnect = self._on_disconnect
         if reconnect_delay:
             self.c.reconnect_delay_set(*reconnect_delay)
         self.c.connect(host, port, keepalive=30)
@@ -123,10 +131,15 @@ class MqttRecorder:
         """A recorder logged in to ``ep`` with its credentials."""
         return cls(ep.port, ep.username, ep.password, ep.host)
 
-    def _on_connect(self, _c: object, _u: object, _f: object, rc: mqtt.ReasonCode, _p: object) -> None:
+    def _on_connect(self, _c: object, _u: object, flags: mqtt.ConnectFlags, rc: mqtt.ReasonCode, _p: object) -> None:
         self.connack.append(not rc.is_failure)
         if not rc.is_failure:
+            self.session_present.append(bool(flags.session_present))
             self.connected.set()
+
+    def _on_disconnect(self, _c: object, _u: object, _f: object, _rc: mqtt.ReasonCode, _p: object) -> None:
+        self.disconnects += 1
+        self.disconnected.set()
 
     def _on_subscribe(self, _c: object, _u: object, _mid: int, rcs: list[mqtt.ReasonCode], _p: object) -> None:
         self.subacks.append([int(r.value) for r in rcs])
@@ -160,12 +173,18 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 @contextlib.contextmanager
 def ledger_broker(
-    name: str, database_url: str, service_user: tuple[str, str], log_path: Path
+    name: str,
+    database_url: str,
+    service_user: tuple[str, str],
+    log_path: Path,
+    *more_service_users: tuple[str, str],
 ) -> Iterator[tuple[ManagedProcess, int]]:
     """Run the embedded broker with ledger authentication (re-read every second); yields it and its port."""
     port = free_port()
     argv = [sys.executable, "-m", "citybrain.mqtt_broker", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--database-url", database_url, "--service-user", ":".join(service_user), "--refresh-s", "1"]
+    argv += ["--database-url", database_url, "--refresh-s", "1"]
+    for user in (service_user, *more_service_users):
+        argv += ["--service-user", ":".join(user)]
     proc = spawn(name, argv, log_path)
     try:
         assert wait_for(lambda: port_open(port) or not proc.alive(), timeout=30), proc.log_tail()

@@ -80,10 +80,11 @@ def test_every_route_declares_a_rule_and_the_docs_table_is_exact(
         "/docs/oauth2-redirect",
         "/redoc",
         "/docs/assets/{name}",
+        "/asyncapi.yaml",
     }
     assert _docs_table() == markdown_table(rules), (
         "docs/security.md's endpoint × role table is out of date; regenerate it with "
-        "`python -m citybrain.security.policy` and review the change"
+        "`python -m citybrain.security.route_table` and review the change"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -67,6 +68,10 @@ def simulated_device(endpoint: MqttEndpoint, code: str, *, answer: bool) -> tupl
     got: list[dict[str, Any]] = []
 
     def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic != f"citybrain/cmd/{code}":
+            # amqtt was seen delivering retained statuses of this code to this client (after
+            # another module's fleet had run); a device acts on its command topic only.
+            return
         doc = json.loads(msg.payload)
         got.append(doc)
         if answer:
@@ -320,3 +325,41 @@ async def test_unanswered_command_fails_after_max_attempts(
 
 async def _is_state(store: CommandStore, command_id: str, state: str) -> bool:
     return await _state(store, command_id) == state
+
+
+class _HourBehind(datetime):
+    """The dispatcher host's wall clock, an hour behind the database's."""
+
+    @classmethod
+    def now(cls, tz: Any = None) -> _HourBehind:  # type: ignore[override]
+        return super().now(tz) - timedelta(hours=1)
+
+
+async def test_a_dispatcher_host_clock_behind_the_databases_still_resends_on_reconnect(
+    resend_setup: Any, models: ModelRegistry, mqtt_endpoint: MqttEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Send times are the database's clock; the dispatcher must not compare them with its own."""
+    import ingest.commands
+
+    monkeypatch.setattr(ingest.commands, "datetime", _HourBehind)
+    _, silent, store, _, _, reg = resend_setup
+    # A stale retained "online": the first send reaches nobody.
+    ghost = mqtt_client(mqtt_endpoint.host, mqtt_endpoint.port)
+    ghost.publish(f"citybrain/up/{silent}/status", json.dumps({"v": 1, "state": "online"}), qos=1, retain=True)
+    ghost.loop_stop()
+    ghost.disconnect()
+    command_id = await _lamp(store, models, silent, timeout_s=120)  # no timeout resend within the test
+    assert await await_for(lambda: _is_state(store, command_id, "sent"), timeout=10)
+    # The device connects and announces itself with a live birth: the command is sent again.
+    dev, got = simulated_device(mqtt_endpoint, silent, answer=True)
+    try:
+        dev.publish(f"citybrain/up/{silent}/status", json.dumps({"v": 1, "state": "online"}), qos=1, retain=True)
+        assert await await_for(lambda: _is_state(store, command_id, "acked"), timeout=20)
+    finally:
+        dev.loop_stop()
+        dev.disconnect()
+    row = await store.get(command_id)
+    assert row is not None and row["attempts"] == 2
+    assert [h["state"] for h in row["history"]] == ["queued", "sent", "queued", "sent", "acked"]
+    assert [d["id"] for d in got] == [command_id]
+    assert reg.get_sample_value("citybrain_commands_resends_total", {"reason": "reconnect"}) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -52,8 +53,7 @@ class Env:
     admin: dict[str, str]
 
 
-async def _seed(pool: AsyncConnectionPool) -> None:
-    now = datetime.now(UTC)
+async def _seed(pool: AsyncConnectionPool, now: datetime) -> None:
     devices = [
         (AIR_SIMING, "air-station@1", "air", "350203", 118.10, 24.46, "WGS84"),
         (AIR_HULI, "air-station@1", "air", "350206", *wgs84_to_gcj02(118.12, 24.51), "GCJ02"),
@@ -107,13 +107,20 @@ async def _seed(pool: AsyncConnectionPool) -> None:
 
 @pytest.fixture
 async def env(database_url: str, models: ModelRegistry) -> AsyncIterator[Env]:
+    async with _environment(database_url, models, datetime.now(UTC)) as e:
+        yield e
+
+
+@asynccontextmanager
+async def _environment(database_url: str, models: ModelRegistry, now: datetime) -> AsyncIterator[Env]:
+    """The seeded API; data is seeded relative to ``now`` and the API reads ``now`` as its clock."""
     pool = AsyncConnectionPool(database_url, min_size=1, max_size=4, open=False)
     await pool.open(wait=True)
     try:
-        await _seed(pool)
+        await _seed(pool, now)
         classes = load_class_table()
         service = GeoService(pool, sensitive_classes=[c for c in classes.minors if classes.is_sensitive(c)])
-        ctx = ApiContext(pool=pool, models=models, registry=CollectorRegistry())
+        ctx = ApiContext(pool=pool, models=models, registry=CollectorRegistry(), clock=lambda: now)
         app = FastAPI()
         app.include_router(geo_routes.build(ctx, service))
         app.include_router(vitals_routes.build(ctx))
@@ -316,6 +323,16 @@ async def test_aggregate(env: Env) -> None:
 
 
 async def test_vitals(env: Env) -> None:
+    await _check_vitals(env)
+
+
+async def test_vitals_measure_liveness_from_the_injected_clock(database_url: str, models: ModelRegistry) -> None:
+    """Receive times are the ingest side's clock: "how long ago" is from the API's clock, not the database's."""
+    async with _environment(database_url, models, datetime(2026, 11, 29, 8, 0, tzinfo=UTC)) as env:
+        await _check_vitals(env)
+
+
+async def _check_vitals(env: Env) -> None:
     v = (await env.client.get("/api/v1/vitals")).json()
     assert v["aqi"]["city"] == 121 and v["aqi"]["districts"]["350206"] == 42 and v["aqi"]["districts"]["350212"] is None
     assert v["water"] == {"ok_share": 0.5, "stations": 2}

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
+import re
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
@@ -16,15 +19,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
-from citybrain.harness import Services, free_port, spawn
+from citybrain.devices_cli import register
+from citybrain.harness import ManagedProcess, Services, free_port, spawn
 from citybrain.settings import Settings
 from core.records import Transport
 from core.topics import KafkaTopics
-from devices.cli import register
 from devices.code import DeviceCode
 from devices.ledger import Ledger, NewDevice
 from devices.models import ModelRegistry
-from ingest.adapters.hj212 import FrameDecoder, Hj212Packet, decode, encode, parse_segment
+from ingest.adapters.hj212 import FrameDecoder, Hj212Packet, cp_params, decode, encode, parse_segment
 from ingest.adapters.hj212.connector import Hj212Metrics, Hj212Server, Hj212ServerConfig, auth_resolver
 from ingest.adapters.hj212.passwords import load_pw_hashes, set_pw
 from ingest.batch import decode_batch
@@ -211,26 +214,7 @@ async def test_edge_process_checks_pw_from_the_ledger(
             (code, code[:16]),
         )
         set_pw(conn, code, DEFAULT_PW, actor="test")
-    assert services.kafka_bootstrap and services.mqtt_url
-    await create_topics(services.kafka_bootstrap, [topics.raw], 4)
-    await create_topics(services.kafka_bootstrap, [topics.deadletter])
-    hj212_port, metrics_port = free_port(), free_port()
-    env = dict(os.environ)
-    env.update(services.env())
-    env.update(CITYBRAIN_DATABASE_URL=database_url, CITYBRAIN_TOPIC_PREFIX=topics.prefix, PYTHONUNBUFFERED="1")
-    argv = [sys.executable, "-m", "citybrain.cli", "edge", "--hj212-port", str(hj212_port)]
-    proc = spawn("edge", [*argv, "--metrics-port", str(metrics_port)], tmp_path / "edge.log", env=env)
-    try:
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=1) as r:
-                    return r.status == 200
-            except OSError:
-                return not proc.alive()
-
-        assert await asyncio.to_thread(wait_for, healthy, 60), proc.log_tail()
-        assert proc.alive(), proc.log_tail()
+    async with edge_process(services, database_url, topics, tmp_path) as (proc, hj212_port, metrics_port):
         reader, writer = await asyncio.open_connection("127.0.0.1", hj212_port)
         good = encode(
             Hj212Packet(qn="20240515103000001", st="32", cn="2061", pw=DEFAULT_PW, mn=code, flag=5, cp=CP_HOUR)
@@ -250,5 +234,152 @@ async def test_edge_process_checks_pw_from_the_ledger(
         metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics_port}/metrics")
         assert 'citybrain_hj212_auth_failures_total{reason="bad_pw"} 1.0' in metrics
         assert "wrong PW for MN" in proc.log_tail(200) and "000000" not in proc.log_tail(200)
+
+
+@contextlib.asynccontextmanager
+async def edge_process(
+    services: Services, database_url: str, topics: KafkaTopics, tmp_path: Path, **settings: str
+) -> AsyncIterator[tuple[ManagedProcess, int, int]]:
+    """``citybrain edge`` as deployed, with extra ``CITYBRAIN_*`` settings.
+
+    Yields:
+        The process, its HJ 212 port and its /metrics port.
+    """
+    assert services.kafka_bootstrap and services.mqtt_url
+    await create_topics(services.kafka_bootstrap, [topics.raw], 4)
+    await create_topics(services.kafka_bootstrap, [topics.deadletter])
+    hj212_port, metrics_port = free_port(), free_port()
+    env = dict(os.environ)
+    env.update(services.env())
+    env.update(CITYBRAIN_DATABASE_URL=database_url, CITYBRAIN_TOPIC_PREFIX=topics.prefix, PYTHONUNBUFFERED="1")
+    env.update({f"CITYBRAIN_{k.upper()}": v for k, v in settings.items()})
+    argv = [sys.executable, "-m", "citybrain.cli", "edge", "--hj212-port", str(hj212_port)]
+    proc = spawn("edge", [*argv, "--metrics-port", str(metrics_port)], tmp_path / "edge.log", env=env)
+    try:
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return not proc.alive()
+
+        assert await asyncio.to_thread(wait_for, healthy, 60), proc.log_tail()
+        assert proc.alive(), proc.log_tail()
+        yield proc, hj212_port, metrics_port
     finally:
         proc.stop()
+
+
+def _sample(metrics: str, name: str) -> float | None:
+    found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", metrics, re.MULTILINE)
+    return None if found is None else float(found.group(1))
+
+
+async def _metric_reaches(metrics_port: int, name: str, value: float, timeout: float = 20) -> bool:
+    def reached() -> bool:
+        return _sample(_get(f"http://127.0.0.1:{metrics_port}/metrics"), name) == value
+
+    return bool(await asyncio.to_thread(wait_for, reached, timeout))
+
+
+async def _exchange(port: int, frames: list[bytes], n: int) -> list[Hj212Packet]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"".join(frames))
+        await writer.drain()
+        framer = FrameDecoder()
+        replies: list[Hj212Packet] = []
+        async with asyncio.timeout(20):
+            while len(replies) < n:
+                data = await reader.read(4096)
+                assert data, "the edge closed the connection"
+                replies += [parse_segment(s) for s in framer.feed(data) if isinstance(s, bytes)]
+        return replies
+    finally:
+        writer.close()
+
+
+async def test_edge_sees_a_pw_provisioned_after_it_started(
+    services: Services, database_url: str, models: ModelRegistry, topics: KafkaTopics, tmp_path: Path
+) -> None:
+    """Issue 15 defect 2: no PW at start, ``credentials rotate --hj212`` later: seen at the next refresh."""
+    code = DeviceCode.build("350203", "0308", 22).full
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "insert into devices (code, alias, model, device_class, district, state, created_by, updated_by)"
+            " values (%s, %s, 'water-station@1', 'water', '350203', 'registered', 't', 't')",
+            (code, code[:16]),
+        )
+
+    def frame_of(i: int, pw: str) -> bytes:
+        return encode(Hj212Packet(qn=f"2024051510300{i:04d}", st="21", cn="2061", pw=pw, mn=code, flag=5, cp=CP_HOUR))
+
+    # A short refresh period stands in for the deployed 30 s; readiness is read off /metrics, never slept for.
+    async with edge_process(services, database_url, topics, tmp_path, hj212_refresh_s="0.2") as (proc, port, mport):
+        assert await _metric_reaches(mport, "citybrain_hj212_known_stations", 1), proc.log_tail()
+        assert await _metric_reaches(mport, "citybrain_hj212_stations_with_pw", 0), proc.log_tail()
+        (before,) = await _exchange(port, [frame_of(1, "Ab12cd")], 1)
+        assert (before.cn, cp_params(before)["QnRtn"]) == ("9011", "3"), "refused: no PW provisioned yet"
+
+        parser = argparse.ArgumentParser()
+        register(parser.add_subparsers(dest="command"))
+        args = parser.parse_args(["devices", "credentials", "rotate", code, "--hj212", "--pw", "Ab12cd"])
+        assert await asyncio.to_thread(args.func, args, Settings(database_url=database_url)) == 0
+
+        assert await _metric_reaches(mport, "citybrain_hj212_stations_with_pw", 1), proc.log_tail()
+        replies = await _exchange(port, [frame_of(2, "Ab12cd"), frame_of(3, "Zz9999")], 2)
+        assert sorted((r.qn, r.cn, cp_params(r).get("QnRtn")) for r in replies) == [
+            ("20240515103000002", "9014", None),
+            ("20240515103000003", "9011", "3"),
+        ]
+        metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{mport}/metrics")
+        assert 'citybrain_hj212_auth_failures_total{reason="no_pw"} 1.0' in metrics
+        assert 'citybrain_hj212_auth_failures_total{reason="bad_pw"} 1.0' in metrics
+        assert (_sample(metrics, 'citybrain_hj212_directory_refreshes_total{result="ok"}') or 0) >= 2
+
+
+async def test_edge_closes_slow_clients_and_caps_connections_per_address(
+    services: Services, database_url: str, topics: KafkaTopics, tmp_path: Path
+) -> None:
+    """Issue 15 defect 10: a byte a second reset the 600 s idle timer for ever; one address could hold any number."""
+    settings = {"hj212_frame_deadline_s": "0.5", "hj212_max_connections_per_address": "3"}
+    async with edge_process(services, database_url, topics, tmp_path, **settings) as (proc, port, mport):
+        slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        # The fourth from the same address is closed at once, without a byte read.
+        r4, w4 = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(10):
+            assert await r4.read() == b""
+        w4.close()
+        frame = encode(
+            Hj212Packet(qn="20240515103000001", st="21", cn="2061", pw="123456", mn="x1", flag=5, cp=CP_HOUR)
+        )
+        closed_after: list[int] = []
+
+        async def dribble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # Well within the idle timeout between bytes, never a whole frame within the deadline.
+            sent = 0
+            try:
+                async with asyncio.timeout(15):
+                    for byte in frame:
+                        writer.write(bytes([byte]))
+                        await writer.drain()
+                        sent += 1
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(0.1):
+                                if await reader.read(1) == b"":
+                                    break
+            except ConnectionError:
+                pass
+            closed_after.append(sent)
+            writer.close()
+
+        await asyncio.gather(*(dribble(r, w) for r, w in slow))
+        assert len(closed_after) == 3 and max(closed_after) < len(frame), closed_after
+        assert await _metric_reaches(mport, "citybrain_hj212_frame_deadline_total", 3), proc.log_tail()
+        metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{mport}/metrics")
+        assert _sample(metrics, 'citybrain_hj212_connections_refused_total{reason="per_address"}') == 1
+        assert _sample(metrics, 'citybrain_hj212_disconnects_total{reason="frame_deadline"}') == 3
+        # The slots are free again: a station sending whole frames is served.
+        (reply,) = await _exchange(port, [frame], 1)
+        assert reply.cn == "9011"  # unknown MN, answered: the connection was accepted

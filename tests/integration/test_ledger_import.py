@@ -13,8 +13,8 @@ import numpy as np
 import psycopg
 import pytest
 
+from citybrain.devices_cli import register
 from citybrain.settings import Settings
-from devices.cli import register
 from devices.code import DeviceCode
 from devices.credentials import verify_mosquitto
 from devices.importer import import_file

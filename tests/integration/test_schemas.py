@@ -47,8 +47,13 @@ class RecordingPublisher:
         self.sent.append((topic, key, value, list(headers or [])))
 
 
+# The pipeline test's data and clock: fixed, and the pipeline reads this clock, not today's.
+T0 = datetime(2026, 11, 29, tzinfo=UTC)
+NOW = T0 + timedelta(hours=1)
+
+
 def _raw(payload: bytes) -> RawMessage:
-    return RawMessage(f"citybrain/up/{CODE}/telemetry", payload, datetime.now(UTC), Transport.MQTT, CODE)
+    return RawMessage(f"citybrain/up/{CODE}/telemetry", payload, NOW, Transport.MQTT, CODE)
 
 
 async def test_pipeline_output_validates(database_url: str, models: ModelRegistry) -> None:
@@ -64,9 +69,10 @@ async def test_pipeline_output_validates(database_url: str, models: ModelRegistr
             pub,
             PipelineMetrics(reg),
             ReadingStore(pool, models, StoreMetrics(reg)),
+            clock=lambda: NOW,
         )
         await Ledger(pool, models).register(NewDevice(CODE, "air-station"))
-        t0 = datetime(2026, 11, 29, tzinfo=UTC)
+        t0 = T0
         telemetry = [
             encode(t0, {"pm25": 30, "humidity": 101.0}),  # suspect: outside the physical range
             encode(t0 + timedelta(minutes=1), {"pm25": 90, "co": (1.2, "ppm")}, ts_format="ms"),

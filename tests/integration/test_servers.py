@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from citybrain.harness import (
+    PG_PASSWORD_FILE,
     HarnessError,
     ManagedProcess,
     MqttEndpoint,
+    Services,
     free_port,
     parse_mqtt_url,
+    pg_base_dir,
+    pg_password,
     spawn,
     start_postgres,
 )
@@ -79,6 +86,84 @@ def test_postgres_answers(services) -> None:  # type: ignore[no-untyped-def]
         assert conn.execute("select 1").fetchone() == (1,)
         version = conn.execute("show server_version_num").fetchone()
         assert version is not None and int(version[0]) >= 150000
+
+
+def _refused_without_the_password(port: int, pgdata: Path) -> None:
+    """Neither TCP nor the Unix socket lets the superuser in without its password, or with a wrong one."""
+    for host in ("127.0.0.1", str(pgdata)):
+        for password in (None, "not-the-password"):
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(
+                    host=host,
+                    port=port,
+                    user="postgres",
+                    dbname="postgres",
+                    password=password,
+                    passfile=os.devnull,
+                    connect_timeout=5,
+                ).close()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_embedded_postgres_wants_its_generated_password() -> None:
+    """Issue 15, defect 11: no local user is a trusted superuser; the harness's URL carries the password."""
+    name = f"it-{uuid.uuid4().hex[:6]}"
+    pgdata = pg_base_dir() / name
+    proc, url = start_postgres(name, fresh=True)
+    try:
+        password = pg_password(pgdata)
+        assert password and len(password) >= 24 and urlsplit(url).password == password
+        assert _mode(pgdata / PG_PASSWORD_FILE) == 0o600 and _mode(pgdata) == 0o700
+        assert _mode(pg_base_dir() / f"{name}.log") == 0o600
+        with psycopg.connect(url) as conn:
+            assert conn.execute(
+                "select rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname = 'postgres'"
+            ).fetchone() == (True,)
+        port = urlsplit(url).port
+        assert port is not None
+        _refused_without_the_password(port, pgdata)
+
+        # A cluster an older harness made (trust for everyone, no password file) is secured on its next start.
+        proc.stop()
+        (pgdata / PG_PASSWORD_FILE).unlink()
+        (pgdata / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+        proc, url = start_postgres(name, port=port)
+        renewed = pg_password(pgdata)
+        assert renewed and renewed != password and urlsplit(url).password == renewed
+        with psycopg.connect(url) as conn:
+            conn.execute("select 1")
+        _refused_without_the_password(port, pgdata)
+    finally:
+        proc.stop()
+        shutil.rmtree(pgdata, ignore_errors=True)
+        (pg_base_dir() / f"{name}.log").unlink(missing_ok=True)
+
+
+async def test_server_data_is_private_to_its_user(services: Services, kafka_bootstrap: str) -> None:
+    """Issue 15, defect 11: what the embedded servers write is owner-only (dirs 0700, files 0600)."""
+    topic = f"t-{uuid.uuid4().hex[:8]}"
+    await create_topics(kafka_bootstrap, [topic])
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"private")
+    finally:
+        await producer.stop()
+    checked = []
+    for sub in ("kafka", "mqtt"):
+        root = services.data_dir / sub
+        if not root.exists():  # a server given by URL (CITYBRAIN_KAFKA_BOOTSTRAP / _MQTT_URL)
+            continue
+        for path in [root, *root.rglob("*")]:
+            if path.is_symlink() or path.is_socket():
+                continue
+            checked.append(path)
+            assert _mode(path) & 0o077 == 0, f"{path} is {oct(_mode(path))}"
+    assert _mode(services.data_dir) == 0o700
+    assert checked or os.environ.get("CITYBRAIN_KAFKA_BOOTSTRAP")
 
 
 def test_free_ports_are_not_the_well_known_ones() -> None:

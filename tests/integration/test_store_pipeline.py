@@ -25,10 +25,15 @@ from ingest.adapters.json.codec import encode
 from ingest.batch import encode_batch
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
 from streams.store import ReadingStore, StoreMetrics
+from tests.integration.helpers import await_for
 
 pytestmark = pytest.mark.integration
 
 CODE = "35020603080000017"
+# Data is built relative to the day the test runs (times of yesterday) and the pipeline
+# reads an injected clock at noon of that day: no assertion depends on today's date.
+DAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+NOW = DAY + timedelta(hours=12)
 
 
 class FakePublisher:
@@ -50,7 +55,7 @@ def _raw(t: datetime, metrics: dict, ts_format: str = "iso", rx: datetime | None
     return RawMessage(
         f"citybrain/up/{CODE}/telemetry",
         encode(t, metrics, ts_format=ts_format),
-        rx or datetime.now(UTC),
+        rx or NOW,
         Transport.MQTT,
         CODE,
     )
@@ -60,7 +65,7 @@ async def _pipeline(database_url: str, models: ModelRegistry, pub: FakePublisher
     pool = AsyncConnectionPool(database_url, min_size=1, max_size=4, open=False)
     await pool.open(wait=True)
     reg = CollectorRegistry()
-    clock = kw.pop("clock", None)
+    clock = kw.pop("clock", lambda: NOW)
     pipe = Pipeline(
         PipelineConfig(topics=KafkaTopics("t"), **({"rules": shipped_rules()} | kw)),
         pool,
@@ -68,7 +73,7 @@ async def _pipeline(database_url: str, models: ModelRegistry, pub: FakePublisher
         pub,
         PipelineMetrics(reg),
         ReadingStore(pool, models, StoreMetrics(reg)),
-        **({"clock": clock} if clock else {}),
+        clock=clock,
     )
     await Ledger(pool, models).register(NewDevice(CODE, "air-station"))
     return pool, pipe
@@ -78,7 +83,7 @@ async def test_replayed_batch_stores_no_duplicates_and_alerts_once(database_url:
     pub = FakePublisher()
     pool, pipe = await _pipeline(database_url, models, pub)
     try:
-        t0 = datetime(2026, 11, 29, 0, 0, tzinfo=UTC)
+        t0 = DAY + timedelta(hours=0)
         record = encode_batch(
             [
                 _raw(t0 + timedelta(minutes=i), {"pm25": v, "pm10": 2 * v})
@@ -100,18 +105,32 @@ async def test_replayed_batch_stores_no_duplicates_and_alerts_once(database_url:
         await pool.close()
 
 
+@pytest.mark.plain_partitions("checks the day partition a row lands in (a hypertable makes its own chunks)")
 async def test_late_data_lands_in_its_own_day_partition(database_url: str, models: ModelRegistry) -> None:
     pub = FakePublisher()
     pool, pipe = await _pipeline(database_url, models, pub)
     try:
-        late = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+        late = DAY - timedelta(days=100) + timedelta(hours=12)  # late, and well inside retention
         await pipe.process([encode_batch([_raw(late, {"pm25": 12})])])
         with psycopg.connect(database_url) as conn:
             row = conn.execute("select tableoid::regclass::text from readings_air").fetchone()
-        assert row == ("readings_air_20250301",)
+        assert row == (f"readings_air_{late:%Y%m%d}",)
         # The per-district freshness gauge (Prometheus "no data from a district") follows event time.
         gauge = pipe.metrics.last_event.labels(CODE[:6], "air")._value.get()
         assert gauge == late.timestamp()
+    finally:
+        await pool.close()
+
+
+async def test_the_district_freshness_gauge_is_capped_at_the_pipelines_clock(
+    database_url: str, models: ModelRegistry
+) -> None:
+    """A device clock an hour fast does not make its district look fresher than now (the injected clock)."""
+    pub = FakePublisher()
+    pool, pipe = await _pipeline(database_url, models, pub)
+    try:
+        await pipe.process([encode_batch([_raw(NOW + timedelta(hours=1), {"pm25": 12})])])
+        assert pipe.metrics.last_event.labels(CODE[:6], "air")._value.get() == NOW.timestamp()
     finally:
         await pool.close()
 
@@ -122,15 +141,13 @@ async def test_a_device_registered_after_the_index_loaded_is_not_dead_lettered(
     pub = FakePublisher()
     pool, pipe = await _pipeline(database_url, models, pub)
     try:
-        t0 = datetime(2026, 11, 29, 1, 0, tzinfo=UTC)
+        t0 = DAY + timedelta(hours=1)
         await pipe.process([encode_batch([_raw(t0, {"pm25": 10})])])  # loads the index
         fresh = "35020603080000025"
         await Ledger(pool, models).register(NewDevice(fresh, "air-station"))
         # Inside the periodic refresh interval, past the unknown-device reload guard.
         pipe._index_loaded -= 1.2
-        msg = RawMessage(
-            f"citybrain/up/{fresh}/telemetry", encode(t0, {"pm25": 11}), datetime.now(UTC), Transport.MQTT, fresh
-        )
+        msg = RawMessage(f"citybrain/up/{fresh}/telemetry", encode(t0, {"pm25": 11}), NOW, Transport.MQTT, fresh)
         await pipe.process([encode_batch([msg])])
         assert not pub.on("t.deadletter")
         with psycopg.connect(database_url) as conn:
@@ -143,7 +160,7 @@ async def test_rules_replaced_at_run_time_apply_from_the_next_batch(database_url
     pub = FakePublisher()
     pool, pipe = await _pipeline(database_url, models, pub, rules=RuleSet(()))
     try:
-        t0 = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
+        t0 = DAY + timedelta(hours=2)
         await pipe.process([encode_batch([_raw(t0, {"pm25": 90})])])
         pipe.replace_rules(shipped_rules())  # what the worker's reload timer does
         await pipe.process([encode_batch([_raw(t0 + timedelta(minutes=1), {"pm25": 95})])])
@@ -182,14 +199,17 @@ async def test_a_database_refusing_writes_holds_the_batch_and_loses_nothing(
             )
 
     try:
-        t0 = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+        t0 = DAY + timedelta(hours=3)
         await pipe.process([encode_batch([_raw(t0, {"pm25": 10})])])  # warm: index loaded, device active
         read_only(True)
         batch = encode_batch([_raw(t0 + timedelta(minutes=i), {"pm25": 20 + i}) for i in range(1, 4)])
         task = asyncio.create_task(pipe.process([batch]))
-        await asyncio.sleep(2.0)
+        # The retry counter is the signal: the batch was refused twice and is still held.
+        assert await await_for(lambda: pipe.metrics.store_retries._value.get() >= 2, timeout=30)
         assert not task.done(), "the batch must wait for the database, not be skipped"
-        assert pipe.metrics.store_retries._value.get() > 0
+        assert not pub.on("t.deadletter")
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute("select count(*) from readings_air").fetchone() == (1,)
         read_only(False)
         await asyncio.wait_for(task, 60)
         with psycopg.connect(database_url) as conn:
@@ -205,7 +225,7 @@ async def test_bad_payloads_are_dead_lettered_with_reason(database_url: str, mod
     pub = FakePublisher()
     pool, pipe = await _pipeline(database_url, models, pub)
     try:
-        bad = RawMessage(f"citybrain/up/{CODE}/telemetry", b"{not json", datetime.now(UTC), Transport.MQTT, CODE)
+        bad = RawMessage(f"citybrain/up/{CODE}/telemetry", b"{not json", NOW, Transport.MQTT, CODE)
         await pipe.process([encode_batch([bad]), b"garbage record"])
         reasons = sorted(dict(h)["reason"].decode() for t, _, _, h in pub.sent if t == "t.deadletter")
         assert reasons == ["bad_batch", "bad_json"]
@@ -223,7 +243,7 @@ async def test_a_clock_skewed_reading_is_stored_but_moves_no_watermark(
     database_url: str, models: ModelRegistry, role: str
 ) -> None:
     """A device clock two hours ahead, then correct readings crossing the limit: the alert still opens."""
-    now = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+    now = DAY + timedelta(hours=10)
     t = [now - timedelta(minutes=3 - i) for i in range(3)]
     batches = [
         [_raw(now + timedelta(hours=2), {"pm25": 20}, rx=now)],  # skewed: flagged suspect, stored
@@ -255,5 +275,24 @@ async def test_a_clock_skewed_reading_is_stored_but_moves_no_watermark(
         assert opened == [("air.pm25.high", "open", 90.0, t[2])]
         assert wm == (int(t[2].timestamp() * 1_000_000),)  # the watermark never went past now
         assert doc is not None and doc[0]["m"]["pm25"]["t"] == int(t[2].timestamp())
+    finally:
+        await pool.close()
+
+
+async def test_a_derived_indicator_that_cannot_be_computed_is_counted(
+    database_url: str, models: ModelRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: the IndicatorError of an AQI that could not be computed was swallowed.
+    pub = FakePublisher()
+    pool, pipe = await _pipeline(database_url, models, pub)
+    try:
+        code = "35020603080000025"
+        await Ledger(pool, models).register(NewDevice(code, "air-station", attributes={"aqi_version": "HJ633-2012"}))
+        t0 = datetime(2026, 11, 29, 1, 0, tzinfo=UTC)
+        # HJ 633-2012 defines no 1 h IAQI for SO2 above 800 µg/m³.
+        msg = RawMessage(f"citybrain/up/{code}/telemetry", encode(t0, {"so2": 900}), t0, Transport.MQTT, code)
+        await pipe.process([encode_batch([msg])])
+        assert pipe.metrics.derive_errors.labels("air")._value.get() == 1
+        assert code in caplog.text and "so2" in caplog.text
     finally:
         await pool.close()

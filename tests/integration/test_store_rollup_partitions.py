@@ -22,7 +22,10 @@ from streams.normalise import Row
 from streams.retention import effective_rollup_retention, maintenance, rollup_partitions_to_drop
 from streams.store import ReadingStore, StoreConfig, StoreMetrics
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.plain_partitions("tests the partitioned rollup tables, continuous aggregates there"),
+]
 
 CODE = "35020603080000017"
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

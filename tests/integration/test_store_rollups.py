@@ -79,6 +79,7 @@ async def _store(url: str, models: ModelRegistry, batch_rows: int = 10_000) -> t
     return pool, ReadingStore(pool, models, StoreMetrics(CollectorRegistry()), StoreConfig(batch_rows=batch_rows))
 
 
+@pytest.mark.plain_partitions("checks the plain rollup refresh and its watermarks (continuous aggregates there)")
 async def test_rollups_agree_with_raw_rows_including_late_data(database_url: str, models: ModelRegistry) -> None:
     rng = np.random.default_rng(5)
     pool, store = await _store(database_url, models, batch_rows=1000)  # several transactions per flush
@@ -158,6 +159,7 @@ async def test_metrics_without_a_wide_column_go_to_the_narrow_table(database_url
         await pool.close()
 
 
+@pytest.mark.plain_partitions("checks day partitions dropped by retention (a retention policy there)")
 async def test_retention_drops_old_partitions_and_keeps_recent_ones(database_url: str, models: ModelRegistry) -> None:
     pool, store = await _store(database_url, models)
     try:

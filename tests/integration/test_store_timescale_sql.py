@@ -27,8 +27,12 @@ import pytest
 
 from devices.models import ModelRegistry
 from streams import rollup, timescale
+from streams.retention import maintenance
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.plain_partitions("stubs the extension's functions, which the server has for real (test_timescale.py)"),
+]
 
 T0 = datetime(2026, 11, 29, tzinfo=UTC)
 CODE = "35020603080000017"
@@ -190,7 +194,8 @@ async def test_policy_upkeep_and_marked_refreshes(stubbed: str) -> None:
         )
         await conn.commit()
         await conn.set_autocommit(True)
-        assert await timescale.refresh_marked(conn, "air", keep_from=T0) == 2
+        done = await timescale.refresh_marked(conn, "air", keep_from=T0)
+        assert [(r.resolution, r.ranges, r.buckets) for r in done] == [("5m", 2, 3), ("1h", 2, 2), ("1d", 1, 1)]
         assert await calls() == [
             ("refresh_continuous_aggregate", "rollup_air_5m 2026-11-29 00:00:00 2026-11-29 00:10:00"),
             ("refresh_continuous_aggregate", "rollup_air_5m 2026-11-29 02:00:00 2026-11-29 02:05:00"),
@@ -209,3 +214,26 @@ async def _acalls_factory(conn: psycopg.AsyncConnection) -> Callable[[], Awaitab
         return [(r[0], r[1]) for r in rows]
 
     return calls
+
+
+async def test_maintenance_reports_the_buckets_it_refreshed_on_timescale(stubbed: str, models: ModelRegistry) -> None:
+    # Regression: the TimescaleDB path refreshed the continuous aggregates but its report
+    # said "rollup buckets refreshed 0".
+    with psycopg.connect(stubbed) as conn:
+        # readings_air as a hypertable looks to maintenance: a table that is not natively partitioned.
+        conn.execute("drop table readings_air cascade")
+        conn.execute(
+            "create table readings_air (device_code text not null, ts timestamptz not null, rx timestamptz not null,"
+            " quality smallint not null default 0, flags jsonb, pm25 double precision, primary key (device_code, ts))"
+        )
+        conn.execute("insert into timescaledb_information.hypertables values ('public', 'readings_air', true)")
+        conn.execute(
+            "insert into rollup_dirty (device_class, resolution, bucket) values ('air', '5m', %s), ('air', '5m', %s)",
+            (T0, T0 + timedelta(hours=2)),
+        )
+    async with await psycopg.AsyncConnection.connect(stubbed) as conn:
+        report = await maintenance(conn, models, T0 + timedelta(days=1), retention_days=30, compress_after_days=None)
+    assert "air" in report.timescale
+    air = [(r.resolution, r.ranges, r.buckets) for r in report.refreshed if r.device_class == "air"]
+    assert air == [("5m", 2, 2), ("1h", 2, 2), ("1d", 1, 1)]
+    assert "rollup buckets refreshed 5" in report.summary()

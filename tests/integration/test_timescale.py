@@ -51,8 +51,11 @@ def tsdb_url(services: Services) -> Iterator[str]:
     server = os.environ.get("CITYBRAIN_TIMESCALE_URL") or services.database_url
     assert server
     with psycopg.connect(server, autocommit=True) as conn:
-        if not timescale.probe(conn).available:
+        cap = timescale.probe(conn)
+        if not cap.available:
             pytest.skip(HOW)
+        if not cap.preloaded:
+            pytest.skip(HOW + " (the extension is installed but not in shared_preload_libraries)")
         name = f"cb_ts_{uuid.uuid4().hex[:8]}"
         conn.execute(f'create database "{name}"')
     try:

@@ -251,11 +251,14 @@ def test_tls_listener_needs_a_client_certificate_and_tls(pki: Pki, tls_broker: t
     assert not data.startswith(b"\x20"), "the TLS listener must not answer plain MQTT"
 
 
-def test_api_serves_https_with_the_configured_certificate(pki: Pki, database_url: str, tmp_path: Path) -> None:
+def test_api_serves_https_with_the_configured_certificate(
+    pki: Pki, database_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
     port = free_port()
     env = dict(os.environ)
     env.update(
         CITYBRAIN_DATABASE_URL=database_url,
+        CITYBRAIN_KAFKA_BOOTSTRAP=kafka_bootstrap,  # `citybrain api` serves the NB-IoT push into Kafka
         CITYBRAIN_API_TLS_CERT=str(pki.server_cert),
         CITYBRAIN_API_TLS_KEY=str(pki.server_key),
         PYTHONUNBUFFERED="1",

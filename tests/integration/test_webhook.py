@@ -147,3 +147,17 @@ async def test_bad_token_bad_body_and_unknown_device(api: Api) -> None:
     assert b"{not json" in {r.value for r in dead}
     # nothing reached the raw topic
     assert await consume(api.bootstrap, api.topics.raw, 1, timeout=1.0) == []
+
+
+async def test_a_nul_in_the_device_id_is_dead_lettered_not_a_500(api: Api) -> None:
+    # The webhook reads its body raw (the API edge does not scan it); PostgreSQL text cannot hold
+    # NUL, so the ledger lookup answered 500 (issue 15). Now: a bad body, kept as a dead letter.
+    body = json.dumps(oc_push({"tilt": 1}, device_id="oc-\u0000-1")).encode()
+    r = await api.client.post(
+        "/api/v1/ingest/webhook/oceanconnect",
+        content=body,
+        headers={webhook.TOKEN_HEADER: TOKEN, "content-type": "application/json"},
+    )
+    assert r.status_code == 400 and r.json()["reason"] == "bad_body", r.text
+    (dead,) = await consume(api.bootstrap, api.topics.deadletter, 1, timeout=10)
+    assert dead.value == body

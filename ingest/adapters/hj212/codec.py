@@ -4,8 +4,8 @@ Nothing here does I/O. The connector owns the sockets and feeds bytes to a
 per-connection :class:`FrameDecoder`; every function below is a plain
 bytes ⇄ values transformation, so the simulators use the very same code.
 
-Wire format (HJ 212-2017; ``/work/shared/reference/standards.md`` §2.1–§2.2, cited below
-as "standards reference")::
+Wire format (HJ 212-2017; the repository's ``docs/standards.md`` §2.1–§2.2,
+which also lists the codes, flags and CRC cited below)::
 
     ## LLLL <data segment> CCCC \\r\\n
     data segment = QN=…;ST=…;CN=…;PW=…;MN=…;Flag=…;[PNUM=…;PNO=…;]CP=&&…&&
@@ -63,7 +63,7 @@ __all__ = [
     "to_readings",
 ]
 
-# --- Limits (HJ 212-2017; standards reference §2.1–§2.2) ---------------------------------------------
+# --- Limits (HJ 212-2017; docs/standards.md §2.1–§2.2) ---------------------------------------------
 
 #: The data segment is at most 1024 bytes; ``LLLL`` is 0000–1024.
 MAX_SEGMENT_LEN = 1024
@@ -77,9 +77,9 @@ _SUFFIX_LEN = 6
 #: The longest frame on the wire (1036 bytes).
 MAX_FRAME_LEN = _PREFIX_LEN + MAX_SEGMENT_LEN + _SUFFIX_LEN
 
-# --- Codes (standards reference §2.3/§2.4) --------------------------------------------------------
+# --- Codes (docs/standards.md §2.3/§2.4) --------------------------------------------------------
 
-#: ST=91 系统交互: used for replies (HJ 212-2017, standards reference §2.3).
+#: ST=91 系统交互: used for replies (HJ 212-2017, docs/standards.md §2.3).
 ST_SYSTEM_INTERACTION = "91"
 CN_SET_TIME = "1012"
 CN_SET_RTD_INTERVAL = "1062"
@@ -90,21 +90,21 @@ _CN_RTD = "2011"
 _CN_MINUTE = "2051"
 _CN_HOUR = "2061"
 _CN_DAY = "2031"
-#: Data uploads that :func:`to_readings` turns into readings (standards reference §2.4).
+#: Data uploads that :func:`to_readings` turns into readings (docs/standards.md §2.4).
 DATA_CNS = frozenset({_CN_RTD, _CN_MINUTE, _CN_HOUR, _CN_DAY})
 
-# --- Flag bits (standards reference §2.2: bits ``V5 V4 V3 V2 V1 V0 D A``) --------------------------
+# --- Flag bits (docs/standards.md §2.2: bits ``V5 V4 V3 V2 V1 V0 D A``) --------------------------
 
 _FLAG_ACK = 0b01  # A: the receiver must answer
 _FLAG_SPLIT = 0b10  # D: the message is split, PNUM/PNO present
 _FLAG_VERSION_SHIFT = 2
 _VERSION_2017 = 1  # V5..V0 = 000001 → HJ 212-2017; 000000 → HJ/T 212-2005
-#: Flag of a 2017 packet that needs no answer (replies; HJ 212-2017, standards reference §2.2).
+#: Flag of a 2017 packet that needs no answer (replies; HJ 212-2017, docs/standards.md §2.2).
 _FLAG_2017 = _VERSION_2017 << _FLAG_VERSION_SHIFT
 #: Flag of a 2017 packet that asks for an answer (commands; Appendix C example uses Flag=5).
 _FLAG_2017_ACK = _FLAG_2017 | _FLAG_ACK
 
-# --- Data flags → quality (standards reference §2.5) -------------------------------------------------
+# --- Data flags → quality (docs/standards.md §2.5) -------------------------------------------------
 
 #: ``-Flag`` letter → quality. N 正常 is good; D 故障 and F 停运 mean the value is not a
 #: measurement at all, so bad; the others (M 维护, S 手工设定, C 校准, T 超测量上限,
@@ -120,7 +120,7 @@ FLAG_QUALITY: Mapping[str, Quality] = {
     "B": Quality.SUSPECT,
 }
 
-# --- Field formats (standards reference §2.2, regex of HJ212Interpreter Command.cs) ------------------
+# --- Field formats (docs/standards.md §2.2, regex of HJ212Interpreter Command.cs) ------------------
 
 _QN_RE = re.compile(r"[0-9]{17}", re.ASCII)
 _ST_RE = re.compile(r"[0-9]{2}", re.ASCII)
@@ -174,7 +174,7 @@ _CRC_TABLE = _crc_table()
 def crc16(data: bytes) -> int:
     """HJ 212 CRC of a data segment.
 
-    This is the HJ 212-2017 algorithm (standards reference §2.7), *not*
+    This is the HJ 212-2017 algorithm (docs/standards.md §2.7), *not*
     Modbus CRC-16: each step computes ``(crc >> 8) ^ byte`` before the eight
     shift/xor-0xA001 rounds. A consequence is that only 256 distinct values exist.
 
@@ -193,7 +193,7 @@ def crc16(data: bytes) -> int:
 def frame(segment: str) -> bytes:
     """Wrap a data segment into a wire frame ``##LLLL<segment>CCCC\\r\\n``.
 
-    The CRC is emitted as 4 upper-case, zero-padded hex digits (standards reference §2.1).
+    The CRC is emitted as 4 upper-case, zero-padded hex digits (docs/standards.md §2.1).
 
     Args:
         segment: The data segment text (ASCII).
@@ -300,7 +300,7 @@ class Hj212Packet:
 
     @property
     def needs_ack(self) -> bool:
-        """Flag bit0 (A): the sender wants an answer (standards reference §2.2)."""
+        """Flag bit0 (A): the sender wants an answer (docs/standards.md §2.2)."""
         return bool(self.flag & _FLAG_ACK)
 
     @property
@@ -321,7 +321,7 @@ class Hj212Value:
     Attributes:
         code: Factor code (``a34004``, ``w01001``, ``LA`` …), HJ 212-2017 附录B.
         field: Sub-item: ``Rtd``, ``Avg``, ``Min``, ``Max``, ``Flag``, ``Cou``, ``ZsRtd``,
-            ``Data``, ``DayData``, ``NightData`` … (standards reference §2.2).
+            ``Data``, ``DayData``, ``NightData`` … (docs/standards.md §2.2).
         value: The value text as sent.
     """
 
@@ -343,11 +343,28 @@ def _parse_header(header: str) -> dict[str, str]:
             raise DecodeError("bad_segment", f"header item {token[:32]!r} is not key=value")
         fields.append((key, value))
     keys = tuple(key for key, _ in fields)
-    # Strict field order of HJ 212-2017 (standards reference §2.2); QN may be missing in some uploads.
+    # Strict field order of HJ 212-2017 (docs/standards.md §2.2); QN may be missing in some uploads.
     core = keys[1:] if keys[:1] == ("QN",) else keys
     if core not in (_HEADER_KEYS, _HEADER_KEYS + _SPLIT_KEYS):
-        raise DecodeError("bad_segment", f"header fields {','.join(k[:8] for k in keys[:12])} out of order")
+        raise DecodeError("bad_segment", _header_problem(core, keys))
     return dict(fields)
+
+
+def _header_problem(core: tuple[str, ...], keys: tuple[str, ...]) -> str:
+    """Why a header's keys are not those of HJ 212-2017: a missing, unknown or repeated field, or the order."""
+    sent = ",".join(k[:8] for k in keys[:12])
+    missing = [k for k in _HEADER_KEYS if k not in core]
+    if any(k in core for k in _SPLIT_KEYS):
+        missing += [k for k in _SPLIT_KEYS if k not in core]
+    if missing:
+        return f"header field{'s' if len(missing) > 1 else ''} {','.join(missing)} missing (sent {sent})"
+    unknown = [k[:8] for k in core if k not in _HEADER_KEYS + _SPLIT_KEYS + ("QN",)]
+    if unknown:
+        return f"header field{'s' if len(unknown) > 1 else ''} {','.join(unknown[:4])} not allowed (sent {sent})"
+    repeated = sorted({k for k in core if core.count(k) > 1})
+    if repeated:
+        return f"header field{'s' if len(repeated) > 1 else ''} {','.join(repeated)} given more than once"
+    return f"header fields {sent} out of order"
 
 
 def _parse_cp(body: str) -> tuple[tuple[str, str], ...]:
@@ -367,7 +384,7 @@ def _parse_cp(body: str) -> tuple[tuple[str, str], ...]:
 def parse_segment(segment: bytes) -> Hj212Packet:
     """Parse a data segment (the bytes between ``LLLL`` and ``CCCC``).
 
-    Parsing is strict (HJ 212-2017, standards reference §2.2): header
+    Parsing is strict (HJ 212-2017, docs/standards.md §2.2): header
     fields in the standard order, ST 2 digits, CN 4 digits, QN 17 digits or
     absent, PW 0–6 and MN 1–24 alphanumerics, Flag 0..255, PNUM/PNO exactly
     when the split bit is set, CP at most 950 characters. Only printable ASCII
@@ -432,7 +449,7 @@ def _cp_body(items: Iterable[tuple[str, str]]) -> str:
     for key, value in items:
         code = _factor_code(key)
         if out:
-            # Sub-items of the same factor are ','-joined, everything else ';' (standards reference §2.2).
+            # Sub-items of the same factor are ','-joined, everything else ';' (docs/standards.md §2.2).
             out.append("," if code is not None and code == previous else ";")
         out.append(f"{key}={value}")
         previous = code
@@ -597,7 +614,7 @@ class FrameDecoder:
                 del buf[:1]
                 continue
             # A stray "##dddd" in garbage would otherwise make us wait for up to 1 KiB
-            # before noticing; every real segment starts with QN= or ST= (standards reference §2.2).
+            # before noticing; every real segment starts with QN= or ST= (docs/standards.md §2.2).
             head = bytes(buf[_PREFIX_LEN : _PREFIX_LEN + 3])
             if not any(start_.startswith(head) for start_ in _SEGMENT_STARTS):
                 self._garbage(out, "bad_header", "segment does not start with QN= or ST=")
@@ -674,7 +691,7 @@ def cp_params(packet: Hj212Packet) -> dict[str, str]:
 def cp_values(packet: Hj212Packet) -> list[tuple[datetime | None, str, dict[str, str]]]:
     """Group CP factor sub-items by factor and record time.
 
-    The record time is ``DataTime=yyyyMMddHHmmss`` (standards reference §2.2), a naive
+    The record time is ``DataTime=yyyyMMddHHmmss`` (docs/standards.md §2.2), a naive
     device-local time. With one ``DataTime`` it applies to every factor wherever
     it appears; with several (a merged split message, or a history upload of
     several records) each applies to the factors after it, and factors before
@@ -720,7 +737,7 @@ class DecodedData:
 
 
 # Which sub-item carries the value for each data upload, and the metric suffix of the
-# extra sub-items (standards reference §2.2/§2.4). Noise sub-items (-Data, -DayData,
+# extra sub-items (docs/standards.md §2.2/§2.4). Noise sub-items (-Data, -DayData,
 # -NightData) are accepted in every data upload.
 _PRIMARY_FIELD = {_CN_RTD: "Rtd", _CN_MINUTE: "Avg", _CN_HOUR: "Avg", _CN_DAY: "Avg"}
 _AGGREGATE_EXTRAS = (("Min", "_min"), ("Max", "_max"))
@@ -830,7 +847,7 @@ def to_readings(
 
 
 def make_qn(dt_local: datetime) -> str:
-    """Format a request id ``yyyyMMddHHmmssSSS`` (17 digits, standards reference §2.2).
+    """Format a request id ``yyyyMMddHHmmssSSS`` (17 digits, docs/standards.md §2.2).
 
     Args:
         dt_local: The time to encode, already in the device's local time.
@@ -846,7 +863,7 @@ def make_qn(dt_local: datetime) -> str:
 
 def _reply(request: Hj212Packet, cn: str, cp: tuple[tuple[str, str], ...]) -> bytes:
     # HJ 212-2017 replies echo the request's QN (so the device can match them), PW and
-    # MN, and use ST=91 系统交互 (standards reference §2.3) with Flag=4: version 2017,
+    # MN, and use ST=91 系统交互 (docs/standards.md §2.3) with Flag=4: version 2017,
     # ack bit clear, because a reply is never itself answered (§2.2).
     return encode(
         Hj212Packet(
@@ -873,7 +890,7 @@ def reply_9011(request: Hj212Packet, qn_rtn: int = 1) -> bytes:
     Args:
         request: The request being answered.
         qn_rtn: QnRtn: 1 准备执行请求, 2 拒绝, 3 PW错误, 4 MN错误, 5 ST错误, 6 Flag错误,
-            7 QN错误, 8 CN错误, 9 CRC错误, 100 未知错误 (standards reference §2.4).
+            7 QN错误, 8 CN错误, 9 CRC错误, 100 未知错误 (docs/standards.md §2.4).
 
     Returns:
         The reply frame.
@@ -887,7 +904,7 @@ def reply_9012(request: Hj212Packet, exe_rtn: int = 1) -> bytes:
     Args:
         request: The command that was executed.
         exe_rtn: ExeRtn: 1 成功, 2 失败原因不明, 3 条件错误, 4 超时, 5 系统繁忙,
-            6 系统故障, 100 没有数据 (standards reference §2.4).
+            6 系统故障, 100 没有数据 (docs/standards.md §2.4).
 
     Returns:
         The reply frame.

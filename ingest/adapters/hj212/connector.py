@@ -19,9 +19,18 @@ Stations that wait for each part's answer before sending the next need
 loses the message if the connector dies before the last part arrives.
 
 Device identity: the station's MN is resolved through a callable passed in
-(:data:`Resolver`). The ledger convention is that a device's attribute ``mn``
-holds its MN, and a device without one uses its 17-character city code as MN
-(see :func:`mn_map`). An unknown MN is answered 9011 QnRtn=4 (MN错误).
+(:data:`Resolver`), in production :meth:`StationDirectory.resolve` of the
+directory the edge refreshes from the ledger in place. The ledger convention is
+that a device's attribute ``mn`` holds its MN, and a device without one uses its
+17-character city code as MN (see :func:`mn_map`). An unknown MN is answered
+9011 QnRtn=4 (MN错误).
+
+Slow and greedy clients: a frame must be complete ``frame_deadline_s`` after its
+first byte (the idle timer restarts on every byte, so alone it never closes a
+client dribbling a byte a second), and one source address may hold at most
+``max_connections_per_address`` connections; both are counted
+(``citybrain_hj212_frame_deadline_total``,
+``citybrain_hj212_connections_refused_total{reason}``).
 
 PW check (``check_pw``, on by default): the station's PW is provisioned like a
 credential and stored only as a scrypt hash (``devices.hj212_pw_hash``, see
@@ -55,7 +64,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
@@ -66,7 +75,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from core.records import RawMessage, Transport
 from devices.credentials import verify_secret
-from devices.index import DeviceInfo
 from ingest.adapters.hj212.codec import (
     CN_DATA_ACK,
     CN_EXECUTE_RESULT,
@@ -83,6 +91,7 @@ from ingest.adapters.hj212.codec import (
     reply_9011,
     reply_9014,
 )
+from ingest.adapters.hj212.directory import DeviceAuth, Resolver, StationDirectory, auth_resolver, mn_map
 from ingest.errors import CommandError, DecodeError, IngestError
 from ingest.kafka_sink import RawSink
 
@@ -93,13 +102,14 @@ __all__ = [
     "Hj212Server",
     "Hj212ServerConfig",
     "Resolver",
+    "StationDirectory",
     "auth_resolver",
     "mn_map",
 ]
 
 log = logging.getLogger(__name__)
 
-#: QnRtn codes used here (HJ 212-2017; standards reference §2.4).
+#: QnRtn codes used here (HJ 212-2017; docs/standards.md §2.4).
 QN_RTN_READY = 1
 QN_RTN_BAD_PW = 3
 QN_RTN_BAD_MN = 4
@@ -110,43 +120,6 @@ _REPLY_CNS = frozenset({CN_REQUEST_REPLY, CN_EXECUTE_RESULT, _CN_NOTICE_REPLY, C
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceAuth:
-    """What the resolver says about an MN.
-
-    Attributes:
-        code: The platform device code the MN belongs to.
-        password: The station's expected PW in clear (tests, benchmarks; the ledger never holds one).
-        pw_hash: The scrypt hash of the station's PW (the ledger's ``hj212_pw_hash``).
-
-    With neither, the device has no PW provisioned: refused while ``check_pw`` is on.
-    """
-
-    code: str
-    password: str | None = None
-    pw_hash: str | None = None
-
-
-#: MN → device, or ``None`` for an unknown MN. Must be fast and must not block (an in-memory map).
-Resolver = Callable[[str], DeviceAuth | None]
-
-
-def mn_map(devices: Iterable[DeviceInfo]) -> dict[str, str]:
-    """MN → device code by the ledger convention: attribute ``mn``, else the code itself.
-
-    Args:
-        devices: Ledger entries (e.g. from ``Ledger.load_index``).
-
-    Returns:
-        The map; on a duplicate MN the later device wins (the ledger should forbid it).
-    """
-    out: dict[str, str] = {}
-    for dev in devices:
-        mn = dev.attributes.get("mn")
-        out[str(mn) if mn else dev.code] = dev.code
-    return out
-
-
-@dataclass(frozen=True, slots=True)
 class Hj212ServerConfig:
     """Typed connector settings.
 
@@ -154,8 +127,14 @@ class Hj212ServerConfig:
         host: Bind address.
         port: TCP port (0: a free port, see :attr:`Hj212Server.port`).
         max_connections: Concurrent connections, at most; more are closed at once.
+        max_connections_per_address: Concurrent connections from one source address
+            (IP), at most (0: no limit); more are closed at once. A data concentrator
+            needs one or a few; this bounds what one host can hold open.
         idle_timeout_s: A connection silent this long is closed (stations send at least
             every few minutes; a dead NAT path would otherwise hold the socket forever).
+        frame_deadline_s: A frame must be complete this long after its first byte
+            arrived, or the connection is closed. The idle timer alone restarts on every
+            byte, so a client dribbling one byte a second would never be closed by it.
         read_size: Bytes per socket read.
         max_buffer: Framer buffer bound (one maximal frame is 1036 bytes).
         max_parts: PNUM above this is rejected (``too_large``): bounds a merged message.
@@ -173,7 +152,9 @@ class Hj212ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     max_connections: int = 20000
+    max_connections_per_address: int = 32
     idle_timeout_s: float = 600.0
+    frame_deadline_s: float = 30.0
     read_size: int = 4096
     max_buffer: int = 8192
     max_parts: int = 64
@@ -200,6 +181,29 @@ class Hj212Metrics:
         )
         self.disconnects = Counter(
             "citybrain_hj212_disconnects_total", "Closed connections by reason", ["reason"], registry=registry
+        )
+        self.refused = Counter(
+            "citybrain_hj212_connections_refused_total",
+            "Connections closed at once, by reason (max_connections, per_address)",
+            ["reason"],
+            registry=registry,
+        )
+        self.frame_deadline = Counter(
+            "citybrain_hj212_frame_deadline_total",
+            "Connections closed because a frame was not complete within the frame deadline",
+            registry=registry,
+        )
+        self.known_stations = Gauge(
+            "citybrain_hj212_known_stations", "MNs the station directory resolves", registry=registry
+        )
+        self.stations_with_pw = Gauge(
+            "citybrain_hj212_stations_with_pw", "Known stations with a PW provisioned", registry=registry
+        )
+        self.directory_refreshes = Counter(
+            "citybrain_hj212_directory_refreshes_total",
+            "Reloads of station MNs and PW hashes from the ledger, by result",
+            ["result"],
+            registry=registry,
         )
         self.bytes = Counter("citybrain_hj212_received_bytes_total", "Bytes read from stations", registry=registry)
         self.frames = Counter(
@@ -272,6 +276,12 @@ class _Station:
     code: str
 
 
+def _address(writer: asyncio.StreamWriter) -> str:
+    """The peer's host (IP) without the port: what the per-address limit counts."""
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
 class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cfg: Hj212ServerConfig) -> None:
         self.reader = reader
@@ -287,6 +297,7 @@ class _Connection:
         # hash (rotation) or another PW is a new key, so it is verified afresh.
         self.pw_checked: dict[tuple[str, str, str], bool] = {}
         self.pw_failures = 0
+        self.address = ""
 
     def send(self, data: bytes) -> None:
         if not self.writer.is_closing():
@@ -301,7 +312,7 @@ class Hj212Server:
         sink: Where accepted messages go (e.g. :class:`ingest.kafka_sink.KafkaSink`).
         resolve: MN → :class:`DeviceAuth` or ``None``.
         metrics: Metrics.
-        clock: Monotonic clock in seconds (split-message ages).
+        clock: Monotonic clock in seconds (split-message ages, frame deadlines).
     """
 
     def __init__(
@@ -325,6 +336,8 @@ class Hj212Server:
         self._waiters: dict[tuple[str, str], _Waiter] = {}
         self._last_qn_ms = 0
         self._pw_executor: ThreadPoolExecutor | None = None
+        self._per_address: dict[str, int] = {}
+        self._refusals_logged: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -375,11 +388,23 @@ class Hj212Server:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        refusal = None
+        address = _address(writer)
         if len(self._connections) >= self.cfg.max_connections:
+            refusal = "max_connections"
+        elif 0 < self.cfg.max_connections_per_address <= self._per_address.get(address, 0):
+            refusal = "per_address"
+        if refusal is not None:
             self._metrics.accepted.labels("refused").inc()
+            self._metrics.refused.labels(refusal).inc()
+            if refusal not in self._refusals_logged:
+                self._refusals_logged.add(refusal)
+                log.warning("HJ 212 connection from %s refused (%s); further refusals only counted", address, refusal)
             writer.close()
             return
         conn = _Connection(reader, writer, self.cfg)
+        conn.address = address
+        self._per_address[address] = self._per_address.get(address, 0) + 1
         self._connections.add(conn)
         self._tasks.add(task)
         self._metrics.accepted.labels("accepted").inc()
@@ -407,6 +432,12 @@ class Hj212Server:
             log.info("HJ 212 connection %s closed (%s)", conn.peer, reason)
 
     def _forget(self, conn: _Connection) -> None:
+        if conn in self._connections:
+            left = self._per_address.get(conn.address, 1) - 1
+            if left > 0:
+                self._per_address[conn.address] = left
+            else:
+                self._per_address.pop(conn.address, None)
         self._connections.discard(conn)
         self._metrics.connections.set(len(self._connections))
         for mn in conn.mns:
@@ -415,18 +446,45 @@ class Hj212Server:
                 del self._stations[mn]
 
     async def _read_loop(self, conn: _Connection) -> str:
+        # ``frame_started``: when the first byte not yet part of a complete frame arrived
+        # (None: nothing outstanding). Only a complete frame ends it; garbage does not,
+        # so neither a dribbled frame nor dribbled junk outlives the frame deadline.
+        frame_started: float | None = None
         while True:
+            timeout = self.cfg.idle_timeout_s
+            # Which timer is waited on is decided here, not re-judged after the wait: the
+            # loop's timer may fire a little early, and a frame cut short is never "idle".
+            frame_due = False
+            if frame_started is not None:
+                left = frame_started + self.cfg.frame_deadline_s - self._clock()
+                if left < timeout:
+                    timeout, frame_due = left, True
             try:
-                data = await asyncio.wait_for(conn.reader.read(self.cfg.read_size), self.cfg.idle_timeout_s)
+                if timeout <= 0:
+                    raise TimeoutError
+                data = await asyncio.wait_for(conn.reader.read(self.cfg.read_size), timeout)
             except TimeoutError:
+                if frame_due:
+                    self._metrics.frame_deadline.inc()
+                    log.warning(
+                        "HJ 212 %s: frame not complete %.1fs after its first byte; closing",
+                        conn.peer,
+                        self.cfg.frame_deadline_s,
+                    )
+                    return "frame_deadline"
                 return "idle"
             if not data:
                 return "eof"
+            if frame_started is None:
+                frame_started = self._clock()
             self._metrics.bytes.inc(len(data))
+            completed = False
             for item in conn.framer.feed(data):
                 if isinstance(item, DecodeError):
+                    completed = completed or item.reason == "bad_crc"  # a whole frame, if a broken one
                     self._bad(conn, item)
                     continue
+                completed = True
                 try:
                     packet = parse_segment(item)
                 except DecodeError as exc:
@@ -435,6 +493,9 @@ class Hj212Server:
                 await self._on_packet(conn, item, packet)
                 if conn.pw_failures >= self.cfg.max_pw_failures:
                     return "auth"
+            if completed:
+                # What is left in the framer is the start of the next frame, which arrived now.
+                frame_started = self._clock() if conn.framer.pending_bytes else None
 
     def _bad(self, conn: _Connection, exc: DecodeError) -> None:
         self._metrics.bad_frames.labels(exc.reason).inc()
@@ -693,27 +754,3 @@ class Hj212Server:
             return command_set_time(mn, pw, at, tz, qn=qn, st=st)
 
         return await self.send_command(mn, build, cn="1012", timeout=timeout)
-
-
-def auth_resolver(
-    mns: Mapping[str, str], passwords: Mapping[str, str] | None = None, pw_hashes: Mapping[str, str] | None = None
-) -> Resolver:
-    """A resolver over in-memory maps (the edge refreshes them from the ledger).
-
-    Args:
-        mns: MN → device code (see :func:`mn_map`).
-        passwords: Device code → expected PW in clear (tests, benchmarks).
-        pw_hashes: Device code → scrypt hash of the PW (the ledger's, see
-            :func:`ingest.adapters.hj212.passwords.load_pw_hashes`).
-
-    Returns:
-        The resolver. A device in neither map has no PW: refused while PW checking is on.
-    """
-    pw = passwords or {}
-    hashes = pw_hashes or {}
-
-    def resolve(mn: str) -> DeviceAuth | None:
-        code = mns.get(mn)
-        return None if code is None else DeviceAuth(code, pw.get(code), hashes.get(code))
-
-    return resolve

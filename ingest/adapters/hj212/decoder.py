@@ -9,7 +9,7 @@ Kafka record keeps wire bytes and the stream side needs no state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import tzinfo
 from zoneinfo import ZoneInfo
 
@@ -24,28 +24,15 @@ from ingest.adapters.hj212.codec import (
     parse_segment,
     to_readings,
 )
+from ingest.adapters.hj212.units import wire_units
 from ingest.errors import DecodeError
 
-__all__ = ["ADAPTER", "HJ212_UNITS", "decode_hj212", "make_hj212_decoder", "packet_of"]
+__all__ = ["ADAPTER", "decode_hj212", "make_hj212_decoder", "packet_of"]
 
 ADAPTER = "hj212"
 #: Device-local zone of ``DataTime`` unless the device's ``timezone`` attribute says otherwise.
 DEFAULT_TZ = ZoneInfo("Asia/Shanghai")
 
-#: Units stations send in, where they differ from a model's canonical unit (HJ 212-2017
-#: 附录B, standards reference §2.6): gases in mg/m³; particulates in µg/m³ as platforms
-#: send them (the transcribed table says ng/m³, which no station uses). Codes not listed
-#: are sent in the model's canonical unit (water mg/L, pH, µS/cm, dB …).
-HJ212_UNITS: Mapping[str, str] = {
-    "a21026": "mg/m3",
-    "a21004": "mg/m3",
-    "a21005": "mg/m3",
-    "a21002": "mg/m3",
-    "a05024": "mg/m3",
-    "a34004": "ug/m3",
-    "a34002": "ug/m3",
-    "a34001": "ug/m3",
-}
 # A merged split message may be PNUM × 1036 bytes; the connector bounds PNUM the same way.
 _MAX_PARTS = 64
 
@@ -101,7 +88,10 @@ def make_hj212_decoder(default_tz: tzinfo = DEFAULT_TZ) -> Hj212Decoder:
 def decode_hj212(raw: RawMessage, dev: DeviceInfo, model: DeviceModel) -> list[Reading]:
     """Readings of one raw HJ 212 message (data uploads 2011/2051/2061/2031).
 
-    Factor codes map to metrics through the model's ``hj212`` codes. ``DataTime`` is
+    Factor codes map to metrics through the model's ``hj212`` codes, and each value
+    carries the unit the station sends that code in (:func:`~ingest.adapters.hj212.units.wire_units`:
+    the model's ``hj212_unit``, else its station type's default); normalisation then
+    converts to the model's canonical unit. ``DataTime`` is
     device-local: the zone is the device attribute ``timezone`` if set, else
     Asia/Shanghai. Sub-items the model has no metric for (the ``-Min``/``-Max`` of
     aggregates, unknown factors) are left out rather than rejected one by one: they
@@ -136,6 +126,7 @@ def _decode(raw: RawMessage, dev: DeviceInfo, model: DeviceModel, default_tz: tz
         received_at=raw.received_at,
         tz=tz,
         metric_for_code=model.by_hj212,
-        unit_for_code=HJ212_UNITS,
+        # The unit of a code depends on the station: ambient SO2 is µg/m³, a stack's mg/m³.
+        unit_for_code=wire_units(model, packet.st),
     )
     return [r for r in data.readings if r.metric in model.metrics]

@@ -3,8 +3,9 @@
 A station's PW is provisioned like a credential (``citybrain devices credentials
 rotate CODE --hj212``) and stored only as a scrypt hash in ``devices.hj212_pw_hash``
 (:func:`devices.credentials.hash_station_password`). The connector gets the
-hashes through :func:`load_pw_hashes` and checks a frame's PW against them
-(:class:`~ingest.adapters.hj212.connector.Hj212Server`).
+hashes through :func:`refresh_directory`, which reloads the edge's
+:class:`~ingest.adapters.hj212.directory.StationDirectory` in place, and checks a
+frame's PW against them (:class:`~ingest.adapters.hj212.connector.Hj212Server`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any
 
 from devices.credentials import hash_station_password, new_station_password
 from devices.errors import TransitionError, UnknownDeviceError
+from devices.ledger import Ledger
 from devices.lifecycle import ACCEPTING
+from ingest.adapters.hj212.directory import StationDirectory, mn_map
 
-__all__ = ["load_pw_hashes", "revoke_pw", "set_pw"]
+__all__ = ["load_pw_hashes", "refresh_directory", "revoke_pw", "set_pw"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,22 @@ async def load_pw_hashes(conn: Any) -> dict[str, str]:
     """
     cur = await conn.execute(_SELECT, (sorted(ACCEPTING),))
     return {code: hashed for code, hashed in await cur.fetchall()}
+
+
+async def refresh_directory(directory: StationDirectory, ledger: Ledger) -> None:
+    """Reload the MN map and the PW hashes from the ledger into ``directory``, in place.
+
+    Both are read before anything is swapped, so a failed read (raised to the
+    caller) leaves the directory as it was.
+
+    Args:
+        directory: The directory the HJ 212 server resolves through.
+        ledger: The device ledger (MNs come from its index, PW hashes from its pool).
+    """
+    devices = await ledger.load_index()
+    async with ledger.pool.connection() as conn:
+        hashes = await load_pw_hashes(conn)
+    directory.replace(mn_map(devices), hashes)
 
 
 def set_pw(conn: Any, code: str, pw: str | None, *, actor: str) -> str:

@@ -61,7 +61,7 @@ MIN_FRAME_LEN = _PREFIX.size + _FIXED_BODY + _SUFFIX_LEN
 
 
 class FrameType(enum.IntEnum):
-    """Why the device sent the frame (standards reference §6.1: periodic, alarm, recovery)."""
+    """Why the device sent the frame (docs/standards.md §6.1: periodic, alarm, recovery)."""
 
     PERIODIC = 1
     ALARM = 2

@@ -1,7 +1,7 @@
 """NB-IoT operator platform push (HTTP webhook body): the pure codec.
 
 NB-IoT devices talk CoAP/LwM2M to an operator platform, which pushes their
-data to the application over HTTP (standards reference §6.2). Two push styles
+data to the application over HTTP (docs/standards.md §6.2). Two push styles
 are understood:
 
 * ``oceanconnect`` (Huawei OceanConnect / IoTDA): ``notifyType`` ``deviceDataChanged``
@@ -160,6 +160,9 @@ def _services(platform: str, doc: dict[str, Any]) -> tuple[str, list[_Service]] 
         out = [_Service(str(doc.get("serviceId", "")), doc.get("payload"), when)]
     if not isinstance(device_id, str) or not device_id or len(device_id) > 64:
         raise DecodeError("bad_body", "deviceId missing or not a string of 1..64 characters")
+    if "\x00" in device_id:
+        # PostgreSQL text cannot hold NUL: refused before the ledger lookup, and dead-lettered.
+        raise DecodeError("bad_body", "deviceId contains a NUL character")
     return device_id, out
 
 

@@ -93,7 +93,7 @@ def test_default_version_is_2026() -> None:
 
 @pytest.mark.parametrize("version", [V2012, V2026])
 def test_so2_24h_65_is_58(version: str) -> None:
-    # standards.md §3.2: (100-50)/(150-50)*(65-50)+50 = 57.5 -> ceil 58
+    # docs/standards.md §3.2: (100-50)/(150-50)*(65-50)+50 = 57.5 -> ceil 58
     assert iaqi("so2", 65, "24h", version) == 58
 
 

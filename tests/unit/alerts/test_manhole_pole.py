@@ -1,4 +1,4 @@
-"""Manhole cover and smart pole alarm conditions (standards.md §6)."""
+"""Manhole cover and smart pole alarm conditions (docs/standards.md §6)."""
 
 from __future__ import annotations
 

@@ -134,6 +134,48 @@ def test_gateways_share_a_group_with_distinct_client_ids(compose: dict[str, Any]
     assert len(set(ids)) == len(ids)
 
 
+def _mosquitto_listeners() -> dict[str, list[str]]:
+    """Settings of each listener in deploy/mosquitto/mosquitto.conf, by port."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for raw in (DEPLOY / "mosquitto" / "mosquitto.conf").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("listener "):
+            current = blocks.setdefault(line.split()[1], [])
+        elif current is not None and line.split()[0] in (
+            "allow_anonymous",
+            "password_file",
+            "acl_file",
+            "use_username_as_clientid",
+        ):
+            current.append(line)
+    return blocks
+
+
+def test_mosquitto_binds_device_client_ids_and_keeps_services_apart(compose: dict[str, Any]) -> None:
+    """Issue 15, defect 1: no device can claim the gateway's client id; services log in elsewhere."""
+    conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
+    assert "\nper_listener_settings true\n" in conf
+    listeners = _mosquitto_listeners()
+    assert "use_username_as_clientid true" in listeners["1883"]
+    assert "password_file /mosquitto/config/auth/passwd" in listeners["1883"]
+    assert "use_username_as_clientid true" not in listeners["1884"]
+    assert listeners["1884"] == [
+        "allow_anonymous false",
+        "password_file /mosquitto/config/auth/services.passwd",
+        "acl_file /mosquitto/config/auth/acl",
+    ]
+    # Only the device listener is published; the platform's services use the service listener.
+    assert compose["services"]["mosquitto"]["ports"] == ["1883:1883"]
+    urls = [s["environment"]["CITYBRAIN_MQTT_URL"] for s in compose["services"].values()
+            if "CITYBRAIN_MQTT_URL" in s.get("environment", {})]  # fmt: skip
+    assert urls and all(u.endswith("@mosquitto:1884") for u in urls)
+    secret = yaml.safe_load((K8S / "secret.yaml").read_text())
+    assert secret["stringData"]["CITYBRAIN_MQTT_URL"].endswith(":1884")
+
+
 def test_kafka_quorum_and_replication(compose: dict[str, Any]) -> None:
     brokers = {n: s["environment"] for n, s in compose["services"].items() if re.fullmatch(r"kafka-\d", n)}
     assert len(brokers) == 3

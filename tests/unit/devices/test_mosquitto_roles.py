@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from citybrain.devices_cli import _service_user, register
 from citybrain.settings import Settings
-from devices.cli import _service_user, register
 from devices.credentials import SERVICE_ROLES, ServiceUser, parse_service_user, render_acl_file
 from devices.errors import CredentialError
 

@@ -10,9 +10,10 @@ import pytest
 import shapely
 from shapely.geometry import box
 
+from geo.assign import Assigner
 from geo.districts import District, districts_from_geojson
 from geo.errors import GridError, OutsideCityError
-from geo.grid import XIAMEN_FRAME, Grid, GridSpec
+from geo.grid import XIAMEN_FRAME, Grid, GridSpec, coarsen_to_cell
 
 from .conftest import KNOWN_POINTS, SHARED_VERTEX
 
@@ -171,3 +172,24 @@ class TestSpec:
         )
         with pytest.raises(GridError, match="outside the grid frame"):
             Grid.build(far)
+
+
+class TestCoarsen:
+    def test_masked_location_keeps_district_and_cell(self, assigner: Assigner) -> None:
+        rng = np.random.default_rng(5)
+        lons = rng.uniform(117.9, 118.4, 400)
+        lats = rng.uniform(24.42, 24.9, 400)
+        codes, cells, outside = assigner.assign_many(lons, lats)
+        for i in np.flatnonzero(~outside):
+            lon, lat = coarsen_to_cell(float(lons[i]), float(lats[i]), assigner.grid)
+            masked = assigner.assign(lon, lat)
+            assert (masked.district.code, masked.grid_cell) == (codes[i], cells[i])
+
+    def test_same_output_for_every_point_of_a_cell(self, grid: Grid) -> None:
+        lon, lat = KNOWN_POINTS["350212"]
+        assert coarsen_to_cell(lon, lat, grid) == coarsen_to_cell(lon + 0.002, lat + 0.002, grid)
+        assert coarsen_to_cell(lon, lat, grid) != (lon, lat)
+
+    def test_outside(self, grid: Grid) -> None:
+        with pytest.raises(OutsideCityError):
+            coarsen_to_cell(118.6, 24.9, grid)

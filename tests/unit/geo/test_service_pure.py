@@ -7,9 +7,8 @@ import pytest
 from fastapi import HTTPException
 
 from citybrain.routes.geo import aqi_properties, parse_bbox
-from geo.grid import Grid
+from geo.grid import Grid, coarsen_to_cell
 from geo.service import coarsen_many, is_sensitive_code
-from geo.spatial import coarsen_to_cell
 
 
 def test_coarsen_many_matches_scalar_and_never_raises(grid: Grid) -> None:

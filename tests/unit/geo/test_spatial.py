@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -11,24 +10,15 @@ import shapely
 from shapely.geometry import Point, Polygon, box
 
 from geo import spatial
-from geo.assign import Assigner
-from geo.districts import District
-from geo.errors import CoordinateError, OutsideCityError
-from geo.grid import Grid
+from geo.errors import CoordinateError
 from geo.spatial import (
     EARTH_RADIUS_M,
-    cells_feature_collection,
-    coarsen_to_cell,
-    districts_feature_collection,
     geofence_transitions,
     haversine_m,
     k_nearest,
-    points_feature_collection,
     points_in_bbox,
     points_in_polygon,
 )
-
-from .conftest import KNOWN_POINTS
 
 
 @pytest.fixture
@@ -123,70 +113,3 @@ def test_geofence_transitions() -> None:
     entered, left = geofence_transitions({"a", "b"}, {"b", "c"})
     assert entered == frozenset({"c"}) and left == frozenset({"a"})
     assert geofence_transitions(set(), set()) == (frozenset(), frozenset())
-
-
-class TestCoarsen:
-    def test_masked_location_keeps_district_and_cell(self, assigner: Assigner) -> None:
-        rng = np.random.default_rng(5)
-        lons = rng.uniform(117.9, 118.4, 400)
-        lats = rng.uniform(24.42, 24.9, 400)
-        codes, cells, outside = assigner.assign_many(lons, lats)
-        for i in np.flatnonzero(~outside):
-            lon, lat = coarsen_to_cell(float(lons[i]), float(lats[i]), assigner.grid)
-            masked = assigner.assign(lon, lat)
-            assert (masked.district.code, masked.grid_cell) == (codes[i], cells[i])
-
-    def test_same_output_for_every_point_of_a_cell(self, grid: Grid) -> None:
-        lon, lat = KNOWN_POINTS["350212"]
-        assert coarsen_to_cell(lon, lat, grid) == coarsen_to_cell(lon + 0.002, lat + 0.002, grid)
-        assert coarsen_to_cell(lon, lat, grid) != (lon, lat)
-
-    def test_outside(self, grid: Grid) -> None:
-        with pytest.raises(OutsideCityError):
-            coarsen_to_cell(118.6, 24.9, grid)
-
-
-class TestFeatureCollections:
-    def test_districts(self, districts: tuple[District, ...]) -> None:
-        fc = districts_feature_collection(districts, {"350203": {"aqi": 42}})
-        json.dumps(fc)  # serialisable as is
-        assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 6
-        siming = fc["features"][0]
-        assert siming["id"] == "350203"
-        assert siming["properties"] == {"code": "350203", "name_zh": "思明区", "name_en": "Siming District", "aqi": 42}
-        assert siming["geometry"]["type"] == "MultiPolygon"
-        assert shapely.geometry.shape(siming["geometry"]).equals(districts[0].geometry)
-
-    def test_districts_reject_unknown_code_and_reserved_key(self, districts: tuple[District, ...]) -> None:
-        with pytest.raises(ValueError, match="unknown district codes"):
-            districts_feature_collection(districts, {"350299": {}})
-        with pytest.raises(ValueError, match="reserved"):
-            districts_feature_collection(districts, {"350203": {"code": "x"}})
-
-    def test_points(self) -> None:
-        fc = points_feature_collection([118.1, 118.2], [24.46, 24.5], [{"v": 1}, {"v": 2}], ids=["a", "b"])
-        assert json.loads(json.dumps(fc)) == fc
-        assert fc["features"][1] == {
-            "type": "Feature",
-            "id": "b",
-            "properties": {"v": 2},
-            "geometry": {"type": "Point", "coordinates": [118.2, 24.5]},
-        }
-        assert points_feature_collection([], [])["features"] == []
-
-    def test_points_reject_bad_input(self) -> None:
-        with pytest.raises(CoordinateError, match="properties has 1 entries for 2 points"):
-            points_feature_collection([118.1, 118.2], [24.46, 24.5], [{}])
-        with pytest.raises(CoordinateError, match="finite"):
-            points_feature_collection([math.nan], [24.46])
-
-    def test_cells(self, grid: Grid) -> None:
-        cells = [c for c in grid.cells.values() if c.district_code == "350206"]
-        fc = cells_feature_collection(cells, {cells[0].code: {"count": 3}})
-        json.dumps(fc)
-        assert len(fc["features"]) == len(cells)
-        assert fc["features"][0]["properties"] == {
-            "code": cells[0].code,
-            "district_code": "350206",
-            "count": 3,
-        }

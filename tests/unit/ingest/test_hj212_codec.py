@@ -70,7 +70,7 @@ HEADER = "QN=20240515103000123;ST=22;CN=2011;PW=123456;MN=AIR001;Flag=4;"
 
 
 def reference_crc(data: bytes) -> int:
-    """The Python reference of standards reference §2.7, kept independent of the codec."""
+    """The Python reference of docs/standards.md §2.7, kept independent of the codec."""
     crc = 0xFFFF
     for b in data:
         crc = (crc >> 8) ^ b
@@ -309,6 +309,26 @@ def test_parse_segment_errors(segment: bytes, reason: str, field: str) -> None:
     assert field in info.value.detail
 
 
+@pytest.mark.parametrize(
+    ("segment", "detail"),
+    [
+        # Regression: a packet without Flag was reported as "header fields … out of order".
+        (_seg(Flag="<drop>"), "header field Flag missing"),
+        (_seg(ST="<drop>", PW="<drop>"), "header fields ST,PW missing"),
+        (_seg(Flag="6;PNUM=2"), "header field PNO missing"),
+        (b"QN=20240515103000123;ST=22;CN=2011;PW=1;MN=A;Flag=4;XX=1;CP=&&&&", "header field XX not allowed"),
+        (b"ST=22;CN=2011;CN=2011;PW=1;MN=A;Flag=4;CP=&&&&", "header field CN given more than once"),
+        (b"ST=22;QN=20240515103000123;CN=2011;PW=1;MN=A;Flag=4;CP=&&&&", "out of order"),
+        (b"ST=22;PW=1;CN=2011;MN=A;Flag=4;CP=&&&&", "out of order"),
+    ],
+)
+def test_parse_segment_names_the_header_problem(segment: bytes, detail: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        parse_segment(segment)
+    assert info.value.reason == "bad_segment"
+    assert detail in info.value.detail
+
+
 def test_packet_validates_on_construction() -> None:
     with pytest.raises(DecodeError, match="MN"):
         Hj212Packet(qn="", st="22", cn="2011", pw="", mn="bad mn", flag=4)
@@ -472,10 +492,10 @@ def test_to_readings_air_realtime() -> None:
     assert got == {
         "pm25": (35.2, Quality.GOOD, "N"),
         "pm10": (58.0, Quality.GOOD, "N"),
-        "so2": (0.008, Quality.GOOD, "N"),
-        "no2": (0.031, Quality.GOOD, "N"),
+        "so2": (8.0, Quality.GOOD, "N"),
+        "no2": (31.0, Quality.GOOD, "N"),
         "co": (0.6, Quality.BAD, "D"),
-        "o3": (0.087, Quality.SUSPECT, "M"),
+        "o3": (87.0, Quality.SUSPECT, "M"),
     }
     # DataTime 2024-05-15 10:30:00 Asia/Shanghai (UTC+8) → 02:30:00Z.
     assert {r.event_time for r in result.readings} == {datetime(2024, 5, 15, 2, 30, tzinfo=UTC)}

@@ -235,6 +235,7 @@ async def test_connection_limit(server_factory) -> None:
     async with asyncio.timeout(5):
         assert await r2.read() == b""
     assert reg.get_sample_value("citybrain_hj212_connections_total", {"result": "refused"}) == 1
+    assert reg.get_sample_value("citybrain_hj212_connections_refused_total", {"reason": "max_connections"}) == 1
     w1.close()
     w2.close()
 
@@ -295,3 +296,112 @@ def test_mn_map_uses_the_mn_attribute_or_the_code() -> None:
     ]
     assert mn_map(devs) == {"010000A8900016F000169DC0": "35020603080000017", "35020603080000025": "35020603080000025"}
     assert auth_resolver(mn_map(devs))("35020603080000025") == DeviceAuth("35020603080000025", None, None)
+
+
+async def _closed(reader: asyncio.StreamReader, timeout: float = 5.0) -> bool:
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                if await reader.read(4096) == b"":
+                    return True
+            except ConnectionError:
+                return True
+
+
+async def _until(reg: CollectorRegistry, name: str, labels: dict[str, str] | None, want: float) -> float | None:
+    for _ in range(500):
+        if reg.get_sample_value(name, labels or {}) == want:
+            break
+        await asyncio.sleep(0.01)
+    return reg.get_sample_value(name, labels or {})
+
+
+class FakeClock:
+    """The server's monotonic clock, moved by the test: deadlines pass without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def clocked_server(sink: MemorySink, **cfg: object) -> tuple[Hj212Server, CollectorRegistry, FakeClock]:
+    reg, clock = CollectorRegistry(), FakeClock()
+    resolve = auth_resolver({MN: CODE}, {CODE: "123456"})
+    srv = Hj212Server(Hj212ServerConfig(**cfg), sink, resolve, Hj212Metrics(reg), clock=clock)  # type: ignore[arg-type]
+    await srv.start()
+    return srv, reg, clock
+
+
+@pytest.mark.parametrize("what", ["frame", "junk"])
+async def test_a_frame_dribbled_past_the_deadline_closes_the_connection(what: str) -> None:
+    """Issue 15 defect 10: the idle timer restarts on every byte; the frame deadline does not."""
+    # Deadline and idle timeout far beyond the test's real duration: only the injected clock moves.
+    srv, reg, clock = await clocked_server(MemorySink(), idle_timeout_s=600, frame_deadline_s=30)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        data = upload() if what == "frame" else b"x" * 200
+        for i in range(3):  # bytes 10 s apart: each well inside the idle timeout, the frame still open
+            writer.write(data[i : i + 1])
+            await writer.drain()
+            assert await _until(reg, "citybrain_hj212_received_bytes_total", None, i + 1) == i + 1
+            clock.now += 10
+        writer.write(data[3:4])  # 30 s after the first byte
+        await writer.drain()
+        assert await _closed(reader)
+        assert await _until(reg, "citybrain_hj212_frame_deadline_total", None, 1) == 1
+        assert reg.get_sample_value("citybrain_hj212_disconnects_total", {"reason": "frame_deadline"}) == 1
+        assert reg.get_sample_value("citybrain_hj212_disconnects_total", {"reason": "idle"}) is None
+        writer.close()
+    finally:
+        await srv.stop()
+
+
+async def test_whole_frames_keep_a_connection_however_far_apart() -> None:
+    sink = MemorySink()
+    srv, reg, clock = await clocked_server(sink, idle_timeout_s=600, frame_deadline_s=30)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        for i in range(3):  # whole frames 100 s apart: the gaps are idle time, not frame time
+            writer.write(upload(i=i))
+            await writer.drain()
+            assert [r.cn for r in await read_frames(reader, 1)] == ["9014"]
+            clock.now += 100
+        # Half a frame, then the rest 20 s later (inside the deadline): answered.
+        frame = upload(i=9)
+        writer.write(frame[:20])
+        await writer.drain()
+        received = 3 * len(frame) + 20  # the three frames were as long as this one
+        assert await _until(reg, "citybrain_hj212_received_bytes_total", None, received) == received
+        clock.now += 20
+        writer.write(frame[20:])
+        await writer.drain()
+        assert [r.cn for r in await read_frames(reader, 1)] == ["9014"]
+        assert reg.get_sample_value("citybrain_hj212_frame_deadline_total") == 0
+        writer.close()
+    finally:
+        await srv.stop()
+
+
+async def test_connections_per_source_address_are_capped(server_factory) -> None:
+    srv, reg = await server_factory(MemorySink(), max_connections_per_address=2)
+    held = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(2)]
+    for r, w in held:  # both served
+        w.write(upload())
+        await w.drain()
+        await read_frames(r, 1)
+    r3, w3 = await asyncio.open_connection("127.0.0.1", srv.port)
+    assert await _closed(r3)
+    assert reg.get_sample_value("citybrain_hj212_connections_refused_total", {"reason": "per_address"}) == 1
+    w3.close()
+    # A slot freed by a close is free again.
+    held[0][1].close()
+    assert await _closed(held[0][0])
+    assert await _until(reg, "citybrain_hj212_open_connections", None, 1) == 1
+    r4, w4 = await asyncio.open_connection("127.0.0.1", srv.port)
+    w4.write(upload(i=4))
+    await w4.drain()
+    assert [r.cn for r in await read_frames(r4, 1)] == ["9014"]
+    for _, w in (held[1], (r4, w4)):
+        w.close()

@@ -37,7 +37,9 @@ def test_air_rtd_maps_codes_units_and_flags() -> None:
     by = {r.metric: r for r in readings}
     assert set(by) == {"pm25", "pm10", "so2", "no2", "co", "o3"}
     assert by["pm25"].value == 35.2 and by["pm25"].unit == "ug/m3"
-    assert by["so2"].unit == "mg/m3"  # stations send gases in mg/m³; normalise converts
+    # An ambient station (ST=22) sends SO2, NO2, O3 in µg/m³ and CO in mg/m³ (issue 15).
+    assert (by["so2"].value, by["so2"].unit) == (8.0, "ug/m3")
+    assert (by["no2"].unit, by["o3"].unit, by["co"].unit) == ("ug/m3", "ug/m3", "mg/m3")
     assert by["co"].quality is Quality.BAD and by["o3"].quality is Quality.SUSPECT
     # DataTime 2024-05-15 10:30:00 Asia/Shanghai
     assert by["pm25"].event_time == datetime(2024, 5, 15, 2, 30, tzinfo=UTC)

@@ -21,7 +21,13 @@ from devices.credentials import (
 from devices.errors import CredentialError
 from ingest.adapters.hj212 import connector as connector_mod
 from ingest.adapters.hj212 import cp_params
-from ingest.adapters.hj212.connector import Hj212Metrics, Hj212Server, Hj212ServerConfig, auth_resolver
+from ingest.adapters.hj212.connector import (
+    Hj212Metrics,
+    Hj212Server,
+    Hj212ServerConfig,
+    StationDirectory,
+    auth_resolver,
+)
 from tests.unit.ingest.test_hj212_connector import CODE, MN, MemorySink, read_frames, upload
 
 # Cheap hashes keep the tests fast; the cost parameters live in the string, so the code path is the same.
@@ -101,13 +107,13 @@ async def test_right_pw_verified_once_per_connection_wrong_pw_refused(
 
 
 async def test_rotated_hash_is_verified_afresh_on_an_open_connection(started: list[Hj212Server]) -> None:
-    hashes = {CODE: fast_hash(PW)}
-    srv, _ = await make(started, auth_resolver({MN: CODE}, pw_hashes=hashes))
+    directory = StationDirectory({MN: CODE}, {CODE: fast_hash(PW)})
+    srv, _ = await make(started, directory.resolve)
     reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
     writer.write(upload(i=1, pw=PW))
     await writer.drain()
     assert (await read_frames(reader, 1))[0].cn == "9014"
-    hashes[CODE] = fast_hash("New123")  # the edge's refresh saw a rotation
+    directory.replace({MN: CODE}, {CODE: fast_hash("New123")})  # the edge's refresh saw a rotation
     writer.write(upload(i=2, pw=PW) + upload(i=3, pw="New123"))
     await writer.drain()
     replies = await read_frames(reader, 2)
@@ -168,3 +174,35 @@ async def test_command_answers_only_from_the_station_connection(started: list[Hj
     assert info.value.reason == "timeout"
     spoof.close()
     writer.close()
+
+
+async def test_pw_provisioned_after_start_is_seen_by_the_running_server(started: list[Hj212Server]) -> None:
+    """Issue 15 defect 2: with no PW at all at start, a refresh used to fill a map the resolver never read."""
+    directory = StationDirectory({MN: CODE})  # the edge at start: the station is known, no PW anywhere
+    srv, reg = await make(started, directory.resolve)
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    writer.write(upload(i=1, pw=PW))
+    await writer.drain()
+    (before,) = await read_frames(reader, 1)
+    assert (before.cn, cp_params(before)["QnRtn"]) == ("9011", "3")
+    directory.replace({MN: CODE}, {CODE: fast_hash(PW)})  # the refresh after `credentials rotate --hj212`
+    assert (directory.stations, directory.with_pw) == (1, 1)
+    writer.write(upload(i=2, pw=PW) + upload(i=3, pw="wrong1"))
+    await writer.drain()
+    after = await read_frames(reader, 2)
+    assert sorted((r.cn, r.qn, cp_params(r).get("QnRtn")) for r in after) == [
+        ("9011", "20240515103000003", "3"),
+        ("9014", "20240515103000002", None),
+    ]
+    assert reg.get_sample_value("citybrain_hj212_auth_failures_total", {"reason": "bad_pw"}) == 1
+    writer.close()
+
+
+def test_directory_copies_what_it_is_given_and_changes_only_by_replace() -> None:
+    mns = {MN: CODE}
+    directory = StationDirectory(mns)
+    mns["other"] = "x"  # the caller's map is not the directory's
+    assert directory.resolve("other") is None and directory.resolve(MN) == connector_mod.DeviceAuth(CODE)
+    assert directory.mn_of(CODE) == MN and directory.mn_of("35020603080000099") == "35020603080000099"
+    directory.replace({}, {})
+    assert directory.resolve(MN) is None and directory.stations == 0

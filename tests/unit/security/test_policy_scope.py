@@ -10,8 +10,9 @@ from fastapi import APIRouter, Depends, FastAPI
 from citybrain.security.auth import public, require
 from citybrain.security.identities import PERMISSIONS, Principal
 from citybrain.security.policy import annotate_openapi, markdown_table, route_rules, undeclared_routes
-from citybrain.security.scope import Masker, Scope, can_read, coarsen
+from citybrain.security.scope import Masker, Scope, can_read
 from devices.code import DeviceCode
+from devices.grades import coarsen
 from devices.models import ModelRegistry
 
 _Reader = Annotated[Principal, Depends(require("devices:read"))]

@@ -13,7 +13,7 @@ from devices.index import DeviceIndex, DeviceInfo
 from devices.models import shipped_models
 from ingest.adapters.hj212.codec import decode as hj212_decode
 from ingest.adapters.hj212.codec import to_readings
-from ingest.adapters.hj212.decoder import HJ212_UNITS
+from ingest.adapters.hj212.units import wire_units
 from ingest.adapters.json.codec import decode as json_decode
 from ingest.adapters.manhole.codec import decode as manhole_decode
 from ingest.adapters.manhole.codec import to_readings as manhole_readings
@@ -74,15 +74,21 @@ def test_hj212_realtime_frames_decode_to_the_model_metrics(sim: AirStation | Noi
         received_at=RX,
         tz=TZ,
         metric_for_code=sim.model.by_hj212,
-        unit_for_code=HJ212_UNITS,
+        unit_for_code=wire_units(sim.model, packet.st),
     )
     assert data.unknown_codes == ()
-    # Gases travel in mg/m³ (HJ 212 units); converted back they are the model's µg/m³ values.
+    # Ambient stations send gases as real ones do: SO2/NO2/O3 in µg/m³, CO in mg/m³ (issue 15).
     canonical = {
         r.metric: sim.model.metrics[r.metric].convert_from(r.unit or None).apply(r.value) for r in data.readings
     }
     assert canonical == pytest.approx(values, abs=1e-3)
-    assert {r.unit for r in data.readings if r.metric in ("no2", "o3")} <= {"mg/m3"}
+    assert {r.metric: r.value for r in data.readings} == pytest.approx(canonical, abs=1e-3)  # sent as stored
+    if st == "22":
+        assert {r.metric: r.unit for r in data.readings if r.metric in ("no2", "o3", "co")} == {
+            "no2": "ug/m3",
+            "o3": "ug/m3",
+            "co": "mg/m3",
+        }
     assert {r.event_time for r in data.readings} == {T}
     assert {r.flag for r in data.readings} == {"N"}
 

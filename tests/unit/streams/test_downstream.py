@@ -11,9 +11,10 @@ import pytest
 
 from core.topics import KafkaTopics, TopicError, downstream_filter, downstream_topic
 from devices.code import DeviceCode
+from devices.grades import GradeMasker, grade_rank, masker_for
 from devices.models import ModelRegistry, load_models, shipped_models
 from streams import schemas
-from streams.downstream import GradeMasker, grade_rank, masker_for, plan_views
+from streams.downstream import plan_views
 
 GAS = DeviceCode.build("350206", "0111", 1).full  # gas manhole cover: sensitive location
 SEWAGE = DeviceCode.build("350206", "0102", 1).full  # sewage cover: location public

@@ -68,5 +68,3 @@ def test_timescale_sql_uses_the_plain_names() -> None:
 def test_store_config_validates() -> None:
     with pytest.raises(ValueError):
         StoreConfig(batch_rows=0)
-    with pytest.raises(ValueError):
-        StoreConfig(flush_interval_s=0)

@@ -1,7 +1,9 @@
 """``citybrain devices …``: bulk import and export, credentials, Mosquitto files.
 
 Wired into the main CLI by :func:`register`; every handler receives the parsed
-arguments and the process's :class:`~citybrain.settings.Settings`.
+arguments and the process's :class:`~citybrain.settings.Settings`. It lives in
+the composition root because it reads settings and reaches into two packages
+(the ledger in ``devices``, HJ 212 station passwords in ``ingest``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -190,11 +193,25 @@ def _service_user(text: str, role: str) -> ServiceUser:
     return user
 
 
-def cmd_mosquitto_files(args: argparse.Namespace, settings: Settings) -> int:
-    """Write Mosquitto's password_file (``passwd``) and acl_file (``acl``) into DIR.
+def _write_private(path: Path, lines: Iterable[str]) -> None:
+    """Write ``path`` owner-only (0600) through a temp file: Mosquitto never reads half a file."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.writelines(lines)
+    tmp.replace(path)
 
-    Every device that may log in (registered or active, with a credential) and the
-    service accounts given, each with the topics of its role. Both files are
+
+def cmd_mosquitto_files(args: argparse.Namespace, settings: Settings) -> int:
+    """Write Mosquitto's password files (``passwd``, ``services.passwd``) and acl_file (``acl``) into DIR.
+
+    ``passwd``: every device that may log in (registered or active, with a
+    credential) and every service account given, for the device listener, where
+    Mosquitto replaces each client id by the username (``use_username_as_clientid``).
+    ``services.passwd``: the platform's own accounts (gateway, downstream bridge,
+    simulator, ``--service-user``), for the service listener, where they keep the
+    client ids they choose; no device and no app can log in there, so none can take
+    over the gateway's session. ``acl``: the topics of each role. Every file is
     replaced atomically; send Mosquitto SIGHUP afterwards to reload them.
     """
     import psycopg
@@ -219,13 +236,16 @@ def cmd_mosquitto_files(args: argparse.Namespace, settings: Settings) -> int:
     directory = Path(target)
     directory.mkdir(parents=True, exist_ok=True)
     passwd, acl = directory / "passwd", directory / "acl"
+    hashed_services = [f"{user.name}:{mosquitto_hash(user.secret)}\n" for user in services]
+    # Apps are third parties: they log in on the device listener, under their own name.
+    platform_only = [line for user, line in zip(services, hashed_services, strict=True) if user.role != "app"]
+    _write_private(directory / "services.passwd", platform_only)
     tmp = passwd.with_suffix(".tmp")
     count = 0
     # Written to a private temp file, then renamed: Mosquitto never reads half a file.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
-        for user in services:
-            out.write(f"{user.name}:{mosquitto_hash(user.secret)}\n")
+        out.writelines(hashed_services)
         with psycopg.connect(_database_url(settings)) as conn, conn.transaction():
             cur = conn.cursor(name="mosquitto_passwd")
             cur.execute(
@@ -240,7 +260,10 @@ def cmd_mosquitto_files(args: argparse.Namespace, settings: Settings) -> int:
     acl_tmp = acl.with_suffix(".tmp")
     acl_tmp.write_text(render_acl_file(services), encoding="utf-8")
     acl_tmp.replace(acl)
-    print(f"wrote {passwd} ({count} devices, {len(services)} service users) and {acl}", file=sys.stderr)
+    print(
+        f"wrote {passwd} ({count} devices, {len(services)} service users), {directory / 'services.passwd'} and {acl}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -250,7 +273,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="devices_command", required=True, metavar="DEVICES_COMMAND")
 
     q = sub.add_parser("import", help="validate and import devices from CSV or JSON (array or JSON Lines)")
-    q.add_argument("file")
+    q.add_argument("file", help="CSV or JSON file of devices (columns: docs/device-code.md)")
     q.add_argument("--format", choices=["csv", "json"], default=None, help="default: from the file name")
     q.add_argument("--dry-run", action="store_true", help="validate and report, change nothing")
     q.add_argument("--actor", default="cli-import", help="recorded as created_by / updated_by")
@@ -262,9 +285,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_export)
 
     q = sub.add_parser("credentials", help="MQTT credentials of a device, or its HJ 212 PW (--hj212)")
-    q.add_argument("action", choices=["rotate", "revoke"])
+    q.add_argument("action", choices=["rotate", "revoke"], help="rotate: issue a new secret; revoke: refuse it")
     q.add_argument("code", help="device code or alias")
-    q.add_argument("--actor", default="cli")
+    q.add_argument("--actor", default="cli", help="recorded in the audit log as who did it")
     q.add_argument("--hj212", action="store_true", help="the station's HJ 212 PW instead of the MQTT secret")
     q.add_argument("--pw", default=None, help="with --hj212 rotate: record the station's PW instead of a new one")
     q.set_defaults(func=cmd_credentials)
@@ -272,7 +295,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q = sub.add_parser(
         "mosquitto-files",
         help="write Mosquitto password and ACL files into DIR (then SIGHUP Mosquitto)",
-        description="Renders DIR/passwd (devices that may log in, plus service accounts) and DIR/acl "
+        description="Renders DIR/passwd (devices that may log in, plus service accounts: the device "
+        "listener, where each client id is replaced by the username), DIR/services.passwd (the platform's "
+        "own accounts, apps excepted: the service listener, where they keep their client ids) and DIR/acl "
         "(devices: publish under citybrain/up/<own code>/, read citybrain/cmd/<own code>; services: "
         "the topics of their role). A secret given as @FILE is read from that file.",
     )

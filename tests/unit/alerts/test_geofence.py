@@ -1,4 +1,4 @@
-"""Fence membership keys for rule scopes, positions from readings, fence alerts (pure parts of geo.membership)."""
+"""Fence membership keys for rule scopes, positions from readings, fence alerts (pure parts of alerts.geofence)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import numpy as np
 from shapely.geometry import box
 
 from alerts.engine import DeviceContext, evaluate_device
+from alerts.geofence import FenceMembership, FenceRecord, _build_membership, fence_transitions, positions_from_readings
 from alerts.rules import parse_rules
 from core.records import AlertState, Quality, Reading, Severity
 from devices.index import DeviceInfo
 from geo.coords import wgs84_to_gcj02
 from geo.fences import FenceEvent
-from geo.membership import FenceMembership, FenceRecord, _build_membership, fence_transitions, positions_from_readings
 
 T0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
 
