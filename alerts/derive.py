@@ -8,13 +8,18 @@ latest values and attributes, so that rules can threshold on them like any metri
   The reported hourly/daily AQI is computed from stored hourly means
   (:mod:`alerts.indicators.aqi`); this one is the early warning.
 * water: ``water_class`` (GB 3838-2002 single-factor method, 6 = 劣V) and
-  ``water_class_over_target`` (class minus the station's target class).
+  ``water_class_over_target`` (class minus the station's target class); outfall and
+  catchment stations are assessed as rivers, reservoirs as lakes. Black-odour points
+  (those measuring transparency or ORP) get ``black_odor_grade`` instead (0 not, 1 light,
+  2 heavy; 城市黑臭水体整治工作指南 2015, :mod:`alerts.indicators.blackodor`).
 * noise: ``ld_excess_db`` / ``ln_excess_db`` over the GB 3096-2008 limit of the
   device's functional zone, and ``night_lmax_excess_db`` (night-time maximum
   over the night limit + 15 dB(A), GB 3096-2008 §5.2).
 * manhole: ``water_level_state`` (0 normal, 1 warning, 2 danger) from the
   device's warning/danger levels.
 * pole: ``lamp_fault`` (1 when on with no current, or current while off).
+* wastewater / fluegas (pollution sources): ``{p}_hour_excess`` over the permit's
+  limit and the discharge loads against its caps (:mod:`alerts.indicators.source`).
 
 Pure functions; each writes into the snapshot with the event time of the
 readings that produced it. A deriver that cannot compute its indicator (an
@@ -34,7 +39,9 @@ from typing import Any
 
 from alerts.errors import IndicatorError
 from alerts.indicators import aqi as aqi_mod
+from alerts.indicators import blackodor
 from alerts.indicators.noise import is_daytime, noise_limit
+from alerts.indicators.source import source_indicators
 from alerts.indicators.water import water_class
 
 __all__ = ["DERIVERS", "derive"]
@@ -68,14 +75,28 @@ def _air(snap: Snapshot, attrs: Mapping[str, Any], t: float) -> dict[str, float]
     return {"aqi": float(res.aqi), "aqi_level": float(res.level)}
 
 
+#: Station siting (the ``waterbody`` attribute) → the GB 3838 rules it is assessed by: outfalls
+#: (入河排污口) and small-catchment sections are river sections; reservoirs use the lake rules.
+_GB3838_BODY = {"river": "river", "outfall": "river", "catchment": "river", "lake": "lake", "reservoir": "reservoir"}
+
+
 def _water(snap: Snapshot, attrs: Mapping[str, Any], t: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    # Only black-odour points measure transparency or ORP: other stations are not graded.
+    if _v(snap, "transparency") is not None or _v(snap, "orp") is not None:
+        sample = {k: v for k in blackodor.INDICATORS if (v := _v(snap, k)) is not None}
+        depth = attrs.get("water_depth_cm")
+        grade = blackodor.grade_sample(sample, float(depth) if isinstance(depth, int | float) else None)
+        out["black_odor_grade"] = float(grade)
     values = {k: v for k in ("ph", "do", "codmn", "cod", "nh3n", "tp", "tn") if (v := _v(snap, k)) is not None}
-    if not values:
-        return {}
-    waterbody = str(attrs.get("waterbody", "river"))
+    if not values or "transparency" in snap:
+        return out
+    waterbody = _GB3838_BODY.get(str(attrs.get("waterbody", "river")), "river")
     res = water_class(values, waterbody=waterbody)  # type: ignore[arg-type]
     target = int(attrs.get("target_class", 3))
-    return {"water_class": float(res.water_class), "water_class_over_target": float(res.water_class - target)}
+    out["water_class"] = float(res.water_class)
+    out["water_class_over_target"] = float(res.water_class - target)
+    return out
 
 
 def _noise(snap: Snapshot, attrs: Mapping[str, Any], t: float) -> dict[str, float]:
@@ -120,7 +141,19 @@ def _pole(snap: Snapshot, attrs: Mapping[str, Any], t: float) -> dict[str, float
     return {"lamp_fault": 1.0 if fault else 0.0}
 
 
+def _wastewater(snap: Snapshot, attrs: Mapping[str, Any], t: float) -> dict[str, float]:
+    # flow is in L/s (wastewater-source model): 0.001 m³ per L.
+    return source_indicators(snap, attrs, t, medium="water", flow_m3_per_unit_s=0.001)
+
+
+def _fluegas(snap: Snapshot, attrs: Mapping[str, Any], t: float) -> dict[str, float]:
+    # flow is in m³/s (fluegas-source model).
+    return source_indicators(snap, attrs, t, medium="gas", flow_m3_per_unit_s=1.0)
+
+
 DERIVERS: dict[str, Deriver] = {
+    "wastewater": _wastewater,
+    "fluegas": _fluegas,
     "air": _air,
     "water": _water,
     "noise": _noise,

@@ -63,9 +63,22 @@ _CMP: dict[str, Callable[[float, float], bool]] = {
 SUPPRESSING_FLAGS = frozenset({"M", "C"})
 
 
+#: Pollution sources are judged the way enforcement reads their data: a value the
+#: instrument flagged anything but N (M 维护, C 校准, D 故障, F 停运, S 手工设定, T 超测量上限,
+#: B 通讯异常; standards.md §2.5) is kept as suspect or bad but never decides an exceedance
+#: or adds to a permit load.
+FLAG_STRICT_CLASSES = frozenset({"wastewater", "fluegas"})
+
+
 def suppressed_flag(r: Reading) -> bool:
     """Readings taken in maintenance or calibration never reach rules."""
     return r.flag is not None and r.flag.rsplit(":", 1)[-1] in SUPPRESSING_FLAGS
+
+
+def _excluded(r: Reading, device_class: str) -> bool:
+    if r.quality is Quality.BAD or suppressed_flag(r):
+        return True
+    return device_class in FLAG_STRICT_CLASSES and r.quality is not Quality.GOOD
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,12 +168,31 @@ class _Fmt(string.Formatter):
 
 
 def _message(rule: Rule, snap: Snapshot, ctx: DeviceContext) -> str:
-    values: dict[str, Any] = {m: round(c[0], 3) for m, c in snap.items()}
+    values: dict[str, Any] = _attribute_values(ctx.attributes)
+    values.update({m: round(c[0], 6 if abs(c[0]) < 1 else 3) for m, c in snap.items()})
     values.update(device=ctx.code, district=ctx.district, rule=rule.id)
     try:
         return _Fmt().format(rule.message, **values) if rule.message else rule.id
     except (ValueError, IndexError):
         return rule.message
+
+
+def _attribute_values(attrs: Mapping[str, Any], prefix: str = "", depth: int = 4) -> dict[str, Any]:
+    """Device attributes as message fields, nested keys joined by ``_``.
+
+    ``{"permit": {"number": "X", "limits": {"hg": {"clause": "…"}}}}`` gives
+    ``{permit_number}`` and ``{permit_limits_hg_clause}``, so a rule's message can name
+    the permit and the clause an alert is about.
+    """
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            if depth > 1:
+                out.update(_attribute_values(value, f"{name}_", depth - 1))
+        elif isinstance(value, str | int | float) and not isinstance(value, bool):
+            out[name] = value
+    return out
 
 
 def _trigger(rule: Rule, snap: Snapshot) -> tuple[str | None, float | None, float | None]:
@@ -284,7 +316,7 @@ def evaluate_device(
     applicable = [r for r in rules if r.applies_to(ctx.device_class, ctx.district, ctx.code, ctx.fences)]
     by_time: dict[int, list[Reading]] = {}
     for r in readings:
-        if r.quality is Quality.BAD or suppressed_flag(r):
+        if _excluded(r, ctx.device_class):
             continue
         t_us = epoch_us(r.event_time)
         if t_us <= watermark_us:

@@ -24,6 +24,9 @@ Conditions: ``{metric, op, value}`` with op one of ``> >= < <= == !=``;
 2 s) and a ``deadband`` (hysteresis: while the alert is open, the threshold is
 relaxed by the deadband, so a value hovering at the threshold does not clear it).
 
+A rule with ``each: [hg, cd, …]`` is a template: it stands for one rule per name,
+with every ``$each`` in it (id, conditions, message) replaced by the name.
+
 Scope narrows the class to some devices: ``districts`` / ``devices`` (lists
 of codes) must each match if given; ``fence`` or ``fences`` (one reference or
 a list; each is a geofence **id or name**) and ``fence_kind`` or
@@ -204,7 +207,7 @@ def _parse_condition(raw: Any, path: str) -> Condition:
             raise RuleError(f"{path}: 'not' must stand alone")
         return Not(path, _parse_condition(raw["not"], f"{path}.not"))
     metric = raw.get("metric")
-    if not isinstance(metric, str) or not METRIC_NAME_RE.match(metric):
+    if not isinstance(metric, str) or not METRIC_NAME_RE.fullmatch(metric):
         raise RuleError(f"{path}: needs a metric name")
     allowed = {"metric", "op", "value", "outside", "rate_per_s", "deadband", "for"}
     unknown = keys - allowed
@@ -401,6 +404,39 @@ class RuleSet:
         return len(self.rules)
 
 
+def _substitute(value: Any, name: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("$each", name)
+    if isinstance(value, list):
+        return [_substitute(v, name) for v in value]
+    if isinstance(value, dict):
+        return {_substitute(k, name): _substitute(v, name) for k, v in value.items()}
+    return value
+
+
+def _expand_each(data: list[Any], where: str) -> list[Any]:
+    """A rule with ``each: [hg, cd]`` stands for one rule per name, ``$each`` replaced by it.
+
+    One template per alert kind instead of a copy per pollutant
+    (``id: source.$each.hour_limit`` → ``source.hg.hour_limit``, ``source.cd.hour_limit``).
+    """
+    out: list[Any] = []
+    for i, raw in enumerate(data):
+        if not isinstance(raw, dict) or "each" not in raw:
+            out.append(raw)
+            continue
+        names = raw["each"]
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) and METRIC_NAME_RE.fullmatch(n) for n in names)
+        ):
+            raise RuleError(f"{where}: rule {raw.get('id', f'#{i}')}: each must be a list of metric names")
+        template = {k: v for k, v in raw.items() if k != "each"}
+        out += [_substitute(template, n) for n in names]
+    return out
+
+
 def parse_rules(text: str, where: str = "<string>") -> list[Rule]:
     """Parse one YAML rule file.
 
@@ -416,7 +452,7 @@ def parse_rules(text: str, where: str = "<string>") -> list[Rule]:
     if not isinstance(data, list):
         raise RuleError(f"{where}: a rule file is a list of rules")
     out = []
-    for i, raw in enumerate(data):
+    for i, raw in enumerate(_expand_each(data, where)):
         try:
             spec = _RuleSpec.model_validate(raw)
         except ValidationError as exc:

@@ -36,6 +36,7 @@ from citybrain.routes import geo as geo_routes
 from citybrain.routes import ledger as ledger_routes
 from citybrain.routes import readings as reading_routes
 from citybrain.routes import schemas as schema_routes
+from citybrain.routes import sources as source_routes
 from citybrain.routes import stats as stats_routes
 from citybrain.routes import vitals as vitals_routes
 from citybrain.routes import webhook as webhook_routes
@@ -59,6 +60,7 @@ ROUTE_MODULES = [
     ledger_routes,
     reading_routes,
     stats_routes,
+    source_routes,
     alert_routes,
     command_routes,
     geo_routes,

@@ -267,6 +267,46 @@ def cmd_mosquitto_files(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_permit(args: argparse.Namespace, settings: Settings) -> int:
+    """Import a discharge permit from YAML, or export one (devices/permits.py)."""
+    import psycopg
+    import yaml
+
+    from devices.models import DeviceModel, shipped_models
+    from devices.permits import load_permit, parse_permit, permit_document, save_permit
+
+    models = shipped_models()
+
+    async def run(text: str) -> int:
+        async with await psycopg.AsyncConnection.connect(_database_url(settings)) as conn:
+            if args.action == "export":
+                permit = await load_permit(conn, args.target)
+                if permit is None:
+                    print(f"error: no permit {args.target}", file=sys.stderr)
+                    return 2
+                print(yaml.safe_dump(permit_document(permit), allow_unicode=True, sort_keys=False), end="")
+                return 0
+            rows = await (await conn.execute("select code, model from devices")).fetchall()
+            model_keys: dict[str, str] = {str(r[0]): str(r[1]) for r in rows}
+
+            def model_of(code: str) -> DeviceModel:
+                if code not in model_keys:
+                    raise UnknownDeviceError(code)
+                return models.get(model_keys[code])
+
+            doc = yaml.safe_load(text)
+            permit = parse_permit(doc, model_of)
+            await save_permit(conn, permit)
+            print(f"permit {permit.number}: {len(permit.limits)} limits saved", file=sys.stderr)
+            return 0
+
+    try:
+        return asyncio.run(run(Path(args.target).read_text(encoding="utf-8") if args.action == "import" else ""))
+    except (DevicesError, OSError, yaml.YAMLError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``devices`` and its subcommands to the main CLI's subparsers."""
     p = subparsers.add_parser("devices", help="device ledger: import, export, credentials, Mosquitto files")
@@ -283,6 +323,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q = sub.add_parser("export", help="export the ledger as CSV (import format, with contacts)")
     q.add_argument("file", help="output file, or - for stdout")
     q.set_defaults(func=cmd_export)
+
+    q = sub.add_parser("permit", help="import a pollution source's discharge permit (YAML), or export one")
+    q.add_argument("action", choices=["import", "export"], help="import: FILE → ledger; export: NUMBER → stdout")
+    q.add_argument("target", help="import: the permit's YAML file (docs/store.md); export: the permit number")
+    q.set_defaults(func=cmd_permit)
 
     q = sub.add_parser("credentials", help="MQTT credentials of a device, or its HJ 212 PW (--hj212)")
     q.add_argument("action", choices=["rotate", "revoke"], help="rotate: issue a new secret; revoke: refuse it")

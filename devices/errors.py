@@ -41,3 +41,7 @@ class CredentialError(DevicesError):
 
 class ImportFileError(DevicesError):
     """A bulk-import file cannot be read at all (not one bad row: the whole file)."""
+
+
+class PermitError(LedgerError, ValueError):
+    """A discharge permit or one of its limits is invalid."""

@@ -35,6 +35,7 @@ from devices.errors import (
 from devices.index import DeviceIndex, DeviceInfo, IndexBuilder
 from devices.lifecycle import ACCEPTING, STATES, check_transition
 from devices.models import ModelRegistry
+from devices.permits import PERMIT_JOIN_SQL, PERMIT_JSON_SQL
 from devices.rows import COLUMNS
 
 __all__ = [
@@ -230,7 +231,13 @@ _SELECT_PUBLIC = sql.SQL(", ").join(sql.Identifier(c) for c in _PUBLIC_COLUMNS)
 _UPDATABLE = frozenset(COLUMNS) - {"code", "district", "class_code"} | {"alias"}
 
 
-_SELECT_INDEX = "select code, model, device_class, district, grid, state, attributes from devices"
+# The index's attributes carry an outlet's discharge permit (devices/permits.py) so the rules see it.
+_SELECT_INDEX = (
+    "select d.code, d.model, d.device_class, d.district, d.grid, d.state, "
+    + PERMIT_JSON_SQL
+    + " from devices d "
+    + PERMIT_JOIN_SQL
+)
 
 
 def _info(row: Sequence[Any]) -> DeviceInfo:

@@ -37,6 +37,12 @@ __all__ = [
 # Commands and attributes are named like metrics.
 _NAME_RE = METRIC_NAME_PATTERN
 
+#: The HJ 212 interval uploads (minute 2051, hour 2061, day 2031; standards reference §2.4)
+#: a source model may give their own metrics.
+INTERVAL_CNS = frozenset({"2051", "2061", "2031"})
+#: Sub-items of an interval upload and the metric suffix each becomes (``Avg`` is the metric itself).
+INTERVAL_FIELDS = (("Min", "_min"), ("Max", "_max"), ("Cou", "_cou"))
+
 
 class _MetricSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -47,6 +53,9 @@ class _MetricSpec(BaseModel):
     range: tuple[float, float]
     hj212: str | None = None
     hj212_unit: str | None = None
+    #: Canonical unit of the discharge amount (HJ 212 ``-Cou``) of a source model's metric
+    #: (``kg``, ``g`` … or ``m3`` for a flow); only with the model's ``hj212_intervals``.
+    cou_unit: str | None = None
     molar_mass: float | None = Field(default=None, gt=0)
     kind: Literal["gauge", "boolean", "state", "counter"] = "gauge"
     grade: Literal["public", "internal", "sensitive"] = "public"
@@ -68,6 +77,10 @@ class _MetricSpec(BaseModel):
             known = {canonical_unit_name(u) for u in (self.unit, *self.accepts)}
             if canonical_unit_name(self.hj212_unit) not in known:
                 raise ValueError(f"metric {self.name}: hj212_unit {self.hj212_unit!r} is not its unit or in accepts")
+        if self.cou_unit is not None:
+            if self.hj212 is None:
+                raise ValueError(f"metric {self.name}: cou_unit without an hj212 code")
+            canonical_unit_name(self.cou_unit)
         return self
 
 
@@ -111,6 +124,10 @@ class _ModelSpec(BaseModel):
     name: dict[str, str]
     adapter: Literal["json", "hj212", "manhole-tlv"] = "json"
     hj212_st: str | None = None
+    #: Pollution-source models: HJ 212 CN → metric suffix for the interval data (2051
+    #: minute, 2061 hour, 2031 day), so an hourly mean is its own metric (``hg_hour``),
+    #: never confused with the real-time value (``hg``) of the same instant.
+    hj212_intervals: dict[str, str] = Field(default_factory=dict)
     cadence_s: int = Field(gt=0)
     metrics: list[_MetricSpec]
     attributes: list[_AttributeSpec] = Field(default_factory=list)
@@ -136,6 +153,11 @@ class _ModelSpec(BaseModel):
         dupc = {c for c in codes if codes.count(c) > 1}
         if dupc:
             raise ValueError(f"duplicate HJ 212 codes: {sorted(dupc)}")
+        for cn, suffix in self.hj212_intervals.items():
+            if cn not in INTERVAL_CNS:
+                raise ValueError(f"hj212_intervals: {cn!r} is not one of {sorted(INTERVAL_CNS)}")
+            if not re.fullmatch(r"_[a-z][a-z0-9]{0,10}", suffix):
+                raise ValueError(f"hj212_intervals: suffix {suffix!r} must look like _hour")
         return self
 
 
@@ -206,6 +228,8 @@ class DeviceModel:
     attributes: tuple[Mapping[str, Any], ...]
     commands: Mapping[str, Command]
     by_hj212: Mapping[str, str] = field(default_factory=dict)
+    #: HJ 212 CN → metric suffix of interval data (empty: every upload feeds the base metric).
+    hj212_intervals: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -221,6 +245,7 @@ class DeviceModel:
             "name": dict(self.name),
             "adapter": self.adapter,
             "hj212_st": self.hj212_st,
+            **({"hj212_intervals": dict(self.hj212_intervals)} if self.hj212_intervals else {}),
             "cadence_s": self.cadence_s,
             "metrics": [
                 {
@@ -263,6 +288,12 @@ def _build(spec: _ModelSpec) -> DeviceModel:
             conversions=convs,
             hj212_unit=None if m.hj212_unit is None else canonical_unit_name(m.hj212_unit),
         )
+    for m in spec.metrics:
+        if m.hj212 is None:
+            continue
+        base = metrics[m.name]
+        for cn, suffix in spec.hj212_intervals.items():
+            _add_interval_metrics(metrics, base, suffix, m, stats=cn != "2051")
     return DeviceModel(
         id=spec.id,
         version=spec.version,
@@ -279,7 +310,61 @@ def _build(spec: _ModelSpec) -> DeviceModel:
             for c in spec.commands
         },
         by_hj212={m.hj212: m.name for m in spec.metrics if m.hj212},
+        hj212_intervals=dict(spec.hj212_intervals),
     )
+
+
+def _add_interval_metrics(
+    metrics: dict[str, Metric], base: Metric, suffix: str, spec: _MetricSpec, *, stats: bool
+) -> None:
+    """``hg`` → ``hg_hour`` (Avg), ``hg_hour_min``, ``hg_hour_max`` and, with a ``cou_unit``, ``hg_hour_cou``.
+
+    The statistics share the base metric's unit, range and conversions; the discharge
+    amount is a mass (or a volume for a flow) in ``cou_unit``, never negative. Minute data
+    keep only Avg and Cou (``stats=False``): their Min/Max add a column per factor to every
+    class and rollup table for a detail no rule or report uses; they are left out like
+    any sub-item a model does not declare.
+    """
+    name = base.name + suffix
+    for metric_name in (name, name + "_min", name + "_max") if stats else (name,):
+        if metric_name in metrics:
+            raise ModelError(f"metric {metric_name} is both declared and derived from {base.name}")
+        metrics[metric_name] = Metric(
+            name=metric_name,
+            unit=base.unit,
+            low=base.low,
+            high=base.high,
+            hj212=None,
+            kind=base.kind,
+            grade=base.grade,
+            label=dict(base.label),
+            conversions=base.conversions,
+            hj212_unit=base.hj212_unit,
+        )
+    if spec.cou_unit is None:
+        return
+    cou = canonical_unit_name(spec.cou_unit)
+    convs = {u: conversion(u, cou) for u in _SAME_FAMILY.get(cou, (cou,))}
+    metrics[name + "_cou"] = Metric(
+        name=name + "_cou",
+        unit=cou,
+        low=0.0,
+        high=1e12,
+        hj212=None,
+        kind="gauge",
+        grade=base.grade,
+        label={k: f"{v} (排放量)" if k == "zh" else f"{v} (discharged)" for k, v in base.label.items()},
+        conversions=convs,
+    )
+
+
+# Units a discharge amount may arrive in, per canonical unit (HJ 212-2017 附录B 排放量: t, kg, g, mg; m³).
+_SAME_FAMILY: dict[str, tuple[str, ...]] = {
+    "kg": ("kg", "g", "mg", "t"),
+    "g": ("g", "kg", "mg", "t"),
+    "mg": ("mg", "g", "kg"),
+    "m3": ("m3", "L"),
+}
 
 
 class ModelRegistry:

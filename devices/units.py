@@ -109,6 +109,19 @@ ALIASES: dict[str, str] = {
     "l/s": "L/s",
     "L/s": "L/s",
     "m3/h": "m3/h",
+    "m3/s": "m3/s",
+    "m³/s": "m3/s",
+    "m³/h": "m3/h",
+    "ng/l": "ng/L",
+    "ng/L": "ng/L",
+    "kg": "kg",
+    "g": "g",
+    "mg": "mg",
+    "t": "t",
+    "m3": "m3",
+    "m³": "m3",
+    "l": "L",
+    "L": "L",
 }
 
 # Linear families: unit → (family, factor to the family's base unit).
@@ -118,6 +131,7 @@ _LINEAR: dict[str, tuple[str, float]] = {
     "ng/m3": ("mass_conc_air", 0.001),
     "mg/L": ("mass_conc_water", 1.0),
     "ug/L": ("mass_conc_water", 0.001),
+    "ng/L": ("mass_conc_water", 1e-6),
     "m": ("length", 1.0),
     "cm": ("length", 0.01),
     "mm": ("length", 0.001),
@@ -139,6 +153,14 @@ _LINEAR: dict[str, tuple[str, float]] = {
     "h": ("duration", 3600.0),
     "L/s": ("flow", 1.0),
     "m3/h": ("flow", 1000 / 3600),
+    "m3/s": ("flow", 1000.0),
+    # Discharge amounts (HJ 212 -Cou): masses and volumes (HJ 212-2017 附录B 排放量).
+    "kg": ("mass", 1000.0),
+    "g": ("mass", 1.0),
+    "mg": ("mass", 0.001),
+    "t": ("mass", 1_000_000.0),
+    "m3": ("volume", 1000.0),
+    "L": ("volume", 1.0),
 }
 _IDENTITY = {"%", "deg", "dB(A)", "kWh", "NTU", "pH", "1", "dBm", "degC"}
 

@@ -31,6 +31,7 @@ from simulators.base import NO_DRIVERS, Drivers, Site, ValueModel
 from simulators.manhole import ManholeCover
 from simulators.noise import NoiseMonitor
 from simulators.pole import SmartPole
+from simulators.source import FluegasSource, WastewaterSource
 from simulators.water import WaterStation
 
 __all__ = [
@@ -51,6 +52,8 @@ CLASS_CODES: Mapping[str, tuple[str, ...]] = {
     "noise-monitor": ("0311",),
     "manhole-cover": ("0102", "0103"),  # sewage and storm-water covers: the ones that flood
     "smart-pole": ("0701",),
+    "wastewater-source": ("0310",),
+    "fluegas-source": ("0308",),
 }
 _LOW_LYING_FRACTION = 0.85
 _ZONES = (("1", 0.3), ("2", 0.35), ("3", 0.1), ("4a", 0.25))
@@ -70,6 +73,8 @@ MODEL_FACTORIES: Mapping[str, ModelFactory] = {
     "noise-monitor": lambda site, seed, d: NoiseMonitor(site.code, seed, site=site, drivers=d),
     "manhole-cover": lambda site, seed, d: ManholeCover(site.code, seed, site=site, drivers=d),
     "smart-pole": lambda site, seed, d: SmartPole(site.code, seed, site=site, drivers=d),
+    "wastewater-source": lambda site, seed, d: WastewaterSource(site.code, seed, site=site, drivers=d),
+    "fluegas-source": lambda site, seed, d: FluegasSource(site.code, seed, site=site, drivers=d),
 }
 
 

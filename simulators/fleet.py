@@ -659,6 +659,10 @@ class Fleet:
         for i, dev in enumerate(self.devices):
             # Whole-second phases: HJ 212 times and the models' per-instant seeds are whole seconds.
             phase = zlib.crc32(f"{cfg.seed}:{dev.code}".encode()) % max(1, int(self._interval(dev)))
+            if dev.model.model.hj212_intervals:
+                # Pollution sources report on the clock, as their data loggers do: the sample on
+                # each full hour carries that hour's means (simulators.source).
+                phase = (-int(start.timestamp())) % max(1, int(self._interval(dev)))
             heap.append((start.timestamp() + phase, i))
         heapq.heapify(heap)
         log_file = cfg.sent_log.open("w", encoding="utf-8") if cfg.sent_log else None

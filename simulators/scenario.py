@@ -16,6 +16,8 @@ Effect kinds:
                   (``path: [{at, district}]``), Gaussian with ``radius_km``.
 ``sewage``        ``sewage`` load (0..1) at one named site.
 ``construction``  ``construction_db`` at one named site, each night between local hours.
+``discharge``     ``discharge_factor`` at one named pollution source: its concentrations × (1 + load).
+``outage``        ``outage`` at one named pollution source: its monitor sends nothing.
 
 :func:`score` compares fired alerts with the ground truth; :func:`oracle_alerts`
 runs the production rule engine (pure, no I/O) over the scenario's simulated
@@ -270,6 +272,8 @@ _EFFECTS: Mapping[str, EffectFn] = {
     "plume": _plume,
     "sewage": _at_site("sewage"),
     "construction": _at_site("construction_db"),
+    "discharge": _at_site("discharge_factor"),
+    "outage": _at_site("outage"),
 }
 
 

@@ -30,6 +30,10 @@ seen + k × cadence, or the will's receive time), so every worker computes the
 same id and a second worker's run changes nothing; it resolves when the
 verdict changes. Transitions go through the same store and outbox as rule
 alerts. Devices that never sent a reading are not judged (onboarding's concern).
+
+A pollution source with ``operating_hours`` (ledger attribute, Beijing time) is in
+outage only when its silence reaches into those hours: a plant shut at night is not
+offline. Its ``device.offline`` alert names its discharge permit.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from alerts.anomaly import liveness_many
 from alerts.build import device_alert
+from alerts.indicators.source import in_operating_hours
 from alerts.store import AlertStore
 from core.records import Alert, AlertState, RawMessage, Severity
 from devices.index import DeviceInfo
@@ -110,6 +115,10 @@ class DeviceLiveness:
     last_seen: datetime
     connected: bool | None = None
     status_at: datetime | None = None
+    #: A pollution source's operating hours (``"08:00-18:00"``): silence outside them is no outage.
+    operating_hours: str | None = None
+    #: The discharge permit of a pollution source, named in its outage alert.
+    permit: str | None = None
 
 
 def _epoch(t: datetime) -> int:
@@ -160,6 +169,8 @@ def liveness_transitions(
         for rule, wanted in ((STALE_RULE, Verdict.STALE), (OFFLINE_RULE, Verdict.OFFLINE)):
             opened = open_alerts.get((d.code, rule))
             if verdict is wanted and opened is None:
+                if rule == OFFLINE_RULE and not _operating(d, now):
+                    continue  # a source that is shut outside its operating hours is not in outage
                 out.append(("open", _alert(d, rule, since, AlertState.OPEN, None, now, cfg)))
             elif verdict is not wanted and opened is not None:
                 # Cleared when the device came back (its newest reading or session), or now.
@@ -167,6 +178,16 @@ def liveness_transitions(
                 cleared = back if back >= opened else now
                 out.append(("clear", _alert(d, rule, opened, AlertState.RESOLVED, cleared, now, cfg)))
     return out
+
+
+def _operating(d: DeviceLiveness, now: datetime) -> bool:
+    if not d.operating_hours:
+        return True
+    try:
+        return in_operating_hours(d.operating_hours, now.timestamp())
+    except ValueError:
+        log.warning("device %s: bad operating_hours %r; judged as always operating", d.code, d.operating_hours)
+        return True
 
 
 def offline_transitions(
@@ -193,6 +214,9 @@ def _alert(
         message = f"connection lost at {d.status_at.isoformat()} (last will); last data {d.last_seen.isoformat()}"
     else:
         message = f"no data since {d.last_seen.isoformat()} (expected every {d.cadence_s:g} s)"
+    if rule == OFFLINE_RULE and d.permit:
+        hours = d.operating_hours or "00:00-24:00"
+        message = f"permit {d.permit}: source stopped sending during its operating hours {hours}; {message}"
     return device_alert(
         rule,
         d.code,
@@ -222,7 +246,9 @@ async def check_liveness(
     async with pool.connection() as conn, conn.transaction():
         rows = await (
             await conn.execute(
-                "select d.code, d.district, d.device_class, d.model, l.last_seen, s.connected, s.status_at"
+                "select d.code, d.district, d.device_class, d.model, l.last_seen, s.connected, s.status_at,"
+                " d.attributes->>'operating_hours',"
+                " (select min(p.permit_no) from permit_limits p where p.device_code = d.code)"
                 " from devices d join device_liveness l on l.code = d.code"
                 " left join device_sessions s on s.code = d.code where d.state = 'active'"
             )
@@ -235,7 +261,7 @@ async def check_liveness(
         ).fetchall()
         cadences: dict[str, float | None] = {}
         devices = []
-        for code, district, device_class, model_key, last_seen, connected, status_at in rows:
+        for code, district, device_class, model_key, last_seen, connected, status_at, hours, permit in rows:
             if model_key not in cadences:
                 try:
                     cadences[model_key] = float(models.get(model_key).cadence_s)
@@ -244,7 +270,9 @@ async def check_liveness(
             cadence = cadences[model_key]
             if cadence is None:
                 continue
-            devices.append(DeviceLiveness(code, district, device_class, cadence, last_seen, connected, status_at))
+            devices.append(
+                DeviceLiveness(code, district, device_class, cadence, last_seen, connected, status_at, hours, permit)
+            )
         transitions = liveness_transitions(devices, {(r[0], r[1]): r[2] for r in open_rows}, now, cfg)
         if not transitions:
             return []

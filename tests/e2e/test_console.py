@@ -762,3 +762,59 @@ def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(tmp_path: Path) -> No
         _require_browser(missing, ci=True)
     with pytest.raises(pytest.skip.Exception):
         _require_browser(missing, ci=False)
+
+
+SOURCE_CAPPED = DeviceCode.build("350205", "0310", 95).full
+SOURCE_BARE = DeviceCode.build("350205", "0310", 96).full
+
+
+def test_sources_layer_shows_permit_status_and_today_load_per_district(
+    open_console: Callable[..., Console], api: str, platform: Platform
+) -> None:
+    """Two plating outlets in Haicang: one over its daily COD cap today, one without a permit."""
+    db = platform.services.database_url
+    assert db
+    lon, lat = _district_points()["350205"]
+    now = datetime.now(UTC)
+    with psycopg.connect(db) as conn, conn.cursor() as cur:
+        for i, code in enumerate((SOURCE_CAPPED, SOURCE_BARE)):
+            cur.execute(
+                "insert into devices (code, model, device_class, name, district, lon, lat, state,"
+                " created_by, updated_by) values (%s, 'wastewater-source@1', 'wastewater', %s, '350205', %s, %s,"
+                " 'active', 'e2e', 'e2e')"
+                " on conflict (code) do nothing",
+                (code, f"Plating outlet {i + 1}", lon - 0.01 * (i + 1), lat + 0.01),
+            )
+        cur.execute(
+            "insert into permits (permit_no, holder, valid_from, valid_to) values ('E2E0001P', 'Plating Co.',"
+            " '2026-01-01', '2099-12-31') on conflict do nothing"
+        )
+        cur.execute(
+            "insert into permit_limits (permit_no, device_code, metric, unit, clause, day_cap_kg)"
+            " values ('E2E0001P', %s, 'cod', 'mg/L', 'permit load cap', 20) on conflict do nothing",
+            (SOURCE_CAPPED,),
+        )
+        # Today's running COD sum as the rule engine keeps it: 25 kg, over the 20 kg cap.
+        snapshot = {"cod_load_day_kg": [25.0, now.timestamp(), None, None]}
+        cur.execute(
+            "insert into rule_state (device_code, snapshot) values (%s, %s)"
+            " on conflict (device_code) do update set snapshot = excluded.snapshot",
+            (SOURCE_CAPPED, json.dumps(snapshot)),
+        )
+    c = open_console()
+    _load(c, api)
+    page = c.page
+    expect(page.locator("#sources-view")).to_be_hidden()
+    page.check("#sources-toggle")
+    expect(page.locator(f'rect.source-marker[data-code="{SOURCE_CAPPED}"]')).to_have_attribute(
+        "data-status", "over_cap", timeout=15_000
+    )
+    expect(page.locator(f'rect.source-marker[data-code="{SOURCE_BARE}"]')).to_have_attribute("data-status", "no_permit")
+    title = page.locator(f'rect.source-marker[data-code="{SOURCE_CAPPED}"] title')
+    expect(title).to_contain_text("E2E0001P")
+    expect(title).to_contain_text("cod 25.00/20 kg")
+    row = page.locator('#sources-table tbody tr[data-district="350205"]')
+    expect(row.locator("td")).to_have_text(["Haicang", "2", "1", "0", "1"])
+    expect(page.locator('#legend .legend-item[data-source="over_cap"]')).to_be_visible()
+    _shot(page, "console-sources.png")
+    c.assert_no_errors()

@@ -60,17 +60,31 @@ sites:
   - {name: huli-commercial, model: noise-monitor, district: "350206", attributes: {zone: "2"}}
   - {name: spiky-air, model: air-station, district: "350205"}
   - {name: skewed-air, model: air-station, district: "350211"}
+  # A plating plant under permit: its permit is the `permit` attribute the index would give.
+  - name: jimei-plating
+    model: wastewater-source
+    district: "350211"
+    attributes:
+      operating_hours: "00:00-24:00"
+      permit:
+        number: 91350211SIM0001P
+        holder: Jimei Plating
+        valid_to: "2030-12-31"
+        limits: {hg: {limit: 0.05, unit: mg/L, clause: "GB 8978-1996 表1 第1项 总汞"}}
 effects:
   - {kind: rain, from: 1h, to: 5h, ramp: 30m, peak_mm_h: 90, elsewhere_mm_h: 15}
   - {kind: sewage, site: houxi-river, from: 1h, to: 6h, ramp: 30m, load: 1.0}
   # The same discharge at a station in maintenance: its flag-M data must raise nothing.
   - {kind: sewage, site: maint-river, from: 1h, to: 6h, ramp: 30m, load: 1.0}
   - {kind: construction, site: lujiang-residential, from: 0h, to: 9h, hours: [23, 3], level_db: 60}
+  # Its mercury treatment fails for three hours: hourly means above GB 8978-1996 Table 1.
+  - {kind: discharge, site: jimei-plating, from: 2h, to: 5h, load: 7}
 expected:
   - {rule: manhole.water_level, select: {model: manhole-cover, tag: low_lying}, window: [1h, 6h]}
   - {rule: water.class.below_target, site: houxi-river, window: [1h, 7h]}
   - {rule: noise.night.over_limit, site: lujiang-residential, window: [4h, 8h]}
   - {rule: noise.night.burst, site: lujiang-residential, window: [4h, 8h]}
+  - {rule: wastewater.hg.hour_limit, site: jimei-plating, window: [2h, 3h]}
 """
 
 # A smaller one for the command line: covers only, over MQTT. Its codes overlap the first
@@ -226,6 +240,11 @@ def test_scenario_alerts_on_the_platform_score_against_the_ground_truth(run: Run
     # (Liveness alerts are not about the data: the fleet disconnects when the run ends, and a
     # device whose last word is its offline status is offline.)
     assert not [a for a in report.fired if a.device == maint and not a.rule.startswith("device.")], report.fired
+    # The pollution source's hourly mercury means over MQTT, judged against the permit in its
+    # ledger attributes: one exceedance, opened with the first failed hour.
+    plant = run.scenario.named["jimei-plating"].code
+    hg = [a for a in report.fired if a.device == plant and a.rule == "wastewater.hg.hour_limit"]
+    assert len(hg) == 1, report.fired
 
 
 def test_fault_injection_shows_in_the_stored_quality_flags(run: Run) -> None:

@@ -5,7 +5,7 @@ import { h, clear, $ } from "./dom.js";
 import { t, pick, lang, setLang, onLangChange, applyStatic, fmtTime } from "./i18n.js";
 import { getJSON, postJSON, deleteJSON, qs, items, ApiError, setCsrfToken } from "./api.js";
 import { setPrincipal, getPrincipal, can, deny, grantedDistricts, grantedClasses, scoped, districtVisible } from "./access.js";
-import { createMap, shadeLegend, STATUS_COLOURS, aqiColour, aqiLevel } from "./map.js";
+import { createMap, shadeLegend, STATUS_COLOURS, SOURCE_COLOURS, aqiColour, aqiLevel } from "./map.js";
 import { lineChart } from "./chart.js";
 
 const SEVERITIES = ["info", "warning", "major", "critical"];
@@ -28,7 +28,9 @@ const state = {
   alerts: new Map(), // id → normalised alert
   rows: new Map(), // id → <li>
   districtNames: { ...FALLBACK_DISTRICTS },
-  classes: new Set(["air", "water", "noise", "manhole", "pole"]),
+  classes: new Set(["air", "water", "noise", "manhole", "pole", "wastewater", "fluegas"]),
+  showSources: false,
+  sourceDistricts: [],
   models: new Map(), // "id@version" and "id" → model JSON
   devices: new Map(), // code → geo device properties
   incidents: [],
@@ -391,6 +393,48 @@ async function toggleGrid(on) {
   state.map.showGrid(on);
 }
 
+// --- pollution sources (GET /api/v1/sources): a map layer and a per-district view -------------------
+
+async function refreshSources() {
+  if (!state.showSources) return;
+  try {
+    const body = await getJSON("/api/v1/sources");
+    state.map.setSources(body?.items ?? []);
+    state.sourceDistricts = body?.districts ?? [];
+    $("#map").dataset.sources = String(body?.items?.length ?? 0);
+    renderSourcesView();
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) return showLogin();
+    warn("sources unavailable", err);
+    showMapMsg(t("sources.unavailable"));
+  }
+}
+
+function renderSourcesView() {
+  const body = $("#sources-table tbody");
+  clear(body);
+  for (const d of state.sourceDistricts ?? []) {
+    const row = h(
+      "tr",
+      { class: d.alerting ? "alerting" : "", dataset: { district: d.district } },
+      h("td", {}, districtName(d.district)),
+      h("td", {}, String(d.sources)),
+      h("td", {}, String(d.with_permit)),
+      h("td", {}, String(d.alerting)),
+      h("td", {}, String(d.over_cap)),
+    );
+    body.append(row);
+  }
+}
+
+async function toggleSources(on) {
+  state.showSources = on;
+  $("#sources-view").hidden = !on;
+  state.map.showSources(on);
+  renderLegend();
+  if (on) await refreshSources();
+}
+
 function showMapMsg(text) {
   const el = $("#map-msg");
   el.textContent = text;
@@ -419,6 +463,15 @@ function renderLegend() {
     shade.append(h("span", { class: "legend-item" }, sw, label));
   }
   root.append(status, shade);
+  if (state.showSources) {
+    const sources = h("div", { class: "legend-group" }, h("span", { class: "legend-title" }, t("map.sources")));
+    for (const [key, colour] of Object.entries(SOURCE_COLOURS)) {
+      const sw = h("span", { class: "swatch" });
+      sw.style.background = colour;
+      sources.append(h("span", { class: "legend-item", dataset: { source: key } }, sw, t(`sources.status.${key}`)));
+    }
+    root.append(sources);
+  }
 }
 
 // --- alerts feed ---------------------------------------------------------------------------------
@@ -1089,6 +1142,7 @@ function startApp() {
     renderLegend();
   });
   $("#grid-toggle").addEventListener("change", (ev) => toggleGrid(ev.target.checked));
+  $("#sources-toggle").addEventListener("change", (ev) => toggleSources(ev.target.checked));
   $("#map-reset").addEventListener("click", () => state.map.resetView());
   for (const id of ["#f-severity", "#f-district", "#f-class", "#f-state"]) $(id).addEventListener("change", renderFeed);
   $("#detail-close").addEventListener("click", closeDetail);
@@ -1124,6 +1178,7 @@ function startApp() {
   setInterval(refreshDevices, MAP_EVERY_MS);
   setInterval(refreshDistricts, MAP_EVERY_MS * 2);
   setInterval(refreshIncidents, MAP_EVERY_MS);
+  setInterval(refreshSources, MAP_EVERY_MS * 2);
 }
 
 function relabelAll() {
@@ -1137,6 +1192,7 @@ function relabelAll() {
   fillDistrictFilter();
   fillClassFilter();
   if (state.map) state.map.relabel();
+  renderSourcesView();
   if (state.detailCode) openDetail(state.detailCode);
 }
 

@@ -16,7 +16,24 @@ export const STATUS_COLOURS = {
   alerting: "#d62728",
   unknown: "#a0aec0",
 };
+/** Pollution sources (GET /api/v1/sources): the worst of their permit state wins. */
+export const SOURCE_COLOURS = {
+  exceeding: "#d62728", // an open permit or outage alert
+  over_cap: "#ff7f0e", // today's load at or over a daily cap
+  expired: "#7b1fa2", // the permit has expired
+  no_permit: "#6b7280",
+  ok: "#1f9d55",
+};
 const NO_DATA = "#d5dbe3";
+
+/** The map state of one source item of GET /api/v1/sources. */
+export function sourceStatus(item) {
+  if (item?.open_alerts?.length) return "exceeding";
+  if ((item?.loads_today ?? []).some((l) => (l.ratio ?? 0) >= 1)) return "over_cap";
+  if (!item?.permit) return "no_permit";
+  if (item.permit.status === "expired") return "expired";
+  return "ok";
+}
 const W = 1000;
 const DEFAULT_FRAME = [117.8, 24.3, 118.5, 25.0]; // city grid frame (geo/grid.py)
 
@@ -141,9 +158,10 @@ export function createMap(svg, { onDeviceClick } = {}) {
     grid: s("g", { class: "layer-grid" }),
     labels: s("g", { class: "layer-labels" }),
     devices: s("g", { class: "layer-devices" }),
+    sources: s("g", { class: "layer-sources" }),
   };
   clear(svg);
-  svg.append(layers.districts, layers.grid, layers.labels, layers.devices);
+  svg.append(layers.districts, layers.grid, layers.labels, layers.devices, layers.sources);
   const state = {
     districts: [],
     grid: [],
@@ -154,6 +172,8 @@ export function createMap(svg, { onDeviceClick } = {}) {
     proj: makeProjection(DEFAULT_FRAME),
     view: null, // [x, y, w, h]
     showGrid: false,
+    sources: [],
+    showSources: false,
   };
 
   function setView(v) {
@@ -165,6 +185,7 @@ export function createMap(svg, { onDeviceClick } = {}) {
     for (const c of layers.devices.querySelectorAll("circle.device")) c.setAttribute("r", r.toFixed(2));
     for (const c of layers.devices.querySelectorAll("circle.halo")) c.setAttribute("r", (r * 1.9).toFixed(2));
     for (const el of layers.labels.querySelectorAll("text")) el.setAttribute("font-size", (20 / zoom).toFixed(1));
+    if (state.showSources) renderSources();
   }
 
   function resetView() {
@@ -272,6 +293,40 @@ export function createMap(svg, { onDeviceClick } = {}) {
     }
   }
 
+  // Sources are squares above the device circles, so a station and a source at one site both show.
+  function renderSources() {
+    clear(layers.sources);
+    if (!state.showSources) return;
+    const side = state.view ? 12 / (state.proj.width / state.view[2]) : 12;
+    for (const item of state.sources) {
+      if (!Number.isFinite(item.lon) || !Number.isFinite(item.lat)) continue;
+      const [x, y] = state.proj.project(item.lon, item.lat);
+      const status = sourceStatus(item);
+      const loads = (item.loads_today ?? []).map((l) => `${l.metric} ${l.today_kg.toFixed(2)}/${l.day_cap_kg} kg`);
+      const permit = item.permit ? `${item.permit.number} (${t(`sources.permit.${item.permit.status}`)})` : t("sources.permit.none");
+      const lines = [`${item.name || item.code} (${item.code})`, `${t("sources.permit")}: ${permit}`];
+      if (loads.length) lines.push(`${t("sources.load_today")}: ${loads.join(", ")}`);
+      for (const a of item.open_alerts ?? []) lines.push(`⚠ ${a.rule}: ${a.message}`);
+      const rect = s(
+        "rect",
+        {
+          class: `source-marker source-${status}`,
+          x: (x - side / 2).toFixed(1),
+          y: (y - side / 2).toFixed(1),
+          width: side.toFixed(2),
+          height: side.toFixed(2),
+          fill: SOURCE_COLOURS[status],
+          dataset: { code: item.code, status },
+          tabindex: 0,
+          role: "button",
+        },
+        s("title", { text: lines.join("\n") }),
+      );
+      rect.addEventListener("click", () => onDeviceClick?.(item.code));
+      layers.sources.append(rect);
+    }
+  }
+
   // --- pan / zoom --------------------------------------------------------------
   function toSvg(ev) {
     const rect = svg.getBoundingClientRect();
@@ -342,6 +397,7 @@ export function createMap(svg, { onDeviceClick } = {}) {
       renderDistricts();
       renderGrid();
       renderDevices();
+      renderSources();
     },
     setGrid(fc) {
       state.grid = Array.isArray(fc?.features) ? fc.features : [];
@@ -354,6 +410,14 @@ export function createMap(svg, { onDeviceClick } = {}) {
     setDevices(fc) {
       state.devices = Array.isArray(fc?.features) ? fc.features : [];
       renderDevices();
+    },
+    setSources(items) {
+      state.sources = Array.isArray(items) ? items : [];
+      renderSources();
+    },
+    showSources(on) {
+      state.showSources = on;
+      renderSources();
     },
     setShade(mode) {
       state.shade = mode;

@@ -740,7 +740,7 @@ class DecodedData:
 # extra sub-items (docs/standards.md §2.2/§2.4). Noise sub-items (-Data, -DayData,
 # -NightData) are accepted in every data upload.
 _PRIMARY_FIELD = {_CN_RTD: "Rtd", _CN_MINUTE: "Avg", _CN_HOUR: "Avg", _CN_DAY: "Avg"}
-_AGGREGATE_EXTRAS = (("Min", "_min"), ("Max", "_max"))
+_AGGREGATE_EXTRAS = (("Min", "_min"), ("Max", "_max"), ("Cou", "_cou"))
 _NOISE_PRIMARY = "Data"
 _NOISE_EXTRAS = (("DayData", "_day"), ("NightData", "_night"))
 
@@ -769,12 +769,17 @@ def to_readings(
     tz: tzinfo,
     metric_for_code: Mapping[str, str],
     unit_for_code: Mapping[str, str] | None = None,
+    cou_unit_for_code: Mapping[str, str] | None = None,
+    interval_suffix: Mapping[str, str] | None = None,
 ) -> DecodedData:
     """Turn a data upload into canonical readings.
 
     * CN 2011 (real-time): ``code-Rtd`` → ``metric``.
     * CN 2051/2061/2031 (minute/hour/day): ``code-Avg`` → ``metric``, ``-Min`` →
-      ``metric_min``, ``-Max`` → ``metric_max``.
+      ``metric_min``, ``-Max`` → ``metric_max``, ``-Cou`` (discharge amount) →
+      ``metric_cou``; with ``interval_suffix`` (pollution-source models) the metric
+      is ``metric + suffix`` first, so ``w20111-Avg`` of a 2061 is ``hg_hour`` and
+      its ``-Cou`` ``hg_hour_cou``.
     * Noise (any of these CNs): ``-Data`` → ``metric`` (when the primary sub-item
       above is absent), ``-DayData`` → ``metric_day``, ``-NightData`` → ``metric_night``.
 
@@ -792,6 +797,8 @@ def to_readings(
             unless a device is configured otherwise).
         metric_for_code: Factor code → metric name (``a34004`` → ``pm25``, ``LA`` → ``noise_la``).
         unit_for_code: Factor code → unit; ``""`` where missing.
+        cou_unit_for_code: Factor code → unit of its ``-Cou``; ``""`` where missing.
+        interval_suffix: CN → metric suffix of interval data (``{"2061": "_hour"}``).
 
     Returns:
         The readings and the factor codes that were skipped as unknown.
@@ -807,6 +814,8 @@ def to_readings(
         return DecodedData()
     extras = _AGGREGATE_EXTRAS if packet.cn != _CN_RTD else ()
     units = unit_for_code or {}
+    cou_units = cou_unit_for_code or {}
+    suffix = (interval_suffix or {}).get(packet.cn, "")
     readings: list[Reading] = []
     unknown: dict[str, None] = {}
     for when, code, fields in cp_values(packet):
@@ -814,6 +823,7 @@ def to_readings(
         if metric is None:
             unknown[code] = None
             continue
+        metric += suffix
         wanted: list[tuple[str, str]] = []
         if primary in fields:
             wanted.append((primary, metric))
@@ -835,7 +845,7 @@ def to_readings(
                     event_time=event_time,
                     received_at=received_at,
                     value=_number(code, sub, fields[sub]),
-                    unit=units.get(code, ""),
+                    unit=cou_units.get(code, "") if sub == "Cou" else units.get(code, ""),
                     quality=quality,
                     flag=flag,
                 )

@@ -24,7 +24,7 @@ from ingest.adapters.hj212.codec import (
     parse_segment,
     to_readings,
 )
-from ingest.adapters.hj212.units import wire_units
+from ingest.adapters.hj212.units import cou_units, wire_units
 from ingest.errors import DecodeError
 
 __all__ = ["ADAPTER", "decode_hj212", "make_hj212_decoder", "packet_of"]
@@ -128,5 +128,7 @@ def _decode(raw: RawMessage, dev: DeviceInfo, model: DeviceModel, default_tz: tz
         metric_for_code=model.by_hj212,
         # The unit of a code depends on the station: ambient SO2 is µg/m³, a stack's mg/m³.
         unit_for_code=wire_units(model, packet.st),
+        cou_unit_for_code=cou_units(model),
+        interval_suffix=model.hj212_intervals,
     )
     return [r for r in data.readings if r.metric in model.metrics]

@@ -30,7 +30,15 @@ from types import MappingProxyType
 
 from devices.models import DeviceModel
 
-__all__ = ["AMBIENT_AIR_UNITS", "SOURCE_GAS_UNITS", "ST_UNITS", "wire_units"]
+__all__ = [
+    "AMBIENT_AIR_UNITS",
+    "SOURCE_COU_UNITS",
+    "SOURCE_GAS_UNITS",
+    "SOURCE_WATER_UNITS",
+    "ST_UNITS",
+    "cou_units",
+    "wire_units",
+]
 
 #: Ambient air quality stations and micro-stations: GB 3095-2012 Table 1/2 units
 #: (docs/standards.md §3.5). CO is the one gas in mg/m³.
@@ -56,17 +64,72 @@ SOURCE_GAS_UNITS: Mapping[str, str] = MappingProxyType(
         "a21004": "mg/m3",  # NO2
         "a21002": "mg/m3",  # NOx
         "a21005": "mg/m3",  # CO
+        # Particulates and heavy metals of a stack (docs/standards.md, "HJ 212-2017 Appendix B").
+        "a34013": "mg/m3",  # 烟尘
+        "a20057": "mg/m3",  # 汞及其化合物
+        "a20025": "mg/m3",  # 镉及其化合物
+        "a20043": "mg/m3",  # 铅及其化合物
+        "a20063": "mg/m3",  # 镍及其化合物
+        "a20016": "mg/m3",  # 铍及其化合物
+        "a20091": "mg/m3",  # 锡及其化合物
+        "a00000": "m3/s",  # 废气 (flow)
+    }
+)
+
+#: Wastewater sources (ST=32 地表水体环境污染源): the units of HJ 212-2017 附录B, which are
+#: not all mg/L. Total mercury, cadmium, hexavalent chromium, arsenic, lead, beryllium and
+#: selenium travel in µg/L, thallium and alkyl mercury in ng/L (docs/standards.md, "HJ
+#: 212-2017 Appendix B"). A station's Hg of 0.5 is 0.5 µg/L = 0.0005 mg/L.
+SOURCE_WATER_UNITS: Mapping[str, str] = MappingProxyType(
+    {
+        "w00000": "L/s",  # 污水 (flow)
+        "w01001": "pH",
+        "w01018": "mg/L",  # COD
+        "w21003": "mg/L",  # NH3-N
+        "w21011": "mg/L",  # TP
+        "w21001": "mg/L",  # TN
+        "w20111": "ug/L",  # 总汞
+        "w20113": "ng/L",  # 烷基汞
+        "w20115": "ug/L",  # 总镉
+        "w20116": "mg/L",  # 总铬
+        "w20117": "ug/L",  # 六价铬
+        "w20119": "ug/L",  # 总砷
+        "w20120": "ug/L",  # 总铅
+        "w20121": "mg/L",  # 总镍
+        "w20122": "mg/L",  # 总铜
+        "w20123": "mg/L",  # 总锌
+        "w20124": "mg/L",  # 总锰
+        "w20126": "mg/L",  # 总银
+        "w20127": "ug/L",  # 总铍
+        "w20128": "ug/L",  # 总硒
+        "w20089": "ng/L",  # 铊
+    }
+)
+
+#: Unit of the discharge amount (``-Cou``) per code: 附录B's 排放量 column. A pollutant in
+#: mg/L or mg/m³ is counted in kg, one in µg/L in g, one in ng/L in mg; flows in m³.
+SOURCE_COU_UNITS: Mapping[str, str] = MappingProxyType(
+    {
+        **{code: "m3" for code in ("w00000", "a00000")},
+        **{
+            code: {"mg/L": "kg", "ug/L": "g", "ng/L": "mg", "mg/m3": "kg"}[unit]
+            for code, unit in (*SOURCE_WATER_UNITS.items(), *SOURCE_GAS_UNITS.items())
+            if unit in ("mg/L", "ug/L", "ng/L", "mg/m3")
+        },
     }
 )
 
 #: Default unit per factor code, by HJ 212 system code ST (docs/standards.md §2.3).
-#: 22 空气质量监测; 31 大气环境污染源; 51 烟气排放过程监控. Other types (water 21/32,
-#: noise 23 …) report in the units their models declare canonical (mg/L, pH, dB …).
+#: 22 空气质量监测; 31 大气环境污染源; 51 烟气排放过程监控; 32 地表水体环境污染源;
+#: 52 污水排放过程监控. Other types (water 21, noise 23 …) report in the units their
+#: models declare canonical (mg/L, pH, dB …).
 ST_UNITS: Mapping[str, Mapping[str, str]] = MappingProxyType(
     {
         "22": AMBIENT_AIR_UNITS,
         "31": SOURCE_GAS_UNITS,
         "51": SOURCE_GAS_UNITS,
+        "32": SOURCE_WATER_UNITS,
+        "52": SOURCE_WATER_UNITS,
     }
 )
 
@@ -89,4 +152,21 @@ def wire_units(model: DeviceModel, st: str | None = None) -> dict[str, str]:
         if code is None:
             continue
         out[code] = metric.hj212_unit or defaults.get(code) or metric.unit
+    return out
+
+
+def cou_units(model: DeviceModel) -> dict[str, str]:
+    """Factor code → the unit of its discharge amount (``-Cou``) over HJ 212.
+
+    附录B's 排放量 unit for the codes it lists (:data:`SOURCE_COU_UNITS`), else the
+    metric's declared ``cou_unit``. Only metrics with a ``cou_unit`` have one.
+    """
+    out: dict[str, str] = {}
+    for metric in model.metrics.values():
+        if metric.hj212 is None:
+            continue
+        cou = model.metrics.get(f"{metric.name}{next(iter(model.hj212_intervals.values()), '')}_cou")
+        if cou is None:
+            continue
+        out[metric.hj212] = SOURCE_COU_UNITS.get(metric.hj212, cou.unit)
     return out

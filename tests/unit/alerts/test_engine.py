@@ -202,4 +202,4 @@ def test_rule_validation_errors_are_precise() -> None:
 
 def test_shipped_rules_load() -> None:
     rs = shipped_rules()
-    assert {r.device_class for r in rs.rules} == {"air", "water", "noise", "manhole", "pole"}
+    assert {r.device_class for r in rs.rules} == {"air", "water", "noise", "manhole", "pole", "wastewater", "fluegas"}

@@ -42,7 +42,17 @@ def test_unknown_and_incompatible_units_are_rejected() -> None:
 def test_shipped_models_load_and_cover_the_classes() -> None:
     reg = shipped_models()
     ids = {m.id for m in reg.all()}
-    assert ids == {"air-station", "air-micro", "water-station", "noise-monitor", "manhole-cover", "smart-pole"}
+    assert ids == {
+        "air-station",
+        "air-micro",
+        "water-station",
+        "blackodor-station",
+        "noise-monitor",
+        "manhole-cover",
+        "smart-pole",
+        "wastewater-source",
+        "fluegas-source",
+    }
     air = reg.get("air-station@1")
     assert air.metrics["pm25"].hj212 == "a34004"
     assert air.by_hj212["a21005"] == "co"
@@ -68,3 +78,15 @@ def test_model_with_reversed_range_is_rejected(tmp_path: Path) -> None:
     )
     with pytest.raises(ModelError, match="range"):
         load_models(tmp_path)
+
+
+def test_a_source_model_gives_interval_data_their_own_metrics_and_discharge_amounts() -> None:
+    ww = shipped_models().get("wastewater-source")
+    assert {"hg", "hg_minute", "hg_minute_cou", "hg_hour", "hg_hour_min", "hg_hour_max", "hg_hour_cou"} <= set(
+        ww.metrics
+    )
+    assert "hg_minute_min" not in ww.metrics  # minute data: Avg and Cou only
+    assert "ph_hour_cou" not in ww.metrics  # pH has no discharge amount
+    assert ww.metrics["hg_hour"].convert_from("ug/L").apply(50) == pytest.approx(0.05)
+    assert ww.metrics["hg_hour_cou"].convert_from("g").apply(1.8) == pytest.approx(0.0018)
+    assert ww.metrics["flow_hour_cou"].unit == "m3"

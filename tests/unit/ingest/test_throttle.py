@@ -36,7 +36,7 @@ def _throttle(cfg: ThrottleConfig, clock: Clock, max_devices: int = 1000) -> Dev
 def test_profiles_come_from_model_cadence_and_shared_class_codes_take_the_fastest() -> None:
     cfg = ThrottleConfig(factor=10, burst=5)
     profiles, default = profiles_for(shipped_models().all(), cfg)
-    assert profiles["0308"].device_class == "air+water"
+    assert profiles["0308"].device_class == "air+fluegas+water"  # CEMS are 环保监测站 too
     assert profiles["0308"].interval_s == pytest.approx(6.0)  # 60 s / 10
     assert profiles["0101"].device_class == "manhole" and profiles["0101"].interval_s == pytest.approx(360.0)
     assert profiles["0701"].tolerance_s == pytest.approx(4 * 30.0)

@@ -22,8 +22,14 @@ T = datetime(2026, 9, 15, tzinfo=UTC)
 H = timedelta(hours=1)
 
 
-def test_the_four_scenarios_ship_and_name_real_rules() -> None:
-    assert shipped_scenarios() == ["night-construction", "pollution-episode", "sewage-discharge", "typhoon-rainstorm"]
+def test_the_five_scenarios_ship_and_name_real_rules() -> None:
+    assert shipped_scenarios() == [
+        "night-construction",
+        "pollution-episode",
+        "sewage-discharge",
+        "source-exceedance",
+        "typhoon-rainstorm",
+    ]
     rule_ids = {r.id for r in shipped_rules().rules}
     for sid in shipped_scenarios():
         scenario = load_scenario(sid)
@@ -42,7 +48,9 @@ def test_typhoon_ground_truth_names_each_low_lying_cover() -> None:
     assert 0 < len(low) < len(scenario.sites())
 
 
-@pytest.mark.parametrize("sid", ["night-construction", "pollution-episode", "sewage-discharge", "typhoon-rainstorm"])
+@pytest.mark.parametrize(
+    "sid", ["night-construction", "pollution-episode", "sewage-discharge", "source-exceedance", "typhoon-rainstorm"]
+)
 def test_the_production_rules_reach_the_ground_truth(sid: str) -> None:
     scenario = load_scenario(sid)
     precision, recall, details = score(scenario.expected(), oracle_alerts(scenario, step_s=300))
@@ -90,3 +98,38 @@ def test_bad_scenarios_are_refused(tmp_path: Path) -> None:
         load_scenario(bad)
     with pytest.raises(ScenarioError):
         load_scenario("no-such-scenario")
+
+
+def test_pollution_sources_follow_their_operating_hours_and_the_injected_effects() -> None:
+    scenario = load_scenario("source-exceedance")
+    models = {m.site.code: m for m in scenario.models()}
+    plant = models[scenario.named["haicang-plating"].code]  # operates 08:00-20:00 Beijing
+    night, day = scenario.start + 3 * H, scenario.start + 10 * H
+    assert plant.sample(night)["flow"] < 1 < plant.sample(day)["flow"]
+    assert "hg_hour" in plant.sample(day) and "hg_hour" not in plant.sample(day + timedelta(minutes=5))
+    hour = plant.sample(day)
+    assert hour["flow_hour_cou"] == pytest.approx(hour["flow_hour"] * 3.6, rel=1e-3)  # L/s × 3600 s = L → m³
+    jimei = models[scenario.named["jimei-plating"].code]
+    before, during = jimei.sample(scenario.start + 5 * H), jimei.sample(scenario.start + 7 * H)
+    assert before["hg_hour"] < 0.05 < during["hg_hour"]  # GB 8978-1996 Table 1: 总汞 0.05 mg/L
+    drivers = scenario.drivers()
+    assert drivers(scenario.named["jimei-plating"], scenario.start + 7 * H) == {"discharge_factor": 7.0}
+
+
+def test_an_outage_effect_silences_a_source(tmp_path: Path) -> None:
+    text = """
+id: outage
+start: "2026-06-10T00:00:00+08:00"
+duration: 6h
+sites: [{name: plant, model: wastewater-source, district: "350211"}]
+effects: [{kind: outage, site: plant, from: 2h, to: 4h}]
+expected: []
+"""
+    import yaml
+
+    from simulators.scenario import _parse
+
+    scenario = _parse(yaml.safe_load(text), "outage")
+    (model,) = scenario.models()
+    assert model.sample(scenario.start + 3 * H) == {}
+    assert model.sample(scenario.start + 5 * H)
