@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-future lint typecheck unit integration e2e bench fuzz clean
+.PHONY: install demo test test-future lint typecheck unit integration e2e bench fuzz chaos soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ bench: $(STAMP)  ## print throughput figures (asserts no speed)
 
 fuzz: $(STAMP)  ## long fuzzing run of every decoder and the HTTP API
 	CITYBRAIN_FUZZ_EXAMPLES=20000 CITYBRAIN_API_FUZZ_EXAMPLES=200 $(VENV)/bin/pytest -q -p no:cacheprovider tests/fuzz tests/integration/test_openapi_fuzz.py
+
+chaos: $(STAMP)  ## kill -9 each component under a longer city-like load; prints sent/stored/lost/duplicated/recovery
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
+
+soak: $(STAMP)  ## 30 min at half the measured capacity (SOAK_ARGS="--minutes 60"; quick: SOAK_ARGS="--minutes 3 --warmup 1")
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -31,9 +31,11 @@ from citybrain.console import routes as console_routes
 from citybrain.routes import alerts as alert_routes
 from citybrain.routes import apidocs as apidocs_routes
 from citybrain.routes import commands as command_routes
+from citybrain.routes import debug as debug_routes
 from citybrain.routes import devices as device_routes
 from citybrain.routes import geo as geo_routes
 from citybrain.routes import ledger as ledger_routes
+from citybrain.routes import notifications as notification_routes
 from citybrain.routes import readings as reading_routes
 from citybrain.routes import schemas as schema_routes
 from citybrain.routes import sources as source_routes
@@ -68,6 +70,8 @@ ROUTE_MODULES = [
     schema_routes,
     console_routes,
     apidocs_routes,
+    notification_routes,
+    debug_routes,
 ]
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from citybrain.harness import HarnessError, parse_mqtt_url
+from citybrain.kafka_compat import process_client_id
 from citybrain.logs import logging_dict, setup_logging
 from citybrain.settings import Settings
 from core.topics import KafkaTopics
@@ -57,7 +58,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     if args.port is not None:
         settings = settings.model_copy(update={"api_port": args.port})
     print("citybrain demo: bringing the platform up", flush=True)
-    platform = Platform.from_settings(settings)
+    # A private Mosquitto whenever it is installed (durable sessions, as in production);
+    # the embedded amqtt otherwise, which says at start that it is for development.
+    platform = Platform.from_settings(settings, mqtt_broker="auto")
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
@@ -125,6 +128,8 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
         max_payload_bytes=settings.max_payload_bytes,
         shared_group=settings.gateway_shared_group,
         client_id=settings.gateway_client_id,
+        kafka_client_id=process_client_id("gateway"),
+        kafka_replay_s=settings.gateway_kafka_replay_s,
         device_classes=tuple(shipped_models().device_classes()),
         bridge_readings=settings.gateway_bridge_readings,
         bridge_grades=settings.bridge_grades(),
@@ -160,6 +165,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from faust import Worker
 
     from alerts.anomaly.config import load_anomaly_config, shipped_anomaly_config
+    from alerts.notify import RetryPolicy
     from alerts.rules import load_rules, shipped_rules
     from devices.models import shipped_models
     from streams.app import WorkerConfig, create_app
@@ -191,6 +197,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         downstream_views=settings.downstream_views,
         rules_dir=settings.rules_dir,
         rules_reload_s=settings.rules_reload_s,
+        notify=RetryPolicy(
+            attempts=settings.notify_attempts,
+            first_wait_s=settings.notify_first_wait_s,
+            max_wait_s=settings.notify_max_wait_s,
+            timeout_s=settings.notify_timeout_s,
+        ),
+        dead_letter_retention_days=settings.dead_letter_retention_days,
+        debug_recent_messages=settings.debug_recent_messages,
+        client_id=process_client_id("worker"),
     )
     app = create_app(cfg, CollectorRegistry(), shipped_models())
     worker = Worker(
@@ -602,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     from citybrain.devices_cli import register as register_devices
 
     register_devices(sub)
+    from citybrain.notify_cli import register as register_notify
+
+    register_notify(sub)
     from citybrain.security import cli as sec
 
     p = sub.add_parser("audit", help="audit log")

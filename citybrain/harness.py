@@ -43,12 +43,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 __all__ = [
+    "AMQTT_WARNING",
     "HarnessError",
     "ManagedProcess",
     "MosquittoServices",
     "MosquittoTls",
     "Services",
     "free_port",
+    "mosquitto_binary",
     "parse_mqtt_url",
     "pg_password",
     "private_dir",
@@ -136,6 +138,8 @@ class ManagedProcess:
     env: dict[str, str] | None = None
     user: str | None = None
     restarts: int = 0
+    #: ``time.monotonic()`` when this process was (re)started.
+    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:
@@ -179,6 +183,7 @@ class ManagedProcess:
             raise HarnessError(f"{self.name} is still running")
         fresh = spawn(self.name, self.argv, self.log_path, env=self.env, user=self.user, stop_signal=self.stop_signal)
         self.proc = fresh.proc
+        self.started_at = fresh.started_at
         self.restarts += 1
 
 
@@ -357,6 +362,14 @@ def _mqtt_ok(host: str, port: int) -> bool:
     return len(ack) >= 4 and ack[0] == 0x20
 
 
+#: Said whenever the embedded amqtt broker is started (docs/operations.md, "The embedded MQTT broker").
+AMQTT_WARNING = (
+    "MQTT: the embedded amqtt broker is for development only: a gateway killed with -9 loses the "
+    "messages amqtt had handed it but not yet seen acknowledged, and it can stall uplinks for minutes "
+    "(docs/operations.md); install mosquitto (apt-get install mosquitto) for a durable broker"
+)
+
+
 def start_mqtt(data_dir: Path, *, timeout: float = 20.0) -> tuple[ManagedProcess, MqttEndpoint]:
     """Start the embedded amqtt broker in a child process on 127.0.0.1 and a free port."""
     port = free_port()
@@ -385,6 +398,12 @@ class MosquittoTls:
     certfile: Path
     keyfile: Path
     require_certificate: bool = False
+
+
+def mosquitto_binary() -> str | None:
+    """Where Mosquitto is installed, or None."""
+    # Debian installs it in /usr/sbin, which is not on every user's PATH.
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,8 +458,7 @@ def start_mosquitto(
     Returns:
         The process and the plain listener. After re-rendering the files, :func:`reload_mosquitto`.
     """
-    # Debian installs it in /usr/sbin, which is not on every user's PATH.
-    binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    binary = mosquitto_binary()
     if binary is None:
         raise HarnessError("mosquitto is not installed (Debian: apt-get install mosquitto)")
     port = free_port()
@@ -780,6 +798,10 @@ class Services:
     mqtt_url: str | None = None
     kafka_bootstrap: str | None = None
     pg_name: str = "main"
+    #: Which MQTT broker to start when no ``mqtt_url`` is given: ``amqtt`` (embedded,
+    #: for development), ``mosquitto`` (a private one), or ``auto`` (Mosquitto when
+    #: installed, else amqtt: what ``citybrain demo`` uses).
+    mqtt_broker: str = "amqtt"
     processes: list[ManagedProcess] = field(default_factory=list)
     mqtt: MqttEndpoint | None = None
 
@@ -810,7 +832,14 @@ class Services:
                         None,
                     )
                 else:
-                    proc, self.mqtt = start_mqtt(self.data_dir / "mqtt")
+                    use_mosquitto = self.mqtt_broker == "mosquitto" or (
+                        self.mqtt_broker == "auto" and mosquitto_binary() is not None
+                    )
+                    if use_mosquitto:
+                        proc, self.mqtt = start_mosquitto(self.data_dir / "mosquitto")
+                    else:
+                        log.warning(AMQTT_WARNING)
+                        proc, self.mqtt = start_mqtt(self.data_dir / "mqtt")
                     self.mqtt_url = self.mqtt.url
                     self.processes.append(proc)
         except BaseException:

@@ -16,7 +16,9 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 import zlib
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ import psycopg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from citybrain.harness import HarnessError, ManagedProcess, Services, free_port, spawn
+from citybrain.harness import AMQTT_WARNING, HarnessError, ManagedProcess, Services, free_port, spawn
 from citybrain.migrations import upgrade
 from citybrain.settings import Settings
 from core.topics import KafkaTopics
@@ -111,6 +113,33 @@ def register_demo_devices(database_url: str, codes: list[str]) -> None:
             )
 
 
+#: Services that join Kafka consumer groups (their members must leave when they die).
+_GROUP_MEMBERS = frozenset({"gateway", "worker"})
+
+
+@dataclass
+class _Health:
+    """What the supervisor knows about one service's /healthz."""
+
+    url: str
+    seen_healthy: bool = False
+    failing_since: float | None = None
+    slow_since: float | None = None
+
+
+def _http_health(url: str, timeout: float = 2.0) -> str:
+    """``ok`` (200), ``slow`` (no answer in time: busy, or hung) or ``bad`` (refused, or not 200)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return "ok" if r.status == 200 else "bad"
+    except TimeoutError:
+        return "slow"
+    except urllib.error.URLError as exc:
+        return "slow" if isinstance(exc.reason, TimeoutError) else "bad"
+    except OSError:
+        return "bad"
+
+
 @dataclass
 class Platform:
     """A running platform: servers plus service processes."""
@@ -125,10 +154,23 @@ class Platform:
     hj212_port: int = 0
     webhook_token: str = ""
     log_dir: Path = Path("var/logs")
+    #: A service whose /healthz has failed this long (after it was once healthy, or
+    #: after ``startup_grace_s``) is killed and restarted by :meth:`supervise_once`.
+    unhealthy_restart_s: float = 20.0
+    #: How long a (re)started service may take to become healthy the first time.
+    startup_grace_s: float = 90.0
     _api_keys: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = field(default_factory=dict, repr=False)
+    _health: dict[str, _Health] = field(default_factory=dict, repr=False)
+    _dead_pids: set[int] = field(default_factory=set, repr=False)
+    # supervise_once and restart_server change the same processes (the supervisor runs in a thread).
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings, data_dir: Path | None = None) -> Platform:
+    def from_settings(cls, settings: Settings, data_dir: Path | None = None, *, mqtt_broker: str = "amqtt") -> Platform:
+        """A platform for these settings; ``mqtt_broker`` as in :class:`citybrain.harness.Services`.
+
+        ``citybrain demo`` passes ``auto``: a private Mosquitto whenever it is installed.
+        """
         root = (data_dir or settings.data_dir).resolve()
         services = Services(
             root,
@@ -138,6 +180,7 @@ class Platform:
             # Stable per data dir (Python's hash() is salted per process), so a demo
             # restarted on the same data dir finds its database again.
             pg_name=f"pg-{zlib.crc32(str(root).encode()):08x}",
+            mqtt_broker=mqtt_broker,
         )
         return cls(settings=settings, services=services, log_dir=root / "logs")
 
@@ -150,6 +193,11 @@ class Platform:
         if not self.settings.gateway_client_id:
             # A stable client id: the broker keeps a restarted gateway's unacked QoS 1 messages.
             env["CITYBRAIN_GATEWAY_CLIENT_ID"] = f"{self.settings.topic_prefix}-gateway-1"
+        if not self.settings.kafka_bootstrap and not self.settings.gateway_kafka_replay_s:
+            # The embedded broker (noida-db) acknowledges before its log is safe (it snapshots its
+            # whole state now and then) and loses what came since on kill -9: the gateway keeps
+            # copies of what it acknowledged for a minute and resends what the log lost.
+            env["CITYBRAIN_GATEWAY_KAFKA_REPLAY_S"] = "60"
         env.update(self.services.env())
         env["CITYBRAIN_TOPIC_PREFIX"] = self.settings.topic_prefix
         env["CITYBRAIN_PARTITIONS"] = str(self.settings.partitions)
@@ -170,6 +218,8 @@ class Platform:
             t0 = time.monotonic()
             say("starting servers (PostgreSQL, Kafka protocol, MQTT)…")
             self.services.start()
+            if self.services.processes and self.services.processes[-1].name == "mqtt (amqtt)":
+                say(AMQTT_WARNING)
             models = shipped_models()
             assert self.services.database_url and self.services.kafka_bootstrap
             say("migrating the database…")
@@ -333,19 +383,138 @@ class Platform:
         raise HarnessError(f"{what} not healthy at {url} within {timeout:.0f}s ({last})")
 
     def supervise_once(self) -> list[str]:
-        """Restart every platform service that died; returns their names.
+        """Restart every platform service that died or stayed unhealthy; returns their names.
+
+        A service is judged by its /healthz, not only by whether its process lives:
+        one that answered healthy and then refused or answered "unhealthy" for
+        ``unhealthy_restart_s`` (or left it unanswered six times as long: a saturated
+        service answers late and is not restarted for it), or never became healthy within
+        ``startup_grace_s`` of its start, is killed and restarted.
+
+        Before a Kafka client (gateway, worker) is restarted, its consumer-group members
+        are evicted: Apache Kafka expires a dead member after its session timeout, the
+        embedded broker (noida-db) never does, and a group waiting for a member killed
+        with ``-9`` would keep the restarted worker from ever getting its partitions
+        (:func:`citybrain.kafka_compat.evict_dead_members`).
 
         Servers (Kafka, PostgreSQL, MQTT) belong to their own supervisor
         (systemd, Kubernetes, or the harness); services must recover from
         their restarts on their own.
         """
+        with self._lock:
+            return self._supervise_once()
+
+    def _supervise_once(self) -> list[str]:
         restarted = []
+        now = time.monotonic()
         for p in self.processes:
-            if not p.alive():
+            if p.alive():
+                reason = self._unhealthy(p, now)
+                if reason is None:
+                    continue
+                log.warning("%s is unhealthy (%s); killing and restarting it (see %s)", p.name, reason, p.log_path)
+                p.kill()
+            else:
                 log.warning("%s exited with code %s; restarting it (see %s)", p.name, p.proc.returncode, p.log_path)
-                p.respawn()
-                restarted.append(p.name)
+            if p.name in _GROUP_MEMBERS:
+                self._dead_pids.add(p.pid)
+            self._evict_dead()
+            p.respawn()
+            self._health.pop(p.name, None)
+            restarted.append(p.name)
+        if self._dead_pids:
+            self._evict_dead()  # the broker was down at the time: try again
         return restarted
+
+    def restart_server(self, kind: str, *, hard: bool = True, rewind_s: float = 10.0) -> None:
+        """Kill (``-9`` when ``hard``) a server the harness started, start it again, and recover the services.
+
+        ``kafka``: the embedded broker (noida-db) acknowledges records before its log is
+        safe, so a ``kill -9`` can cut the tail off its log; records written after its
+        restart then take offsets the stream workers had already passed, and a worker
+        resuming at its position would skip them. So the workers are stopped, their
+        group is rewound to the records written ``rewind_s`` before the kill (read twice,
+        merged once), and they are started again. Apache Kafka with replication loses no
+        acknowledged record and needs none of this.
+
+        Args:
+            kind: ``kafka`` or ``postgres``.
+            hard: SIGKILL, else the server's own stop signal.
+            rewind_s: How far before the kill the workers read again (Kafka only).
+        """
+        with self._lock:
+            killed_at = time.time()
+            self.services.restart(kind, hard=hard)
+            if kind != "kafka" or not self.services.kafka_bootstrap:
+                return
+            from citybrain.kafka_compat import rewind_group
+
+            workers = [p for p in self.processes if p.name == "worker"]
+            for w in workers:
+                w.kill()
+                self._dead_pids.add(w.pid)
+            self._evict_dead()
+            topics = KafkaTopics(self.settings.topic_prefix)
+            if self.settings.worker_role == "alerts":
+                group = f"{self.settings.topic_prefix}-streams-alerts"
+                names = [topics.readings(c) for c in shipped_models().device_classes()]
+            else:
+                group = f"{self.settings.topic_prefix}-streams"
+                names = [topics.raw]
+            since_ms = int((killed_at - rewind_s) * 1000)
+            try:
+                offsets = rewind_group(self.services.kafka_bootstrap, group, names, since_ms)
+                log.warning("Kafka restarted: group %s rewound to %s", group, offsets)
+            except Exception as exc:  # the workers must come back whatever happened
+                log.error("Kafka restarted, but group %s could not be rewound: %s", group, exc)
+            for w in workers:
+                w.respawn()
+                self._health.pop(w.name, None)
+
+    def health_url(self, name: str) -> str | None:
+        """The /healthz URL of a platform service (None: it has none)."""
+        port = {
+            "gateway": self.gateway_port,
+            "worker": self.worker_port,
+            "api": self.api_port,
+            "edge": self.edge_port,
+        }.get(name, 0)
+        return f"http://127.0.0.1:{port}/healthz" if port else None
+
+    def _unhealthy(self, p: ManagedProcess, now: float) -> str | None:
+        """Why a live service should be restarted, or None."""
+        url = self.health_url(p.name)
+        if url is None:
+            return None
+        h = self._health.setdefault(p.name, _Health(url))
+        state = _http_health(url)
+        if state == "ok":
+            h.seen_healthy, h.failing_since, h.slow_since = True, None, None
+            return None
+        if not h.seen_healthy:
+            waited = now - p.started_at
+            return f"not healthy {waited:.0f}s after its start" if waited > self.startup_grace_s else None
+        if state == "slow":
+            # A service saturated by load answers late; restarting it would only add to the
+            # load. Only one that stays silent for much longer is taken for hung.
+            if h.slow_since is None:
+                h.slow_since = now
+            slow = now - h.slow_since
+            return f"/healthz unanswered for {slow:.0f}s" if slow > 6 * self.unhealthy_restart_s else None
+        if h.failing_since is None:
+            h.failing_since = now
+        failing = now - h.failing_since
+        return f"/healthz failing for {failing:.0f}s" if failing > self.unhealthy_restart_s else None
+
+    def _evict_dead(self) -> None:
+        bootstrap = self.services.kafka_bootstrap
+        if not bootstrap:
+            return
+        from citybrain.kafka_compat import evict_dead_members
+
+        for pid in sorted(self._dead_pids):
+            if evict_dead_members(bootstrap, pid, timeout_s=5.0) is not None:
+                self._dead_pids.discard(pid)
 
     def process(self, name: str) -> ManagedProcess:
         for p in self.processes:
@@ -359,6 +528,12 @@ class Platform:
             self.processes.pop().stop()
         self.services.stop()
 
+    def _mqtt_broker_name(self) -> str:
+        for p in self.services.processes:
+            if p.name.startswith("mqtt ("):
+                return p.name[len("mqtt (") : -1]
+        return "external"
+
     def urls(self) -> dict[str, str]:
         mqtt = self.services.mqtt
         return {
@@ -367,7 +542,7 @@ class Platform:
             "API metrics": f"http://127.0.0.1:{self.api_port}/metrics",
             "gateway metrics": f"http://127.0.0.1:{self.gateway_port}/metrics",
             "worker metrics": f"http://127.0.0.1:{self.worker_port}/metrics",
-            "MQTT": f"mqtt://{mqtt.host}:{mqtt.port}" if mqtt else "-",
+            "MQTT": f"mqtt://{mqtt.host}:{mqtt.port}  ({self._mqtt_broker_name()})" if mqtt else "-",
             "HJ 212 (TCP)": f"127.0.0.1:{self.hj212_port}",
             "NB-IoT webhook": f"http://127.0.0.1:{self.api_port}/api/v1/ingest/webhook/{{oceanconnect|ctwing}}"
             f"  (X-Citybrain-Token: {self.webhook_token})",

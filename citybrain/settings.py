@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         default="", description="Shared-subscription group ($share/<group>/...); empty: plain subscription"
     )
     gateway_client_id: str = Field(default="", description="MQTT client id of the gateway (default random)")
+    gateway_kafka_replay_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Keep copies of Kafka-acknowledged records this long and resend them if the broker's log"
+        " loses them (0: off; the platform sets 60 for its embedded broker)",
+    )
     max_payload_bytes: int = Field(default=65536, ge=256, description="Largest accepted MQTT payload")
     gateway_flood_factor: float = Field(
         default=100.0,
@@ -134,6 +140,21 @@ class Settings(BaseSettings):
     )
     rules_reload_s: float = Field(
         default=10.0, ge=0, description="How often workers re-read CITYBRAIN_RULES_DIR for changed rules (0: never)"
+    )
+    notify_attempts: int = Field(
+        default=5, ge=1, le=20, description="Attempts per notification webhook delivery before it is marked failed"
+    )
+    notify_first_wait_s: float = Field(
+        default=2.0, gt=0, description="Wait after a failed notification attempt; doubles per attempt"
+    )
+    notify_max_wait_s: float = Field(default=120.0, gt=0, description="Longest wait between notification attempts")
+    notify_timeout_s: float = Field(default=10.0, gt=0, description="HTTP timeout of one notification attempt")
+    debug_recent_messages: bool = Field(
+        default=True,
+        description="Workers keep each device's last 20 raw messages for the debug view (a write per device and batch)",
+    )
+    dead_letter_retention_days: int = Field(
+        default=7, ge=1, description="Days dead letters stay in the dead_letters table (the per-device debug view)"
     )
     anomaly_config: str = Field(
         default="",

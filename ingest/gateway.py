@@ -86,6 +86,15 @@ class GatewayConfig:
     max_payload_bytes: int = 65536
     shared_group: str = ""
     client_id: str = ""
+    #: Kafka client id of the producer and the bridge consumer (default random). The
+    #: platform puts the pid in it, so a supervisor can evict a killed gateway's
+    #: bridge-group member on a broker that never expires it (citybrain.kafka_compat).
+    kafka_client_id: str = ""
+    #: Keep a copy of each record Kafka acknowledged this long (0: none). For a broker that
+    #: acknowledges before its log is safe (the embedded noida-db): when a later record gets
+    #: an offset at or below one it acknowledged, its log went back, and the gateway sends the
+    #: copies from that offset on again (the store merges what arrives twice).
+    kafka_replay_s: float = 0.0
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_tls: MqttTls | None = None  # set: connect over TLS (CITYBRAIN_MQTT_TLS_*)
@@ -137,6 +146,16 @@ class GatewayMetrics:
         )
         self.kafka_errors = Counter(
             "citybrain_gateway_kafka_errors_total", "Failed Kafka sends (retried)", registry=registry
+        )
+        self.kafka_regressions = Counter(
+            "citybrain_gateway_kafka_log_regressions_total",
+            "Times Kafka handed out an offset at or below one it had acknowledged (it lost records)",
+            registry=registry,
+        )
+        self.kafka_resent = Counter(
+            "citybrain_gateway_kafka_resent_messages_total",
+            "Acknowledged messages sent to Kafka again because its log lost them (kafka_replay_s)",
+            registry=registry,
         )
         self.bridged = Counter(
             "citybrain_gateway_bridged_total", "Records re-published on MQTT", ["stream"], registry=registry
@@ -226,10 +245,13 @@ class Gateway:
                 batch_max=cfg.batch_max,
                 batch_max_bytes=cfg.batch_max_bytes,
                 linger_ms=cfg.linger_ms,
+                client_id=cfg.kafka_client_id,
+                replay_s=cfg.kafka_replay_s,
             ),
             self.metrics.sink,
             on_record=self._record_sent,
             on_error=self.metrics.kafka_errors.inc,
+            on_resend=self._record_resend,
         )
         try:
             await sink.start()
@@ -474,6 +496,10 @@ class Gateway:
         self._unacked -= 1
         self.metrics.unacked.set(self._unacked)
 
+    def _record_resend(self, messages: int) -> None:
+        self.metrics.kafka_regressions.inc()
+        self.metrics.kafka_resent.inc(messages)
+
     def _record_sent(self, messages: int) -> None:
         self.metrics.batches.inc()
         self.metrics.batch_size.observe(messages)
@@ -488,6 +514,7 @@ class Gateway:
             *topics,
             bootstrap_servers=self.cfg.kafka_bootstrap,
             group_id=f"{self.cfg.topics.prefix}-mqtt-bridge",
+            client_id=self.cfg.kafka_client_id or f"citybrain-bridge-{uuid.uuid4().hex[:6]}",
             auto_offset_reset="latest",
             enable_auto_commit=True,
         )

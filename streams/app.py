@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import faust
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -45,9 +46,18 @@ from psycopg_pool import AsyncConnectionPool
 
 from alerts.anomaly.config import AnomalyConfig
 from alerts.errors import RuleError
+from alerts.notify import (
+    Dispatcher,
+    NotificationMetrics,
+    NotificationStore,
+    RetryPolicy,
+    WebhookSender,
+    parse_transitions,
+)
 from alerts.rules import RuleDirectory, RuleSet
 from core.topics import KafkaTopics
 from devices.models import ModelRegistry
+from streams.debug import DeadLetter, prune_dead_letters, record_dead_letters
 from streams.errors import MaintenanceError
 from streams.liveness import LivenessConfig, check_liveness
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
@@ -90,6 +100,13 @@ class WorkerConfig:
     rules_dir: str = ""
     rules_reload_s: float = 10.0
     downstream_views: str = "auto"
+    notify: RetryPolicy = field(default_factory=RetryPolicy)
+    notify_interval_s: float = 1.0
+    notify_concurrency: int = 16
+    dead_letter_retention_days: int = 7
+    debug_recent_messages: bool = True
+    #: Kafka client id (the platform puts the pid in it: citybrain.kafka_compat.evict_dead_members).
+    client_id: str = "citybrain-worker"
 
     def __post_init__(self) -> None:
         if self.role not in WORKER_ROLES:
@@ -168,6 +185,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
     app = faust.App(
         app_id,
         broker=[f"kafka://{h}" for h in cfg.kafka_bootstrap.split(",")],
+        broker_client_id=cfg.client_id,
         store="memory://",
         datadir=cfg.data_dir,
         web_bind=cfg.web_host,
@@ -205,6 +223,13 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         value_serializer="raw",
         partitions=cfg.partitions,
     )
+    alerts_topic = app.topic(
+        cfg.topics.alerts, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    deadletter = app.topic(
+        cfg.topics.deadletter, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    notify_metrics = NotificationMetrics(registry) if alerting else None
     state: dict[str, Any] = {}
     ready = asyncio.Event()
     loop = BatchLoop()
@@ -239,6 +264,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
                 anomaly=cfg.anomaly,
                 evaluate=cfg.role == "all",
                 downstream_views=cfg.downstream_views,
+                debug_recent=cfg.debug_recent_messages,
                 retention_days=cfg.retention_days,
             ),
             pool,
@@ -254,6 +280,16 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
             await pipe.drain_outbox()
         state["pool"] = pool
         state["pipeline"] = pipe
+        if alerting and notify_metrics is not None:
+            # Outbound notification webhooks: enqueued from the alerts topic, sent by the dispatcher.
+            http = aiohttp.ClientSession()
+            # A claim outlives the longest attempt series, so no other worker sends the delivery meanwhile.
+            notifications = NotificationStore(pool, notify_metrics, lease_s=cfg.notify.worst_case_s + 60.0)
+            state["http"] = http
+            state["notifications"] = notifications
+            state["dispatcher"] = Dispatcher(
+                notifications, WebhookSender(http, cfg.notify, notify_metrics), cfg.notify_concurrency
+            )
         ready.set()
         log.info("stream worker (role %s) ready: %d devices in the index", cfg.role, len(pipe.index))
 
@@ -277,6 +313,58 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         async def alerts_agent(stream: faust.StreamT[bytes]) -> None:
             await in_batches(stream, Pipeline.process_readings)
 
+    if alerting:
+
+        @app.agent(alerts_topic, name="notify")
+        async def notify_agent(stream: faust.StreamT[bytes]) -> None:
+            # At least once: the offset moves on only after the deliveries are enqueued
+            # (idempotently, so a re-read after a crash enqueues nothing twice).
+            await ready.wait()
+            store: NotificationStore = state["notifications"]
+            async for values in stream.take(cfg.batch_max, within=cfg.batch_within_s):
+                docs = parse_transitions(values)
+                while True:
+                    try:
+                        await store.enqueue(docs)
+                        break
+                    except psycopg.OperationalError as exc:
+                        log.error("notification enqueue failed, retrying: %s", exc)
+                        await asyncio.sleep(1.0)
+
+        @app.timer(interval=cfg.notify_interval_s)
+        async def _notify() -> None:
+            if not ready.is_set() or loop.stopping:
+                return
+            try:
+                await state["dispatcher"].tick()
+            except psycopg.OperationalError as exc:
+                log.warning("notification dispatch skipped, database unavailable: %s", exc)
+
+    if ingest:
+
+        @app.agent(deadletter, name="deadletters")
+        async def deadletter_agent(stream: faust.StreamT[bytes]) -> None:
+            # The debug view's copy of the dead-letter topic, keyed by (topic, partition, offset).
+            await ready.wait()
+            async for event in stream.events():
+                msg = event.message
+                headers = msg.headers.items() if isinstance(msg.headers, Mapping) else (msg.headers or [])
+                rec = DeadLetter(
+                    msg.topic,
+                    msg.partition,
+                    msg.offset,
+                    event.value if isinstance(event.value, bytes) else b"",
+                    tuple((str(k), bytes(v or b"")) for k, v in headers),
+                )
+                while True:
+                    try:
+                        async with state["pool"].connection() as conn:
+                            await record_dead_letters(conn, [rec])
+                        break
+                    except psycopg.OperationalError as exc:
+                        log.error("dead letter copy failed, retrying: %s", exc)
+                        await asyncio.sleep(1.0)
+
     @app.timer(interval=cfg.maintenance_interval_s)
     async def _maintain() -> None:
         # Partitions ahead, rollup refresh, retention; one worker at a time (advisory lock inside).
@@ -292,6 +380,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
                     compress_after_days=cfg.compress_after_days,
                     rollup_retention_days=cfg.rollup_retention_days,
                 )
+                await prune_dead_letters(conn, datetime.now(UTC), cfg.dead_letter_retention_days)
         except (MaintenanceError, psycopg.OperationalError) as exc:
             log.error("maintenance failed (the next run retries): %s", exc)
 
@@ -344,6 +433,13 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         # Sent after the consumer stopped fetching, before the agents are cancelled:
         # the batch in hand finishes (and is acknowledged) with its pool still open.
         await loop.stop(STOP_BATCH_WAIT_S)
+        # Deliveries in flight are cut short: their leases expire and they are claimed again.
+        dispatcher = state.get("dispatcher")
+        if dispatcher is not None:
+            await dispatcher.close()
+        http = state.get("http")
+        if http is not None:
+            await http.close()
         pool = state.get("pool")
         if pool is not None:
             await pool.close()

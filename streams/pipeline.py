@@ -66,6 +66,7 @@ from devices.ledger import Ledger
 from devices.models import ModelError, ModelRegistry
 from ingest.batch import dead_letter_headers, decode_batch
 from ingest.errors import DecodeError
+from streams.debug import record_recent
 from streams.downstream import plan_views
 from streams.liveness import record_seen, record_sessions
 from streams.normalise import Normalised, Reject, normalise
@@ -183,6 +184,9 @@ class PipelineConfig:
     #: Graded Kafka views ``readings.{class}.public|internal`` (streams.downstream.plan_views):
     #: ``auto`` only for classes with non-public metrics, ``all`` for every class, ``off`` none.
     downstream_views: str = "auto"
+    #: Keep each device's last raw messages for the debug view (streams.debug.record_recent):
+    #: one more upsert per device per batch (``CITYBRAIN_DEBUG_RECENT_MESSAGES``).
+    debug_recent: bool = True
     #: Raw readings are kept this many whole UTC days (``CITYBRAIN_RETENTION_DAYS``); an older
     #: reading is dead-lettered ``beyond_retention`` instead of stored (None: no limit).
     retention_days: int | None = None
@@ -310,6 +314,15 @@ class Pipeline:
             if unplaced:
                 self._set_aside(result, unplaced)
         await self._after_store(result)
+        if messages and self.cfg.debug_recent:
+            # The debug view's ring of recent raw messages: one upsert per device per batch.
+            async with self.pool.connection() as conn:
+                await record_recent(
+                    conn,
+                    messages,
+                    (r for r, _ in result.readings),
+                    ((rej.raw, rej.reason, rej.detail) for rej in result.rejects),
+                )
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         return result
 

@@ -14,10 +14,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from citybrain.harness import mosquitto_binary
+
 pytestmark = pytest.mark.e2e
 
 
 def test_demo_answers_healthz_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+    assert mosquitto_binary() is not None, "mosquitto must be installed (.ci/run installs it)"
     env = dict(os.environ, CITYBRAIN_DATA_DIR=str(tmp_path / "var"), CITYBRAIN_TOPIC_PREFIX="democmd")
     proc = subprocess.Popen(
         [sys.executable, "-m", "citybrain.cli", "demo", "--port", "0", "--devices", "3"],
@@ -44,6 +47,9 @@ def test_demo_answers_healthz_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"{api.group(1)}/healthz", timeout=5) as r:
             assert r.status == 200
         assert re.search(r"console login\s+\S+ / \S+", out)
+        # Mosquitto is installed here (and in CI): the demo runs on it, not on the development broker.
+        assert re.search(r"MQTT\s+mqtt://\S+\s+\(mosquitto\)", out), out
+        assert "amqtt" not in out
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 6
         # Ctrl-C, pressed twice, and a SIGTERM on top: the demo still stops cleanly.

@@ -296,3 +296,30 @@ async def test_a_derived_indicator_that_cannot_be_computed_is_counted(
         assert code in caplog.text and "so2" in caplog.text
     finally:
         await pool.close()
+
+
+@pytest.mark.parametrize("capture", [True, False])
+async def test_the_debug_ring_gets_each_devices_newest_message_and_its_outcome(
+    database_url: str, models: ModelRegistry, capture: bool
+) -> None:
+    pub = FakePublisher()
+    pool, pipe = await _pipeline(database_url, models, pub, debug_recent=capture)
+    try:
+        good = _raw(DAY, {"pm25": 30}, rx=NOW)
+        await pipe.process([encode_batch([good])])
+        bad = RawMessage(
+            f"citybrain/up/{CODE}/telemetry", b"{not json", NOW + timedelta(seconds=1), Transport.MQTT, CODE
+        )
+        await pipe.process([encode_batch([bad])])
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(
+                "select slot, reject_reason, readings from device_recent_messages where code = %s order by slot",
+                (CODE,),
+            ).fetchall()
+        if not capture:  # CITYBRAIN_DEBUG_RECENT_MESSAGES=false
+            assert rows == []
+            return
+        assert [(slot, reason) for slot, reason, _ in rows] == [(0, None), (1, "bad_json")]
+        assert rows[0][2][0]["metric"] == "pm25" and rows[0][2][0]["value"] == 30.0
+    finally:
+        await pool.close()

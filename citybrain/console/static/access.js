@@ -7,6 +7,9 @@
 export const ROLE_PERMISSIONS = {
   "alerts:act": ["admin", "operator"],
   "commands:send": ["admin", "operator"],
+  "devices:debug": ["admin", "integrator"],
+  "notifications:read": ["admin", "integrator", "operator", "auditor"],
+  "notifications:write": ["admin", "operator"],
 };
 
 let principal = null; // null: not known (authentication not deployed): the server decides alone

@@ -7,6 +7,8 @@ import { getJSON, postJSON, deleteJSON, qs, items, ApiError, setCsrfToken } from
 import { setPrincipal, getPrincipal, can, deny, grantedDistricts, grantedClasses, scoped, districtVisible } from "./access.js";
 import { createMap, shadeLegend, STATUS_COLOURS, SOURCE_COLOURS, aqiColour, aqiLevel } from "./map.js";
 import { lineChart } from "./chart.js";
+import { debugButton, initDebug } from "./debug.js";
+import { initNotifications } from "./notify.js";
 
 const SEVERITIES = ["info", "warning", "major", "critical"];
 const VITALS_EVERY_MS = 10_000;
@@ -913,6 +915,7 @@ async function openDetail(code) {
   renderDetailAlerts(code);
 
   body.append(commandsSection(code, model));
+  body.append(debugButton(code) ?? "");
 
   // Charts: the metrics that have data (latest), in model order.
   const chartGrid = h("div", { class: "chart-grid" });
@@ -1130,6 +1133,8 @@ function startApp() {
   started = true;
 
   state.map = createMap($("#map"), { onDeviceClick: openDetail });
+  initDebug();
+  initNotifications();
   renderLegend();
   renderVitals();
   renderFeed();

@@ -32,22 +32,28 @@ def models() -> ModelRegistry:
 
 
 @pytest.mark.parametrize(
-    ("role", "agent", "app_id", "topics"),
+    ("role", "app_id", "agents"),
     [
-        ("all", "normalise", "t-streams", {"t.raw"}),
-        ("ingest", "normalise", "t-streams", {"t.raw"}),
+        # ingest workers also copy the dead letters for the debug view; alerting ones send notifications
+        ("all", "t-streams", {"normalise": {"t.raw"}, "deadletters": {"t.deadletter"}, "notify": {"t.alerts"}}),
+        ("ingest", "t-streams", {"normalise": {"t.raw"}, "deadletters": {"t.deadletter"}}),
         # its own consumer group, over every class's readings topic
-        ("alerts", "alerts", "t-streams-alerts", {"t.readings.air", "t.readings.manhole", "t.readings.water"}),
+        (
+            "alerts",
+            "t-streams-alerts",
+            {"alerts": {"t.readings.air", "t.readings.manhole", "t.readings.water"}, "notify": {"t.alerts"}},
+        ),
     ],
 )
 def test_each_role_consumes_its_own_topics(
-    role: str, agent: str, app_id: str, topics: set[str], tmp_path: Path, models: ModelRegistry
+    role: str, app_id: str, agents: dict[str, set[str]], tmp_path: Path, models: ModelRegistry
 ) -> None:
     app = create_app(_cfg(role, tmp_path), CollectorRegistry(), models)
     assert app.conf.id == app_id
-    [(name, ag)] = [(n, a) for n, a in app.agents.items()]
-    assert name.endswith(agent)
-    assert topics <= set(ag.channel.topics)
+    found = {name.rsplit(".", 1)[-1]: set(ag.channel.topics) for name, ag in app.agents.items()}
+    assert set(found) == set(agents)
+    for name, topics in agents.items():
+        assert topics <= found[name], name
 
 
 def test_unknown_role_is_refused(tmp_path: Path) -> None:

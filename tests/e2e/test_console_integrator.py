@@ -1,0 +1,272 @@
+"""The integrator's side of the console in Chromium, against the whole platform.
+
+* The per-device debug view shows a message the platform dead-lettered: a malformed
+  payload published over MQTT through the real gateway and stream worker, with its reason.
+* A notification subscription made in the console delivers a real alert, signed, to a
+  local receiver (a WeCom-style robot on 127.0.0.1).
+
+Browser set-up and helpers are those of ``test_console.py``; this module runs its own
+platform so that its subscriptions and dead letters do not touch the other tests'.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import psycopg
+import pytest
+
+from alerts.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from citybrain.platform import Platform, demo_device_codes
+from citybrain.settings import Settings
+from core.topics import uplink_topic
+from devices.code import DeviceCode
+from tests.e2e.test_console import (
+    VIEWPORT,
+    Console,
+    _chromium,
+    _in_ci,
+    _launch,
+    _require_browser,
+    _shot,
+)
+from tests.integration.helpers import mqtt_client, wait_for
+
+try:
+    from playwright.sync_api import Browser, ConsoleMessage, expect, sync_playwright
+except ImportError:  # pragma: no cover - reported by the browser fixture
+    sync_playwright = None  # type: ignore[assignment]
+
+pytestmark = pytest.mark.e2e
+
+N_DEVICES = 2
+ALERTING = DeviceCode.build("350206", "0308", 95).full  # an air station no simulator drives
+SECRET = "e2e-robot-secret"
+DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+USERS: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    data = tmp_path_factory.mktemp("integrator")
+    settings = Settings(
+        database_url=None,
+        kafka_bootstrap=None,
+        mqtt_url=None,
+        data_dir=data,
+        topic_prefix=f"ig{uuid.uuid4().hex[:6]}",
+        api_port=0,
+        partitions=1,
+        demo_interval_s=2.0,
+    )
+    p = Platform.from_settings(settings, data_dir=Path(data))
+    p.start(simulate=True, devices=N_DEVICES, progress=False)
+    try:
+        for name, role in (("integ1", "integrator"), ("duty2", "operator")):
+            out = subprocess.run(
+                [sys.executable, "-m", "citybrain.cli", "users", "add", name, "--role", role],
+                env=p.env(),
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            USERS[name] = out.strip().splitlines()[-1].rsplit(": ", 1)[1]
+        USERS["api_key"] = p.api_key("admin")
+        assert p.services.database_url
+        with psycopg.connect(p.services.database_url) as conn:
+            conn.execute(
+                "insert into devices (code, alias, model, device_class, name, district, state, created_by, updated_by)"
+                " values (%s, %s, 'air-station@1', 'air', 'Robot test station', %s, 'registered', 'e2e', 'e2e')",
+                (ALERTING, ALERTING[:16], ALERTING[:6]),
+            )
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+def api(platform: Platform) -> str:
+    return f"http://127.0.0.1:{platform.api_port}"
+
+
+@pytest.fixture(scope="module")
+def browser(api: str) -> Iterator[Browser]:
+    exe = _chromium()
+    _require_browser(exe, _in_ci())
+    with sync_playwright() as pw:
+        b = _launch(pw, exe)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def console(browser: Browser) -> Iterator[Console]:
+    context = browser.new_context(viewport=VIEWPORT, locale="en-US", timezone_id="Asia/Shanghai")
+    page = context.new_page()
+    c = Console(context, page)
+
+    def on_console(msg: ConsoleMessage) -> None:
+        url = msg.location.get("url", "") if msg.location else ""
+        if msg.type == "error" and not (
+            msg.text.startswith("Failed to load resource") and ("401" in msg.text or "404" in msg.text)
+        ):
+            c.errors.append(f"{msg.text} @ {url}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: c.errors.append(f"uncaught: {exc}"))
+    try:
+        yield c
+    finally:
+        context.close()
+
+
+def _sign_in(c: Console, api: str, user: str, hash_: str = "") -> None:
+    c.page.goto(f"{api}/{hash_}", wait_until="domcontentloaded")
+    expect(c.page.locator("#login-view:visible, #app:visible").first).to_be_visible(timeout=15_000)
+    if c.page.locator("#login-view").is_visible():
+        c.page.fill('input[name="username"]', user)
+        c.page.fill('input[name="password"]', USERS[user])
+        c.page.click("#login-form button[type=submit]")
+    expect(c.page.locator("#app")).to_be_visible(timeout=15_000)
+
+
+def _api_json(api: str, path: str) -> Any:
+    req = urllib.request.Request(f"{api}{path}", headers={"X-Api-Key": USERS["api_key"]})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _publish(platform: Platform, code: str, payload: bytes) -> None:
+    mqtt = platform.services.mqtt
+    assert mqtt is not None
+    dev = mqtt_client(mqtt.host, mqtt.port)
+    try:
+        dev.publish(uplink_topic(code), payload, qos=1).wait_for_publish(5)
+    finally:
+        dev.loop_stop()
+        dev.disconnect()
+
+
+def test_debug_view_shows_a_dead_lettered_message_with_its_reason(
+    console: Console, api: str, platform: Platform
+) -> None:
+    code = demo_device_codes(N_DEVICES)[0]
+    # A firmware bug: a truncated JSON body on the device's own telemetry topic.
+    _publish(platform, code, b'{"v":1,"ts":"2026-12-07T08:00:00+08:00","metrics":{"pm25":')
+    debug: dict[str, Any] = {}
+
+    def dead_lettered() -> bool:
+        debug.update(_api_json(api, f"/api/v1/devices/{code}/debug"))
+        return bool(debug["dead_letters"]) and any(m["rejected"] is None for m in debug["messages"])
+
+    assert wait_for(dead_lettered, 45), debug
+    reason = debug["dead_letters"][0]["reason"]
+    assert reason and debug["dead_letters"][0]["source"] == "stream-worker"
+    assert debug["session"] is not None and debug["device"]["code"] == code
+
+    _sign_in(console, api, "integ1", f"#debug/{code}")
+    page = console.page
+    view = page.locator("#debug")
+    expect(view).to_be_visible(timeout=15_000)
+    expect(view.locator("#debug-title")).to_contain_text(code)
+    dead = view.locator("tr.debug-dead").first
+    expect(dead).to_have_attribute("data-reason", reason, timeout=15_000)
+    expect(dead).to_contain_text(reason)
+    expect(dead.locator(".payload")).to_contain_text('"metrics":{"pm25":')
+    expect(view.locator("tr.debug-msg.rejected").first).to_contain_text(reason)
+    expect(view.locator("tr.debug-msg:not(.rejected)").first).to_contain_text("pm25=")
+    expect(view.locator(".debug-session")).to_contain_text("connected")
+    shot = _shot(page, "console-debug-view.png")
+    DOCS_IMG.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, DOCS_IMG / "console-debug-view.png")
+    # From the device panel too: the button opens the same view.
+    view.locator("#debug-close").click()
+    expect(view).to_be_hidden()
+    console.assert_no_errors()
+
+
+class _Robot(BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[bytes, dict[str, str]]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        type(self).received.append((body, dict(self.headers.items())))
+        answer = b'{"errcode":0,"errmsg":"ok"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def robot() -> Iterator[tuple[str, list[tuple[bytes, dict[str, str]]]]]:
+    _Robot.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Robot)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/cgi-bin/webhook/send?key=robotkey", _Robot.received
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_a_subscription_made_in_the_console_delivers_a_signed_alert(
+    console: Console,
+    api: str,
+    platform: Platform,
+    robot: tuple[str, list[tuple[bytes, dict[str, str]]]],
+) -> None:
+    url, received = robot
+    _sign_in(console, api, "duty2")
+    page = console.page
+    page.locator("#notify-toggle").click()
+    panel = page.locator("#notify")
+    expect(panel).to_be_visible()
+    form = panel.locator("#notify-form")
+    form.locator('input[name="name"]').fill("Duty robot")
+    form.locator('input[name="url"]').fill(url)
+    form.locator('select[name="format"]').select_option("wecom_markdown")
+    form.locator('input[name="rule_pattern"]').fill("air.*")
+    form.locator('select[name="min_severity"]').select_option("major")
+    form.locator('input[name="districts"]').fill("350206")
+    form.locator('input[name="secret"]').fill(SECRET)
+    form.locator("button[type=submit]").click()
+    sub = panel.locator("li.notify-sub").filter(has_text="Duty robot")
+    expect(sub).to_have_count(1, timeout=10_000)
+    expect(sub).to_contain_text("key=***")  # the robot key is never shown back
+    assert "robotkey" not in panel.inner_text()
+
+    # A critical PM2.5 reading in 湖里区 opens an alert; the worker matches it against the subscription.
+    payload = {"v": 1, "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "metrics": {"pm25": 230.0}}
+    _publish(platform, ALERTING, json.dumps(payload).encode())
+    assert wait_for(lambda: bool(received), 45), "no notification reached the robot"
+    body, headers = received[0]
+    doc = json.loads(body)
+    assert doc["msgtype"] == "markdown" and ALERTING in doc["markdown"]["content"]
+    assert "air." in doc["markdown"]["content"]
+    assert verify(SECRET, int(headers[TIMESTAMP_HEADER]), body, headers[SIGNATURE_HEADER], now=time.time())
+
+    # The delivery log in the console says delivered.
+    page.locator("#notify-close").click()
+    page.locator("#notify-toggle").click()
+    expect(panel.locator("li.notify-sub li.delivery[data-status=delivered]").first).to_be_visible(timeout=15_000)
+    console.assert_no_errors()
