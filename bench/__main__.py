@@ -7,8 +7,10 @@ figures are in their own printed output above the table.
 
 Knobs (environment; defaults keep the whole run under 10 minutes on 2 cores):
 
-* ``CITYBRAIN_BENCH_MESSAGES`` (10000): messages of the end-to-end throughput run;
-* ``CITYBRAIN_BENCH_RATE`` (500,2000) / ``CITYBRAIN_BENCH_LATENCY_S`` (10): the latency
+* ``CITYBRAIN_BENCH_MESSAGES`` (10000): messages of the side-by-side rows;
+* ``CITYBRAIN_BENCH_CITY_DEVICES`` (20000): devices of the city-like end-to-end run (one message each);
+* ``CITYBRAIN_BENCH_NAIVE_RATE`` (1000) / ``CITYBRAIN_BENCH_NAIVE_S`` (20): the naive baseline's paced load;
+* ``CITYBRAIN_BENCH_RATE`` (500,3000) / ``CITYBRAIN_BENCH_LATENCY_S`` (10): the latency
   runs' offered loads in msg/s (one run each; empty: none) and their duration;
 * ``CITYBRAIN_BENCH_SCALING_MESSAGES`` (6000): messages per worker count in the scaling run;
 * ``CITYBRAIN_BENCH_MEMORY_DEVICES`` (100000,1000000): ledger sizes of the memory run;
@@ -43,14 +45,41 @@ ARGS = {
 }
 
 
+#: Figures the side-by-side table must have (issue 17); a run names those it lacks.
+REQUIRED = (
+    "e2e_city.msg_per_s",
+    "e2e_city.msg_per_worker_cpu_s",
+    "e2e_city.msg_per_gateway_cpu_s",
+    "e2e_city_1m.msg_per_s",
+    "mqtt_native.msg_per_s",
+    "naive_baseline.msg_per_s",
+    "nodered.msg_per_s",
+    "latency_3000.event_to_stored_p99_ms",
+    "latency_3000.event_to_alert_feed_p99_ms",
+    "ledger_import.rows_per_s",
+)
+
+
+def missing(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """The :data:`REQUIRED` figures (``row.column``) that ``rows`` lacks."""
+    out = []
+    for key in REQUIRED:
+        row, col = key.split(".", 1)
+        if col not in rows.get(row, {}):
+            out.append(key)
+    return out
+
+
 def _rows(name: str, result: Any) -> dict[str, dict[str, Any]]:
     """Flatten a benchmark's result into table rows (``{row: {column: value}}``)."""
     if not isinstance(result, dict):
         return {}
-    inner = result.get("results", result)
-    if all(isinstance(v, dict) for v in inner.values()):
-        return {f"{name}.{k}" if name != "e2e" else k: v for k, v in inner.items()}
-    return {name: inner}
+    if isinstance(result.get("results"), dict):
+        # Rows named by the benchmark itself (e2e_city, ledger_import, ...).
+        return {k: v for k, v in result["results"].items() if isinstance(v, dict)}
+    if all(isinstance(v, dict) for v in result.values()):
+        return {f"{name}.{k}": v for k, v in result.items()}
+    return {name: result}
 
 
 def _table(rows: dict[str, dict[str, Any]]) -> str:
@@ -100,9 +129,13 @@ def main() -> int:
         "seconds": seconds,
         "failed": failed,
         "results": rows,
+        "missing": missing(rows),  # required figures this run did not measure
     }
     print(f"\n=== summary: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, {total:.0f}s in all ===")
     print(_table(rows))
+    lacking = missing(rows)
+    if lacking:
+        print("not measured in this run: " + ", ".join(lacking))
     print("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()))
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"

@@ -18,6 +18,7 @@ skips them, for comparison.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import json
 import os
@@ -31,12 +32,13 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from bench._common import drop_pg
+from bench._common import cpu_seconds, drop_pg
 from citybrain.harness import start_postgres
 from citybrain.migrations import upgrade
 from devices.code import XIAMEN_DISTRICTS, DeviceCode
 from devices.importer import import_file
 from devices.index import DeviceIndex, DeviceInfo, IndexBuilder
+from devices.ledger import IndexFeed
 from devices.models import shipped_models
 from geo.districts import load_districts
 from geo.sample import random_points_in
@@ -74,6 +76,33 @@ def generate(path: Path, rows: int, seed: int) -> None:
             )
 
 
+def _fill(url: str, rows: int, seed: int) -> None:
+    """COPY ``rows`` more devices into the ledger (codes from sequence 500,000 up), to size it for the index."""
+    rng = random.Random(seed + 1)
+    districts = sorted(XIAMEN_DISTRICTS)
+    with psycopg.connect(url) as conn:
+        kinds = conn.execute(
+            "select distinct on (substr(code, 7, 4)) substr(code, 7, 4), model, device_class from devices"
+        ).fetchall()
+        seq: dict[tuple[str, str], int] = {}
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "copy devices (code, alias, model, device_class, district, grid, attributes, name) from stdin"
+            ) as copy,
+        ):
+            for i in range(rows):
+                d = districts[i % len(districts)]
+                cls, model, device_class = kinds[rng.randrange(len(kinds))]
+                n = seq[(d, cls)] = seq.get((d, cls), 500_000) + 1
+                code = DeviceCode.build(d, cls, n)
+                attrs = json.dumps({"depth_m": rng.choice([1.5, 2.0, 3.0])}) if i % 2 else "{}"
+                copy.write_row((code.full, code.body, model, device_class, d, f"{d}{i % 997:09d}", attrs, ""))
+        conn.commit()
+        conn.execute("analyze devices")
+        conn.commit()
+
+
 def _build(url: str) -> DeviceIndex:
     builder = IndexBuilder()
     with psycopg.connect(url) as conn, conn.transaction():
@@ -85,12 +114,53 @@ def _build(url: str) -> DeviceIndex:
     return builder.finish()
 
 
+async def _feed(url: str, codes: list[str], seed: int, deltas: list[int]) -> dict[str, Any]:
+    """Full load through the change feed, then the time of a refresh after N changed devices."""
+    from psycopg_pool import AsyncConnectionPool
+
+    out: dict[str, Any] = {}
+    rng = random.Random(seed)
+    async with AsyncConnectionPool(url, min_size=1, max_size=2) as pool:
+        feed = IndexFeed(pool)
+        t0 = time.perf_counter()
+        await feed.load()
+        out["index_feed_load_s"] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        await feed.refresh()
+        out["index_refresh_0_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
+        for k, n in enumerate(deltas):
+            changed = rng.sample(codes, min(n, len(codes)))
+            state = "suspended" if k % 2 == 0 else "active"
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("update devices set state = %s where code = any(%s)", (state, changed))
+            t0 = time.perf_counter()
+            applied = await feed.refresh()
+            ms = (time.perf_counter() - t0) * 1e3
+            out[f"index_refresh_{n}_ms"] = round(ms, 1)
+            got = feed.index.get(changed[0])
+            assert applied == len(changed) and got is not None and got.state == state, (applied, got)
+            print(f"index refresh after {n:,} changed devices: {ms:,.1f} ms ({applied:,} applied)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Print (and return, for ``make bench``'s summary) import rate, index memory and lookup rates."""
+    """Print (and return, for ``make bench``'s summary) import rate, index memory, refresh and lookup rates."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--lookups", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--import-rows",
+        type=int,
+        default=None,
+        help="rows imported through the importer (default: --rows); the rest are copied straight in",
+    )
+    parser.add_argument(
+        "--deltas",
+        default="10,1000,10000",
+        type=lambda v: [int(x) for x in v.split(",") if x.strip()],
+        help="changed devices per measured index refresh, comma-separated",
+    )
     parser.add_argument("--database-url", default=None, help="default: start an embedded PostgreSQL")
     parser.add_argument("--compare-dict", action="store_true", help="also measure a dict of DeviceInfo")
     parser.add_argument(
@@ -109,22 +179,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "devices.csv"
             t0 = time.perf_counter()
-            generate(path, args.rows, args.seed)
+            imported = min(args.rows, args.import_rows or args.rows)
+            generate(path, imported, args.seed)
             size = path.stat().st_size / 1e6
-            print(f"generated {args.rows:,} rows in {time.perf_counter() - t0:.1f}s ({size:.0f} MB)")
+            print(f"generated {imported:,} rows in {time.perf_counter() - t0:.1f}s ({size:.0f} MB)")
             # Only passed when asked, so the bench also runs an importer without the option.
             placing = {"place": False} if args.no_place else {}
             with psycopg.connect(url) as conn:
                 upgrade(conn, models)
                 conn.commit()
+                backend = conn.execute("select pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+                conn.commit()
                 with path.open(encoding="utf-8", newline="") as f:
                     # Client CPU (parse, validate, place, COPY encode) is what this process
-                    # controls; wall time also counts PostgreSQL and whatever else runs.
-                    cpu0 = time.process_time()
+                    # controls; wall time also counts PostgreSQL and whatever else runs on a
+                    # shared machine, so the server's own CPU is counted too.
+                    cpu0, server0 = time.process_time(), cpu_seconds(backend)
                     report = import_file(conn, f, "csv", models, actor="bench", **placing)
-                    cpu = time.process_time() - cpu0
+                    cpu, server = time.process_time() - cpu0, cpu_seconds(backend) - server0
         print(f"import: {report.summary()}")
-        print(f"import client CPU: {cpu:.1f} s = {cpu / max(report.rows, 1) * 1e6:.1f} µs/row")
+        if args.rows > imported:
+            t0 = time.perf_counter()
+            _fill(url, args.rows - imported, args.seed)
+            print(f"copied {args.rows - imported:,} more devices straight in: {time.perf_counter() - t0:.1f}s")
+        per_cpu_s = report.rows / max(cpu + server, 1e-9)
+        print(
+            f"import CPU: client {cpu:.1f} s = {cpu / max(report.rows, 1) * 1e6:.1f} µs/row, "
+            f"server {server:.1f} s = {server / max(report.rows, 1) * 1e6:.1f} µs/row; "
+            f"{per_cpu_s:,.0f} rows per CPU-second (client + server)"
+        )
 
         # tracemalloc counts exactly what the index keeps (RSS would also count
         # the driver's freed buffers); it slows the build, so time it separately.
@@ -138,10 +221,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         n = len(index)
         print(
             f"index: {n:,} devices built in {built:.1f}s; {kept / n:.1f} B/device allocated "
-            f"({index.memory_bytes() / n:.1f} B/device by its own count)"
+            f"({index.memory_bytes() / n:.1f} B/device by its own count), "
+            f"{kept / n * 18_300_000 / 2**20:,.0f} MB at 18.3M devices"
         )
         with psycopg.connect(url) as conn:
             codes = [r[0] for r in conn.execute("select code from devices")]
+        feed_figures = asyncio.run(_feed(url, codes, args.seed, args.deltas))
+        per_device = kept / n
 
         rng = random.Random(args.seed)
         probe = [codes[rng.randrange(n)] for _ in range(args.lookups)]
@@ -159,7 +245,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "import_rows_per_s": round(report.rows_per_second),
             "import_client_us_per_row": round(cpu / max(report.rows, 1) * 1e6, 1),
             "placed": not args.no_place,
-            "index_bytes_per_device": round(index.memory_bytes() / n, 1),
+            "import_client_s": round(cpu, 1),
+            "import_server_s": round(server, 1),
+            "import_rows_per_cpu_s": round(per_cpu_s),
+            "index_devices": n,
+            "index_full_build_s": round(built, 2),
+            # tracemalloc: what the index keeps, interned tables included.
+            "index_bytes_per_device": round(per_device, 1),
+            "index_mb_at_18_3m": round(per_device * 18_300_000 / 2**20),
+            **feed_figures,
             "lookups_per_s": round(single),
         }
 
@@ -182,7 +276,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if proc is not None:
             proc.stop()
             drop_pg(pg_name)
-    return figures
+    # Rows of the summary table (python -m bench): the import, and the index and its feed.
+    import_keys = (
+        "rows",
+        "import_rows_per_s",
+        "import_client_us_per_row",
+        "placed",
+        "import_client_s",
+        "import_server_s",
+        "import_rows_per_cpu_s",
+    )
+    return {
+        "results": {
+            "ledger_import": {k.removeprefix("import_"): figures[k] for k in import_keys},
+            "ledger_index": {k: v for k, v in figures.items() if k not in import_keys},
+        }
+    }
 
 
 if __name__ == "__main__":

@@ -277,11 +277,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if os.environ.get("CITYBRAIN_BENCH_NODERED", "1") == "0":
         print("Node-RED: skipped (CITYBRAIN_BENCH_NODERED=0)")
-        return {"nodered": {"skipped": "CITYBRAIN_BENCH_NODERED=0"}}
+        return {"results": {"nodered": {"skipped": "CITYBRAIN_BENCH_NODERED=0"}}}
     root, why = ensure_node_red()
     if root is None:
         print(f"Node-RED: skipped: {why}")
-        return {"nodered": {"skipped": why}}
+        return {"results": {"nodered": {"skipped": why}}}
     work = Path(tempfile.mkdtemp(prefix="citybrain-bench-nodered-"))
     extra: list[ManagedProcess] = []
     mqtt_url = mqtt_broker_url(work, extra)
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             p.stop()
         shutil.rmtree(work, ignore_errors=True)
     print("Node-RED 4 flow (mqtt in → function → PostgreSQL): " + ", ".join(f"{k}={v}" for k, v in res.items()))
-    return {"nodered": res}
+    return {"results": {"nodered": res}}
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ The index answers the hot-path questions of the stream worker and the edge
 servers. It is compact — about 20 bytes per device in numpy arrays instead of
 ~400 for a dict of objects — so one process can hold a city's 18 million
 terminals (:class:`DeviceIndex`). :class:`devices.ledger.Ledger` loads it from
-PostgreSQL (:meth:`~devices.ledger.Ledger.load_compact_index`); the worker
-refreshes it when the ledger changes (periodically, and on demand after writes).
+PostgreSQL and :class:`devices.ledger.IndexFeed` keeps it current from the
+ledger's change feed.
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ _CLASS_SHIFT = _MODEL_BITS
 _STATE_SHIFT = _CLASS_SHIFT + _CLASS_BITS
 _DISTRICT_SHIFT = _STATE_SHIFT + _STATE_BITS
 _GRID_SHIFT = _DISTRICT_SHIFT + _DISTRICT_BITS
+# Packed value of a removed device (model id 0 means "none"; every device has a model).
+_ABSENT = 0
+# The overlay of new devices is folded into the arrays beyond this size (and 1/64 of them).
+_FOLD_MIN = 4096
 
 
 def code_key(code: str) -> int | None:
@@ -106,8 +110,10 @@ class DeviceIndex:
     Layout: a sorted ``int64`` array of :func:`code_key` keys, a parallel
     ``uint64`` of bit-packed small ids (model, class, state, district, grid)
     and a ``uint32`` id of the device's attributes, deduplicated (most devices
-    share ``{}`` or a handful of values). A lookup is one binary search. Writes
-    between two reloads go to a small dict overlay that wins over the arrays.
+    share ``{}`` or a handful of values). A lookup is one binary search. A
+    device removed from the ledger keeps its key with a packed value of 0 (no
+    model) until the next fold. Devices new since the arrays were built live in
+    a small dict overlay that wins over the arrays (:meth:`put`, :meth:`apply`).
     """
 
     def __init__(self, devices: Iterable[DeviceInfo] = ()) -> None:
@@ -117,7 +123,9 @@ class DeviceIndex:
         self._kv, self._pv, self._av = self._keys.data, self._packed.data, self._attrs.data
         self._tables: tuple[_Interner, ...] = tuple(_Interner("", 1) for _ in range(6))
         self._overlay: dict[str, DeviceInfo] = {}
+        # Overlay devices not present in the arrays; array slots marked removed.
         self._extra = 0
+        self._absent = 0
         if devices:
             self.replace(devices)
 
@@ -149,10 +157,12 @@ class DeviceIndex:
         self._tables = tables
         self._overlay = {}
         self._extra = 0
+        self._absent = 0
 
     # -- reading ----------------------------------------------------------------
 
     def _position(self, key: int) -> int:
+        """The array slot of ``key`` (present or marked removed), or -1."""
         # ndarray.searchsorted (the method) and memoryview indexing: a third of
         # the cost of np.searchsorted and numpy scalar indexing per lookup.
         i = int(self._keys.searchsorted(key))
@@ -160,9 +170,15 @@ class DeviceIndex:
             return i
         return -1
 
-    def _info(self, code: str, i: int) -> DeviceInfo:
-        models, classes, states, districts, grids, attrs = self._tables
+    def _slot(self, code: str) -> int:
+        key = code_key(code)
+        return -1 if key is None else self._position(key)
+
+    def _info(self, code: str, i: int) -> DeviceInfo | None:
         v = self._pv[i]
+        if v == _ABSENT:
+            return None
+        models, classes, states, districts, grids, attrs = self._tables
         return DeviceInfo(
             code,
             models.values[v & 0xFFFF],
@@ -202,18 +218,97 @@ class DeviceIndex:
         return out
 
     def __len__(self) -> int:
-        return len(self._keys) + self._extra
+        return len(self._keys) - self._absent + self._extra
 
     def __contains__(self, code: object) -> bool:
         return isinstance(code, str) and self.get(code) is not None
 
+    # -- changing ---------------------------------------------------------------
+
+    def _present(self, i: int) -> bool:
+        return i >= 0 and self._pv[i] != _ABSENT
+
     def put(self, info: DeviceInfo) -> None:
-        """Add or replace one device until the next :meth:`replace`."""
-        if info.code not in self._overlay:
-            key = code_key(info.code)
-            if key is None or self._position(key) < 0:
-                self._extra += 1
+        """Add or replace one device (overlay) until the next :meth:`replace`."""
+        if info.code not in self._overlay and not self._present(self._slot(info.code)):
+            self._extra += 1
         self._overlay[info.code] = info
+
+    def _drop_overlay(self, code: str, i: int) -> None:
+        if self._overlay.pop(code, None) is not None and not self._present(i):
+            self._extra -= 1
+
+    def _write(self, i: int, row: Sequence[Any]) -> None:
+        _code, model, device_class, district, grid, state, attributes = row[:7]
+        models, classes, states, districts, grids, attrs = self._tables
+        if self._pv[i] == _ABSENT:
+            self._absent -= 1
+        self._pv[i] = (
+            models.id(model)
+            | classes.id(device_class) << _CLASS_SHIFT
+            | states.id(state) << _STATE_SHIFT
+            | districts.id(district) << _DISTRICT_SHIFT
+            | grids.id(grid) << _GRID_SHIFT
+        )
+        self._av[i] = attrs.id(json.dumps(attributes, sort_keys=True), dict(attributes)) if attributes else 0
+
+    def apply(self, rows: Iterable[Sequence[Any]], removed: Iterable[str] = ()) -> int:
+        """Apply ledger changes in place (the change feed, :class:`IndexFeed`).
+
+        A device already in the arrays is updated there (one binary search and two
+        array writes); a new device goes to the overlay, which is folded into the
+        arrays once it holds more than :data:`_FOLD_MIN` devices and 1/64 of the
+        arrays, so the cost stays proportional to what changed (amortised). A
+        removed device is marked absent in the arrays and dropped from the overlay.
+
+        Args:
+            rows: ``(code, model, device_class, district, grid, state, attributes, ...)`` rows.
+            removed: Codes of devices deleted from the ledger.
+
+        Returns:
+            The number of changes applied.
+        """
+        n = 0
+        for row in rows:
+            n += 1
+            code = row[0]
+            i = self._slot(code)
+            if i < 0:
+                if code_key(code) is not None:
+                    self.put(DeviceInfo(code, row[1], row[2], row[3], row[4], row[5], row[6] or _EMPTY))
+                continue
+            self._drop_overlay(code, i)
+            self._write(i, row)
+        for code in removed:
+            n += 1
+            i = self._slot(code)
+            self._drop_overlay(code, i)
+            if self._present(i):
+                self._pv[i] = _ABSENT
+                self._absent += 1
+        if len(self._overlay) > max(_FOLD_MIN, len(self._keys) >> 6):
+            self.fold()
+        return n
+
+    def fold(self) -> None:
+        """Merge the overlay into the arrays and drop removed slots (a copy of the arrays)."""
+        new: list[DeviceInfo] = []
+        for code, info in self._overlay.items():
+            i = self._slot(code)
+            if i >= 0:  # put() over a device of the arrays
+                self._write(
+                    i, (code, info.model, info.device_class, info.district, info.grid, info.state, info.attributes)
+                )
+            else:
+                new.append(info)
+        builder = IndexBuilder(self._tables)
+        for d in new:
+            builder.add((d.code, d.model, d.device_class, d.district, d.grid, d.state, d.attributes))
+        nk, npk, na = builder.arrays()
+        keep = self._packed != _ABSENT
+        keys, packed, attrs = self._keys[keep], self._packed[keep], self._attrs[keep]
+        at = np.searchsorted(keys, nk)
+        self._install(np.insert(keys, at, nk), np.insert(packed, at, npk), np.insert(attrs, at, na), self._tables)
 
     def memory_bytes(self) -> int:
         """Bytes held by the arrays, the interned tables and the overlay (approximate)."""
@@ -225,13 +320,20 @@ class DeviceIndex:
 class IndexBuilder:
     """Builds a :class:`DeviceIndex` row by row (e.g. from a cursor, chunk by chunk)."""
 
-    def __init__(self) -> None:
-        self.models = _Interner("model", _MODEL_BITS)
-        self.classes = _Interner("device class", _CLASS_BITS)
-        self.states = _Interner("state", _STATE_BITS)
-        self.districts = _Interner("district", _DISTRICT_BITS)
-        self.grids = _Interner("grid", _GRID_BITS)
-        self.attrs = _Interner("attributes", 32)
+    def __init__(self, tables: tuple[_Interner, ...] | None = None) -> None:
+        """Args:
+        tables: Interned value tables to extend (an index's own, when folding), or fresh ones.
+        """
+        if tables is None:
+            tables = (
+                _Interner("model", _MODEL_BITS),
+                _Interner("device class", _CLASS_BITS),
+                _Interner("state", _STATE_BITS),
+                _Interner("district", _DISTRICT_BITS),
+                _Interner("grid", _GRID_BITS),
+                _Interner("attributes", 32),
+            )
+        self.models, self.classes, self.states, self.districts, self.grids, self.attrs = tables
         self.keys: array[int] = array("q")
         self.packed: array[int] = array("Q")
         self.attr_ids: array[int] = array("I")
@@ -266,13 +368,14 @@ class IndexBuilder:
     def finish_into(self, index: DeviceIndex) -> None:
         if self.skipped:
             log.warning("device index: skipped %d ledger rows whose code is not a 17-character code", self.skipped)
+        k, p, a = self.arrays()
+        index._install(k, p, a, (self.models, self.classes, self.states, self.districts, self.grids, self.attrs))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Keys, packed ids and attribute ids so far, sorted by key (fresh, writable arrays)."""
         k = np.frombuffer(self.keys, dtype=np.int64) if len(self.keys) else np.empty(0, np.int64)
         p = np.frombuffer(self.packed, dtype=np.uint64) if len(self.packed) else np.empty(0, np.uint64)
         a = np.frombuffer(self.attr_ids, dtype=np.uint32) if len(self.attr_ids) else np.empty(0, np.uint32)
         order = np.argsort(k, kind="stable")
-        index._install(
-            np.ascontiguousarray(k[order]),
-            np.ascontiguousarray(p[order]),
-            np.ascontiguousarray(a[order]),
-            (self.models, self.classes, self.states, self.districts, self.grids, self.attrs),
-        )
+        # Fancy indexing copies: the arrays are writable and own their memory.
+        return k[order], p[order], a[order]

@@ -1,14 +1,15 @@
 """The device ledger (物联终端台账) in PostgreSQL.
 
 The :class:`Ledger` owns every write: registration, code allocation,
-lifecycle transitions with history, updates, and MQTT credentials; and it
-loads the in-memory index of :mod:`devices.index` (:meth:`Ledger.load_compact_index`)
-that the hot path reads instead of the database. ``DeviceIndex``, ``DeviceInfo``
+lifecycle transitions with history, updates, and MQTT credentials. It loads
+the in-memory index of :mod:`devices.index`, and :class:`IndexFeed` keeps that
+index current from the ledger's change feed. ``DeviceIndex``, ``DeviceInfo``
 and ``IndexBuilder`` are re-exported here for older imports.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -45,6 +46,7 @@ __all__ = [
     "DeviceInfo",
     "DeviceQuery",
     "IndexBuilder",
+    "IndexFeed",
     "Ledger",
     "NewDevice",
     "Page",
@@ -238,6 +240,100 @@ _SELECT_INDEX = (
     + " from devices d "
     + PERMIT_JOIN_SQL
 )
+
+
+# The change feed (citybrain/sql/0101_ledger_change_feed.sql). Getting the exclusive
+# lock means no statement writing devices is in flight, so every change number up
+# to the sequence's last value is committed (or rolled back): a safe watermark.
+# Never waits: NULL when a writer holds the shared lock.
+_CHANGE_LOCK = 1701017017
+_SAFE_MARK = (
+    f"select case when pg_try_advisory_xact_lock({_CHANGE_LOCK})"
+    " then coalesce(pg_sequence_last_value('device_change_seq'), 0) end"
+)
+_SELECT_CHANGED = _SELECT_INDEX + " where change_seq > %s"
+_COUNT_CHANGED = "select count(*) from devices where change_seq > %s"
+# More changed devices than this (plus a quarter of the index): a full load instead.
+_RELOAD_ABOVE = 100_000
+_SELECT_REMOVED = (
+    "select t.code from device_tombstones t where t.change_seq > %s"
+    " and not exists (select 1 from devices d where d.code = t.code)"
+)
+
+
+class IndexFeed:
+    """Keeps a :class:`DeviceIndex` current by reading only what changed in the ledger.
+
+    :meth:`load` reads the whole ledger once (worker start); :meth:`refresh`
+    then reads the devices whose ``change_seq`` is above the last safe
+    watermark, and the tombstones of deleted ones, and applies them in place:
+    its cost is proportional to the changes, not to the ledger.
+
+    Watermark: sequence numbers are taken at write time but visible at commit.
+    The watermark only advances to the sequence's last value when no write
+    statement is in flight (a try of the exclusive advisory lock every writer
+    holds shared, see the migration); otherwise the next refresh reads again
+    from the old watermark, so a change committed late is never missed.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+        self.index = DeviceIndex()
+        #: Every change numbered up to this is in :attr:`index` (None: never loaded).
+        self.watermark: int | None = None
+
+    async def _safe_mark(self, conn: psycopg.AsyncConnection[Any]) -> int | None:
+        async with conn.transaction():
+            row = await (await conn.execute(_SAFE_MARK)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    async def load(self) -> DeviceIndex:
+        """Read the whole ledger into a new index (streamed in chunks) and return it."""
+        builder = IndexBuilder()
+        async with self.pool.connection() as conn:
+            mark = await self._safe_mark(conn)
+            for _ in range(20):  # a write in flight (e.g. a bulk import): wait a little for it
+                if mark is not None:
+                    break
+                await asyncio.sleep(0.05)
+                mark = await self._safe_mark(conn)
+            async with conn.transaction():
+                cur = conn.cursor(name="device_index")
+                await cur.execute(_SELECT_INDEX)
+                while rows := await cur.fetchmany(50_000):
+                    for row in rows:
+                        builder.add(row)
+        self.index = builder.finish()
+        # A writer in flight at load time: nothing is known to be settled, so the
+        # first refreshes read from 0 until a quiet moment gives a watermark.
+        self.watermark = 0 if mark is None else mark
+        if mark is None:
+            log.warning("device index: ledger writes in flight at load; re-reading changes until they settle")
+        return self.index
+
+    async def refresh(self) -> int:
+        """Apply the ledger's changes since the watermark; return how many (loads first if never loaded)."""
+        if self.watermark is None:
+            await self.load()
+            return len(self.index)
+        since = self.watermark
+        async with self.pool.connection() as conn:
+            mark = await self._safe_mark(conn)
+            row = await (await conn.execute(_COUNT_CHANGED, (since,))).fetchone()
+            count = int(row[0]) if row is not None else 0
+            if count <= _RELOAD_ABOVE + len(self.index) // 4:
+                async with conn.transaction():
+                    changed = await (await conn.execute(_SELECT_CHANGED, (since,))).fetchall()
+                    removed = await (await conn.execute(_SELECT_REMOVED, (since,))).fetchall()
+        if count > _RELOAD_ABOVE + len(self.index) // 4:
+            # A bulk import changed a large part of the ledger: one streamed full read
+            # costs less memory than that many rows fetched and overlaid.
+            await self.load()
+            return count
+        n = self.index.apply(changed, (r[0] for r in removed))
+        if mark is not None:
+            self.watermark = max(since, mark)
+        return n
 
 
 def _info(row: Sequence[Any]) -> DeviceInfo:
@@ -480,19 +576,8 @@ class Ledger:
         return [_info(r) for r in rows]
 
     async def load_compact_index(self) -> DeviceIndex:
-        """The whole ledger as a compact :class:`DeviceIndex`, streamed chunk by chunk.
-
-        No list of row objects for the whole ledger is ever held: each chunk is
-        folded into the builder's arrays and dropped.
-        """
-        builder = IndexBuilder()
-        async with self.pool.connection() as conn, conn.transaction():
-            cur = conn.cursor(name="device_index")
-            await cur.execute(_SELECT_INDEX)
-            while rows := await cur.fetchmany(50_000):
-                for row in rows:
-                    builder.add(row)
-        return builder.finish()
+        """The whole ledger as a compact :class:`DeviceIndex` (see :meth:`IndexFeed.load`)."""
+        return await IndexFeed(self.pool).load()
 
     # -- lifecycle ----------------------------------------------------------------
 

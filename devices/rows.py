@@ -195,6 +195,7 @@ class RowValidator:
         self.bbox = bbox
         self._codes: dict[str, int] = {}
         self._serials: dict[str, int] = {}
+        self._attr_text: dict[str, str] = {}
 
     def validate(self, line: int, raw: Mapping[str, Any]) -> ImportRow | RowIssue:
         """Validate one row; never raises for bad data."""
@@ -299,10 +300,21 @@ class RowValidator:
             attributes=attributes,
         )
 
-    @staticmethod
-    def _attributes(value: Any) -> str:
+    def _attributes(self, value: Any) -> str:
         if value is None or (isinstance(value, str) and not value.strip()):
             return "{}"
+        if isinstance(value, str):
+            # A city file repeats a handful of attribute strings: normalise each once.
+            done = self._attr_text.get(value)
+            if done is None:
+                done = self._normal_attributes(value)
+                if len(self._attr_text) < 4096:
+                    self._attr_text[value] = done
+            return done
+        return self._normal_attributes(value)
+
+    @staticmethod
+    def _normal_attributes(value: Any) -> str:
         if isinstance(value, str):
             try:
                 value = json.loads(value)

@@ -61,8 +61,8 @@ from core.records import Alert, Quality, RawMessage, Reading, RecordError, epoch
 from core.retry import retrying
 from core.topics import KafkaTopics
 from devices.grades import masker_for
-from devices.index import DeviceIndex, DeviceInfo
-from devices.ledger import Ledger
+from devices.index import DeviceInfo
+from devices.ledger import IndexFeed, Ledger
 from devices.models import ModelError, ModelRegistry
 from ingest.batch import dead_letter_headers, decode_batch
 from ingest.errors import DecodeError
@@ -221,7 +221,8 @@ class Pipeline:
         self._masker = masker_for(models)
         # Bounded by districts × classes; feeds the "no data from a district" Prometheus alert.
         self._last_event: dict[tuple[str, str], float] = {}
-        self.index = DeviceIndex()
+        self._feed = IndexFeed(pool)
+        self.index = self._feed.index
         self._index_loaded = 0.0
         self._clock = clock
         self.flush_producer: Callable[[], Awaitable[None]] = flush_producer or _no_flush
@@ -246,10 +247,16 @@ class Pipeline:
         }
 
     async def refresh_index(self, force: bool = False) -> None:
-        """Reload the ledger index when it is older than ``index_refresh_s``."""
+        """Bring the ledger index up to date when it is older than ``index_refresh_s`` (or ``force``).
+
+        The first call reads the whole ledger; later ones read only the devices
+        changed since (:class:`devices.ledger.IndexFeed`), so a refresh costs time
+        in proportion to the changes, not to the size of the ledger.
+        """
         now = time.monotonic()
         if force or now - self._index_loaded > self.cfg.index_refresh_s:
-            self.index = await self.ledger.load_compact_index()
+            await self._feed.refresh()
+            self.index = self._feed.index
             self._index_loaded = now
 
     async def _reload_for_unknown(self, messages: Sequence[RawMessage]) -> None:

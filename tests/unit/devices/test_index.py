@@ -113,3 +113,46 @@ def test_query_where_is_composed_not_formatted() -> None:
         DeviceQuery(state="retired")
     with pytest.raises(Exception, match="bbox"):
         DeviceQuery(bbox=(118.2, 24.4, 118.0, 24.6))
+
+
+def _row(d: DeviceInfo) -> tuple[object, ...]:
+    return (d.code, d.model, d.device_class, d.district, d.grid, d.state, d.attributes)
+
+
+def test_apply_updates_adds_and_removes_like_a_rebuild() -> None:
+    rng = random.Random(11)
+    devices = _devices(3000)
+    index = DeviceIndex(devices[:2000])
+    truth = {d.code: d for d in devices[:2000]}
+    for step in range(40):
+        rows: list[DeviceInfo] = []
+        for _ in range(50):
+            d = devices[rng.randrange(3000)]
+            state = rng.choice(["registered", "active", "suspended", "decommissioned"])
+            attrs = {"depth_m": rng.choice([1.5, 2.0])} if rng.random() < 0.3 else {}
+            rows.append(DeviceInfo(d.code, d.model, d.device_class, d.district, d.grid, state, attrs))
+        gone = [devices[rng.randrange(3000)].code for _ in range(10)]
+        if step % 7 == 0:  # a put() between two refreshes (the pipeline's own writes)
+            index.put(rows[0])
+        index.apply([_row(r) for r in rows], gone)
+        for r in rows:
+            truth[r.code] = r
+        for code in gone:
+            truth.pop(code, None)
+        if step % 10 == 9:
+            index.fold()
+        assert len(index) == len(truth)
+    rebuilt = DeviceIndex(truth.values())
+    for d in devices:
+        assert index.get(d.code) == rebuilt.get(d.code) == truth.get(d.code)
+    codes = [d.code for d in devices]
+    assert index.get_many(codes) == rebuilt.get_many(codes)
+
+
+def test_apply_folds_a_large_overlay_into_the_arrays() -> None:
+    devices = _devices(10_000)
+    index = DeviceIndex(devices[:100])
+    index.apply([_row(d) for d in devices[100:]])
+    assert not index._overlay  # folded: new devices are in the compact arrays
+    assert len(index) == 10_000
+    assert all(index.get(d.code) == d for d in devices[::97])
