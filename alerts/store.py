@@ -4,7 +4,10 @@
   applied with :meth:`AlertStore.apply` inside the caller's transaction, keyed
   on the deterministic alert id, so a replay changes nothing.
 * People act through :meth:`AlertStore.transition`: ack, resolve, re-open,
-  assign, comment. Every change is recorded in ``alert_history``.
+  assign, comment, shelve (with an expiry and a reason) and unshelve. Every
+  change is recorded in ``alert_history``. A shelved alert keeps its state;
+  once ``shelved_until`` has passed it is back to normal (reads clear the
+  expired shelving first, recorded as an ``unshelve`` by ``system``).
 * When ``group_min_devices`` devices of one district raise the same rule within
   its window, they are grouped under one district incident.
 * Every change is announced with ``pg_notify('citybrain_alerts', …)`` so each
@@ -27,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from alerts.errors import AlertsError
 from core.records import Alert, AlertState, Severity, alert_id
 
-__all__ = ["NOTIFY_CHANNEL", "AlertNotFound", "AlertStore", "BadTransition", "GroupPolicy"]
+__all__ = ["MAX_SHELVE_S", "NOTIFY_CHANNEL", "SORTS", "AlertNotFound", "AlertStore", "BadTransition", "GroupPolicy"]
 
 NOTIFY_CHANNEL = "citybrain_alerts"
 
@@ -39,6 +42,17 @@ class AlertNotFound(AlertsError, KeyError):
 class BadTransition(AlertsError, ValueError):
     """The requested lifecycle transition is not allowed from the alert's state."""
 
+
+# Alerts are listed by these orders; "severity" puts critical first, then the newest.
+SORTS = {
+    "time": "opened_at desc, id",
+    "severity": "severity desc, opened_at desc, id",
+}
+
+# The longest an alert may be shelved: a forgotten shelving must not hide a fault for weeks.
+MAX_SHELVE_S = 7 * 86400
+# Whether an alert's shelving holds now, on the database's clock.
+_SHELVED = "coalesce(shelved_until > now(), false) as shelved"
 
 _TRANSITIONS = {
     "ack": ({"open"}, "acknowledged"),
@@ -228,9 +242,21 @@ class AlertStore:
         until: datetime | None = None,
         limit: int = 100,
         offset: int = 0,
+        shelved: bool | None = None,
+        sort: str = "time",
     ) -> list[dict[str, Any]]:
-        """Alerts, newest first, filtered."""
+        """Alerts, filtered, newest first (``sort="time"``) or most severe first (``"severity"``).
+
+        ``shelved`` True/False keeps only alerts that are / are not shelved now.
+        """
+        if sort not in SORTS:
+            raise AlertsError(f"sort must be one of {sorted(SORTS)}, not {sort!r}")
+        await self.expire_shelving()
         where, args = _state_filter(state)
+        if shelved is True:
+            where.append("shelved_until > now()")
+        elif shelved is False:
+            where.append("shelved_until is null")
         if severity:
             where.append("severity >= %s")
             args.append(int(Severity.parse(severity)))
@@ -256,16 +282,18 @@ class AlertStore:
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
-                "select * from alerts" + clause + " order by opened_at desc, id limit %s offset %s",
+                "select *, " + _SHELVED + " from alerts" + clause + " order by " + SORTS[sort] + " limit %s offset %s",
                 (*args, limit, offset),
             )
             rows = await cur.fetchall()
         return [_public(r) for r in rows]
 
     async def get(self, alert_id: str) -> dict[str, Any]:
+        """One alert with its history."""
+        await self.expire_shelving()
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute("select * from alerts where id = %s", (alert_id,))
+            await cur.execute("select *, " + _SHELVED + " from alerts where id = %s", (alert_id,))
             row = await cur.fetchone()
             if row is None:
                 raise AlertNotFound(alert_id)
@@ -299,19 +327,91 @@ class AlertStore:
             ).fetchall()
         return {Severity(s).label: int(n) for s, n in rows}
 
+    async def expire_shelving(self) -> list[str]:
+        """Return alerts whose shelving has expired to normal; their ids.
+
+        Each is recorded (``unshelve`` by ``system``) and announced, so every
+        console shows it again.
+        """
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "update alerts set shelved_until = null, shelved_reason = null, shelved_by = null, updated_at = now()"
+                " where shelved_until is not null and shelved_until <= now() returning *"
+            )
+            rows = await cur.fetchall()
+            for row in rows:
+                await cur.execute(
+                    "insert into alert_history (alert_id, action, actor, comment)"
+                    " values (%s, 'unshelve', 'system', 'shelving expired')",
+                    (row["id"],),
+                )
+                payload = _public({**row, "shelved": False})
+                payload.update(actor="system", comment="shelving expired")
+                await cur.execute("select pg_notify(%s, %s)", (NOTIFY_CHANNEL, _notify_payload("unshelve", payload)))
+        return [r["id"] for r in rows]
+
     # -- people -----------------------------------------------------------------
 
     async def transition(
-        self, alert_id: str, action: str, actor: str, comment: str = "", assignee: str | None = None
+        self,
+        alert_id: str,
+        action: str,
+        actor: str,
+        comment: str = "",
+        assignee: str | None = None,
+        *,
+        shelve_until: datetime | None = None,
+        shelve_for_s: int | None = None,
     ) -> dict[str, Any]:
-        """Apply ``ack``, ``resolve``, ``reopen``, ``assign`` or ``comment``."""
+        """Apply ``ack``, ``resolve``, ``reopen``, ``assign``, ``comment``, ``shelve`` or ``unshelve``.
+
+        ``shelve`` needs an expiry, ``shelve_until`` or ``shelve_for_s`` from
+        the database's now (in the future, at most :data:`MAX_SHELVE_S`), and a
+        reason in ``comment``; it is refused for a resolved alert. Shelving keeps the
+        state; ``unshelve`` (or the expiry) returns the alert to normal.
+        """
         async with self.pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute("select state from alerts where id = %s for update", (alert_id,))
+            await cur.execute(
+                "select state, shelved_until, shelved_until > now() as shelved from alerts where id = %s for update",
+                (alert_id,),
+            )
             row = await cur.fetchone()
             if row is None:
                 raise AlertNotFound(alert_id)
-            if action in _TRANSITIONS:
+            if action == "shelve":
+                if row["state"] == "resolved":
+                    raise BadTransition("cannot shelve an alert that is resolved")
+                if (shelve_until is None) == (shelve_for_s is None) or not comment.strip():
+                    raise BadTransition("shelving needs one expiry (a time or a duration) and a reason")
+                # Expiry and checks on the database's clock, like every other alert time.
+                await cur.execute(
+                    "select coalesce(%s::timestamptz, now() + make_interval(secs => %s)) as until, now() as now",
+                    (shelve_until, shelve_for_s),
+                )
+                when = await cur.fetchone()
+                assert when is not None
+                until = when["until"]
+                if until <= when["now"]:
+                    raise BadTransition("the shelving expiry must be in the future")
+                if (until - when["now"]).total_seconds() > MAX_SHELVE_S:
+                    raise BadTransition(f"an alert may be shelved for at most {MAX_SHELVE_S // 86400} days")
+                await cur.execute(
+                    "update alerts set shelved_until = %s, shelved_reason = %s, shelved_by = %s, updated_at = now()"
+                    " where id = %s",
+                    (until, comment, actor, alert_id),
+                )
+                comment = f"until {until.isoformat()}: {comment}"
+            elif action == "unshelve":
+                if not row["shelved"]:
+                    raise BadTransition("the alert is not shelved")
+                await cur.execute(
+                    "update alerts set shelved_until = null, shelved_reason = null, shelved_by = null,"
+                    " updated_at = now() where id = %s",
+                    (alert_id,),
+                )
+            elif action in _TRANSITIONS:
                 allowed, target = _TRANSITIONS[action]
                 if row["state"] not in allowed:
                     raise BadTransition(f"cannot {action} an alert that is {row['state']}")
@@ -331,7 +431,7 @@ class AlertStore:
                 "insert into alert_history (alert_id, action, actor, comment) values (%s,%s,%s,%s)",
                 (alert_id, action, actor, comment),
             )
-            await cur.execute("select * from alerts where id = %s", (alert_id,))
+            await cur.execute("select *, " + _SHELVED + " from alerts where id = %s", (alert_id,))
             after = await cur.fetchone()
             assert after is not None
             payload = _public(dict(after))
@@ -371,4 +471,7 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
     row = dict(row)
     row["severity"] = Severity(row["severity"]).label
     row["device"] = row.pop("device_code")
+    # "shelved": whether the shelving holds now (by the database's clock, _SHELVED);
+    # an expired one is cleared on the next read (AlertStore.expire_shelving).
+    row["shelved"] = bool(row.get("shelved", False))
     return row

@@ -30,6 +30,7 @@ __all__ = [
     "DeviceModel",
     "Metric",
     "ModelRegistry",
+    "is_assessment_station",
     "load_models",
     "shipped_models",
 ]
@@ -210,6 +211,7 @@ class Command:
     params: Mapping[str, Mapping[str, Any]]
     ttl_s: int
     timeout_s: int
+    label: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,10 +265,59 @@ class DeviceModel:
             ],
             "attributes": [dict(a) for a in self.attributes],
             "commands": [
-                {"name": c.name, "params": {k: dict(v) for k, v in c.params.items()}, "ttl_s": c.ttl_s}
+                {
+                    "name": c.name,
+                    "label": dict(c.label),
+                    "params": {k: dict(v) for k, v in c.params.items()},
+                    "ttl_s": c.ttl_s,
+                }
                 for c in self.commands.values()
             ],
         }
+
+
+# HJ 664 / HJ 663: national (国控) and provincial (省控) stations are the assessment
+# stations (评价点位) an area's air quality is computed from; municipal stations
+# and micro-stations are not (docs/standards.md §3.6).
+_ASSESSMENT_LEVELS = frozenset({"national", "provincial"})
+
+
+def _truthy(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("false", "0", "no"):
+        return False
+    return None
+
+
+def is_assessment_station(attributes: Mapping[str, Any], model: DeviceModel | None) -> bool:
+    """Whether an air device is an assessment station, whose values set its area's AQI.
+
+    The one rule (docs/standards.md §3.6), first that applies:
+
+    1. the device's ``assessment`` attribute (true/false), if set;
+    2. its ``station_level``: ``national`` or ``provincial`` → yes, any other → no;
+    3. the model's default for ``assessment`` (``air-station`` true,
+       ``air-micro`` false);
+    4. no.
+
+    Args:
+        attributes: The device's attributes from the ledger.
+        model: Its model, or None when unknown.
+    """
+    explicit = _truthy(attributes.get("assessment"))
+    if explicit is not None:
+        return explicit
+    level = attributes.get("station_level")
+    if isinstance(level, str) and level:
+        return level in _ASSESSMENT_LEVELS
+    if model is not None:
+        for spec in model.attributes:
+            if spec.get("name") == "assessment":
+                return _truthy(spec.get("default")) is True
+    return False
 
 
 def _build(spec: _ModelSpec) -> DeviceModel:
@@ -306,7 +357,9 @@ def _build(spec: _ModelSpec) -> DeviceModel:
         metrics=metrics,
         attributes=tuple(a.model_dump() for a in spec.attributes),
         commands={
-            c.name: Command(c.name, {k: p.model_dump() for k, p in c.params.items()}, c.ttl_s, c.timeout_s)
+            c.name: Command(
+                c.name, {k: p.model_dump() for k, p in c.params.items()}, c.ttl_s, c.timeout_s, dict(c.label)
+            )
             for c in spec.commands
         },
         by_hj212={m.hj212: m.name for m in spec.metrics if m.hj212},

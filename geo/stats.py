@@ -13,7 +13,7 @@ async connection, so a route can run several in one checkout.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,15 +23,19 @@ from psycopg import AsyncConnection, sql
 from geo.status import FRESH_CADENCES, STALE_CADENCES
 
 __all__ = [
+    "AIR_POLLUTANTS",
     "DERIVED_METRICS",
+    "INGEST_EVENT_LOOKBACK_S",
+    "AirStationValues",
     "DistrictFigures",
     "aggregate",
+    "air_station_values",
     "device_counts",
     "district_figures",
     "manhole_open_alerts",
+    "messages_last_minute",
     "noise_exceedances_since",
     "open_by_severity",
-    "readings_last_minute",
 ]
 
 # Derived metrics alerts.derive writes into the snapshot, per device class
@@ -65,7 +69,6 @@ class DistrictFigures:
     Attributes:
         devices: Devices registered in the district (not decommissioned).
         open_alerts: Alerts in the district not resolved.
-        aqi: Highest indicative AQI over its air devices, or None.
         water_ok_share: Share of its water stations (with a value) meeting
             their target class, or None.
         water_stations: Water stations with a value.
@@ -73,19 +76,21 @@ class DistrictFigures:
 
     devices: int = 0
     open_alerts: int = 0
-    aqi: float | None = None
     water_ok_share: float | None = None
     water_stations: int = 0
 
 
 async def district_figures(conn: AsyncConnection[Any], *, max_age_s: float) -> dict[str, DistrictFigures]:
-    """Devices, open alerts, worst AQI and water compliance per district.
+    """Devices, open alerts and water compliance per district.
+
+    The district AQI is not here: it is computed from the assessment stations'
+    concentrations (:func:`air_station_values`, then
+    ``alerts.indicators.aqi.area_aqi``), one rule for the map, the vitals and the API.
 
     Args:
         conn: An open connection.
-        max_age_s: Snapshots not updated for longer are ignored for AQI and
-            water, so a station that went silent a week ago cannot paint
-            its district.
+        max_age_s: Snapshots not updated for longer are ignored for water,
+            so a station that went silent a week ago cannot paint its district.
 
     Returns:
         Figures by district code; districts with nothing at all are absent.
@@ -99,37 +104,94 @@ async def district_figures(conn: AsyncConnection[Any], *, max_age_s: float) -> d
             select district, count(*) as n from alerts where state <> 'resolved' and {not_fence} group by 1
         ), latest as (
             select d.district, d.device_class,
-                   case when jsonb_typeof(rs.snapshot -> 'aqi' -> 0) = 'number'
-                        then (rs.snapshot -> 'aqi' ->> 0)::float8 end as aqi,
                    case when jsonb_typeof(rs.snapshot -> 'water_class_over_target' -> 0) = 'number'
                         then (rs.snapshot -> 'water_class_over_target' ->> 0)::float8 end as over
             from devices d join rule_state rs on rs.device_code = d.code
-            where {live} and d.device_class in ('air', 'water')
+            where {live} and d.device_class = 'water'
               and rs.updated_at >= now() - make_interval(secs => %(max_age)s)
         ), env as (
             select district,
-                   max(aqi) filter (where device_class = 'air') as aqi,
-                   avg((over <= 0)::int::float8) filter (where device_class = 'water' and over is not null) as ok,
-                   count(over) filter (where device_class = 'water') as stations
+                   avg((over <= 0)::int::float8) filter (where over is not null) as ok,
+                   count(over) as stations
             from latest group by 1
         )
         select coalesce(devs.district, alerts_open.district, env.district),
-               coalesce(devs.n, 0), coalesce(alerts_open.n, 0), env.aqi, env.ok, coalesce(env.stations, 0)
+               coalesce(devs.n, 0), coalesce(alerts_open.n, 0), env.ok, coalesce(env.stations, 0)
         from devs
         full join alerts_open on alerts_open.district = devs.district
         full join env on env.district = coalesce(devs.district, alerts_open.district)
         """
     ).format(live=sql.SQL(_LIVE), not_fence=sql.SQL(_NOT_FENCE))
     rows = await (await conn.execute(query, {"max_age": max_age_s})).fetchall()
-    for district, devices, alerts, aqi, ok, stations in rows:
+    for district, devices, alerts, ok, stations in rows:
         out[district] = {
             "devices": int(devices),
             "open_alerts": int(alerts),
-            "aqi": None if aqi is None else float(aqi),
             "water_ok_share": None if ok is None else float(ok),
             "water_stations": int(stations),
         }
     return {code: DistrictFigures(**values) for code, values in out.items()}
+
+
+# The pollutants of HJ 633 Table 1, as the air models name their metrics.
+AIR_POLLUTANTS: tuple[str, ...] = ("so2", "no2", "pm10", "co", "o3", "pm25")
+
+
+@dataclass(frozen=True, slots=True)
+class AirStationValues:
+    """The latest pollutant values of one air device (station or micro-station).
+
+    Attributes:
+        code: Device code.
+        district: District code, or None.
+        model: ``devices.model`` (``id@version``).
+        attributes: The device's ledger attributes.
+        values: Pollutant → latest value (canonical units: µg/m³, CO mg/m³);
+            pollutants without a value are absent.
+        updated_at: When the snapshot was last written.
+    """
+
+    code: str
+    district: str | None
+    model: str
+    attributes: Mapping[str, Any]
+    values: Mapping[str, float]
+    updated_at: datetime
+
+
+async def air_station_values(conn: AsyncConnection[Any], *, max_age_s: float) -> list[AirStationValues]:
+    """Every live air device whose snapshot is fresher than ``max_age_s``, with its latest pollutant values.
+
+    Which of them are assessment stations, and the area AQI, are decided
+    above this layer (``devices.models.is_assessment_station``,
+    ``alerts.indicators.aqi.area_aqi``); this only reads.
+    """
+    cols = sql.SQL(", ").join(
+        sql.SQL(_LATEST.replace("%(metric)s", "{m}")).format(m=sql.Literal(p)) for p in AIR_POLLUTANTS
+    )
+    query = sql.SQL(
+        """
+        select d.code, d.district, d.model, d.attributes, rs.updated_at, {cols}
+        from devices d join rule_state rs on rs.device_code = d.code
+        where {live} and d.device_class = 'air'
+          and rs.updated_at >= now() - make_interval(secs => %(max_age)s)
+        order by d.code
+        """
+    ).format(cols=cols, live=sql.SQL(_LIVE))
+    rows = await (await conn.execute(query, {"max_age": max_age_s})).fetchall()
+    out = []
+    for code, district, model, attributes, updated_at, *values in rows:
+        out.append(
+            AirStationValues(
+                code=code,
+                district=district,
+                model=model,
+                attributes=attributes or {},
+                values={p: float(v) for p, v in zip(AIR_POLLUTANTS, values, strict=True) if v is not None},
+                updated_at=updated_at,
+            )
+        )
+    return out
 
 
 async def device_counts(conn: AsyncConnection[Any], cadences: Mapping[str, int], *, now: datetime) -> dict[str, int]:
@@ -267,14 +329,48 @@ async def manhole_open_alerts(conn: AsyncConnection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-async def readings_last_minute(conn: AsyncConnection[Any], *, now: datetime) -> int:
-    """Devices heard from in the 60 s before ``now``: a cheap proxy for the ingest rate.
+# Only rows whose event time is this recent are looked at: the class tables are
+# partitioned and BRIN-indexed on the event time, not on the receive time, so this
+# bound keeps the count to the last minutes' blocks. A backfilled message (event
+# time older than this) is stored but not counted in the live rate.
+INGEST_EVENT_LOOKBACK_S = 600
 
-    ``device_liveness`` keeps one row per device, so this counts devices, not
-    messages; a device reporting every 10 s counts once. The exact rate is
-    the gateway's ``…_messages_total`` counter in Prometheus.
+
+async def messages_last_minute(
+    conn: AsyncConnection[Any], tables: Iterable[str], *, now: datetime, window_s: int = 60
+) -> int:
+    """Messages stored with a receive time in the ``window_s`` seconds before ``now``, over all class tables.
+
+    A row of ``readings_{class}`` is one device's message at one event time (a
+    message's metrics are one wide row), so this counts messages, not devices
+    and not metric values. Messages whose event time is more than
+    :data:`INGEST_EVENT_LOOKBACK_S` old (backfills) are not counted.
+
+    Args:
+        conn: An open connection.
+        tables: The ``readings_{class}`` tables (``streams.store.class_table``).
+        now: The API's clock: ``rx`` is an application-side receive time, so the
+            window is measured from the application's clock, not the database's.
+        window_s: The window, 60 for a per-minute rate.
     """
+    names = list(tables)
+    if not names:
+        return 0
+    # Only tables that exist (a class whose table was never created counts 0).
+    found = await conn.execute("select t from unnest(%s::text[]) t where to_regclass(t) is not null", (names,))
+    rows = await found.fetchall()
+    existing = [r[0] for r in rows]
+    if not existing:
+        return 0
+    parts = sql.SQL(" union all ").join(
+        sql.SQL(
+            "select count(*) as n from {} where ts >= %(now)s - make_interval(secs => %(lookback)s)"
+            " and rx >= %(now)s - make_interval(secs => %(window)s)"
+        ).format(sql.Identifier(t))
+        for t in existing
+    )
+    query = sql.SQL("select coalesce(sum(n), 0) from ({}) c").format(parts)
     row = await (
-        await conn.execute("select count(*) from device_liveness where last_seen >= %s - interval '60 seconds'", (now,))
+        await conn.execute(query, {"now": now, "lookback": INGEST_EVENT_LOOKBACK_S, "window": window_s})
     ).fetchone()
     return int(row[0]) if row else 0

@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
@@ -59,6 +59,7 @@ __all__ = [
     "AqiResult",
     "AqiStandard",
     "aqi",
+    "area_aqi",
     "hourly_means",
     "iaqi",
     "level_for",
@@ -569,6 +570,54 @@ def aqi(
         version=std.name,
         mode=mode,
     )
+
+
+# --- area AQI (a district, the city) ------------------------------------------------------------
+
+
+def area_aqi(
+    stations: Iterable[Mapping[str, Number]],
+    version: str | AqiStandard = DEFAULT_VERSION,
+    mode: Mode = "hourly",
+) -> AqiResult | None:
+    """The AQI of an area from its assessment stations (docs/standards.md §3.6).
+
+    HJ 633 computes an area's (a city's, a district's) AQI from the area's
+    concentrations, and an area's concentration of a pollutant is the
+    arithmetic mean over its assessment stations (评价点位; HJ 663): so each
+    pollutant is averaged first, over the stations that report it, and
+    IAQI and AQI are computed on those means with :func:`aqi` (formula (1),
+    the largest IAQI). The AQI is *not* the highest station's AQI, nor the
+    mean of the stations' AQIs. Which stations are assessment stations is
+    the caller's decision (a device attribute; micro-stations are not).
+
+    Args:
+        stations: One mapping per assessment station, pollutant (or
+            ``(pollutant, period)`` key as :func:`aqi` takes) → concentration.
+            A station that lacks a pollutant does not count in that
+            pollutant's mean.
+        version: The AQI version, as for :func:`aqi`.
+        mode: ``"hourly"`` or ``"daily"``, as for :func:`aqi`.
+
+    Returns:
+        The :class:`AqiResult` of the means, or ``None`` when no station
+        reported any pollutant.
+
+    Raises:
+        IndicatorError: On a bad concentration or key, as :func:`aqi`.
+    """
+    sums: dict[Key | str, Fraction] = {}
+    counts: dict[Key | str, int] = {}
+    for station in stations:
+        for key, value in station.items():
+            label = f"{key[0]} {key[1]}" if isinstance(key, tuple) else str(key)
+            sums[key] = sums.get(key, Fraction(0)) + _exact(value, label)
+            counts[key] = counts.get(key, 0) + 1
+    if not sums:
+        return None
+    # Exact means: a mean of 34.5 and 35.5 is 35 exactly, not 34.99999….
+    means: dict[Key | str, Number] = {key: total / counts[key] for key, total in sums.items()}
+    return aqi(means, version=version, mode=mode)
 
 
 # --- averages from stored readings ---------------------------------------------------------------

@@ -12,20 +12,22 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
+from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
-from alerts.store import AlertNotFound, AlertStore, BadTransition
+from alerts.store import MAX_SHELVE_S, AlertNotFound, AlertStore, BadTransition
+from alerts.texts import AlertTexts, MetricText, load_texts
 from citybrain.routes.context import ApiContext
 from citybrain.security.auth import record, require
 from citybrain.security.identities import Principal
 from citybrain.security.scope import Scope
 from core.records import Severity
 
-__all__ = ["AssignIn", "CommentIn", "MaintenanceIn", "build"]
+__all__ = ["AssignIn", "CommentIn", "MaintenanceIn", "ShelveIn", "build"]
 
 _SEVERITY = "^(info|warning|major|critical)$"
 _STATE = "^(open|acknowledged|resolved|active)$"
@@ -44,6 +46,27 @@ class AssignIn(CommentIn):
     """Assign an alert to a person or team."""
 
     assignee: str = Field(min_length=1, max_length=100)
+
+
+class ShelveIn(BaseModel):
+    """Shelve (silence) an alert until a time or for a duration, with a reason."""
+
+    reason: str = Field(min_length=1, max_length=500, description="Why it is shelved (audited)")
+    until: datetime | None = Field(default=None, description="Expiry, with a zone; or give duration_s")
+    duration_s: int | None = Field(default=None, ge=60, le=MAX_SHELVE_S, description="Expiry from now, in seconds")
+    actor: str = Field(
+        default="operator", max_length=100, description="Ignored: the actor is the authenticated principal"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ShelveIn:
+        if (self.until is None) == (self.duration_s is None):
+            raise ValueError("give exactly one of until and duration_s")
+        if self.until is not None and (self.until.tzinfo is None or self.until.utcoffset() is None):
+            raise ValueError("until needs a zone")
+        if not self.reason.strip():
+            raise ValueError("a reason is required")
+        return self
 
 
 class MaintenanceIn(BaseModel):
@@ -72,10 +95,42 @@ class MaintenanceIn(BaseModel):
 _Act = Annotated[Principal, Depends(require("alerts:act"))]
 
 
+def _district_names() -> dict[str, dict[str, str]]:
+    doc = json.loads(resources.files("geo").joinpath("data/xiamen_districts.geojson").read_text(encoding="utf-8"))
+    return {
+        f["properties"]["code"]: {"zh-CN": f["properties"]["name_zh"], "en": f["properties"]["name_en"]}
+        for f in doc["features"]
+    }
+
+
 def build(ctx: ApiContext) -> APIRouter:
-    """Routes under /api/v1/alerts, /api/v1/incidents and /api/v1/maintenance."""
+    """Routes under /api/v1/alerts, /api/v1/incidents and /api/v1/maintenance.
+
+    Every alert the routes return (and every feed event) carries ``texts``:
+    ``{"zh-CN": {"title", "text"}, "en": {…}}``, rendered from the record's
+    stable fields by :mod:`alerts.texts` (rule names, local times), beside
+    the record's own ``rule``, ``message`` and UTC times for machines.
+    """
     router = APIRouter()
     alerts = AlertStore(ctx.pool)
+    metric_texts: dict[str, MetricText] = {}
+    for model in ctx.models.all():
+        for name, metric in model.metrics.items():
+            label = {"zh-CN": metric.label.get("zh", name), "en": metric.label.get("en", name)}
+            metric_texts.setdefault(name, MetricText(label, metric.unit))
+    loaded: dict[str, tuple[AlertTexts, dict[str, dict[str, str]]]] = {}
+
+    def texts() -> tuple[AlertTexts, dict[str, dict[str, str]]]:
+        # Read the package data on first use, not when the app is built.
+        if "t" not in loaded:
+            loaded["t"] = (load_texts(), _district_names())
+        return loaded["t"]
+
+    def with_texts(alert: dict[str, Any]) -> dict[str, Any]:
+        catalog, districts = texts()
+        if alert.get("rule"):
+            alert["texts"] = catalog.render_all(alert, metrics=metric_texts, districts=districts)
+        return alert
 
     @router.get("/api/v1/alerts", tags=["alerts"])
     async def list_alerts(
@@ -89,8 +144,12 @@ def build(ctx: ApiContext) -> APIRouter:
         until: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,  # deeper: filter by time instead
+        sort: Annotated[
+            str, Query(pattern="^(time|severity)$", description="`severity`: most severe first, then newest")
+        ] = "time",
+        shelved: Annotated[bool | None, Query(description="only shelved (true) or not shelved (false) alerts")] = None,
     ) -> dict[str, Any]:
-        """Alerts within the caller's grants, newest first."""
+        """Alerts within the caller's grants, newest first or (``sort=severity``) most severe first."""
         scope = Scope.of(principal)
         districts = scope.districts_for(district)
         classes = scope.classes_for(device_class)
@@ -106,12 +165,14 @@ def build(ctx: ApiContext) -> APIRouter:
             until=until,
             limit=limit,
             offset=offset,
+            shelved=shelved,
+            sort=sort,
         )
         if classes is not None and len(classes) > 1:
             # Several granted classes: the store filters one class, so the rest is dropped here
             # (a page can come out shorter than the limit; paging by offset stays correct).
             items = [a for a in items if a.get("device_class") in classes]
-        return {"items": items, "limit": limit, "offset": offset}
+        return {"items": [with_texts(a) for a in items], "limit": limit, "offset": offset}
 
     @router.get("/api/v1/alerts/stream", tags=["alerts"])
     async def stream(
@@ -148,7 +209,7 @@ def build(ctx: ApiContext) -> APIRouter:
                 if ev is None:
                     yield b": heartbeat\n\n"
                     continue
-                data = json.dumps(ev, ensure_ascii=False, separators=(",", ":"))
+                data = json.dumps(with_texts(dict(ev)), ensure_ascii=False, separators=(",", ":"))
                 yield f"event: alert\nid: {ev.get('id', '')}\ndata: {data}\n\n".encode()
 
         return StreamingResponse(
@@ -171,7 +232,7 @@ def build(ctx: ApiContext) -> APIRouter:
         alert_id: str, principal: Annotated[Principal, Depends(require("alerts:read"))]
     ) -> dict[str, Any]:
         """One alert with its history (404 outside the caller's grants)."""
-        return await visible(alert_id, principal)
+        return with_texts(await visible(alert_id, principal))
 
     async def _transition(
         alert_id: str,
@@ -180,10 +241,20 @@ def build(ctx: ApiContext) -> APIRouter:
         request: Request,
         principal: Principal,
         assignee: str | None = None,
+        shelve_until: datetime | None = None,
+        shelve_for_s: int | None = None,
     ) -> dict[str, Any]:
         await visible(alert_id, principal)
         try:
-            out = await alerts.transition(alert_id, action, principal.user, body.comment, assignee)
+            out = await alerts.transition(
+                alert_id,
+                action,
+                principal.user,
+                body.comment,
+                assignee,
+                shelve_until=shelve_until,
+                shelve_for_s=shelve_for_s,
+            )
         except AlertNotFound:
             raise HTTPException(404, f"no alert {alert_id}") from None
         except BadTransition as exc:
@@ -194,8 +265,11 @@ def build(ctx: ApiContext) -> APIRouter:
         details: dict[str, Any] = {"comment": body.comment[:500]} if body.comment else {}
         if assignee is not None:
             details["assignee"] = assignee
+        until = out.get("shelved_until")
+        if action == "shelve" and isinstance(until, datetime):
+            details["until"] = until.isoformat()
         await record(request, principal, f"alert.{action}", f"alert/{alert_id}", details)
-        return out
+        return with_texts(out)
 
     @router.post("/api/v1/alerts/{alert_id}/ack", tags=["alerts"])
     async def ack(alert_id: str, body: CommentIn, request: Request, principal: _Act) -> dict[str, Any]:
@@ -221,6 +295,23 @@ def build(ctx: ApiContext) -> APIRouter:
     async def comment(alert_id: str, body: CommentIn, request: Request, principal: _Act) -> dict[str, Any]:
         """Add a comment; the state does not change."""
         return await _transition(alert_id, "comment", body, request, principal)
+
+    @router.post("/api/v1/alerts/{alert_id}/shelve", tags=["alerts"])
+    async def shelve(alert_id: str, body: ShelveIn, request: Request, principal: _Act) -> dict[str, Any]:
+        """Shelve (silence) an open or acknowledged alert until ``until`` or for ``duration_s``, with a reason.
+
+        At most 7 days (409 beyond). The state does not change; at the expiry the alert returns to normal
+        (``unshelve`` by ``system`` in its history). Audited as ``alert.shelve``.
+        """
+        comment = CommentIn(comment=body.reason)
+        return await _transition(
+            alert_id, "shelve", comment, request, principal, shelve_until=body.until, shelve_for_s=body.duration_s
+        )
+
+    @router.post("/api/v1/alerts/{alert_id}/unshelve", tags=["alerts"])
+    async def unshelve(alert_id: str, body: CommentIn, request: Request, principal: _Act) -> dict[str, Any]:
+        """End a shelving early: the alert is back to normal."""
+        return await _transition(alert_id, "unshelve", body, request, principal)
 
     @router.get("/api/v1/incidents", tags=["alerts"])
     async def incidents(

@@ -22,13 +22,15 @@ from pydantic import BaseModel, Field
 
 from alerts.errors import IndicatorError
 from alerts.indicators.aqi import level_for
+from citybrain.airquality import area_aqi_report
 from citybrain.routes.context import ApiContext
 from citybrain.security.auth import record, require
 from citybrain.security.identities import Principal
 from citybrain.security.scope import Scope
 from core.records import METRIC_NAME_PATTERN
+from devices.errors import ModelError
 from devices.grades import sensitive_class_codes
-from devices.models import ModelRegistry
+from devices.models import ModelRegistry, is_assessment_station
 from geo import stats
 from geo.coords import Crs, gcj02_to_wgs84
 from geo.errors import CoordinateError, FenceExistsError, FenceNotFoundError, GeometryError, OutsideCityError
@@ -131,6 +133,13 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
     cadences = model_cadences(models)
     grid_cache: dict[str, dict[str, Any]] = {}
 
+    def assessment(attrs: dict[str, Any] | None, model: str) -> bool:
+        try:
+            found = models.get(model)
+        except ModelError:
+            found = None
+        return is_assessment_station(attrs or {}, found)
+
     def check_class(device_class: str | None) -> None:
         if device_class is not None and device_class not in models.device_classes():
             raise HTTPException(422, f"unknown device class {device_class!r}; one of {models.device_classes()}")
@@ -169,9 +178,15 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
             float, Query(gt=0, le=366 * 86400, description="Ignore snapshots older than this")
         ] = DEFAULT_MAX_AGE_S,
     ) -> dict[str, Any]:
-        """The 6 districts with devices, open alerts, worst indicative AQI and water compliance."""
+        """The 6 districts with devices, open alerts, HJ 633 area AQI and water compliance.
+
+        ``aqi`` is the district's AQI from its assessment stations' mean
+        concentrations (docs/standards.md §3.6), the number the vitals and
+        ``/api/v1/geo/aqi`` give.
+        """
         async with pool.connection() as conn:
             figures = await stats.district_figures(conn, max_age_s=max_age_s)
+            report = await area_aqi_report(conn, models, max_age_s=max_age_s)
         scope = Scope.of(principal)
         dists = [d for d in await geo.districts() if scope.allows_district(d.code)]
         props = {}
@@ -180,10 +195,37 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
             props[d.code] = {
                 "devices": f.devices,
                 "open_alerts": f.open_alerts,
-                **aqi_properties(f.aqi),
+                **aqi_properties(report.area(d.code).aqi),
+                "aqi_stations": report.area(d.code).stations,
                 "water_ok_share": f.water_ok_share,
             }
         return districts_feature_collection(dists, props)
+
+    @router.get("/api/v1/geo/aqi", tags=["geo"])
+    async def area_aqi(
+        principal: _Reader,
+        max_age_s: Annotated[
+            float, Query(gt=0, le=366 * 86400, description="Ignore stations whose latest values are older")
+        ] = DEFAULT_MAX_AGE_S,
+    ) -> dict[str, Any]:
+        """HJ 633 AQI of the city and of each (granted) district from its assessment stations' mean concentrations.
+
+        The rule (docs/standards.md §3.6): per pollutant, the mean over the
+        area's assessment stations (national/provincial; micro-stations never
+        count), then IAQI and AQI on those means. The header and the map show
+        these same numbers.
+        """
+        async with pool.connection() as conn:
+            report = await area_aqi_report(conn, models, max_age_s=max_age_s)
+        scope = Scope.of(principal)
+        return {
+            "as_of": report.as_of.isoformat(),
+            "version": report.version,
+            "city": report.city.to_json(),
+            "districts": {
+                code: report.area(code).to_json() for code in sorted(report.districts) if scope.allows_district(code)
+            },
+        }
 
     @router.get("/api/v1/geo/grid", tags=["geo"])
     async def grid_cells(
@@ -258,7 +300,7 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
             "select d.code, d.lon, d.lat, d.crs, d.device_class, d.model, d.district, d.name, d.state, l.last_seen,"
             " exists (select 1 from alerts a where a.device_code = d.code and a.state <> 'resolved'"
             " and a.rule not like 'geofence.%%'),"
-            " s.connected, s.status_at"
+            " s.connected, s.status_at, d.attributes"
             " from devices d left join device_liveness l on l.code = d.code"
             " left join device_sessions s on s.code = d.code where "
             + " and ".join(where)
@@ -275,7 +317,7 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
             x, y = float(lons[i]), float(lats[i])
             if box is not None and not (box[0] <= x <= box[2] and box[1] <= y <= box[3]):
                 continue  # selected by the margin only, or its published position is elsewhere
-            code, _, _, _, device_class, model, dist, name, state, last_seen, alerting, connected, status_at = r
+            code, _, _, _, device_class, model, dist, name, state, last_seen, alerting, connected, status_at, attrs = r
             status = classify(
                 last_seen,
                 cadences.get(model),
@@ -297,6 +339,9 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
                         "last_seen": last_seen.isoformat() if last_seen else None,
                         "status": status.value,
                         "masked": bool(masked[i]),
+                        # Air devices: an assessment station (sets its area's AQI) or not (a
+                        # micro-station, drawn as its own layer); None for other classes.
+                        "assessment": assessment(attrs, model) if device_class == "air" else None,
                     },
                     code,
                 )

@@ -3,7 +3,7 @@
 ``GET /api/v1/vitals`` is polled by every console screen, so its answer is
 computed at most once per ``ttl_s`` (5 s) per API process and shared.
 It needs ``readings:read``; the figures are city-wide aggregates (counts,
-worst AQI per district, shares), the same for every caller, with no device,
+AQI per district, shares), the same for every caller, with no device,
 reading or alert of their own in them.
 """
 
@@ -17,11 +17,13 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends
 
+from citybrain.airquality import area_aqi_report
 from citybrain.routes.context import ApiContext
-from citybrain.routes.geo import DEFAULT_MAX_AGE_S, aqi_properties, model_cadences
+from citybrain.routes.geo import DEFAULT_MAX_AGE_S, model_cadences
 from citybrain.security.auth import require
 from citybrain.security.identities import Principal
 from core.records import Severity
+from core.tables import class_table
 from devices.code import XIAMEN_DISTRICTS
 from geo import stats
 
@@ -47,6 +49,7 @@ def build(ctx: ApiContext, *, zone: ZoneInfo = CITY_ZONE, ttl_s: float = 5.0) ->
     router = APIRouter()
     pool = ctx.pool
     cadences = model_cadences(ctx.models)
+    tables = [class_table(c) for c in ctx.models.device_classes()]
     cache: dict[str, tuple[float, dict[str, Any]]] = {}
     lock = asyncio.Lock()
 
@@ -54,26 +57,27 @@ def build(ctx: ApiContext, *, zone: ZoneInfo = CITY_ZONE, ttl_s: float = 5.0) ->
         now = ctx.clock().astimezone(zone)
         async with pool.connection() as conn:
             figures = await stats.district_figures(conn, max_age_s=DEFAULT_MAX_AGE_S)
+            report = await area_aqi_report(conn, ctx.models, max_age_s=DEFAULT_MAX_AGE_S)
             counts = await stats.device_counts(conn, cadences, now=now)
             severities = await stats.open_by_severity(conn)
             noise = await stats.noise_exceedances_since(conn, local_midnight(now, zone))
             manhole = await stats.manhole_open_alerts(conn)
-            ingest = await stats.readings_last_minute(conn, now=now)
-        district_aqi = {
-            code: aqi_properties(figures[code].aqi if code in figures else None)["aqi"] for code in XIAMEN_DISTRICTS
-        }
-        known = [v for v in district_aqi.values() if v is not None]
-        city = aqi_properties(max(known) if known else None)
+            ingest = await stats.messages_last_minute(conn, tables, now=now)
+        city = report.city.to_json()
         stations = sum(f.water_stations for f in figures.values())
         ok = sum((f.water_ok_share or 0.0) * f.water_stations for f in figures.values())
         return {
             "generated_at": now.isoformat(),
-            # The city headline is the worst district: an average would hide a polluted one.
+            # HJ 633 area AQI from the assessment stations' mean concentrations
+            # (citybrain.airquality, docs/standards.md §3.6): the same numbers as the map.
             "aqi": {
                 "city": city["aqi"],
                 "level": city["aqi_level"],
                 "colour": city["aqi_colour"],
-                "districts": district_aqi,
+                "primary_pollutants": city["primary_pollutants"],
+                "stations": city["stations"],
+                "as_of": report.as_of.isoformat(),
+                "districts": {code: report.area(code).aqi for code in XIAMEN_DISTRICTS},
             },
             "water": {"ok_share": ok / stations if stations else None, "stations": stations},
             "noise": {"exceedances_today": noise, "since": local_midnight(now, zone).isoformat()},
@@ -85,7 +89,7 @@ def build(ctx: ApiContext, *, zone: ZoneInfo = CITY_ZONE, ttl_s: float = 5.0) ->
                 "unknown": counts["unknown"],
                 "total": counts["total"],
             },
-            "ingest": {"readings_last_minute": ingest},
+            "ingest": {"messages_last_minute": ingest},
             "alerts": {"open_by_severity": {s.label: severities.get(int(s), 0) for s in Severity}},
         }
 
@@ -93,9 +97,12 @@ def build(ctx: ApiContext, *, zone: ZoneInfo = CITY_ZONE, ttl_s: float = 5.0) ->
     async def vitals(_: Annotated[Principal, Depends(require("readings:read"))]) -> dict[str, Any]:
         """Headline figures: AQI, water compliance, noise, manholes, device liveness, ingest, open alerts.
 
-        ``ingest.readings_last_minute`` counts devices heard from in the last
-        60 s (one row per device in ``device_liveness``), a proxy for the
-        reading rate; ``devices.online`` are devices seen within 2× their
+        ``aqi`` is the HJ 633 area AQI of the city and of each district, from
+        the mean concentrations of their assessment stations (micro-stations
+        never count), the same numbers as ``/api/v1/geo/districts`` and
+        ``/api/v1/geo/aqi``. ``ingest.messages_last_minute`` counts messages
+        stored with a receive time in the last 60 s (one row of a
+        ``readings_{class}`` table per device message); ``devices.online`` are devices seen within 2× their
         model's cadence, ``stale`` within 10× or connected (MQTT session up)
         but silent, ``offline`` beyond that or at once after their last will
         (see :func:`geo.status.classify`).

@@ -23,6 +23,7 @@ from devices.code import DeviceCode, load_class_table
 from devices.models import ModelRegistry
 from geo.coords import wgs84_to_gcj02
 from geo.service import GeoService
+from streams.store import ensure_partition
 from tests.integration.helpers import api_key, secure
 
 pytestmark = pytest.mark.integration
@@ -40,6 +41,7 @@ GAS = code("350203", "0111", 5)  # sensitive: location published per grid cell
 STORM = code("350203", "0103", 6)
 STORM_OLD = code("350203", "0103", 7)
 NOISE = code("350206", "0311", 8)
+MICRO_SIMING = code("350203", "0308", 9)  # a micro-station: never sets an area AQI
 GAS_AT = (118.1012, 24.4567)
 
 SQUARE = [[118.09, 24.43], [118.11, 24.43], [118.11, 24.47], [118.09, 24.47], [118.09, 24.43]]
@@ -63,6 +65,7 @@ async def _seed(pool: AsyncConnectionPool, now: datetime) -> None:
         (STORM, "manhole-cover@1", "manhole", "350203", 118.1005, 24.4605, "WGS84"),
         (STORM_OLD, "manhole-cover@1", "manhole", "350203", 118.13, 24.48, "WGS84"),
         (NOISE, "noise-monitor@1", "noise", "350206", 118.125, 24.515, "WGS84"),
+        (MICRO_SIMING, "air-micro@1", "air", "350203", 118.101, 24.56, "WGS84"),
     ]
     async with pool.connection() as conn:
         async with conn.cursor() as cur:
@@ -80,6 +83,7 @@ async def _seed(pool: AsyncConnectionPool, now: datetime) -> None:
                     (WATER_BAD, now, now),
                     (STORM_OLD, now - timedelta(days=2), now),  # offline (cadence 1 h)
                     (NOISE, now - timedelta(seconds=10), now),
+                    (MICRO_SIMING, now, now),
                 ],
             )
             t = now.timestamp()
@@ -88,6 +92,8 @@ async def _seed(pool: AsyncConnectionPool, now: datetime) -> None:
                 [
                     (AIR_SIMING, Jsonb({"aqi": [120.4, t, None, None], "pm25": [90.0, t, None, None]})),
                     (AIR_HULI, Jsonb({"aqi": [42.0, t, None, None], "pm25": [20.0, t, None, None]})),
+                    # The old "highest device" rule turned Siming and the city to 215 with this one.
+                    (MICRO_SIMING, Jsonb({"aqi": [215.0, t, None, None], "pm25": [180.0, t, None, None]})),
                     (WATER_OK, Jsonb({"water_class_over_target": [0.0, t, None, None]})),
                     (WATER_BAD, Jsonb({"water_class_over_target": [2.0, t, None, None]})),
                 ],
@@ -100,6 +106,18 @@ async def _seed(pool: AsyncConnectionPool, now: datetime) -> None:
                     ("a2", "noise.day.over_limit", NOISE, "350206", "noise", 2, "acknowledged", now),
                     ("a3", "noise.day.over_limit", NOISE, "350206", "noise", 2, "resolved", now - timedelta(days=3)),
                     ("a4", "air.pm25.high", AIR_SIMING, "350203", "air", 3, "resolved", now),
+                ],
+            )
+            # Ingest: 3 messages received in the last minute (two from one device), one 5 minutes ago.
+            await ensure_partition(conn, "air", now.date())
+            await ensure_partition(conn, "air", (now - timedelta(minutes=10)).date())
+            await cur.executemany(
+                "insert into readings_air (device_code, ts, rx, pm25) values (%s, %s, %s, 1)",
+                [
+                    (AIR_SIMING, now - timedelta(seconds=20), now - timedelta(seconds=19)),
+                    (AIR_SIMING, now - timedelta(seconds=40), now - timedelta(seconds=39)),
+                    (AIR_HULI, now - timedelta(seconds=30), now - timedelta(seconds=29)),
+                    (AIR_HULI, now - timedelta(minutes=5), now - timedelta(minutes=5)),
                 ],
             )
         await conn.commit()
@@ -242,9 +260,12 @@ async def test_districts_collection(env: Env) -> None:
     assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 6
     props = {f["properties"]["code"]: f["properties"] for f in fc["features"]}
     siming = props["350203"]
-    assert siming["name_zh"] == "思明区" and siming["devices"] == 4 and siming["open_alerts"] == 1
-    assert (siming["aqi"], siming["aqi_level"], siming["aqi_colour"]) == (121, 3, "#FF7E00")
-    assert props["350206"]["aqi"] == 42 and props["350206"]["open_alerts"] == 1
+    assert siming["name_zh"] == "思明区" and siming["devices"] == 5 and siming["open_alerts"] == 1
+    # HJ 633-2026 on the assessment station alone (the micro-station's 180 does not count):
+    # PM2.5 90 → (150 − 100) / (115 − 60) × (90 − 60) + 100 = 127.27 → 128.
+    assert (siming["aqi"], siming["aqi_level"], siming["aqi_colour"]) == (128, 3, "#FF7E00")
+    # Huli: PM2.5 20 → 50 / 35 × 20 = 28.57 → 29.
+    assert props["350206"]["aqi"] == 29 and props["350206"]["open_alerts"] == 1
     assert props["350211"]["water_ok_share"] == 0.5 and props["350211"]["aqi"] is None
     assert props["350212"] == props["350212"] | {"devices": 0, "aqi": None, "water_ok_share": None}
 
@@ -312,7 +333,8 @@ async def test_nearest(env: Env) -> None:
 async def test_aggregate(env: Env) -> None:
     r = await env.client.get("/api/v1/geo/aggregate", params={"metric": "pm25", "class": "air"})
     items = {i["area"]: i for i in r.json()["items"]}
-    assert (items["350203"]["mean"], items["350203"]["devices"], items["350206"]["mean"]) == (90.0, 1, 20.0)
+    # The per-metric aggregate is over every device of the class, micro-stations included.
+    assert (items["350203"]["mean"], items["350203"]["devices"], items["350206"]["mean"]) == (135.0, 2, 20.0)
     grid = await env.client.get("/api/v1/geo/aggregate", params={"metric": "aqi", "class": "air", "level": "grid"})
     assert grid.json()["items"] == []  # seeded devices have no grid cell
     manholes = await env.client.get("/api/v1/geo/aggregate", params={"metric": "water_level_state", "class": "manhole"})
@@ -320,6 +342,26 @@ async def test_aggregate(env: Env) -> None:
     assert by_area["350203"] == by_area["350203"] | {"devices": 3, "reporting": 0, "mean": None, "open_alerts": 1}
     bad = await env.client.get("/api/v1/geo/aggregate", params={"metric": "pm25", "class": "water"})
     assert bad.status_code == 422 and "not a metric of class 'water'" in bad.json()["detail"]
+
+
+async def test_area_aqi_is_the_same_in_vitals_map_and_api(env: Env) -> None:
+    """City: PM2.5 mean of the two assessment stations (90 + 20) / 2 = 55 → 50 / 25 × 20 + 50 = 90.
+
+    The micro-station (180) is counted as such and left out; header, map and API agree.
+    """
+    api = (await env.client.get("/api/v1/geo/aqi")).json()
+    assert api["version"] == "HJ633-2026"
+    assert api["city"] | {"aqi": 90, "aqi_level": 2, "stations": 2, "micro_stations": 1} == api["city"]
+    assert api["city"]["means"] == {"pm25": 55.0} and api["city"]["primary_pollutants"] == ["pm25"]
+    v = (await env.client.get("/api/v1/vitals")).json()
+    fc = (await env.client.get("/api/v1/geo/districts")).json()
+    on_map = {f["properties"]["code"]: f["properties"]["aqi"] for f in fc["features"]}
+    assert v["aqi"]["city"] == api["city"]["aqi"] == 90
+    assert v["aqi"]["districts"] == on_map == {code: d["aqi"] for code, d in api["districts"].items()}
+    assert on_map["350203"] == 128 and api["districts"]["350203"]["micro_stations"] == 1
+    devices = (await env.client.get("/api/v1/geo/devices", params={"class": "air"})).json()["features"]
+    roles = {f["properties"]["code"]: f["properties"]["assessment"] for f in devices}
+    assert roles == {AIR_SIMING: True, AIR_HULI: True, MICRO_SIMING: False}
 
 
 async def test_vitals(env: Env) -> None:
@@ -334,12 +376,13 @@ async def test_vitals_measure_liveness_from_the_injected_clock(database_url: str
 
 async def _check_vitals(env: Env) -> None:
     v = (await env.client.get("/api/v1/vitals")).json()
-    assert v["aqi"]["city"] == 121 and v["aqi"]["districts"]["350206"] == 42 and v["aqi"]["districts"]["350212"] is None
+    assert v["aqi"]["city"] == 90 and v["aqi"]["districts"]["350206"] == 29 and v["aqi"]["districts"]["350212"] is None
     assert v["water"] == {"ok_share": 0.5, "stations": 2}
     assert v["noise"]["exceedances_today"] == 1
     assert v["manhole"] == {"open_alerts": 1}
-    assert v["devices"] == {"online": 4, "stale": 1, "offline": 1, "unknown": 2, "total": 8}
-    assert v["ingest"]["readings_last_minute"] == 4
+    assert v["devices"] == {"online": 5, "stale": 1, "offline": 1, "unknown": 2, "total": 9}
+    # Messages, not devices: AIR_SIMING's two messages count twice; the one 5 minutes ago not at all.
+    assert v["ingest"]["messages_last_minute"] == 3
     assert v["alerts"]["open_by_severity"] == {"info": 0, "warning": 1, "major": 0, "critical": 1}
 
 

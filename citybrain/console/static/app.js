@@ -204,6 +204,11 @@ async function refreshVitals() {
   try {
     state.vitals = await getJSON("/api/v1/vitals");
     state.vitalsError = null;
+    // Header and map show the same area AQI (one server function): when the header's
+    // district AQIs moved, redraw the map's districts now instead of at their next poll.
+    const onMap = Object.fromEntries([...state.districtProps].map(([code, p]) => [code, p.aqi ?? null]));
+    const inHeader = state.vitals?.aqi?.districts ?? {};
+    if (state.map && Object.entries(onMap).some(([code, val]) => code in inHeader && inHeader[code] !== val)) refreshDistricts();
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) return showLogin();
     state.vitalsError = err;
@@ -295,6 +300,7 @@ function renderVitals() {
     c.title = `${districtName(code)} AQI ${fmtCount(val)} (L${aqiLevel(val) ?? "-"})`;
     districts.append(c);
   }
+  aqiChip.title = t("vitals.aqi_rule", { n: fmtCount(v.aqi?.stations) });
   const aqiTile = h("div", { class: "tile tile-aqi", dataset: { vital: "aqi" } }, h("span", { class: "tile-label" }, t("vitals.aqi")), aqiChip, districts);
 
   const share = mine ? mine.water : v.water?.ok_share;
@@ -323,7 +329,7 @@ function renderVitals() {
     scopeMark(tile("noise", fmtCount(v.noise?.exceedances_today)), false),
     scopeMark(tile("manhole", fmtCount(mine ? mine.manhole : v.manhole?.open_alerts)), !!mine),
     scopeMark(tile("devices", devVal, h("span", { class: "tile-sub" }, `Σ ${fmtCount(dev.total)}`)), !!mine),
-    scopeMark(tile("ingest", `${fmtCount(v.ingest?.readings_last_minute)}${t("vitals.per_min")}`), false),
+    scopeMark(tile("ingest", `${fmtCount(v.ingest?.messages_last_minute)}${t("vitals.per_min")}`), false),
     scopeMark(tile("alerts", sevChips), !!mine),
   );
 }
@@ -494,6 +500,11 @@ function normalise(raw, kind) {
   return a;
 }
 
+/** Shelved now: the server clears an expired shelving on its next read; the console does not wait for it. */
+function isShelved(a) {
+  return !!a.shelved_until && Date.parse(a.shelved_until) > Date.now() && a.state !== "resolved";
+}
+
 function visible(a) {
   const sev = $("#f-severity").value;
   const district = $("#f-district").value;
@@ -502,20 +513,34 @@ function visible(a) {
   if (sev && sevRank(a.severity) < sevRank(sev)) return false;
   if (district && a.district !== district) return false;
   if (cls && a.cls !== cls) return false;
-  if (show === "active" && a.state === "resolved") return false;
+  if (show === "active" && (a.state === "resolved" || isShelved(a))) return false;
+  if (show === "shelved" && !isShelved(a)) return false;
   return true;
 }
 
-function sortedAlerts() {
+function byTime(x, y) {
+  return String(y.opened_at ?? "").localeCompare(String(x.opened_at ?? "")) || String(y.id).localeCompare(String(x.id));
+}
+
+/** The feed's order: by severity (critical first; the default) or by time, newest first. Resolved ones last. */
+function sortedAlerts(order = $("#f-sort")?.value ?? "severity") {
   const list = [...state.alerts.values()];
-  list.sort((x, y) => String(y.opened_at ?? "").localeCompare(String(x.opened_at ?? "")) || String(y.id).localeCompare(String(x.id)));
+  const done = (a) => (a.state === "resolved" ? 1 : 0);
+  if (order === "time") list.sort(byTime);
+  else list.sort((x, y) => done(x) - done(y) || sevRank(y.severity) - sevRank(x.severity) || byTime(x, y));
   return list;
+}
+
+/** The alert's text in the console's language (rendered by the server from templates), or its raw message. */
+function alertText(a) {
+  const tx = a.texts?.[lang() === "zh" ? "zh-CN" : "en"];
+  return { title: tx?.title ?? a.rule ?? "", text: tx?.text ?? a.message ?? a.rule ?? "" };
 }
 
 function trimAlerts() {
   if (state.alerts.size <= MAX_FEED) return;
   // Drop the oldest resolved first, then the oldest.
-  const list = sortedAlerts();
+  const list = sortedAlerts("time");
   for (let i = list.length - 1; i >= 0 && state.alerts.size > MAX_FEED; i--) {
     if (list[i].state === "resolved") state.alerts.delete(list[i].id);
   }
@@ -526,7 +551,8 @@ async function act(a, action, comment, li) {
   const err = li.querySelector(".alert-error");
   err.hidden = true;
   try {
-    const updated = await postJSON(`/api/v1/alerts/${encodeURIComponent(a.id)}/${action}`, { actor: state.actor, comment: comment ?? "" });
+    const body = typeof comment === "object" && comment !== null ? comment : { actor: state.actor, comment: comment ?? "" };
+    const updated = await postJSON(`/api/v1/alerts/${encodeURIComponent(a.id)}/${action}`, body);
     if (updated && updated.id) upsert(normalise(updated, action));
     return true;
   } catch (e) {
@@ -582,17 +608,57 @@ function alertRow(a) {
     },
     t("feed.comment"),
   );
-  actions.append(ack, resolve, comment);
-  li.append(body, actions, form, h("p", { class: "alert-error error", hidden: true }));
-  li._parts = { body, ack, resolve, comment, form };
+  // Shelve: silence for a while, with a reason (audited on the server); unshelve ends it early.
+  const reason = h("input", { class: "shelve-reason", maxlength: 500, required: true, "aria-label": t("feed.shelve_reason"), placeholder: t("feed.shelve_reason") });
+  const duration = h(
+    "select",
+    { class: "shelve-duration", "aria-label": t("feed.shelve_for") },
+    ...[3600, 4 * 3600, 8 * 3600, 24 * 3600].map((s) => h("option", { value: String(s) }, t("feed.hours", { n: s / 3600 }))),
+  );
+  const shelveForm = h(
+    "form",
+    { class: "shelve-form", hidden: true },
+    h("label", null, t("feed.shelve_for"), " ", duration),
+    reason,
+    h("button", { type: "submit", class: "small" }, t("feed.shelve")),
+    h("button", { type: "button", class: "small secondary", onclick: () => (shelveForm.hidden = true) }, t("feed.cancel")),
+  );
+  shelveForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const why = reason.value.trim();
+    if (!why) return;
+    if (!(await act(state.alerts.get(a.id), "shelve", { reason: why, duration_s: Number(duration.value) }, li))) return;
+    reason.value = "";
+    shelveForm.hidden = true;
+  });
+  const shelve = h(
+    "button",
+    {
+      type: "button",
+      class: "small secondary act-shelve",
+      onclick: () => {
+        shelveForm.hidden = !shelveForm.hidden;
+        if (!shelveForm.hidden) reason.focus();
+      },
+    },
+    t("feed.shelve"),
+  );
+  const unshelve = h("button", { type: "button", class: "small secondary act-unshelve", onclick: () => act(state.alerts.get(a.id), "unshelve", "", li) }, t("feed.unshelve"));
+  actions.append(ack, resolve, comment, shelve, unshelve);
+  li.append(body, actions, form, shelveForm, h("p", { class: "alert-error error", hidden: true }));
+  li._parts = { body, ack, resolve, comment, form, shelve, unshelve, shelveForm };
   return li;
 }
 
 function fillAlertRow(li, a) {
-  const { body, ack, resolve, comment, form } = li._parts;
-  li.className = `alert sev-${a.severity} state-${a.state}${li.classList.contains("flashing") ? " flashing" : ""}`;
+  const { body, ack, resolve, comment, form, shelve, unshelve, shelveForm } = li._parts;
+  const shelved = isShelved(a);
+  li.className = `alert sev-${a.severity} state-${a.state}${shelved ? " shelved" : ""}${li.classList.contains("flashing") ? " flashing" : ""}`;
   li.dataset.severity = a.severity ?? "";
   li.dataset.state = a.state ?? "";
+  li.dataset.shelved = String(shelved);
+  li.dataset.rule = a.rule ?? "";
+  const { title, text } = alertText(a);
   li.dataset.device = a.device ?? "";
   clear(body);
   const dev = state.devices.get(a.device);
@@ -605,16 +671,14 @@ function fillAlertRow(li, a) {
       h("span", { class: "alert-state" }, t(`state.${a.state}`)),
       h("span", { class: "alert-time", title: a.opened_at ?? "" }, fmtTime(a.opened_at, true)),
     ),
-    h("div", { class: "alert-msg" }, a.message || a.rule || ""),
-    h(
-      "div",
-      { class: "alert-meta" },
-      h("span", null, districtName(a.district)),
-      h("span", null, className(a.cls)),
-      devLink,
-      h("span", { class: "rule" }, a.rule ?? ""),
-    ),
+    // The rule id and the raw (English, UTC) message stay one hover away, for integrators.
+    h("div", { class: "alert-msg", dataset: { title }, title: `${a.rule ?? ""}: ${a.message ?? ""}` }, text),
+    h("div", { class: "alert-meta" }, h("span", null, districtName(a.district)), h("span", null, className(a.cls)), devLink),
   );
+  if (shelved) {
+    const who = a.shelved_by ? ` ${t("feed.by", { actor: a.shelved_by })}` : "";
+    body.append(h("div", { class: "alert-shelved" }, `${t("feed.shelved_until", { time: fmtTime(a.shelved_until, true) })}${who} — ${a.shelved_reason ?? ""}`));
+  }
   if (a.last_kind && a.last_kind !== "open") {
     const who = a.last_actor ? ` ${t("feed.by", { actor: a.last_actor })}` : "";
     const note = a.last_comment ? ` — ${a.last_comment}` : "";
@@ -623,14 +687,20 @@ function fillAlertRow(li, a) {
   if (a.cleared_at && a.state !== "resolved") body.append(h("div", { class: "alert-last" }, `${t("kind.clear")} ${fmtTime(a.cleared_at)}`));
   ack.hidden = a.state !== "open";
   resolve.hidden = a.state === "resolved";
+  shelve.hidden = a.state === "resolved" || shelved;
+  unshelve.hidden = !shelved;
+  if (shelve.hidden) shelveForm.hidden = true;
   // Roles without alerts:act (app, auditor) see the buttons disabled, with the reason as a tooltip.
   const allowed = can("alerts:act");
-  for (const b of [ack, resolve, comment]) {
+  for (const b of [ack, resolve, comment, shelve, unshelve]) {
     b.disabled = !allowed;
     if (allowed) b.removeAttribute("title");
     else b.title = t("perm.alerts_act");
   }
-  if (!allowed) form.hidden = true;
+  if (!allowed) {
+    form.hidden = true;
+    shelveForm.hidden = true;
+  }
 }
 
 function renderFeed() {
@@ -653,7 +723,7 @@ function renderFeed() {
     if (feed.children[i] !== li) feed.insertBefore(li, feed.children[i] ?? null);
   });
   $("#feed-empty").hidden = shown.length > 0;
-  const active = [...state.alerts.values()].filter((a) => a.state !== "resolved").length;
+  const active = [...state.alerts.values()].filter((a) => a.state !== "resolved" && !isShelved(a)).length;
   $("#feed-count").textContent = String(active);
 }
 
@@ -905,7 +975,7 @@ async function openDetail(code) {
       kv("model", model ? `${pick(model.name)} (${dev.model})` : dev.model),
       kv("district", `${districtName(dev.district)}${dev.grid ? ` · ${dev.grid}` : ""}`),
       kv("location", loc),
-      kv("state", h("span", null, String(dev.state ?? t("common.none")), " ", statusEl)),
+      kv("state", h("span", null, dev.state ? t(`devstate.${dev.state}`) : t("common.none"), " ", statusEl)),
       kv("last_seen", fmtTime(lastSeen, true)),
     ),
   );
@@ -993,7 +1063,7 @@ async function renderDetailAlerts(code) {
         h("span", { class: `sev sev-${a.severity}` }, t(`severity.${a.severity}`)),
         h("span", null, t(`state.${a.state}`)),
         h("span", { class: "alert-time" }, fmtTime(a.opened_at, true)),
-        h("span", { class: "alert-msg" }, a.message || a.rule),
+        h("span", { class: "alert-msg", title: a.rule ?? "" }, alertText(a).text),
       ),
     );
   }
@@ -1046,7 +1116,7 @@ function commandsSection(code, model) {
   for (const c of cmds) {
     const status = h("p", { class: "cmd-status", role: "status" });
     const fields = Object.entries(c.params ?? {}).map(([name, spec]) =>
-      h("label", null, h("span", null, `${name}${spec?.min != null || spec?.max != null ? ` (${spec.min ?? ""}–${spec.max ?? ""})` : ""}`), paramInput(name, spec)),
+      h("label", null, h("span", null, `${paramName(name)}${spec?.min != null || spec?.max != null ? ` (${spec.min ?? ""}–${spec.max ?? ""})` : ""}`), paramInput(name, spec)),
     );
     const form = h(
       "form",
@@ -1065,7 +1135,7 @@ function commandsSection(code, model) {
       status.textContent = t("detail.loading");
       try {
         const res = await postJSON(`/api/v1/devices/${encodeURIComponent(code)}/commands`, { name: c.name, params });
-        status.textContent = t("detail.sent", { name: c.name, state: res?.state ?? "ok" });
+        status.textContent = t("detail.sent", { name: pick(c.label, c.name), state: cmdState(res?.state ?? "ok") });
         status.dataset.state = res?.state ?? "ok";
         loadCommandHistory(code, history);
       } catch (err) {
@@ -1103,14 +1173,40 @@ async function loadCommandHistory(code, ul) {
       h(
         "li",
         null,
-        h("span", null, c.name ?? ""),
+        h("span", { title: c.name ?? "" }, commandName(code, c.name)),
         h("code", null, JSON.stringify(c.params ?? {})),
-        h("span", { class: `cmd-state state-${c.state}` }, c.state ?? ""),
+        h("span", { class: `cmd-state state-${c.state}` }, cmdState(c.state)),
         h("span", { class: "alert-time" }, fmtTime(c.created_at ?? c.queued_at, true)),
       ),
     );
   }
   ul.parentElement.hidden = list.length === 0;
+}
+
+/** A command parameter's label (translated when known, else its name). */
+function paramName(name) {
+  const key = `param.${name}`;
+  const text = t(key);
+  return text === key ? name : text;
+}
+
+function cmdState(s) {
+  const key = `cmdstate.${s}`;
+  const text = t(key);
+  return text === key ? s ?? "" : text;
+}
+
+/** A command's label from the device's model (e.g. set_interval → 设置上报间隔), else its name. */
+function commandName(code, name) {
+  const dev = state.devices.get(code);
+  const model = dev ? (state.models.get(dev.model) ?? state.models.get(String(dev.model).split("@")[0])) : null;
+  const cmd = (model?.commands ?? []).find((c) => c.name === name);
+  if (cmd) return pick(cmd.label, name);
+  for (const m of state.models.values()) {
+    const found = (m.commands ?? []).find((c) => c.name === name);
+    if (found?.label) return pick(found.label, name);
+  }
+  return name ?? "";
 }
 
 function closeDetail() {
@@ -1147,9 +1243,14 @@ function startApp() {
     renderLegend();
   });
   $("#grid-toggle").addEventListener("change", (ev) => toggleGrid(ev.target.checked));
+  $("#micro-toggle").addEventListener("change", (ev) => state.map.showMicro(ev.target.checked));
   $("#sources-toggle").addEventListener("change", (ev) => toggleSources(ev.target.checked));
   $("#map-reset").addEventListener("click", () => state.map.resetView());
-  for (const id of ["#f-severity", "#f-district", "#f-class", "#f-state"]) $(id).addEventListener("change", renderFeed);
+  for (const id of ["#f-severity", "#f-district", "#f-class", "#f-state", "#f-sort"]) $(id).addEventListener("change", renderFeed);
+  // A shelving that expired returns its alert to the feed without waiting for an event.
+  setInterval(() => {
+    if ([...state.alerts.values()].some((a) => a.shelved_until && !isShelved(a) && state.rows.get(a.id)?.dataset.shelved === "true")) renderFeed();
+  }, 5000);
   $("#detail-close").addEventListener("click", closeDetail);
   $("#logout").addEventListener("click", logout);
   document.addEventListener("keydown", (ev) => {

@@ -159,9 +159,11 @@ export function createMap(svg, { onDeviceClick } = {}) {
     labels: s("g", { class: "layer-labels" }),
     devices: s("g", { class: "layer-devices" }),
     sources: s("g", { class: "layer-sources" }),
+    // Air micro-stations: their own layer (they never set an area's AQI; docs/standards.md §3.6).
+    micro: s("g", { class: "layer-micro" }),
   };
   clear(svg);
-  svg.append(layers.districts, layers.grid, layers.labels, layers.devices, layers.sources);
+  svg.append(layers.districts, layers.grid, layers.labels, layers.micro, layers.devices, layers.sources);
   const state = {
     districts: [],
     grid: [],
@@ -182,8 +184,9 @@ export function createMap(svg, { onDeviceClick } = {}) {
     const zoom = state.proj.width / v[2];
     svg.style.setProperty("--zoom", String(zoom));
     const r = 7 / zoom;
-    for (const c of layers.devices.querySelectorAll("circle.device")) c.setAttribute("r", r.toFixed(2));
-    for (const c of layers.devices.querySelectorAll("circle.halo")) c.setAttribute("r", (r * 1.9).toFixed(2));
+    for (const c of svg.querySelectorAll(".layer-devices circle.device")) c.setAttribute("r", r.toFixed(2));
+    for (const c of svg.querySelectorAll(".layer-micro circle.device")) c.setAttribute("r", (r * 0.7).toFixed(2));
+    for (const c of svg.querySelectorAll("circle.halo")) c.setAttribute("r", (r * 1.9).toFixed(2));
     for (const el of layers.labels.querySelectorAll("text")) el.setAttribute("font-size", (20 / zoom).toFixed(1));
     if (state.showSources) renderSources();
   }
@@ -272,18 +275,20 @@ export function createMap(svg, { onDeviceClick } = {}) {
         m = { g, dot, halo, title };
         markers.set(p.code, m);
       }
-      m.g.setAttribute("class", `device-marker status-${status}${state.selected === p.code ? " selected" : ""}`);
+      const micro = p.assessment === false;
+      m.g.setAttribute("class", `device-marker status-${status}${micro ? " micro" : ""}${state.selected === p.code ? " selected" : ""}`);
       m.g.dataset.status = status;
       for (const el of [m.dot, m.halo]) {
         el.setAttribute("cx", x.toFixed(1));
         el.setAttribute("cy", y.toFixed(1));
       }
-      m.dot.setAttribute("r", r.toFixed(2));
+      m.dot.setAttribute("r", (micro ? r * 0.7 : r).toFixed(2));
       m.halo.setAttribute("r", (r * 1.9).toFixed(2));
       m.dot.setAttribute("fill", STATUS_COLOURS[status]);
       m.halo.style.display = status === "alerting" ? "" : "none";
       m.title.textContent = `${p.name || p.code} (${p.code}) — ${t(`status.${status}`)}`;
-      if (m.g.parentNode !== layers.devices) layers.devices.append(m.g);
+      const layer = micro ? layers.micro : layers.devices;
+      if (m.g.parentNode !== layer) layer.append(m.g);
     }
     for (const [code, m] of markers) {
       if (!seen.has(code)) {
@@ -410,6 +415,9 @@ export function createMap(svg, { onDeviceClick } = {}) {
     setDevices(fc) {
       state.devices = Array.isArray(fc?.features) ? fc.features : [];
       renderDevices();
+    },
+    showMicro(on) {
+      layers.micro.style.display = on ? "" : "none";
     },
     setSources(items) {
       state.sources = Array.isArray(items) ? items : [];
