@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from alerts.build import device_alert
 from alerts.derive import derive
 from alerts.errors import IndicatorError
 from alerts.rules import AllOf, AnyOf, Compare, Condition, Not, Outside, Rate, Rule
@@ -38,7 +39,6 @@ from core.records import (
     Quality,
     Reading,
     Severity,
-    alert_id,
     epoch_us,
     utc_from_epoch_us,
 )
@@ -218,20 +218,19 @@ def _alert(
     labels = [("flapping", "true")] if st.get("flapping") else []
     if rule.standard:
         labels.append(("standard", rule.standard))
-    return Alert(
-        id=alert_id(ctx.code, rule.id, opened_at),
-        rule=rule.id,
-        device_code=ctx.code,
-        district=ctx.district,
-        severity=Severity(int(st["sev"])),
+    return device_alert(
+        rule.id,
+        ctx.code,
+        ctx.district,
+        ctx.device_class,
+        Severity(int(st["sev"])),
+        opened_at,
         state=state,
-        opened_at=opened_at,
         metric=metric,
         value=value if value is None or math.isfinite(value) else None,
         threshold=thr,
         message=_message(rule, snap, ctx),
         cleared_at=cleared_at,
-        device_class=ctx.device_class,
         labels=tuple(labels),
     )
 

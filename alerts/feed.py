@@ -20,6 +20,7 @@ import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from alerts.store import NOTIFY_CHANNEL
+from core.retry import retrying
 
 __all__ = ["AlertFeed", "FeedMetrics"]
 
@@ -73,22 +74,33 @@ class AlertFeed:
                 await self._task
 
     async def _listen(self) -> None:
-        delay = 0.5
         while True:
+            # A new retrier per connection: the wait starts small again after a connection that worked.
+            retry = retrying(
+                psycopg.Error,
+                what="alert feed cannot reach its database",
+                log=log,
+                wait_s=0.5,
+                max_wait_s=10.0,
+                level=logging.WARNING,
+            )
+            conn: psycopg.AsyncConnection[Any] = await retry(self._subscribe)
             try:
-                conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
                 async with conn:
-                    await conn.execute(f"listen {NOTIFY_CHANNEL}")
                     self._ready.set()
-                    delay = 0.5
                     async for note in conn.notifies():
                         self._dispatch(note.payload)
-            except asyncio.CancelledError:
-                raise
             except psycopg.Error as exc:
-                log.warning("alert feed lost its database connection (%s); reconnecting in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10)
+                log.warning("alert feed lost its database connection (%s); reconnecting", exc)
+
+    async def _subscribe(self) -> psycopg.AsyncConnection[Any]:
+        conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+        try:
+            await conn.execute(f"listen {NOTIFY_CHANNEL}")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
 
     def _dispatch(self, payload: str) -> None:
         try:

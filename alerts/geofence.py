@@ -43,8 +43,9 @@ from psycopg_pool import AsyncConnectionPool
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
+from alerts.build import device_alert
 from alerts.rules import fence_keys
-from core.records import Alert, AlertState, Reading, Severity, alert_id
+from core.records import Alert, AlertState, Reading, Severity
 from geo.coords import Crs, gcj02_to_wgs84
 from geo.districts import validate_geometry
 from geo.fences import FenceEvent
@@ -52,7 +53,7 @@ from geo.service import GeoService
 from geo.spatial import query_points
 
 if TYPE_CHECKING:
-    from devices.ledger import DeviceInfo
+    from devices.index import DeviceInfo
 
 __all__ = [
     "FENCE_RULE_PREFIX",
@@ -210,17 +211,16 @@ def fence_transitions(
                 continue
             opened, state, cleared, verb = ev.entered_at, AlertState.RESOLVED, ev.at, "left"
         opened_utc = opened.astimezone(UTC)
-        alert = Alert(
-            id=alert_id(ev.device_code, rule, opened_utc),
-            rule=rule,
-            device_code=ev.device_code,
-            district=dev.district,
-            severity=Severity.INFO,
+        alert = device_alert(
+            rule,
+            ev.device_code,
+            dev.district,
+            dev.device_class,
+            Severity.INFO,
+            opened_utc,
             state=state,
-            opened_at=opened_utc,
             message=f"{verb} geofence {name} ({ev.fence_id})",
             cleared_at=cleared.astimezone(UTC) if cleared else None,
-            device_class=dev.device_class,
             labels=labels,
         )
         out.append(("open" if ev.kind == "enter" else "clear", alert))

@@ -53,7 +53,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alerts.errors import RuleError
-from core.records import Severity
+from core.records import METRIC_NAME_RE, Severity
 
 __all__ = [
     "FENCE_KINDS",
@@ -207,7 +207,7 @@ def _parse_condition(raw: Any, path: str) -> Condition:
             raise RuleError(f"{path}: 'not' must stand alone")
         return Not(path, _parse_condition(raw["not"], f"{path}.not"))
     metric = raw.get("metric")
-    if not isinstance(metric, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", metric):
+    if not isinstance(metric, str) or not METRIC_NAME_RE.fullmatch(metric):
         raise RuleError(f"{path}: needs a metric name")
     allowed = {"metric", "op", "value", "outside", "rate_per_s", "deadband", "for"}
     unknown = keys - allowed
@@ -404,9 +404,6 @@ class RuleSet:
         return len(self.rules)
 
 
-_EACH_RE = re.compile(r"[a-z][a-z0-9_]{0,40}")
-
-
 def _substitute(value: Any, name: str) -> Any:
     if isinstance(value, str):
         return value.replace("$each", name)
@@ -432,7 +429,7 @@ def _expand_each(data: list[Any], where: str) -> list[Any]:
         if (
             not isinstance(names, list)
             or not names
-            or not all(isinstance(n, str) and _EACH_RE.fullmatch(n) for n in names)
+            or not all(isinstance(n, str) and METRIC_NAME_RE.fullmatch(n) for n in names)
         ):
             raise RuleError(f"{where}: rule {raw.get('id', f'#{i}')}: each must be a list of metric names")
         template = {k: v for k, v in raw.items() if k != "each"}

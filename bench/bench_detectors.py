@@ -31,16 +31,18 @@ from alerts.anomaly import (
     RobustZParams,
     StuckBank,
     StuckParams,
+    liveness_many,
+)
+from alerts.anomaly.evaluate import EventScore, score_events
+from alerts.anomaly.synthetic import FaultKind, SeriesSpec, SyntheticSeries, make_peer_group, make_series
+from tests.unit.alerts.oracles import (
+    BatchResult,
     drift_batch,
     ewma_batch,
-    liveness_many,
     rate_batch,
     robust_z_batch,
     stuck_batch,
 )
-from alerts.anomaly.evaluate import EventScore, score_events
-from alerts.anomaly.result import BatchResult
-from alerts.anomaly.synthetic import FaultKind, SeriesSpec, SyntheticSeries, make_peer_group, make_series
 
 FAULTS = (FaultKind.SPIKE, FaultKind.SPIKE, FaultKind.STUCK, FaultKind.DROPOUT, FaultKind.NOISE_BURST)
 ALL_KINDS = tuple(FaultKind)

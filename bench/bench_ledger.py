@@ -5,7 +5,7 @@
 Generates ``--rows`` devices (seeded) as a CSV file, imports it into
 PostgreSQL with :func:`devices.importer.import_file` (an embedded server
 started by the harness unless ``--database-url`` is given), then builds the
-compact :class:`devices.ledger.DeviceIndex` from the ledger and measures its
+compact :class:`devices.index.DeviceIndex` from the ledger and measures its
 memory and lookup rate. With ``--compare-dict``, also a plain dict of
 :class:`DeviceInfo` for reference.
 
@@ -37,7 +37,8 @@ from citybrain.harness import start_postgres
 from citybrain.migrations import upgrade
 from devices.code import XIAMEN_DISTRICTS, DeviceCode
 from devices.importer import import_file
-from devices.ledger import DeviceIndex, DeviceInfo, IndexBuilder, IndexFeed
+from devices.index import DeviceIndex, DeviceInfo, IndexBuilder
+from devices.ledger import IndexFeed
 from devices.models import shipped_models
 from geo.districts import load_districts
 from geo.sample import random_points_in

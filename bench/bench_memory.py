@@ -5,7 +5,7 @@
   Rows are realistic: a mix of classes over the six districts, a name, a location,
   a grid cell, manhole attributes, and both credential hashes (device secret and the
   Mosquitto PBKDF2 line), because every production device has them.
-* **stream worker enrichment cache**: the :class:`devices.ledger.DeviceIndex` each worker
+* **stream worker enrichment cache**: the :class:`devices.index.DeviceIndex` each worker
   keeps (code → model, class, district, grid, state, attributes), built from the ledger
   as the worker builds it; measured with ``tracemalloc`` (what the index keeps, not the
   driver's transient buffers) and as the process RSS delta.
@@ -35,7 +35,7 @@ from bench._common import drop_pg
 from citybrain.harness import start_postgres
 from citybrain.migrations import upgrade
 from devices.code import XIAMEN_DISTRICTS, DeviceCode
-from devices.ledger import DeviceIndex, IndexBuilder
+from devices.index import DeviceIndex, IndexBuilder
 from devices.models import shipped_models
 
 __all__ = ["main"]

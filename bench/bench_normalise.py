@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from core.records import RawMessage, Transport
-from devices.ledger import DeviceIndex, DeviceInfo
+from devices.index import DeviceIndex, DeviceInfo
 from devices.models import DeviceModel, ModelRegistry, shipped_models
 from ingest.adapters.json.codec import encode as json_encode
 from simulators.encoders import hj212_rtd, imei_for, manhole_frame

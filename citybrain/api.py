@@ -49,6 +49,7 @@ from citybrain.security.auth import install as install_security
 from citybrain.security.guard import EdgeLimits, install_guard
 from citybrain.security.policy import annotate_openapi, undeclared_routes
 from core.records import Severity
+from core.retry import retrying
 from devices.models import ModelRegistry
 from ingest.errors import IngestError
 from ingest.kafka_sink import KafkaSink, KafkaSinkConfig, KafkaSinkMetrics
@@ -127,17 +128,9 @@ def create_api(
     async def _connect_sink(sink: KafkaSink) -> None:
         # In the background: reads and the console must not wait for Kafka; until the sink
         # is up the webhook answers 503 and the platforms retry.
-        delay = 1.0
-        while True:
-            try:
-                await sink.start()
-            except IngestError as exc:
-                log.warning("webhook sink: %s; retrying in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-            else:
-                log.info("webhook sink connected to Kafka at %s", sink.cfg.kafka_bootstrap)
-                return
+        retry = retrying(IngestError, what="webhook sink", log=log, wait_s=1.0, max_wait_s=30.0, level=logging.WARNING)
+        await retry(sink.start)
+        log.info("webhook sink connected to Kafka at %s", sink.cfg.kafka_bootstrap)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

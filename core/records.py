@@ -25,6 +25,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
+    "METRIC_NAME_PATTERN",
+    "METRIC_NAME_RE",
+    "REPORTED_METRIC_RE",
     "Alert",
     "AlertState",
     "Quality",
@@ -37,7 +40,13 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 
-_METRIC_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
+#: A canonical metric name, the one syntax of thing models, rules, the API and the readings
+#: tables' columns (40 characters leave room for column suffixes within PostgreSQL's 63).
+METRIC_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,40}$"
+METRIC_NAME_RE = re.compile(METRIC_NAME_PATTERN)
+#: What a device may call a metric in a payload: a codec's reading carries it as reported,
+#: and normalisation either maps it to a canonical name or rejects it as ``unknown_metric``.
+REPORTED_METRIC_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
 _CODE_RE = re.compile(r"^[0-9A-Za-z_-]{1,32}$")
 
 
@@ -166,7 +175,7 @@ class Reading:
     def __post_init__(self) -> None:
         if not _CODE_RE.match(self.device_code):
             raise RecordError(f"device_code {self.device_code!r} is not a plausible code")
-        if not _METRIC_RE.match(self.metric):
+        if not REPORTED_METRIC_RE.match(self.metric):
             raise RecordError(f"metric {self.metric!r} is not a valid metric name")
         _require_utc("event_time", self.event_time)
         _require_utc("received_at", self.received_at)

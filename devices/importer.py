@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ import psycopg
 from devices.errors import ImportFileError, LedgerError
 from devices.ledger import allocate_codes
 from devices.models import ModelRegistry
-from devices.rows import ImportRow, Parsed, RowIssue, RowValidator, read_csv, read_json
+from devices.rows import COLUMNS, ImportRow, Parsed, RowIssue, RowValidator, read_csv, read_json
 
 if TYPE_CHECKING:
     from geo.assign import Assigner
@@ -50,25 +51,8 @@ PLACE_CHUNK = 8192
 # past this many outside rows in one import, the message skips it.
 _NEAREST_LIMIT = 1000
 
-_STAGE_COLUMNS = (
-    "line",
-    "code",
-    "serial",
-    "district",
-    "class_code",
-    "model",
-    "device_class",
-    "name",
-    "lon",
-    "lat",
-    "crs",
-    "grid",
-    "owner_unit",
-    "installer",
-    "contact",
-    "install_date",
-    "attributes",
-)
+# The file's columns in their order, then what validation derived (the class from the model).
+_STAGE_COLUMNS = ("line", *COLUMNS, "device_class")
 
 _CREATE_STAGE = """
 create temp table import_stage (
@@ -184,26 +168,14 @@ class ImportReport:
         }
 
 
+_ROW_VALUES = operator.attrgetter(*COLUMNS)
+_GRID = COLUMNS.index("grid")
+
+
 def _stage_tuple(r: ImportRow, grid: str | None) -> tuple[Any, ...]:
-    return (
-        r.line,
-        r.code,
-        r.serial,
-        r.district,
-        r.class_code,
-        r.model,
-        r.device_class,
-        r.name,
-        r.lon,
-        r.lat,
-        r.crs,
-        grid,
-        r.owner_unit,
-        r.installer,
-        r.contact,
-        r.install_date,
-        r.attributes,
-    )
+    values = list(_ROW_VALUES(r))
+    values[_GRID] = grid  # assigned from the position, not taken from the file
+    return (r.line, *values, r.device_class)
 
 
 @functools.cache

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.records import METRIC_NAME_PATTERN
 from devices.errors import ModelError, UnitError
 from devices.units import Conversion, canonical_unit_name, conversion
 
@@ -34,7 +35,8 @@ __all__ = [
     "shipped_models",
 ]
 
-_NAME_RE = r"^[a-z][a-z0-9_]{0,40}$"
+# Commands and attributes are named like metrics.
+_NAME_RE = METRIC_NAME_PATTERN
 
 #: The HJ 212 interval uploads (minute 2051, hour 2061, day 2031; standards reference §2.4)
 #: a source model may give their own metrics.

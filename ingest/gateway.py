@@ -3,7 +3,7 @@
 Uplink path::
 
     paho thread ──(slot semaphore: bounded)──▶ asyncio deque ──▶ validate
-        ──▶ per-partition batch ──▶ Kafka (acks=all) ──▶ MQTT PUBACK (manual)
+        ──▶ KafkaSink (per-partition batch, acks=all) ──▶ MQTT PUBACK (manual)
 
 * An MQTT QoS 1/2 message is acknowledged only after Kafka acknowledged the
   record its batch went into. If the gateway dies before that, the broker
@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -43,11 +44,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from core.records import RawMessage, Transport
+from core.retry import retrying
 from core.topics import (
     KafkaTopics,
     TopicError,
@@ -55,12 +57,11 @@ from core.topics import (
     downstream_filter,
     downstream_topic,
     parse_uplink,
-    partition_for,
 )
 from devices.code import parse as parse_code
 from devices.errors import DeviceCodeError
-from ingest.batch import dead_letter_headers, encode_batch
-from ingest.errors import GatewayError
+from ingest.errors import GatewayError, SinkError
+from ingest.kafka_sink import KafkaSink, KafkaSinkConfig, KafkaSinkMetrics
 from ingest.mqtt_tls import MqttTls
 from ingest.throttle import DeviceThrottle, FloodReport, FloodTracker, ThrottleConfig, profiles_for, topic_device
 
@@ -175,36 +176,8 @@ class GatewayMetrics:
         self.throttle_devices = Gauge(
             "citybrain_gateway_throttle_tracked_devices", "Devices in the rate-limit map", registry=registry
         )
-
-
-@dataclass(slots=True)
-class _Pending:
-    raw: RawMessage
-    mid: int
-    qos: int
-    t0: float
-
-
-@dataclass(slots=True)
-class _Held:
-    """A copy of a record Kafka acknowledged, kept ``kafka_replay_s`` in case its log loses it."""
-
-    acked_at: float
-    partition: int
-    offset: int
-    items: list[_Pending]
-
-
-@dataclass(slots=True)
-class _Reject:
-    topic: str
-    payload: bytes
-    reason: str
-    detail: str
-    received_at: datetime
-    mid: int
-    qos: int
-    t0: float
+        #: The Kafka sink's own series (``citybrain_sink_*{source="mqtt-gateway"}``).
+        self.sink = KafkaSinkMetrics(registry)
 
 
 def classify(topic: str, payload: bytes, max_payload: int) -> tuple[str | None, str, str]:
@@ -234,13 +207,10 @@ class Gateway:
         self.cfg = config
         self.metrics = metrics
         self._client: mqtt.Client | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self._sink: KafkaSink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots = threading.BoundedSemaphore(config.queue_max)
         self._inbox: collections.deque[mqtt.MQTTMessage] = collections.deque()
-        # kafka_replay_s: copies of acknowledged records; highest offset acknowledged per partition.
-        self._held: collections.deque[_Held] = collections.deque()
-        self._high: dict[int, int] = {}
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = threading.Event()
@@ -263,22 +233,34 @@ class Gateway:
     async def start(self) -> None:
         """Connect to Kafka, then MQTT, and start the batching and bridge tasks."""
         self._loop = asyncio.get_running_loop()
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.cfg.kafka_bootstrap,
-            acks="all",
-            linger_ms=2,
-            max_request_size=max(1_048_576, self.cfg.batch_max_bytes + 65536),
-            request_timeout_ms=15000,
-            client_id=self.cfg.kafka_client_id or f"citybrain-gateway-{uuid.uuid4().hex[:6]}",
+        cfg = self.cfg
+        sink = KafkaSink(
+            KafkaSinkConfig(
+                cfg.kafka_bootstrap,
+                cfg.topics,
+                partitions=cfg.partitions,
+                source="mqtt-gateway",
+                # paho's hand-off is bounded by queue_max already; the sink holds as many again
+                queue_max=cfg.queue_max,
+                batch_max=cfg.batch_max,
+                batch_max_bytes=cfg.batch_max_bytes,
+                linger_ms=cfg.linger_ms,
+                client_id=cfg.kafka_client_id,
+                replay_s=cfg.kafka_replay_s,
+            ),
+            self.metrics.sink,
+            on_record=self._record_sent,
+            on_error=self.metrics.kafka_errors.inc,
+            on_resend=self._record_resend,
         )
         try:
-            await self._producer.start()
-        except KafkaError as exc:
-            await self._producer.stop()
+            await sink.start()
+        except SinkError as exc:
             raise GatewayError(
                 f"cannot reach Kafka at {self.cfg.kafka_bootstrap}: {exc}; "
                 "start the broker or fix CITYBRAIN_KAFKA_BOOTSTRAP"
             ) from exc
+        self._sink = sink
         self._tasks.append(asyncio.create_task(self._batch_loop(), name="gateway-batcher"))
         if self._floods is not None:
             self._tasks.append(asyncio.create_task(self._flood_loop(), name="gateway-floods"))
@@ -287,7 +269,8 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self._bridge_loop(), name="gateway-bridge"))
 
     def healthy(self) -> bool:
-        return self._connected.is_set() and all(not t.done() for t in self._tasks)
+        sink_ok = self._sink is not None and self._sink.healthy()
+        return sink_ok and self._connected.is_set() and all(not t.done() for t in self._tasks)
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -313,16 +296,18 @@ class Gateway:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        if self._floods is not None and self._producer is not None:
+        if self._floods is not None and self._sink is not None:
             # Open windows are reported now rather than lost with the process.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._report_floods(self._floods.drain()), 5)
         if self._bridge_consumer is not None:
             with contextlib.suppress(Exception):
                 await self._bridge_consumer.stop()
-        if self._producer is not None:
+        if self._sink is not None:
+            # Not drained: MQTT is disconnected, so nothing more can be acked; the broker
+            # redelivers every unacked message to the next gateway.
             with contextlib.suppress(Exception):
-                await self._producer.stop()
+                await self._sink.stop(drain_timeout=0)
 
     # -- MQTT side (paho's thread) ------------------------------------------
 
@@ -431,51 +416,41 @@ class Gateway:
 
     async def _report_floods(self, reports: list[FloodReport]) -> None:
         """One dead-letter record per report: reason ``throttled``, the count, a sample payload."""
-        assert self._producer is not None
-        sent: list[tuple[asyncio.Future[Any], FloodReport]] = []
+        assert self._sink is not None
+        sent: list[tuple[asyncio.Future[None], FloodReport]] = []
         for r in reports:
             detail = (
                 f"{r.dropped} messages of {r.device_class} device {r.device_code} dropped"
                 f" between {r.first_at.isoformat()} and {r.last_at.isoformat()}"
             )
-            headers = dead_letter_headers("throttled", detail, r.topic, r.first_at, "mqtt-gateway")
-            headers += [
+            extra = (
                 ("count", str(r.dropped).encode()),
                 ("device", r.device_code.encode()),
                 ("class", r.device_class.encode()),
                 ("last_at", r.last_at.isoformat().encode()),
-            ]
+            )
             try:
-                fut = await self._producer.send(
-                    self.cfg.topics.deadletter, value=r.sample, key=r.topic.encode()[:200], headers=headers
-                )
-                sent.append((fut, r))
-            except KafkaError as exc:
-                self.metrics.kafka_errors.inc()
+                fut = await self._sink.dead_letter(r.sample, "throttled", detail, r.topic, r.first_at, extra)
+            except SinkError as exc:
                 log.error("flood report for device %s on %s not written: %s", r.device_code, r.topic[:200], exc)
+                continue
+            sent.append((fut, r))
         for fut, r in sent:
             try:
                 await fut
-            except KafkaError as exc:
-                self.metrics.kafka_errors.inc()
+            except SinkError as exc:
                 log.error("flood report for device %s on %s not written: %s", r.device_code, r.topic[:200], exc)
             else:
                 self.metrics.flood_reports.inc()
 
     async def _batch_loop(self) -> None:
-        assert self._producer is not None
-        buffers: dict[int, list[_Pending]] = collections.defaultdict(list)
-        sizes: dict[int, int] = collections.defaultdict(int)
-        rejects: list[_Reject] = []
-        oldest: float | None = None
-        linger = self.cfg.linger_ms / 1000
+        """Validate what paho handed over and pass it to the sink; each message is acked on its Kafka ack."""
+        assert self._sink is not None
+        sink = self._sink
         while True:
-            timeout = None if oldest is None else max(0.0, oldest + linger - time.monotonic())
             if not self._inbox:
                 self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout)
-            full = False
+                await self._wakeup.wait()
             while self._inbox:
                 msg = self._inbox.popleft()
                 self._slots.release()
@@ -486,8 +461,8 @@ class Gateway:
                 self.metrics.received.labels(kind if kind in ("telemetry", "event", "status") else "other").inc()
                 code, reason, detail = classify(msg.topic, payload, self.cfg.max_payload_bytes)
                 if reason:
-                    rejects.append(_Reject(msg.topic, payload, reason, detail, rx, msg.mid, msg.qos, msg.timestamp))
                     log.warning("dead-letter %s from topic %s: %s", reason, msg.topic[:200], detail)
+                    fut = await sink.dead_letter(payload, reason, detail, msg.topic, rx)
                 else:
                     assert code is not None
                     raw = RawMessage(
@@ -498,111 +473,36 @@ class Gateway:
                         device_code=code,
                         meta=(("qos", str(msg.qos)),),
                     )
-                    p = partition_for(code, self.cfg.partitions)
-                    buffers[p].append(_Pending(raw, msg.mid, msg.qos, msg.timestamp))
-                    sizes[p] += len(payload) + len(msg.topic) + 32
-                    if len(buffers[p]) >= self.cfg.batch_max or sizes[p] >= self.cfg.batch_max_bytes:
-                        full = True
-                if oldest is None:
-                    oldest = time.monotonic()
-                if full:
-                    break
-            self.metrics.queue_depth.set(len(self._inbox))
-            self.metrics.unacked.set(self._unacked)
-            due = oldest is not None and time.monotonic() >= oldest + linger
-            if (full or due) and (buffers or rejects):
-                await self._flush(buffers, rejects)
-                buffers.clear()
-                sizes.clear()
-                rejects = []
-                oldest = None
-            elif not buffers and not rejects:
-                oldest = None
+                    fut = await sink.submit(raw)
+                fut.add_done_callback(functools.partial(self._acked, msg.mid, msg.qos, msg.timestamp, reason))
+                self.metrics.queue_depth.set(len(self._inbox))
+                self.metrics.unacked.set(self._unacked)
 
-    async def _flush(self, buffers: dict[int, list[_Pending]], rejects: list[_Reject], *, ack: bool = True) -> None:
-        assert self._producer is not None
-        while True:
-            try:
-                futures = []
-                parts = list(buffers)
-                for p in parts:
-                    value = encode_batch(i.raw for i in buffers[p])
-                    fut = await self._producer.send(self.cfg.topics.raw, value=value, key=str(p).encode(), partition=p)
-                    futures.append(fut)
-                for r in rejects:
-                    fut = await self._producer.send(
-                        self.cfg.topics.deadletter,
-                        value=r.payload,
-                        key=r.topic.encode()[:200],
-                        headers=dead_letter_headers(r.reason, r.detail, r.topic, r.received_at, "mqtt-gateway"),
-                    )
-                    futures.append(fut)
-                results = await asyncio.gather(*futures)
-                break
-            except KafkaError as exc:
-                # Hold the acks and retry: the broker keeps redelivering, nothing is dropped.
-                self.metrics.kafka_errors.inc()
-                log.error("Kafka send failed (%s); retrying, MQTT acks held", exc)
-                await asyncio.sleep(0.5)
-        if ack:
-            self._ack(buffers, rejects)
-        if self.cfg.kafka_replay_s > 0:
-            lost = self._retain([(p, md.offset, buffers[p]) for p, md in zip(parts, results, strict=False)])
-            if lost:
-                # Already acknowledged on MQTT: only Kafka needs them again.
-                await self._flush(lost, [], ack=False)
+    def _acked(self, mid: int, qos: int, t0: float, reason: str, fut: asyncio.Future[None]) -> None:
+        """Kafka has the message (or its dead letter): PUBACK it now. A failed future is never acked.
 
-    def _retain(self, records: list[tuple[int, int, list[_Pending]]]) -> dict[int, list[_Pending]]:
-        """Keep copies of acknowledged records ``kafka_replay_s``; return those the broker's log lost."""
-        now = time.monotonic()
-        lost: dict[int, list[_Pending]] = collections.defaultdict(list)
-        for p, offset, items in records:
-            if offset <= self._high.get(p, -1):
-                # The log went back: every record we acknowledged at this offset or beyond is gone.
-                gone = [h for h in self._held if h.partition == p and h.offset >= offset]
-                n = sum(len(h.items) for h in gone)
-                self.metrics.kafka_regressions.inc()
-                self.metrics.kafka_resent.inc(n)
-                log.error(
-                    "Kafka log %s[%d] went back to offset %d (had acknowledged %d): sending %d messages again",
-                    self.cfg.topics.raw,
-                    p,
-                    offset,
-                    self._high[p],
-                    n,
-                )
-                for h in gone:
-                    lost[p].extend(h.items)
-                self._held = collections.deque(h for h in self._held if h not in gone)
-            self._high[p] = offset
-            self._held.append(_Held(now, p, offset, items))
-        # Pruned only here, after a successful send: while the broker is down nothing expires,
-        # so the first send after its restart still finds what it lost.
-        keep = self.cfg.kafka_replay_s
-        while self._held and now - self._held[0].acked_at > keep:
-            self._held.popleft()
-        return dict(lost)
-
-    def _ack(self, buffers: dict[int, list[_Pending]], rejects: list[_Reject]) -> None:
-        now = time.monotonic()
+        The sink fails futures only when it stops; the broker redelivers those later.
+        """
+        if fut.cancelled() or fut.exception() is not None:
+            return
         client = self._client
-        n = 0
-        for items in buffers.values():
-            self.metrics.batches.inc()
-            self.metrics.batch_size.observe(len(items))
-            for i in items:
-                if client is not None and i.qos > 0:
-                    client.ack(i.mid, i.qos)
-                self.metrics.ack_lag.observe(now - i.t0)
-                n += 1
-        self.metrics.forwarded.inc(n)
-        for r in rejects:
-            if client is not None and r.qos > 0:
-                client.ack(r.mid, r.qos)
-            self.metrics.rejected.labels(r.reason).inc()
-            n += 1
-        self._unacked -= n
+        if client is not None and qos > 0:
+            client.ack(mid, qos)
+        if reason:
+            self.metrics.rejected.labels(reason).inc()
+        else:
+            self.metrics.ack_lag.observe(time.monotonic() - t0)
+            self.metrics.forwarded.inc()
+        self._unacked -= 1
         self.metrics.unacked.set(self._unacked)
+
+    def _record_resend(self, messages: int) -> None:
+        self.metrics.kafka_regressions.inc()
+        self.metrics.kafka_resent.inc(messages)
+
+    def _record_sent(self, messages: int) -> None:
+        self.metrics.batches.inc()
+        self.metrics.batch_size.observe(messages)
 
     # -- downstream bridge ---------------------------------------------------
 
@@ -619,13 +519,9 @@ class Gateway:
             enable_auto_commit=True,
         )
         self._bridge_consumer = consumer
-        while True:
-            try:
-                await consumer.start()
-                break
-            except KafkaError as exc:
-                log.warning("bridge cannot start yet (%s); retrying", exc)
-                await asyncio.sleep(1)
+        await retrying(
+            KafkaError, what="bridge cannot start yet", log=log, wait_s=1.0, max_wait_s=None, level=logging.WARNING
+        )(consumer.start)
         # Imported here: only a gateway that bridges readings reads the model files.
         from devices.grades import masker_for
         from devices.models import shipped_models

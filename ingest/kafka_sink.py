@@ -13,9 +13,13 @@ Kafka ack makes the peer resend: duplicates, never loss. The layout of the
 record is :mod:`ingest.batch`, the same as the MQTT gateway's, so stream
 workers cannot tell the transports apart except by ``RawMessage.transport``.
 
-A failed Kafka send is retried with the futures held (like the gateway holds
+A failed Kafka send is retried (:func:`core.retry.retrying`) with the futures held (like the gateway holds
 its PUBACKs); nothing is dropped. Futures still pending at :meth:`KafkaSink.stop`
 fail with :class:`~ingest.errors.SinkError`.
+
+This is the one Kafka batcher of raw messages: the MQTT gateway
+(:mod:`ingest.gateway`) hands its messages to a sink too and acknowledges
+each MQTT message when its future resolves.
 """
 
 from __future__ import annotations
@@ -25,16 +29,18 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from core.records import RawMessage
+from core.retry import retrying
 from core.topics import KafkaTopics, partition_for
 from ingest.batch import dead_letter_headers, encode_batch
 from ingest.errors import SinkError
@@ -71,6 +77,12 @@ class KafkaSinkConfig:
         batch_max: Messages per Kafka record, at most.
         batch_max_bytes: Approximate payload bytes per flush, at most.
         linger_ms: How long a partial batch waits for more messages.
+        client_id: Kafka client id of the producer (default random).
+        replay_s: Keep a copy of each raw record Kafka acknowledged this long (0: none). For a
+            broker that acknowledges before its log is safe (the embedded noida-db): when a
+            later record gets an offset at or below one it acknowledged, its log went back,
+            and the sink sends the copies from that offset on again (the store merges what
+            arrives twice).
     """
 
     kafka_bootstrap: str
@@ -81,6 +93,8 @@ class KafkaSinkConfig:
     batch_max: int = 500
     batch_max_bytes: int = 900_000
     linger_ms: int = 10
+    client_id: str = ""
+    replay_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.partitions < 1 or self.queue_max < 1 or self.batch_max < 1 or self.linger_ms < 0:
@@ -121,6 +135,16 @@ class KafkaSinkMetrics:
 
 
 @dataclass(slots=True)
+class _Held:
+    """A copy of a record Kafka acknowledged, kept ``replay_s`` in case its log loses it."""
+
+    acked_at: float
+    partition: int
+    offset: int
+    items: list[_Item]
+
+
+@dataclass(slots=True)
 class _Item:
     raw: RawMessage | None
     future: asyncio.Future[None]
@@ -131,6 +155,7 @@ class _Item:
     payload: bytes = b""
     topic: str = ""
     received_at: datetime | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def size(self) -> int:
@@ -145,12 +170,34 @@ class KafkaSink:
     Args:
         config: Settings.
         metrics: Metrics (shared by the sinks of one registry).
+        on_record: Called with the message count of every raw record Kafka acknowledged
+            (a transport's own batch metrics).
+        on_error: Called on every failed Kafka send (before it is retried).
+        on_resend: Called with the number of acknowledged messages sent again because the
+            broker's log went back (``replay_s``).
     """
 
-    def __init__(self, config: KafkaSinkConfig, metrics: KafkaSinkMetrics) -> None:
+    def __init__(
+        self,
+        config: KafkaSinkConfig,
+        metrics: KafkaSinkMetrics,
+        *,
+        on_record: Callable[[int], None] | None = None,
+        on_error: Callable[[], None] | None = None,
+        on_resend: Callable[[int], None] | None = None,
+    ) -> None:
         self.cfg = config
         self._metrics = metrics
         self._src = config.source
+        self._on_record = on_record
+        self._on_error = on_error
+        self._on_resend = on_resend
+        # replay_s: copies of acknowledged records; highest offset acknowledged per partition.
+        self._held: deque[_Held] = deque()
+        self._high: dict[int, int] = {}
+        # Labelled children looked up once: submit() runs per message.
+        self._submitted = metrics.submitted.labels(self._src)
+        self._queue_depth = metrics.queue_depth.labels(self._src)
         self._queue: asyncio.Queue[_Item] | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -170,7 +217,7 @@ class KafkaSink:
             linger_ms=2,
             max_request_size=max(1_048_576, self.cfg.batch_max_bytes + 65536),
             request_timeout_ms=15000,
-            client_id=f"citybrain-{self._src}-sink-{uuid.uuid4().hex[:6]}",
+            client_id=self.cfg.client_id or f"citybrain-{self._src}-sink-{uuid.uuid4().hex[:6]}",
         )
         try:
             await producer.start()
@@ -215,13 +262,27 @@ class KafkaSink:
             SinkError: the sink is not running.
         """
         fut = await self._put(_Item(raw, self._new_future(), time.monotonic()))
-        self._metrics.submitted.labels(self._src).inc()
+        self._submitted.inc()
         return fut
 
     async def dead_letter(
-        self, payload: bytes, reason: str, detail: str, topic: str, received_at: datetime
+        self,
+        payload: bytes,
+        reason: str,
+        detail: str,
+        topic: str,
+        received_at: datetime,
+        headers: tuple[tuple[str, bytes], ...] = (),
     ) -> asyncio.Future[None]:
         """Queue a rejected payload for ``topics.deadletter`` with its reason headers.
+
+        Args:
+            payload: The original bytes.
+            reason: Metric-label-safe reason.
+            detail: Human-readable detail (cut to 500 characters).
+            topic: Where the payload came from.
+            received_at: When it was received.
+            headers: More Kafka headers, after the standard ones.
 
         Returns:
             A future resolved after the Kafka ack.
@@ -235,6 +296,7 @@ class KafkaSink:
             payload=payload,
             topic=topic,
             received_at=received_at,
+            headers=headers,
         )
         return await self._put(item)
 
@@ -251,7 +313,7 @@ class KafkaSink:
             t = time.monotonic()
             await self._queue.put(item)
             self._metrics.backpressure.labels(self._src).inc(time.monotonic() - t)
-        self._metrics.queue_depth.labels(self._src).set(self._queue.qsize())
+        self._queue_depth.set(self._queue.qsize())
         return item.future
 
     async def _run(self) -> None:
@@ -276,7 +338,7 @@ class KafkaSink:
                         break
                 items.append(item)
                 size += item.size
-            self._metrics.queue_depth.labels(self._src).set(queue.qsize())
+            self._queue_depth.set(queue.qsize())
             self._inflight = items
             await self._flush(items)
             self._inflight = []
@@ -293,33 +355,39 @@ class KafkaSink:
             else:
                 key = item.raw.device_code or item.raw.topic
                 by_partition[partition_for(key, self.cfg.partitions)].append(item)
-        while True:
-            try:
-                futures = []
-                for p, group in by_partition.items():
-                    for i in range(0, len(group), self.cfg.batch_max):
-                        chunk = group[i : i + self.cfg.batch_max]
-                        value = encode_batch(it.raw for it in chunk if it.raw is not None)
-                        futures.append(
-                            await self._producer.send(
-                                self.cfg.topics.raw, value=value, key=str(p).encode(), partition=p
-                            )
-                        )
-                        self._metrics.batches.labels(self._src).inc()
-                for r in rejects:
-                    headers = dead_letter_headers(r.reason, r.detail, r.topic, r.received_at, self._src)
-                    futures.append(
-                        await self._producer.send(
-                            self.cfg.topics.deadletter, value=r.payload, key=r.topic.encode()[:200], headers=headers
-                        )
+        records: list[int] = []
+        sent: list[tuple[int, int, list[_Item]]] = []  # (partition, offset, items) of each raw record
+
+        async def send() -> None:
+            # Hold the callers' acks while this fails: they have not answered their peers yet.
+            assert self._producer is not None
+            records.clear()
+            sent.clear()
+            chunks = await self._send_raw(by_partition)
+            futures = [f for _, _, f in chunks]
+            records.extend(len(c) for _, c, _ in chunks)
+            for r in rejects:
+                headers = dead_letter_headers(r.reason, r.detail, r.topic, r.received_at, self._src)
+                headers += r.headers
+                futures.append(
+                    await self._producer.send(
+                        self.cfg.topics.deadletter, value=r.payload, key=r.topic.encode()[:200], headers=headers
                     )
-                await asyncio.gather(*futures)
-                break
-            except KafkaError as exc:
-                # Hold the callers' acks and retry: they have not answered their peers yet.
-                self._metrics.kafka_errors.labels(self._src).inc()
-                log.error("%s sink: Kafka send of %d messages failed (%s); retrying", self._src, len(items), exc)
-                await asyncio.sleep(0.5)
+                )
+            results = await asyncio.gather(*futures)
+            sent.extend((p, md.offset, c) for (p, c, _), md in zip(chunks, results, strict=False))
+
+        def failed(exc: BaseException) -> None:
+            self._metrics.kafka_errors.labels(self._src).inc()
+            if self._on_error is not None:
+                self._on_error()
+
+        what = f"{self._src} sink: Kafka send of {len(items)} messages failed"
+        await retrying(KafkaError, what=what, log=log, wait_s=0.5, max_wait_s=None, on_retry=failed)(send)
+        self._metrics.batches.labels(self._src).inc(len(records))
+        if self._on_record is not None:
+            for n in records:
+                self._on_record(n)
         now = time.monotonic()
         for item in items:
             if not item.future.done():
@@ -328,3 +396,66 @@ class KafkaSink:
         self._metrics.forwarded.labels(self._src).inc(sum(len(g) for g in by_partition.values()))
         for r in rejects:
             self._metrics.dead_lettered.labels(self._src, r.reason).inc()
+        if self.cfg.replay_s > 0:
+            await self._replay(sent)
+
+    async def _send_raw(
+        self, by_partition: dict[int, list[_Item]]
+    ) -> list[tuple[int, list[_Item], asyncio.Future[Any]]]:
+        """Send raw messages as records of at most ``batch_max``; (partition, items, ack future) each."""
+        assert self._producer is not None
+        out = []
+        for p, group in by_partition.items():
+            for i in range(0, len(group), self.cfg.batch_max):
+                chunk = group[i : i + self.cfg.batch_max]
+                value = encode_batch(it.raw for it in chunk if it.raw is not None)
+                fut = await self._producer.send(self.cfg.topics.raw, value=value, key=str(p).encode(), partition=p)
+                out.append((p, chunk, fut))
+        return out
+
+    async def _replay(self, sent: list[tuple[int, int, list[_Item]]]) -> None:
+        """Keep copies of what Kafka acknowledged; send again what its log lost (already acked to callers)."""
+        lost = self._retain(sent)
+        while lost:
+
+            async def resend(groups: dict[int, list[_Item]] = lost) -> list[tuple[int, int, list[_Item]]]:
+                chunks = await self._send_raw(groups)
+                results = await asyncio.gather(*(f for _, _, f in chunks))
+                return [(p, md.offset, c) for (p, c, _), md in zip(chunks, results, strict=False)]
+
+            what = f"{self._src} sink: Kafka resend of lost records failed"
+            again: list[tuple[int, int, list[_Item]]] = await retrying(
+                KafkaError, what=what, log=log, wait_s=0.5, max_wait_s=None
+            )(resend)
+            lost = self._retain(again)
+
+    def _retain(self, records: list[tuple[int, int, list[_Item]]]) -> dict[int, list[_Item]]:
+        """Keep copies of acknowledged records ``replay_s``; return those the broker's log lost."""
+        now = time.monotonic()
+        lost: dict[int, list[_Item]] = defaultdict(list)
+        for p, offset, items in records:
+            if offset <= self._high.get(p, -1):
+                # The log went back: every record we acknowledged at this offset or beyond is gone.
+                gone = [h for h in self._held if h.partition == p and h.offset >= offset]
+                n = sum(len(h.items) for h in gone)
+                if self._on_resend is not None:
+                    self._on_resend(n)
+                log.error(
+                    "Kafka log %s[%d] went back to offset %d (had acknowledged %d): sending %d messages again",
+                    self.cfg.topics.raw,
+                    p,
+                    offset,
+                    self._high[p],
+                    n,
+                )
+                for h in gone:
+                    lost[p].extend(h.items)
+                self._held = deque(h for h in self._held if h not in gone)
+            self._high[p] = offset
+            self._held.append(_Held(now, p, offset, items))
+        # Pruned only here, after a successful send: while the broker is down nothing expires,
+        # so the first send after its restart still finds what it lost.
+        keep = self.cfg.replay_s
+        while self._held and now - self._held[0].acked_at > keep:
+            self._held.popleft()
+        return dict(lost)

@@ -1,13 +1,14 @@
 """Liveness: offline versus connected-but-stale devices, as alerts.
 
-A timer in the stream worker runs :func:`check_liveness`. Two facts feed it:
+A timer in the stream worker runs :func:`check_liveness`. Two facts feed it,
+both written here by the stream worker for every batch:
 
 * ``device_liveness.last_seen`` — receive time of the device's newest reading
-  (never the device's own clock);
+  (never the device's own clock), :func:`record_seen`;
 * ``device_sessions`` — the device's transport session from its MQTT status
   messages (``citybrain/up/{code}/status``): the birth ``{"state":"online"}``
   and the last will ``{"state":"offline"}`` the broker publishes when the
-  connection drops without DISCONNECT. The stream worker stores them.
+  connection drops without DISCONNECT, :func:`record_sessions`.
 
 The verdict per device (:func:`judge`, vectorised with
 :func:`alerts.anomaly.liveness_many`):
@@ -38,20 +39,23 @@ offline. Its ``device.offline`` alert names its discharge permit.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.anomaly import liveness_many
+from alerts.build import device_alert
 from alerts.indicators.source import in_operating_hours
 from alerts.store import AlertStore
-from core.records import Alert, AlertState, Severity, alert_id
+from core.records import Alert, AlertState, RawMessage, Severity
+from devices.index import DeviceInfo
 from devices.models import ModelError, ModelRegistry
+from streams.outbox import write_outbox
 
 __all__ = [
     "OFFLINE_RULE",
@@ -63,6 +67,8 @@ __all__ = [
     "judge",
     "liveness_transitions",
     "offline_transitions",
+    "record_seen",
+    "record_sessions",
 ]
 
 log = logging.getLogger(__name__)
@@ -211,20 +217,16 @@ def _alert(
     if rule == OFFLINE_RULE and d.permit:
         hours = d.operating_hours or "00:00-24:00"
         message = f"permit {d.permit}: source stopped sending during its operating hours {hours}; {message}"
-    return Alert(
-        id=alert_id(d.code, rule, opened_at),
-        rule=rule,
-        device_code=d.code,
-        district=d.district,
-        severity=Severity.WARNING,
+    return device_alert(
+        rule,
+        d.code,
+        d.district,
+        d.device_class,
+        Severity.WARNING,
+        opened_at,
         state=state,
-        opened_at=opened_at,
-        metric=None,
-        value=None,
-        threshold=None,
         message=message,
         cleared_at=cleared,
-        device_class=d.device_class,
         labels=(
             ("detector", "silence"),
             ("detail", "stale" if rule == STALE_RULE else "offline"),
@@ -275,14 +277,58 @@ async def check_liveness(
         if not transitions:
             return []
         changed = await store.apply(conn, transitions)
-        if changed:
-            outbox = []
-            for kind, alert in changed:
-                doc = alert.to_json()
-                doc["transition"] = kind
-                outbox.append((alert.device_code, Jsonb(doc)))
-            async with conn.cursor() as cur:
-                await cur.executemany("insert into alert_outbox (key, payload) values (%s, %s)", outbox)
+        await write_outbox(conn, changed)
     for kind, alert in changed:
         log.info("%s %s: device %s district %s", alert.rule, kind, alert.device_code, alert.district)
     return changed
+
+
+async def record_seen(pool: AsyncConnectionPool, seen: Mapping[str, tuple[datetime, datetime]]) -> None:
+    """Move devices' last receive and event times forward (``code → (received_at, event_time)``).
+
+    ``greatest`` keeps the newest of what is stored and what arrived, so a late
+    or replayed batch never moves a device back in time.
+    """
+    async with pool.connection() as conn, conn.cursor() as cur:
+        await cur.executemany(
+            "insert into device_liveness (code, last_seen, last_event_time) values (%s, %s, %s)"
+            " on conflict (code) do update set last_seen = greatest(device_liveness.last_seen, excluded.last_seen),"
+            " last_event_time = greatest(device_liveness.last_event_time, excluded.last_event_time)",
+            [(code, rx, ts) for code, (rx, ts) in sorted(seen.items())],
+        )
+
+
+async def record_sessions(pool: AsyncConnectionPool, status: Sequence[tuple[RawMessage, DeviceInfo]]) -> None:
+    """Store devices' MQTT session state from their status messages (birth and last will).
+
+    Only a change of state moves ``status_at``: a broker re-delivering the
+    retained status to a restarted gateway must not look like a reconnect.
+    """
+    latest: dict[str, tuple[bool, datetime]] = {}
+    for raw, dev in status:
+        if not raw.topic.endswith("/status"):
+            continue  # command acknowledgements travel with status; the dispatcher handles them
+        try:
+            state = json.loads(raw.payload)["state"] if raw.payload else None
+        except (ValueError, KeyError, TypeError):
+            state = None
+        if state not in ("online", "offline"):
+            if raw.payload:
+                log.warning("device %s topic %s: status without a valid state ignored", dev.code, raw.topic)
+            continue
+        prev = latest.get(dev.code)
+        if prev is None or raw.received_at >= prev[1]:
+            latest[dev.code] = (state == "online", raw.received_at)
+    if not latest:
+        return
+    async with pool.connection() as conn, conn.cursor() as cur:
+        await cur.executemany(
+            "insert into device_sessions (code, connected, status_at) values (%s, %s, %s)"
+            " on conflict (code) do update set connected = excluded.connected,"
+            " status_at = excluded.status_at, updated_at = now()"
+            " where device_sessions.connected <> excluded.connected"
+            " and device_sessions.status_at < excluded.status_at",
+            [(code, up, at) for code, (up, at) in sorted(latest.items())],
+        )
+    for code, (up, _) in sorted(latest.items()):
+        log.info("device %s session %s", code, "online" if up else "offline")

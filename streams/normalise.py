@@ -17,7 +17,7 @@ event time, one column per metric), which is what the store writes with COPY.
 A batch goes through two passes:
 
 1. **Per message**, what cannot be columnar: the topic, the ledger lookup (one
-   vectorised :meth:`~devices.ledger.DeviceIndex.get_many` for the batch), the
+   vectorised :meth:`~devices.index.DeviceIndex.get_many` for the batch), the
    device's state, and decoding with the model's adapter. Each decoded value's
    (model, metric, unit as sent) is resolved once per batch to a *column* — its
    affine conversion and physical range — or to its rejection.
@@ -48,7 +48,8 @@ import numpy as np
 from core.records import Quality, RawMessage, Reading, RecordError, Transport, epoch_us
 from core.topics import TopicError, parse_uplink
 from devices.errors import UnitError
-from devices.ledger import ACCEPTING, DeviceIndex, DeviceInfo
+from devices.index import DeviceIndex, DeviceInfo
+from devices.lifecycle import ACCEPTING
 from devices.models import DeviceModel, ModelError, ModelRegistry
 from ingest.adapters.json import codec as json_codec
 from ingest.errors import DecodeError

@@ -24,6 +24,13 @@ nothing and a replay duplicates nothing:
    but evaluated by nothing, so they never move a watermark; values outside
    the model's physical range reach the detectors, not the rules.
 
+The pipeline orchestrates; the tables are written beside it:
+:mod:`streams.store` (readings), :mod:`streams.liveness` (``device_liveness``,
+``device_sessions``), :mod:`streams.state` (``rule_state``, ``anomaly_state``,
+maintenance windows, drift peers), :mod:`streams.outbox` (``alert_outbox``),
+:mod:`alerts.store` (alerts) and :mod:`devices.ledger` (activation). Waiting out
+PostgreSQL is :func:`core.retry.retrying`.
+
 Worker roles (``CITYBRAIN_WORKER_ROLE``): ``all`` does 1–4; ``ingest`` does
 1–3 (``PipelineConfig.evaluate`` off); ``alerts`` consumes the readings topics
 and runs only step 4 (:meth:`Pipeline.process_readings`).
@@ -31,11 +38,9 @@ and runs only step 4 (:meth:`Pipeline.process_readings`).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,26 +49,39 @@ from typing import Any, Protocol
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.anomaly.config import AnomalyConfig
-from alerts.anomaly.stream import SeriesDevice, evaluate_anomalies, peer_entry
+from alerts.anomaly.stream import SeriesDevice, evaluate_anomalies
 from alerts.engine import DeviceContext, evaluate_device, suppressed_flag
 from alerts.geofence import GeofenceHook
 from alerts.rules import RuleSet
 from alerts.store import AlertStore, GroupPolicy
 from core.records import Alert, Quality, RawMessage, Reading, RecordError, epoch_us
+from core.retry import retrying
 from core.topics import KafkaTopics
 from devices.grades import masker_for
-from devices.ledger import DeviceInfo, IndexFeed, Ledger
+from devices.index import DeviceInfo
+from devices.ledger import IndexFeed, Ledger
 from devices.models import ModelError, ModelRegistry
 from ingest.batch import dead_letter_headers, decode_batch
 from ingest.errors import DecodeError
 from streams.debug import record_recent
 from streams.downstream import plan_views
+from streams.liveness import record_seen, record_sessions
 from streams.normalise import Normalised, Reject, normalise
+from streams.outbox import drain_outbox, write_outbox
 from streams.retention import retention_cutoff
+from streams.state import (
+    MaintenanceWindow,
+    RuleState,
+    active_maintenance_windows,
+    lock_anomaly_state,
+    lock_rule_state,
+    peer_medians,
+    save_anomaly_state,
+    save_rule_state,
+)
 from streams.store import ReadingStore, StoreError, Unplaced
 
 __all__ = ["Pipeline", "PipelineConfig", "PipelineMetrics", "Publisher", "clock_skewed", "out_of_range"]
@@ -208,7 +226,7 @@ class Pipeline:
         self._index_loaded = 0.0
         self._clock = clock
         self.flush_producer: Callable[[], Awaitable[None]] = flush_producer or _no_flush
-        self._mw: list[tuple[str | None, str | None, str | None]] = []
+        self._mw: list[MaintenanceWindow] = []
         self._mw_loaded = -1e9
         self._peers: dict[tuple[str, str, str], float] = {}
         self._peers_loaded = -1e9
@@ -259,15 +277,13 @@ class Pipeline:
         the lag shows it. Every step is idempotent, so a retried batch stores
         nothing twice and (through the rule watermark) raises no alert twice.
         """
-        delay = 0.2
-        while True:
-            try:
-                return await self._process(values)
-            except psycopg.OperationalError as exc:
-                self.metrics.store_retries.inc()
-                log.error("database unavailable, retrying the batch in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        retry = retrying(
+            psycopg.OperationalError, what="database unavailable for the batch", log=log, on_retry=self._count_retry
+        )
+        return await retry(self._process, values)
+
+    def _count_retry(self, exc: BaseException) -> None:
+        self.metrics.store_retries.inc()
 
     async def _process(self, values: Sequence[bytes]) -> Normalised:
         t0 = time.perf_counter()
@@ -325,16 +341,7 @@ class Pipeline:
         return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
     async def _flush_with_retry(self) -> None:
-        delay = 0.2
-        while True:
-            try:
-                await self.store.flush()
-                return
-            except StoreError as exc:
-                self.metrics.store_retries.inc()
-                log.error("store write failed, retrying in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await retrying(StoreError, what="store write failed", log=log, on_retry=self._count_retry)(self.store.flush)
 
     def _set_aside(self, result: Normalised, unplaced: Sequence[Unplaced]) -> None:
         """Rows the database refused (the rest of the batch is stored): their messages are dead-lettered.
@@ -371,9 +378,9 @@ class Pipeline:
                 log.info("activated %d device(s) on their first valid message", n)
                 await self.refresh_index(force=True)
         if result.seen:
-            await self._liveness(result.seen)
+            await record_seen(self.pool, result.seen)
         if result.status:
-            await self._sessions(result.status)
+            await record_sessions(self.pool, result.status)
         await self._publish_readings(result)
         if self.cfg.evaluate:
             await self.evaluate(result.readings, skewed=result.skewed)
@@ -389,15 +396,6 @@ class Pipeline:
             rej.raw.payload,
             dead_letter_headers(rej.reason, rej.detail, rej.raw.topic, rej.raw.received_at, "stream-worker"),
         )
-
-    async def _liveness(self, seen: dict[str, tuple[datetime, datetime]]) -> None:
-        async with self.pool.connection() as conn, conn.cursor() as cur:
-            await cur.executemany(
-                "insert into device_liveness (code, last_seen, last_event_time) values (%s, %s, %s)"
-                " on conflict (code) do update set last_seen = greatest(device_liveness.last_seen, excluded.last_seen),"
-                " last_event_time = greatest(device_liveness.last_event_time, excluded.last_event_time)",
-                [(code, rx, ts) for code, (rx, ts) in sorted(seen.items())],
-            )
 
     async def _publish_readings(self, result: Normalised) -> None:
         plan, masker = self._views, self._masker
@@ -454,22 +452,23 @@ class Pipeline:
         Returns:
             Readings evaluated.
         """
-        delay = 0.2
-        while True:
-            try:
-                await self.refresh_index()
-                docs = _parse_readings(values)
-                if any(self.index.get(doc["device"]) is None for doc in docs):
-                    # The ingest worker knew the device, so this index is older than it: reload once.
-                    await self.refresh_index(force=True)
-                readings = self._decode_readings(docs)
-                await self.evaluate(readings)
-                return len(readings)
-            except psycopg.OperationalError as exc:
-                self.metrics.store_retries.inc()
-                log.error("database unavailable, retrying the readings batch in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        retry = retrying(
+            psycopg.OperationalError,
+            what="database unavailable for the readings batch",
+            log=log,
+            on_retry=self._count_retry,
+        )
+        return await retry(self._process_readings, values)
+
+    async def _process_readings(self, values: Sequence[bytes]) -> int:
+        await self.refresh_index()
+        docs = _parse_readings(values)
+        if any(self.index.get(doc["device"]) is None for doc in docs):
+            # The ingest worker knew the device, so this index is older than it: reload once.
+            await self.refresh_index(force=True)
+        readings = self._decode_readings(docs)
+        await self.evaluate(readings)
+        return len(readings)
 
     def _decode_readings(self, docs: Sequence[dict[str, Any]]) -> list[tuple[Reading, DeviceInfo]]:
         out: list[tuple[Reading, DeviceInfo]] = []
@@ -562,33 +561,14 @@ class Pipeline:
             rule_updates = await self._rule_step(conn, codes, per_device, info, transitions) if len(rules) else []
             t1 = time.perf_counter()
             self.metrics.rule_seconds.observe(t1 - t0)
-            anomaly_updates = (
-                await self._anomaly_step(conn, codes, per_device, info, peers, transitions) if anomaly else []
+            anomaly_states, anomaly_changed = (
+                await self._anomaly_step(conn, codes, per_device, info, peers, transitions) if anomaly else ({}, set())
             )
             self.metrics.anomaly_seconds.observe(time.perf_counter() - t1)
             changed = await self.alerts.apply(conn, transitions, self._groups) if transitions else []
-            async with conn.cursor() as cur:
-                if rule_updates:
-                    await cur.executemany(
-                        "insert into rule_state (device_code, watermark_us, snapshot, states) values (%s,%s,%s,%s)"
-                        " on conflict (device_code) do update set watermark_us = excluded.watermark_us,"
-                        " snapshot = excluded.snapshot, states = excluded.states, updated_at = now()",
-                        rule_updates,
-                    )
-                if anomaly_updates:
-                    await cur.executemany(
-                        "insert into anomaly_state (device_code, states, peers) values (%s,%s,%s)"
-                        " on conflict (device_code) do update set states = excluded.states,"
-                        " peers = excluded.peers, updated_at = now()",
-                        anomaly_updates,
-                    )
-                if changed:
-                    outbox = []
-                    for kind, alert in changed:
-                        doc = alert.to_json()
-                        doc["transition"] = kind
-                        outbox.append((alert.device_code, Jsonb(doc)))
-                    await cur.executemany("insert into alert_outbox (key, payload) values (%s, %s)", outbox)
+            await save_rule_state(conn, rule_updates)
+            await save_anomaly_state(conn, anomaly_states, anomaly_changed)
+            await write_outbox(conn, changed)
         now = self._clock()
         for kind, alert in changed:
             self.metrics.alerts.labels(alert.rule, kind).inc()
@@ -614,16 +594,9 @@ class Pipeline:
         per_device: dict[str, list[Reading]],
         info: dict[str, DeviceInfo],
         transitions: list[tuple[str, Alert]],
-    ) -> list[tuple[str, int, Jsonb, Jsonb]]:
-        rows = await (
-            await conn.execute(
-                "select device_code, watermark_us, snapshot, states from rule_state"
-                " where device_code = any(%s) for update",
-                (codes,),
-            )
-        ).fetchall()
-        saved = {r[0]: (int(r[1]), _load_snapshot(r[2]), dict(r[3])) for r in rows}
-        updates = []
+    ) -> list[tuple[str, RuleState]]:
+        saved = await lock_rule_state(conn, codes)
+        updates: list[tuple[str, RuleState]] = []
         faults = 0
         for code in codes:
             dev = info[code]
@@ -645,7 +618,7 @@ class Pipeline:
             )
             transitions += [(t.kind, t.alert) for t in out]
             if new_wm != wm:
-                updates.append((code, new_wm, Jsonb(_dump_snapshot(snap)), Jsonb(states)))
+                updates.append((code, (new_wm, snap, states)))
         if faults:
             self.metrics.not_evaluated.labels("out_of_range").inc(faults)
         return updates
@@ -662,13 +635,8 @@ class Pipeline:
         info: dict[str, DeviceInfo],
         peers: dict[tuple[str, str, str], float],
         transitions: list[tuple[str, Alert]],
-    ) -> list[tuple[str, Jsonb, Jsonb]]:
-        rows = await (
-            await conn.execute(
-                "select device_code, states from anomaly_state where device_code = any(%s) for update", (codes,)
-            )
-        ).fetchall()
-        states: dict[str, dict[str, Any]] = {r[0]: dict(r[1]) for r in rows}
+    ) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        states = await lock_anomaly_state(conn, codes)
         samples = []
         for code in codes:
             dev = info[code]
@@ -682,7 +650,7 @@ class Pipeline:
         outcome = evaluate_anomalies(self.cfg.anomaly, samples, states, peers=peers, is_gauge=self._is_gauge)
         self.metrics.anomaly_samples.inc(outcome.samples)
         transitions += outcome.transitions
-        return [(code, Jsonb(states[code]), Jsonb(peer_entry(states[code]))) for code in sorted(outcome.changed)]
+        return states, set(outcome.changed)
 
     def _is_gauge(self, dev: SeriesDevice, metric: str) -> bool:
         try:
@@ -692,109 +660,24 @@ class Pipeline:
         return m is not None and m.kind == "gauge"
 
     async def _peer_medians(self) -> dict[tuple[str, str, str], float]:
-        """Drift peers: median of offset-corrected latest values per (district, model, metric).
+        """Drift peers (:func:`streams.state.peer_medians`), recomputed at most every ``peer_refresh_s``.
 
-        Recomputed at most every ``peer_refresh_s`` from ``anomaly_state.peers``
-        in one aggregate; a value counts while younger than 3 × its model's
-        cadence, and a group needs 3 peers. Drift is slow (hours), so a median
-        up to a minute old is as good as the same timestep's.
+        Drift is slow (hours), so a median up to a minute old is as good as the same timestep's.
         """
         now = time.monotonic()
-        if now - self._peers_loaded < self.cfg.peer_refresh_s:
-            return self._peers
-        keys = [m.key for m in self.models.all()] + [m.id for m in self.models.latest()]
-        cadences = [float(m.cadence_s) for m in self.models.all()] + [float(m.cadence_s) for m in self.models.latest()]
-        async with self.pool.connection() as conn:
-            rows = await (
-                await conn.execute(
-                    "select d.district, split_part(d.model, '@', 1), p.key,"
-                    " percentile_cont(0.5) within group (order by (p.value->>0)::float8 - (p.value->>2)::float8)"
-                    " from anomaly_state a join devices d on d.code = a.device_code"
-                    " join unnest(%s::text[], %s::float8[]) as m(model, cadence_s) on m.model = d.model"
-                    " cross join lateral jsonb_each(a.peers) as p(key, value)"
-                    " where (p.value->>1)::float8 >= extract(epoch from now()) - 3 * m.cadence_s"
-                    " group by 1, 2, 3 having count(*) >= 3",
-                    (keys, cadences),
-                )
-            ).fetchall()
-        self._peers = {(r[0], r[1], r[2]): float(r[3]) for r in rows}
-        self._peers_loaded = now
+        if now - self._peers_loaded >= self.cfg.peer_refresh_s:
+            self._peers = await peer_medians(self.pool, self.models)
+            self._peers_loaded = now
         return self._peers
 
-    async def _sessions(self, status: Sequence[tuple[RawMessage, DeviceInfo]]) -> None:
-        """Store devices' MQTT session state from their status messages (birth and last will).
-
-        Only a change of state moves ``status_at``: a broker re-delivering the
-        retained status to a restarted gateway must not look like a reconnect.
-        """
-        latest: dict[str, tuple[bool, datetime]] = {}
-        for raw, dev in status:
-            if not raw.topic.endswith("/status"):
-                continue  # command acknowledgements travel with status; the dispatcher handles them
-            try:
-                state = json.loads(raw.payload)["state"] if raw.payload else None
-            except (ValueError, KeyError, TypeError):
-                state = None
-            if state not in ("online", "offline"):
-                if raw.payload:
-                    log.warning("device %s topic %s: status without a valid state ignored", dev.code, raw.topic)
-                continue
-            prev = latest.get(dev.code)
-            if prev is None or raw.received_at >= prev[1]:
-                latest[dev.code] = (state == "online", raw.received_at)
-        if not latest:
-            return
-        async with self.pool.connection() as conn, conn.cursor() as cur:
-            await cur.executemany(
-                "insert into device_sessions (code, connected, status_at) values (%s, %s, %s)"
-                " on conflict (code) do update set connected = excluded.connected,"
-                " status_at = excluded.status_at, updated_at = now()"
-                " where device_sessions.connected <> excluded.connected"
-                " and device_sessions.status_at < excluded.status_at",
-                [(code, up, at) for code, (up, at) in sorted(latest.items())],
-            )
-        for code, (up, _) in sorted(latest.items()):
-            log.info("device %s session %s", code, "online" if up else "offline")
-
     async def drain_outbox(self, limit: int = 1000) -> int:
-        """Publish committed alert transitions and delete them once Kafka has them.
+        """Publish committed alert transitions (:func:`streams.outbox.drain_outbox`)."""
+        return await drain_outbox(self.pool, self.publish, self.cfg.topics.alerts, self.flush_producer, limit)
 
-        Rows are locked (``skip locked``) so several workers never publish the same
-        row at once; a crash after the Kafka ack and before the delete republishes a
-        row, so consumers dedupe on (``id``, ``transition``).
-        """
-        sent = 0
-        while True:
-            async with self.pool.connection() as conn, conn.transaction():
-                rows = await (
-                    await conn.execute(
-                        "select seq, key, payload from alert_outbox order by seq limit %s for update skip locked",
-                        (limit,),
-                    )
-                ).fetchall()
-                if not rows:
-                    return sent
-                for _seq, key, payload in rows:
-                    await self.publish(
-                        self.cfg.topics.alerts,
-                        key.encode(),
-                        json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(),
-                    )
-                await self.flush_producer()
-                await conn.execute("delete from alert_outbox where seq = any(%s)", ([r[0] for r in rows],))
-                sent += len(rows)
-
-    async def _maintenance(self) -> list[tuple[str | None, str | None, str | None]]:
+    async def _maintenance(self) -> list[MaintenanceWindow]:
         now = time.monotonic()
         if now - self._mw_loaded > 10.0:
-            async with self.pool.connection() as conn:
-                rows = await (
-                    await conn.execute(
-                        "select district, device_code, device_class from maintenance_windows"
-                        " where starts_at <= now() and ends_at > now()"
-                    )
-                ).fetchall()
-            self._mw = [(r[0], r[1], r[2]) for r in rows]
+            self._mw = await active_maintenance_windows(self.pool)
             self._mw_loaded = now
         return self._mw
 
@@ -833,7 +716,7 @@ def out_of_range(r: Reading, dev: DeviceInfo, models: ModelRegistry) -> bool:
     return m is not None and not (m.low <= r.value <= m.high)
 
 
-def _in_maintenance(windows: list[tuple[str | None, str | None, str | None]], dev: DeviceInfo) -> bool:
+def _in_maintenance(windows: list[MaintenanceWindow], dev: DeviceInfo) -> bool:
     for district, code, device_class in windows:
         if (
             (district is None or district == dev.district)
@@ -842,15 +725,6 @@ def _in_maintenance(windows: list[tuple[str | None, str | None, str | None]], de
         ):
             return True
     return False
-
-
-def _load_snapshot(raw: dict[str, list[float | None]]) -> dict[str, list[float]]:
-    # JSON has no NaN: missing previous values are stored as null.
-    return {k: [math.nan if x is None else float(x) for x in v] for k, v in raw.items()}
-
-
-def _dump_snapshot(snap: dict[str, list[float]]) -> dict[str, list[float | None]]:
-    return {k: [None if math.isnan(x) or math.isinf(x) else x for x in v] for k, v in snap.items()}
 
 
 def _parse_readings(values: Sequence[bytes]) -> list[dict[str, Any]]:

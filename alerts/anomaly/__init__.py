@@ -2,10 +2,11 @@
 
 One module per concern:
 
-* :mod:`~alerts.anomaly.result` — :class:`Anomaly` and the batch / bank result types;
+* :mod:`~alerts.anomaly.result` — :class:`Anomaly` and the bank result type;
 * :mod:`~alerts.anomaly.detectors` — robust z-score, EWMA chart, rate-of-change
-  spikes, stuck sensor, drift against peers, silence; each in batch, online
-  and (where natural) vectorised many-series form;
+  spikes, stuck sensor, drift against peers, silence; each as a vectorised
+  many-series bank, the form the stream worker runs (the one-series reference
+  forms the banks are tested against are in ``tests/unit/alerts/oracles.py``);
 * :mod:`~alerts.anomaly.synthetic` — seeded series with injected faults and labels;
 * :mod:`~alerts.anomaly.evaluate` — event-level precision and recall.
 
@@ -20,37 +21,25 @@ from alerts.anomaly.detectors import (
     MAD_SCALE,
     NEVER_SEEN,
     DriftBank,
-    DriftDetector,
     DriftParams,
     DriftState,
     EwmaBank,
-    EwmaDetector,
     EwmaParams,
     EwmaState,
     Liveness,
     RateBank,
-    RateDetector,
     RateParams,
     RateState,
     RobustZBank,
-    RobustZDetector,
     RobustZParams,
     RobustZState,
     StuckBank,
-    StuckDetector,
     StuckParams,
     StuckState,
-    drift_batch,
-    ewma_batch,
-    liveness,
     liveness_many,
     peer_median,
-    rate_batch,
-    robust_z_batch,
-    silence_anomaly,
-    stuck_batch,
 )
-from alerts.anomaly.result import Anomaly, BankUpdate, BatchResult, DetectorKind, OnlineDetector
+from alerts.anomaly.result import Anomaly, BankUpdate, DetectorKind
 
 __all__ = [
     "LIVENESS_CODES",
@@ -58,37 +47,23 @@ __all__ = [
     "NEVER_SEEN",
     "Anomaly",
     "BankUpdate",
-    "BatchResult",
     "DetectorKind",
     "DriftBank",
-    "DriftDetector",
     "DriftParams",
     "DriftState",
     "EwmaBank",
-    "EwmaDetector",
     "EwmaParams",
     "EwmaState",
     "Liveness",
-    "OnlineDetector",
     "RateBank",
-    "RateDetector",
     "RateParams",
     "RateState",
     "RobustZBank",
-    "RobustZDetector",
     "RobustZParams",
     "RobustZState",
     "StuckBank",
-    "StuckDetector",
     "StuckParams",
     "StuckState",
-    "drift_batch",
-    "ewma_batch",
-    "liveness",
     "liveness_many",
     "peer_median",
-    "rate_batch",
-    "robust_z_batch",
-    "silence_anomaly",
-    "stuck_batch",
 ]

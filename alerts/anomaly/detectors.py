@@ -1,24 +1,24 @@
-"""Statistical anomaly detectors per (device, metric) series. Pure numpy, no I/O.
+"""Statistical anomaly detectors per (device, metric) series, as the stream worker runs them. Pure numpy, no I/O.
 
-Every detector comes in up to three forms that agree sample for sample:
+Each detector is a **bank**: ``<Name>Bank(size, params).update(t, x, index=None)``
+updates many series at once with numpy, one sample per series per call.
+Its per-series state is a small frozen dataclass ``<Name>State`` with
+``to_dict`` / ``from_dict`` (JSON-safe: no NaN, so it fits a PostgreSQL
+``jsonb`` column); banks convert to and from those states (:meth:`state`,
+``from_states``) and, column-wise, to and from their dicts (``from_dicts``,
+``to_dicts``), which is what :mod:`alerts.anomaly.stream` uses.
 
-* **batch** — ``<name>_batch(times, values, params)`` over one 1-D series
-  (``times`` int64 epoch seconds, strictly increasing; ``values`` float64)
-  returning a :class:`~alerts.anomaly.result.BatchResult`;
-* **online** — ``<Name>Detector(params, state).update(t, x) -> Anomaly | None``,
-  whose :attr:`state` is a small frozen dataclass with ``to_dict`` /
-  ``from_dict`` (JSON-safe: no NaN, so it fits a PostgreSQL ``jsonb`` column);
-* **bank** — ``<Name>Bank(size, params).update(t, x, index=None)`` updating
-  many series at once with numpy, one sample per series per call; banks
-  convert to and from the per-series states (:meth:`state`, ``from_states``).
+The same detectors written one sample and one series at a time (an online
+``<Name>Detector`` and a batch ``<name>_batch`` over a whole series) are the
+reference the banks are tested against; they live with the tests
+(``tests/unit/alerts/oracles.py``), not here, because production runs only
+the banks.
 
-Input policy, the same everywhere: a non-finite value (NaN, ±inf) is
-*ignored* — it is neither scored nor remembered, and the state is unchanged.
-Online and bank forms also ignore a sample whose time is not after the last
-accepted one (a late or duplicate reading), because raising inside a stream
-worker's loop would stall it; the batch forms instead raise
-:class:`~alerts.errors.AnomalyError` on non-increasing times, which there is
-a caller bug. Invalid parameters or saved state raise ``AnomalyError``.
+Input policy: a non-finite value (NaN, ±inf) is *ignored* — it is neither
+scored nor remembered, and the state is unchanged; so is a sample whose time
+is not after the series' last accepted one (a late or duplicate reading),
+because raising inside a stream worker's loop would stall it. Invalid
+parameters or saved state raise :class:`~alerts.errors.AnomalyError`.
 
 Warm-up: no detector scores a sample before it has accepted
 ``min_samples`` samples (the stuck detector needs ``samples`` flat ones by
@@ -35,9 +35,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from numpy.lib.stride_tricks import sliding_window_view
 
-from alerts.anomaly.result import Anomaly, BankUpdate, BatchResult, DetectorKind
+from alerts.anomaly.result import BankUpdate, DetectorKind
 from alerts.errors import AnomalyError
 
 __all__ = [
@@ -45,35 +44,23 @@ __all__ = [
     "MAD_SCALE",
     "NEVER_SEEN",
     "DriftBank",
-    "DriftDetector",
     "DriftParams",
     "DriftState",
     "EwmaBank",
-    "EwmaDetector",
     "EwmaParams",
     "EwmaState",
     "Liveness",
     "RateBank",
-    "RateDetector",
     "RateParams",
     "RateState",
     "RobustZBank",
-    "RobustZDetector",
     "RobustZParams",
     "RobustZState",
     "StuckBank",
-    "StuckDetector",
     "StuckParams",
     "StuckState",
-    "drift_batch",
-    "ewma_batch",
-    "liveness",
     "liveness_many",
     "peer_median",
-    "rate_batch",
-    "robust_z_batch",
-    "silence_anomaly",
-    "stuck_batch",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -133,47 +120,6 @@ def _float(data: Mapping[str, Any], key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise AnomalyError(f"state field {key!r} must be a finite number")
     return float(value)
-
-
-def _series(times: npt.ArrayLike, values: npt.ArrayLike) -> tuple[IntArray, FloatArray]:
-    t = np.asarray(times)
-    v = np.asarray(values, dtype=np.float64)
-    if t.ndim != 1 or v.shape != t.shape:
-        raise AnomalyError("times and values must be 1-D arrays of the same length")
-    if t.size and not np.issubdtype(t.dtype, np.integer):
-        raise AnomalyError("times must be integer epoch seconds")
-    t = t.astype(np.int64, copy=False)
-    if t.size > 1 and bool(np.any(np.diff(t) <= 0)):
-        raise AnomalyError("times must be strictly increasing")
-    return t, v
-
-
-def _accepts(last_t: int | None, t: int, x: float) -> bool:
-    """Whether an online detector takes this sample (finite, and after the last one)."""
-    return math.isfinite(x) and (last_t is None or t > last_t)
-
-
-def _direction(delta: float) -> str:
-    return "up" if delta >= 0 else "down"
-
-
-def _empty_result(n: int) -> tuple[BoolArray, FloatArray, FloatArray]:
-    return np.zeros(n, dtype=np.bool_), np.full(n, np.nan), np.full(n, np.nan)
-
-
-def _record(
-    anomaly: Anomaly | None,
-    i: int,
-    score: float | None,
-    baseline: float | None,
-    out: tuple[BoolArray, FloatArray, FloatArray],
-) -> None:
-    mask, scores, baselines = out
-    if anomaly is not None:
-        mask[i] = True
-    if score is not None and baseline is not None:
-        scores[i] = score
-        baselines[i] = baseline
 
 
 def _column(values: list[Any], key: str, kind: str) -> npt.NDArray[Any]:
@@ -378,75 +324,6 @@ def _robust_scores(
     return scored & (score > p.k), score, baseline
 
 
-class RobustZDetector:
-    """Online robust z-score for one series; bounded memory (``window`` samples).
-
-    Example:
-        >>> det = RobustZDetector(RobustZParams(window=90, k=6))
-        >>> anomaly = det.update(1_700_000_000, 41.5)
-    """
-
-    __slots__ = ("_state", "params")
-
-    def __init__(self, params: RobustZParams | None = None, state: RobustZState | None = None) -> None:
-        self.params = params or RobustZParams()
-        st = state or RobustZState()
-        if len(st.values) > self.params.window:
-            # A state saved under a longer window: keep its newest samples.
-            st = RobustZState(st.values[-self.params.window :], st.times[-self.params.window :], st.last_t)
-        self._state = st
-
-    @property
-    def state(self) -> RobustZState:
-        """The current state (immutable; persist it with ``to_dict``)."""
-        return self._state
-
-    def update(self, t: int, x: float) -> Anomaly | None:
-        """Score ``x`` against the previous samples, then remember it."""
-        st, p = self._state, self.params
-        if not _accepts(st.last_t, t, x):
-            return None
-        n = len(st.values)
-        anomaly = None
-        if n >= p.min_samples:
-            row = np.full((1, p.window), np.nan)
-            row[0, :n] = st.values
-            med, scale = _row_stats(row, np.array([n], dtype=np.int64))
-            fired, score, baseline = _robust_scores(med, scale, np.array([x], dtype=np.float64), p)
-            if fired[0]:
-                m = float(baseline[0])
-                anomaly = Anomaly(
-                    DetectorKind.ROBUST_Z, t, x, m, float(score[0]), p.k, st.times[0], t, _direction(x - m)
-                )
-        self._state = RobustZState((*st.values, float(x))[-p.window :], (*st.times, int(t))[-p.window :], int(t))
-        return anomaly
-
-
-def robust_z_batch(times: npt.ArrayLike, values: npt.ArrayLike, params: RobustZParams | None = None) -> BatchResult:
-    """Robust z-score over a whole series; same decisions as :class:`RobustZDetector`.
-
-    Cost: O(n · window · log window), vectorised in chunks.
-    """
-    p = params or RobustZParams()
-    _, v = _series(times, values)
-    mask, score, baseline = _empty_result(v.size)
-    idx = np.flatnonzero(np.isfinite(v))
-    fv = v[idx]
-    m = fv.size
-    if m > p.min_samples:
-        # Row j of the view holds the `window` accepted samples before sample j (NaN-padded at the start).
-        pad = np.concatenate([np.full(p.window, np.nan), fv])
-        windows = sliding_window_view(pad, p.window)
-        counts = np.minimum(np.arange(m, dtype=np.int64), p.window)
-        for start in range(p.min_samples, m, _CHUNK):
-            stop = min(start + _CHUNK, m)
-            med, scale = _row_stats(windows[start:stop], counts[start:stop])
-            fired, s, b = _robust_scores(med, scale, fv[start:stop], p)
-            where = idx[start:stop]
-            mask[where], score[where], baseline[where] = fired, s, b
-    return BatchResult(mask, score, baseline, p.k)
-
-
 class RobustZBank(_Bank):
     """Robust z-score over many series at once: a ``size × window`` ring buffer.
 
@@ -636,66 +513,6 @@ class EwmaState:
         return cls(_int(d, "n"), _float(d, "mean"), _float(d, "var"), _opt_int(d, "last_t"))
 
 
-def _ewma_step(
-    p: EwmaParams, st: EwmaState, t: int, x: float
-) -> tuple[EwmaState, Anomaly | None, float | None, float | None]:
-    if not _accepts(st.last_t, t, x):
-        return st, None, None, None
-    anomaly, score, baseline = None, None, None
-    xu = x
-    if st.n >= p.min_samples:
-        sd = max(math.sqrt(st.var), p.min_sigma)
-        if sd > 0:
-            score, baseline = abs(x - st.mean) / sd, st.mean
-            if score > p.sigmas:
-                start = t if st.last_t is None else st.last_t
-                anomaly = Anomaly(DetectorKind.EWMA, t, x, st.mean, score, p.sigmas, start, t, _direction(x - st.mean))
-            # Winsorised update (see EwmaParams.clip): an outlier must not
-            # inflate the variance enough to mask the samples that follow it.
-            xu = min(max(x, st.mean - p.clip * sd), st.mean + p.clip * sd)
-    alpha = max(p.lam, 1.0 / (st.n + 1))
-    diff = xu - st.mean
-    incr = alpha * diff
-    new = EwmaState(st.n + 1, st.mean + incr, (1 - alpha) * (st.var + diff * incr), int(t))
-    return new, anomaly, score, baseline
-
-
-class EwmaDetector:
-    """Online EWMA chart for one series; O(1) state (n, mean, var, last time).
-
-    The anomaly window is ``[previous accepted sample, this sample]``: the
-    baseline it was judged against is as of the previous sample.
-    """
-
-    __slots__ = ("_state", "params")
-
-    def __init__(self, params: EwmaParams | None = None, state: EwmaState | None = None) -> None:
-        self.params = params or EwmaParams()
-        self._state = state or EwmaState()
-
-    @property
-    def state(self) -> EwmaState:
-        """The current state (immutable; persist it with ``to_dict``)."""
-        return self._state
-
-    def update(self, t: int, x: float) -> Anomaly | None:
-        """Score ``x`` against the EWMA baseline, then fold it in."""
-        self._state, anomaly, _, _ = _ewma_step(self.params, self._state, t, x)
-        return anomaly
-
-
-def ewma_batch(times: npt.ArrayLike, values: npt.ArrayLike, params: EwmaParams | None = None) -> BatchResult:
-    """EWMA chart over a whole series; the online recursion, O(n) (a Python loop)."""
-    p = params or EwmaParams()
-    t, v = _series(times, values)
-    out = _empty_result(v.size)
-    st = EwmaState()
-    for i, (ti, xi) in enumerate(zip(t.tolist(), v.tolist(), strict=True)):
-        st, anomaly, score, baseline = _ewma_step(p, st, ti, xi)
-        _record(anomaly, i, score, baseline, out)
-    return BatchResult(*out, threshold=p.sigmas)
-
-
 class EwmaBank(_Bank):
     """EWMA chart over many series at once: four arrays, O(1) per series per step."""
 
@@ -814,56 +631,6 @@ class RateState:
         """Rebuild from :meth:`to_dict` output; raises AnomalyError if malformed."""
         d = _load(data, DetectorKind.RATE)
         return cls(_int(d, "n"), _opt_int(d, "ref_t"), _float(d, "ref_x"), _int(d, "held"), _opt_int(d, "last_t"))
-
-
-def _rate_step(
-    p: RateParams, st: RateState, t: int, x: float
-) -> tuple[RateState, Anomaly | None, float | None, float | None]:
-    if not _accepts(st.last_t, t, x):
-        return st, None, None, None
-    anomaly, score, baseline = None, None, None
-    if st.n >= p.min_samples and st.ref_t is not None:
-        score, baseline = abs(x - st.ref_x) / (t - st.ref_t), st.ref_x
-        if score > p.max_rate:
-            anomaly = Anomaly(
-                DetectorKind.RATE, t, x, st.ref_x, score, p.max_rate, st.ref_t, t, _direction(x - st.ref_x)
-            )
-    if anomaly is not None and st.held < p.hold:
-        new = RateState(st.n + 1, st.ref_t, st.ref_x, st.held + 1, int(t))
-    else:
-        new = RateState(st.n + 1, int(t), float(x), 0, int(t))
-    return new, anomaly, score, baseline
-
-
-class RateDetector:
-    """Online rate-of-change spike detector for one series; O(1) state."""
-
-    __slots__ = ("_state", "params")
-
-    def __init__(self, params: RateParams, state: RateState | None = None) -> None:
-        self.params = params
-        self._state = state or RateState()
-
-    @property
-    def state(self) -> RateState:
-        """The current state (immutable; persist it with ``to_dict``)."""
-        return self._state
-
-    def update(self, t: int, x: float) -> Anomaly | None:
-        """Compare the rate from the reference sample with ``max_rate``."""
-        self._state, anomaly, _, _ = _rate_step(self.params, self._state, t, x)
-        return anomaly
-
-
-def rate_batch(times: npt.ArrayLike, values: npt.ArrayLike, params: RateParams) -> BatchResult:
-    """Rate-of-change spikes over a whole series; the online recursion, O(n)."""
-    t, v = _series(times, values)
-    out = _empty_result(v.size)
-    st = RateState()
-    for i, (ti, xi) in enumerate(zip(t.tolist(), v.tolist(), strict=True)):
-        st, anomaly, score, baseline = _rate_step(params, st, ti, xi)
-        _record(anomaly, i, score, baseline, out)
-    return BatchResult(*out, threshold=params.max_rate)
 
 
 class RateBank(_Bank):
@@ -993,59 +760,6 @@ class StuckState:
             _opt_int(d, "run_start"),
             _opt_int(d, "last_t"),
         )
-
-
-def _stuck_step(
-    p: StuckParams, st: StuckState, t: int, x: float
-) -> tuple[StuckState, Anomaly | None, float | None, float | None]:
-    if not _accepts(st.last_t, t, x):
-        return st, None, None, None
-    lo, hi = min(st.run_min, x), max(st.run_max, x)
-    if st.run_len > 0 and st.run_start is not None and hi - lo <= p.eps:
-        new = StuckState(st.run_len + 1, lo, hi, st.run_start, int(t))
-    else:
-        new = StuckState(1, float(x), float(x), int(t), int(t))
-    score, baseline = float(new.run_len), (new.run_min + new.run_max) / 2
-    anomaly = None
-    if new.run_len >= p.samples and new.run_start is not None:
-        anomaly = Anomaly(DetectorKind.STUCK, t, x, baseline, score, float(p.samples), new.run_start, t)
-    return new, anomaly, score, baseline
-
-
-class StuckDetector:
-    """Online stuck-sensor detector for one series; O(1) state.
-
-    It fires on every sample from the ``samples``-th flat one on, until the
-    value moves; the window starts at the run's first sample.
-    """
-
-    __slots__ = ("_state", "params")
-
-    def __init__(self, params: StuckParams | None = None, state: StuckState | None = None) -> None:
-        self.params = params or StuckParams()
-        self._state = state or StuckState()
-
-    @property
-    def state(self) -> StuckState:
-        """The current state (immutable; persist it with ``to_dict``)."""
-        return self._state
-
-    def update(self, t: int, x: float) -> Anomaly | None:
-        """Extend or restart the flat run with ``x``."""
-        self._state, anomaly, _, _ = _stuck_step(self.params, self._state, t, x)
-        return anomaly
-
-
-def stuck_batch(times: npt.ArrayLike, values: npt.ArrayLike, params: StuckParams | None = None) -> BatchResult:
-    """Stuck runs over a whole series; the online recursion, O(n). Score = run length."""
-    p = params or StuckParams()
-    t, v = _series(times, values)
-    out = _empty_result(v.size)
-    st = StuckState()
-    for i, (ti, xi) in enumerate(zip(t.tolist(), v.tolist(), strict=True)):
-        st, anomaly, score, baseline = _stuck_step(p, st, ti, xi)
-        _record(anomaly, i, score, baseline, out)
-    return BatchResult(*out, threshold=float(p.samples))
 
 
 class StuckBank(_Bank):
@@ -1271,75 +985,6 @@ def peer_median(values: npt.ArrayLike, min_peers: int = 3, offsets: npt.ArrayLik
     return np.where(counts >= min_peers, med, np.nan)
 
 
-def _drift_step(
-    p: DriftParams, st: DriftState, t: int, x: float, peer: float
-) -> tuple[DriftState, Anomaly | None, float | None, float | None]:
-    if not (_accepts(st.last_t, t, x) and math.isfinite(peer)):
-        return st, None, None, None
-    t = int(t)
-    n, mean, m2 = st.n, st.mean, st.m2
-    s_pos, s_neg, pos_start, neg_start = st.s_pos, st.s_neg, st.pos_start, st.neg_start
-    b_start = t if st.b_n == 0 or st.b_start is None else st.b_start
-    b_sum, b_n = st.b_sum + (x - peer), st.b_n + 1
-    learnt = n >= p.min_blocks
-    if b_n == p.block:
-        m = b_sum / p.block
-        if not learnt:
-            n += 1
-            d = m - mean
-            mean += d / n
-            m2 += d * (m - mean)
-        else:
-            sd = max(math.sqrt(m2 / n), p.min_sigma)
-            if sd > 0:
-                z = (m - mean) / sd
-                top = p.cap * p.h
-                sp = min(max(0.0, s_pos + z - p.k), top)
-                sn = min(max(0.0, s_neg - z - p.k), top)
-                pos_start = None if sp == 0 else (b_start if s_pos == 0 or pos_start is None else pos_start)
-                neg_start = None if sn == 0 else (b_start if s_neg == 0 or neg_start is None else neg_start)
-                s_pos, s_neg = sp, sn
-        b_sum, b_n, b_start_out = 0.0, 0, None
-    else:
-        b_start_out = b_start
-    new = DriftState(n, mean, m2, b_sum, b_n, b_start_out, s_pos, s_neg, pos_start, neg_start, t)
-    if not learnt:
-        return new, None, None, None
-    score, baseline = max(s_pos, s_neg), peer + mean
-    anomaly = None
-    if score > p.h:
-        up = s_pos >= s_neg
-        start = pos_start if up else neg_start
-        anomaly = Anomaly(
-            DetectorKind.DRIFT, t, x, baseline, score, p.h, t if start is None else start, t, "up" if up else "down"
-        )
-    return new, anomaly, score, baseline
-
-
-class DriftDetector:
-    """Online drift detector for one device; O(1) state.
-
-    Unlike the others its update takes the peer median of the same timestep
-    (compute it once per peer group with :func:`peer_median`).
-    """
-
-    __slots__ = ("_state", "params")
-
-    def __init__(self, params: DriftParams | None = None, state: DriftState | None = None) -> None:
-        self.params = params or DriftParams()
-        self._state = state or DriftState()
-
-    @property
-    def state(self) -> DriftState:
-        """The current state (immutable; persist it with ``to_dict``)."""
-        return self._state
-
-    def update(self, t: int, x: float, peer: float) -> Anomaly | None:
-        """Feed the device's value and its peers' median at time ``t``."""
-        self._state, anomaly, _, _ = _drift_step(self.params, self._state, t, x, peer)
-        return anomaly
-
-
 class DriftBank(_Bank):
     """Drift detection over many devices at once; O(1) per device per step."""
 
@@ -1479,37 +1124,6 @@ class DriftBank(_Bank):
         return BankUpdate(fired, score, baseline)
 
 
-def drift_batch(times: npt.ArrayLike, values: npt.ArrayLike, params: DriftParams | None = None) -> BatchResult:
-    """Drift over a ``devices × time`` matrix of one peer group; arrays in the result are ``devices × time``.
-
-    Peer medians come from the matrix itself: each device's offset is the
-    median of its residual against the raw peer median over the warm-up
-    samples, and the peer median is then taken over offset-corrected values
-    (see :func:`peer_median`). The bank then steps through time, O(T) numpy
-    calls over all devices. NaN marks a missing value.
-    """
-    p = params or DriftParams()
-    t = np.asarray(times)
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim != 2 or t.ndim != 1 or v.shape[1] != t.size:
-        raise AnomalyError("drift_batch needs times (T,) and values (devices × T)")
-    _series(t, np.zeros(t.size))  # the time checks only
-    head = v[:, : p.warmup]
-    resid = head - peer_median(head, p.min_peers)[None, :]
-    finite = np.isfinite(resid)
-    offsets = _sorted_median(np.sort(np.where(finite, resid, np.nan), axis=1), finite.sum(axis=1).astype(np.int64))
-    # A device with no warm-up residual at all keeps a zero offset.
-    peers = peer_median(v, p.min_peers, np.where(np.isfinite(offsets), offsets, 0.0))
-    bank = DriftBank(v.shape[0], p)
-    mask = np.zeros(v.shape, dtype=np.bool_)
-    score = np.full(v.shape, np.nan)
-    baseline = np.full(v.shape, np.nan)
-    for j, tj in enumerate(t.astype(np.int64).tolist()):
-        upd = bank.update(tj, v[:, j], peers[j])
-        mask[:, j], score[:, j], baseline[:, j] = upd.fired, upd.score, upd.baseline
-    return BatchResult(mask, score, baseline, p.h)
-
-
 # --------------------------------------------------------------------------- silence
 
 
@@ -1529,43 +1143,6 @@ LIVENESS_CODES: tuple[Liveness, ...] = (Liveness.OK, Liveness.STALE, Liveness.OF
 def _check_silence(cadence_s: float, k: float) -> None:
     _check_positive("cadence_s", cadence_s)
     _check_positive("k", k)
-
-
-def liveness(last_seen: int | None, now: int, cadence_s: float, connected: bool, *, k: float = 3.0) -> Liveness:
-    """Classify one device: silent means no data for more than ``k × cadence_s`` seconds.
-
-    Args:
-        last_seen: Epoch seconds of the device's newest reading, or None if it never sent one.
-        now: Epoch seconds of the check.
-        cadence_s: The device model's expected reporting interval (``cadence_s`` in its YAML).
-        connected: Whether the device's transport session is up (MQTT connected, TCP open).
-        k: Silence threshold, in cadences.
-    """
-    _check_silence(cadence_s, k)
-    if last_seen is None:
-        return Liveness.NEVER_SEEN
-    # A reading from the future (device clock ahead) counts as fresh.
-    if now - last_seen <= k * cadence_s:
-        return Liveness.OK
-    return Liveness.STALE if connected else Liveness.OFFLINE
-
-
-def silence_anomaly(
-    last_seen: int | None, now: int, cadence_s: float, connected: bool, *, k: float = 3.0
-) -> Anomaly | None:
-    """:func:`liveness` as an :class:`Anomaly` (or None when OK or never seen).
-
-    The anomaly's value is the age in seconds, its baseline the cadence, its
-    score the age in cadences against threshold ``k``, its window
-    ``[last_seen, now]`` and its detail ``stale`` or ``offline``.
-    """
-    state = liveness(last_seen, now, cadence_s, connected, k=k)
-    if state in (Liveness.OK, Liveness.NEVER_SEEN) or last_seen is None:
-        return None
-    age = float(now - last_seen)
-    return Anomaly(
-        DetectorKind.SILENCE, now, age, float(cadence_s), age / cadence_s, float(k), last_seen, now, state.value
-    )
 
 
 def liveness_many(

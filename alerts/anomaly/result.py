@@ -1,8 +1,9 @@
-"""What the anomaly detectors return: one :class:`Anomaly` per firing sample.
+"""What the anomaly detectors return.
 
-The online forms return an :class:`Anomaly` or ``None`` per sample; the
-batch forms return a :class:`BatchResult` (one row per sample); the
-vectorised banks return a :class:`BankUpdate` (one row per series updated).
+The vectorised banks return a :class:`BankUpdate` (one row per series
+updated); an :class:`Anomaly` describes one firing sample (the reference
+forms in ``tests/unit/alerts/oracles.py`` return them, and silence is told
+as one).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,9 +21,7 @@ from alerts.errors import AnomalyError
 __all__ = [
     "Anomaly",
     "BankUpdate",
-    "BatchResult",
     "DetectorKind",
-    "OnlineDetector",
 ]
 
 
@@ -93,24 +92,6 @@ class Anomaly:
 
 # eq=False: dataclass equality on arrays would raise ("truth value of an array is ambiguous").
 @dataclass(frozen=True, slots=True, eq=False)
-class BatchResult:
-    """A detector run over a whole series (or a devices × time matrix for drift).
-
-    Attributes:
-        mask: True where the detector fired.
-        score: The statistic per sample; NaN where nothing was scored
-            (warm-up, NaN input, zero scale).
-        baseline: The baseline per sample; NaN where nothing was scored.
-        threshold: The limit ``score`` is compared with.
-    """
-
-    mask: npt.NDArray[np.bool_]
-    score: npt.NDArray[np.float64]
-    baseline: npt.NDArray[np.float64]
-    threshold: float
-
-
-@dataclass(frozen=True, slots=True, eq=False)
 class BankUpdate:
     """One vectorised step over many series: one row per series updated.
 
@@ -123,11 +104,3 @@ class BankUpdate:
     fired: npt.NDArray[np.bool_]
     score: npt.NDArray[np.float64]
     baseline: npt.NDArray[np.float64]
-
-
-class OnlineDetector(Protocol):
-    """The online form every single-series detector offers."""
-
-    def update(self, t: int, x: float) -> Anomaly | None:
-        """Feed one sample; return an anomaly if it fired."""
-        ...

@@ -63,8 +63,9 @@ from alerts.anomaly.detectors import (
     StuckParams,
 )
 from alerts.anomaly.result import DetectorKind
+from alerts.build import device_alert
 from alerts.errors import AnomalyError
-from core.records import Alert, AlertState, Severity, alert_id
+from core.records import Alert, AlertState, Severity
 
 __all__ = [
     "ANOMALY_RULE_PREFIX",
@@ -462,20 +463,20 @@ def _series_alert(
 ) -> Alert:
     """The series' alert of the anomaly rule for detector ``kind`` (id, device and metric filled in)."""
     rule = ANOMALY_RULE_PREFIX + kind
-    return Alert(
-        id=alert_id(s.dev.code, f"{rule}.{s.metric}", opened_at),
-        rule=rule,
-        device_code=s.dev.code,
-        district=s.dev.district,
-        severity=severity,
+    return device_alert(
+        rule,
+        s.dev.code,
+        s.dev.district,
+        s.dev.device_class,
+        severity,
+        opened_at,
         state=state,
-        opened_at=opened_at,
+        key=f"{rule}.{s.metric}",
         metric=s.metric,
         value=value,
         threshold=threshold,
         message=message,
         cleared_at=cleared_at,
-        device_class=s.dev.device_class,
         labels=labels,
     )
 

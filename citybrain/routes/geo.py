@@ -27,6 +27,7 @@ from citybrain.routes.context import ApiContext
 from citybrain.security.auth import record, require
 from citybrain.security.identities import Principal
 from citybrain.security.scope import Scope
+from core.records import METRIC_NAME_PATTERN
 from devices.errors import ModelError
 from devices.grades import sensitive_class_codes
 from devices.models import ModelRegistry, is_assessment_station
@@ -415,7 +416,7 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
     @router.get("/api/v1/geo/aggregate", tags=["geo"])
     async def aggregate(
         principal: _Reader,
-        metric: Annotated[str, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")],
+        metric: Annotated[str, Query(pattern=METRIC_NAME_PATTERN)],
         class_: Annotated[str, Query(alias="class")],
         level: Annotated[str, Query(pattern="^(district|grid)$")] = "district",
         max_age_s: Annotated[float, Query(gt=0, le=366 * 86400)] = DEFAULT_MAX_AGE_S,

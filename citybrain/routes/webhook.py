@@ -1,24 +1,13 @@
 """NB-IoT platform push webhook: ``POST /api/v1/ingest/webhook/{platform}``.
 
-NB-IoT devices talk CoAP/LwM2M to an operator platform, which pushes their
-data to the application over HTTP (docs/standards.md §6.2). Two push styles
-are understood:
-
-* ``oceanconnect`` (Huawei OceanConnect / IoTDA): ``notifyType`` ``deviceDataChanged``
-  with one ``service``, or ``deviceDatasChanged`` with ``services``; ``service.data``
-  holds the device's fields and ``eventTime`` is ``yyyyMMdd'T'HHmmss'Z'`` (UTC).
-* ``ctwing`` (China Telecom AEP): ``messageType`` ``dataReport`` with ``payload``
-  and ``timestamp`` (epoch ms).
-
-The service data is either JSON metrics (``{"tilt": 3.5, "battery": 90}``), forwarded
-as canonical telemetry JSON, or a binary device frame (the manhole TLV frame)
-under ``rawData``, ``APPdata``, ``frame`` or ``payload`` as hex or base64,
-forwarded as its bytes. Other notification types (device added, online/offline …)
-are acknowledged and ignored.
+The HTTP side of the NB-IoT push: token, body size, the ledger lookup and the
+Kafka ack. The body itself (OceanConnect / IoTDA and CTWing push styles) is
+decoded by the pure codec :mod:`ingest.adapters.nbiot`.
 
 The platform's ``deviceId`` maps to a device code through the ledger attribute
 ``nb_device_id``, or is the code itself. The request is answered 200 only after Kafka
 acknowledged every message, so a platform that gets anything else retries.
+Notifications without data (device added, online/offline …) are acknowledged and ignored.
 No token configured → 503 (disabled); bad token → 401; Kafka not connected yet → 503;
 oversized body → 413; a body that cannot be used → 400 with
 ``{"reason", "detail"}``, after the body was dead-lettered (reasons ``bad_json``,
@@ -28,12 +17,8 @@ oversized body → 413; a body that cannot be used → 400 with
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hmac
-import json
 import logging
-import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,8 +31,9 @@ from prometheus_client import Counter
 
 from citybrain.routes.context import ApiContext
 from citybrain.security.auth import public
-from core.records import RawMessage, Transport
-from ingest.errors import IngestError
+from core.records import RawMessage
+from ingest.adapters import nbiot
+from ingest.errors import DecodeError, IngestError
 from ingest.kafka_sink import RawSink
 
 __all__ = ["PLATFORMS", "TOKEN_HEADER", "WebhookDeps", "build"]
@@ -55,18 +41,8 @@ __all__ = ["PLATFORMS", "TOKEN_HEADER", "WebhookDeps", "build"]
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-Citybrain-Token"
-PLATFORMS = ("oceanconnect", "ctwing")
-_BINARY_KEYS = ("rawData", "APPdata", "frame", "payload")
-_HEX_RE = re.compile(r"^(?:[0-9A-Fa-f]{2})+$")
-_OC_TIME = "%Y%m%dT%H%M%SZ"
+PLATFORMS = nbiot.PLATFORMS
 _CACHE_MAX = 100_000
-
-
-class _BadBody(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,92 +62,6 @@ class WebhookDeps:
     max_body_bytes: int = 65536
     ack_timeout_s: float = 15.0
     ready: Callable[[], bool] = field(default=lambda: True)
-
-
-@dataclass(frozen=True, slots=True)
-class _Service:
-    device_id: str
-    service_id: str
-    data: Any
-    event_time: datetime | None
-
-
-def _oc_time(text: Any) -> datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.strptime(text, _OC_TIME).replace(tzinfo=UTC)
-    except ValueError:
-        raise _BadBody("bad_body", f"eventTime {text[:40]!r} is not yyyyMMddTHHmmssZ") from None
-
-
-def _services(platform: str, doc: dict[str, Any]) -> list[_Service] | None:
-    """The data-carrying services of a push, or ``None`` for a notification to ignore."""
-    device_id = doc.get("deviceId")
-    if platform == "oceanconnect":
-        kind = doc.get("notifyType")
-        items: Any
-        if kind == "deviceDataChanged":
-            items = [doc.get("service")]
-        elif kind == "deviceDatasChanged":
-            items = doc.get("services")
-            if not isinstance(items, list):
-                raise _BadBody("bad_body", "deviceDatasChanged without a services list")
-        else:
-            return None
-        out = []
-        for item in items:
-            if not isinstance(item, dict) or "data" not in item:
-                raise _BadBody("bad_body", "service without data")
-            out.append(
-                _Service(str(device_id), str(item.get("serviceId", "")), item["data"], _oc_time(item.get("eventTime")))
-            )
-    else:
-        if doc.get("messageType") != "dataReport":
-            return None
-        ts = doc.get("timestamp")
-        when = None
-        if isinstance(ts, int) and not isinstance(ts, bool) and 0 < ts < 10**14:
-            when = datetime.fromtimestamp(ts / 1000, tz=UTC)
-        out = [_Service(str(device_id), str(doc.get("serviceId", "")), doc.get("payload"), when)]
-    if not isinstance(device_id, str) or not device_id or len(device_id) > 64:
-        raise _BadBody("bad_body", "deviceId missing or not a string of 1..64 characters")
-    return out
-
-
-def _binary(value: str) -> bytes:
-    try:
-        if _HEX_RE.match(value):
-            return bytes.fromhex(value)
-        return base64.b64decode(value, validate=True)
-    except (ValueError, binascii.Error) as exc:
-        raise _BadBody("bad_frame_encoding", "binary data is neither hex nor base64") from exc
-
-
-def _payload(service: _Service, received_at: datetime) -> tuple[bytes, str]:
-    """(payload bytes, format) of one service's data."""
-    data = service.data
-    if not isinstance(data, dict):
-        raise _BadBody("bad_body", "service data is not an object")
-    for key in _BINARY_KEYS:
-        value = data.get(key)
-        if isinstance(value, str):
-            return _binary(value), "binary"
-    # Keep what canonical telemetry accepts (numbers, booleans, {"value","unit"});
-    # platform bookkeeping fields (strings) are not measurements.
-    metrics = {
-        k: v
-        for k, v in data.items()
-        if isinstance(v, int | float) or (isinstance(v, dict) and set(v) <= {"value", "unit"} and "value" in v)
-    }
-    if not metrics:
-        raise _BadBody("bad_body", "service data has neither metrics nor a binary frame")
-    ts = (service.event_time or received_at).isoformat()
-    return json.dumps({"v": 1, "ts": ts, "metrics": metrics}, separators=(",", ":")).encode(), "json"
-
-
-def _meta_value(text: str) -> str:
-    return re.sub(r"[\r\n=]", "_", text)[:64]
 
 
 def build(ctx: ApiContext, deps: WebhookDeps) -> APIRouter:
@@ -232,7 +122,7 @@ def build(ctx: ApiContext, deps: WebhookDeps) -> APIRouter:
         return b"".join(chunks)
 
     async def reject(platform: str, body: bytes, reason: str, detail: str, rx: datetime) -> JSONResponse:
-        topic = f"webhook/{platform}"
+        topic = nbiot.topic(platform)
         log.warning("webhook %s rejected (%s): %s", platform, reason, detail)
         try:
             await asyncio.wait_for(await deps.sink.dead_letter(body, reason, detail, topic, rx), deps.ack_timeout_s)
@@ -265,33 +155,19 @@ def build(ctx: ApiContext, deps: WebhookDeps) -> APIRouter:
         body = await read_body(request, platform)
         rx = datetime.now(UTC)
         try:
-            doc = json.loads(body)
-        except RecursionError:
-            return await reject(platform, body, "bad_json", "nested too deeply", rx)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return await reject(platform, body, "bad_json", str(exc)[:200], rx)
-        if not isinstance(doc, dict):
-            return await reject(platform, body, "bad_json", "body is not a JSON object", rx)
-        messages: list[RawMessage] = []
-        try:
-            services = _services(platform, doc)
-            if services is None:
-                requests.labels(platform, "ignored").inc()
-                return {"accepted": 0, "ignored": True}
-            for service in services:
-                if "\x00" in service.device_id:
-                    # PostgreSQL text cannot hold NUL: refused before the ledger lookup, and dead-lettered.
-                    raise _BadBody("bad_body", "deviceId contains a NUL character")
-                code = await device_code(service.device_id)
-                if code is None:
-                    raise _BadBody("unknown_device", f"no device with nb_device_id or code {service.device_id!r}")
-                payload, fmt = _payload(service, rx)
-                meta = [("device_id", _meta_value(service.device_id)), ("format", fmt)]
-                if service.service_id:
-                    meta.append(("service", _meta_value(service.service_id)))
-                messages.append(RawMessage(f"webhook/{platform}", payload, rx, Transport.WEBHOOK, code, tuple(meta)))
-        except _BadBody as exc:
+            push = nbiot.decode(platform, body, rx)
+        except DecodeError as exc:
             return await reject(platform, body, exc.reason, exc.detail, rx)
+        if push is None:
+            requests.labels(platform, "ignored").inc()
+            return {"accepted": 0, "ignored": True}
+        messages: list[RawMessage] = []
+        if push.messages:  # an empty services list is an empty push: nothing to look up
+            code = await device_code(push.device_id)
+            if code is None:
+                detail = f"no device with nb_device_id or code {push.device_id!r}"
+                return await reject(platform, body, "unknown_device", detail, rx)
+            messages = nbiot.raw_messages(push, platform, code, rx)
         try:
             futures = [await deps.sink.submit(m) for m in messages]
             await asyncio.wait_for(asyncio.gather(*futures), deps.ack_timeout_s)

@@ -1,8 +1,12 @@
 """JWT bearer tokens (RFC 7519, JWS compact form, HS256 only), with key ids and rotation.
 
-Implemented with :mod:`hmac`/:mod:`hashlib` instead of a JWT library: one
-algorithm, fixed by the verifier (the header's ``alg`` must be ``HS256``, so
-``none`` and algorithm-confusion tricks fail), keeps the attack surface small.
+Signing, signature checks and the encoding are PyJWT's. One algorithm, fixed
+by the verifier: the header's ``alg`` must be ``HS256`` and PyJWT is told to
+accept nothing else, so ``none`` and algorithm-confusion tricks fail. The
+times (``exp``, ``nbf``, ``iat``) and the issuer are checked here rather than by
+PyJWT, against the ``now`` the caller passes (PyJWT reads the system clock),
+and every refusal is a :class:`~citybrain.security.errors.TokenError` with a
+stable, metric-label-safe reason.
 
 Keys live in the ``signing_keys`` table; a :class:`KeyRing` is a snapshot of
 it. The newest key that is not retired signs. A retired key still verifies
@@ -12,18 +16,19 @@ so a rotation never logs anybody out. Pure functions: no I/O.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import hmac
-import json
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import jwt
 
 from citybrain.security.errors import TokenError
+
+if TYPE_CHECKING:
+    from jwt.types import Options
 
 __all__ = [
     "ISSUER",
@@ -37,19 +42,18 @@ __all__ = [
 
 ISSUER = "citybrain"
 _MAX_TOKEN_CHARS = 8192
-
-
-def _b64e(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
-
-
-def _b64d(text: str) -> bytes:
-    if not text or any(c not in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_" for c in text):
-        raise TokenError("malformed", "segment is not base64url")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (ValueError, binascii.Error):
-        raise TokenError("malformed", "segment is not base64url") from None
+_ALG = "HS256"
+# PyJWT checks the signature and the form; claims and times are checked below, against the caller's clock.
+_SIGNATURE_ONLY: Options = {
+    "verify_signature": True,
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_aud": False,
+    "verify_iss": False,
+    "verify_sub": False,
+    "verify_jti": False,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +128,7 @@ class KeyRing:
 
 def sign_jwt(claims: Mapping[str, Any], key: SigningKey) -> str:
     """Sign claims as a compact HS256 JWS with the key's ``kid`` in the header."""
-    header = {"alg": "HS256", "typ": "JWT", "kid": key.kid}
-    head = _b64e(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())
-    body = _b64e(json.dumps(dict(claims), separators=(",", ":"), sort_keys=True, allow_nan=False).encode())
-    signing_input = f"{head}.{body}".encode("ascii")
-    return f"{head}.{body}.{_b64e(hmac.new(key.secret, signing_input, hashlib.sha256).digest())}"
+    return jwt.encode(dict(claims), key.secret, algorithm=_ALG, headers={"kid": key.kid})
 
 
 def issue(
@@ -183,14 +183,11 @@ def verify_jwt(
     """
     if not isinstance(token, str) or len(token) > _MAX_TOKEN_CHARS or token.count(".") != 2:
         raise TokenError("malformed", "not a compact JWS")
-    head_b64, body_b64, sig_b64 = token.split(".")
     try:
-        header = json.loads(_b64d(head_b64))
-    except (ValueError, UnicodeDecodeError):
-        raise TokenError("malformed", "header is not JSON") from None
-    if not isinstance(header, dict):
-        raise TokenError("malformed", "header is not an object")
-    if header.get("alg") != "HS256":
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        raise TokenError("malformed", "header is not a JSON object in base64url") from None
+    if header.get("alg") != _ALG:
         raise TokenError("bad_alg", "only HS256 is accepted")
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
@@ -198,14 +195,15 @@ def verify_jwt(
     key = ring.verifying(kid, now)
     if key is None:
         raise TokenError("unknown_kid", f"kid {kid[:20]!r} unknown or retired")
-    want = hmac.new(key.secret, f"{head_b64}.{body_b64}".encode("ascii"), hashlib.sha256).digest()
-    # Signature before looking at the claims: nothing in an unsigned body is trusted.
-    if not hmac.compare_digest(want, _b64d(sig_b64)):
-        raise TokenError("bad_signature")
     try:
-        claims = json.loads(_b64d(body_b64))
-    except (ValueError, UnicodeDecodeError):
-        raise TokenError("malformed", "claims are not JSON") from None
+        # The signature is checked before the claims are parsed: nothing in an unsigned body is trusted.
+        claims = jwt.decode(token, key.secret, algorithms=[_ALG], options=_SIGNATURE_ONLY)
+    except jwt.InvalidSignatureError:
+        raise TokenError("bad_signature") from None
+    except jwt.InvalidAlgorithmError:
+        raise TokenError("bad_alg", "only HS256 is accepted") from None
+    except jwt.InvalidTokenError:
+        raise TokenError("malformed", "claims are not a JSON object in base64url") from None
     if not isinstance(claims, dict):
         raise TokenError("malformed", "claims are not an object")
     if claims.get("iss") != ISSUER:

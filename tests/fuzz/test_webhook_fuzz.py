@@ -1,12 +1,13 @@
-"""Fuzz target of the NB-IoT webhook body parser: only its own _BadBody may escape.
+"""Fuzz target of the NB-IoT push codec (ingest.adapters.nbiot): only its DecodeError may escape.
 
-``_services`` and ``_payload`` are the pure part of the route (the rest is
-I/O); the route turns _BadBody into a 400 with a dead-letter, anything else
-would be a 500.
+The codec is the pure part of the webhook (the route is HTTP and a ledger
+lookup); the route turns DecodeError into a 400 with a dead-letter, anything
+else would be a 500.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from citybrain.routes import webhook
+from ingest.adapters import nbiot
+from ingest.errors import DecodeError
 from tests.fuzz.strategies import FUZZ, json_values
 
 pytestmark = pytest.mark.timeout(600)
@@ -48,12 +50,11 @@ _ctwing = st.fixed_dictionaries(
 
 
 @FUZZ
-@given(st.sampled_from(webhook.PLATFORMS), _oceanconnect | _ctwing | st.dictionaries(st.text(max_size=10), json_values))
+@given(st.sampled_from(nbiot.PLATFORMS), _oceanconnect | _ctwing | st.dictionaries(st.text(max_size=10), json_values))
 def test_webhook_body_parser(platform: str, doc: dict[str, Any]) -> None:
     try:
-        services = webhook._services(platform, doc)
-        for service in services or []:
-            payload, fmt = webhook._payload(service, RX)
-            assert isinstance(payload, bytes) and fmt in ("json", "binary")
-    except webhook._BadBody as exc:
+        push = nbiot.decode(platform, json.dumps(doc).encode(), RX)
+        for m in push.messages if push else ():
+            assert isinstance(m.payload, bytes) and m.format in ("json", "binary")
+    except DecodeError as exc:
         assert exc.reason in {"bad_body", "bad_frame_encoding"}

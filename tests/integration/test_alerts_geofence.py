@@ -21,7 +21,7 @@ from citybrain.routes.context import ApiContext
 from core.records import RawMessage, Reading, Transport
 from core.topics import KafkaTopics
 from devices.code import DeviceCode
-from devices.ledger import DeviceInfo
+from devices.index import DeviceInfo
 from devices.models import ModelRegistry
 from geo import stats
 from geo.coords import wgs84_to_gcj02

@@ -14,7 +14,7 @@ from datetime import tzinfo
 from zoneinfo import ZoneInfo
 
 from core.records import RawMessage, Reading
-from devices.ledger import DeviceInfo
+from devices.index import DeviceInfo
 from devices.models import DeviceModel
 from ingest.adapters.hj212.codec import (
     MAX_FRAME_LEN,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from devices.ledger import DeviceInfo
+from devices.index import DeviceInfo
 
 __all__ = ["DeviceAuth", "Resolver", "StationDirectory", "auth_resolver", "mn_map"]
 

@@ -27,7 +27,7 @@ from core.records import Quality, Reading, RecordError
 from ingest.adapters.hj212.codec import FLAG_QUALITY
 from ingest.errors import DecodeError
 
-__all__ = ["MAX_RECORDS", "decode", "encode", "parse_time"]
+__all__ = ["MAX_RECORDS", "decode", "encode", "load_json", "parse_time"]
 
 MAX_RECORDS = 1000
 MAX_METRICS = 200
@@ -104,6 +104,21 @@ def _metric_value(name: str, raw: Any) -> tuple[float, str, str | None]:
     return value, unit, flag
 
 
+def load_json(data: bytes) -> Any:
+    """Parse untrusted JSON bytes (a device payload, a platform's push).
+
+    Raises:
+        DecodeError: ``bad_json``, also for nesting too deep to parse.
+    """
+    try:
+        return json.loads(data)
+    except RecursionError:
+        # Deep nesting fits in a small payload; it must be a reject, not a worker crash.
+        raise DecodeError("bad_json", "nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError("bad_json", str(exc)[:120]) from None
+
+
 def decode(payload: bytes, *, device_code: str, received_at: datetime) -> list[Reading]:
     """Decode one telemetry payload into readings (units as sent).
 
@@ -114,13 +129,7 @@ def decode(payload: bytes, *, device_code: str, received_at: datetime) -> list[R
     Raises:
         DecodeError: ``bad_json``, ``bad_schema``, ``bad_time`` or ``bad_value``.
     """
-    try:
-        doc = json.loads(payload)
-    except RecursionError:
-        # Deep nesting fits in a small payload; it must be a reject, not a worker crash.
-        raise DecodeError("bad_json", "nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError("bad_json", str(exc)[:120]) from None
+    doc = load_json(payload)
     if not isinstance(doc, dict):
         raise DecodeError("bad_schema", "payload must be a JSON object")
     version = doc.get("v", 1)

@@ -6,7 +6,7 @@ Registered in ``streams.normalise`` under the adapter name ``manhole-tlv``.
 from __future__ import annotations
 
 from core.records import RawMessage, Reading
-from devices.ledger import DeviceInfo
+from devices.index import DeviceInfo
 from devices.models import DeviceModel
 from ingest.adapters.json import codec as json_codec
 from ingest.adapters.manhole import codec

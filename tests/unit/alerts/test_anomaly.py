@@ -17,42 +17,44 @@ from alerts.anomaly import (
     LIVENESS_CODES,
     NEVER_SEEN,
     Anomaly,
-    BatchResult,
     DetectorKind,
     DriftBank,
-    DriftDetector,
     DriftParams,
     DriftState,
     EwmaBank,
-    EwmaDetector,
     EwmaParams,
     EwmaState,
     Liveness,
     RateBank,
-    RateDetector,
     RateParams,
     RateState,
     RobustZBank,
-    RobustZDetector,
     RobustZParams,
     RobustZState,
     StuckBank,
-    StuckDetector,
     StuckParams,
     StuckState,
+    liveness_many,
+    peer_median,
+)
+from alerts.anomaly.evaluate import EventScore, alarm_runs, score_events
+from alerts.anomaly.synthetic import FaultKind, SeriesSpec, make_peer_group, make_series
+from alerts.errors import AlertsError, AnomalyError
+from tests.unit.alerts.oracles import (
+    BatchResult,
+    DriftDetector,
+    EwmaDetector,
+    RateDetector,
+    RobustZDetector,
+    StuckDetector,
     drift_batch,
     ewma_batch,
     liveness,
-    liveness_many,
-    peer_median,
     rate_batch,
     robust_z_batch,
     silence_anomaly,
     stuck_batch,
 )
-from alerts.anomaly.evaluate import EventScore, alarm_runs, score_events
-from alerts.anomaly.synthetic import FaultKind, SeriesSpec, make_peer_group, make_series
-from alerts.errors import AlertsError, AnomalyError
 
 T0 = 1_700_000_000
 SPEC = SeriesSpec()

@@ -13,12 +13,10 @@ from alerts.anomaly import (
     DriftBank,
     DriftParams,
     EwmaBank,
-    EwmaDetector,
     EwmaParams,
     RateBank,
     RateParams,
     RobustZBank,
-    RobustZDetector,
     RobustZParams,
     StuckBank,
     StuckParams,
@@ -27,6 +25,10 @@ from alerts.anomaly.config import AnomalyConfig, parse_anomaly_config, shipped_a
 from alerts.anomaly.stream import SeriesDevice, evaluate_anomalies, peer_entry
 from alerts.errors import AnomalyError
 from core.records import AlertState, Severity
+from tests.unit.alerts.oracles import (
+    EwmaDetector,
+    RobustZDetector,
+)
 
 DEV = SeriesDevice("35020303080000012", "350203", "air", "air-station")
 T0 = datetime(2026, 11, 29, tzinfo=UTC)

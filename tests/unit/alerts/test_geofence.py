@@ -11,7 +11,7 @@ from alerts.engine import DeviceContext, evaluate_device
 from alerts.geofence import FenceMembership, FenceRecord, _build_membership, fence_transitions, positions_from_readings
 from alerts.rules import parse_rules
 from core.records import AlertState, Quality, Reading, Severity
-from devices.ledger import DeviceInfo
+from devices.index import DeviceInfo
 from geo.coords import wgs84_to_gcj02
 from geo.fences import FenceEvent
 

@@ -5,14 +5,8 @@ import pytest
 from devices.code import DeviceCode, check_char, code_bounds, resolve
 from devices.errors import AllocationError, DeviceCodeError
 from devices.grades import mask_contact
-from devices.ledger import (
-    DeviceIndex,
-    DeviceInfo,
-    DeviceQuery,
-    _allocate_params,
-    _allocated,
-    code_key,
-)
+from devices.index import DeviceIndex, DeviceInfo, code_key
+from devices.ledger import DeviceQuery, _allocate_params, _allocated
 
 
 def _devices(n: int, seed: int = 7) -> list[DeviceInfo]:

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from core.records import RawMessage, Transport
-from devices.ledger import DeviceInfo
+from devices.index import DeviceInfo
 from ingest.adapters.hj212 import (
     FrameDecoder,
     Hj212Packet,

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.records import Quality, RawMessage, Transport
-from devices.ledger import DeviceInfo
+from devices.index import DeviceInfo
 from devices.models import shipped_models
 from ingest.adapters.hj212.decoder import decode_hj212, make_hj212_decoder, packet_of
 from ingest.errors import DecodeError

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from core.records import Quality, RawMessage, Transport
-from devices.ledger import DeviceIndex, DeviceInfo
+from devices.index import DeviceIndex, DeviceInfo
 from devices.models import shipped_models
 from ingest.adapters.hj212 import decode
 from ingest.adapters.hj212.codec import crc16

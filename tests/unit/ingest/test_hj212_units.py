@@ -11,7 +11,7 @@ from alerts.engine import DeviceContext, evaluate_device
 from alerts.rules import shipped_rules
 from core.records import Quality, RawMessage, Transport
 from devices.errors import ModelError
-from devices.ledger import DeviceIndex, DeviceInfo
+from devices.index import DeviceIndex, DeviceInfo
 from devices.models import ModelRegistry, load_models, shipped_models
 from ingest.adapters.hj212 import Hj212Packet, encode
 from ingest.adapters.hj212.units import wire_units

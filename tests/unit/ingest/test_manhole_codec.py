@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.records import RawMessage, Transport
-from devices.ledger import DeviceInfo
+from devices.index import DeviceInfo
 from devices.models import shipped_models
 from ingest.adapters.manhole import FrameType, ManholeFrame, checksum, decode, encode, to_readings
 from ingest.adapters.manhole.codec import MAX_FRAME_LEN

@@ -6,6 +6,7 @@ import base64
 import json
 from datetime import UTC, datetime, timedelta
 
+import jwt
 import pytest
 
 from citybrain.security.errors import TokenError
@@ -57,6 +58,10 @@ def test_forgeries_are_refused() -> None:
     claims = json.loads(base64.urlsafe_b64decode(body + "=="))
     assert _reason(f"{head}.{_b64({**claims, 'sub': 'admin'})}.{sig}", ring) == "bad_signature"
     assert _reason(f"{_b64({'alg': 'none', 'kid': 'k1'})}.{body}.", ring) == "bad_alg"
+    # Another HMAC algorithm with the same key is refused too: the verifier fixes HS256.
+    hs512 = jwt.encode(claims, K1.secret * 2, algorithm="HS512", headers={"kid": "k1"})
+    assert _reason(hs512, ring) == "bad_alg"
+    assert _reason(f"{_b64({'alg': 'HS256', 'kid': 7})}.{body}.{sig}", ring) in {"unknown_kid", "malformed"}
     assert _reason(f"{_b64({'alg': 'HS256', 'kid': 'nope'})}.{body}.{sig}", ring) == "unknown_kid"
     assert _reason(token + "x", ring) in {"bad_signature", "malformed"}
     assert _reason("a.b", ring) == "malformed"

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from core.records import RawMessage, Transport
-from devices.ledger import DeviceIndex, DeviceInfo
+from devices.index import DeviceIndex, DeviceInfo
 from devices.models import shipped_models
 from ingest.adapters.hj212.codec import decode as hj212_decode
 from ingest.adapters.hj212.codec import to_readings

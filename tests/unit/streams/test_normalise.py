@@ -1,7 +1,7 @@
 from datetime import UTC, datetime, timedelta
 
 from core.records import Quality, RawMessage, Transport
-from devices.ledger import DeviceIndex, DeviceInfo
+from devices.index import DeviceIndex, DeviceInfo
 from devices.models import shipped_models
 from ingest.adapters.json.codec import encode
 from streams.normalise import normalise

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from core.records import Quality, RawMessage, Reading, RecordError, Transport, epoch_us
 from core.topics import TopicError, parse_uplink
 from devices.errors import UnitError
-from devices.ledger import ACCEPTING, DeviceIndex, DeviceInfo
+from devices.index import DeviceIndex, DeviceInfo
+from devices.lifecycle import ACCEPTING
 from devices.models import ModelError, ModelRegistry, shipped_models
 from ingest.errors import DecodeError
 from simulators.encoders import hj212_rtd, imei_for, manhole_frame

@@ -9,7 +9,7 @@ from alerts.anomaly.stream import SeriesDevice, evaluate_anomalies
 from alerts.engine import DeviceContext, evaluate_device, suppressed_flag
 from alerts.rules import shipped_rules
 from core.records import Quality, Reading, epoch_us
-from devices.ledger import DeviceInfo
+from devices.index import DeviceInfo
 from devices.models import shipped_models
 from streams.pipeline import clock_skewed, out_of_range
 

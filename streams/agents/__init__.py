@@ -1,1 +1,0 @@
-"""streams.agents package."""
