@@ -44,6 +44,7 @@ PATH_VALUES = {
     "command_id": str(uuid.UUID(int=1)),
     "name": "telemetry.v1",
     "platform": "ctwing",
+    "sub_id": "999999",
 }
 TIMEOUT = httpx.Timeout(20.0)
 
