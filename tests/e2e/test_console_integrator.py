@@ -19,7 +19,8 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,9 +29,9 @@ import psycopg
 import pytest
 
 from alerts.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
-from citybrain.platform import Platform, demo_device_codes
+from citybrain.platform import Platform
 from citybrain.settings import Settings
-from core.topics import uplink_topic
+from core.topics import UplinkKind, uplink_topic
 from devices.code import DeviceCode
 from tests.e2e.test_console import (
     VIEWPORT,
@@ -52,6 +53,9 @@ pytestmark = pytest.mark.e2e
 
 N_DEVICES = 2
 ALERTING = DeviceCode.build("350206", "0308", 95).full  # an air station no simulator drives
+# Another station no simulator drives: its recent-message ring holds only what the test sends,
+# so a slow machine cannot push the rejected message out of it before the console shows it.
+DEBUGGED = DeviceCode.build("350206", "0308", 96).full
 SECRET = "e2e-robot-secret"
 DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 USERS: dict[str, str] = {}
@@ -89,6 +93,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                 "insert into devices (code, alias, model, device_class, name, district, state, created_by, updated_by)"
                 " values (%s, %s, 'air-station@1', 'air', 'Robot test station', %s, 'registered', 'e2e', 'e2e')",
                 (ALERTING, ALERTING[:16], ALERTING[:6]),
+            )
+            conn.execute(
+                "insert into devices (code, alias, model, device_class, name, district, state, created_by, updated_by)"
+                " values (%s, %s, 'air-station@1', 'air', 'Debugged station', %s, 'registered', 'e2e', 'e2e')",
+                (DEBUGGED, DEBUGGED[:16], DEBUGGED[:6]),
             )
         yield p
     finally:
@@ -149,12 +158,13 @@ def _api_json(api: str, path: str) -> Any:
         return json.loads(r.read())
 
 
-def _publish(platform: Platform, code: str, payload: bytes) -> None:
+def _publish(platform: Platform, code: str, *payloads: bytes, kind: UplinkKind = "telemetry") -> None:
     mqtt = platform.services.mqtt
     assert mqtt is not None
     dev = mqtt_client(mqtt.host, mqtt.port)
     try:
-        dev.publish(uplink_topic(code), payload, qos=1).wait_for_publish(5)
+        for payload in payloads:
+            dev.publish(uplink_topic(code, kind), payload, qos=1).wait_for_publish(5)
     finally:
         dev.loop_stop()
         dev.disconnect()
@@ -163,15 +173,27 @@ def _publish(platform: Platform, code: str, payload: bytes) -> None:
 def test_debug_view_shows_a_dead_lettered_message_with_its_reason(
     console: Console, api: str, platform: Platform
 ) -> None:
-    code = demo_device_codes(N_DEVICES)[0]
-    # A firmware bug: a truncated JSON body on the device's own telemetry topic.
-    _publish(platform, code, b'{"v":1,"ts":"2026-12-07T08:00:00+08:00","metrics":{"pm25":')
+    code = DEBUGGED
+    now = datetime.now(UTC).isoformat().encode()
     debug: dict[str, Any] = {}
 
-    def dead_lettered() -> bool:
-        debug.update(_api_json(api, f"/api/v1/devices/{code}/debug"))
-        return bool(debug["dead_letters"]) and any(m["rejected"] is None for m in debug["messages"])
+    def seen(check: Callable[[dict[str, Any]], bool]) -> Callable[[], bool]:
+        def probe() -> bool:
+            debug.clear()
+            debug.update(_api_json(api, f"/api/v1/devices/{code}/debug"))
+            return check(debug)
 
+        return probe
+
+    # The ring keeps each device's newest message of a batch: the good reading must land first.
+    _publish(platform, code, b'{"v":1,"state":"online"}', kind="status")
+    _publish(platform, code, b'{"v":1,"ts":"' + now + b'","metrics":{"pm25":12.5}}')
+    assert wait_for(seen(lambda d: any(m["readings"] for m in d["messages"])), 45), debug
+    # Then a firmware bug: a truncated JSON body on the device's own telemetry topic.
+    _publish(platform, code, b'{"v":1,"ts":"' + now + b'","metrics":{"pm25":')
+    dead_lettered = seen(
+        lambda d: bool(d["dead_letters"]) and any(m["rejected"] for m in d["messages"]) and d["session"] is not None
+    )
     assert wait_for(dead_lettered, 45), debug
     reason = debug["dead_letters"][0]["reason"]
     assert reason and debug["dead_letters"][0]["source"] == "stream-worker"
@@ -187,7 +209,8 @@ def test_debug_view_shows_a_dead_lettered_message_with_its_reason(
     expect(dead).to_contain_text(reason)
     expect(dead.locator(".payload")).to_contain_text('"metrics":{"pm25":')
     expect(view.locator("tr.debug-msg.rejected").first).to_contain_text(reason)
-    expect(view.locator("tr.debug-msg:not(.rejected)").first).to_contain_text("pm25=")
+    # The good reading shows what it was decoded to (the birth message is listed as accepted too).
+    expect(view.locator("tr.debug-msg:not(.rejected)").filter(has_text="pm25=").first).to_be_visible()
     expect(view.locator(".debug-session")).to_contain_text("connected")
     shot = _shot(page, "console-debug-view.png")
     DOCS_IMG.mkdir(parents=True, exist_ok=True)
