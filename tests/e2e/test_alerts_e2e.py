@@ -19,11 +19,9 @@ import json
 import socket
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -32,10 +30,10 @@ import pytest
 
 from citybrain.harness import free_port, spawn
 from citybrain.platform import Platform, demo_device_codes
-from citybrain.settings import Settings
 from core.topics import uplink_topic
 from devices.code import DeviceCode
 from devices.credentials import hash_secret, mosquitto_hash, new_secret
+from tests.e2e.helpers import own_platform
 from tests.integration.helpers import paho_client, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -152,47 +150,35 @@ def _provision(db: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    data = tmp_path_factory.mktemp("alerts-platform")
-    settings = Settings(
-        database_url=None,
-        kafka_bootstrap=None,
-        mqtt_url=None,
-        data_dir=data,
-        topic_prefix=f"e2ea{uuid.uuid4().hex[:6]}",
-        api_port=0,
-        partitions=2,
-        offline_after_cadences=K_CADENCES,
-        worker_role="ingest",
-    )
-    p = Platform.from_settings(settings, data_dir=Path(data))
-    p.start(simulate=False, devices=len(AIR), progress=False)
-    e = Env(p, {}, [])
-    try:
-        port = free_port()
-        p.processes.append(  # stopped with the platform
-            spawn(
-                "alert worker",
-                [sys.executable, "-m", "citybrain.cli", "worker", "--web-port", str(port)],
-                p.log_dir / "alert-worker.log",
-                env={**p.env(), "CITYBRAIN_WORKER_ROLE": "alerts"},
+    with own_platform(
+        tmp_path_factory, "alerts-platform", devices=len(AIR), offline_after_cadences=K_CADENCES, worker_role="ingest"
+    ) as p:
+        e = Env(p, {}, [])
+        try:
+            port = free_port()
+            p.processes.append(  # stopped with the platform
+                spawn(
+                    "alert worker",
+                    [sys.executable, "-m", "citybrain.cli", "worker", "--web-port", str(port)],
+                    p.log_dir / "alert-worker.log",
+                    env={**p.env(), "CITYBRAIN_WORKER_ROLE": "alerts"},
+                )
             )
-        )
-        p.wait_http(f"http://127.0.0.1:{port}/healthz", "alert worker", 90)
-        e.secrets = _provision(e.db)
-        # Prime the silence checks now; the last test looks at them.
-        now = datetime.now(UTC).replace(microsecond=0)
-        silent = e.device(SILENT)
-        _send(silent, SILENT, now, {"pm25": 21.0})
-        _close(silent)  # a clean DISCONNECT: no will, just silence
-        stale = e.device(STALE, will=True)
-        _status(stale, STALE, "online")
-        _send(stale, STALE, now, {"pm25": 22.0})
-        e.keep.append(stale)  # stays connected, sends nothing more: stale, not offline
-        yield e
-    finally:
-        for c in e.keep:
-            _close(c)
-        p.stop()
+            p.wait_http(f"http://127.0.0.1:{port}/healthz", "alert worker", 90)
+            e.secrets = _provision(e.db)
+            # Prime the silence checks now; the last test looks at them.
+            now = datetime.now(UTC).replace(microsecond=0)
+            silent = e.device(SILENT)
+            _send(silent, SILENT, now, {"pm25": 21.0})
+            _close(silent)  # a clean DISCONNECT: no will, just silence
+            stale = e.device(STALE, will=True)
+            _status(stale, STALE, "online")
+            _send(stale, STALE, now, {"pm25": 22.0})
+            e.keep.append(stale)  # stays connected, sends nothing more: stale, not offline
+            yield e
+        finally:
+            for c in e.keep:
+                _close(c)
 
 
 def test_pollution_episode_raises_an_aqi_alert(env: Env) -> None:

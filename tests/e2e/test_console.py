@@ -1,24 +1,17 @@
 """The operations console in a real browser (Debian's Chromium driven by Playwright) against the whole platform.
 
-Chromium is ``/usr/bin/chromium`` (``apt-get install chromium``) or ``$CITYBRAIN_CHROMIUM``;
-Playwright's own browser download is never used. With ``CI=true`` a missing browser
-or Playwright is a failure, not a skip. Screenshots go to ``test-artifacts/``
-(``$CITYBRAIN_TEST_ARTIFACTS`` overrides).
+Browser set-up (which Chromium, CI's rule for a missing one, screenshots) is in ``helpers.py``
+and ``conftest.py`` beside this module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -28,38 +21,15 @@ import psycopg
 import pytest
 
 from citybrain.platform import Platform, demo_device_codes
-from citybrain.settings import Settings
-from core.topics import uplink_topic
 from devices.code import DeviceCode
-from tests.integration.helpers import mqtt_client, wait_for
+from tests.e2e.helpers import Console, district_points, own_platform, publish, require_browser, shot, sign_in
+from tests.integration.helpers import wait_for
 
-try:
-    from playwright.sync_api import (
-        Browser,
-        BrowserContext,
-        ConsoleMessage,
-        Page,
-        Playwright,
-        Route,
-        ViewportSize,
-        expect,
-        sync_playwright,
-    )
-except ImportError:  # pragma: no cover - reported by the browser fixture
-    sync_playwright = None  # type: ignore[assignment]
+with contextlib.suppress(ImportError):  # a missing Playwright is reported by require_browser
+    from playwright.sync_api import Route, expect
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-VIEWPORT: ViewportSize = {"width": 1600, "height": 1000}
 N_DEVICES = 6
 # Air stations no simulator drives: their alerts stay open until someone acts on them.
 EXTRA = DeviceCode.build("350203", "0308", 90).full
@@ -77,21 +47,6 @@ STATUS_COLOURS = {
     "alerting": "#d62728",
     "unknown": "#a0aec0",
 }
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# Endpoints the console probes that may legitimately answer 404 (not deployed yet, or no data yet);
-# Chromium logs such responses as console errors ("Failed to load resource"), which are not app errors.
-OPTIONAL_404 = re.compile(r"/api/v1/(session|devices/[0-9A-Z]+/(commands|latest))(\?.*)?$")
-
-
-def _artifacts() -> Path:
-    root = Path(os.environ.get("CITYBRAIN_TEST_ARTIFACTS") or Path(__file__).resolve().parents[2] / "test-artifacts")
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def _chromium() -> str:
-    path = os.environ.get("CITYBRAIN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    return path
 
 
 def _status(url: str, headers: dict[str, str] | None = None) -> int:
@@ -118,14 +73,9 @@ def _session_cookie(api: str, username: str, password: str) -> str:
     return match.group(1)
 
 
-def _district_points() -> dict[str, tuple[float, float]]:
-    text = resources.files("geo").joinpath("data/xiamen_districts.geojson").read_text(encoding="utf-8")
-    return {f["properties"]["code"]: tuple(f["properties"]["label_point"]) for f in json.loads(text)["features"]}
-
-
 def _place_devices(database_url: str) -> dict[str, tuple[float, float, str]]:
     """Give the demo stations a location (the demo registers none) and register the extra stations."""
-    points = _district_points()
+    points = district_points()
     placed: dict[str, tuple[float, float, str]] = {}
     with psycopg.connect(database_url) as conn, conn.cursor() as cur:
         for code in EXTRAS:
@@ -152,34 +102,12 @@ CREDENTIALS: dict[str, str] = {}
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    data = tmp_path_factory.mktemp("console")
-    settings = Settings(
-        database_url=None,
-        kafka_bootstrap=None,
-        mqtt_url=None,
-        data_dir=data,
-        topic_prefix=f"ui{uuid.uuid4().hex[:6]}",
-        api_port=0,
-        partitions=2,
-        demo_interval_s=2.0,
-    )
-    p = Platform.from_settings(settings, data_dir=Path(data))
-    p.start(simulate=True, devices=N_DEVICES, progress=False)
-    try:
+    with own_platform(tmp_path_factory, "console", simulate=True, devices=N_DEVICES, demo_interval_s=2.0) as p:
         # A duty officer account, created as an operator would (the password is printed once).
-        out = subprocess.run(
-            [sys.executable, "-m", "citybrain.cli", "users", "add", "duty1", "--role", "operator"],
-            env=p.env(),
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        CREDENTIALS["duty1"] = out.strip().splitlines()[-1].rsplit(": ", 1)[1]
+        CREDENTIALS["duty1"] = p.add_user("duty1", "operator")[1]
         # For the test's own API calls (the browser signs in as duty1).
         CREDENTIALS["api_key"] = p.api_key("admin")
         yield p
-    finally:
-        p.stop()
 
 
 @pytest.fixture(scope="module")
@@ -197,123 +125,16 @@ def placed(platform: Platform, api: str) -> dict[str, tuple[float, float, str]]:
     return _place_devices(platform.services.database_url)
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _browser_problem(exe: str) -> str | None:
-    """Why the browser tests cannot run, or None."""
-    if sync_playwright is None:
-        return "Playwright for Python is not installed (pip install playwright; never `playwright install`)"
-    if not Path(exe).exists():
-        return f"Chromium not found at {exe} (apt-get install -y chromium, or set CITYBRAIN_CHROMIUM)"
-    return None
-
-
-def _require_browser(exe: str, ci: bool) -> None:
-    """Fail in CI, skip elsewhere, when the browser is missing."""
-    problem = _browser_problem(exe)
-    if problem:
-        if ci:
-            pytest.fail(f"console e2e tests need a browser in CI: {problem}", pytrace=False)
-        pytest.skip(problem)
-
-
-@pytest.fixture(scope="module")
-def browser(placed: dict[str, tuple[float, float, str]]) -> Iterator[Browser]:
-    # Depends on the platform (through placed): Playwright's sync API runs an event loop in this
-    # thread, so the platform (which uses asyncio.run) must be up before it starts and stop after it.
-    exe = _chromium()
-    _require_browser(exe, _in_ci())
-    with sync_playwright() as pw:
-        b = _launch(pw, exe)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def _launch(pw: Playwright, exe: str) -> Browser:
-    return pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
-
-
-@dataclass
-class Console:
-    """One officer's console: a browser context and page, with the console errors it logged."""
-
-    context: BrowserContext
-    page: Page
-    errors: list[str] = field(default_factory=list)
-
-    def assert_no_errors(self, *, expected: re.Pattern[str] | None = None) -> None:
-        """No console errors but the expected ones (e.g. the browser's log line of a refused call)."""
-        errors = [e for e in self.errors if expected is None or not expected.search(e)]
-        assert errors == [], "console errors:\n" + "\n".join(errors)
-
-
-@pytest.fixture
-def open_console(browser: Browser, api: str) -> Iterator[Callable[..., Console]]:
-    opened: list[Console] = []
-
-    def open_(locale: str = "en-US", session_401: bool = False) -> Console:
-        context = browser.new_context(viewport=VIEWPORT, locale=locale, timezone_id="Asia/Shanghai")
-        page = context.new_page()
-        c = Console(context, page)
-
-        def on_console(msg: ConsoleMessage) -> None:
-            if msg.type != "error":
-                return
-            url = msg.location.get("url", "") if msg.location else ""
-            if msg.text.startswith("Failed to load resource") and OPTIONAL_404.search(url) and "404" in msg.text:
-                return
-            # The first GET /api/v1/session of a signed-out console answers 401 by design.
-            if msg.text.startswith("Failed to load resource") and url.endswith("/api/v1/session") and "401" in msg.text:
-                return
-            c.errors.append(f"{msg.text} @ {url}")
-
-        page.on("console", on_console)
-        page.on("pageerror", lambda exc: c.errors.append(f"uncaught: {exc}"))
-        opened.append(c)
-        return c
-
-    yield open_
-    for c in opened:
-        c.context.close()
-
-
-def _shot(page: Page, name: str) -> Path:
-    path = _artifacts() / name
-    page.screenshot(path=str(path), full_page=False)
-    with path.open("rb") as f:
-        assert f.read(8) == PNG_MAGIC, f"{path} is not a PNG"
-    return path
-
-
 def _load(c: Console, api: str, user: str = "duty1") -> None:
-    c.page.goto(f"{api}/", wait_until="domcontentloaded")
-    login = c.page.locator("#login-view")
-    expect(c.page.locator("#login-view:visible, #app:visible").first).to_be_visible(timeout=15_000)
-    if login.is_visible():
-        c.page.fill('input[name="username"]', user)
-        c.page.fill('input[name="password"]', CREDENTIALS[user])
-        c.page.click("#login-form button[type=submit]")
-    expect(c.page.locator("#app")).to_be_visible(timeout=15_000)
-    expect(c.page.locator("#conn")).to_have_attribute("data-state", "live", timeout=15_000)
+    sign_in(c, api, user, CREDENTIALS[user])
 
 
 def _raise_alerts(platform: Platform, codes: list[str]) -> None:
     """A simulated fault: each station reports PM2.5 of 230 µg/m³ (a critical alert) over MQTT."""
-    mqtt = platform.services.mqtt
-    assert mqtt is not None
-    dev = mqtt_client(mqtt.host, mqtt.port)
-    try:
-        ts = datetime.now(UTC).replace(microsecond=0)
-        payload = {"v": 1, "ts": ts.isoformat(), "metrics": {"pm25": 230.0, "pm10": 300}}
-        for code in codes:
-            dev.publish(uplink_topic(code), json.dumps(payload), qos=1).wait_for_publish(5)
-    finally:
-        dev.loop_stop()
-        dev.disconnect()
+    ts = datetime.now(UTC).replace(microsecond=0)
+    payload = json.dumps({"v": 1, "ts": ts.isoformat(), "metrics": {"pm25": 230.0, "pm10": 300}}).encode()
+    for code in codes:
+        publish(platform, code, payload)
 
 
 def _api_json(api: str, path: str) -> Any:
@@ -391,7 +212,7 @@ def test_console_loads_with_map_devices_and_vital_signs(
     page.select_option("#shade", "aqi")
     page.check("#grid-toggle")
     expect(page.locator("#map path.cell").first).to_be_attached(timeout=15_000)
-    _shot(page, "console-overview.png")
+    shot(page, "console-overview.png")
     c.assert_no_errors()
 
 
@@ -427,7 +248,7 @@ def test_alert_reaches_every_console_and_ack_in_one_updates_the_other(
     # The device name is shown as text, never interpreted as HTML.
     expect(row_a.locator(".device-link")).to_have_text("Console test station <b>&amp;</b>", timeout=35_000)
     expect(a.page.locator(f'#map .device-marker[data-code="{EXTRA}"]')).to_have_attribute("data-status", "alerting")
-    _shot(a.page, "console-alert.png")
+    shot(a.page, "console-alert.png")
 
     row_a.locator(".act-ack").click()
     expect(row_b).to_have_attribute("data-state", "acknowledged", timeout=10_000)
@@ -447,7 +268,7 @@ def test_alert_reaches_every_console_and_ack_in_one_updates_the_other(
         expect(b.page.locator("#feed-empty")).to_be_visible()
     b.page.select_option("#f-district", "")
     expect(row_b).to_have_count(1)
-    _shot(b.page, "console-ack-seen-by-other-console.png")
+    shot(b.page, "console-ack-seen-by-other-console.png")
 
     row_b.locator(".act-resolve").click()
     expect(row_a).to_have_count(0, timeout=10_000)  # the default view shows active alerts only
@@ -486,7 +307,7 @@ def test_device_detail_shows_24h_charts_alerts_and_commands(open_console: Callab
     form.locator("button[type=submit]").click()
     status = form.locator(".cmd-status")
     expect(status).not_to_have_text(re.compile(r"^(|Loading…)$"), timeout=10_000)
-    _shot(page, "console-device-detail.png")
+    shot(page, "console-device-detail.png")
     page.keyboard.press("Escape")
     expect(detail).to_be_hidden()
     c.assert_no_errors()
@@ -504,14 +325,14 @@ def test_language_switch_is_remembered(open_console: Callable[..., Console], api
     expect(page.locator("#feed-title")).to_have_text("实时告警", timeout=15_000)
     expect(page.locator("#map path.district")).to_have_count(6, timeout=15_000)
     expect(page.locator("#map .layer-labels text").first).to_contain_text("区")
-    _shot(page, "console-zh.png")
+    shot(page, "console-zh.png")
     c.assert_no_errors()
 
 
 def test_login_hook_shows_only_the_login_form_when_the_session_is_401(
     open_console: Callable[..., Console], api: str
 ) -> None:
-    c = open_console(session_401=True)
+    c = open_console()
     signed_in = {"yes": False}
     posted: list[dict[str, Any]] = []
 
@@ -536,7 +357,7 @@ def test_login_hook_shows_only_the_login_form_when_the_session_is_401(
     page.goto(f"{api}/")
     expect(page.locator("#login-view")).to_be_visible(timeout=10_000)
     expect(page.locator("#app")).to_be_hidden()
-    _shot(page, "console-login.png")
+    shot(page, "console-login.png")
     page.fill('input[name="username"]', "duty1")
     page.fill('input[name="password"]', "secret")
     page.click("#login-form button[type=submit]")
@@ -616,7 +437,7 @@ def test_district_scoped_operator_sees_and_acts_only_on_its_district(
     row.locator(".act-ack").click()
     expect(row).to_have_attribute("data-state", "acknowledged", timeout=10_000)
     expect(row.locator(".alert-error")).to_be_hidden()
-    _shot(page, "console-scoped-operator.png")
+    shot(page, "console-scoped-operator.png")
     c.assert_no_errors()
 
     # …and on no other: the API answers 404 for an alert outside the grant, as for an unknown one.
@@ -658,7 +479,7 @@ def test_district_incident_groups_many_device_alerts(
     # The member alerts are in the feed too.
     for code in INCIDENT_DEVS:
         expect(page.locator(f'#feed li.alert[data-device="{code}"]')).to_have_count(1, timeout=15_000)
-    _shot(page, "console-incident.png")
+    shot(page, "console-incident.png")
     c.assert_no_errors()
 
 
@@ -686,7 +507,7 @@ def test_roles_without_alerts_act_get_a_read_only_console(
     expect(form).to_have_count(1, timeout=15_000)
     expect(form.locator("button[type=submit]")).to_be_disabled()
     expect(page.locator("#detail .commands .perm-note")).to_be_visible()
-    _shot(page, f"console-read-only-{role}.png")
+    shot(page, f"console-read-only-{role}.png")
     c.assert_no_errors()
 
 
@@ -733,7 +554,7 @@ def test_a_403_disables_the_action_with_a_message_and_no_uncaught_error(
     expect(form.locator("button[type=submit]")).to_be_disabled()
     expect(page.locator("#detail .commands .perm-note")).to_be_visible()
     assert _active_alerts(api, READ_ONLY_DEV)[0]["state"] == "open"
-    _shot(page, "console-permission-refused.png")
+    shot(page, "console-permission-refused.png")
     # Chromium logs each refused call as "Failed to load resource: … 403"; nothing else may appear.
     refused = re.compile(r"status of 403 .*@ .*/api/v1/(alerts/[^/]+/ack|devices/[0-9A-Z]+/commands)$")
     c.assert_no_errors(expected=refused)
@@ -759,9 +580,9 @@ def test_permission_table_of_the_console_matches_the_platform() -> None:
 def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(tmp_path: Path) -> None:
     missing = str(tmp_path / "no-chromium")
     with pytest.raises(pytest.fail.Exception, match="need a browser in CI"):
-        _require_browser(missing, ci=True)
+        require_browser(missing, ci=True)
     with pytest.raises(pytest.skip.Exception):
-        _require_browser(missing, ci=False)
+        require_browser(missing, ci=False)
 
 
 SOURCE_CAPPED = DeviceCode.build("350205", "0310", 95).full
@@ -774,7 +595,7 @@ def test_sources_layer_shows_permit_status_and_today_load_per_district(
     """Two plating outlets in Haicang: one over its daily COD cap today, one without a permit."""
     db = platform.services.database_url
     assert db
-    lon, lat = _district_points()["350205"]
+    lon, lat = district_points()["350205"]
     now = datetime.now(UTC)
     with psycopg.connect(db) as conn, conn.cursor() as cur:
         for i, code in enumerate((SOURCE_CAPPED, SOURCE_BARE)):
@@ -816,5 +637,5 @@ def test_sources_layer_shows_permit_status_and_today_load_per_district(
     row = page.locator('#sources-table tbody tr[data-district="350205"]')
     expect(row.locator("td")).to_have_text(["Haicang", "2", "1", "0", "1"])
     expect(page.locator('#legend .legend-item[data-source="over_cap"]')).to_be_visible()
-    _shot(page, "console-sources.png")
+    shot(page, "console-sources.png")
     c.assert_no_errors()

@@ -5,20 +5,18 @@
 * A notification subscription made in the console delivers a real alert, signed, to a
   local receiver (a WeCom-style robot on 127.0.0.1).
 
-Browser set-up and helpers are those of ``test_console.py``; this module runs its own
+Browser set-up and helpers are in ``helpers.py`` and ``conftest.py``; this module runs its own
 platform so that its subscriptions and dead letters do not touch the other tests'.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,24 +28,12 @@ import pytest
 
 from alerts.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from citybrain.platform import Platform
-from citybrain.settings import Settings
-from core.topics import UplinkKind, uplink_topic
 from devices.code import DeviceCode
-from tests.e2e.test_console import (
-    VIEWPORT,
-    Console,
-    _chromium,
-    _in_ci,
-    _launch,
-    _require_browser,
-    _shot,
-)
-from tests.integration.helpers import mqtt_client, wait_for
+from tests.e2e.helpers import Console, own_platform, publish, shot, sign_in
+from tests.integration.helpers import wait_for
 
-try:
-    from playwright.sync_api import Browser, ConsoleMessage, expect, sync_playwright
-except ImportError:  # pragma: no cover - reported by the browser fixture
-    sync_playwright = None  # type: ignore[assignment]
+with contextlib.suppress(ImportError):  # a missing Playwright is reported by require_browser
+    from playwright.sync_api import expect
 
 pytestmark = pytest.mark.e2e
 
@@ -63,29 +49,11 @@ USERS: dict[str, str] = {}
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    data = tmp_path_factory.mktemp("integrator")
-    settings = Settings(
-        database_url=None,
-        kafka_bootstrap=None,
-        mqtt_url=None,
-        data_dir=data,
-        topic_prefix=f"ig{uuid.uuid4().hex[:6]}",
-        api_port=0,
-        partitions=1,
-        demo_interval_s=2.0,
-    )
-    p = Platform.from_settings(settings, data_dir=Path(data))
-    p.start(simulate=True, devices=N_DEVICES, progress=False)
-    try:
+    with own_platform(
+        tmp_path_factory, "integrator", simulate=True, devices=N_DEVICES, partitions=1, demo_interval_s=2.0
+    ) as p:
         for name, role in (("integ1", "integrator"), ("duty2", "operator")):
-            out = subprocess.run(
-                [sys.executable, "-m", "citybrain.cli", "users", "add", name, "--role", role],
-                env=p.env(),
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            USERS[name] = out.strip().splitlines()[-1].rsplit(": ", 1)[1]
+            USERS[name] = p.add_user(name, role)[1]
         USERS["api_key"] = p.api_key("admin")
         assert p.services.database_url
         with psycopg.connect(p.services.database_url) as conn:
@@ -100,8 +68,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                 (DEBUGGED, DEBUGGED[:16], DEBUGGED[:6]),
             )
         yield p
-    finally:
-        p.stop()
 
 
 @pytest.fixture(scope="module")
@@ -109,65 +75,19 @@ def api(platform: Platform) -> str:
     return f"http://127.0.0.1:{platform.api_port}"
 
 
-@pytest.fixture(scope="module")
-def browser(api: str) -> Iterator[Browser]:
-    exe = _chromium()
-    _require_browser(exe, _in_ci())
-    with sync_playwright() as pw:
-        b = _launch(pw, exe)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
 @pytest.fixture
-def console(browser: Browser) -> Iterator[Console]:
-    context = browser.new_context(viewport=VIEWPORT, locale="en-US", timezone_id="Asia/Shanghai")
-    page = context.new_page()
-    c = Console(context, page)
-
-    def on_console(msg: ConsoleMessage) -> None:
-        url = msg.location.get("url", "") if msg.location else ""
-        if msg.type == "error" and not (
-            msg.text.startswith("Failed to load resource") and ("401" in msg.text or "404" in msg.text)
-        ):
-            c.errors.append(f"{msg.text} @ {url}")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda exc: c.errors.append(f"uncaught: {exc}"))
-    try:
-        yield c
-    finally:
-        context.close()
+def console(open_console: Callable[..., Console]) -> Console:
+    return open_console()
 
 
 def _sign_in(c: Console, api: str, user: str, hash_: str = "") -> None:
-    c.page.goto(f"{api}/{hash_}", wait_until="domcontentloaded")
-    expect(c.page.locator("#login-view:visible, #app:visible").first).to_be_visible(timeout=15_000)
-    if c.page.locator("#login-view").is_visible():
-        c.page.fill('input[name="username"]', user)
-        c.page.fill('input[name="password"]', USERS[user])
-        c.page.click("#login-form button[type=submit]")
-    expect(c.page.locator("#app")).to_be_visible(timeout=15_000)
+    sign_in(c, api, user, USERS[user], hash_, live=False)
 
 
 def _api_json(api: str, path: str) -> Any:
     req = urllib.request.Request(f"{api}{path}", headers={"X-Api-Key": USERS["api_key"]})
     with urllib.request.urlopen(req, timeout=5) as r:
         return json.loads(r.read())
-
-
-def _publish(platform: Platform, code: str, *payloads: bytes, kind: UplinkKind = "telemetry") -> None:
-    mqtt = platform.services.mqtt
-    assert mqtt is not None
-    dev = mqtt_client(mqtt.host, mqtt.port)
-    try:
-        for payload in payloads:
-            dev.publish(uplink_topic(code, kind), payload, qos=1).wait_for_publish(5)
-    finally:
-        dev.loop_stop()
-        dev.disconnect()
 
 
 def test_debug_view_shows_a_dead_lettered_message_with_its_reason(
@@ -186,11 +106,11 @@ def test_debug_view_shows_a_dead_lettered_message_with_its_reason(
         return probe
 
     # The ring keeps each device's newest message of a batch: the good reading must land first.
-    _publish(platform, code, b'{"v":1,"state":"online"}', kind="status")
-    _publish(platform, code, b'{"v":1,"ts":"' + now + b'","metrics":{"pm25":12.5}}')
+    publish(platform, code, b'{"v":1,"state":"online"}', kind="status")
+    publish(platform, code, b'{"v":1,"ts":"' + now + b'","metrics":{"pm25":12.5}}')
     assert wait_for(seen(lambda d: any(m["readings"] for m in d["messages"])), 45), debug
     # Then a firmware bug: a truncated JSON body on the device's own telemetry topic.
-    _publish(platform, code, b'{"v":1,"ts":"' + now + b'","metrics":{"pm25":')
+    publish(platform, code, b'{"v":1,"ts":"' + now + b'","metrics":{"pm25":')
     dead_lettered = seen(
         lambda d: bool(d["dead_letters"]) and any(m["rejected"] for m in d["messages"]) and d["session"] is not None
     )
@@ -212,9 +132,9 @@ def test_debug_view_shows_a_dead_lettered_message_with_its_reason(
     # The good reading shows what it was decoded to (the birth message is listed as accepted too).
     expect(view.locator("tr.debug-msg:not(.rejected)").filter(has_text="pm25=").first).to_be_visible()
     expect(view.locator(".debug-session")).to_contain_text("connected")
-    shot = _shot(page, "console-debug-view.png")
+    path = shot(page, "console-debug-view.png")
     DOCS_IMG.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shot, DOCS_IMG / "console-debug-view.png")
+    shutil.copyfile(path, DOCS_IMG / "console-debug-view.png")
     # From the device panel too: the button opens the same view.
     view.locator("#debug-close").click()
     expect(view).to_be_hidden()
@@ -280,7 +200,7 @@ def test_a_subscription_made_in_the_console_delivers_a_signed_alert(
 
     # A critical PM2.5 reading in 湖里区 opens an alert; the worker matches it against the subscription.
     payload = {"v": 1, "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "metrics": {"pm25": 230.0}}
-    _publish(platform, ALERTING, json.dumps(payload).encode())
+    publish(platform, ALERTING, json.dumps(payload).encode())
     assert wait_for(lambda: bool(received), 45), "no notification reached the robot"
     body, headers = received[0]
     doc = json.loads(body)

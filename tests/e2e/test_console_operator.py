@@ -15,11 +15,11 @@ Screenshots of the map and of an alert are written to ``docs/img/`` when
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,27 +30,12 @@ import psycopg
 import pytest
 
 from citybrain.platform import Platform
-from citybrain.settings import Settings
-from core.topics import uplink_topic
 from devices.code import DeviceCode
-from tests.e2e.test_console import (
-    CREDENTIALS,
-    VIEWPORT,
-    Console,
-    _artifacts,
-    _chromium,
-    _district_points,
-    _in_ci,
-    _launch,
-    _load,
-    _require_browser,
-)
-from tests.integration.helpers import mqtt_client, wait_for
+from tests.e2e.helpers import PNG_MAGIC, Console, artifacts, district_points, own_platform, publish, sign_in
+from tests.integration.helpers import wait_for
 
-try:
-    from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
-except ImportError:  # pragma: no cover - reported by _require_browser
-    sync_playwright = None  # type: ignore[assignment]
+with contextlib.suppress(ImportError):  # a missing Playwright is reported by require_browser
+    from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.e2e
 
@@ -66,29 +51,16 @@ VALUES: dict[str, dict[str, float]] = {
     D: {"pm25": 100, "pm10": 150, "no2": 60},
 }
 EXPECTED = {"city": 104, SIMING: 70, HULI: 137}
+CREDENTIALS: dict[str, str] = {}
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    data = tmp_path_factory.mktemp("operator")
-    settings = Settings(
-        database_url=None,
-        kafka_bootstrap=None,
-        mqtt_url=None,
-        data_dir=data,
-        topic_prefix=f"op{uuid.uuid4().hex[:6]}",
-        api_port=0,
-        partitions=2,
-    )
-    p = Platform.from_settings(settings, data_dir=Path(data))
-    p.start(simulate=False, devices=0, progress=False)
-    try:
+    with own_platform(tmp_path_factory, "operator", devices=0) as p:
         CREDENTIALS["duty1"] = p.add_user("duty1", "operator")[1]
         CREDENTIALS["api_key"] = p.api_key("admin")
         yield p
-    finally:
-        p.stop()
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +83,7 @@ def _api(api: str, path: str, body: dict[str, Any] | None = None) -> Any:
 def stations(platform: Platform, api: str) -> dict[str, str]:
     """Register and place the four stations, then each reports its fixed values over MQTT."""
     assert platform.services.database_url and platform.services.mqtt
-    points = _district_points()
+    points = district_points()
     with psycopg.connect(platform.services.database_url) as conn, conn.cursor() as cur:
         for i, code in enumerate([A, B, MICRO, D]):
             model = "air-micro@1" if code == MICRO else "air-station@1"
@@ -122,16 +94,9 @@ def stations(platform: Platform, api: str) -> dict[str, str]:
                 " created_by, updated_by) values (%s, %s, %s, 'air', %s, %s, 'active', %s, %s, %s, 'e2e', 'e2e')",
                 (code, code[:16], model, f"站点 {code[-3:]}", code[:6], json.dumps(attrs), lon + 0.01 * i, lat),
             )
-    mqtt = platform.services.mqtt
-    dev = mqtt_client(mqtt.host, mqtt.port)
-    try:
-        ts = datetime.now(UTC).replace(microsecond=0)
-        for code, metrics in VALUES.items():
-            payload = {"v": 1, "ts": ts.isoformat(), "metrics": metrics}
-            dev.publish(uplink_topic(code), json.dumps(payload), qos=1).wait_for_publish(5)
-    finally:
-        dev.loop_stop()
-        dev.disconnect()
+    ts = datetime.now(UTC).replace(microsecond=0)
+    for code, metrics in VALUES.items():
+        publish(platform, code, json.dumps({"v": 1, "ts": ts.isoformat(), "metrics": metrics}).encode())
 
     def settled() -> bool:
         got = _api(api, "/api/v1/geo/aqi")
@@ -145,55 +110,26 @@ def stations(platform: Platform, api: str) -> dict[str, str]:
     return {"A": A, "B": B, "MICRO": MICRO, "D": D}
 
 
-@pytest.fixture(scope="module")
-def browser(stations: dict[str, str]) -> Iterator[Browser]:
-    exe = _chromium()
-    _require_browser(exe, _in_ci())
-    with sync_playwright() as pw:
-        b = _launch(pw, exe)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
 @pytest.fixture
-def open_console(browser: Browser) -> Iterator[Callable[[], Console]]:
-    opened: list[Console] = []
+def open_console(open_console: Callable[..., Console], stations: dict[str, str]) -> Callable[[], Console]:
+    """Consoles in Chinese, once the stations' values have settled."""
+    return lambda: open_console("zh-CN")
 
-    def open_() -> Console:
-        context = browser.new_context(viewport=VIEWPORT, locale="zh-CN", timezone_id="Asia/Shanghai")
-        page = context.new_page()
-        c = Console(context, page)
 
-        def on_console(msg: ConsoleMessage) -> None:
-            url = msg.location.get("url", "") if msg.location else ""
-            benign = msg.text.startswith("Failed to load resource") and (
-                url.endswith("/api/v1/session") or re.search(r"/devices/[0-9A-Z]+/(commands|latest)", url)
-            )
-            if msg.type == "error" and not benign:
-                c.errors.append(f"{msg.text} @ {url}")
-
-        page.on("console", on_console)
-        page.on("pageerror", lambda exc: c.errors.append(f"uncaught: {exc}"))
-        opened.append(c)
-        return c
-
-    yield open_
-    for c in opened:
-        c.context.close()
+def _load(c: Console, api: str) -> None:
+    sign_in(c, api, "duty1", CREDENTIALS["duty1"])
 
 
 def _docs_shot(page: Page, name: str, element: str | None = None) -> Path:
     root = Path(__file__).resolve().parents[2] / "docs" / "img"
-    target = root if os.environ.get("CITYBRAIN_DOCS_SCREENSHOTS") == "1" else _artifacts()
+    target = root if os.environ.get("CITYBRAIN_DOCS_SCREENSHOTS") == "1" else artifacts()
     target.mkdir(parents=True, exist_ok=True)
     path = target / name
     if element:
         page.locator(element).first.screenshot(path=str(path))
     else:
         page.screenshot(path=str(path), full_page=False)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.read_bytes()[:8] == PNG_MAGIC
     return path
 
 

@@ -6,18 +6,16 @@ import json
 import os
 import threading
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import psutil
 import psycopg
 import pytest
 
 from citybrain.platform import Platform, demo_device_codes
-from citybrain.settings import Settings
 from core.topics import KafkaTopics, uplink_topic
+from tests.e2e.helpers import own_platform
 from tests.integration.helpers import consume, mqtt_client, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -42,26 +40,12 @@ def _descendants() -> set[int]:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    data = tmp_path_factory.mktemp("platform")
-    settings = Settings(
-        database_url=None,
-        kafka_bootstrap=None,
-        mqtt_url=None,
-        data_dir=data,
-        topic_prefix=f"e2e{uuid.uuid4().hex[:6]}",
-        api_port=0,
-        partitions=2,
-    )
     before = _descendants()
-    p = Platform.from_settings(settings, data_dir=Path(data))
-    p.start(simulate=False, devices=6, progress=False)
-    try:
+    with own_platform(tmp_path_factory, "platform", devices=6) as p:
         HEADERS["X-Api-Key"] = p.api_key("admin")
         yield p
-    finally:
-        p.stop()
-        # No process of the platform remains after it stops.
-        assert wait_for(lambda: not (_descendants() - before), timeout=20), _descendants() - before
+    # No process of the platform remains after it stops.
+    assert wait_for(lambda: not (_descendants() - before), timeout=20), _descendants() - before
 
 
 def test_reading_flows_to_store_api_and_alert_feeds(platform: Platform) -> None:

@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +27,6 @@ import psycopg
 import pytest
 
 from citybrain.platform import Platform
-from citybrain.settings import Settings
 from simulators.faults import Fault, FaultKind, FaultPlan
 from simulators.fleet import Fleet, FleetConfig, FleetStats, SimDevice
 from simulators.scenario import Scenario, load_scenario, oracle_alerts, score
@@ -40,6 +38,7 @@ from simulators.score import (
     stored_values,
     wait_settled,
 )
+from tests.e2e.helpers import own_platform
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -111,28 +110,13 @@ def _descendants() -> set[int]:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    data = tmp_path_factory.mktemp("scenario-platform")
-    settings = Settings(
-        database_url=None,
-        kafka_bootstrap=None,
-        mqtt_url=None,
-        data_dir=data,
-        topic_prefix=f"sc{uuid.uuid4().hex[:6]}",
-        api_port=0,
-        partitions=2,
-        # Simulated time runs 2400× the wall clock: far above the gateway's per-device flood
-        # limit (100× a model's cadence), which would drop most of the run. A benchmark turns it
-        # off the same way (CITYBRAIN_GATEWAY_FLOOD_FACTOR=0).
-        gateway_flood_factor=0,
-    )
     before = _descendants()
-    p = Platform.from_settings(settings, data_dir=Path(data))
-    p.start(simulate=False, devices=1, progress=False)
-    try:
+    # Simulated time runs 2400× the wall clock: far above the gateway's per-device flood
+    # limit (100× a model's cadence), which would drop most of the run. A benchmark turns it
+    # off the same way (CITYBRAIN_GATEWAY_FLOOD_FACTOR=0).
+    with own_platform(tmp_path_factory, "scenario-platform", devices=1, gateway_flood_factor=0) as p:
         yield p
-    finally:
-        p.stop()
-        assert wait_for(lambda: not (_descendants() - before), timeout=20), _descendants() - before
+    assert wait_for(lambda: not (_descendants() - before), timeout=20), _descendants() - before
 
 
 @dataclass

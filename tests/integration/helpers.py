@@ -25,9 +25,24 @@ from citybrain.harness import ManagedProcess, MqttEndpoint, free_port, spawn
 from citybrain.security.auth import API_KEY_HEADER, Security, install
 from citybrain.security.identities import IdentityStore, NewPrincipal
 from core.topics import KafkaTopics
+from devices.code import DeviceCode
 from devices.ledger import Ledger
 from devices.models import ModelRegistry
 from ingest.gateway import Gateway, GatewayConfig, GatewayMetrics
+
+# A device and an alert that tests of the whole API may create, and a plausible value for each
+# path parameter of its routes naming them: a route is then asked about something that can exist.
+PATH_DEVICE = DeviceCode.build("350203", "0308", 1).full
+PATH_ALERT = "path-alert-1"
+PATH_VALUES = {
+    "code": PATH_DEVICE,
+    "alert_id": PATH_ALERT,
+    "fence_id": "no-such-fence",
+    "command_id": str(uuid.UUID(int=1)),
+    "name": "telemetry.v1",
+    "platform": "ctwing",
+    "sub_id": "999999",
+}
 
 
 async def create_topics(bootstrap: str, names: list[str], partitions: int = 1) -> None:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,24 +27,12 @@ from citybrain.routes.context import ApiContext
 from citybrain.security.audit import AuditLog
 from citybrain.security.guard import EdgeLimits
 from core.topics import KafkaTopics
-from devices.code import DeviceCode
 from devices.models import ModelRegistry
 from ingest.kafka_sink import KafkaSinkConfig
-from tests.integration.helpers import api_key, secure
+from tests.integration.helpers import PATH_VALUES, api_key, secure
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-DEVICE = DeviceCode.build("350203", "0308", 1).full
-# A plausible value for each path parameter, so that only the parameter under test is bad.
-PATH_VALUES = {
-    "code": DEVICE,
-    "alert_id": "edge-alert-1",
-    "fence_id": "no-such-fence",
-    "command_id": str(uuid.UUID(int=1)),
-    "name": "telemetry.v1",
-    "platform": "ctwing",
-    "sub_id": "999999",
-}
 TIMEOUT = httpx.Timeout(20.0)
 
 

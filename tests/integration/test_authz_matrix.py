@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,25 +24,13 @@ from citybrain.api import create_api
 from citybrain.security.identities import ROLES
 from citybrain.security.policy import TABLE_BEGIN, TABLE_END, RouteRule, markdown_table, route_rules
 from core.topics import KafkaTopics
-from devices.code import DeviceCode
 from devices.models import ModelRegistry
 from ingest.kafka_sink import KafkaSinkConfig
-from tests.integration.helpers import api_key, create_topics, serve
+from tests.integration.helpers import PATH_ALERT, PATH_DEVICE, PATH_VALUES, api_key, create_topics, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "security.md"
-DEVICE = DeviceCode.build("350203", "0308", 1).full
-ALERT = "matrix-alert-1"
-PATH_VALUES = {
-    "code": DEVICE,
-    "alert_id": ALERT,
-    "fence_id": "no-such-fence",
-    "command_id": str(uuid.UUID(int=1)),
-    "name": "telemetry.v1",
-    "platform": "ctwing",
-    "sub_id": "999999",
-}
 
 
 def _app(database_url: str, models: ModelRegistry, bootstrap: str, topics: KafkaTopics) -> FastAPI:
@@ -108,12 +95,12 @@ async def live(
             await conn.execute(
                 "insert into devices (code, model, device_class, name, district, state)"
                 " values (%s, 'air-station@1', 'air', 'matrix', '350203', 'active')",
-                (DEVICE,),
+                (PATH_DEVICE,),
             )
             await conn.execute(
                 "insert into alerts (id, rule, device_code, district, device_class, severity, state, opened_at)"
                 " values (%s, 'air.pm25.high', %s, '350203', 'air', 3, 'open', now())",
-                (ALERT, DEVICE),
+                (PATH_ALERT, PATH_DEVICE),
             )
         keys = {role: await api_key(pool, role) for role in ROLES}
     finally:
