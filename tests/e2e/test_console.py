@@ -125,6 +125,14 @@ def placed(platform: Platform, api: str) -> dict[str, tuple[float, float, str]]:
     return _place_devices(platform.services.database_url)
 
 
+@pytest.fixture
+def open_console(
+    open_console: Callable[..., Console], placed: dict[str, tuple[float, float, str]]
+) -> Callable[..., Console]:
+    """Consoles open on a map whose stations are placed (the tests click their markers)."""
+    return open_console
+
+
 def _load(c: Console, api: str, user: str = "duty1") -> None:
     sign_in(c, api, user, CREDENTIALS[user])
 

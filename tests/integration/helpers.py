@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,22 @@ PATH_VALUES = {
     "platform": "ctwing",
     "sub_id": "999999",
 }
+
+
+class RecordingPublisher:
+    """Collects what a pipeline would send to Kafka (the broker path is covered elsewhere)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
+
+    async def __call__(
+        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] | None = None
+    ) -> None:
+        self.sent.append((topic, key, value, list(headers or [])))
+
+    def on(self, topic: str) -> list[bytes]:
+        """The values sent to ``topic``, in order."""
+        return [v for t, _, v, _ in self.sent if t == topic]
 
 
 async def create_topics(bootstrap: str, names: list[str], partitions: int = 1) -> None:

@@ -32,16 +32,6 @@ pytestmark = pytest.mark.integration
 CHEAP = ScryptParams(ln=4, r=8, p=1)  # tests only: the real cost is PASSWORD_SCRYPT
 
 
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    p = AsyncConnectionPool(database_url, min_size=1, max_size=8, open=False)
-    await p.open(wait=True)
-    try:
-        yield p
-    finally:
-        await p.close()
-
-
 async def test_entries_verify_ok_and_tamper_is_detected(pool: AsyncConnectionPool, database_url: str) -> None:
     log = AuditLog(pool)
     for i in range(10):

@@ -35,16 +35,6 @@ T0 = datetime(2026, 11, 29, 0, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    p = AsyncConnectionPool(database_url, min_size=1, max_size=8, open=False)
-    await p.open(wait=True)
-    try:
-        yield p
-    finally:
-        await p.close()
-
-
-@pytest.fixture
 async def client(pool: AsyncConnectionPool, models: ModelRegistry) -> AsyncIterator[httpx.AsyncClient]:
     async with pool.connection() as conn:
         for code, model, cls in ((AIR, "air-station@1", "air"), (GAS, "manhole-cover@1", "manhole")):

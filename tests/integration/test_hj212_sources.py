@@ -40,8 +40,7 @@ from ingest.batch import encode_batch
 from ingest.kafka_sink import KafkaSink, KafkaSinkConfig, KafkaSinkMetrics
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
 from streams.store import ReadingStore, StoreMetrics
-from tests.integration.helpers import api_key, consume, create_topics, secure
-from tests.integration.test_store_pipeline import FakePublisher
+from tests.integration.helpers import RecordingPublisher, api_key, consume, create_topics, secure
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +98,7 @@ async def test_source_frames_travel_the_tcp_edge_into_stored_readings_with_their
             PipelineConfig(topics=KafkaTopics("t"), rules=shipped_rules()),
             pool,
             models,
-            FakePublisher(),
+            RecordingPublisher(),
             PipelineMetrics(preg),
             ReadingStore(pool, models, StoreMetrics(preg)),
             clock=lambda: NOW,
@@ -168,7 +167,7 @@ async def test_permit_in_the_ledger_judges_the_hourly_uploads_into_stored_alerts
             saved = await load_permit(conn, "91350200TEST0001P")
         assert saved is not None and {lim.metric for lim in saved.limits} >= {"hg", "cr6", "cod"}
         preg = CollectorRegistry()
-        pub = FakePublisher()
+        pub = RecordingPublisher()
         pipe = Pipeline(
             PipelineConfig(topics=KafkaTopics("t"), rules=shipped_rules()),
             pool,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
 
 import httpx
 import psycopg
@@ -24,16 +23,6 @@ from devices.models import ModelRegistry
 from tests.integration.helpers import api_key, secure
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    p = AsyncConnectionPool(database_url, min_size=1, max_size=6, open=False)
-    await p.open(wait=True)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 def test_concurrent_allocation_never_duplicates(database_url: str) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
@@ -12,16 +10,6 @@ from devices.ledger import IndexFeed, Ledger, NewDevice
 from devices.models import ModelRegistry
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    p = AsyncConnectionPool(database_url, min_size=1, max_size=4, open=False)
-    await p.open(wait=True)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 async def _register(ledger: Ledger, n: int) -> list[str]:

@@ -10,7 +10,7 @@ restart without repeats, and give the same alerts in a split deployment
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -35,16 +35,6 @@ from streams.store import ReadingStore, StoreMetrics
 pytestmark = pytest.mark.integration
 
 CODE = "35020603080000017"  # air station: cadence 60 s
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    pool = AsyncConnectionPool(database_url, min_size=1, max_size=4, open=False)
-    await pool.open(wait=True)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def _active_and_last_seen(

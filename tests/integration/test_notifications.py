@@ -83,16 +83,6 @@ async def receiver() -> AsyncIterator[Receiver]:
         await runner.cleanup()
 
 
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    p = AsyncConnectionPool(database_url, min_size=1, max_size=8, open=False)
-    await p.open(wait=True)
-    try:
-        yield p
-    finally:
-        await p.close()
-
-
 @dataclass
 class Kit:
     store: NotificationStore

@@ -8,7 +8,6 @@ payloads are what the platform's own encoder and the documented examples send.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import jsonschema
@@ -27,6 +26,7 @@ from ingest.batch import encode_batch
 from streams import schemas
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
 from streams.store import ReadingStore, StoreMetrics
+from tests.integration.helpers import RecordingPublisher
 
 pytestmark = pytest.mark.integration
 
@@ -35,16 +35,6 @@ CODE = "35020603080000017"
 
 def _validator(name: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schemas.load(name), format_checker=jsonschema.FormatChecker())
-
-
-class RecordingPublisher:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
-
-    async def __call__(
-        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] | None = None
-    ) -> None:
-        self.sent.append((topic, key, value, list(headers or [])))
 
 
 # The pipeline test's data and clock: fixed, and the pipeline reads this clock, not today's.

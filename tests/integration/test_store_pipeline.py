@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,7 +24,7 @@ from ingest.adapters.json.codec import encode
 from ingest.batch import encode_batch
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
 from streams.store import ReadingStore, StoreMetrics
-from tests.integration.helpers import await_for
+from tests.integration.helpers import RecordingPublisher, await_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,21 +33,6 @@ CODE = "35020603080000017"
 # reads an injected clock at noon of that day: no assertion depends on today's date.
 DAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
 NOW = DAY + timedelta(hours=12)
-
-
-class FakePublisher:
-    """Collects what the pipeline would send to Kafka (the broker path is covered in e2e)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
-
-    async def __call__(
-        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] | None = None
-    ) -> None:
-        self.sent.append((topic, key, value, list(headers or [])))
-
-    def on(self, topic: str) -> list[bytes]:
-        return [v for t, _, v, _ in self.sent if t == topic]
 
 
 def _raw(t: datetime, metrics: dict, ts_format: str = "iso", rx: datetime | None = None) -> RawMessage:
@@ -61,7 +45,7 @@ def _raw(t: datetime, metrics: dict, ts_format: str = "iso", rx: datetime | None
     )
 
 
-async def _pipeline(database_url: str, models: ModelRegistry, pub: FakePublisher, **kw: Any):
+async def _pipeline(database_url: str, models: ModelRegistry, pub: RecordingPublisher, **kw: Any):
     pool = AsyncConnectionPool(database_url, min_size=1, max_size=4, open=False)
     await pool.open(wait=True)
     reg = CollectorRegistry()
@@ -80,7 +64,7 @@ async def _pipeline(database_url: str, models: ModelRegistry, pub: FakePublisher
 
 
 async def test_replayed_batch_stores_no_duplicates_and_alerts_once(database_url: str, models: ModelRegistry) -> None:
-    pub = FakePublisher()
+    pub = RecordingPublisher()
     pool, pipe = await _pipeline(database_url, models, pub)
     try:
         t0 = DAY + timedelta(hours=0)
@@ -107,7 +91,7 @@ async def test_replayed_batch_stores_no_duplicates_and_alerts_once(database_url:
 
 @pytest.mark.plain_partitions("checks the day partition a row lands in (a hypertable makes its own chunks)")
 async def test_late_data_lands_in_its_own_day_partition(database_url: str, models: ModelRegistry) -> None:
-    pub = FakePublisher()
+    pub = RecordingPublisher()
     pool, pipe = await _pipeline(database_url, models, pub)
     try:
         late = DAY - timedelta(days=100) + timedelta(hours=12)  # late, and well inside retention
@@ -126,7 +110,7 @@ async def test_the_district_freshness_gauge_is_capped_at_the_pipelines_clock(
     database_url: str, models: ModelRegistry
 ) -> None:
     """A device clock an hour fast does not make its district look fresher than now (the injected clock)."""
-    pub = FakePublisher()
+    pub = RecordingPublisher()
     pool, pipe = await _pipeline(database_url, models, pub)
     try:
         await pipe.process([encode_batch([_raw(NOW + timedelta(hours=1), {"pm25": 12})])])
@@ -138,7 +122,7 @@ async def test_the_district_freshness_gauge_is_capped_at_the_pipelines_clock(
 async def test_a_device_registered_after_the_index_loaded_is_not_dead_lettered(
     database_url: str, models: ModelRegistry
 ) -> None:
-    pub = FakePublisher()
+    pub = RecordingPublisher()
     pool, pipe = await _pipeline(database_url, models, pub)
     try:
         t0 = DAY + timedelta(hours=1)
@@ -157,7 +141,7 @@ async def test_a_device_registered_after_the_index_loaded_is_not_dead_lettered(
 
 
 async def test_rules_replaced_at_run_time_apply_from_the_next_batch(database_url: str, models: ModelRegistry) -> None:
-    pub = FakePublisher()
+    pub = RecordingPublisher()
     pool, pipe = await _pipeline(database_url, models, pub, rules=RuleSet(()))
     try:
         t0 = DAY + timedelta(hours=2)
@@ -180,7 +164,7 @@ async def test_a_database_refusing_writes_holds_the_batch_and_loses_nothing(
     the consumer lag shows the backlog; the raw topic is the buffer (the gateway keeps
     acknowledging MQTT only after Kafka has each message, as ever).
     """
-    pub = FakePublisher()
+    pub = RecordingPublisher()
     pool, pipe = await _pipeline(database_url, models, pub)
     dbname = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
 
@@ -222,7 +206,7 @@ async def test_a_database_refusing_writes_holds_the_batch_and_loses_nothing(
 
 
 async def test_bad_payloads_are_dead_lettered_with_reason(database_url: str, models: ModelRegistry) -> None:
-    pub = FakePublisher()
+    pub = RecordingPublisher()
     pool, pipe = await _pipeline(database_url, models, pub)
     try:
         bad = RawMessage(f"citybrain/up/{CODE}/telemetry", b"{not json", NOW, Transport.MQTT, CODE)
@@ -250,7 +234,7 @@ async def test_a_clock_skewed_reading_is_stored_but_moves_no_watermark(
         [_raw(t[0], {"pm25": 30}, rx=t[0]), _raw(t[1], {"pm25": 31}, rx=t[1])],
         [_raw(t[2], {"pm25": 90}, rx=t[2])],  # over air.pm25.high
     ]
-    pub = FakePublisher()
+    pub = RecordingPublisher()
     pool, pipe = await _pipeline(database_url, models, pub, anomaly=EWMA, evaluate=role == "all", clock=lambda: now)
     try:
         for batch in batches:
@@ -258,7 +242,7 @@ async def test_a_clock_skewed_reading_is_stored_but_moves_no_watermark(
         if role == "split":
             # An alerts worker, an hour later, over the readings topic: judged by event vs receive time.
             _, alerts = await _pipeline(
-                database_url, models, FakePublisher(), anomaly=EWMA, clock=lambda: now + timedelta(hours=1)
+                database_url, models, RecordingPublisher(), anomaly=EWMA, clock=lambda: now + timedelta(hours=1)
             )
             try:
                 for doc in pub.on("t.readings.air"):
@@ -283,7 +267,7 @@ async def test_a_derived_indicator_that_cannot_be_computed_is_counted(
     database_url: str, models: ModelRegistry, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Regression: the IndicatorError of an AQI that could not be computed was swallowed.
-    pub = FakePublisher()
+    pub = RecordingPublisher()
     pool, pipe = await _pipeline(database_url, models, pub)
     try:
         code = "35020603080000025"
@@ -302,7 +286,7 @@ async def test_a_derived_indicator_that_cannot_be_computed_is_counted(
 async def test_the_debug_ring_gets_each_devices_newest_message_and_its_outcome(
     database_url: str, models: ModelRegistry, capture: bool
 ) -> None:
-    pub = FakePublisher()
+    pub = RecordingPublisher()
     pool, pipe = await _pipeline(database_url, models, pub, debug_recent=capture)
     try:
         good = _raw(DAY, {"pm25": 30}, rx=NOW)
