@@ -24,15 +24,24 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy core citybrain ingest streams devices alerts geo simulators
 
+# The suite runs in WORKERS processes (pytest-xdist; WORKERS=0: in this one). Each worker starts its
+# own PostgreSQL, Kafka and MQTT (tests/conftest.py), and every test has its own database, topics,
+# ports and data dirs, so tests do not see each other's data. `--dist loadfile`, as refined in
+# tests/conftest.py, keeps a module on one worker (its module-scoped servers start once) and all the
+# e2e modules on one worker (one whole platform at a time). Most tests wait on servers more than
+# they compute, so two workers fit two cores.
+WORKERS ?= 2
+PYTEST  := $(VENV)/bin/pytest -q -p no:cacheprovider $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadfile)
+
 test: $(STAMP) lint typecheck  ## lint, type-check and run the whole suite (starts its own servers)
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+	$(PYTEST) tests
 
 # No test may depend on today's date: the unit and integration suites again, with every
 # process's clock (this one's, and those of the servers it starts) FUTURE ahead (libfaketime).
 FUTURE ?= +400 days
 test-future: $(STAMP)  ## the unit and integration suites with the clock 400 days ahead (needs Debian's faketime)
 	@command -v faketime >/dev/null || { echo "make test-future needs faketime (Debian: apt-get install faketime)" >&2; exit 1; }
-	faketime '$(FUTURE)' $(VENV)/bin/pytest -q -p no:cacheprovider tests/unit tests/integration
+	faketime '$(FUTURE)' $(PYTEST) tests/unit tests/integration
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit

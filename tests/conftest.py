@@ -40,6 +40,27 @@ from streams import timescale
 install_empty_fetch_backoff(0.05)
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``make test``'s parallel run (``-n 2 --dist loadfile``): a worker runs a whole module, and one runs all e2e.
+
+    A module on one worker: its module-scoped fixtures start once. All the e2e modules on one
+    worker: no two whole platforms (servers, services and Chromium each) run at once on the
+    two cores, and their tests meet only the lighter rest of the suite. (xdist's own
+    ``loadgroup`` cannot say this with the pytest this project uses: it renames test ids
+    through an attribute pytest 9 no longer reads.)
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndE2e(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/e2e" if path.startswith("tests/e2e/") else path
+
+    return ModulesAndE2e(config, log)
+
+
 @pytest.fixture(scope="session")
 def models() -> ModelRegistry:
     return shipped_models()
