@@ -33,6 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -412,7 +413,7 @@ def iaqi(
 
     # First segment whose upper breakpoint reaches c; a value on a
     # breakpoint gives that breakpoint's IAQI from either side.
-    hi = next(i for i, bp in enumerate(row) if c <= bp)
+    hi = bisect_left(row, c)
     if hi == 0:
         return 0
     lo = hi - 1
@@ -421,7 +422,11 @@ def iaqi(
         up = math.ceil(approx)
         if up - approx > _NEAR_INTEGER and approx - (up - 1) > _NEAR_INTEGER:
             return up
-        c = _exact(c, f"{key[0]} {period}")
+        # Near an integer (integer concentrations often land on one): exactly, in integers,
+        # from the shortest decimal that round-trips (what _exact means), n / d.
+        n, d = Decimal(repr(c)).as_integer_ratio()
+        num = (IAQI_STEPS[hi] - IAQI_STEPS[lo]) * (n - row[lo] * d)
+        return IAQI_STEPS[lo] - (-num // ((row[hi] - row[lo]) * d))
     value = Fraction(IAQI_STEPS[hi] - IAQI_STEPS[lo], row[hi] - row[lo]) * (c - row[lo]) + IAQI_STEPS[lo]
     return math.ceil(value)
 
