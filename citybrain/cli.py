@@ -205,6 +205,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         ),
         dead_letter_retention_days=settings.dead_letter_retention_days,
         debug_recent_messages=settings.debug_recent_messages,
+        state_cache_devices=settings.state_cache_devices,
         client_id=process_client_id("worker"),
     )
     app = create_app(cfg, CollectorRegistry(), shipped_models())

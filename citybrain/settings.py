@@ -149,6 +149,11 @@ class Settings(BaseSettings):
     )
     notify_max_wait_s: float = Field(default=120.0, gt=0, description="Longest wait between notification attempts")
     notify_timeout_s: float = Field(default=10.0, gt=0, description="HTTP timeout of one notification attempt")
+    state_cache_devices: int = Field(
+        default=100_000,
+        ge=0,
+        description="Devices whose rule and detector state a worker keeps in memory between batches (0: none)",
+    )
     debug_recent_messages: bool = Field(
         default=True,
         description="Workers keep each device's last 20 raw messages for the debug view (a write per device and batch)",

@@ -105,6 +105,7 @@ class WorkerConfig:
     notify_concurrency: int = 16
     dead_letter_retention_days: int = 7
     debug_recent_messages: bool = True
+    state_cache_devices: int = 100_000
     #: Kafka client id (the platform puts the pid in it: citybrain.kafka_compat.evict_dead_members).
     client_id: str = "citybrain-worker"
 
@@ -265,6 +266,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
                 evaluate=cfg.role == "all",
                 downstream_views=cfg.downstream_views,
                 debug_recent=cfg.debug_recent_messages,
+                state_cache_devices=cfg.state_cache_devices,
                 retention_days=cfg.retention_days,
             ),
             pool,
