@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from alerts.notify import TargetPolicy
 
 __all__ = ["Settings"]
 
@@ -149,6 +152,12 @@ class Settings(BaseSettings):
     )
     notify_max_wait_s: float = Field(default=120.0, gt=0, description="Longest wait between notification attempts")
     notify_timeout_s: float = Field(default=10.0, gt=0, description="HTTP timeout of one notification attempt")
+    notify_allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated host names, addresses and CIDR networks notification webhooks may reach "
+        "although not public (an internal SMS gateway); by default loopback, link-local, private, multicast and "
+        "unspecified addresses are refused (docs/security.md)",
+    )
     debug_recent_messages: bool = Field(
         default=True,
         description="Workers keep each device's last 20 raw messages for the debug view (a write per device and batch)",
@@ -250,6 +259,23 @@ class Settings(BaseSettings):
                 # Host names and "*" are refused: trusting a forwarding header must name who sends it.
                 raise ValueError(f"trusted proxy {item!r} is not an IP address or network") from None
         return value
+
+    @field_validator("notify_allowed_hosts")
+    @classmethod
+    def _notify_allowlist(cls, value: str) -> str:
+        from alerts.notify import NotifyError, TargetPolicy
+
+        try:
+            TargetPolicy.parse(value)
+        except NotifyError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def notify_targets(self) -> TargetPolicy:
+        """Where notification webhooks may post: public addresses plus ``notify_allowed_hosts``."""
+        from alerts.notify import TargetPolicy
+
+        return TargetPolicy.parse(self.notify_allowed_hosts)
 
     @model_validator(mode="after")
     def _body_bounds(self) -> Settings:
