@@ -87,6 +87,8 @@ _UNITS: Mapping[str, str] = MappingProxyType(
 IAQI_STEPS: tuple[int, ...] = (0, 50, 100, 150, 200, 300, 400, 500)
 
 _TOP_IAQI = 500
+# Float IAQIs nearer than this to an integer are recomputed exactly (iaqi).
+_NEAR_INTEGER = 1e-6
 
 # --- HJ 633-2012 Table 1 (docs/standards.md §3.1, [V]) -----------------------------------------------
 # Concentrations at IAQI 0, 50, 100, 150, 200, 300, 400, 500.
@@ -389,7 +391,16 @@ def iaqi(
     if row is None:
         known = sorted(p for name, p in std.breakpoints if name == key[0])
         raise IndicatorError(f"{std.name} defines no {period!r} IAQI for {key[0]}; periods: {known}")
-    c = _exact(concentration, f"{key[0]} {period}")
+    # A plain float (every reading) is compared and interpolated in floating point, and
+    # only a result within _NEAR_INTEGER of an integer is redone exactly: anywhere else
+    # ceil() of the float and of the exact decimal agree (the float's error is ~1e-13),
+    # and the breakpoints are integers, which a float compares with exactly. A tenth of
+    # the stream worker's CPU went to Fractions before (docs/benchmarks.md).
+    c: float | Fraction
+    if type(concentration) is float and 0.0 <= concentration < math.inf:
+        c = concentration
+    else:
+        c = _exact(concentration, f"{key[0]} {period}")
 
     if c > row[-1]:
         if len(row) < len(IAQI_STEPS):
@@ -405,6 +416,12 @@ def iaqi(
     if hi == 0:
         return 0
     lo = hi - 1
+    if type(c) is float:
+        approx = (IAQI_STEPS[hi] - IAQI_STEPS[lo]) / (row[hi] - row[lo]) * (c - row[lo]) + IAQI_STEPS[lo]
+        up = math.ceil(approx)
+        if up - approx > _NEAR_INTEGER and approx - (up - 1) > _NEAR_INTEGER:
+            return up
+        c = _exact(c, f"{key[0]} {period}")
     value = Fraction(IAQI_STEPS[hi] - IAQI_STEPS[lo], row[hi] - row[lo]) * (c - row[lo]) + IAQI_STEPS[lo]
     return math.ceil(value)
 
