@@ -294,7 +294,7 @@ async def record_seen(pool: AsyncConnectionPool, seen: Mapping[str, tuple[dateti
         # One statement over arrays (a city batch has a device per message), in code order.
         await conn.execute(
             "insert into device_liveness (code, last_seen, last_event_time)"
-            " select * from unnest(%s::text[], %s::timestamptz[], %s::timestamptz[])"
+            " select * from unnest(%b::text[], %b::timestamptz[], %b::timestamptz[])"
             " on conflict (code) do update set last_seen = greatest(device_liveness.last_seen, excluded.last_seen),"
             " last_event_time = greatest(device_liveness.last_event_time, excluded.last_event_time)",
             (codes, [seen[c][0] for c in codes], [seen[c][1] for c in codes]),
