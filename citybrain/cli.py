@@ -203,6 +203,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             max_wait_s=settings.notify_max_wait_s,
             timeout_s=settings.notify_timeout_s,
         ),
+        notify_targets=settings.notify_targets(),
         dead_letter_retention_days=settings.dead_letter_retention_days,
         debug_recent_messages=settings.debug_recent_messages,
         state_cache_devices=settings.state_cache_devices,
@@ -289,6 +290,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         webhook_max_body_bytes=settings.webhook_max_body_bytes,
         limits=EdgeLimits(settings.api_max_body_bytes, settings.api_anonymous_max_body_bytes),
         max_future_skew=timedelta(seconds=settings.max_future_skew_s),
+        notify_targets=settings.notify_targets(),
     )
     # Open SSE streams must not hold a shutdown for long.
     uvicorn.run(

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from alerts.notify import TargetPolicy
 
 __all__ = ["Settings"]
 
@@ -154,6 +157,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Devices whose rule and detector state a worker keeps in memory between batches (0: none)",
     )
+    notify_allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated host names, addresses and CIDR networks notification webhooks may reach "
+        "although not public (an internal SMS gateway); by default loopback, link-local, private, multicast and "
+        "unspecified addresses are refused (docs/security.md)",
+    )
     debug_recent_messages: bool = Field(
         default=True,
         description="Workers keep each device's last 20 raw messages for the debug view (a write per device and batch)",
@@ -255,6 +264,23 @@ class Settings(BaseSettings):
                 # Host names and "*" are refused: trusting a forwarding header must name who sends it.
                 raise ValueError(f"trusted proxy {item!r} is not an IP address or network") from None
         return value
+
+    @field_validator("notify_allowed_hosts")
+    @classmethod
+    def _notify_allowlist(cls, value: str) -> str:
+        from alerts.notify import NotifyError, TargetPolicy
+
+        try:
+            TargetPolicy.parse(value)
+        except NotifyError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def notify_targets(self) -> TargetPolicy:
+        """Where notification webhooks may post: public addresses plus ``notify_allowed_hosts``."""
+        from alerts.notify import TargetPolicy
+
+        return TargetPolicy.parse(self.notify_allowed_hosts)
 
     @model_validator(mode="after")
     def _body_bounds(self) -> Settings:

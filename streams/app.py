@@ -50,7 +50,9 @@ from alerts.notify import (
     Dispatcher,
     NotificationMetrics,
     NotificationStore,
+    PolicyResolver,
     RetryPolicy,
+    TargetPolicy,
     WebhookSender,
     parse_transitions,
 )
@@ -101,6 +103,8 @@ class WorkerConfig:
     rules_reload_s: float = 10.0
     downstream_views: str = "auto"
     notify: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Where notification webhooks may post (SSRF policy; default: public addresses only).
+    notify_targets: TargetPolicy = field(default_factory=TargetPolicy)
     notify_interval_s: float = 1.0
     notify_concurrency: int = 16
     dead_letter_retention_days: int = 7
@@ -284,13 +288,17 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         state["pipeline"] = pipe
         if alerting and notify_metrics is not None:
             # Outbound notification webhooks: enqueued from the alerts topic, sent by the dispatcher.
-            http = aiohttp.ClientSession()
+            # The connector's resolver keeps only allowed addresses: the send-time check and the
+            # connection resolve separately, and a name re-pointed in between must not get through.
+            http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=PolicyResolver(cfg.notify_targets)))
             # A claim outlives the longest attempt series, so no other worker sends the delivery meanwhile.
             notifications = NotificationStore(pool, notify_metrics, lease_s=cfg.notify.worst_case_s + 60.0)
             state["http"] = http
             state["notifications"] = notifications
             state["dispatcher"] = Dispatcher(
-                notifications, WebhookSender(http, cfg.notify, notify_metrics), cfg.notify_concurrency
+                notifications,
+                WebhookSender(http, cfg.notify, notify_metrics, targets=cfg.notify_targets),
+                cfg.notify_concurrency,
             )
         ready.set()
         log.info("stream worker (role %s) ready: %d devices in the index", cfg.role, len(pipe.index))

@@ -73,6 +73,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         api_port=0,
         partitions=1,
         demo_interval_s=2.0,
+        # The robot below listens on 127.0.0.1, which notifications may not reach by default (SSRF).
+        notify_allowed_hosts="127.0.0.1",
     )
     p = Platform.from_settings(settings, data_dir=Path(data))
     p.start(simulate=True, devices=N_DEVICES, progress=False)
