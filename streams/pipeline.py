@@ -57,6 +57,7 @@ from alerts.engine import DeviceContext, evaluate_device, suppressed_flag
 from alerts.geofence import GeofenceHook
 from alerts.rules import RuleSet
 from alerts.store import AlertStore, GroupPolicy
+from core.jsonio import dumps
 from core.records import Alert, Quality, RawMessage, Reading, RecordError, epoch_us
 from core.retry import retrying
 from core.topics import KafkaTopics
@@ -430,7 +431,7 @@ class Pipeline:
             if seen > self._last_event.get(key, 0.0):
                 self._last_event[key] = seen
                 self.metrics.last_event.labels(*key).set(seen)
-            value = json.dumps(doc, separators=(",", ":")).encode()
+            value = dumps(doc)
             await self.publish(self.cfg.topics.readings(dev.device_class), code.encode(), value)
             # Masked views by data grade (docs/security.md), only for classes that need them.
             for grade in plan.grades(dev.device_class):
@@ -439,7 +440,7 @@ class Pipeline:
                     await self.publish(
                         self.cfg.topics.readings_view(dev.device_class, grade),
                         code.encode(),
-                        value if view is doc else json.dumps(view, separators=(",", ":")).encode(),
+                        value if view is doc else dumps(view),
                     )
 
     async def process_readings(self, values: Sequence[bytes]) -> int:
