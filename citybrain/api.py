@@ -92,6 +92,7 @@ def create_api(
     max_future_skew: timedelta = timedelta(minutes=5),
     limits: EdgeLimits | None = None,
     notify_targets: TargetPolicy | None = None,
+    pool_max_lifetime_s: float = 600.0,
 ) -> FastAPI:
     """Build the API app; the pool (and the webhook's Kafka sink) open in the lifespan.
 
@@ -105,9 +106,16 @@ def create_api(
         max_future_skew: Readings dated further ahead are kept out of "latest".
         limits: Body bounds of every request (:mod:`citybrain.security.guard`); default bounds if ``None``.
         notify_targets: Where notification subscriptions may point (default: public addresses only).
+        pool_max_lifetime_s: Pooled connections are replaced after this long (a backend's caches
+            grow with every partition it touches and are freed only when it ends).
     """
     pool = AsyncConnectionPool(
-        database_url, min_size=1, max_size=8, open=False, check=AsyncConnectionPool.check_connection
+        database_url,
+        min_size=1,
+        max_size=8,
+        max_lifetime=pool_max_lifetime_s,
+        open=False,
+        check=AsyncConnectionPool.check_connection,
     )
     feed = AlertFeed(database_url, FeedMetrics(registry))
     open_alerts = Gauge("citybrain_alerts_open", "Alerts not resolved, by severity", ["severity"], registry=registry)

@@ -96,6 +96,29 @@ class Settings(BaseSettings):
     )
     compress_after_days: int = Field(default=7, ge=1, description="TimescaleDB only: compress chunks older than this")
     store_pool_size: int = Field(default=4, ge=1, description="PostgreSQL pool size per worker")
+    embedded_kafka_retention_s: float = Field(
+        default=3600.0,
+        ge=60,
+        description=(
+            "retention.ms of every topic on the embedded Kafka-protocol broker (noida-db), which keeps its "
+            "whole log in memory; ignored with CITYBRAIN_KAFKA_BOOTSTRAP"
+        ),
+    )
+    worker_standby: bool = Field(
+        default=True,
+        description=(
+            "citybrain demo keeps a warm spare stream worker (imported, not connected) and promotes it "
+            "when the worker dies"
+        ),
+    )
+    db_pool_max_lifetime_s: float = Field(
+        default=600.0,
+        ge=60,
+        description=(
+            "Pooled PostgreSQL connections (worker, API, edge) are replaced after this long: a backend's "
+            "catalog and plan caches grow with every partition it touches and are freed only when it ends"
+        ),
+    )
     timezone: str = Field(default="Asia/Shanghai", description="Zone of device-local times (HJ 212 DataTime)")
     max_future_skew_s: float = Field(default=300.0, ge=0, description="Readings further ahead are flagged")
 
