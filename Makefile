@@ -61,7 +61,7 @@ fuzz: $(STAMP)  ## long fuzzing run of every decoder and the HTTP API
 chaos: $(STAMP)  ## kill -9 each component under a longer city-like load; prints sent/stored/lost/duplicated/recovery
 	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
-soak: $(STAMP)  ## 30 min at half the measured capacity (SOAK_ARGS="--minutes 60"; quick: SOAK_ARGS="--minutes 3 --warmup 1")
+soak: $(STAMP)  ## warm-up (detector windows, broker retention) + 30 min at half the measured capacity (SOAK_ARGS="--minutes 60"; quick: SOAK_ARGS="--minutes 3 --warmup 1")
 	$(PY) -m bench.soak $(SOAK_ARGS)
 
 clean:

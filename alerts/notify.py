@@ -22,6 +22,18 @@ keeps subscriptions and deliveries in PostgreSQL; a delivery is unique per
 (subscription, alert, transition, severity), so a replayed transition (the
 outbox republishing after a crash, a consumer re-reading the topic) enqueues
 nothing twice.
+
+:class:`TargetPolicy` is where a target may be (server-side request forgery: whoever may
+create a subscription must not make the worker post to its own host, the cloud metadata
+address or the platform's internal services). By default it refuses loopback, link-local,
+private (RFC 1918, ULA), multicast, unspecified and other reserved addresses, checked on
+the addresses the host name resolves to, at creation and again at every send (a DNS name
+may point to 127.0.0.1 later); :class:`PolicyResolver` filters the addresses the HTTP
+client connects to, so a name re-pointed between the check and the connection is refused
+too. An allowlist of host names and networks (``CITYBRAIN_NOTIFY_ALLOWED_HOSTS``, read by
+the composition root) lets a city reach its internal SMS gateway. A refused send is not
+retried: the attempt records the reason, the delivery fails and
+``citybrain_notify_refused_total`` counts it.
 """
 
 from __future__ import annotations
@@ -31,8 +43,11 @@ import base64
 import fnmatch
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import re
+import socket
 import string
 import time
 import urllib.parse
@@ -43,6 +58,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from prometheus_client import CollectorRegistry, Counter
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -62,15 +78,20 @@ __all__ = [
     "NotificationMetrics",
     "NotificationStore",
     "NotifyError",
+    "PolicyResolver",
     "RetryPolicy",
     "Subscription",
+    "TargetPolicy",
+    "TargetRefused",
     "WebhookSender",
     "dingtalk_signed_url",
+    "forbidden_category",
     "matches",
     "parse_transitions",
     "render",
     "sign",
     "signature_headers",
+    "system_resolve",
     "verify",
 ]
 
@@ -114,6 +135,199 @@ class DeliveryFailed(NotifyError):
         self.reason = reason
         self.status = status
         self.permanent = status is not None and 400 <= status < 500 and status not in (408, 429)
+
+
+class TargetRefused(DeliveryFailed):
+    """The target's address is one notifications may not reach (:class:`TargetPolicy`).
+
+    Always permanent: the same target is refused on every attempt.
+
+    Attributes:
+        category: Why (``loopback``, ``link-local``, ``private``, ``multicast``,
+            ``unspecified``, ``reserved``); a Prometheus label.
+    """
+
+    def __init__(self, reason: str, category: str) -> None:
+        super().__init__(reason)
+        self.permanent = True
+        self.category = category
+
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Looks up a host's addresses (``host``, ``port``) -> address strings; injected for tests.
+Resolve = Callable[[str, int], Awaitable[Sequence[str]]]
+
+# RFC 6598 shared address space (carrier-grade NAT; also some clusters' service networks):
+# not "private" to Python, not the Internet either.
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+# An allowlist host name: letters, digits, hyphens and dots (no scheme, port or wildcard).
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def forbidden_category(address: IpAddress) -> str | None:
+    """Why notifications may not reach ``address`` by default, or None for a public address."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:  # 169.254.169.254: the cloud metadata service
+        return "link-local"
+    if address.is_multicast:
+        return "multicast"
+    if address.is_private or (isinstance(address, ipaddress.IPv6Address) and address.is_site_local):
+        return "private"  # RFC 1918, ULA fc00::/7, and IANA's other special-purpose ranges
+    if address.is_reserved or address in _SHARED:
+        return "reserved"
+    return None
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    """The host's addresses from the system resolver (as the HTTP client would connect)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise NotifyError(f"target URL has no host: {url!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise NotifyError(f"target URL has a bad port: {exc}") from exc
+    return host, port
+
+
+def _literal(host: str) -> IpAddress | None:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPolicy:
+    """Where notifications may be sent: public addresses, plus an allowlist.
+
+    Attributes:
+        allowed_hosts: Host names (lower case) allowed whatever they resolve to: the
+            city's own gateways (``sms-gw.city.internal``).
+        allowed_networks: Networks allowed although not public (``10.20.0.0/16``;
+            ``127.0.0.1/32`` for tests with a local receiver).
+    """
+
+    allowed_hosts: frozenset[str] = frozenset()
+    allowed_networks: tuple[IpNetwork, ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str | Iterable[str]) -> TargetPolicy:
+        """A policy from an allowlist: comma-separated host names, addresses and CIDRs.
+
+        Raises:
+            NotifyError: An entry is neither a host name nor an address or network.
+        """
+        entries = spec.split(",") if isinstance(spec, str) else list(spec)
+        hosts: set[str] = set()
+        networks: list[IpNetwork] = []
+        for raw in entries:
+            entry = raw.strip().lower().rstrip(".")
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+                continue
+            except ValueError:
+                pass
+            if not _HOST_NAME.match(entry):
+                raise NotifyError(
+                    f"notification allowlist entry {raw.strip()!r} is not a host name, an address or a CIDR network"
+                )
+            hosts.add(entry)
+        return cls(frozenset(hosts), tuple(networks))
+
+    def allows_address(self, host: str, address: IpAddress) -> bool:
+        """Whether ``host`` may be reached at ``address``."""
+        if host.lower().rstrip(".") in self.allowed_hosts or forbidden_category(address) is None:
+            return True
+        return any(address.version == n.version and address in n for n in self.allowed_networks)
+
+    def refusal(self, host: str, addresses: Iterable[str]) -> TargetRefused | None:
+        """The refusal for ``host`` resolving to ``addresses`` (any forbidden one refuses), or None."""
+        for text in addresses:
+            address = _literal(text)
+            if address is None:
+                continue
+            if not self.allows_address(host, address):
+                category = forbidden_category(address) or "reserved"
+                shown = host if host == str(address) else f"{host} ({address})"
+                return TargetRefused(
+                    f"refused: target {shown} is a {category} address; notifications reach only public "
+                    "addresses unless the allowlist (CITYBRAIN_NOTIFY_ALLOWED_HOSTS) names the host or its network",
+                    category,
+                )
+        return None
+
+    async def check(self, url: str, resolve: Resolve = system_resolve, *, unresolved_ok: bool = False) -> None:
+        """Refuse ``url`` if its host is, or resolves to, an address the policy forbids.
+
+        Args:
+            url: The target.
+            resolve: The resolver (the system's by default).
+            unresolved_ok: A name that does not resolve passes (creating a subscription
+                while DNS is down); at send time it is a failed, retried attempt.
+
+        Raises:
+            TargetRefused: The address is forbidden.
+            DeliveryFailed: The name did not resolve (and ``unresolved_ok`` is false).
+        """
+        host, port = _host_port(url)
+        literal = _literal(host)
+        if literal is not None:
+            addresses: Sequence[str] = [str(literal)]
+        elif host in self.allowed_hosts:
+            return
+        else:
+            try:
+                addresses = await resolve(host, port)
+            except OSError as exc:
+                if unresolved_ok:
+                    return
+                raise DeliveryFailed(f"cannot resolve {host}: {exc}") from exc
+        refused = self.refusal(host, addresses)
+        if refused is not None:
+            raise refused
+
+
+class PolicyResolver(AbstractResolver):
+    """The HTTP client's resolver, keeping only the addresses a :class:`TargetPolicy` allows.
+
+    The send-time check and the connection resolve separately; without this a name
+    re-pointed to 127.0.0.1 between the two (DNS rebinding) would still be reached.
+    """
+
+    def __init__(self, policy: TargetPolicy, inner: AbstractResolver | None = None) -> None:
+        self.policy = policy
+        self.inner = inner or aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """The inner resolver's answers that the policy allows; OSError if none is."""
+        results = await self.inner.resolve(host, port, family)
+        allowed = [
+            r for r in results if (a := _literal(str(r["host"]))) is not None and self.policy.allows_address(host, a)
+        ]
+        if not allowed:
+            raise OSError(f"{host} resolves only to addresses notifications may not reach")
+        return allowed
+
+    async def close(self) -> None:
+        """Close the inner resolver."""
+        await self.inner.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +532,12 @@ class NotificationMetrics:
             ["status"],
             registry=registry,
         )
+        self.refused = Counter(
+            "citybrain_notify_refused_total",
+            "Sends refused by the target policy (SSRF), by the address's category (loopback, private …)",
+            ["category"],
+            registry=registry,
+        )
 
 
 OnAttempt = Callable[[Delivery, int, int | None, str | None], Awaitable[None]]
@@ -326,11 +546,19 @@ OnAttempt = Callable[[Delivery, int, int | None, str | None], Awaitable[None]]
 class WebhookSender:
     """Posts deliveries through an injected HTTP client, retrying with bounded backoff.
 
+    Every attempt first checks the target against ``targets`` (resolving its name
+    again: DNS may have changed since the subscription was created); a refused target
+    is recorded as a failed attempt with the reason and is not retried. Give ``client``
+    a connector with a :class:`PolicyResolver` of the same policy so that the
+    connection itself goes only to allowed addresses.
+
     Args:
         client: The ``aiohttp.ClientSession`` to post with (owned by the caller).
         policy: Attempts and backoff.
         metrics: Counters.
         clock: Wall clock in seconds (signature timestamps).
+        targets: Where targets may be (default: public addresses only).
+        resolve: Host name lookup of the send-time check (the system's by default).
     """
 
     def __init__(
@@ -339,14 +567,24 @@ class WebhookSender:
         policy: RetryPolicy,
         metrics: NotificationMetrics,
         clock: Callable[[], float] = time.time,
+        *,
+        targets: TargetPolicy | None = None,
+        resolve: Resolve = system_resolve,
     ) -> None:
         self.client = client
         self.policy = policy
         self.metrics = metrics
         self.clock = clock
+        self.targets = targets if targets is not None else TargetPolicy()
+        self.resolve = resolve
 
     async def _post_once(self, d: Delivery) -> int:
         sub = d.subscription
+        try:
+            await self.targets.check(sub.url, self.resolve)
+        except TargetRefused as exc:
+            self.metrics.refused.labels(exc.category).inc()
+            raise
         body = render(sub, d.alert, d.transition)
         now = self.clock()
         url = sub.url
@@ -395,7 +633,7 @@ class WebhookSender:
                     try:
                         status = await self._post_once(d)
                     except DeliveryFailed as exc:
-                        self.metrics.attempts.labels("error").inc()
+                        self.metrics.attempts.labels("refused" if isinstance(exc, TargetRefused) else "error").inc()
                         log.warning("notification %s attempt %d failed: %s", d.key, n, exc.reason)
                         await on_attempt(d, n, exc.status, exc.reason)
                         raise

@@ -42,6 +42,8 @@ INSIDE_E2E = {"bench.bench_latency"}
 ARGS = {
     "bench.e2e": ["--no-json"],  # its figures go into the one summary file
     "bench.bench_ledger": ["--rows", "200000", "--lookups", "200000"],
+    # The worker alone (pipeline on PostgreSQL and Kafka): one warm-up and one measured round.
+    "bench.bench_worker": ["--devices", "10000", "--rounds", "1"],
 }
 
 

@@ -13,6 +13,7 @@ The failure tests (tests/e2e/test_failures.py) run the same kills with a short l
 ``make chaos`` runs them longer and prints the table::
 
     python -m bench.chaos [--devices 3000] [--rate 250] [--before 15] [--after 30] [--only gateway,worker]
+        [--log-level INFO]
 """
 
 from __future__ import annotations
@@ -123,10 +124,25 @@ async def _published(
 class Rig:
     """A supervised platform on a private Mosquitto; every component killable."""
 
-    def __init__(self, root: Path, devices: int, *, partitions: int = 2) -> None:
+    def __init__(
+        self,
+        root: Path,
+        devices: int,
+        *,
+        partitions: int = 2,
+        kafka_retention_s: float | None = None,
+        pool_lifetime_s: float | None = None,
+        log_level: str = "WARNING",
+    ) -> None:
         self.root = root
         self.devices = devices
         self.partitions = partitions
+        #: retention.ms of the embedded broker's topics (None: the platform's default).
+        self.kafka_retention_s = kafka_retention_s
+        #: Lifetime of the services' pooled PostgreSQL connections (None: the platform's default).
+        self.pool_lifetime_s = pool_lifetime_s
+        #: The services' log level (INFO shows a restarted worker's start-up times).
+        self.log_level = log_level
         self.codes = demo_device_codes(devices)
         self.mosquitto: ManagedProcess | None = None
         self.mqtt: MqttEndpoint | None = None
@@ -146,12 +162,14 @@ class Rig:
             topic_prefix=f"chaos{uuid.uuid4().hex[:6]}",
             api_port=0,
             partitions=self.partitions,
-            log_level="WARNING",
+            log_level=self.log_level,
             # The load compresses time (a device reports every few seconds, not every few
             # minutes): the gateway's per-device flood limit would rightly drop it.
             gateway_flood_factor=0,
             # As at city scale: readings reach apps from Kafka, not re-published on MQTT.
             gateway_bridge_readings=False,
+            **({"embedded_kafka_retention_s": self.kafka_retention_s} if self.kafka_retention_s else {}),
+            **({"db_pool_max_lifetime_s": self.pool_lifetime_s} if self.pool_lifetime_s else {}),
         )
         self.platform = Platform.from_settings(settings, data_dir=self.root)
         # Each kill is seen and repaired by the supervisor within a second.
@@ -359,9 +377,9 @@ def _check(
 
 
 @contextmanager
-def rig(root: Path, devices: int) -> Iterator[Rig]:
+def rig(root: Path, devices: int, log_level: str = "WARNING") -> Iterator[Rig]:
     """A started :class:`Rig`, always stopped."""
-    r = Rig(root, devices)
+    r = Rig(root, devices, log_level=log_level)
     try:
         yield r.start()
     finally:
@@ -376,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--after", type=float, default=30.0, help="seconds of load after the kill")
     ap.add_argument("--only", default="", help="comma-separated components (default: all)")
     ap.add_argument("--data-dir", type=Path, default=Path("var/chaos"))
+    ap.add_argument(
+        "--log-level", default="WARNING", help="the services' log level (INFO: a restarted worker logs its start-up)"
+    )
     args = ap.parse_args(argv)
     kinds = [k for k in args.only.split(",") if k] or list(KINDS)
     root = args.data_dir.resolve() / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -385,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     results = []
-    with rig(root, args.devices) as r:
+    with rig(root, args.devices, args.log_level) as r:
         for kind in kinds:
             res = run_kill(r, kind, rate=args.rate, before_s=args.before, after_s=args.after)
             results.append(res)

@@ -13,9 +13,29 @@ the first samples after the warm-up against the median of the last ones), the ba
 never exceeds a minute of traffic and drains to nothing, and every message sent is
 stored exactly once::
 
-    python -m bench.soak [--minutes 30] [--warmup 5] [--rate 0 (measure; half of it)] [--devices 3000]
+    python -m bench.soak [--minutes WARMUP+30] [--warmup auto] [--rate 0 (measure; half of it)] [--devices 3000]
 
 ``--minutes 3 --warmup 1`` is a quick check.
+
+**The warm-up** is the time state that is bounded by design takes to fill, so that what
+grows after it is a leak: (1) the anomaly detectors' windows, up to the longest window of
+the shipped config (``alerts/data/anomaly/detectors.yaml``: robust_z keeps 90 samples per
+air series) at the load's report interval per device (devices / rate): 3,000 devices at
+80 msg/s report every 37 s, so 90 samples take 56 minutes; 300 devices, 5.6 minutes;
+(2) the embedded Kafka-protocol broker's log, which noida-db keeps in memory up to the
+topics' ``retention.ms`` (the rig sets ``--kafka-retention`` minutes,
+``CITYBRAIN_EMBEDDED_KAFKA_RETENTION_S``). The default warm-up is the longer of the two.
+
+**What is measured.** RSS per process; for PostgreSQL's backends their *private* memory
+summed (``Anonymous`` in ``/proc/<pid>/smaps_rollup``: catalog and plan caches, sort and
+hash memory). Their USS would also count the pages of shared buffers that only one backend
+has touched so far, which grows with the data read until shared_buffers is full: a
+cache filling, not a leak. The private memory does grow, by the catalog, relation and plan
+caches of long-lived connections, until the pool replaces the connection
+(``CITYBRAIN_DB_POOL_MAX_LIFETIME_S``, 600 s by default): a saw-tooth with a period of the
+pool lifetime, which a median over a few minutes cannot judge. So the soak runs the pools
+with ``--pool-lifetime`` minutes (2 by default), several lifetimes within the measured span.
+The broker's retained log (records on the raw topic) is printed beside its RSS.
 """
 
 from __future__ import annotations
@@ -32,9 +52,34 @@ from pathlib import Path
 import psutil
 import psycopg
 
+from alerts.anomaly.config import shipped_anomaly_config
 from bench.chaos import Rig, _check, _stored, _wait
 from citybrain.harness import ManagedProcess
+from devices.models import shipped_models
 from simulators.load import CityLoad, LoadConfig
+
+#: Parameters of a detector that count samples (its window, or its warm-up before scoring).
+_SAMPLE_COUNTS = ("window", "min_samples", "samples")
+
+
+def longest_window(device_class: str = "air") -> int:
+    """The most samples any shipped anomaly detector keeps (or waits for) on a series of the class."""
+    config = shipped_anomaly_config()
+    longest = 0
+    for model in shipped_models().all():
+        if model.device_class != device_class:
+            continue
+        for metric, spec in model.metrics.items():
+            for det in config.plan(device_class, model.id, metric, gauge=spec.kind == "gauge"):
+                counts = [getattr(det.params, n, 0) for n in _SAMPLE_COUNTS]
+                longest = max([longest, *(c for c in counts if isinstance(c, int))])
+    return longest
+
+
+def default_warmup_min(devices: int, rate: float, kafka_retention_min: float) -> float:
+    """Minutes until the detectors' windows and the embedded broker's log are full (module docstring)."""
+    windows = longest_window() * devices / rate / 60
+    return max(windows, kafka_retention_min) + 1
 
 
 @dataclass
@@ -45,6 +90,8 @@ class Sample:
     sent: int
     stored: int
     lag: int
+    #: Records the broker still holds on the raw topic (end − beginning offsets).
+    retained: int = -1
     rss_mb: dict[str, float] = field(default_factory=dict)
     fds: dict[str, int] = field(default_factory=dict)
     pg_table_mb: float = 0.0
@@ -69,23 +116,33 @@ def _memory(proc: ManagedProcess) -> tuple[float, int]:
         return 0.0, 0
 
 
+def _private_anon(pid: int) -> int:
+    """Bytes of private anonymous memory (heap) of a process; shared memory not counted."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def _backends(proc: ManagedProcess) -> tuple[float, int]:
-    """PostgreSQL's backends together: their own memory (USS, shared buffers not counted) and fds."""
-    uss, fds = 0, 0
+    """PostgreSQL's backends together: their private memory (module docstring) and fds."""
+    own, fds = 0, 0
     try:
         children = psutil.Process(proc.pid).children(recursive=True)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return 0.0, 0
     for child in children:
         try:
-            uss += child.memory_full_info().uss
+            own += _private_anon(child.pid)
             fds += child.num_fds()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
             continue
-    return uss / 1e6, fds
+    return own / 1e6, fds
 
 
-async def _lag(bootstrap: str, group: str, topic: str) -> int:
+async def _lag(bootstrap: str, group: str, topic: str) -> tuple[int, int]:
+    """The group's lag on the topic and the records the broker holds on it."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
@@ -97,11 +154,12 @@ async def _lag(bootstrap: str, group: str, topic: str) -> int:
             parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         ends = await consumer.end_offsets(tps)
+        begins = await consumer.beginning_offsets(tps)
         lag = 0
         for tp in tps:
             committed = await consumer.committed(tp)
-            lag += ends[tp] - (committed or 0)
-        return lag
+            lag += ends[tp] - max(committed or 0, begins[tp])
+        return lag, sum(ends[tp] - begins[tp] for tp in tps)
     finally:
         await consumer.stop()
 
@@ -128,7 +186,9 @@ def sample(rig: Rig, load: CityLoad, t0: float) -> Sample:
     prefix = rig.platform.settings.topic_prefix
     try:
         assert services.kafka_bootstrap
-        s.lag = asyncio.run(asyncio.wait_for(_lag(services.kafka_bootstrap, f"{prefix}-streams", f"{prefix}.raw"), 30))
+        s.lag, s.retained = asyncio.run(
+            asyncio.wait_for(_lag(services.kafka_bootstrap, f"{prefix}-streams", f"{prefix}.raw"), 30)
+        )
     except Exception as exc:  # a sample is skipped, never the soak
         print(f"    (lag not sampled: {exc})", flush=True)
     for name, proc in _processes(rig).items():
@@ -157,22 +217,33 @@ def measure_capacity(rig: Rig, seconds: float = 20.0) -> float:
 
 
 def _table(samples: list[Sample], names: list[str]) -> list[str]:
-    head = "| min | sent | stored | backlog | lag (records) | " + " | ".join(f"{n} MB / fds" for n in names)
-    head += " | PG tables / indexes MB |"
-    lines = [head, "|" + "---|" * (6 + len(names))]
+    head = "| min | sent | stored | backlog | lag (records) | raw topic holds | "
+    head += " | ".join(f"{n} MB / fds" for n in names) + " | PG tables / indexes MB |"
+    lines = [head, "|" + "---|" * (7 + len(names))]
     for s in samples:
         procs = " | ".join(f"{s.rss_mb.get(n, 0):.0f} / {s.fds.get(n, 0)}" for n in names)
         lines.append(
-            f"| {s.minute:.1f} | {s.sent:,} | {s.stored:,} | {s.sent - s.stored:,} | {s.lag} | {procs} "
-            f"| {s.pg_table_mb:.0f} / {s.pg_index_mb:.0f} |"
+            f"| {s.minute:.1f} | {s.sent:,} | {s.stored:,} | {s.sent - s.stored:,} | {s.lag} | {s.retained:,} "
+            f"| {procs} | {s.pg_table_mb:.0f} / {s.pg_index_mb:.0f} |"
         )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--minutes", type=float, default=30.0, help="length of the soak (more for a longer one)")
-    ap.add_argument("--warmup", type=float, default=5.0, help="minutes before RSS growth is measured")
+    ap.add_argument("--minutes", type=float, default=0.0, help="length of the soak (0: the warm-up + 30)")
+    ap.add_argument(
+        "--warmup", type=float, default=0.0, help="minutes before RSS growth is measured (0: auto, module docstring)"
+    )
+    ap.add_argument(
+        "--kafka-retention", type=float, default=5.0, help="retention.ms of the embedded broker's topics, minutes"
+    )
+    ap.add_argument(
+        "--pool-lifetime",
+        type=float,
+        default=2.0,
+        help="minutes before pooled PostgreSQL connections are replaced (CITYBRAIN_DB_POOL_MAX_LIFETIME_S)",
+    )
     ap.add_argument("--rate", type=float, default=0.0, help="msg/s; 0: half the capacity measured first")
     ap.add_argument("--devices", type=int, default=3000)
     ap.add_argument("--sample-s", type=float, default=60.0, help="seconds between samples")
@@ -180,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=Path("var/soak"))
     args = ap.parse_args(argv)
     root = args.data_dir.resolve() / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    rig = Rig(root, args.devices)
+    rig = Rig(root, args.devices, kafka_retention_s=args.kafka_retention * 60, pool_lifetime_s=args.pool_lifetime * 60)
     try:
         rig.start()
         assert rig.mqtt is not None and rig.platform is not None
@@ -189,6 +260,14 @@ def main(argv: list[str] | None = None) -> int:
             capacity = measure_capacity(rig)
             rate = capacity / 2
             print(f"soak: measured capacity {capacity:,.0f} msg/s stored; soaking at half: {rate:,.0f} msg/s")
+        if args.warmup <= 0:
+            args.warmup = default_warmup_min(args.devices, rate, args.kafka_retention)
+            print(
+                f"soak: warm-up {args.warmup:.1f} min: detector windows of {longest_window()} samples at one "
+                f"report per device every {args.devices / rate:.1f} s, broker retention {args.kafka_retention:g} min"
+            )
+        if args.minutes <= 0:
+            args.minutes = args.warmup + 30
         print(
             f"soak: {args.devices:,} devices, {rate:,.0f} msg/s QoS 1 for {args.minutes:g} min "
             f"(warm-up {args.warmup:g} min), an episode every {args.episode_every:g} min; data in {root}",

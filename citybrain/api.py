@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.feed import AlertFeed, FeedMetrics
+from alerts.notify import TargetPolicy
 from alerts.store import AlertStore
 from citybrain.console import routes as console_routes
 from citybrain.routes import alerts as alert_routes
@@ -90,6 +91,8 @@ def create_api(
     webhook_max_body_bytes: int = 65536,
     max_future_skew: timedelta = timedelta(minutes=5),
     limits: EdgeLimits | None = None,
+    notify_targets: TargetPolicy | None = None,
+    pool_max_lifetime_s: float = 600.0,
 ) -> FastAPI:
     """Build the API app; the pool (and the webhook's Kafka sink) open in the lifespan.
 
@@ -102,9 +105,17 @@ def create_api(
         webhook_max_body_bytes: Largest accepted webhook body.
         max_future_skew: Readings dated further ahead are kept out of "latest".
         limits: Body bounds of every request (:mod:`citybrain.security.guard`); default bounds if ``None``.
+        notify_targets: Where notification subscriptions may point (default: public addresses only).
+        pool_max_lifetime_s: Pooled connections are replaced after this long (a backend's caches
+            grow with every partition it touches and are freed only when it ends).
     """
     pool = AsyncConnectionPool(
-        database_url, min_size=1, max_size=8, open=False, check=AsyncConnectionPool.check_connection
+        database_url,
+        min_size=1,
+        max_size=8,
+        max_lifetime=pool_max_lifetime_s,
+        open=False,
+        check=AsyncConnectionPool.check_connection,
     )
     feed = AlertFeed(database_url, FeedMetrics(registry))
     open_alerts = Gauge("citybrain_alerts_open", "Alerts not resolved, by severity", ["severity"], registry=registry)
@@ -175,6 +186,7 @@ def create_api(
         alert_feed=feed,
         assigner=Assigner(districts, Grid.build(districts)),
         max_future_skew=max_future_skew,
+        notify_targets=notify_targets if notify_targets is not None else TargetPolicy(),
     )
     for module in ROUTE_MODULES:
         app.include_router(module.build(ctx))

@@ -161,7 +161,39 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _wait_for_promotion(mask: set[int | signal.Signals]) -> None:
+    """A standby worker: wait for SIGUSR1 (take over) or for a stop signal (leave).
+
+    SIGUSR1 has been blocked since the start (``mask`` is the mask before that): the
+    supervisor promotes a standby only once it blocks or catches SIGUSR1
+    (``citybrain.platform``), so the signal is never taken with its default action (death),
+    and one that came during the imports is delivered here. The handlers only wake the
+    wait (Python writes the signal's number to the wakeup fd); Faust installs its own later.
+    """
+    import socket
+
+    wanted = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+    r, w = socket.socketpair()
+    w.setblocking(False)
+    previous = {s: signal.signal(s, lambda *_: None) for s in wanted}
+    old_fd = signal.set_wakeup_fd(w.fileno())
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGUSR1 already pending arrives now
+    got = signal.Signals(r.recv(1)[0])
+    signal.set_wakeup_fd(old_fd)
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+    r.close()
+    w.close()
+    if got != signal.SIGUSR1:
+        logging.shutdown()
+        os._exit(0)
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    # A standby blocks SIGUSR1 before the heavy imports: the supervisor may promote it from now on.
+    mask: set[int | signal.Signals] = set()
+    if args.standby:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     from faust import Worker
 
     from alerts.anomaly.config import load_anomaly_config, shipped_anomaly_config
@@ -181,6 +213,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         batch_max=settings.worker_batch_max,
         batch_within_s=settings.worker_batch_within_s,
         pool_size=settings.store_pool_size,
+        pool_max_lifetime_s=settings.db_pool_max_lifetime_s,
         app_id=f"{settings.topic_prefix}-streams",
         max_future_skew_s=settings.max_future_skew_s,
         rules=load_rules(Path(settings.rules_dir)) if settings.rules_dir else shipped_rules(),
@@ -203,11 +236,17 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             max_wait_s=settings.notify_max_wait_s,
             timeout_s=settings.notify_timeout_s,
         ),
+        notify_targets=settings.notify_targets(),
         dead_letter_retention_days=settings.dead_letter_retention_days,
         debug_recent_messages=settings.debug_recent_messages,
+        state_cache_devices=settings.state_cache_devices,
         client_id=process_client_id("worker"),
     )
     app = create_app(cfg, CollectorRegistry(), shipped_models())
+    if args.standby:
+        # Everything is imported and built; nothing is connected. The rest (pool, index,
+        # group join) is what a promoted standby still has to do.
+        _wait_for_promotion(mask)
     worker = Worker(
         app,
         loglevel=settings.log_level.lower(),
@@ -288,6 +327,8 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         webhook_max_body_bytes=settings.webhook_max_body_bytes,
         limits=EdgeLimits(settings.api_max_body_bytes, settings.api_anonymous_max_body_bytes),
         max_future_skew=timedelta(seconds=settings.max_future_skew_s),
+        notify_targets=settings.notify_targets(),
+        pool_max_lifetime_s=settings.db_pool_max_lifetime_s,
     )
     # Open SSE streams must not hold a shutdown for long.
     uvicorn.run(
@@ -421,7 +462,14 @@ def cmd_edge(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, check=AsyncConnectionPool.check_connection)
+        pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=4,
+            max_lifetime=settings.db_pool_max_lifetime_s,
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+        )
         await pool.open(wait=True, timeout=30)
         ledger = Ledger(pool, models)
         # One directory, owned here and refreshed in place: the server resolves through
@@ -583,6 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a stream worker (Faust)")
     p.add_argument(
         "--web-port", type=int, default=0, help="port of the worker's /metrics and /healthz (0: a free port)"
+    )
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="import and build everything, then wait for SIGUSR1 before starting (the supervisor's warm spare)",
     )
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("api", help="run the HTTP API")

@@ -90,6 +90,8 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
             template=args.template,
             secret=secret,
         )
+        # The same target policy as the API and the worker (CITYBRAIN_NOTIFY_ALLOWED_HOSTS).
+        asyncio.run(settings.notify_targets().check(sub.url, unresolved_ok=True))
     except (NotifyError, RecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

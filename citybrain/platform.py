@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import psycopg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from citybrain.harness import AMQTT_WARNING, HarnessError, ManagedProcess, Services, free_port, spawn
@@ -63,34 +65,48 @@ def migrate(database_url: str, models: ModelRegistry) -> list[int]:
         return upgrade(conn, models)
 
 
-async def _create_topics(bootstrap: str, topics: KafkaTopics, partitions: int, classes: list[str]) -> None:
+async def _create_topics(
+    bootstrap: str, topics: KafkaTopics, partitions: int, classes: list[str], retention_ms: int | None
+) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [
-            NewTopic(topics.raw, partitions, 1),
-            NewTopic(topics.deadletter, 1, 1),
-            NewTopic(topics.alerts, partitions, 1),
-        ]
-        wanted += [NewTopic(topics.readings(c), partitions, 1) for c in classes]
+        names = [(topics.raw, partitions), (topics.deadletter, 1), (topics.alerts, partitions)]
+        names += [(topics.readings(c), partitions) for c in classes]
         # Graded views (readings.{class}.public/.internal) of the classes that need them.
         from streams.downstream import plan_views
 
         plan = plan_views(shipped_models())
-        wanted += [NewTopic(t, partitions, 1) for t in plan.kafka_topics(topics) if t.split(".")[-2] in classes]
-        new = [t for t in wanted if t.name not in existing]
+        names += [(t, partitions) for t in plan.kafka_topics(topics) if t.split(".")[-2] in classes]
+        # Retention deletes whole segments whose newest record is older than retention.ms, as in
+        # Kafka (noida-db too): a topic written all the time never closes its active segment
+        # unless segment.ms rolls it. A fifth of the retention: the log holds at most 1.2 × it.
+        configs = {"retention.ms": str(retention_ms), "segment.ms": str(retention_ms // 5)} if retention_ms else {}
+        new = [NewTopic(n, p, 1, topic_configs=configs) for n, p in names if n not in existing]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
+        old = [n for n, _ in names if n in existing]
+        if configs and old:
+            # A demo restarted on the same data dir keeps its topics: bound them as well.
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, n, configs) for n in old])
     finally:
         await admin.close()
 
 
-def create_topics(bootstrap: str, topics: KafkaTopics, partitions: int, classes: list[str]) -> None:
-    """Create the platform's Kafka topics explicitly (never rely on auto-creation)."""
+def create_topics(
+    bootstrap: str, topics: KafkaTopics, partitions: int, classes: list[str], *, retention_ms: int | None = None
+) -> None:
+    """Create the platform's Kafka topics explicitly (never rely on auto-creation).
+
+    Args:
+        retention_ms: ``retention.ms`` of every topic, with ``segment.ms`` a fifth of it (None:
+            the broker's defaults). For the embedded broker only, which keeps its whole log in
+            memory; a real Kafka's retention is set per topic as docs/operations.md says.
+    """
     try:
-        asyncio.run(_create_topics(bootstrap, topics, partitions, classes))
+        asyncio.run(_create_topics(bootstrap, topics, partitions, classes, retention_ms))
     except KafkaError as exc:
         raise HarnessError(f"cannot create Kafka topics on {bootstrap}: {exc}") from exc
 
@@ -155,6 +171,23 @@ def register_fleet(database_url: str, size: str, seed: int) -> tuple[int, int]:
 #: Services that join Kafka consumer groups (their members must leave when they die).
 _GROUP_MEMBERS = frozenset({"gateway", "worker"})
 
+#: The signal that promotes a standby worker (``citybrain worker --standby``).
+PROMOTE_SIGNAL = signal.SIGUSR1
+
+
+def _armed(pid: int) -> bool:
+    """Whether a standby process blocks or catches the promotion signal yet (before, it would die of it).
+
+    Linux: read from ``/proc/<pid>/status`` (``SigBlk``, ``SigCgt``); elsewhere never, so a
+    dead worker is restarted the ordinary way.
+    """
+    bit = 1 << (PROMOTE_SIGNAL - 1)
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith(("SigBlk:", "SigCgt:")) and int(line.split()[1], 16) & bit for line in f)
+    except (OSError, ValueError):
+        return False
+
 
 @dataclass
 class _Health:
@@ -198,6 +231,11 @@ class Platform:
     unhealthy_restart_s: float = 20.0
     #: How long a (re)started service may take to become healthy the first time.
     startup_grace_s: float = 90.0
+    #: Keep a warm spare stream worker (``citybrain worker --standby``: imported and built, not
+    #: connected) and promote it when the worker dies: a restart spends most of its time, on a
+    #: loaded machine, importing (docs/operations.md, "Kill -9").
+    worker_standby: bool = True
+    _standby: ManagedProcess | None = field(default=None, repr=False)
     _api_keys: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = field(default_factory=dict, repr=False)
     _health: dict[str, _Health] = field(default_factory=dict, repr=False)
     _dead_pids: set[int] = field(default_factory=set, repr=False)
@@ -223,7 +261,7 @@ class Platform:
             pg_in_data_dir=True,
             mqtt_broker=mqtt_broker,
         )
-        return cls(settings=settings, services=services, log_dir=root / "logs")
+        return cls(settings=settings, services=services, log_dir=root / "logs", worker_standby=settings.worker_standby)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -291,7 +329,16 @@ class Platform:
             migrate(self.services.database_url, models)
             topics = KafkaTopics(self.settings.topic_prefix)
             say("creating Kafka topics…")
-            create_topics(self.services.kafka_bootstrap, topics, self.settings.partitions, models.device_classes())
+            # noida-db (embedded) keeps its whole log in memory and honours retention.ms: bound it,
+            # or its memory grows with everything ever sent. A real Kafka keeps its own settings.
+            embedded = not self.settings.kafka_bootstrap
+            create_topics(
+                self.services.kafka_bootstrap,
+                topics,
+                self.settings.partitions,
+                models.device_classes(),
+                retention_ms=int(self.settings.embedded_kafka_retention_s * 1000) if embedded else None,
+            )
             if fleet is None:
                 n = devices if devices is not None else self.settings.demo_devices
                 register_demo_devices(self.services.database_url, demo_device_codes(n))
@@ -508,7 +555,8 @@ class Platform:
     def _supervise_once(self) -> list[str]:
         restarted = []
         now = time.monotonic()
-        for p in self.processes:
+        # The dead first: each health probe may wait seconds for a saturated service's answer.
+        for p in sorted(self.processes, key=lambda q: q.alive()):
             if p.alive():
                 reason = self._unhealthy(p, now)
                 if reason is None:
@@ -520,12 +568,48 @@ class Platform:
             if p.name in _GROUP_MEMBERS:
                 self._dead_pids.add(p.pid)
             self._evict_dead()
-            p.respawn()
+            if not (p.name == "worker" and self._promote(p)):
+                p.respawn()
             self._health.pop(p.name, None)
             restarted.append(p.name)
         if self._dead_pids:
             self._evict_dead()  # the broker was down at the time: try again
+        self._keep_standby()
         return restarted
+
+    def _promote(self, worker: ManagedProcess) -> bool:
+        """Let the standby worker take the dead worker's place; False if there is none ready."""
+        standby, self._standby = self._standby, None
+        if standby is None:
+            return False
+        if not (standby.alive() and _armed(standby.pid)):
+            standby.stop(timeout=2)
+            return False
+        os.kill(standby.pid, PROMOTE_SIGNAL)
+        log.warning("worker: standby (pid %d) promoted in place of pid %d", standby.pid, worker.pid)
+        # The standby's log becomes the worker's; the next standby writes to the other file.
+        worker.proc, worker.log_path, worker.started_at = standby.proc, standby.log_path, time.monotonic()
+        worker.restarts += 1
+        return True
+
+    def _keep_standby(self) -> None:
+        """Start a standby worker once the worker is healthy and none is waiting.
+
+        Not before: on a loaded machine a standby importing beside a worker that is starting
+        would slow the start down.
+        """
+        if not self.worker_standby:
+            return
+        worker = next((p for p in self.processes if p.name == "worker"), None)
+        health = self._health.get("worker")
+        if worker is None or health is None or not health.seen_healthy or not worker.alive():
+            return
+        if self._standby is not None and self._standby.alive():
+            return
+        other = "worker.log" if worker.log_path.name != "worker.log" else "worker.standby.log"
+        self._standby = spawn(
+            "worker (standby)", [*worker.argv, "--standby"], worker.log_path.with_name(other), env=worker.env
+        )
 
     def restart_server(self, kind: str, *, hard: bool = True, rewind_s: float = 10.0) -> None:
         """Kill (``-9`` when ``hard``) a server the harness started, start it again, and recover the services.
@@ -625,6 +709,10 @@ class Platform:
 
     def stop(self) -> None:
         """Stop services first (so they flush), then servers."""
+        with self._lock:
+            standby, self._standby = self._standby, None
+        if standby is not None:
+            standby.stop()
         while self.processes:
             self.processes.pop().stop()
         self.services.stop()

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from alerts.notify import TargetPolicy
 
 __all__ = ["Settings"]
 
@@ -93,6 +96,29 @@ class Settings(BaseSettings):
     )
     compress_after_days: int = Field(default=7, ge=1, description="TimescaleDB only: compress chunks older than this")
     store_pool_size: int = Field(default=4, ge=1, description="PostgreSQL pool size per worker")
+    embedded_kafka_retention_s: float = Field(
+        default=3600.0,
+        ge=60,
+        description=(
+            "retention.ms of every topic on the embedded Kafka-protocol broker (noida-db), which keeps its "
+            "whole log in memory; ignored with CITYBRAIN_KAFKA_BOOTSTRAP"
+        ),
+    )
+    worker_standby: bool = Field(
+        default=True,
+        description=(
+            "citybrain demo keeps a warm spare stream worker (imported, not connected) and promotes it "
+            "when the worker dies"
+        ),
+    )
+    db_pool_max_lifetime_s: float = Field(
+        default=600.0,
+        ge=60,
+        description=(
+            "Pooled PostgreSQL connections (worker, API, edge) are replaced after this long: a backend's "
+            "catalog and plan caches grow with every partition it touches and are freed only when it ends"
+        ),
+    )
     timezone: str = Field(default="Asia/Shanghai", description="Zone of device-local times (HJ 212 DataTime)")
     max_future_skew_s: float = Field(default=300.0, ge=0, description="Readings further ahead are flagged")
 
@@ -149,6 +175,17 @@ class Settings(BaseSettings):
     )
     notify_max_wait_s: float = Field(default=120.0, gt=0, description="Longest wait between notification attempts")
     notify_timeout_s: float = Field(default=10.0, gt=0, description="HTTP timeout of one notification attempt")
+    state_cache_devices: int = Field(
+        default=100_000,
+        ge=0,
+        description="Devices whose rule and detector state a worker keeps in memory between batches (0: none)",
+    )
+    notify_allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated host names, addresses and CIDR networks notification webhooks may reach "
+        "although not public (an internal SMS gateway); by default loopback, link-local, private, multicast and "
+        "unspecified addresses are refused (docs/security.md)",
+    )
     debug_recent_messages: bool = Field(
         default=True,
         description="Workers keep each device's last 20 raw messages for the debug view (a write per device and batch)",
@@ -250,6 +287,23 @@ class Settings(BaseSettings):
                 # Host names and "*" are refused: trusting a forwarding header must name who sends it.
                 raise ValueError(f"trusted proxy {item!r} is not an IP address or network") from None
         return value
+
+    @field_validator("notify_allowed_hosts")
+    @classmethod
+    def _notify_allowlist(cls, value: str) -> str:
+        from alerts.notify import NotifyError, TargetPolicy
+
+        try:
+            TargetPolicy.parse(value)
+        except NotifyError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def notify_targets(self) -> TargetPolicy:
+        """Where notification webhooks may post: public addresses plus ``notify_allowed_hosts``."""
+        from alerts.notify import TargetPolicy
+
+        return TargetPolicy.parse(self.notify_allowed_hosts)
 
     @model_validator(mode="after")
     def _body_bounds(self) -> Settings:

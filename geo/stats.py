@@ -30,6 +30,7 @@ __all__ = [
     "DistrictFigures",
     "aggregate",
     "air_station_values",
+    "counted_alert_sql",
     "device_counts",
     "district_figures",
     "manhole_open_alerts",
@@ -56,10 +57,28 @@ _LATEST = (
 )
 
 _LIVE = "d.state <> 'decommissioned'"
-# Fence-presence alerts (alerts.geofence: "device is inside fence X", severity info)
-# are events, not problems: they must not colour the map or count as open alerts.
-# Written for queries run with parameters ("%%" is a literal "%").
-_NOT_FENCE = "rule not like 'geofence.%%'"
+
+
+def counted_alert_sql(alias: str = "") -> str:
+    """SQL condition: an unresolved alert that counts in the city's state (tiles, map colours).
+
+    Fence-presence alerts (alerts.geofence: "device is inside fence X", severity info) are
+    events, not problems. A shelved alert (``shelved_until`` still ahead, on the database's
+    clock: alerts.store) was silenced by an operator: it stays in the alert list, marked,
+    but must not colour the map or count as open, or shelving would not quieten anything.
+    Written for queries run with parameters (``%%`` is a literal ``%``).
+
+    Args:
+        alias: Table alias of ``alerts`` in the query (``"a"``), or empty.
+    """
+    a = f"{alias}." if alias else ""
+    return (
+        f"{a}state <> 'resolved' and {a}rule not like 'geofence.%%'"
+        f" and ({a}shelved_until is null or {a}shelved_until <= now())"
+    )
+
+
+_COUNTED = counted_alert_sql()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +87,8 @@ class DistrictFigures:
 
     Attributes:
         devices: Devices registered in the district (not decommissioned).
-        open_alerts: Alerts in the district not resolved.
+        open_alerts: Alerts in the district that count (:func:`counted_alert_sql`: not
+            resolved, not a fence event, not shelved).
         water_ok_share: Share of its water stations (with a value) meeting
             their target class, or None.
         water_stations: Water stations with a value.
@@ -101,7 +121,7 @@ async def district_figures(conn: AsyncConnection[Any], *, max_age_s: float) -> d
         with devs as (
             select d.district, count(*) as n from devices d where {live} group by 1
         ), alerts_open as (
-            select district, count(*) as n from alerts where state <> 'resolved' and {not_fence} group by 1
+            select district, count(*) as n from alerts where {counted} group by 1
         ), latest as (
             select d.district, d.device_class,
                    case when jsonb_typeof(rs.snapshot -> 'water_class_over_target' -> 0) = 'number'
@@ -121,7 +141,7 @@ async def district_figures(conn: AsyncConnection[Any], *, max_age_s: float) -> d
         full join alerts_open on alerts_open.district = devs.district
         full join env on env.district = coalesce(devs.district, alerts_open.district)
         """
-    ).format(live=sql.SQL(_LIVE), not_fence=sql.SQL(_NOT_FENCE))
+    ).format(live=sql.SQL(_LIVE), counted=sql.SQL(_COUNTED))
     rows = await (await conn.execute(query, {"max_age": max_age_s})).fetchall()
     for district, devices, alerts, ok, stations in rows:
         out[district] = {
@@ -275,14 +295,14 @@ async def aggregate(
         ), alerts_open as (
             select {column} as area, count(*) as n
             from alerts a join devices d on d.code = a.device_code
-            where a.state <> 'resolved' and a.{not_fence} and d.device_class = %(cls)s and {column} is not null
+            where {counted} and d.device_class = %(cls)s and {column} is not null
             group by 1
         )
         select p.area, count(*), count(p.v), avg(p.v), min(p.v), max(p.v), coalesce(max(ao.n), 0)
         from per_device p left join alerts_open ao on ao.area = p.area
         group by p.area order by p.area
         """
-    ).format(column=column, latest=sql.SQL(_LATEST), live=sql.SQL(_LIVE), not_fence=sql.SQL(_NOT_FENCE))
+    ).format(column=column, latest=sql.SQL(_LATEST), live=sql.SQL(_LIVE), counted=sql.SQL(counted_alert_sql("a")))
     rows = await (await conn.execute(query, {"metric": metric, "cls": device_class, "max_age": max_age_s})).fetchall()
     return [
         {
@@ -299,11 +319,9 @@ async def aggregate(
 
 
 async def open_by_severity(conn: AsyncConnection[Any]) -> dict[int, int]:
-    """Alerts not resolved, by numeric severity."""
+    """Alerts that count (:func:`counted_alert_sql`: unresolved, not shelved), by numeric severity."""
     rows = await (
-        await conn.execute(
-            "select severity, count(*) from alerts where state <> 'resolved' and " + _NOT_FENCE + " group by 1", {}
-        )
+        await conn.execute("select severity, count(*) from alerts where " + _COUNTED + " group by 1", {})
     ).fetchall()
     return {int(s): int(n) for s, n in rows}
 
@@ -317,11 +335,11 @@ async def noise_exceedances_since(conn: AsyncConnection[Any], since: datetime) -
 
 
 async def manhole_open_alerts(conn: AsyncConnection[Any]) -> int:
-    """Manhole alerts not resolved (by the alert's class, or its ``manhole.*`` rule when the class is unset)."""
+    """Manhole alerts that count (:func:`counted_alert_sql`), by the alert's class or its ``manhole.*`` rule."""
     row = await (
         await conn.execute(
-            "select count(*) from alerts where state <> 'resolved' and "
-            + _NOT_FENCE
+            "select count(*) from alerts where "
+            + _COUNTED
             + " and (device_class = 'manhole' or (device_class is null and rule like 'manhole.%%'))",
             {},
         )

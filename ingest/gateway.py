@@ -215,6 +215,11 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = threading.Event()
         self._connected = threading.Event()
+        # Set on the SUBACK that grants the uplink subscription: only then does the broker
+        # route devices' messages to this gateway (a CONNACK alone does not say so).
+        self._subscribed = threading.Event()
+        self._sub_mid: int | None = None
+        self._sub_refused = False
         self._unacked = 0
         self._bridge_consumer: AIOKafkaConsumer | None = None
         self._throttle: DeviceThrottle | None = None
@@ -273,10 +278,18 @@ class Gateway:
         return sink_ok and self._connected.is_set() and all(not t.done() for t in self._tasks)
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
+        """Wait until the gateway is connected to MQTT and the broker has acknowledged its
+        uplink subscription (SUBACK), so a message published from now on reaches it.
+
+        Raises GatewayError after ``timeout`` seconds, naming a refused subscription.
+        """
         deadline = time.monotonic() + timeout
-        while not self._connected.is_set():
+        while not self._subscribed.is_set():
             if time.monotonic() > deadline:
-                raise GatewayError(f"no MQTT connection to {self.cfg.mqtt_host}:{self.cfg.mqtt_port}")
+                where = f"{self.cfg.mqtt_host}:{self.cfg.mqtt_port}"
+                if self._sub_refused:
+                    raise GatewayError(f"MQTT broker {where} refused the uplink subscription (check its ACL)")
+                raise GatewayError(f"no MQTT connection with an acknowledged subscription to {where}")
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
@@ -329,6 +342,7 @@ class Gateway:
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.reconnect_delay_set(1, 5)
         self._client = client
@@ -345,13 +359,24 @@ class Gateway:
         filt = "citybrain/up/+/+"
         if self.cfg.shared_group:
             filt = f"$share/{self.cfg.shared_group}/{filt}"
-        client.subscribe(filt, qos=1)
+        self._sub_mid = client.subscribe(filt, qos=1)[1]
         self._connected.set()
         self.metrics.connected.set(1)
         log.info("gateway connected to MQTT %s:%d, subscribed %s", self.cfg.mqtt_host, self.cfg.mqtt_port, filt)
 
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        if mid != self._sub_mid:
+            return
+        if any(getattr(r, "is_failure", False) for r in reasons):
+            self._sub_refused = True
+            log.error("MQTT broker refused the uplink subscription: %s", [str(r) for r in reasons])
+            return
+        self._sub_refused = False
+        self._subscribed.set()
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._connected.clear()
+        self._subscribed.clear()
         self.metrics.connected.set(0)
         if not self._stopping.is_set():
             log.warning("gateway lost MQTT connection (%s); paho reconnects", reason)

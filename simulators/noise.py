@@ -88,9 +88,11 @@ class NoiseMonitor:
     def _background(self, t: datetime) -> float:
         """Background Leq without randomness: the zone profile plus slow wander."""
         hour = local_hour(t)
-        # Smooth day/night transition: ramps 05:00–07:00 and 20:00–22:00 (traffic thins
-        # before the 22:00 start of the GB 3096 night period).
-        up = min(1.0, max(0.0, (hour - 5) / 2))
+        # Smooth day/night transition: ramps 06:00–08:00 and 20:00–22:00, inside the GB 3096
+        # day period (06:00–22:00) at both ends. A ramp from 05:00 put every arterial (4a)
+        # monitor over its night limit for the last night hour, every day (docs/anomaly.md,
+        # "A quiet normal day").
+        up = min(1.0, max(0.0, (hour - 6) / 2))
         down = min(1.0, max(0.0, (22 - hour) / 2))
         dayness = min(up, down)
         rush = 1.5 * (math.exp(-((hour - 8) ** 2) / 2) + math.exp(-((hour - 18) ** 2) / 3))
@@ -150,7 +152,10 @@ class NoiseMonitor:
         construction = float(self.drivers(self.site, t).get("construction_db", 0.0))
         leq = self._leq_mean(t) + rng.gauss(0, 0.8)
         la = leq + rng.gauss(0, 2.5)
-        lmax = max(la, leq) + rng.uniform(5, 12)
+        # The minute's maximum is 5–12 dB above its Leq, and never below the instantaneous LA.
+        # (It was max(la, leq) + 5–12: LA's own excursion counted twice, so a quiet night's
+        # upper tail crossed GB 3096's night limit + 15 dB tens of times a day.)
+        lmax = max(la, leq + rng.uniform(5, 12))
         if construction > 0 and rng.random() < 0.5:
             # Impulses (pile driving, dropped steel) stand 15–25 dB above the site's average.
             lmax = max(lmax, construction + rng.uniform(15, 25))

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -50,7 +52,9 @@ from alerts.notify import (
     Dispatcher,
     NotificationMetrics,
     NotificationStore,
+    PolicyResolver,
     RetryPolicy,
+    TargetPolicy,
     WebhookSender,
     parse_transitions,
 )
@@ -67,6 +71,25 @@ from streams.store import ReadingStore, StoreConfig, StoreMetrics
 __all__ = ["WORKER_ROLES", "BatchLoop", "WorkerConfig", "create_app"]
 
 log = logging.getLogger(__name__)
+
+
+def since_start() -> str:
+    """Wall and CPU seconds since this process started, for start-up logs (Linux; else CPU only).
+
+    A restarted worker's time to recover is mostly its start-up: these figures show where it
+    went (imports and set-up before "ready", the group join before "partitions assigned").
+    """
+    cpu = time.process_time()
+    try:
+        with open("/proc/self/stat") as f:
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        wall = uptime - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return f"{cpu:.1f} CPU-s after process start"
+    return f"{wall:.1f} s ({cpu:.1f} CPU-s) after process start"
+
 
 #: What a worker may be asked to do (see the module docstring).
 WORKER_ROLES = ("all", "ingest", "alerts")
@@ -86,6 +109,8 @@ class WorkerConfig:
     batch_max: int = 200
     batch_within_s: float = 0.2
     pool_size: int = 4
+    #: Seconds before a pooled connection is replaced (bounds the backends' cache growth).
+    pool_max_lifetime_s: float = 600.0
     app_id: str = "citybrain-streams"
     max_future_skew_s: float = 300.0
     rules: RuleSet = field(default_factory=lambda: RuleSet(()))
@@ -101,10 +126,13 @@ class WorkerConfig:
     rules_reload_s: float = 10.0
     downstream_views: str = "auto"
     notify: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Where notification webhooks may post (SSRF policy; default: public addresses only).
+    notify_targets: TargetPolicy = field(default_factory=TargetPolicy)
     notify_interval_s: float = 1.0
     notify_concurrency: int = 16
     dead_letter_retention_days: int = 7
     debug_recent_messages: bool = True
+    state_cache_devices: int = 100_000
     #: Kafka client id (the platform puts the pid in it: citybrain.kafka_compat.evict_dead_members).
     client_id: str = "citybrain-worker"
 
@@ -245,6 +273,9 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
             cfg.database_url,
             min_size=1,
             max_size=cfg.pool_size,
+            # A backend's catalog/plan caches grow with each partition it touches (event time
+            # moves through them) and are freed only when it ends: recycle connections.
+            max_lifetime=cfg.pool_max_lifetime_s,
             open=False,
             check=AsyncConnectionPool.check_connection,  # survive a database restart
         )
@@ -265,6 +296,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
                 evaluate=cfg.role == "all",
                 downstream_views=cfg.downstream_views,
                 debug_recent=cfg.debug_recent_messages,
+                state_cache_devices=cfg.state_cache_devices,
                 retention_days=cfg.retention_days,
             ),
             pool,
@@ -282,16 +314,20 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         state["pipeline"] = pipe
         if alerting and notify_metrics is not None:
             # Outbound notification webhooks: enqueued from the alerts topic, sent by the dispatcher.
-            http = aiohttp.ClientSession()
+            # The connector's resolver keeps only allowed addresses: the send-time check and the
+            # connection resolve separately, and a name re-pointed in between must not get through.
+            http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=PolicyResolver(cfg.notify_targets)))
             # A claim outlives the longest attempt series, so no other worker sends the delivery meanwhile.
             notifications = NotificationStore(pool, notify_metrics, lease_s=cfg.notify.worst_case_s + 60.0)
             state["http"] = http
             state["notifications"] = notifications
             state["dispatcher"] = Dispatcher(
-                notifications, WebhookSender(http, cfg.notify, notify_metrics), cfg.notify_concurrency
+                notifications,
+                WebhookSender(http, cfg.notify, notify_metrics, targets=cfg.notify_targets),
+                cfg.notify_concurrency,
             )
         ready.set()
-        log.info("stream worker (role %s) ready: %d devices in the index", cfg.role, len(pipe.index))
+        log.info("stream worker (role %s) ready: %d devices in the index, %s", cfg.role, len(pipe.index), since_start())
 
     async def in_batches(
         stream: faust.StreamT[bytes], step: Callable[[Pipeline, Sequence[bytes]], Awaitable[object]]
@@ -299,7 +335,17 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         # Once the pipeline is ready, hand it the stream's values a batch at a time.
         await ready.wait()
         pipe: Pipeline = state["pipeline"]
-        await loop.run(stream.take(cfg.batch_max, within=cfg.batch_within_s), lambda values: step(pipe, values))
+        first = True
+
+        async def run_step(values: Sequence[bytes]) -> object:
+            nonlocal first
+            done = await step(pipe, values)
+            if first:
+                first = False
+                log.info("first batch (%d records) processed, %s", len(values), since_start())
+            return done
+
+        await loop.run(stream.take(cfg.batch_max, within=cfg.batch_within_s), run_step)
 
     if ingest:
 
@@ -418,6 +464,10 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
             return
         if changed:
             await pipe.drain_outbox()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # as on_before_shutdown below
+    async def _assigned(app_: Any, assigned: Any = (), **kwargs: Any) -> None:
+        log.info("partitions assigned: %d, %s", len(assigned), since_start())
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-from psycopg.types.json import Jsonb
 
+from core.jsonio import dumps_text
 from core.records import RawMessage, Reading
 from core.topics import TopicError, parse_uplink
 
@@ -105,35 +105,35 @@ async def record_recent(
     for r in readings:
         by_msg.setdefault((r.device_code, r.received_at), []).append(r)
     rejected = {id(m): (reason, detail) for m, reason, detail in rejects}
-    rows = []
-    for code, m in sorted(newest.items()):
-        reason, detail = rejected.get(id(m), (None, None))
-        rows.append(
-            (
-                code,
-                code,
-                m.received_at,
-                m.topic,
-                m.transport.value,
-                m.payload[:MAX_PAYLOAD],
-                Jsonb(_readings_doc(by_msg.get((code, m.received_at), []))),
-                reason,
-                detail,
-            )
-        )
-    async with conn.cursor() as cur:
-        # The next slot is one after the newest one; a device's first message takes slot 0.
-        await cur.executemany(
-            "insert into device_recent_messages (code, slot, received_at, topic, transport, payload, readings,"
-            " reject_reason, reject_detail)"
-            " select %s, coalesce((select (slot + 1) %% " + str(RING) + " from device_recent_messages"
-            " where code = %s order by received_at desc limit 1), 0), %s, %s, %s, %s, %s, %s, %s"
-            " on conflict (code, slot) do update set received_at = excluded.received_at, topic = excluded.topic,"
-            " transport = excluded.transport, payload = excluded.payload, readings = excluded.readings,"
-            " reject_reason = excluded.reject_reason, reject_detail = excluded.reject_detail",
-            rows,
-        )
-    return len(rows)
+    codes = sorted(newest)
+    msgs = [newest[c] for c in codes]
+    outcome = [rejected.get(id(m), (None, None)) for m in msgs]
+    rows = (
+        codes,
+        [m.received_at for m in msgs],
+        [m.topic for m in msgs],
+        [m.transport.value for m in msgs],
+        [m.payload[:MAX_PAYLOAD] for m in msgs],
+        [dumps_text(_readings_doc(by_msg.get((c, m.received_at), []))) for c, m in zip(codes, msgs, strict=True)],
+        [o[0] for o in outcome],
+        [o[1] for o in outcome],
+    )
+    # One statement over arrays (a city batch has a device per message). The next slot is
+    # one after the device's newest one; a device's first message takes slot 0.
+    await conn.execute(
+        "insert into device_recent_messages (code, slot, received_at, topic, transport, payload, readings,"
+        " reject_reason, reject_detail)"
+        " select u.c, coalesce((select (d.slot + 1) %% " + str(RING) + " from device_recent_messages d"
+        " where d.code = u.c order by d.received_at desc limit 1), 0), u.rx, u.topic, u.transport, u.payload,"
+        " u.readings::jsonb, u.reason, u.detail"
+        " from unnest(%b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::bytea[], %b::text[],"
+        " %b::text[], %b::text[]) as u(c, rx, topic, transport, payload, readings, reason, detail)"
+        " on conflict (code, slot) do update set received_at = excluded.received_at, topic = excluded.topic,"
+        " transport = excluded.transport, payload = excluded.payload, readings = excluded.readings,"
+        " reject_reason = excluded.reject_reason, reject_detail = excluded.reject_detail",
+        rows,
+    )
+    return len(codes)
 
 
 @dataclass(frozen=True, slots=True)

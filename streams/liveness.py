@@ -289,12 +289,15 @@ async def record_seen(pool: AsyncConnectionPool, seen: Mapping[str, tuple[dateti
     ``greatest`` keeps the newest of what is stored and what arrived, so a late
     or replayed batch never moves a device back in time.
     """
-    async with pool.connection() as conn, conn.cursor() as cur:
-        await cur.executemany(
-            "insert into device_liveness (code, last_seen, last_event_time) values (%s, %s, %s)"
+    codes = sorted(seen)
+    async with pool.connection() as conn:
+        # One statement over arrays (a city batch has a device per message), in code order.
+        await conn.execute(
+            "insert into device_liveness (code, last_seen, last_event_time)"
+            " select * from unnest(%b::text[], %b::timestamptz[], %b::timestamptz[])"
             " on conflict (code) do update set last_seen = greatest(device_liveness.last_seen, excluded.last_seen),"
             " last_event_time = greatest(device_liveness.last_event_time, excluded.last_event_time)",
-            [(code, rx, ts) for code, (rx, ts) in sorted(seen.items())],
+            (codes, [seen[c][0] for c in codes], [seen[c][1] for c in codes]),
         )
 
 

@@ -57,6 +57,7 @@ from alerts.engine import DeviceContext, evaluate_device, suppressed_flag
 from alerts.geofence import GeofenceHook
 from alerts.rules import RuleSet
 from alerts.store import AlertStore, GroupPolicy
+from core.jsonio import dumps
 from core.records import Alert, Quality, RawMessage, Reading, RecordError, epoch_us
 from core.retry import retrying
 from core.topics import KafkaTopics
@@ -75,6 +76,7 @@ from streams.retention import retention_cutoff
 from streams.state import (
     MaintenanceWindow,
     RuleState,
+    StateCache,
     active_maintenance_windows,
     lock_anomaly_state,
     lock_rule_state,
@@ -190,6 +192,9 @@ class PipelineConfig:
     #: Raw readings are kept this many whole UTC days (``CITYBRAIN_RETENTION_DAYS``); an older
     #: reading is dead-lettered ``beyond_retention`` instead of stored (None: no limit).
     retention_days: int | None = None
+    #: Devices whose rule and detector state the worker keeps in memory between batches
+    #: (streams.state.StateCache, each of the two; ``CITYBRAIN_STATE_CACHE_DEVICES``; 0: none).
+    state_cache_devices: int = 100_000
 
 
 class Pipeline:
@@ -233,6 +238,8 @@ class Pipeline:
         self._groups = {
             r.id: GroupPolicy(r.group_min_devices, timedelta(seconds=r.group_window_s)) for r in cfg.rules.rules
         }
+        self.rule_cache = StateCache(cfg.state_cache_devices)
+        self.anomaly_cache = StateCache(cfg.state_cache_devices)
 
     def replace_rules(self, rules: RuleSet) -> None:
         """Evaluate with ``rules`` from the next batch on (hot reload).
@@ -430,7 +437,7 @@ class Pipeline:
             if seen > self._last_event.get(key, 0.0):
                 self._last_event[key] = seen
                 self.metrics.last_event.labels(*key).set(seen)
-            value = json.dumps(doc, separators=(",", ":")).encode()
+            value = dumps(doc)
             await self.publish(self.cfg.topics.readings(dev.device_class), code.encode(), value)
             # Masked views by data grade (docs/security.md), only for classes that need them.
             for grade in plan.grades(dev.device_class):
@@ -439,7 +446,7 @@ class Pipeline:
                     await self.publish(
                         self.cfg.topics.readings_view(dev.device_class, grade),
                         code.encode(),
-                        value if view is doc else json.dumps(view, separators=(",", ":")).encode(),
+                        value if view is doc else dumps(view),
                     )
 
     async def process_readings(self, values: Sequence[bytes]) -> int:
@@ -554,21 +561,13 @@ class Pipeline:
                 codes.append(code)
         peers = await self._peer_medians() if anomaly else {}
         transitions: list[tuple[str, Alert]] = []
-        async with self.pool.connection() as conn, conn.transaction():
-            # Fences first (refreshing membership too): the rules below see this batch's positions.
-            # Every device is tracked, in a maintenance window or not: where it is is a fact.
-            transitions += await self.geofences.track(conn, usable)
-            rule_updates = await self._rule_step(conn, codes, per_device, info, transitions) if len(rules) else []
-            t1 = time.perf_counter()
-            self.metrics.rule_seconds.observe(t1 - t0)
-            anomaly_states, anomaly_changed = (
-                await self._anomaly_step(conn, codes, per_device, info, peers, transitions) if anomaly else ({}, set())
-            )
-            self.metrics.anomaly_seconds.observe(time.perf_counter() - t1)
-            changed = await self.alerts.apply(conn, transitions, self._groups) if transitions else []
-            await save_rule_state(conn, rule_updates)
-            await save_anomaly_state(conn, anomaly_states, anomaly_changed)
-            await write_outbox(conn, changed)
+        try:
+            changed = await self._evaluate_in_transaction(codes, per_device, info, peers, usable, transitions, t0)
+        except BaseException:
+            # Evaluation advanced the cached states in place; without the commit they are not the rows'.
+            self.rule_cache.forget(codes)
+            self.anomaly_cache.forget(codes)
+            raise
         now = self._clock()
         for kind, alert in changed:
             self.metrics.alerts.labels(alert.rule, kind).inc()
@@ -587,6 +586,35 @@ class Pipeline:
             await self.drain_outbox()
         return changed
 
+    async def _evaluate_in_transaction(
+        self,
+        codes: list[str],
+        per_device: dict[str, list[Reading]],
+        info: dict[str, DeviceInfo],
+        peers: dict[tuple[str, str, str], float],
+        usable: list[tuple[Reading, DeviceInfo]],
+        transitions: list[tuple[str, Alert]],
+        t0: float,
+    ) -> list[tuple[str, Alert]]:
+        """Fences, rules, detectors, alerts, state and outbox of one batch, in one transaction."""
+        rules, anomaly = self.cfg.rules, self.cfg.anomaly
+        async with self.pool.connection() as conn, conn.transaction():
+            # Fences first (refreshing membership too): the rules below see this batch's positions.
+            # Every device is tracked, in a maintenance window or not: where it is is a fact.
+            transitions += await self.geofences.track(conn, usable)
+            rule_updates = await self._rule_step(conn, codes, per_device, info, transitions) if len(rules) else []
+            t1 = time.perf_counter()
+            self.metrics.rule_seconds.observe(t1 - t0)
+            anomaly_states, anomaly_changed = (
+                await self._anomaly_step(conn, codes, per_device, info, peers, transitions) if anomaly else ({}, set())
+            )
+            self.metrics.anomaly_seconds.observe(time.perf_counter() - t1)
+            changed = await self.alerts.apply(conn, transitions, self._groups) if transitions else []
+            await save_rule_state(conn, rule_updates, self.rule_cache)
+            await save_anomaly_state(conn, anomaly_states, anomaly_changed, self.anomaly_cache)
+            await write_outbox(conn, changed)
+        return changed
+
     async def _rule_step(
         self,
         conn: psycopg.AsyncConnection,
@@ -595,7 +623,7 @@ class Pipeline:
         info: dict[str, DeviceInfo],
         transitions: list[tuple[str, Alert]],
     ) -> list[tuple[str, RuleState]]:
-        saved = await lock_rule_state(conn, codes)
+        saved = await lock_rule_state(conn, codes, self.rule_cache)
         updates: list[tuple[str, RuleState]] = []
         faults = 0
         for code in codes:
@@ -636,7 +664,7 @@ class Pipeline:
         peers: dict[tuple[str, str, str], float],
         transitions: list[tuple[str, Alert]],
     ) -> tuple[dict[str, dict[str, Any]], set[str]]:
-        states = await lock_anomaly_state(conn, codes)
+        states = await lock_anomaly_state(conn, codes, self.anomaly_cache)
         samples = []
         for code in codes:
             dev = info[code]

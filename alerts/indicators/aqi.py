@@ -30,15 +30,17 @@ data-validity counts of GB 3095-2012 Table 4.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import numbers
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -87,6 +89,8 @@ _UNITS: Mapping[str, str] = MappingProxyType(
 IAQI_STEPS: tuple[int, ...] = (0, 50, 100, 150, 200, 300, 400, 500)
 
 _TOP_IAQI = 500
+# Float IAQIs nearer than this to an integer are recomputed exactly (iaqi).
+_NEAR_INTEGER = 1e-6
 
 # --- HJ 633-2012 Table 1 (docs/standards.md §3.1, [V]) -----------------------------------------------
 # Concentrations at IAQI 0, 50, 100, 150, 200, 300, 400, 500.
@@ -322,6 +326,8 @@ def _standard(version: str | AqiStandard) -> AqiStandard:
 
 
 def _pollutant(name: str) -> str:
+    if name in POLLUTANTS:
+        return name  # already canonical (every call from the rules)
     # Accept "PM2.5" / "pm2.5" as well as the canonical "pm25".
     key = name.strip().lower().replace(".", "").replace("_", "")
     if key not in POLLUTANTS:
@@ -389,7 +395,16 @@ def iaqi(
     if row is None:
         known = sorted(p for name, p in std.breakpoints if name == key[0])
         raise IndicatorError(f"{std.name} defines no {period!r} IAQI for {key[0]}; periods: {known}")
-    c = _exact(concentration, f"{key[0]} {period}")
+    # A plain float (every reading) is compared and interpolated in floating point, and
+    # only a result within _NEAR_INTEGER of an integer is redone exactly: anywhere else
+    # ceil() of the float and of the exact decimal agree (the float's error is ~1e-13),
+    # and the breakpoints are integers, which a float compares with exactly. A tenth of
+    # the stream worker's CPU went to Fractions before (docs/benchmarks.md).
+    c: float | Fraction
+    if type(concentration) is float and 0.0 <= concentration < math.inf:
+        c = concentration
+    else:
+        c = _exact(concentration, f"{key[0]} {period}")
 
     if c > row[-1]:
         if len(row) < len(IAQI_STEPS):
@@ -401,10 +416,20 @@ def iaqi(
 
     # First segment whose upper breakpoint reaches c; a value on a
     # breakpoint gives that breakpoint's IAQI from either side.
-    hi = next(i for i, bp in enumerate(row) if c <= bp)
+    hi = bisect_left(row, c)
     if hi == 0:
         return 0
     lo = hi - 1
+    if type(c) is float:
+        approx = (IAQI_STEPS[hi] - IAQI_STEPS[lo]) / (row[hi] - row[lo]) * (c - row[lo]) + IAQI_STEPS[lo]
+        up = math.ceil(approx)
+        if up - approx > _NEAR_INTEGER and approx - (up - 1) > _NEAR_INTEGER:
+            return up
+        # Near an integer (integer concentrations often land on one): exactly, in integers,
+        # from the shortest decimal that round-trips (what _exact means), n / d.
+        n, d = Decimal(repr(c)).as_integer_ratio()
+        num = (IAQI_STEPS[hi] - IAQI_STEPS[lo]) * (n - row[lo] * d)
+        return IAQI_STEPS[lo] - (-num // ((row[hi] - row[lo]) * d))
     value = Fraction(IAQI_STEPS[hi] - IAQI_STEPS[lo], row[hi] - row[lo]) * (c - row[lo]) + IAQI_STEPS[lo]
     return math.ceil(value)
 
@@ -464,6 +489,28 @@ def _resolve(
     mode: Mode,
 ) -> dict[Key, Number]:
     """Map bare names to their default period and refuse averages the report does not use."""
+    if STANDARDS.get(std.name) is std:
+        # The shipped standards: the same keys (a station's pollutants) resolve the same way
+        # every time, so the checks below run once per set of keys (lru_cache).
+        try:
+            keys = _resolved_keys(std.name, mode, tuple(concentrations))
+        except TypeError:  # an unhashable key: the checks below name it
+            pass
+        else:
+            return dict(zip(keys, concentrations.values(), strict=True))
+    return _resolve_checked(concentrations, std, mode)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolved_keys(version: str, mode: Mode, raw_keys: tuple[Any, ...]) -> tuple[Key, ...]:
+    return tuple(_resolve_checked(dict.fromkeys(raw_keys, 0), STANDARDS[version], mode))
+
+
+def _resolve_checked(
+    concentrations: Concentrations,
+    std: AqiStandard,
+    mode: Mode,
+) -> dict[Key, Number]:
     periods = std.periods(mode)
     resolved: dict[Key, Number] = {}
     for raw_key, value in concentrations.items():
@@ -556,7 +603,8 @@ def aqi(
     primary = tuple(p for p in POLLUTANTS if total > 50 and by_pollutant.get(p) == total)
     exceeding = tuple(p for p in POLLUTANTS if by_pollutant.get(p, 0) > 100) if std.reports_exceeding else None
     band = level_for(total)
-    ordered = {k: values[k] for p in POLLUTANTS for k in sorted(values) if k[0] == p}
+    keys = sorted(values)
+    ordered = {k: values[k] for p in POLLUTANTS for k in keys if k[0] == p}
     return AqiResult(
         aqi=total,
         level=band.level,

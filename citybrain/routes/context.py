@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.feed import AlertFeed
+from alerts.notify import TargetPolicy
 from devices.models import ModelRegistry
 
 __all__ = ["ApiContext", "utc_now"]
@@ -35,3 +36,5 @@ class ApiContext:
     #: ``CITYBRAIN_MAX_FUTURE_SKEW_S``: readings dated further ahead of their receive time
     #: (or of ``clock``) are a device clock running ahead, kept out of "latest".
     max_future_skew: timedelta = timedelta(minutes=5)
+    #: ``CITYBRAIN_NOTIFY_ALLOWED_HOSTS``: where notification subscriptions may point.
+    notify_targets: TargetPolicy = field(default_factory=TargetPolicy)

@@ -298,8 +298,8 @@ def build(ctx: ApiContext, service: GeoService | None = None) -> APIRouter:
             params["district"] = district
         query = (
             "select d.code, d.lon, d.lat, d.crs, d.device_class, d.model, d.district, d.name, d.state, l.last_seen,"
-            " exists (select 1 from alerts a where a.device_code = d.code and a.state <> 'resolved'"
-            " and a.rule not like 'geofence.%%'),"
+            # Shelved alerts do not make a device "alerting" (stats.counted_alert_sql).
+            " exists (select 1 from alerts a where a.device_code = d.code and " + stats.counted_alert_sql("a") + "),"
             " s.connected, s.status_at, d.attributes"
             " from devices d left join device_liveness l on l.code = d.code"
             " left join device_sessions s on s.code = d.code where "

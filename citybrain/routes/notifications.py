@@ -6,7 +6,9 @@ delivery log with every attempt). Reads need ``notifications:read``, writes
 target URL's query (WeCom's ``key`` and DingTalk's ``access_token`` are
 credentials): ``secret_set`` says whether one is stored. A principal restricted to
 districts sees and writes only subscriptions within them. The stream worker does
-the sending (:mod:`alerts.notify`).
+the sending (:mod:`alerts.notify`). A target URL whose host is, or resolves to, a
+loopback, link-local, private, multicast or unspecified address is refused (422)
+unless ``CITYBRAIN_NOTIFY_ALLOWED_HOSTS`` allows it (docs/security.md, SSRF).
 """
 
 from __future__ import annotations
@@ -17,14 +19,22 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from alerts.notify import FORMATS, NotificationMetrics, NotificationStore, NotifyError, Subscription
+from alerts.notify import (
+    FORMATS,
+    NotificationMetrics,
+    NotificationStore,
+    NotifyError,
+    Subscription,
+    TargetPolicy,
+    TargetRefused,
+)
 from citybrain.routes.context import ApiContext
 from citybrain.security.auth import record, require
 from citybrain.security.identities import Principal
 from citybrain.security.scope import Scope
 from core.records import RecordError, Severity
 
-__all__ = ["SubscriptionIn", "SubscriptionPatch", "build", "masked_url"]
+__all__ = ["SubscriptionIn", "SubscriptionPatch", "build", "checked_target", "masked_url"]
 
 _Reader = Annotated[Principal, Depends(require("notifications:read"))]
 _Writer = Annotated[Principal, Depends(require("notifications:write"))]
@@ -115,6 +125,19 @@ def _build(sub_id: int, doc: dict[str, Any]) -> Subscription:
         raise HTTPException(422, str(exc)) from exc
 
 
+async def checked_target(targets: TargetPolicy, sub: Subscription) -> Subscription:
+    """``sub`` if its URL may be a target (:class:`alerts.notify.TargetPolicy`); 422 with the reason if not.
+
+    The host name is resolved now; one that does not resolve yet is accepted (the worker
+    checks again at every send, where DNS may also have changed since).
+    """
+    try:
+        await targets.check(sub.url, unresolved_ok=True)
+    except (TargetRefused, NotifyError) as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return sub
+
+
 def build(ctx: ApiContext) -> APIRouter:
     """Routes under /api/v1/notifications."""
     router = APIRouter()
@@ -140,7 +163,7 @@ def build(ctx: ApiContext) -> APIRouter:
     async def create_subscription(body: SubscriptionIn, request: Request, principal: _Writer) -> dict[str, Any]:
         """Create a subscription; the stream worker starts matching transitions within seconds."""
         check_districts(principal, body.districts)
-        sub = _build(0, body.model_dump())
+        sub = await checked_target(ctx.notify_targets, _build(0, body.model_dump()))
         sub_id = await store.create_subscription(sub, principal.user)
         await record(
             request,
@@ -167,7 +190,7 @@ def build(ctx: ApiContext) -> APIRouter:
         changes = body.model_dump(exclude_none=True)
         doc = {**row, **changes}
         check_districts(principal, list(doc["districts"]))
-        await store.update_subscription(_build(sub_id, doc))
+        await store.update_subscription(await checked_target(ctx.notify_targets, _build(sub_id, doc)))
         await record(
             request,
             principal,

@@ -21,6 +21,7 @@ from citybrain.security.auth import require
 from citybrain.security.identities import Principal
 from citybrain.security.scope import Scope
 from devices.permits import PERMIT_JOIN_SQL, PERMIT_JSON_SQL
+from geo import stats
 
 __all__ = ["SOURCE_CLASSES", "build"]
 
@@ -38,9 +39,10 @@ _SOURCES_SQL = (
     " where d.device_class = any(%(classes)s) and (%(district)s::text is null or d.district = %(district)s)"
     " and d.state <> 'decommissioned' order by d.district, d.code"
 )
+# Open alerts that colour a source on the map: shelved ones do not (stats.counted_alert_sql).
 _OPEN_SQL = (
     "select id, device_code, rule, severity, opened_at, message from alerts"
-    " where device_code = any(%(codes)s) and state <> 'resolved' order by opened_at"
+    " where device_code = any(%(codes)s) and " + stats.counted_alert_sql() + " order by opened_at"
 )
 
 

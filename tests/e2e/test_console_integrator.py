@@ -49,8 +49,15 @@ USERS: dict[str, str] = {}
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    # The robot below listens on 127.0.0.1, which notifications may not reach by default (SSRF).
     with own_platform(
-        tmp_path_factory, "integrator", simulate=True, devices=N_DEVICES, partitions=1, demo_interval_s=2.0
+        tmp_path_factory,
+        "integrator",
+        simulate=True,
+        devices=N_DEVICES,
+        partitions=1,
+        demo_interval_s=2.0,
+        notify_allowed_hosts="127.0.0.1",
     ) as p:
         for name, role in (("integ1", "integrator"), ("duty2", "operator")):
             USERS[name] = p.add_user(name, role)[1]

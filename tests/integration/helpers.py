@@ -243,7 +243,11 @@ async def start_gateway(
     registry: CollectorRegistry | None = None,
     **config: Any,
 ) -> Gateway:
-    """Create the gateway's topics and start a gateway without the downstream bridge (``config`` overrides)."""
+    """Create the gateway's topics and start a gateway without the downstream bridge (``config`` overrides).
+
+    Returns once the broker has granted its uplink subscription (the SUBACK), so whatever a
+    device publishes afterwards reaches it.
+    """
     await create_topics(bootstrap, [topics.raw], 4)
     await create_topics(bootstrap, [topics.deadletter, topics.alerts])
     gw = Gateway(
@@ -263,8 +267,11 @@ async def start_gateway(
         GatewayMetrics(registry if registry is not None else CollectorRegistry()),
     )
     await gw.start()
-    await gw.wait_connected(10)
-    await asyncio.sleep(0.3)  # let the subscription settle
+    try:
+        await gw.wait_connected(10)
+    except BaseException:
+        await gw.stop()
+        raise
     return gw
 
 

@@ -17,7 +17,6 @@ import asyncio
 import json
 import random
 import shutil
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -157,6 +156,12 @@ async def test_public_views_lack_graded_metrics_on_kafka_and_mqtt(
         await pool.close()
 
 
+def _sentinel(publisher: MqttRecorder, topic: str, payload: bytes, *receivers: MqttRecorder) -> None:
+    """Publish ``payload`` (QoS 1) and wait until every receiver has it: what was routed before it has arrived."""
+    publisher.c.publish(topic, payload, qos=1).wait_for_publish(10)
+    assert wait_for(lambda: all((topic, payload) in r.messages for r in receivers), timeout=10)
+
+
 @pytest.mark.skipif(not _HAS_MOSQUITTO, reason="mosquitto is not installed")
 def test_mosquitto_app_receives_only_its_granted_grades(tmp_path: Path) -> None:
     gateway = ServiceUser("cb-gateway", "gateway-secret-0123", "gateway")
@@ -183,12 +188,15 @@ def test_mosquitto_app_receives_only_its_granted_grades(tmp_path: Path) -> None:
         # The publisher's rights are proven by the ops app receiving its internal view.
         assert wait_for(lambda: downstream_topic("350206", "manhole", code, "internal") in ops.topics(), timeout=10)
         assert wait_for(lambda: downstream_topic("350203", "manhole", code, "public") in pub.topics(), timeout=10)
-        time.sleep(0.5)
+        # Nothing else is on its way once a last message, sent after every other was acknowledged
+        # (so routed), has arrived: each subscriber gets one publisher's messages in order.
+        _sentinel(gw, downstream_topic("350206", "manhole", code), b"sentinel-1", pub, ops)
         assert set(pub.topics()) == {downstream_topic(d, "manhole", code) for d in ("350206", "350203")}
         assert set(ops.topics()) == {downstream_topic("350206", "manhole", code, g) for g in ("public", "internal")}
         # An app cannot publish a forged view either.
         pub.c.publish(downstream_topic("350206", "manhole", code), b"forged", qos=1).wait_for_publish(10)
-        time.sleep(0.5)
+        # Acknowledged, so routed or refused before the gateway's next message, which ops receives after it.
+        _sentinel(gw, downstream_topic("350206", "manhole", code), b"sentinel-2", ops)
         assert all(p != b"forged" for _, p in ops.messages)
     finally:
         for c in clients:

@@ -1,5 +1,9 @@
 """Notification webhooks on real PostgreSQL against a real HTTP receiver on 127.0.0.1.
 
+Notifications may not reach loopback by default (SSRF, :class:`alerts.notify.TargetPolicy`):
+the kit allowlists 127.0.0.1 explicitly, as ``CITYBRAIN_NOTIFY_ALLOWED_HOSTS`` would; the
+target-policy tests at the end use the default policy.
+
 The receiver (aiohttp) checks what a WeCom/DingTalk robot or an SMS gateway would
 see: the body, the HMAC signature and its timestamp, DingTalk's URL signature. It
 answers 500 first where a test wants a retry. Subscriptions are made through the
@@ -14,6 +18,7 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +36,10 @@ from alerts.notify import (
     Dispatcher,
     NotificationMetrics,
     NotificationStore,
+    PolicyResolver,
     RetryPolicy,
+    Subscription,
+    TargetPolicy,
     WebhookSender,
     verify,
 )
@@ -44,6 +52,8 @@ pytestmark = pytest.mark.integration
 
 SECRET = "s3cret-for-tests"
 FAST = RetryPolicy(attempts=3, first_wait_s=0.01, max_wait_s=0.05, timeout_s=5)
+#: The receiver's address, allowed explicitly (the default policy refuses loopback).
+LOCAL = TargetPolicy.parse("127.0.0.1")
 
 
 @dataclass
@@ -92,20 +102,29 @@ class Kit:
     admin: dict[str, str]
 
 
-@pytest.fixture
-async def kit(pool: AsyncConnectionPool, models: ModelRegistry) -> AsyncIterator[Kit]:
+@asynccontextmanager
+async def _kit(pool: AsyncConnectionPool, models: ModelRegistry, targets: TargetPolicy) -> AsyncIterator[Kit]:
+    """API and dispatcher with one target policy, as the composition root wires them."""
     registry = CollectorRegistry()
     app = FastAPI()
     secure(app, pool)
-    app.include_router(notification_routes.build(ApiContext(pool=pool, models=models, registry=CollectorRegistry())))
+    ctx = ApiContext(pool=pool, models=models, registry=CollectorRegistry(), notify_targets=targets)
+    app.include_router(notification_routes.build(ctx))
     metrics = NotificationMetrics(registry)
     store = NotificationStore(pool, metrics, lease_s=60)
     admin = await api_key(pool, "admin")
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=PolicyResolver(targets))) as http,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
     ):
-        yield Kit(store, Dispatcher(store, WebhookSender(http, FAST, metrics)), registry, client, admin)
+        sender = WebhookSender(http, FAST, metrics, targets=targets)
+        yield Kit(store, Dispatcher(store, sender), registry, client, admin)
+
+
+@pytest.fixture
+async def kit(pool: AsyncConnectionPool, models: ModelRegistry) -> AsyncIterator[Kit]:
+    async with _kit(pool, models, LOCAL) as k:
+        yield k
 
 
 def _transition(
@@ -325,3 +344,71 @@ async def test_a_client_error_is_not_retried_but_throttling_and_server_errors_ar
         await kit.client.get(f"/api/v1/notifications/subscriptions/{sub['id']}/deliveries", headers=kit.admin)
     ).json()
     assert log[0]["status"] == "failed" and log[0]["attempts"] == attempts
+
+
+# -- target policy (SSRF) ---------------------------------------------------------------
+
+
+async def test_loopback_link_local_and_private_targets_are_refused_on_create_by_default(
+    pool: AsyncConnectionPool, models: ModelRegistry, receiver: Receiver
+) -> None:
+    async with _kit(pool, models, TargetPolicy()) as kit:
+        port = receiver.url.split(":")[2].split("/")[0]
+        for url, category in [
+            (receiver.url, "loopback"),
+            (f"http://localhost:{port}/hook", "loopback"),  # a name that resolves to 127.0.0.1
+            ("http://169.254.169.254/latest/meta-data/", "link-local"),
+            ("http://10.1.2.3/sms", "private"),
+            ("http://[::1]:8080/hook", "loopback"),
+            ("http://[fd00::5]/hook", "private"),
+            ("http://0.0.0.0:8080/", "unspecified"),
+        ]:
+            r = await kit.client.post(
+                "/api/v1/notifications/subscriptions", json={"name": "x", "url": url}, headers=kit.admin
+            )
+            assert r.status_code == 422, (url, r.text)
+            detail = r.json()["detail"]
+            assert f"is a {category} address" in detail and "CITYBRAIN_NOTIFY_ALLOWED_HOSTS" in detail, detail
+        # Nor can an existing subscription be pointed there.
+        ok = await _subscribe(kit, name="robot", url="https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k")
+        r = await kit.client.patch(
+            f"/api/v1/notifications/subscriptions/{ok['id']}", json={"url": receiver.url}, headers=kit.admin
+        )
+        assert r.status_code == 422 and "loopback" in r.json()["detail"]
+    assert receiver.requests == []
+
+
+async def test_a_name_pointing_to_loopback_at_send_time_is_refused_recorded_and_not_retried(
+    pool: AsyncConnectionPool, models: ModelRegistry, receiver: Receiver
+) -> None:
+    """DNS changed after the subscription was made: the worker resolves again and refuses."""
+    async with _kit(pool, models, TargetPolicy()) as kit:
+        port = receiver.url.split(":")[2].split("/")[0]
+        # As if it had been accepted while the name pointed to a public address.
+        sub_id = await kit.store.create_subscription(
+            Subscription(id=0, name="moved", url=f"http://localhost:{port}/hook", rule_pattern="air.*"), "test"
+        )
+        assert await kit.store.enqueue([_transition()]) == 1
+        await _deliver_all(kit)
+        assert receiver.requests == []
+        (d,) = (
+            await kit.client.get(f"/api/v1/notifications/subscriptions/{sub_id}/deliveries", headers=kit.admin)
+        ).json()
+        assert d["status"] == "failed" and d["attempts"] == 1, d  # not retried
+        assert d["last_error"].startswith("refused: target localhost (") and "loopback" in d["last_error"]
+        assert d["attempts_log"][0]["error"] == d["last_error"] and d["attempts_log"][0]["http_status"] is None
+        assert _sample(kit.registry, "citybrain_notify_refused_total", {"category": "loopback"}) == 1
+        assert _sample(kit.registry, "citybrain_notify_attempts_total", {"outcome": "refused"}) == 1
+        assert _sample(kit.registry, "citybrain_notify_deliveries_total", {"status": "failed"}) == 1
+
+
+async def test_an_allowlisted_local_target_is_accepted_and_delivered(
+    pool: AsyncConnectionPool, models: ModelRegistry, receiver: Receiver
+) -> None:
+    """The city allows its own gateway: by name here, through the connector's resolver too."""
+    async with _kit(pool, models, TargetPolicy.parse("localhost")) as kit:
+        port = receiver.url.split(":")[2].split("/")[0]
+        await _subscribe(kit, name="gateway", url=f"http://localhost:{port}/hook", rule_pattern="air.*")
+        assert await kit.store.enqueue([_transition()]) == 1
+        await _deliver_all(kit)
+    assert len(receiver.requests) == 1

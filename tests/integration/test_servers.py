@@ -29,7 +29,7 @@ from citybrain.harness import (
     spawn,
     start_postgres,
 )
-from tests.integration.helpers import consume, create_topics, mqtt_client, port_open
+from tests.integration.helpers import MqttRecorder, consume, create_topics, mqtt_client, port_open, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -50,21 +50,16 @@ async def test_kafka_produce_consume(kafka_bootstrap: str) -> None:
 
 def _pubsub(host: str, port: int) -> None:
     topic = f"citybrain/test/{uuid.uuid4().hex[:8]}"
-    got = threading.Event()
-    sub = mqtt_client(host, port)
-    sub.on_message = lambda c, u, m: got.set()
-    sub.subscribe(topic, qos=1)
+    sub = MqttRecorder(port, host=host)
     pub = mqtt_client(host, port)
     try:
-        import time
-
-        time.sleep(0.3)
+        sub.subscribe(topic)  # waits for the SUBACK: from then on the broker routes the topic to it
         pub.publish(topic, b"hello", qos=1).wait_for_publish(5)
-        assert got.wait(5)
+        assert wait_for(lambda: (topic, b"hello") in sub.messages, timeout=5)
     finally:
-        for c in (sub, pub):
-            c.loop_stop()
-            c.disconnect()
+        sub.close()
+        pub.loop_stop()
+        pub.disconnect()
 
 
 def test_embedded_mqtt_pub_sub(mqtt_endpoint: MqttEndpoint) -> None:

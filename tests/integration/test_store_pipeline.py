@@ -307,3 +307,71 @@ async def test_the_debug_ring_gets_each_devices_newest_message_and_its_outcome(
         assert rows[0][2][0]["metric"] == "pm25" and rows[0][2][0]["value"] == 30.0
     finally:
         await pool.close()
+
+
+async def test_state_kept_in_memory_is_trusted_only_at_the_rows_version(
+    database_url: str, models: ModelRegistry
+) -> None:
+    """Two workers on one device (a rebalance): each sees the other's writes, never its own stale copy."""
+    pub_a, pub_b = RecordingPublisher(), RecordingPublisher()
+    pool_a, a = await _pipeline(database_url, models, pub_a)
+    pool_b = AsyncConnectionPool(database_url, min_size=1, max_size=2, open=False)
+    await pool_b.open(wait=True)
+    reg = CollectorRegistry()
+    b = Pipeline(
+        PipelineConfig(topics=KafkaTopics("t"), rules=shipped_rules()),
+        pool_b,
+        models,
+        pub_b,
+        PipelineMetrics(reg),
+        ReadingStore(pool_b, models, StoreMetrics(reg)),
+        clock=lambda: NOW,
+    )
+    try:
+        t0 = DAY + timedelta(hours=3)
+        await a.process([encode_batch([_raw(t0, {"pm25": 30})])])
+        await a.process([encode_batch([_raw(t0 + timedelta(minutes=1), {"pm25": 31})])])
+        assert a.rule_cache.hits >= 1  # the second batch read its state from memory
+        # Worker B takes the partition over and raises an alert.
+        late = [_raw(t0 + timedelta(minutes=2 + i), {"pm25": 95}) for i in range(3)]
+        await b.process([encode_batch(late)])
+        misses = a.rule_cache.misses
+        # A gets a replay of B's batch: its cached state (watermark at minute 1) is stale.
+        await a.process([encode_batch(late)])
+        assert a.rule_cache.misses > misses
+        assert not pub_a.on("t.alerts")  # nothing evaluated twice
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute("select rule, state from alerts where device_code = %s", (CODE,)).fetchall()
+            wm = conn.execute("select watermark_us, version from rule_state where device_code = %s", (CODE,)).fetchone()
+        assert rows == [("air.pm25.high", "open")]
+        assert wm is not None and wm[0] == int((t0 + timedelta(minutes=4)).timestamp() * 1_000_000)
+    finally:
+        await pool_a.close()
+        await pool_b.close()
+
+
+async def test_a_batch_that_does_not_commit_leaves_nothing_in_memory(database_url: str, models: ModelRegistry) -> None:
+    pub = RecordingPublisher()
+    pool, pipe = await _pipeline(database_url, models, pub)
+    try:
+        t0 = DAY + timedelta(hours=4)
+        await pipe.process([encode_batch([_raw(t0, {"pm25": 30})])])
+        assert len(pipe.rule_cache) == 1
+
+        async def refuse(*_: Any) -> None:
+            raise psycopg.errors.QueryCanceled("cancelled by the test")
+
+        pipe.alerts.apply = refuse  # type: ignore[method-assign]
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            await pipe.evaluate(
+                [(r, pipe.index.get(CODE)) for r in _readings(t0 + timedelta(minutes=1), 95.0)]  # type: ignore[misc]
+            )
+        assert len(pipe.rule_cache) == 0 and len(pipe.anomaly_cache) == 0
+    finally:
+        await pool.close()
+
+
+def _readings(t: datetime, pm25: float) -> list[Any]:
+    from core.records import Reading
+
+    return [Reading(CODE, "pm25", t, t, pm25, "ug/m3")]

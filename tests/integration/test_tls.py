@@ -200,8 +200,7 @@ async def test_gateway_forwards_over_tls_and_untrusted_clients_are_refused(
     await gw.start()
     device, device_ok = _client(CODE, "device-secret-0123")
     try:
-        await gw.wait_connected(15)
-        await asyncio.sleep(0.3)  # let the subscription settle
+        await gw.wait_connected(15)  # returns on the SUBACK: the subscription is in place
         # A device over TLS (the same client settings the gateway uses).
         mutual.apply(device)
         device.connect("127.0.0.1", tls_port, keepalive=30)

@@ -272,7 +272,8 @@ function scopedFigures() {
   const bySev = {};
   let manhole = 0;
   for (const a of state.alerts.values()) {
-    if (a.state === "resolved") continue;
+    // Shelved alerts stay in the feed (marked) but do not count, as in /api/v1/vitals.
+    if (a.state === "resolved" || isShelved(a)) continue;
     bySev[a.severity] = (bySev[a.severity] ?? 0) + 1;
     if (a.cls === "manhole") manhole++;
   }
@@ -449,9 +450,10 @@ function showMapMsg(text) {
   el.hidden = !text;
 }
 
+/** Devices the map paints "alerting": a shelved alert was silenced and does not (as /api/v1/geo/devices). */
 function alertingDevices() {
   const codes = [];
-  for (const a of state.alerts.values()) if (a.state !== "resolved" && !a.cleared_at) codes.push(a.device);
+  for (const a of state.alerts.values()) if (a.state !== "resolved" && !a.cleared_at && !isShelved(a)) codes.push(a.device);
   return codes;
 }
 
@@ -1247,9 +1249,13 @@ function startApp() {
   $("#sources-toggle").addEventListener("change", (ev) => toggleSources(ev.target.checked));
   $("#map-reset").addEventListener("click", () => state.map.resetView());
   for (const id of ["#f-severity", "#f-district", "#f-class", "#f-state", "#f-sort"]) $(id).addEventListener("change", renderFeed);
-  // A shelving that expired returns its alert to the feed without waiting for an event.
+  // A shelving that expired returns its alert to the feed, the map and the tiles without waiting for an event.
   setInterval(() => {
-    if ([...state.alerts.values()].some((a) => a.shelved_until && !isShelved(a) && state.rows.get(a.id)?.dataset.shelved === "true")) renderFeed();
+    if (![...state.alerts.values()].some((a) => a.shelved_until && !isShelved(a) && state.rows.get(a.id)?.dataset.shelved === "true")) return;
+    renderFeed();
+    state.map.setAlerting(alertingDevices());
+    refreshVitalsSoon();
+    refreshMapSoon();
   }, 5000);
   $("#detail-close").addEventListener("click", closeDetail);
   $("#logout").addEventListener("click", logout);

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.jsonio import loads
 from core.records import Quality, Reading, RecordError
 from ingest.adapters.hj212.codec import FLAG_QUALITY
 from ingest.errors import DecodeError
@@ -110,6 +111,13 @@ def load_json(data: bytes) -> Any:
     Raises:
         DecodeError: ``bad_json``, also for nesting too deep to parse.
     """
+    try:
+        # orjson first (a fifth of the cost); what it refuses (NaN literals, nesting past its
+        # limit, integers beyond 64 bits, bad UTF-8) goes to the standard parser, which
+        # decides as it always has: NaN is a bad_value, deep nesting a bad_json.
+        return loads(data)
+    except ValueError:
+        pass
     try:
         return json.loads(data)
     except RecursionError:
