@@ -48,6 +48,7 @@ from core.topics import KafkaTopics
 from devices.models import shipped_models
 from ingest.adapters.json.codec import encode
 from ingest.batch import encode_batch
+from streams.app import tune_gc
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
 from streams.store import ReadingStore, StoreMetrics
 
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--records", type=int, default=4, help="raw-topic records per worker batch")
     ap.add_argument("--no-debug", action="store_true", help="without the debug view's ring of recent messages")
     args = ap.parse_args(argv)
+    tune_gc()  # as citybrain worker does
     pg_name = f"bench-worker-{os.getpid()}"
     pg_proc, url = start_postgres(pg_name, fresh=True)
     with tempfile.TemporaryDirectory() as tmp:

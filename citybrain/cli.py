@@ -200,7 +200,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from alerts.notify import RetryPolicy
     from alerts.rules import load_rules, shipped_rules
     from devices.models import shipped_models
-    from streams.app import WorkerConfig, create_app
+    from streams.app import WorkerConfig, create_app, tune_gc
 
     cfg = WorkerConfig(
         kafka_bootstrap=_need(settings.kafka_bootstrap, "CITYBRAIN_KAFKA_BOOTSTRAP"),
@@ -242,6 +242,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         state_cache_devices=settings.state_cache_devices,
         client_id=process_client_id("worker"),
     )
+    tune_gc()
     app = create_app(cfg, CollectorRegistry(), shipped_models())
     if args.standby:
         # Everything is imported and built; nothing is connected. The rest (pool, index,

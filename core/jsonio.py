@@ -18,7 +18,8 @@ import orjson
 
 __all__ = ["dumps", "dumps_text", "loads"]
 
-_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+# Non-string keys become strings, as json.dumps makes them (state documents were written that way).
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 def dumps(obj: Any) -> bytes:

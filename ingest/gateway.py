@@ -105,6 +105,14 @@ class GatewayConfig:
     #: Data grades whose view of the readings the bridge publishes (citybrain/down/…,
     #: citybrain/down-internal/…, citybrain/down-sensitive/…; docs/security.md).
     bridge_grades: tuple[str, ...] = ("public", "internal", "sensitive")
+    #: Bridge publishes awaiting their PUBACK before the bridge stops taking records from
+    #: Kafka (backpressure). Unbounded, a slow or reconnecting broker let paho's outgoing
+    #: queue grow without limit, and paho scans that queue on every acknowledgement, so the
+    #: gateway stopped reading uplinks (docs/operations.md).
+    bridge_max_inflight: int = 1000
+    #: Longest wait for room; past it the outstanding publishes are written off (a broker
+    #: that lost the session never acknowledges them) and counted.
+    bridge_stall_s: float = 30.0
 
 
 class GatewayMetrics:
@@ -159,6 +167,21 @@ class GatewayMetrics:
         )
         self.bridged = Counter(
             "citybrain_gateway_bridged_total", "Records re-published on MQTT", ["stream"], registry=registry
+        )
+        self.bridge_inflight = Gauge(
+            "citybrain_gateway_bridge_inflight",
+            "Bridge publishes awaiting their PUBACK (at bridge_max_inflight the bridge waits)",
+            registry=registry,
+        )
+        self.bridge_waits = Counter(
+            "citybrain_gateway_bridge_waits_total",
+            "Times the bridge waited for MQTT acknowledgements before taking more from Kafka",
+            registry=registry,
+        )
+        self.bridge_written_off = Counter(
+            "citybrain_gateway_bridge_written_off_total",
+            "Bridge publishes never acknowledged within bridge_stall_s (no longer waited for)",
+            registry=registry,
         )
         self.connected = Gauge("citybrain_gateway_mqtt_connected", "1 when connected to MQTT", registry=registry)
         self.throttled = Counter(
@@ -222,6 +245,9 @@ class Gateway:
         self._sub_refused = False
         self._unacked = 0
         self._bridge_consumer: AIOKafkaConsumer | None = None
+        # Message ids of bridge publishes not yet acknowledged; touched on the event loop only.
+        self._bridge_pending: set[int] = set()
+        self._bridge_room = asyncio.Event()
         self._throttle: DeviceThrottle | None = None
         self._floods: FloodTracker | None = None
         if config.throttle is not None:
@@ -344,6 +370,7 @@ class Gateway:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         client.reconnect_delay_set(1, 5)
         self._client = client
         try:
@@ -373,6 +400,35 @@ class Gateway:
             return
         self._sub_refused = False
         self._subscribed.set()
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        # paho's network thread: hand the acknowledgement to the event loop.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._bridge_acked, mid)
+
+    def _bridge_acked(self, mid: int) -> None:
+        self._bridge_pending.discard(mid)
+        self.metrics.bridge_inflight.set(len(self._bridge_pending))
+        if len(self._bridge_pending) < self.cfg.bridge_max_inflight:
+            self._bridge_room.set()
+
+    async def _bridge_wait_for_room(self) -> None:
+        """Backpressure: at ``bridge_max_inflight`` unacknowledged publishes, wait for acknowledgements."""
+        if len(self._bridge_pending) < self.cfg.bridge_max_inflight:
+            return
+        self.metrics.bridge_waits.inc()
+        self._bridge_room.clear()
+        try:
+            await asyncio.wait_for(self._bridge_room.wait(), self.cfg.bridge_stall_s)
+        except TimeoutError:
+            log.warning(
+                "bridge: %d publishes unacknowledged for %.0fs; no longer waiting for them",
+                len(self._bridge_pending),
+                self.cfg.bridge_stall_s,
+            )
+            self.metrics.bridge_written_off.inc(len(self._bridge_pending))
+            self._bridge_pending.clear()
+            self.metrics.bridge_inflight.set(0)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._connected.clear()
@@ -576,8 +632,13 @@ class Gateway:
                 continue
             if self._client is not None:
                 for stream, topic, value in out:
-                    self._client.publish(topic, value, qos=1)
+                    await self._bridge_wait_for_room()
+                    info = self._client.publish(topic, value, qos=1)
+                    if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                        # Queued (also while disconnected: paho sends it on reconnect): its PUBACK frees room.
+                        self._bridge_pending.add(info.mid)
                     self.metrics.bridged.labels(stream).inc()
+                self.metrics.bridge_inflight.set(len(self._bridge_pending))
 
 
 async def run_gateway(

@@ -46,7 +46,7 @@ from ingest.gateway import Gateway, GatewayConfig, GatewayMetrics
 from streams.downstream import plan_views
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
 from streams.store import ReadingStore, StoreMetrics
-from tests.integration.helpers import MqttRecorder, consume, create_topics, wait_for
+from tests.integration.helpers import MqttRecorder, await_for, consume, create_topics, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -202,3 +202,72 @@ def test_mosquitto_app_receives_only_its_granted_grades(tmp_path: Path) -> None:
         for c in clients:
             c.close()
         proc.stop()
+
+
+async def test_the_bridge_waits_for_acknowledgements_and_loses_nothing(
+    kafka_bootstrap: str, mqtt_endpoint: MqttEndpoint, topics: KafkaTopics
+) -> None:
+    """Backpressure: at most ``bridge_max_inflight`` unacknowledged publishes, every record still delivered."""
+    air = DeviceCode.build("350206", "0308", random.randint(1, 999_999)).full
+    await create_topics(kafka_bootstrap, [topics.raw, topics.readings("air"), topics.alerts, topics.deadletter])
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    metrics = GatewayMetrics(CollectorRegistry())
+    gw = Gateway(
+        GatewayConfig(
+            mqtt_endpoint.host,
+            mqtt_endpoint.port,
+            kafka_bootstrap,
+            topics,
+            mqtt_username=mqtt_endpoint.username,
+            mqtt_password=mqtt_endpoint.password,
+            device_classes=("air",),
+            client_id=f"gw-{uuid.uuid4().hex[:6]}",
+            bridge_max_inflight=3,
+        ),
+        metrics,
+    )
+    app = Recorder.at(mqtt_endpoint)
+    down = downstream_topic("350206", "air", air)
+    t0 = datetime.now(UTC).replace(microsecond=0)
+
+    def record(i: int) -> bytes:
+        ts = (t0 + timedelta(seconds=i)).isoformat().replace("+00:00", "Z")
+        doc = {
+            "v": 1,
+            "device": air,
+            "district": "350206",
+            "class": "air",
+            "model": "air-station@1",
+            "grid": None,
+            "ts": ts,
+            "rx": ts,
+            "readings": [{"metric": "pm25", "value": float(i), "unit": "ug/m3", "quality": "good"}],
+        }
+        return json.dumps(doc).encode()
+
+    try:
+        app.subscribe(down)
+        await gw.start()
+        await gw.wait_connected(20)
+        # The bridge starts at the latest offsets once it joined its group: send until it forwards.
+        i = 0
+        while not app.on(down):
+            assert i < 60, "the bridge never forwarded"
+            await producer.send_and_wait(topics.readings("air"), record(i), key=air.encode())
+            i += 1
+            await asyncio.sleep(0.5)
+        first = i
+        for j in range(first, first + 300):
+            await producer.send(topics.readings("air"), record(j), key=air.encode())
+        await producer.flush()
+        want = {float(j) for j in range(first, first + 300)}
+        # Waited for without blocking the event loop: the gateway's bridge runs on it.
+        assert await await_for(lambda: want <= {d["readings"][0]["value"] for d in app.on(down)}, timeout=30)
+        assert metrics.bridge_waits._value.get() > 0  # it did wait for room
+        assert await await_for(lambda: metrics.bridge_inflight._value.get() == 0, timeout=10)
+        assert metrics.bridge_written_off._value.get() == 0
+    finally:
+        app.close()
+        await gw.stop()
+        await producer.stop()
