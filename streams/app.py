@@ -281,8 +281,9 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
 
     async def publish(
         topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] | None = None
-    ) -> None:
-        await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=list(headers or []))
+    ) -> object:
+        # The future of the record's metadata: the alert outbox reads partition and offset from it.
+        return await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=list(headers or []))
 
     @app.task
     async def _start() -> None:

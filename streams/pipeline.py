@@ -96,7 +96,7 @@ class Publisher(Protocol):
 
     def __call__(
         self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] | None = None
-    ) -> Awaitable[None]: ...
+    ) -> Awaitable[object]: ...
 
 
 _UNKNOWN_RELOAD_S = 1.0
@@ -238,6 +238,8 @@ class Pipeline:
         self._groups = {
             r.id: GroupPolicy(r.group_min_devices, timedelta(seconds=r.group_window_s)) for r in cfg.rules.rules
         }
+        # Highest offset Kafka acknowledged per alerts-topic partition (streams.outbox.drain_outbox).
+        self._outbox_acked: dict[int, int] = {}
         self.rule_cache = StateCache(cfg.state_cache_devices)
         self.anomaly_cache = StateCache(cfg.state_cache_devices)
 
@@ -700,7 +702,9 @@ class Pipeline:
 
     async def drain_outbox(self, limit: int = 1000) -> int:
         """Publish committed alert transitions (:func:`streams.outbox.drain_outbox`)."""
-        return await drain_outbox(self.pool, self.publish, self.cfg.topics.alerts, self.flush_producer, limit)
+        return await drain_outbox(
+            self.pool, self.publish, self.cfg.topics.alerts, self.flush_producer, limit, acked=self._outbox_acked
+        )
 
     async def _maintenance(self) -> list[MaintenanceWindow]:
         now = time.monotonic()
