@@ -713,18 +713,7 @@ class NotificationStore:
                     "insert into notification_subscriptions (name, url, rule_pattern, min_severity, districts,"
                     " format, template, secret, enabled, created_by) values (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
                     " returning id",
-                    (
-                        sub.name,
-                        sub.url,
-                        sub.rule_pattern,
-                        int(sub.min_severity),
-                        list(sub.districts),
-                        sub.format,
-                        sub.template,
-                        sub.secret,
-                        sub.enabled,
-                        actor,
-                    ),
+                    (*_columns(sub), actor),
                 )
             ).fetchone()
         assert row is not None
@@ -736,18 +725,7 @@ class NotificationStore:
             cur = await conn.execute(
                 "update notification_subscriptions set name=%s, url=%s, rule_pattern=%s, min_severity=%s,"
                 " districts=%s, format=%s, template=%s, secret=%s, enabled=%s, updated_at=now() where id=%s",
-                (
-                    sub.name,
-                    sub.url,
-                    sub.rule_pattern,
-                    int(sub.min_severity),
-                    list(sub.districts),
-                    sub.format,
-                    sub.template,
-                    sub.secret,
-                    sub.enabled,
-                    sub.id,
-                ),
+                (*_columns(sub), sub.id),
             )
             return cur.rowcount > 0
 
@@ -926,3 +904,18 @@ def parse_transitions(values: Sequence[bytes]) -> list[dict[str, Any]]:
         if isinstance(doc, dict) and doc.get("id"):
             out.append(doc)
     return out
+
+
+def _columns(sub: Subscription) -> tuple[object, ...]:
+    """A subscription's stored columns, in the order create and update write them."""
+    return (
+        sub.name,
+        sub.url,
+        sub.rule_pattern,
+        int(sub.min_severity),
+        list(sub.districts),
+        sub.format,
+        sub.template,
+        sub.secret,
+        sub.enabled,
+    )
