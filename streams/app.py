@@ -44,6 +44,7 @@ from typing import Any
 import aiohttp
 import faust
 import psycopg
+from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
@@ -285,6 +286,15 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
         # The future of the record's metadata: the alert outbox reads partition and offset from it.
         return await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=list(headers or []))
 
+    async def alerts_end_offsets(partitions: list[int]) -> dict[int, int]:
+        tps = [TP(cfg.topics.alerts, p) for p in partitions]
+        try:
+            ends = await app.consumer.highwaters(*tps)
+        except Exception as exc:  # Kafka away: checked again at the next tick
+            log.warning("alerts topic end offsets unavailable: %s", exc)
+            return {}
+        return {tp.partition: int(off) for tp, off in ends.items() if off is not None}
+
     @app.task
     async def _start() -> None:
         pool = AsyncConnectionPool(
@@ -323,6 +333,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
             metrics,
             store,
             flush_producer=app.producer.flush,
+            alerts_end_offsets=alerts_end_offsets,
         )
         await pipe.refresh_index(force=True)
         if alerting:
@@ -477,14 +488,14 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
             return
         pipe: Pipeline = state["pipeline"]
         try:
-            changed = await check_liveness(
+            await check_liveness(
                 state["pool"], models, pipe.alerts, datetime.now(UTC), LivenessConfig(k=cfg.offline_after_cadences)
             )
         except psycopg.OperationalError as exc:
             log.warning("liveness check skipped, database unavailable: %s", exc)
             return
-        if changed:
-            await pipe.drain_outbox()
+        # Every tick, not only after a change: it also republishes what a crashed broker lost.
+        await pipe.drain_outbox()
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # as on_before_shutdown below
     async def _assigned(app_: Any, assigned: Any = (), **kwargs: Any) -> None:

@@ -58,6 +58,7 @@ async def drain_outbox(
     *,
     acked: dict[int, int] | None = None,
     replay_s: float = REPLAY_S,
+    end_offsets: Callable[[list[int]], Awaitable[dict[int, int]]] | None = None,
 ) -> int:
     """Publish committed alert transitions; keep them ``replay_s`` after Kafka acknowledged them.
 
@@ -81,6 +82,9 @@ async def drain_outbox(
         limit: Rows per transaction.
         acked: Highest acknowledged offset per partition (the caller keeps it between calls).
         replay_s: How long published rows are kept for a replay.
+        end_offsets: The alerts topic's log end offset per partition; when given, kept rows at
+            or beyond it (the broker lost them, and nothing was published there since) are
+            published again without waiting for a next record to show the loss.
 
     Returns:
         Rows published (replays included).
@@ -100,6 +104,8 @@ async def drain_outbox(
                 "delete from alert_outbox where published_at < now() - make_interval(secs => %s)", (replay_s,)
             )
             if not rows:
+                if end_offsets is not None:
+                    sent += await _replay_behind_end(conn, publish, topic, flush, acked, end_offsets)
                 return sent
             placed = await _send(rows, publish, topic, flush)
             lost_from = _regressions(placed, acked)
@@ -161,3 +167,49 @@ def _regressions(placed: Sequence[tuple[int, int | None, int | None]], acked: di
         if partition is not None and offset is not None:
             acked[partition] = offset if partition in lost else max(offset, acked.get(partition, -1))
     return lost
+
+
+async def _replay_behind_end(
+    conn: psycopg.AsyncConnection,
+    publish: Callable[[str, bytes, bytes], Awaitable[Any]],
+    topic: str,
+    flush: Callable[[], Awaitable[None]],
+    acked: dict[int, int],
+    end_offsets: Callable[[list[int]], Awaitable[dict[int, int]]],
+) -> int:
+    """Publish again the kept rows that lie at or beyond their partition's log end (lost by the broker)."""
+    kept = await (
+        await conn.execute(
+            "select kafka_partition, max(kafka_offset) from alert_outbox"
+            " where published_at is not null and kafka_partition is not null group by 1"
+        )
+    ).fetchall()
+    if not kept:
+        return 0
+    ends = await end_offsets([int(p) for p, _ in kept])
+    lost_from = {int(p): ends[int(p)] for p, top in kept if int(p) in ends and ends[int(p)] <= int(top)}
+    if not lost_from:
+        return 0
+    again = await (
+        await conn.execute(
+            "select o.seq, o.key, o.payload::text from alert_outbox o"
+            " join unnest(%s::int[], %s::int8[]) as l(p, off) on o.kafka_partition = l.p and o.kafka_offset >= l.off"
+            " where o.published_at is not null order by o.seq for update skip locked",
+            (list(lost_from), list(lost_from.values())),
+        )
+    ).fetchall()
+    log.warning(
+        "Kafka's log of %s ends before %d alert transition(s) it had acknowledged; publishing them again",
+        sorted(lost_from),
+        len(again),
+    )
+    for p in lost_from:
+        acked.pop(p, None)
+    placed = await _send(again, publish, topic, flush)
+    _regressions(placed, acked)
+    await conn.execute(
+        "update alert_outbox o set published_at = now(), kafka_partition = p.p, kafka_offset = p.off"
+        " from unnest(%s::int8[], %s::int[], %s::int8[]) as p(seq, p, off) where o.seq = p.seq",
+        ([r[0] for r in placed], [r[1] for r in placed], [r[2] for r in placed]),
+    )
+    return len(placed)

@@ -211,6 +211,7 @@ class Pipeline:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         flush_producer: Callable[[], Awaitable[None]] | None = None,
+        alerts_end_offsets: Callable[[list[int]], Awaitable[dict[int, int]]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.pool = pool
@@ -240,6 +241,7 @@ class Pipeline:
         }
         # Highest offset Kafka acknowledged per alerts-topic partition (streams.outbox.drain_outbox).
         self._outbox_acked: dict[int, int] = {}
+        self._alerts_end_offsets = alerts_end_offsets
         self.rule_cache = StateCache(cfg.state_cache_devices)
         self.anomaly_cache = StateCache(cfg.state_cache_devices)
 
@@ -703,7 +705,13 @@ class Pipeline:
     async def drain_outbox(self, limit: int = 1000) -> int:
         """Publish committed alert transitions (:func:`streams.outbox.drain_outbox`)."""
         return await drain_outbox(
-            self.pool, self.publish, self.cfg.topics.alerts, self.flush_producer, limit, acked=self._outbox_acked
+            self.pool,
+            self.publish,
+            self.cfg.topics.alerts,
+            self.flush_producer,
+            limit,
+            acked=self._outbox_acked,
+            end_offsets=self._alerts_end_offsets,
         )
 
     async def _maintenance(self) -> list[MaintenanceWindow]:

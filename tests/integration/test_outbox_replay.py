@@ -75,3 +75,19 @@ async def test_published_transitions_are_kept_only_for_the_replay_window(
     with psycopg.connect(database_url) as conn:
         assert conn.execute("select count(*) from alert_outbox").fetchone() == (0,)
     assert log.ids() == {1}
+
+
+async def test_a_lost_tail_is_published_again_without_waiting_for_a_next_transition(
+    database_url: str, pool: AsyncConnectionPool
+) -> None:
+    log, acked = Log(), {}
+
+    async def end_offsets(partitions: list[int]) -> dict[int, int]:
+        return dict.fromkeys(partitions, len(log.records))
+
+    _queue(database_url, 1, 2, 3)
+    await drain_outbox(pool, log.publish, "t.alerts", log.flush, acked=acked, end_offsets=end_offsets)
+    log.crash(lose=2)  # and no alert follows
+    assert await drain_outbox(pool, log.publish, "t.alerts", log.flush, acked=acked, end_offsets=end_offsets) == 2
+    assert log.ids() == {1, 2, 3}
+    assert await drain_outbox(pool, log.publish, "t.alerts", log.flush, acked=acked, end_offsets=end_offsets) == 0
