@@ -92,6 +92,8 @@ class DeviceContext:
     #: as is: a frozenset, no copy per device.
     fences: Collection[str] = ()
     attributes: Mapping[str, Any] = field(default_factory=dict)
+    #: The device's model id, for rules scoped to models (e.g. micro-stations).
+    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +315,7 @@ def evaluate_device(
     Returns:
         The transitions, and the new watermark.
     """
-    applicable = [r for r in rules if r.applies_to(ctx.device_class, ctx.district, ctx.code, ctx.fences)]
+    applicable = [r for r in rules if r.applies_to(ctx.device_class, ctx.district, ctx.code, ctx.fences, ctx.model)]
     by_time: dict[int, list[Reading]] = {}
     for r in readings:
         if _excluded(r, ctx.device_class):

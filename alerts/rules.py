@@ -4,7 +4,7 @@ A rule file holds a list of rules::
 
     - id: air.pm25.high
       class: air
-      scope: {districts: ["350203"]}            # optional: districts, devices, fence(s), fence_kind(s)
+      scope: {districts: ["350203"]}            # optional: districts, devices, models, fence(s), fence_kind(s)
       when:                                       # a condition tree
         any:
           - {metric: pm25, op: ">", value: 75, deadband: 7.5}
@@ -28,7 +28,8 @@ A rule with ``each: [hg, cd, …]`` is a template: it stands for one rule per na
 with every ``$each`` in it (id, conditions, message) replaced by the name.
 
 Scope narrows the class to some devices: ``districts`` / ``devices`` (lists
-of codes) must each match if given; ``fence`` or ``fences`` (one reference or
+of codes) and ``models`` (device model ids, e.g. ``air-micro``) must each match
+if given; ``fence`` or ``fences`` (one reference or
 a list; each is a geofence **id or name**) and ``fence_kind`` or
 ``fence_kinds`` (e.g. ``school_zone``: every fence of that kind) together
 are one alternative: the device must be inside at least one of them. A
@@ -238,7 +239,7 @@ def _parse_condition(raw: Any, path: str) -> Condition:
 # --- rules ------------------------------------------------------------------
 
 
-_SCOPE_KEYS = ("districts", "devices", "fence", "fences", "fence_kind", "fence_kinds")
+_SCOPE_KEYS = ("districts", "devices", "models", "fence", "fences", "fence_kind", "fence_kinds")
 
 
 class _LevelSpec(BaseModel):
@@ -320,6 +321,7 @@ class Rule:
     message: str
     districts: frozenset[str] = frozenset()
     devices: frozenset[str] = frozenset()
+    models: frozenset[str] = frozenset()
     fences: frozenset[str] = frozenset()
     flap_count: int = 4
     flap_window_s: float = 1800.0
@@ -328,7 +330,9 @@ class Rule:
     standard: str = ""
     metrics: frozenset[str] = field(default=frozenset())
 
-    def applies_to(self, device_class: str, district: str, code: str, fences: Iterable[str] = ()) -> bool:
+    def applies_to(
+        self, device_class: str, district: str, code: str, fences: Iterable[str] = (), model: str = ""
+    ) -> bool:
         """Whether the rule's class and scope cover a device.
 
         Args:
@@ -337,12 +341,17 @@ class Rule:
             code: Its device code.
             fences: Its fence membership keys (:func:`fence_keys` of every
                 fence it is in), e.g. from :mod:`alerts.geofence`.
+            model: Its device model id, with or without ``@version`` (a rule
+                scoped to models needs it).
         """
         if device_class != self.device_class:
             return False
         if self.districts and district not in self.districts:
             return False
         if self.devices and code not in self.devices:
+            return False
+        # A model scope names models without their version: "air-micro" covers "air-micro@1".
+        if self.models and model.partition("@")[0] not in self.models:
             return False
         # isdisjoint stops at the first common key and builds no set.
         return not (self.fences and self.fences.isdisjoint(fences))
@@ -369,6 +378,7 @@ def _build(spec: _RuleSpec, where: str) -> Rule:
             message=spec.message,
             districts=frozenset(spec.scope_list("districts")),
             devices=frozenset(spec.scope_list("devices")),
+            models=frozenset(spec.scope_list("models")),
             fences=frozenset(
                 [k for ref in spec.scope_list("fence", "fences") for k in (ref.strip(), fence_name_key(ref))]
                 + [fence_kind_key(kind) for kind in spec.scope_list("fence_kind", "fence_kinds")]

@@ -447,7 +447,9 @@ def oracle_alerts(scenario: Scenario, *, step_s: float = 300.0, rules: RuleSet |
     out: list[FiredAlert] = []
     for model in scenario.models():
         site = model.site
-        ctx = DeviceContext(site.code, site.district, model.model.device_class, attributes=dict(site.attributes))
+        ctx = DeviceContext(
+            site.code, site.district, model.model.device_class, attributes=dict(site.attributes), model=model.model.id
+        )
         snapshot: dict[str, list[float]] = {}
         states: dict[str, Any] = {}
         watermark = -1

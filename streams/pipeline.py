@@ -634,7 +634,12 @@ class Pipeline:
             dev = info[code]
             wm, snap, states = saved.get(code, (0, {}, {}))
             ctx = DeviceContext(
-                code, dev.district, dev.device_class, fences=self.geofences.keys(code), attributes=dev.attributes
+                code,
+                dev.district,
+                dev.device_class,
+                fences=self.geofences.keys(code),
+                attributes=dev.attributes,
+                model=dev.model,
             )
             # A value outside the physical range is a sensor fault (the detectors' business), not a level.
             readings = [r for r in per_device[code] if not out_of_range(r, dev, self.models)]

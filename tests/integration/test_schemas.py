@@ -99,7 +99,7 @@ def test_rule_engine_alerts_validate() -> None:
         Reading(CODE, "pm25", t0 + timedelta(minutes=i), t0, v, "ug/m3")
         for i, v in enumerate([10, 140.5, 150.0, 30, 30, 30, 30])
     ]
-    ctx = DeviceContext(CODE, "350206", "air")
+    ctx = DeviceContext(CODE, "350206", "air", model="air-station")
     transitions, _ = evaluate_device(shipped_rules().for_class("air"), readings, ctx, {}, {}, 0)
     assert transitions
     av = _validator("alerts.v1")

@@ -64,7 +64,7 @@ def test_evaluate_device_logs_the_device_and_counts_through_its_callback(caplog:
         evaluate_device(
             [],
             [reading],
-            DeviceContext(CODE, "350206", "air", attributes={"aqi_version": "HJ633-2012"}),
+            DeviceContext(CODE, "350206", "air", attributes={"aqi_version": "HJ633-2012"}, model="air-station"),
             {},
             {},
             0,

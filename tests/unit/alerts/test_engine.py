@@ -13,7 +13,7 @@ from core.records import AlertState, Quality, Reading, Severity
 
 CODE = "35020603080000017"
 T0 = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
-CTX = DeviceContext(CODE, "350206", "air")
+CTX = DeviceContext(CODE, "350206", "air", model="air-station")
 
 
 def _readings(metric: str, values: list[float], step_s: float = 1.0, start: int = 0, **kw: object) -> list[Reading]:
@@ -165,7 +165,7 @@ def test_scope_by_district() -> None:
 """)
     out, *_ = _run(rules, _readings("pm25", [100]))
     assert out == []
-    out, *_ = _run(rules, _readings("pm25", [100]), ctx=DeviceContext(CODE, "350203", "air"))
+    out, *_ = _run(rules, _readings("pm25", [100]), ctx=DeviceContext(CODE, "350203", "air", model="air-station"))
     assert len(out) == 1
 
 

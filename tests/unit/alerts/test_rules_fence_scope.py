@@ -1,11 +1,15 @@
-"""Rule scopes: fences by id or name, fence kinds, singular and plural keys."""
+"""Rule scopes: fences by id or name, fence kinds, models, singular and plural keys."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
+from alerts.engine import DeviceContext, evaluate_device
 from alerts.errors import RuleError
 from alerts.rules import Rule, fence_keys, parse_rules, shipped_rules
+from core.records import Reading, Severity
 
 CODE = "35020303110000018"
 
@@ -52,3 +56,35 @@ def test_shipped_school_zone_noise_rule() -> None:
     assert rule.fences == {"kind/school_zone"}
     assert rule.applies_to("noise", "350206", CODE, frozenset(fence_keys("s", "s", "school_zone")))
     assert not rule.applies_to("noise", "350206", CODE, ())
+
+
+def test_a_model_scope_needs_the_devices_model() -> None:
+    rule = _one("{models: [noise-a, noise-b]}")
+    assert rule.models == {"noise-a", "noise-b"}
+    assert rule.applies_to("noise", "350203", CODE, (), "noise-b")
+    assert rule.applies_to("noise", "350203", CODE, (), "noise-b@2")  # the ledger's id, with its version
+    assert not rule.applies_to("noise", "350203", CODE, (), "noise-c")
+    assert not rule.applies_to("noise", "350203", CODE)  # a model-scoped rule skips a device of unknown model
+
+
+def test_micro_stations_raise_particulates_only_when_the_exceedance_lasts() -> None:
+    """A micro-station's minute over 75 µg/m³ is its noise; ten minutes over it is an alert (docs/anomaly.md)."""
+    rules = shipped_rules().for_class("air")
+    micro = DeviceContext(CODE, "350203", "air", model="air-micro")
+    station = DeviceContext(CODE, "350203", "air", model="air-station")
+    t0 = datetime(2026, 12, 7, 10, 20, tzinfo=UTC)
+
+    def minutes(values: list[float]) -> list[Reading]:
+        return [Reading(CODE, "pm25", t0 + timedelta(minutes=i), t0, v, "") for i, v in enumerate(values)]
+
+    blip = minutes([60, 77, 62, 60, 140, 60])
+    assert evaluate_device(rules, blip, micro, {}, {}, 0)[0] == []
+    opened = [t.alert.rule for t in evaluate_device(rules, blip, station, {}, {}, 0)[0] if t.kind == "open"]
+    assert set(opened) == {"air.pm25.high"}  # a reference station: at once, as before
+    sustained = minutes([60] + [90] * 12)
+    out = [t for t in evaluate_device(rules, sustained, micro, {}, {}, 0)[0] if "pm25" in t.alert.rule]
+    assert [(t.kind, t.alert.rule, t.alert.severity, t.alert.opened_at) for t in out] == [
+        ("open", "air.micro.pm25.high", Severity.WARNING, t0 + timedelta(minutes=11))
+    ]
+    far = evaluate_device(rules, minutes([60, 180]), micro, {}, {}, 0)[0]
+    assert Severity.CRITICAL in [t.alert.severity for t in far if t.kind == "open"]  # twice the limit: at once

@@ -63,7 +63,7 @@ def test_ambient_gases_an_hour_long_open_no_aqi_alert_and_keep_the_aqi_low() -> 
     out, dev = run(payloads)
     readings = [r for r, _ in out.readings if not out_of_range(r, dev, shipped_models())]
     snapshot: dict[str, list[float]] = {}
-    ctx = DeviceContext(CODE, "350206", "air")
+    ctx = DeviceContext(CODE, "350206", "air", model="air-station")
     transitions, _ = evaluate_device(shipped_rules().for_class("air"), readings, ctx, snapshot, {}, 0)
     assert transitions == []
     assert snapshot["aqi"][0] <= 50  # 优: PM2.5 35 and small gases
@@ -90,7 +90,7 @@ def test_implausible_ambient_so2_is_flagged_and_kept_from_the_rules() -> None:
     assert row.flags == {"so2": "suspect:N"} and row.quality == 1  # stored, flagged
     rules_see = [r for r, _ in out.readings if not out_of_range(r, dev, shipped_models())]
     snapshot: dict[str, list[float]] = {}
-    ctx = DeviceContext(CODE, "350206", "air")
+    ctx = DeviceContext(CODE, "350206", "air", model="air-station")
     transitions, _ = evaluate_device(shipped_rules().for_class("air"), rules_see, ctx, snapshot, {}, 0)
     assert transitions == [] and "so2" not in snapshot and snapshot["aqi"][0] <= 50
 

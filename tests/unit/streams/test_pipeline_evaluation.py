@@ -15,7 +15,7 @@ from streams.pipeline import clock_skewed, out_of_range
 
 CODE = "35020603080000017"
 DEV = DeviceInfo(CODE, "air-station@1", "air", "350206", None, "active", {})
-CTX = DeviceContext(CODE, "350206", "air")
+CTX = DeviceContext(CODE, "350206", "air", model="air-station")
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 SKEW = timedelta(minutes=5)
 MODELS = shipped_models()
