@@ -52,7 +52,7 @@ DERIVED_METRICS: dict[str, frozenset[str]] = {
 
 # The snapshot's latest value of metric %(metric)s, or NULL if absent/NaN-as-null.
 _LATEST = (
-    "case when jsonb_typeof(rs.snapshot -> %(metric)s -> 0) = 'number'"
+    "case when json_typeof(rs.snapshot -> %(metric)s -> 0) = 'number'"
     " then (rs.snapshot -> %(metric)s ->> 0)::float8 end"
 )
 
@@ -124,7 +124,7 @@ async def district_figures(conn: AsyncConnection[Any], *, max_age_s: float) -> d
             select district, count(*) as n from alerts where {counted} group by 1
         ), latest as (
             select d.district, d.device_class,
-                   case when jsonb_typeof(rs.snapshot -> 'water_class_over_target' -> 0) = 'number'
+                   case when json_typeof(rs.snapshot -> 'water_class_over_target' -> 0) = 'number'
                         then (rs.snapshot -> 'water_class_over_target' ->> 0)::float8 end as over
             from devices d join rule_state rs on rs.device_code = d.code
             where {live} and d.device_class = 'water'

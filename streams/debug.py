@@ -125,7 +125,7 @@ async def record_recent(
         " reject_reason, reject_detail)"
         " select u.c, coalesce((select (d.slot + 1) %% " + str(RING) + " from device_recent_messages d"
         " where d.code = u.c order by d.received_at desc limit 1), 0), u.rx, u.topic, u.transport, u.payload,"
-        " u.readings::jsonb, u.reason, u.detail"
+        " u.readings::json, u.reason, u.detail"
         " from unnest(%b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::bytea[], %b::text[],"
         " %b::text[], %b::text[]) as u(c, rx, topic, transport, payload, readings, reason, detail)"
         " on conflict (code, slot) do update set received_at = excluded.received_at, topic = excluded.topic,"

@@ -171,7 +171,7 @@ async def save_rule_state(
     # with a regular expression, which cost more than the JSON it carried.
     cur = await conn.execute(
         "insert into rule_state (device_code, watermark_us, snapshot, states, version)"
-        " select c, w, s::jsonb, t::jsonb, 1 from unnest(%b::text[], %b::int8[], %b::text[], %b::text[])"
+        " select c, w, s::json, t::json, 1 from unnest(%b::text[], %b::int8[], %b::text[], %b::text[])"
         " as u(c, w, s, t)"
         " on conflict (device_code) do update set watermark_us = excluded.watermark_us,"
         " snapshot = excluded.snapshot, states = excluded.states, version = rule_state.version + 1,"
@@ -218,7 +218,7 @@ async def save_anomaly_state(
         return
     cur = await conn.execute(
         "insert into anomaly_state (device_code, states, peers, version)"
-        " select c, s::jsonb, p::jsonb, 1 from unnest(%b::text[], %b::text[], %b::text[]) as u(c, s, p)"
+        " select c, s::json, p::jsonb, 1 from unnest(%b::text[], %b::text[], %b::text[]) as u(c, s, p)"
         " on conflict (device_code) do update set states = excluded.states,"
         " peers = excluded.peers, version = anomaly_state.version + 1, updated_at = now()"
         " returning device_code, version",
