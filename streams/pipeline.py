@@ -52,7 +52,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from psycopg_pool import AsyncConnectionPool
 
 from alerts.anomaly.config import AnomalyConfig
-from alerts.anomaly.stream import SeriesDevice, evaluate_anomalies
+from alerts.anomaly.stream import DetectorMemory, SeriesDevice, evaluate_anomalies
 from alerts.engine import DeviceContext, evaluate_device, suppressed_flag
 from alerts.geofence import GeofenceHook
 from alerts.rules import RuleSet
@@ -244,6 +244,11 @@ class Pipeline:
         self._alerts_end_offsets = alerts_end_offsets
         self.rule_cache = StateCache(cfg.state_cache_devices)
         self.anomaly_cache = StateCache(cfg.state_cache_devices)
+        # The detectors' banks between batches (rows reused while the cached documents are the
+        # ones they wrote): useless without the document cache, and bounded like it.
+        self.detector_memory = (
+            DetectorMemory(max_series=cfg.state_cache_devices * 8) if cfg.state_cache_devices else None
+        )
 
     def replace_rules(self, rules: RuleSet) -> None:
         """Evaluate with ``rules`` from the next batch on (hot reload).
@@ -684,7 +689,9 @@ class Pipeline:
                 for r in per_device[code]
                 if r.quality is not Quality.BAD and not suppressed_flag(r)
             ]
-        outcome = evaluate_anomalies(self.cfg.anomaly, samples, states, peers=peers, is_gauge=self._is_gauge)
+        outcome = evaluate_anomalies(
+            self.cfg.anomaly, samples, states, peers=peers, is_gauge=self._is_gauge, memory=self.detector_memory
+        )
         self.metrics.anomaly_samples.inc(outcome.samples)
         transitions += outcome.transitions
         return states, set(outcome.changed)

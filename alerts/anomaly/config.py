@@ -26,7 +26,7 @@ at load, so a typo cannot silently turn a detector off.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,11 @@ class DetectorSpec:
     clear_after: int = 5
     flap_count: int = 3
     flap_window_s: float = 3600.0
+    #: ``kind.value``, read per series on the hot path (an enum's ``value`` is a property).
+    name: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", self.kind.value)
 
 
 @dataclass(frozen=True, slots=True)

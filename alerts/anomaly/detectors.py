@@ -96,7 +96,7 @@ def _check_int(name: str, value: int, low: int) -> None:
         raise AnomalyError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
-def _load(data: Mapping[str, Any], kind: DetectorKind) -> Mapping[str, Any]:
+def _load(data: object, kind: DetectorKind) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise AnomalyError("saved state must be a mapping")
     if data.get("v") != _STATE_VERSION or data.get("kind") != kind.value:
@@ -159,12 +159,13 @@ class _Bank:
         self.size = size
 
     @classmethod
-    def from_dicts(cls, dicts: Sequence[Mapping[str, Any] | None], params: Any = None) -> Any:
+    def from_dicts(cls, dicts: Sequence[Mapping[str, Any] | Sequence[Any] | None], params: Any = None) -> Any:
         """A bank whose series ``i`` continues from the saved ``dicts[i]`` (None: a fresh series).
 
         Same result as ``from_states([State.from_dict(d) …])`` without building a
         dataclass per series: each field is converted as one column, which is what
-        makes loading the state of a whole stream batch cheap.
+        makes loading the state of a whole stream batch cheap. A saved state is a
+        dict (:meth:`to_dict`) or a compact row (:meth:`to_dicts` with ``compact``).
 
         Raises:
             AnomalyError: if any dict is not a valid saved state of this detector.
@@ -174,21 +175,62 @@ class _Bank:
         rows = [i for i, d in enumerate(dicts) if d is not None]
         if not rows:
             return bank
-        present = [_load(d, cls.KIND) for d in dicts if d is not None]
         idx = np.asarray(rows, dtype=np.intp)
+        present: list[Any] = [d for d in dicts if d is not None]
+        width = 2 + len(cls.FIELDS)
+        if all(type(d) is list or type(d) is tuple for d in present):
+            # The compact form (to_dicts(compact=True)): [kind, version, field, …], fields in FIELDS order.
+            for d in present:
+                if len(d) != width or d[0] != cls.KIND.value or d[1] != _STATE_VERSION:
+                    raise AnomalyError(f"saved state is not a v{_STATE_VERSION} {cls.KIND.value} state row")
+            columns = list(zip(*present, strict=True))
+            for pos, (attr, key, kind) in enumerate(cls.FIELDS, start=2):
+                getattr(bank, attr)[idx] = _column(list(columns[pos]), key, kind)
+            return bank
+        loaded = [_load(d, cls.KIND) for d in present]
         for attr, key, kind in cls.FIELDS:
-            getattr(bank, attr)[idx] = _column([d.get(key) for d in present], key, kind)
+            getattr(bank, attr)[idx] = _column([d.get(key) for d in loaded], key, kind)
         return bank
 
-    def to_dicts(self) -> list[dict[str, Any]]:
-        """Every series' state as :meth:`to_dict` of its state would give it, in one pass."""
-        keys = ["v", "kind"]
-        cols: list[list[Any]] = [[_STATE_VERSION] * self.size, [self.KIND.value] * self.size]
+    def to_dicts(self, index: npt.ArrayLike | None = None, *, compact: bool = False) -> list[Any]:
+        """Every series' state (or those in ``index``, in its order) as :meth:`to_dict` of its
+        state would give it, in one pass.
+
+        With ``compact``, each state is a row instead, ``(kind, version, field, …)`` in
+        :attr:`FIELDS` order: what the stream worker persists for every series of every
+        batch, at a fraction of the cost and size (JSON without the keys).
+        :meth:`from_dicts` reads both forms.
+        """
+        sel = slice(None) if index is None else np.asarray(index, dtype=np.intp)
+        n = self.size if index is None else len(sel)  # type: ignore[arg-type]
+        keys = ["kind", "v"]
+        cols: list[list[Any]] = [[self.KIND.value] * n, [_STATE_VERSION] * n]
         for attr, key, kind in self.FIELDS:
-            values = getattr(self, attr).tolist()
+            values = getattr(self, attr)[sel].tolist()
             keys.append(key)
             cols.append([None if v == NEVER_SEEN else v for v in values] if kind == "time" else values)
+        if compact:
+            return list(zip(*cols, strict=True))
         return [dict(zip(keys, row, strict=True)) for row in zip(*cols, strict=True)]
+
+    def _arrays(self) -> tuple[str, ...]:
+        # Every slot of a concrete bank but its parameters is an array with a row per series.
+        return tuple(a for a in type(self).__slots__ if a != "params")
+
+    def grow(self, size: int) -> None:
+        """Add fresh series (warming up) up to ``size`` rows; existing rows keep their state."""
+        if size <= self.size:
+            return
+        fresh = type(self)(size - self.size, self.params)  # type: ignore[call-arg,attr-defined]
+        for attr in self._arrays():
+            setattr(self, attr, np.concatenate([getattr(self, attr), getattr(fresh, attr)]))
+        self.size = size
+
+    def put_rows(self, rows: npt.ArrayLike, other: _Bank) -> None:
+        """Overwrite series ``rows`` with series ``0 … len(rows) - 1`` of ``other`` (same detector)."""
+        idx = np.asarray(rows, dtype=np.intp)
+        for attr in self._arrays():
+            getattr(self, attr)[idx] = getattr(other, attr)
 
     def _select(
         self, t: npt.ArrayLike, x: npt.ArrayLike, index: npt.ArrayLike | None
@@ -360,7 +402,7 @@ class RobustZBank(_Bank):
         return bank
 
     @classmethod
-    def from_dicts(cls, dicts: Sequence[Mapping[str, Any] | None], params: Any = None) -> RobustZBank:
+    def from_dicts(cls, dicts: Sequence[Mapping[str, Any] | Sequence[Any] | None], params: Any = None) -> RobustZBank:
         """A bank from saved states (None: a fresh series); see :meth:`_Bank.from_dicts`."""
         bank = cls(len(dicts), params)
         w = bank.params.window
@@ -379,12 +421,15 @@ class RobustZBank(_Bank):
             bank._last_t[i] = _time_or_never(_opt_int(d, "last_t"))
         return bank
 
-    def to_dicts(self) -> list[dict[str, Any]]:
-        """Every series' state as ``state(i).to_dict()`` would give it, in one pass."""
+    def to_dicts(self, index: npt.ArrayLike | None = None, *, compact: bool = False) -> list[Any]:
+        """Every series' state (or those in ``index``, in its order) as ``state(i).to_dict()``
+        would give it, in one pass (``compact`` changes nothing: the window is two lists)."""
         w = self.params.window
-        order = (self._pos[:, None] - self._count[:, None] + np.arange(w)[None, :]) % w
-        vals = np.take_along_axis(self._buf, order, axis=1).tolist()
-        times = np.take_along_axis(self._tbuf, order, axis=1).tolist()
+        sel = slice(None) if index is None else np.asarray(index, dtype=np.intp)
+        count, pos = self._count[sel], self._pos[sel]
+        order = (pos[:, None] - count[:, None] + np.arange(w)[None, :]) % w
+        vals = np.take_along_axis(self._buf[sel], order, axis=1).tolist()
+        times = np.take_along_axis(self._tbuf[sel], order, axis=1).tolist()
         return [
             {
                 "v": _STATE_VERSION,
@@ -393,7 +438,7 @@ class RobustZBank(_Bank):
                 "times": times[i][:n],
                 "last_t": None if last == NEVER_SEEN else last,
             }
-            for i, (n, last) in enumerate(zip(self._count.tolist(), self._last_t.tolist(), strict=True))
+            for i, (n, last) in enumerate(zip(count.tolist(), self._last_t[sel].tolist(), strict=True))
         ]
 
     def state(self, i: int) -> RobustZState:

@@ -26,7 +26,8 @@ exactly like ``rule_state``). The function
 State document per device (JSON-safe)::
 
     {"m": {metric: {"t": last accepted epoch s,
-                    "d": {detector: <Detector state .to_dict()>},
+                    "d": {detector: <its state: [kind, version, field, …] in the bank's
+                                    FIELDS order; robust_z's as .to_dict()>},
                     "a": {detector: {"o": episode start epoch s | null, "q": quiet samples,
                                      "f": flapping, "l": last firing epoch s, "opens": [...]}},
                     "c": {"r": detector carrying the open alert, "o": opened epoch s,
@@ -48,6 +49,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from alerts.anomaly.config import AnomalyConfig, DetectorSpec
 from alerts.anomaly.detectors import (
@@ -70,6 +72,7 @@ from core.records import Alert, AlertState, Severity
 __all__ = [
     "ANOMALY_RULE_PREFIX",
     "AnomalyOutcome",
+    "DetectorMemory",
     "SeriesDevice",
     "evaluate_anomalies",
     "peer_entry",
@@ -135,6 +138,61 @@ class _Fire:
     start: int
 
 
+class DetectorMemory:
+    """Detector banks kept between batches: one row per series, as they are computed.
+
+    Without it every batch builds its banks from the series' saved states
+    (``from_dicts``: a validated column per field, every robust_z window
+    element by element) and throws them away; on city-like traffic, where
+    nearly every series of a batch has one new sample, that was most of the
+    detectors' cost. With it, a series' row is reused while the saved state in
+    its document is the very object this memory wrote there last, so the row
+    and the document agree. A document read anew from the database (another
+    worker wrote it, a batch did not commit, the worker restarted) holds other
+    objects: its rows are loaded from it again. So the memory never decides
+    what a detector knows; the document does, as it is persisted with the
+    batch's alerts (docs/store.md, "State in memory").
+
+    Bounded: a bank past ``max_series`` rows starts over empty (its series
+    are reloaded from their documents as they come). Pass one instance to
+    every :func:`evaluate_anomalies` call of a worker; a new configuration
+    starts it over.
+    """
+
+    __slots__ = ("_config", "_slots", "max_series", "reloaded", "reused")
+
+    def __init__(self, max_series: int = 1_000_000) -> None:
+        if max_series < 1:
+            raise ValueError("max_series must be >= 1")
+        self.max_series = max_series
+        self._config: AnomalyConfig | None = None
+        # (kind, id(params)) → its slot; the slot holds the params, so the id is not reused.
+        self._slots: dict[tuple[DetectorKind, int], _Slot] = {}
+        self.reused = 0
+        self.reloaded = 0
+
+    def _bind(self, config: AnomalyConfig) -> None:
+        if config is not self._config:
+            self._config, self._slots = config, {}
+
+    def slot(self, kind: DetectorKind, params: Any) -> _Slot:
+        key = (kind, id(params))
+        slot = self._slots.get(key)
+        if slot is None or len(slot.rows) >= self.max_series:
+            slot = self._slots[key] = _Slot(params, _BANKS[kind](0, params))
+        return slot
+
+
+@dataclass(slots=True)
+class _Slot:
+    params: Any
+    bank: Any
+    #: (device code, metric) → row of the bank.
+    rows: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Per row: the saved-state dict this memory last wrote into the series' document.
+    owner: list[object] = field(default_factory=list)
+
+
 def _utc(t: int) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
@@ -170,6 +228,7 @@ def evaluate_anomalies(
     *,
     peers: Mapping[tuple[str, str, str], float] | None = None,
     is_gauge: Callable[[SeriesDevice, str], bool] = lambda _dev, _metric: True,
+    memory: DetectorMemory | None = None,
 ) -> AnomalyOutcome:
     """Run the configured detectors over one batch.
 
@@ -182,6 +241,8 @@ def evaluate_anomalies(
             series without one is not fed to its drift detector.
         is_gauge: Whether a metric is a gauge (entries without ``metrics``
             cover gauges only).
+        memory: Banks kept from the previous batches (:class:`DetectorMemory`);
+            the result is the same without it, only dearer.
 
     Returns:
         The alert transitions and which devices' documents changed.
@@ -198,17 +259,28 @@ def evaluate_anomalies(
         # Detectors work in integer seconds: several samples in one second keep the latest.
         per_series.setdefault((dev.code, metric), {})[int(event_time.timestamp())] = value
     series: list[_Series] = []
+    plans: dict[tuple[str, str, str], tuple[DetectorSpec, ...]] = {}
     for (code, metric), by_t in sorted(per_series.items()):
         dev = devs[code]
-        specs = config.plan(dev.device_class, dev.model_id, metric, gauge=is_gauge(dev, metric))
+        pkey = (dev.device_class, dev.model_id, metric)
+        specs = plans.get(pkey)
+        if specs is None:
+            specs = plans[pkey] = config.plan(dev.device_class, dev.model_id, metric, gauge=is_gauge(dev, metric))
         if not specs:
             continue
         doc = states.setdefault(code, {}).setdefault("m", {}).setdefault(metric, {})
         last = doc.get("t")
-        times = sorted(t for t in by_t if last is None or t > last)
-        if not times:
-            continue  # a replay, or late data: already evaluated
-        series.append(_Series(dev, metric, doc, times, [by_t[t] for t in times], specs))
+        if len(by_t) == 1:  # city traffic: one new sample per series
+            ((t1, x1),) = by_t.items()
+            if last is not None and t1 <= last:
+                continue  # a replay, or late data: already evaluated
+            times, values = [t1], [x1]
+        else:
+            times = sorted(t for t in by_t if last is None or t > last)
+            if not times:
+                continue
+            values = [by_t[t] for t in times]
+        series.append(_Series(dev, metric, doc, times, values, specs))
         out.samples += len(times)
     if not series:
         return out
@@ -226,20 +298,25 @@ def evaluate_anomalies(
             group[1].append(i)
     # results[(series index, kind)] = (accepted, {sample position: firing}); quiet samples are implicit.
     results: dict[tuple[int, DetectorKind], tuple[bool, dict[int, _Fire]]] = {}
+    if memory is not None:
+        memory._bind(config)
     for (kind, _), (params, members) in groups.items():
-        _run_group(kind, params, [series[i] for i in members], members, peers or {}, results)
+        _run_group(kind, params, [series[i] for i in members], members, peers or {}, results, memory)
+    drift = {id(specs): any(spec.kind is DetectorKind.DRIFT for spec in specs) for specs in plans.values()}
+    changed = out.changed
     for i, s in enumerate(series):
         active = []
+        episodes = s.doc.get("a")
         for spec in s.specs:
             accepted, fires = results[(i, spec.kind)]
-            if accepted and (fires or s.doc.get("a", {}).get(spec.kind.value, {}).get("o") is not None):
+            if accepted and (fires or (episodes is not None and episodes.get(spec.name, {}).get("o") is not None)):
                 active.append((spec, fires))
         if active or _CONSOLIDATED in s.doc:
             out.transitions += _alert_steps(s, active)
         s.doc["t"] = s.times[-1]
-        if any(spec.kind is DetectorKind.DRIFT for spec in s.specs):
+        if drift[id(s.specs)]:
             s.doc["x"] = [s.values[-1], s.times[-1]]  # for the peers' median (peer_entry)
-        out.changed.add(s.dev.code)
+        changed.add(s.dev.code)
     return out
 
 
@@ -250,10 +327,17 @@ def _run_group(
     index: list[int],
     peers: Mapping[tuple[str, str, str], float],
     results: dict[tuple[int, DetectorKind], tuple[bool, dict[int, _Fire]]],
+    memory: DetectorMemory | None = None,
 ) -> None:
     """One bank over every series of the group; one numpy step per round, Python only for firings."""
     name = kind.value
-    bank = _bank(kind, params, [s.doc.get("d", {}).get(name) for s in members])
+    saved = [s.doc.get("d", {}).get(name) for s in members]
+    if memory is None:
+        bank, rows = _bank(kind, params, saved), np.arange(len(members), dtype=np.intp)
+        slot = None
+    else:
+        slot = memory.slot(kind, params)
+        bank, rows = slot.bank, _rows(slot, members, saved, kind, memory)
     if kind is DetectorKind.DRIFT:
         peer = np.array(
             [peers.get((s.dev.district, s.dev.model_id, s.metric), math.nan) for s in members], dtype=np.float64
@@ -270,23 +354,61 @@ def _run_group(
     for r in range(int(lengths.max())):
         sel = np.flatnonzero(lengths > r)
         t, x = all_t[offsets[sel] + r], all_x[offsets[sel] + r]
-        starts = bank.window_start(sel) if pre else None
-        upd = bank.update(t, x, peer[sel], index=sel) if kind is DetectorKind.DRIFT else bank.update(t, x, index=sel)
+        brows = rows[sel]
+        starts = bank.window_start(brows) if pre else None
+        if kind is DetectorKind.DRIFT:
+            upd = bank.update(t, x, peer[sel], index=brows)
+        else:
+            upd = bank.update(t, x, index=brows)
         for row in np.flatnonzero(upd.fired).tolist():
             j = int(sel[row])
             if starts is not None:
                 start: int | None = int(starts[row])
             elif kind is DetectorKind.STUCK:
-                start = bank.state(j).run_start
+                start = bank.state(int(rows[j])).run_start
             else:
-                st = bank.state(j)
+                st = bank.state(int(rows[j]))
                 start = st.pos_start if st.s_pos >= st.s_neg else st.neg_start
             tr = int(t[row])
             start = tr if start is None or start == NEVER_SEEN else min(int(start), tr)
             fires.setdefault(j, {})[r] = _Fire(float(upd.score[row]), float(upd.baseline[row]), start)
-    for j, (s, saved) in enumerate(zip(members, bank.to_dicts(), strict=True)):
-        s.doc.setdefault("d", {})[name] = saved
-        results[(index[j], kind)] = (bool(accepted[j]), fires.get(j, _NO_FIRES))
+    states = bank.to_dicts(rows, compact=True)
+    owner = slot.owner if slot is not None else None
+    # Plain Python values from here on: a numpy scalar per series cost more than the rest of the loop.
+    for j, (s, state, ok, row) in enumerate(zip(members, states, accepted.tolist(), rows.tolist(), strict=True)):
+        d = s.doc.get("d")
+        if d is None:
+            d = s.doc["d"] = {}
+        d[name] = state
+        if owner is not None:
+            owner[row] = state
+        results[(index[j], kind)] = (ok, fires.get(j, _NO_FIRES))
+
+
+def _rows(
+    slot: _Slot, members: list[_Series], saved: list[Any], kind: DetectorKind, memory: DetectorMemory
+) -> npt.NDArray[np.intp]:
+    """The members' rows in the slot's bank: reused where the document still holds what the
+    memory wrote (the same object), loaded from the document otherwise."""
+    rows = np.empty(len(members), dtype=np.intp)
+    load: list[int] = []
+    for j, s in enumerate(members):
+        key = (s.dev.code, s.metric)
+        row = slot.rows.get(key)
+        if row is None:
+            row = slot.rows[key] = len(slot.owner)
+            slot.owner.append(None)
+            load.append(j)
+        elif slot.owner[row] is not saved[j] or saved[j] is None:
+            load.append(j)
+        rows[j] = row
+    if len(slot.owner) > slot.bank.size:
+        slot.bank.grow(max(len(slot.owner), 2 * slot.bank.size, 1024))
+    if load:
+        slot.bank.put_rows(rows[load], _bank(kind, slot.params, [saved[j] for j in load]))
+    memory.reloaded += len(load)
+    memory.reused += len(members) - len(load)
+    return rows
 
 
 def _detector_step(st: dict[str, Any], spec: DetectorSpec, t: int, fire: _Fire | None) -> str | None:
@@ -318,7 +440,7 @@ def _strength(item: tuple[DetectorSpec, _Fire]) -> tuple[int, float, str]:
     spec, fire = item
     thr = _threshold(spec)
     ratio = abs(fire.score) / thr if thr > 0 and math.isfinite(fire.score) else 0.0
-    return int(spec.severity), ratio, spec.kind.value
+    return int(spec.severity), ratio, spec.name
 
 
 def _alert_steps(s: _Series, active: list[tuple[DetectorSpec, dict[int, _Fire]]]) -> list[tuple[str, Alert]]:
@@ -335,7 +457,7 @@ def _alert_steps(s: _Series, active: list[tuple[DetectorSpec, dict[int, _Fire]]]
     """
     a: dict[str, Any] = s.doc.setdefault("a", {})
     grp: dict[str, Any] | None = s.doc.get(_CONSOLIDATED)
-    specs = {spec.kind.value: spec for spec in s.specs}
+    specs = {spec.name: spec for spec in s.specs}
     if grp is not None:
         # A detector switched off in the configuration no longer holds the alert open.
         grp["m"] = [k for k in grp["m"] if k in specs]
@@ -344,7 +466,7 @@ def _alert_steps(s: _Series, active: list[tuple[DetectorSpec, dict[int, _Fire]]]
         opened_now: list[tuple[DetectorSpec, _Fire]] = []
         ended: list[tuple[DetectorSpec, int]] = []
         for spec, fires in active:
-            st: dict[str, Any] = a.setdefault(spec.kind.value, {})
+            st: dict[str, Any] = a.setdefault(spec.name, {})
             was = st.get("o")
             fire = fires.get(r)
             step = _detector_step(st, spec, t, fire)
@@ -353,28 +475,28 @@ def _alert_steps(s: _Series, active: list[tuple[DetectorSpec, dict[int, _Fire]]]
             elif step == "clear" and was is not None:
                 ended.append((spec, int(was)))
         if opened_now:
-            flapping = any(a[spec.kind.value].get("f") for spec, _ in opened_now)
+            flapping = any(a[spec.name].get("f") for spec, _ in opened_now)
             if grp is None:
                 spec, fire = max(opened_now, key=_strength)
                 grp = {
-                    "r": spec.kind.value,
+                    "r": spec.name,
                     "o": t,
                     "s": int(spec.severity),
-                    "m": [sp.kind.value for sp, _ in opened_now],
+                    "m": [sp.name for sp, _ in opened_now],
                 }
                 s.doc[_CONSOLIDATED] = grp
                 out.append(("open", _alert(s, spec, t, x, fire, flapping, opened_now)))
             else:
-                grp["m"] += [sp.kind.value for sp, _ in opened_now if sp.kind.value not in grp["m"]]
+                grp["m"] += [sp.name for sp, _ in opened_now if sp.name not in grp["m"]]
                 spec, fire = max(opened_now, key=_strength)
                 if int(spec.severity) > int(grp["s"]):
                     grp["s"] = int(spec.severity)
                     out.append(("escalate", _joined(s, grp, spec, t, x, fire)))
         for spec, was in ended:
-            if grp is not None and spec.kind.value in grp["m"]:
-                grp["m"].remove(spec.kind.value)
+            if grp is not None and spec.name in grp["m"]:
+                grp["m"].remove(spec.name)
             else:  # an alert of this detector alone (opened before consolidation)
-                out.append(("clear", _cleared(s, spec.kind.value, spec.severity, spec.clear_after, was, t)))
+                out.append(("clear", _cleared(s, spec.name, spec.severity, spec.clear_after, was, t)))
         if grp is not None and not grp["m"]:
             primary = specs.get(grp["r"])
             clear_after = primary.clear_after if primary is not None else 0
@@ -395,30 +517,30 @@ def _alert(
 ) -> Alert:
     threshold = _threshold(spec)
     detail = "up" if x >= fire.baseline else "down"
-    firing = sorted(firing or [(spec, fire)], key=lambda item: item[0].kind.value)
+    firing = sorted(firing or [(spec, fire)], key=lambda item: item[0].name)
     labels = [
-        ("detector", spec.kind.value),
+        ("detector", spec.name),
         ("baseline", f"{fire.baseline:.6g}"),
         ("score", f"{fire.score:.4g}"),
         ("threshold", f"{threshold:.6g}"),
         ("window_start", _iso(fire.start)),
         ("window_end", _iso(t)),
         ("detail", detail),
-        ("detectors", ",".join(sp.kind.value for sp, _ in firing)),
+        ("detectors", ",".join(sp.name for sp, _ in firing)),
     ]
-    labels += [(f"score.{sp.kind.value}", f"{f.score:.4g}") for sp, f in firing]
+    labels += [(f"score.{sp.name}", f"{f.score:.4g}") for sp, f in firing]
     if flapping:
         labels.append(("flapping", "true"))
-    others = [f"{sp.kind.value} {f.score:.3g} > {_threshold(sp):.3g}" for sp, f in firing if sp.kind is not spec.kind]
+    others = [f"{sp.name} {f.score:.3g} > {_threshold(sp):.3g}" for sp, f in firing if sp.kind is not spec.kind]
     return _series_alert(
         s,
-        spec.kind.value,
+        spec.name,
         spec.severity,
         _utc(t),
         value=x,
         threshold=threshold,
         message=(
-            f"{s.metric} {x:.6g} {detail}: {spec.kind.value} score {fire.score:.3g} > {threshold:.3g}"
+            f"{s.metric} {x:.6g} {detail}: {spec.name} score {fire.score:.3g} > {threshold:.3g}"
             f" (baseline {fire.baseline:.6g}, window {_iso(fire.start)} – {_iso(t)})"
             + (f"; also {', '.join(others)}" if others else "")
         ),
@@ -436,7 +558,7 @@ def _joined(s: _Series, grp: Mapping[str, Any], spec: DetectorSpec, t: int, x: f
         value=x,
         threshold=_threshold(spec),
         message=(
-            f"{s.metric} {x:.6g} at {_iso(t)}: {spec.kind.value} score {fire.score:.3g} > {_threshold(spec):.3g}"
+            f"{s.metric} {x:.6g} at {_iso(t)}: {spec.name} score {fire.score:.3g} > {_threshold(spec):.3g}"
             f" too (detectors {', '.join(grp['m'])})"
         ),
         labels=(("detector", str(grp["r"])), ("detectors", ",".join(sorted(grp["m"])))),
@@ -515,6 +637,10 @@ def peer_entry(doc: Mapping[str, Any]) -> dict[str, list[float]]:
         last = m.get("x")
         if drift is None or last is None:
             continue
-        offset = float(drift.get("mean", 0.0)) if int(drift.get("n", 0)) > 0 else 0.0
+        if isinstance(drift, Mapping):
+            n, mean = drift.get("n", 0), drift.get("mean", 0.0)
+        else:  # the compact row: kind, version, then DriftBank.FIELDS (n, mean, …)
+            n, mean = drift[2], drift[3]
+        offset = float(mean) if int(n) > 0 else 0.0
         out[metric] = [float(last[0]), float(last[1]), offset]
     return out

@@ -22,7 +22,7 @@ from alerts.anomaly import (
     StuckParams,
 )
 from alerts.anomaly.config import AnomalyConfig, parse_anomaly_config, shipped_anomaly_config
-from alerts.anomaly.stream import SeriesDevice, evaluate_anomalies, peer_entry
+from alerts.anomaly.stream import DetectorMemory, SeriesDevice, evaluate_anomalies, peer_entry
 from alerts.errors import AnomalyError
 from core.records import AlertState, Severity
 from tests.unit.alerts.oracles import (
@@ -280,7 +280,8 @@ def test_drift_uses_the_peer_median_and_publishes_its_offset() -> None:
     # without a peer median the drift detector is not fed at all
     fresh: dict[str, Any] = {}
     evaluate_anomalies(cfg, [(DEV, "pm25", T0, 1.0)], fresh)
-    assert fresh[DEV.code]["m"]["pm25"]["d"]["drift"]["last_t"] is None
+    drift = fresh[DEV.code]["m"]["pm25"]["d"]["drift"]  # the compact row: kind, version, DriftBank.FIELDS
+    assert drift[:3] == ("drift", 1, 0) and drift[-1] is None  # n = 0, last_t: never
 
 
 # --- columnar state conversion ----------------------------------------------------------
@@ -320,4 +321,69 @@ def test_a_state_that_does_not_load_starts_that_series_over() -> None:
     evaluate_anomalies(cfg, [(DEV, "pm25", T0, 30.0)], states)
     states[DEV.code]["m"]["pm25"]["d"]["ewma"] = {"v": 99, "kind": "ewma"}  # a future version
     out = evaluate_anomalies(cfg, [(DEV, "pm25", T0 + timedelta(minutes=1), 31.0)], states)
-    assert out.samples == 1 and states[DEV.code]["m"]["pm25"]["d"]["ewma"]["n"] == 1
+    assert out.samples == 1 and states[DEV.code]["m"]["pm25"]["d"]["ewma"][2] == 1  # n, in the compact row
+    states[DEV.code]["m"]["pm25"]["d"]["ewma"] = ["ewma", 99, 1, 30.0, 0.0, None]  # a future compact row
+    out = evaluate_anomalies(cfg, [(DEV, "pm25", T0 + timedelta(minutes=2), 31.0)], states)
+    assert out.samples == 1 and states[DEV.code]["m"]["pm25"]["d"]["ewma"][2] == 1
+
+
+def test_saved_states_of_either_form_load_to_the_same_banks() -> None:
+    """A state saved before the compact rows (a dict per detector) continues exactly like its row."""
+    cfg = parse_anomaly_config(CONFIG)
+    values = _series(60, spike_at=45)
+    _, rows = _run(cfg, values[:40], batch=8)
+    dicts = json.loads(json.dumps(rows))
+    for m in dicts[DEV.code]["m"].values():
+        for name, row in m["d"].items():
+            if name != "robust_z":
+                bank = {"ewma": EwmaBank}[name]
+                m["d"][name] = bank.from_dicts([row], EwmaParams()).to_dicts()[0]
+    assert isinstance(dicts[DEV.code]["m"]["pm25"]["d"]["ewma"], dict)
+    a, _ = _run(cfg, values[40:], batch=5, states=rows, start=40)
+    b, _ = _run(cfg, values[40:], batch=5, states=dicts, start=40)
+    assert [(k, x.id) for k, x in a] == [(k, x.id) for k, x in b] and any(k == "open" for k, _ in a)
+
+
+def test_banks_kept_in_memory_give_what_the_saved_states_give() -> None:
+    """DetectorMemory: the same transitions and documents as building every batch's banks from the
+    documents, whether a document is the one the memory wrote (reused rows) or read anew: the same
+    content, another worker's batch in between, a batch that did not commit, a bank past its bound."""
+    cfg = shipped_anomaly_config()
+    rng = np.random.default_rng(11)
+    devs = [SeriesDevice(f"3502030308000{i:04d}", "350203", "air", "air-station") for i in range(40)]
+    plain: dict[str, Any] = {}
+    kept: dict[str, Any] = {}
+    memory = DetectorMemory(max_series=900)  # 40 devices × 6 metrics per bank: some start over
+    opened = 0
+
+    def batch(b: int, scale: float = 1.0) -> list[tuple[SeriesDevice, str, datetime, float]]:
+        t = T0 + timedelta(minutes=b)
+        spike = (b, 3) in ((70, 3), (71, 3)) or (b, 8) == (95, 8)
+        return [
+            (d, m, t, float(base * scale * rng.lognormal(0, 0.1) * (4 if spike else 1)))
+            for i, d in enumerate(devs[: 20 + b % 21])
+            for m, base in (("pm25", 30), ("pm10", 50), ("no2", 30), ("co", 0.6), ("o3", 60), ("so2", 8))
+        ]
+
+    for b in range(120):
+        samples = batch(b)
+        want = evaluate_anomalies(cfg, samples, plain)
+        if b % 17 == 5:  # another worker had the partition for this batch: its documents, not ours
+            kept = json.loads(json.dumps(kept))
+            got = evaluate_anomalies(cfg, samples, kept)
+        else:
+            if b % 11 == 3:  # a batch (other data) that did not commit: its documents are thrown away
+                lost = json.loads(json.dumps(kept))
+                evaluate_anomalies(cfg, batch(b, scale=2.0), kept, memory=memory)
+                kept = lost
+            if b % 13 == 0:  # read anew from the database: new objects, the same content
+                kept = json.loads(json.dumps(kept))
+            got = evaluate_anomalies(cfg, samples, kept, memory=memory)
+        assert [(k, a.id, a.severity, a.labels) for k, a in got.transitions] == [
+            (k, a.id, a.severity, a.labels) for k, a in want.transitions
+        ]
+        assert got.changed == want.changed
+        assert json.dumps(kept, sort_keys=True) == json.dumps(plain, sort_keys=True)
+        opened += sum(k == "open" for k, _ in want.transitions)
+    assert memory.reused > memory.reloaded > 0
+    assert opened >= 2  # the injected spikes
