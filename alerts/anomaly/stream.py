@@ -288,19 +288,21 @@ def evaluate_anomalies(
     # objects for the same configuration, and hashing and comparing the frozen parameter
     # dataclasses per series was a tenth of the worker's CPU on city traffic. Equal parameters
     # in distinct objects would only make two banks, not a different result.
-    groups: dict[tuple[DetectorKind, int], tuple[Any, list[int]]] = {}
+    # (An Enum's hash is a Python call, hence the name in the key.)
+    groups: dict[tuple[str, int], tuple[DetectorKind, Any, list[int]]] = {}
     for i, s in enumerate(series):
         for spec in s.specs:
-            key = (spec.kind, id(spec.params))
+            key = (spec.name, id(spec.params))
             group = groups.get(key)
             if group is None:
-                groups[key] = group = (spec.params, [])
-            group[1].append(i)
-    # results[(series index, kind)] = (accepted, {sample position: firing}); quiet samples are implicit.
-    results: dict[tuple[int, DetectorKind], tuple[bool, dict[int, _Fire]]] = {}
+                groups[key] = group = (spec.kind, spec.params, [])
+            group[2].append(i)
+    # results[(series index, detector name)] = (accepted, {sample position: firing}); quiet samples
+    # are implicit. Keyed by the name, not the enum: an Enum's __hash__ is a Python call per lookup.
+    results: dict[tuple[int, str], tuple[bool, dict[int, _Fire]]] = {}
     if memory is not None:
         memory._bind(config)
-    for (kind, _), (params, members) in groups.items():
+    for kind, params, members in groups.values():
         _run_group(kind, params, [series[i] for i in members], members, peers or {}, results, memory)
     drift = {id(specs): any(spec.kind is DetectorKind.DRIFT for spec in specs) for specs in plans.values()}
     changed = out.changed
@@ -308,7 +310,7 @@ def evaluate_anomalies(
         active = []
         episodes = s.doc.get("a")
         for spec in s.specs:
-            accepted, fires = results[(i, spec.kind)]
+            accepted, fires = results[(i, spec.name)]
             if accepted and (fires or (episodes is not None and episodes.get(spec.name, {}).get("o") is not None)):
                 active.append((spec, fires))
         if active or _CONSOLIDATED in s.doc:
@@ -326,7 +328,7 @@ def _run_group(
     members: list[_Series],
     index: list[int],
     peers: Mapping[tuple[str, str, str], float],
-    results: dict[tuple[int, DetectorKind], tuple[bool, dict[int, _Fire]]],
+    results: dict[tuple[int, str], tuple[bool, dict[int, _Fire]]],
     memory: DetectorMemory | None = None,
 ) -> None:
     """One bank over every series of the group; one numpy step per round, Python only for firings."""
@@ -382,7 +384,7 @@ def _run_group(
         d[name] = state
         if owner is not None:
             owner[row] = state
-        results[(index[j], kind)] = (ok, fires.get(j, _NO_FIRES))
+        results[(index[j], name)] = (ok, fires.get(j, _NO_FIRES))
 
 
 def _rows(
