@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import threading
 import time
@@ -140,8 +141,9 @@ def test_debug_view_shows_a_dead_lettered_message_with_its_reason(
     expect(view.locator("tr.debug-msg:not(.rejected)").filter(has_text="pm25=").first).to_be_visible()
     expect(view.locator(".debug-session")).to_contain_text("connected")
     path = shot(page, "console-debug-view.png")
-    DOCS_IMG.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, DOCS_IMG / "console-debug-view.png")
+    if os.environ.get("CITYBRAIN_DOCS_SCREENSHOTS") == "1":  # how the committed one is made; else docs/ stays
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_IMG / "console-debug-view.png")
     # From the device panel too: the button opens the same view.
     view.locator("#debug-close").click()
     expect(view).to_be_hidden()
