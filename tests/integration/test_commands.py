@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ from devices.code import DeviceCode
 from devices.ledger import Ledger, NewDevice
 from devices.models import ModelRegistry
 from ingest.commands import CommandDispatcher, CommandMetrics, CommandStore, MqttCommandTransport
-from tests.integration.helpers import api_key, await_for, mqtt_client, secure
+from tests.integration.helpers import MqttRecorder, api_key, await_for, mqtt_client, secure
 
 pytestmark = pytest.mark.integration
 
@@ -350,8 +351,20 @@ async def test_a_dispatcher_host_clock_behind_the_databases_still_resends_on_rec
     ghost.publish(f"citybrain/up/{silent}/status", json.dumps({"v": 1, "state": "online"}), qos=1, retain=True)
     ghost.loop_stop()
     ghost.disconnect()
-    command_id = await _lamp(store, models, silent, timeout_s=120)  # no timeout resend within the test
-    assert await await_for(lambda: _is_state(store, command_id, "sent"), timeout=10)
+    # A listener that is not the device sees the first send pass the broker; only then does the
+    # device connect. ("sent" is recorded when the transport takes the message, which it may flush
+    # later: a device subscribed by then got attempt 1 and acked it, seen once in CI.)
+    first = MqttRecorder.at(mqtt_endpoint)
+    try:
+        assert await asyncio.to_thread(first.connected.wait, 10)
+        first.c.subscribe(f"citybrain/cmd/{silent}", qos=1)
+        assert await asyncio.to_thread(first.subscribed.wait, 10)
+        command_id = await _lamp(store, models, silent, timeout_s=120)  # no timeout resend within the test
+        assert await await_for(lambda: _is_state(store, command_id, "sent"), timeout=10)
+        assert await await_for(lambda: bool(first.messages), timeout=10)
+    finally:
+        first.c.loop_stop()
+        first.c.disconnect()
     # The device connects and announces itself with a live birth: the command is sent again.
     dev, got = simulated_device(mqtt_endpoint, silent, answer=True)
     try:
