@@ -73,6 +73,7 @@ __all__ = [
     "load_rules",
     "parse_duration",
     "shipped_rules",
+    "unknown_models",
 ]
 
 _OPS = (">", ">=", "<", "<=", "==", "!=")
@@ -412,6 +413,17 @@ class RuleSet:
 
     def __len__(self) -> int:
         return len(self.rules)
+
+
+def unknown_models(rules: RuleSet, known: Iterable[str]) -> list[tuple[str, str]]:
+    """``(rule id, model)`` for each model a rule's scope names that is not in ``known``.
+
+    Rules load without the model registry, and a model scope with a typo would
+    quietly match no device; the worker warns with these (ids compared without
+    their ``@version``).
+    """
+    ids = {k.partition("@")[0] for k in known}
+    return sorted((r.id, m) for r in rules.rules for m in r.models if m not in ids)
 
 
 def _substitute(value: Any, name: str) -> Any:

@@ -55,7 +55,7 @@ from alerts.anomaly.config import AnomalyConfig
 from alerts.anomaly.stream import DetectorMemory, SeriesDevice, evaluate_anomalies
 from alerts.engine import DeviceContext, evaluate_device, suppressed_flag
 from alerts.geofence import GeofenceHook
-from alerts.rules import RuleSet
+from alerts.rules import RuleSet, unknown_models
 from alerts.store import AlertStore, GroupPolicy
 from core.jsonio import dumps
 from core.records import Alert, Quality, RawMessage, Reading, RecordError, epoch_us
@@ -236,9 +236,7 @@ class Pipeline:
         self._mw_loaded = -1e9
         self._peers: dict[tuple[str, str, str], float] = {}
         self._peers_loaded = -1e9
-        self._groups = {
-            r.id: GroupPolicy(r.group_min_devices, timedelta(seconds=r.group_window_s)) for r in cfg.rules.rules
-        }
+        self.replace_rules(cfg.rules)
         # Highest offset Kafka acknowledged per alerts-topic partition (streams.outbox.drain_outbox).
         self._outbox_acked: dict[int, int] = {}
         self._alerts_end_offsets = alerts_end_offsets
@@ -261,6 +259,10 @@ class Pipeline:
         self._groups = {
             r.id: GroupPolicy(r.group_min_devices, timedelta(seconds=r.group_window_s)) for r in rules.rules
         }
+        for rule_id, model in unknown_models(rules, (m.id for m in self.models.latest())):
+            log.warning(
+                "rule %s is scoped to model %r, which no registered model is: it applies to no device", rule_id, model
+            )
 
     async def refresh_index(self, force: bool = False) -> None:
         """Bring the ledger index up to date when it is older than ``index_refresh_s`` (or ``force``).

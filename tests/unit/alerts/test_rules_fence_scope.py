@@ -8,8 +8,9 @@ import pytest
 
 from alerts.engine import DeviceContext, evaluate_device
 from alerts.errors import RuleError
-from alerts.rules import Rule, fence_keys, parse_rules, shipped_rules
+from alerts.rules import Rule, RuleSet, fence_keys, parse_rules, shipped_rules, unknown_models
 from core.records import Reading, Severity
+from devices.models import shipped_models
 
 CODE = "35020303110000018"
 
@@ -88,3 +89,9 @@ def test_micro_stations_raise_particulates_only_when_the_exceedance_lasts() -> N
     ]
     far = evaluate_device(rules, minutes([60, 180]), micro, {}, {}, 0)[0]
     assert Severity.CRITICAL in [t.alert.severity for t in far if t.kind == "open"]  # twice the limit: at once
+
+
+def test_a_model_scope_naming_no_registered_model_is_reported() -> None:
+    rules = RuleSet([_one("{models: [noise-monitor, nosie-monitor]}")])
+    assert unknown_models(rules, ["noise-monitor@1", "air-station@1"]) == [("r", "nosie-monitor")]
+    assert unknown_models(shipped_rules(), [m.id for m in shipped_models().latest()]) == []
