@@ -61,6 +61,23 @@ class Recorder(MqttRecorder):
             return [json.loads(p) for t, p in self.messages if t == topic]
 
 
+def _gateway_config(
+    ep: MqttEndpoint, bootstrap: str, topics: KafkaTopics, classes: tuple[str, ...], **kw: int
+) -> GatewayConfig:
+    """A gateway on the test broker and Kafka, bridging ``classes`` downstream, with its own client id."""
+    return GatewayConfig(
+        ep.host,
+        ep.port,
+        bootstrap,
+        topics,
+        mqtt_username=ep.username,
+        mqtt_password=ep.password,
+        device_classes=classes,
+        client_id=f"gw-{uuid.uuid4().hex[:6]}",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
 def _metrics(doc: dict) -> set[str]:
     return {r["metric"] for r in doc["readings"]}
 
@@ -99,17 +116,7 @@ async def test_public_views_lack_graded_metrics_on_kafka_and_mqtt(
     await Ledger(pool, models).register(NewDevice(cover, "manhole-cover"))
     await Ledger(pool, models).register(NewDevice(air, "air-station"))
     gw = Gateway(
-        GatewayConfig(
-            mqtt_endpoint.host,
-            mqtt_endpoint.port,
-            kafka_bootstrap,
-            topics,
-            mqtt_username=mqtt_endpoint.username,
-            mqtt_password=mqtt_endpoint.password,
-            device_classes=("air", "manhole"),
-            client_id=f"gw-{uuid.uuid4().hex[:6]}",
-        ),
-        GatewayMetrics(CollectorRegistry()),
+        _gateway_config(mqtt_endpoint, kafka_bootstrap, topics, ("air", "manhole")), GatewayMetrics(CollectorRegistry())
     )
     app = Recorder.at(mqtt_endpoint)
     down = {g: downstream_topic("350206", "manhole", cover, g) for g in ("public", "internal", "sensitive")}
@@ -213,20 +220,7 @@ async def test_the_bridge_waits_for_acknowledgements_and_loses_nothing(
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     await producer.start()
     metrics = GatewayMetrics(CollectorRegistry())
-    gw = Gateway(
-        GatewayConfig(
-            mqtt_endpoint.host,
-            mqtt_endpoint.port,
-            kafka_bootstrap,
-            topics,
-            mqtt_username=mqtt_endpoint.username,
-            mqtt_password=mqtt_endpoint.password,
-            device_classes=("air",),
-            client_id=f"gw-{uuid.uuid4().hex[:6]}",
-            bridge_max_inflight=3,
-        ),
-        metrics,
-    )
+    gw = Gateway(_gateway_config(mqtt_endpoint, kafka_bootstrap, topics, ("air",), bridge_max_inflight=3), metrics)
     app = Recorder.at(mqtt_endpoint)
     down = downstream_topic("350206", "air", air)
     t0 = datetime.now(UTC).replace(microsecond=0)
