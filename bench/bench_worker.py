@@ -4,8 +4,9 @@ What ``e2e_city`` measures through MQTT, the gateway and Faust, this measures on
 the pipeline alone, so a profiler sees only the worker's work and a change can be
 judged in seconds: :class:`streams.pipeline.Pipeline` exactly as ``citybrain
 worker`` builds it (shipped rules and anomaly detectors, graded views, the debug
-ring, retention), on embedded PostgreSQL (fsync on) and noida-db, publishing with
-aiokafka (acks=all, as Faust's producer).
+ring on demand with ``--debugged`` devices captured, retention), on embedded
+PostgreSQL (fsync on) and noida-db, publishing with aiokafka (acks=all, as Faust's
+producer).
 
 City-like: ``--devices`` air stations (20,000), each sends one message (6 metrics)
 per round, five minutes of event time apart; gateway records of ``--record``
@@ -54,6 +55,7 @@ from devices.models import shipped_models
 from ingest.adapters.json.codec import encode
 from ingest.batch import encode_batch
 from streams.app import tune_gc
+from streams.debug import VIEW_CAPTURE, Capture, start_capture
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
 from streams.store import ReadingStore, StoreMetrics
 
@@ -124,6 +126,10 @@ async def _run(url: str, bootstrap: str, args: argparse.Namespace) -> dict[str, 
     t0 = time.perf_counter()
     seed_history(url, codes, shipped_anomaly_config(), start, args.history)
     print(f"seeded {args.history} minutes of detector history in {time.perf_counter() - t0:.1f}s", flush=True)
+    async with pool.connection() as aconn:
+        # A few integrators each have a device's debug view open (on demand capture).
+        debugged = codes[:: max(1, len(codes) // max(1, args.debugged))][: args.debugged]
+        await start_capture(aconn, debugged, now + VIEW_CAPTURE, "bench")
 
     async def publish(topic: str, key: bytes | None, value: bytes, headers: Any = None) -> None:
         await producer.send(topic, value, key=key, headers=list(headers or []))
@@ -136,7 +142,7 @@ async def _run(url: str, bootstrap: str, args: argparse.Namespace) -> dict[str, 
             rules=shipped_rules(),
             anomaly=shipped_anomaly_config(),
             retention_days=180,
-            debug_recent=not args.no_debug,
+            debug_capture=Capture(args.debug),
         ),
         pool,
         models,
@@ -168,6 +174,7 @@ async def _run(url: str, bootstrap: str, args: argparse.Namespace) -> dict[str, 
     return {
         "devices": args.devices,
         "history_min": args.history,
+        "debug_capture": args.debug,
         "messages": n,
         "messages_per_batch": args.record * per_batch,
         "stored_rows": stored,
@@ -194,7 +201,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rounds", type=int, default=2, help="measured rounds after the warm-up round")
     ap.add_argument("--record", type=int, default=500, help="messages per raw-topic record (gateway batch)")
     ap.add_argument("--records", type=int, default=4, help="raw-topic records per worker batch")
-    ap.add_argument("--no-debug", action="store_true", help="without the debug view's ring of recent messages")
+    ap.add_argument(
+        "--debug",
+        choices=[c.value for c in Capture],
+        default=Capture.ON_DEMAND.value,
+        help="whose messages the debug ring keeps (CITYBRAIN_DEBUG_CAPTURE; all: every device, as before 0433)",
+    )
+    ap.add_argument(
+        "--debugged", type=int, default=20, help="devices being debugged (a capture row each) with --debug on_demand"
+    )
     ap.add_argument(
         "--history", type=int, default=90, help="minutes of detector history seeded per device (0: fresh state)"
     )

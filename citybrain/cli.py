@@ -201,6 +201,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from alerts.rules import load_rules, shipped_rules
     from devices.models import shipped_models
     from streams.app import WorkerConfig, create_app, tune_gc
+    from streams.debug import Capture
 
     cfg = WorkerConfig(
         kafka_bootstrap=_need(settings.kafka_bootstrap, "CITYBRAIN_KAFKA_BOOTSTRAP"),
@@ -238,7 +239,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         ),
         notify_targets=settings.notify_targets(),
         dead_letter_retention_days=settings.dead_letter_retention_days,
-        debug_recent_messages=settings.debug_recent_messages,
+        debug_capture=Capture(settings.debug_capture),
         state_cache_devices=settings.state_cache_devices,
         client_id=process_client_id("worker"),
     )

@@ -186,9 +186,11 @@ class Settings(BaseSettings):
         "although not public (an internal SMS gateway); by default loopback, link-local, private, multicast and "
         "unspecified addresses are refused (docs/security.md)",
     )
-    debug_recent_messages: bool = Field(
-        default=True,
-        description="Workers keep each device's last 20 raw messages for the debug view (a write per device and batch)",
+    debug_capture: Literal["on_demand", "all", "off"] = Field(
+        default="on_demand",
+        description="Whose last 20 raw messages workers keep for the debug view: on_demand (devices whose view was "
+        "opened in the last 30 min, or registered through the API in the last 24 h), all (a write per device and "
+        "batch), off",
     )
     dead_letter_retention_days: int = Field(
         default=7, ge=1, description="Days dead letters stay in the dead_letters table (the per-device debug view)"

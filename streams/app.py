@@ -63,7 +63,7 @@ from alerts.notify import (
 from alerts.rules import RuleDirectory, RuleSet
 from core.topics import KafkaTopics
 from devices.models import ModelRegistry
-from streams.debug import DeadLetter, prune_dead_letters, record_dead_letters
+from streams.debug import Capture, DeadLetter, prune_captures, prune_dead_letters, record_dead_letters
 from streams.errors import MaintenanceError
 from streams.liveness import LivenessConfig, check_liveness
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
@@ -133,7 +133,7 @@ class WorkerConfig:
     notify_interval_s: float = 1.0
     notify_concurrency: int = 16
     dead_letter_retention_days: int = 7
-    debug_recent_messages: bool = True
+    debug_capture: Capture = Capture.ON_DEMAND
     state_cache_devices: int = 100_000
     #: Kafka client id (the platform puts the pid in it: citybrain.kafka_compat.evict_dead_members).
     client_id: str = "citybrain-worker"
@@ -323,7 +323,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
                 anomaly=cfg.anomaly,
                 evaluate=cfg.role == "all",
                 downstream_views=cfg.downstream_views,
-                debug_recent=cfg.debug_recent_messages,
+                debug_capture=cfg.debug_capture,
                 state_cache_devices=cfg.state_cache_devices,
                 retention_days=cfg.retention_days,
             ),
@@ -459,6 +459,7 @@ def create_app(cfg: WorkerConfig, registry: CollectorRegistry, models: ModelRegi
                     rollup_retention_days=cfg.rollup_retention_days,
                 )
                 await prune_dead_letters(conn, datetime.now(UTC), cfg.dead_letter_retention_days)
+                await prune_captures(conn, datetime.now(UTC))
         except (MaintenanceError, psycopg.OperationalError) as exc:
             log.error("maintenance failed (the next run retries): %s", exc)
 

@@ -1,14 +1,20 @@
 """What the per-device debug view reads: recent raw messages and dead letters, in PostgreSQL.
 
-Two small tables, both cheap on the hot path and indexed by device, so the API
-answers one device from an index instead of scanning Kafka:
+Small tables, cheap on the hot path and indexed by device, so the API answers
+one device from an index instead of scanning Kafka:
 
 * ``device_recent_messages``: a ring of the last :data:`RING` raw payloads per
-  device (slot = position in the ring), with what normalisation made of each
-  (decoded readings, or the reject reason). The worker writes one row per device
-  per batch — the device's newest message in it — the same cost as the liveness
-  upsert it sits beside; the table never grows beyond ``RING`` rows per device,
-  so it needs no retention job.
+  captured device (slot = position in the ring), with what normalisation made of
+  each (decoded readings, or the reject reason). The worker writes one row per
+  captured device per batch, the device's newest message in it; the table never
+  grows beyond ``RING`` rows per device, so it needs no retention job.
+* ``debug_captures``: which devices are captured, and until when (:class:`Capture`).
+  Capture is on demand by default, as in EMQX's traces and ThingsBoard's debug
+  mode: opening a device's debug view captures it for :data:`VIEW_CAPTURE`, and
+  registering a device through the API captures its bring-up day
+  (:data:`ONBOARD_CAPTURE`). Writing every device's newest message on every batch
+  cost a tenth of a worker's CPU and a fifth of PostgreSQL's at city scale
+  (docs/benchmarks.md), for a view an integrator opens for a handful of devices.
 * ``dead_letters``: the ``citybrain.deadletter`` topic (gateway, HJ 212 server,
   webhook and stream worker rejects alike) copied by a consumer, keyed by Kafka
   (partition, offset) so a re-read inserts nothing twice, and pruned after
@@ -21,9 +27,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 import psycopg
 
@@ -33,13 +41,20 @@ from core.topics import TopicError, parse_uplink
 
 __all__ = [
     "MAX_PAYLOAD",
+    "ONBOARD_CAPTURE",
     "RING",
+    "VIEW_CAPTURE",
+    "Capture",
+    "CaptureSet",
     "DeadLetter",
+    "capture_until",
     "device_of",
     "payload_text",
+    "prune_captures",
     "prune_dead_letters",
     "record_dead_letters",
     "record_recent",
+    "start_capture",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +63,90 @@ log = logging.getLogger(__name__)
 RING = 20
 #: Payload bytes kept per message / dead letter (the view is for reading, not for replay).
 MAX_PAYLOAD = 4096
+#: Opening (or refreshing) a device's debug view captures its raw messages this long.
+VIEW_CAPTURE = timedelta(minutes=30)
+#: A device registered through the API is captured this long: its bring-up day.
+ONBOARD_CAPTURE = timedelta(hours=24)
+#: Expired captures are deleted this long after they end (maintenance).
+_CAPTURE_KEPT = timedelta(days=1)
+
+
+class Capture(StrEnum):
+    """Which devices' raw messages the worker keeps in the ring (``CITYBRAIN_DEBUG_CAPTURE``)."""
+
+    #: Devices with a current row in ``debug_captures`` (debug view opened, or just registered).
+    ON_DEMAND = "on_demand"
+    #: Every device, every batch (a small fleet; costs a write per device and batch).
+    ALL = "all"
+    #: None: the debug view shows dead letters and the session only.
+    OFF = "off"
+
+
+class CaptureSet:
+    """The devices a worker captures, re-read from ``debug_captures`` at most every ``refresh_s``.
+
+    The table holds a handful of rows (devices someone is debugging), so the
+    re-read is one small indexed query; a capture started in the API is picked up
+    within ``refresh_s``.
+    """
+
+    def __init__(self, mode: Capture, refresh_s: float = 2.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.mode = mode
+        self.refresh_s = refresh_s
+        self._monotonic = monotonic
+        self._codes: frozenset[str] = frozenset()
+        self._loaded = -float("inf")
+
+    @property
+    def codes(self) -> frozenset[str]:
+        """The captured devices as last read (``on_demand`` only)."""
+        return self._codes
+
+    def stale(self) -> bool:
+        """Whether :meth:`refresh` would read the table (``on_demand`` and older than ``refresh_s``)."""
+        return self.mode is Capture.ON_DEMAND and self._monotonic() - self._loaded >= self.refresh_s
+
+    async def refresh(self, conn: psycopg.AsyncConnection, now: datetime) -> None:
+        """Re-read the current captures (a no-op unless :meth:`stale`)."""
+        if not self.stale():
+            return
+        cur = await conn.execute("select code from debug_captures where until > %s", (now,))
+        self._codes = frozenset(code for (code,) in await cur.fetchall())
+        self._loaded = self._monotonic()
+
+    def select(self, messages: Sequence[RawMessage]) -> list[RawMessage]:
+        """The messages of captured devices."""
+        if self.mode is Capture.ALL:
+            return list(messages)
+        if self.mode is Capture.OFF or not self._codes:
+            return []
+        codes = self._codes
+        return [m for m in messages if device_of(m) in codes]
+
+
+async def start_capture(conn: psycopg.AsyncConnection, codes: Sequence[str], until: datetime, by: str) -> None:
+    """Capture the devices' raw messages until ``until`` (a later capture already there is kept)."""
+    await conn.execute(
+        "insert into debug_captures (code, until, started_by)"
+        " select c, %s, %s from unnest(%s::text[]) as c"
+        " on conflict (code) do update set until = greatest(debug_captures.until, excluded.until),"
+        " started_by = case when excluded.until > debug_captures.until then excluded.started_by"
+        " else debug_captures.started_by end",
+        (until, by, list(codes)),
+    )
+
+
+async def capture_until(conn: psycopg.AsyncConnection, code: str) -> datetime | None:
+    """When the device's capture ends (None: never captured, or deleted since)."""
+    cur = await conn.execute("select until from debug_captures where code = %s", (code,))
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
+async def prune_captures(conn: psycopg.AsyncConnection, now: datetime) -> int:
+    """Delete captures that ended over a day ago; returns how many went."""
+    cur = await conn.execute("delete from debug_captures where until < %s", (now - _CAPTURE_KEPT,))
+    return cur.rowcount
 
 
 def device_of(msg: RawMessage | None = None, topic: str | None = None) -> str | None:

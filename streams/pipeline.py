@@ -67,7 +67,7 @@ from devices.ledger import IndexFeed, Ledger
 from devices.models import ModelError, ModelRegistry
 from ingest.batch import dead_letter_headers, decode_batch
 from ingest.errors import DecodeError
-from streams.debug import record_recent
+from streams.debug import Capture, CaptureSet, record_recent
 from streams.downstream import plan_views
 from streams.liveness import record_seen, record_sessions
 from streams.normalise import Normalised, Reject, normalise
@@ -186,9 +186,11 @@ class PipelineConfig:
     #: Graded Kafka views ``readings.{class}.public|internal`` (streams.downstream.plan_views):
     #: ``auto`` only for classes with non-public metrics, ``all`` for every class, ``off`` none.
     downstream_views: str = "auto"
-    #: Keep each device's last raw messages for the debug view (streams.debug.record_recent):
-    #: one more upsert per device per batch (``CITYBRAIN_DEBUG_RECENT_MESSAGES``).
-    debug_recent: bool = True
+    #: Whose last raw messages the debug view's ring keeps (streams.debug.Capture,
+    #: ``CITYBRAIN_DEBUG_CAPTURE``): devices being debugged, every device, or none.
+    debug_capture: Capture = Capture.ON_DEMAND
+    #: How often the worker re-reads which devices are being debugged (``on_demand``).
+    debug_refresh_s: float = 2.0
     #: Raw readings are kept this many whole UTC days (``CITYBRAIN_RETENTION_DAYS``); an older
     #: reading is dead-lettered ``beyond_retention`` instead of stored (None: no limit).
     retention_days: int | None = None
@@ -247,6 +249,7 @@ class Pipeline:
         self.detector_memory = (
             DetectorMemory(max_series=cfg.state_cache_devices * 8) if cfg.state_cache_devices else None
         )
+        self.captures = CaptureSet(cfg.debug_capture, cfg.debug_refresh_s)
 
     def replace_rules(self, rules: RuleSet) -> None:
         """Evaluate with ``rules`` from the next batch on (hot reload).
@@ -339,17 +342,28 @@ class Pipeline:
             if unplaced:
                 self._set_aside(result, unplaced)
         await self._after_store(result)
-        if messages and self.cfg.debug_recent:
-            # The debug view's ring of recent raw messages: one upsert per device per batch.
-            async with self.pool.connection() as conn:
-                await record_recent(
-                    conn,
-                    messages,
-                    (r for r, _ in result.readings),
-                    ((rej.raw, rej.reason, rej.detail) for rej in result.rejects),
-                )
+        if messages:
+            await self._capture(messages, result, now)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         return result
+
+    async def _capture(self, messages: Sequence[RawMessage], result: Normalised, now: datetime) -> None:
+        """The debug view's ring: the newest message of each captured device in the batch."""
+        captures = self.captures
+        if captures.stale():
+            async with self.pool.connection() as conn:
+                await captures.refresh(conn, now)
+        captured = captures.select(messages)
+        if not captured:
+            return
+        codes = captures.codes if captures.mode is Capture.ON_DEMAND else None
+        async with self.pool.connection() as conn:
+            await record_recent(
+                conn,
+                captured,
+                (r for r, _ in result.readings if codes is None or r.device_code in codes),
+                ((rej.raw, rej.reason, rej.detail) for rej in result.rejects),
+            )
 
     def retention_start(self, now: datetime) -> datetime | None:
         """The earliest event time stored: the start of the first UTC day maintenance keeps."""

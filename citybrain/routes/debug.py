@@ -7,7 +7,9 @@ letters with their reasons (every source: gateway, HJ 212 server, webhook,
 stream worker), and the device's MQTT session and liveness.
 
 It reads the tables the stream worker keeps for it (:mod:`streams.debug`), by
-device index. Needs ``devices:debug`` (admins and integrators: raw payloads are
+device index. Opening the view captures the device's raw messages for the next
+:data:`streams.debug.VIEW_CAPTURE` (workers keep the ring on demand); the answer
+says until when. Needs ``devices:debug`` (admins and integrators: raw payloads are
 not masked by grade) and the device within the caller's grants (404 otherwise).
 For a sensitive class (exact location graded sensitive) without
 ``sensitive:read``, payloads and decoded values are withheld and only the
@@ -27,7 +29,7 @@ from citybrain.routes.devices import scoped_device
 from citybrain.security.auth import record, require
 from citybrain.security.identities import Principal
 from devices.grades import is_sensitive_class
-from streams.debug import payload_text
+from streams.debug import VIEW_CAPTURE, capture_until, payload_text, start_capture
 
 __all__ = ["build"]
 
@@ -51,6 +53,8 @@ def build(ctx: ApiContext) -> APIRouter:
         device_class, model, district = await scoped_device(ctx, code, principal)
         redact = is_sensitive_class(code) and not principal.can("sensitive:read")
         async with ctx.pool.connection() as conn:
+            await start_capture(conn, [code], ctx.clock() + VIEW_CAPTURE, f"view:{principal.user}")
+            until = await capture_until(conn, code)
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 "select received_at, topic, transport, payload, readings, reject_reason, reject_detail"
@@ -86,6 +90,8 @@ def build(ctx: ApiContext) -> APIRouter:
             if live
             else None,
             "redacted": redact,
+            # Raw messages are kept only while a device is captured (CITYBRAIN_DEBUG_CAPTURE).
+            "capture": {"until": _iso(until)},
             "messages": [
                 {
                     "received_at": _iso(m["received_at"]),

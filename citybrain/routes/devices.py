@@ -19,6 +19,7 @@ from citybrain.security.scope import Masker, Scope
 from devices.code import parse as parse_code
 from devices.errors import DeviceCodeError, LedgerError, ModelError, UnknownDeviceError
 from devices.ledger import Ledger, NewDevice
+from streams.debug import ONBOARD_CAPTURE, start_capture
 
 __all__ = ["DeviceIn", "audit_revealed", "build", "device_class_of", "scoped_device"]
 
@@ -121,6 +122,10 @@ def build(ctx: ApiContext) -> APIRouter:
             )
         except (DeviceCodeError, LedgerError) as exc:
             raise HTTPException(422, str(exc)) from exc
+        # An integrator registers a device to bring it up: its raw messages are captured for
+        # the debug view from the start (a bulk import captures none; streams.debug).
+        async with ctx.pool.connection() as conn:
+            await start_capture(conn, [info.code], ctx.clock() + ONBOARD_CAPTURE, f"register:{principal.user}")
         await record(request, principal, "device.create", f"device/{info.code}", {"model": info.model})
         return {"code": info.code, "model": info.model, "district": info.district, "state": info.state}
 

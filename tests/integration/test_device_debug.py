@@ -24,7 +24,16 @@ from core.topics import uplink_topic
 from devices.code import DeviceCode
 from devices.models import ModelRegistry
 from ingest.batch import dead_letter_headers
-from streams.debug import RING, DeadLetter, prune_dead_letters, record_dead_letters, record_recent
+from streams.debug import (
+    RING,
+    DeadLetter,
+    capture_until,
+    prune_captures,
+    prune_dead_letters,
+    record_dead_letters,
+    record_recent,
+    start_capture,
+)
 from tests.integration.helpers import api_key, secure
 
 pytestmark = pytest.mark.integration
@@ -153,3 +162,31 @@ async def test_permission_district_scope_redaction_and_audit(
     async with pool.connection() as conn:
         n = await (await conn.execute("select count(*) from audit_log where action = 'device.debug'")).fetchone()
     assert n is not None and n[0] == 3
+
+
+async def test_opening_the_view_captures_the_device_for_half_an_hour(
+    pool: AsyncConnectionPool, models: ModelRegistry, client: httpx.AsyncClient
+) -> None:
+    clock = [T0]
+    app = FastAPI()
+    secure(app, pool)
+    ctx = ApiContext(pool=pool, models=models, registry=CollectorRegistry(), clock=lambda: clock[0])
+    app.include_router(debug_routes.build(ctx))
+    admin = await api_key(pool, "admin")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
+        # Refused callers start nothing.
+        assert (await c.get(f"/api/v1/devices/{AIR}/debug", headers=await api_key(pool, "operator"))).status_code == 403
+        async with pool.connection() as conn:
+            assert await capture_until(conn, AIR) is None
+        d = (await c.get(f"/api/v1/devices/{AIR}/debug", headers=admin)).json()
+        assert d["capture"] == {"until": "2026-11-29T00:30:00Z"}
+        clock[0] = T0 + timedelta(minutes=10)  # viewed again: the capture runs 30 min from now
+        d = (await c.get(f"/api/v1/devices/{AIR}/debug", headers=admin)).json()
+        assert d["capture"] == {"until": "2026-11-29T00:40:00Z"}
+    async with pool.connection() as conn:
+        # A longer capture already there (a device registered today) is not shortened.
+        await start_capture(conn, [AIR], T0 + timedelta(hours=24), "register:t")
+        await start_capture(conn, [AIR], T0 + timedelta(minutes=50), "view:t")
+        assert await capture_until(conn, AIR) == T0 + timedelta(hours=24)
+        assert await prune_captures(conn, T0 + timedelta(hours=48)) == 0  # ended, but less than a day ago
+        assert await prune_captures(conn, T0 + timedelta(hours=48, seconds=1)) == 1

@@ -22,6 +22,7 @@ from devices.ledger import Ledger, NewDevice
 from devices.models import ModelRegistry
 from ingest.adapters.json.codec import encode
 from ingest.batch import encode_batch
+from streams.debug import VIEW_CAPTURE, Capture, CaptureSet, start_capture
 from streams.pipeline import Pipeline, PipelineConfig, PipelineMetrics
 from streams.store import ReadingStore, StoreMetrics
 from tests.integration.helpers import RecordingPublisher, await_for
@@ -282,29 +283,67 @@ async def test_a_derived_indicator_that_cannot_be_computed_is_counted(
         await pool.close()
 
 
-@pytest.mark.parametrize("capture", [True, False])
-async def test_the_debug_ring_gets_each_devices_newest_message_and_its_outcome(
-    database_url: str, models: ModelRegistry, capture: bool
+@pytest.mark.parametrize("capture", list(Capture))
+async def test_the_debug_ring_gets_each_captured_devices_newest_message_and_its_outcome(
+    database_url: str, models: ModelRegistry, capture: Capture
 ) -> None:
     pub = RecordingPublisher()
-    pool, pipe = await _pipeline(database_url, models, pub, debug_recent=capture)
+    pool, pipe = await _pipeline(database_url, models, pub, debug_capture=capture, debug_refresh_s=0.0)
+    other = "35020603080000025"
     try:
+        await Ledger(pool, models).register(NewDevice(other, "air-station"))
+        async with pool.connection() as conn:
+            # Someone opened CODE's debug view; nobody is debugging `other`.
+            await start_capture(conn, [CODE], NOW + VIEW_CAPTURE, "test")
         good = _raw(DAY, {"pm25": 30}, rx=NOW)
-        await pipe.process([encode_batch([good])])
+        passer_by = RawMessage(f"citybrain/up/{other}/telemetry", encode(DAY, {"pm25": 31}), NOW, Transport.MQTT, other)
+        await pipe.process([encode_batch([good, passer_by])])
         bad = RawMessage(
             f"citybrain/up/{CODE}/telemetry", b"{not json", NOW + timedelta(seconds=1), Transport.MQTT, CODE
         )
         await pipe.process([encode_batch([bad])])
         with psycopg.connect(database_url) as conn:
             rows = conn.execute(
-                "select slot, reject_reason, readings from device_recent_messages where code = %s order by slot",
-                (CODE,),
+                "select code, slot, reject_reason, readings from device_recent_messages order by code, slot"
             ).fetchall()
-        if not capture:  # CITYBRAIN_DEBUG_RECENT_MESSAGES=false
+        if capture is Capture.OFF:  # CITYBRAIN_DEBUG_CAPTURE=off
             assert rows == []
             return
-        assert [(slot, reason) for slot, reason, _ in rows] == [(0, None), (1, "bad_json")]
-        assert rows[0][2][0]["metric"] == "pm25" and rows[0][2][0]["value"] == 30.0
+        mine = [(slot, reason) for code, slot, reason, _ in rows if code == CODE]
+        assert mine == [(0, None), (1, "bad_json")]
+        assert rows[0][3][0]["metric"] == "pm25" and rows[0][3][0]["value"] == 30.0
+        # on_demand keeps only the captured device's messages; all keeps every device's.
+        assert any(code == other for code, *_ in rows) is (capture is Capture.ALL)
+    finally:
+        await pool.close()
+
+
+async def test_a_capture_started_after_the_worker_read_the_captures_applies_at_the_next_refresh(
+    database_url: str, models: ModelRegistry
+) -> None:
+    pub = RecordingPublisher()
+    pool, pipe = await _pipeline(database_url, models, pub)
+    ticks = [0.0]
+    pipe.captures = CaptureSet(Capture.ON_DEMAND, refresh_s=2.0, monotonic=lambda: ticks[0])
+    try:
+        await pipe.process([encode_batch([_raw(DAY, {"pm25": 30}, rx=NOW)])])
+        async with pool.connection() as conn:
+            await start_capture(conn, [CODE], NOW + VIEW_CAPTURE, "test")
+        ticks[0] = 1.0  # within refresh_s: the worker still has the captures it read
+        await pipe.process([encode_batch([_raw(DAY + timedelta(minutes=1), {"pm25": 31}, rx=NOW)])])
+        ticks[0] = 2.5
+        await pipe.process([encode_batch([_raw(DAY + timedelta(minutes=2), {"pm25": 32}, rx=NOW)])])
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute("select readings from device_recent_messages where code = %s", (CODE,)).fetchall()
+        assert [r[0][0]["value"] for r in rows] == [32.0]
+        # An ended capture stops the ring at the next refresh.
+        with psycopg.connect(database_url) as conn:
+            conn.execute("update debug_captures set until = %s", (NOW - timedelta(seconds=1),))
+        ticks[0] = 5.0
+        await pipe.process([encode_batch([_raw(DAY + timedelta(minutes=3), {"pm25": 33}, rx=NOW)])])
+        with psycopg.connect(database_url) as conn:
+            n = conn.execute("select count(*) from device_recent_messages").fetchone()
+        assert n == (1,)
     finally:
         await pool.close()
 

@@ -34,6 +34,8 @@ const TEXT = {
     not_found: "无此设备,或不在您的权限范围内",
     forbidden: "需要 devices:debug 权限(管理员、集成商)",
     error: "加载失败:{detail}",
+    capturing: "正在记录原始消息,至 {until};此前的消息不在其中",
+    not_capturing: "未记录原始消息",
   },
   en: {
     title: "Device debug",
@@ -60,6 +62,8 @@ const TEXT = {
     not_found: "No such device, or outside your grants",
     forbidden: "Needs devices:debug (admins, integrators)",
     error: "Could not load: {detail}",
+    capturing: "Capturing raw messages until {until}; messages from before the view opened are not kept",
+    not_capturing: "Raw messages are not being captured",
   },
 };
 
@@ -142,6 +146,8 @@ function render(body, d) {
       ),
     );
   body.append(h("h3", null, tr("messages")));
+  const until = d.capture?.until;
+  body.append(h("p", { class: "muted debug-capture" }, until ? tr("capturing", { until: fmtTime(until, true) }) : tr("not_capturing")));
   if (!d.messages.length) body.append(h("p", { class: "muted" }, tr("none")));
   else
     body.append(
