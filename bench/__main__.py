@@ -9,6 +9,7 @@ Knobs (environment; defaults keep the whole run under 10 minutes on 2 cores):
 
 * ``CITYBRAIN_BENCH_MESSAGES`` (10000): messages of the side-by-side rows;
 * ``CITYBRAIN_BENCH_CITY_DEVICES`` (20000): devices of the city-like end-to-end run (one message each);
+* ``CITYBRAIN_BENCH_LEDGER_DEVICES`` (1000000): devices registered for ``e2e_city_1m`` (0: no such row);
 * ``CITYBRAIN_BENCH_NAIVE_RATE`` (1000) / ``CITYBRAIN_BENCH_NAIVE_S`` (20): the naive baseline's paced load;
 * ``CITYBRAIN_BENCH_RATE`` (500,3000) / ``CITYBRAIN_BENCH_LATENCY_S`` (10): the latency
   runs' offered loads in msg/s (one run each; empty: none) and their duration;
