@@ -106,13 +106,3 @@ def drop_pg(name: str) -> None:
     """Remove a stopped embedded PostgreSQL's data dir and log (a 1M-device ledger is ~1.7 GB)."""
     shutil.rmtree(pg_base_dir() / name, ignore_errors=True)
     (pg_base_dir() / f"{name}.log").unlink(missing_ok=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    # Fields after the command: state is [0], so utime/stime (14th/15th overall) are [11]/[12].
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

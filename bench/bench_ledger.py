@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from bench._common import cpu_seconds, drop_pg
+from bench._common import drop_pg
 from citybrain.harness import start_postgres
 from citybrain.migrations import upgrade
+from core.procstat import cpu_seconds
 from devices.code import XIAMEN_DISTRICTS, DeviceCode
 from devices.importer import import_file
 from devices.index import DeviceIndex, DeviceInfo, IndexBuilder

@@ -32,9 +32,10 @@ from typing import Any
 
 import psycopg
 
-from bench._common import cpu_seconds, drop_pg, mqtt_broker_url, publish_qos1, telemetry_messages
+from bench._common import drop_pg, mqtt_broker_url, publish_qos1, telemetry_messages
 from citybrain.harness import ManagedProcess, Services, free_port, spawn
 from citybrain.kafka_compat import install_empty_fetch_backoff
+from core.procstat import cpu_seconds
 
 __all__ = ["main", "run_step"]
 

@@ -44,11 +44,12 @@ from psycopg_pool import AsyncConnectionPool
 from alerts.anomaly.config import AnomalyConfig, shipped_anomaly_config
 from alerts.anomaly.stream import SeriesDevice, evaluate_anomalies, peer_entry
 from alerts.rules import shipped_rules
-from bench._common import cpu_seconds, drop_pg
+from bench._common import drop_pg
 from citybrain.harness import start_kafka, start_postgres
 from citybrain.migrations import upgrade
 from citybrain.platform import demo_device_codes, register_demo_devices
 from core.jsonio import dumps_text
+from core.procstat import cpu_seconds
 from core.records import RawMessage, Transport
 from core.topics import KafkaTopics
 from devices.models import shipped_models

@@ -48,17 +48,10 @@ from typing import Any
 import psycopg
 
 from bench import bench_latency
-from bench._common import (
-    cpu_seconds,
-    drop_pg,
-    mqtt_broker_url,
-    mqtt_client,
-    platform_settings,
-    publish_qos1,
-    telemetry_messages,
-)
+from bench._common import drop_pg, mqtt_broker_url, mqtt_client, platform_settings, publish_qos1, telemetry_messages
 from citybrain.harness import ManagedProcess, MqttEndpoint, Services
 from citybrain.kafka_compat import install_empty_fetch_backoff
+from core.procstat import cpu_seconds
 
 __all__ = ["main", "run_all"]
 
@@ -318,6 +311,7 @@ def _round(platform: Any, items: list[tuple[str, bytes]], codes: list[str], sinc
         # CPU seconds of the gateway and the worker: on a shared machine, msg per CPU-second
         # is the steadier figure, and the per-core one sizing needs (operations.md).
         cpu0 = {name: cpu_seconds(platform.process(name).pid) for name in ("gateway", "worker")}
+        threads0 = _gateway_threads(gw_metrics)
         t0 = time.perf_counter()
         watcher = threading.Thread(target=watch_gateway, daemon=True)
         watcher.start()
@@ -345,7 +339,10 @@ def _round(platform: Any, items: list[tuple[str, bytes]], codes: list[str], sinc
             time.sleep(0.05)
         evaluated_s = time.perf_counter() - t0
         cpu = {name: cpu_seconds(platform.process(name).pid) - cpu0[name] for name in cpu0}
+        threads = {k: v - threads0.get(k, 0.0) for k, v in _gateway_threads(gw_metrics).items()}
     watcher.join(5)
+    # Goal 5: where paho's own time ends and ours begins (core.procstat.ThreadCpuCollector).
+    paho_share = threads.get("mqtt", 0.0) / sum(threads.values()) if sum(threads.values()) else None
     return {
         "messages": total,
         "stored_rows": stored,
@@ -357,18 +354,32 @@ def _round(platform: Any, items: list[tuple[str, bytes]], codes: list[str], sinc
         "readings_per_s": round(stored * 6 / dt),
         "gateway_msg_per_s": round(total / gateway_s[0]) if gateway_s else None,
         "msg_per_gateway_cpu_s": round(stored / cpu["gateway"]) if cpu["gateway"] else None,
+        "gateway_paho_thread_share": round(paho_share, 3) if paho_share is not None else None,
         "msg_per_worker_cpu_s": round(stored / cpu["worker"]) if cpu["worker"] else None,
     }
 
 
-def _forwarded(url: str) -> float:
+def _scrape(url: str) -> dict[str, float]:
+    """A Prometheus text page as ``{series: value}`` (series with its labels, as printed)."""
     import urllib.request
 
     with urllib.request.urlopen(url, timeout=5) as r:
+        out = {}
         for line in r.read().decode().splitlines():
-            if line.startswith("citybrain_gateway_messages_forwarded_total "):
-                return float(line.split()[1])
-    return 0.0
+            if line and not line.startswith("#"):
+                series, _, value = line.rpartition(" ")
+                out[series] = float(value)
+        return out
+
+
+def _forwarded(url: str) -> float:
+    return _scrape(url).get("citybrain_gateway_messages_forwarded_total", 0.0)
+
+
+def _gateway_threads(url: str) -> dict[str, float]:
+    """The gateway's CPU seconds by thread: paho's network thread ("mqtt"), its asyncio loop, others."""
+    prefix = 'citybrain_gateway_thread_cpu_seconds_total{thread="'
+    return {k[len(prefix) : -2]: v for k, v in _scrape(url).items() if k.startswith(prefix)}
 
 
 def _table(rows: dict[str, dict[str, Any]]) -> str:

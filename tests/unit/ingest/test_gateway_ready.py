@@ -7,13 +7,15 @@ or wait on a fixed sleep. paho's callbacks are called here as its network thread
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry
 
 from core.topics import KafkaTopics
-from ingest.gateway import Gateway, GatewayConfig, GatewayError, GatewayMetrics
+from ingest.gateway import Gateway, GatewayConfig, GatewayError, GatewayMetrics, thread_role
 
 
 class _Client:
@@ -60,3 +62,9 @@ async def test_a_refused_subscription_is_named() -> None:
     gw._on_subscribe(client, None, 41, [ReasonCode(PacketTypes.SUBACK, identifier=0x80)], None)  # type: ignore[arg-type]
     with pytest.raises(GatewayError, match="refused the uplink subscription"):
         await gw.wait_connected(0.2)
+
+
+def test_the_gateways_threads_are_labelled_by_role() -> None:
+    assert thread_role(threading.Thread(name="paho-mqtt-client-gw1")) == "mqtt"
+    assert thread_role(threading.main_thread()) == "asyncio"
+    assert thread_role(threading.Thread(name="asyncio_0")) == "other"

@@ -66,3 +66,30 @@ def test_copies_expire_only_when_a_later_send_succeeds() -> None:
     assert len(sink._held) == 1  # nothing sent since: kept however old it is
     sink._retain([(0, 2, _items(1, "b"))])
     assert [h.offset for h in sink._held] == [2]
+
+
+async def test_a_burst_is_acked_only_when_its_last_message_is() -> None:
+    """submit_many: one future for the burst, resolved by the flush of its last message."""
+    sink, _ = _sink(replay_s=0)
+    sink._queue = asyncio.Queue(100)
+    sink._producer = object()  # type: ignore[assignment]  # _send_raw below stands for Kafka
+
+    async def acked(by_partition: dict[int, list[_Item]]) -> list[tuple[int, list[_Item], asyncio.Future[object]]]:
+        out = []
+        for p, group in by_partition.items():
+            fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            fut.set_result(type("Meta", (), {"offset": 1})())
+            out.append((p, group, fut))
+        return out
+
+    sink._send_raw = acked  # type: ignore[method-assign]
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    raws = [RawMessage(f"citybrain/up/b{i}/telemetry", b"{}", t, Transport.MQTT) for i in range(3)]
+    fut = await sink.submit_many(raws)
+    items = [sink._queue.get_nowait() for _ in range(3)]
+    # The sink's batcher cut the burst across two Kafka batches.
+    await sink._flush(items[:2])
+    assert not fut.done()
+    await sink._flush(items[2:])
+    assert fut.done() and fut.exception() is None
+    assert (await sink.submit_many([])).done()
