@@ -249,7 +249,12 @@ class Gateway:
         self._client: mqtt.Client | None = None
         self._sink: KafkaSink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._slots = threading.BoundedSemaphore(config.queue_max)
+        # Set while the hand-off has room; paho's thread waits on it when the inbox is full.
+        self._room = threading.Event()
+        self._room.set()
+        # A wake-up of the batch loop is scheduled and has not run yet (paho's thread sets it,
+        # the loop clears it): one call_soon_threadsafe per burst, not per message.
+        self._wake_pending = False
         self._inbox: collections.deque[mqtt.MQTTMessage] = collections.deque()
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -341,12 +346,7 @@ class Gateway:
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
-        for _ in range(self.cfg.queue_max):
-            # unblock a paho thread waiting for a slot
-            try:
-                self._slots.release()
-            except ValueError:
-                break
+        self._room.set()  # unblock a paho thread waiting for room
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -457,18 +457,29 @@ class Gateway:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if self._throttle is not None and not self._admit(client, msg):
             return
-        if not self._slots.acquire(blocking=False):
+        inbox = self._inbox
+        if len(inbox) >= self.cfg.queue_max:
             t = time.monotonic()
-            while not self._slots.acquire(timeout=0.5):
-                if self._stopping.is_set():
-                    return
+            while len(inbox) >= self.cfg.queue_max:
+                self._room.clear()
+                if len(inbox) < self.cfg.queue_max or self._stopping.is_set():
+                    break
+                self._room.wait(0.5)
             self.metrics.backpressure.inc(time.monotonic() - t)
         if self._stopping.is_set():
             return
         msg.timestamp = time.monotonic()
-        self._inbox.append(msg)
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._wakeup.set)
+        inbox.append(msg)
+        if not self._wake_pending:
+            # Appended before the flag is read: if a wake-up is already pending, it runs
+            # after this append and the loop drains this message with the rest.
+            self._wake_pending = True
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_pending = False
+        self._wakeup.set()
 
     def _admit(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> bool:
         """Apply the device's flood limit (paho's thread); a refused message is acked and dropped.
@@ -564,7 +575,6 @@ class Gateway:
                 rx = datetime.now(UTC)
                 for _ in range(min(len(inbox), _BURST_MAX)):
                     msg = inbox.popleft()
-                    self._slots.release()
                     payload = bytes(msg.payload)
                     topic = msg.topic
                     kind = topic.rsplit("/", 1)[-1]
@@ -590,6 +600,8 @@ class Gateway:
                         )
                     )
                     acks.append((msg.mid, msg.qos, msg.timestamp))
+                if not self._room.is_set():
+                    self._room.set()  # paho's thread waits for room: there is some now
                 if burst:
                     self._unacked += len(burst)
                     fut = await sink.submit_many(burst)

@@ -7,8 +7,12 @@ or wait on a fixed sleep. paho's callbacks are called here as its network thread
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
+from collections.abc import Callable
 
+import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
@@ -68,3 +72,29 @@ def test_the_gateways_threads_are_labelled_by_role() -> None:
     assert thread_role(threading.Thread(name="paho-mqtt-client-gw1")) == "mqtt"
     assert thread_role(threading.main_thread()) == "asyncio"
     assert thread_role(threading.Thread(name="asyncio_0")) == "other"
+
+
+def _until(done: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+async def test_a_full_hand_off_blocks_pahos_thread_until_the_loop_makes_room() -> None:
+    cfg = GatewayConfig(
+        mqtt_host="127.0.0.1", mqtt_port=1, kafka_bootstrap="x:1", topics=KafkaTopics("t"), queue_max=2, throttle=None
+    )
+    gw = Gateway(cfg, GatewayMetrics(CollectorRegistry()))
+    gw._loop = asyncio.get_running_loop()
+    msgs = [mqtt.MQTTMessage(i + 1, b"citybrain/up/35020603080000017/telemetry") for i in range(3)]
+    paho = threading.Thread(target=lambda: [gw._on_message(None, None, m) for m in msgs])  # type: ignore[arg-type]
+    paho.start()
+    # The loop is woken once for the burst; the third message waits for room.
+    await asyncio.wait_for(gw._wakeup.wait(), 5)
+    await asyncio.to_thread(_until, lambda: not gw._room.is_set())  # paho's thread waits for room
+    assert len(gw._inbox) == 2 and paho.is_alive()
+    gw._inbox.popleft()
+    gw._room.set()
+    await asyncio.to_thread(paho.join, 5)
+    assert not paho.is_alive() and [m.mid for m in gw._inbox] == [2, 3]
+    assert gw.metrics.backpressure._value.get() > 0
