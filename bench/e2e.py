@@ -473,6 +473,21 @@ def run_all(
     return doc
 
 
+def city_only(devices: int, registered: int = 0) -> dict[str, Any]:
+    """Only ``e2e_city`` (two rounds over ``devices``), on a private Mosquitto; printed and returned."""
+    install_empty_fetch_backoff(0.05)
+    root = Path(tempfile.mkdtemp(prefix="citybrain-bench-"))
+    extra: list[ManagedProcess] = []
+    try:
+        row, _ = bench_e2e(root / "platform", devices, devices, mqtt_broker_url(root, extra), registered=registered)
+    finally:
+        for p in extra:
+            p.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    print(json.dumps(row))
+    return row
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="bench.e2e", description=__doc__)
     parser.add_argument("--messages", type=int, default=int(os.environ.get("CITYBRAIN_BENCH_MESSAGES", "10000")))
@@ -484,7 +499,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--latency-seconds", type=float, default=bench_latency.DEFAULT_SECONDS)
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where the JSON goes")
     parser.add_argument("--no-json", action="store_true", help="print only (python -m bench writes one JSON)")
+    parser.add_argument(
+        "--city",
+        type=int,
+        default=0,
+        metavar="DEVICES",
+        help="only the city-like row with this many devices (an A/B of the gateway or worker), printed",
+    )
+    parser.add_argument(
+        "--registered", type=int, default=0, help="with --city: devices in the ledger (default: --city)"
+    )
     args = parser.parse_args(argv)
+    if args.city:
+        return {"results": {"e2e_city": city_only(args.city, args.registered)}}
     rates = tuple(int(x) for x in args.rate.split(",") if x.strip())
     return run_all(args.messages, None if args.no_json else args.out, rates=rates, latency_seconds=args.latency_seconds)
 

@@ -2,9 +2,14 @@
 
 Every row goes through :class:`devices.rows.RowValidator`; bad rows are
 reported with their line number and reason and never touch the ledger. Good
-rows are streamed with ``COPY`` into a temporary staging table, then merged in
-set-based statements, all in ONE transaction: either every good row is in the
-ledger afterwards, or (on an error) none is. A row is never half-imported.
+rows are copied with ``COPY`` into a temporary staging table and merged in
+set-based statements, :data:`MERGE_CHUNK` rows at a time, all in ONE
+transaction: either every good row is in the ledger afterwards, or (on an error)
+none is. A row is never half-imported. A chunk is merged by a second thread
+while this one validates the next, so the server's merge (index maintenance,
+history rows) and the client's validation overlap. Rows without a code are
+merged last, once every row naming a code is in: allocation must not hand out
+a code that a later row of the file names.
 
 Idempotent: a re-run of the same file changes nothing and reports every row
 as unchanged. Rows without a code get one allocated (by district and class),
@@ -24,6 +29,7 @@ import logging
 import operator
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -38,7 +44,7 @@ from devices.rows import COLUMNS, ImportRow, Parsed, RowIssue, RowValidator, rea
 if TYPE_CHECKING:
     from geo.assign import Assigner
 
-__all__ = ["PLACE_CHUNK", "ImportReport", "default_assigner", "import_file", "import_rows", "place_rows"]
+__all__ = ["MERGE_CHUNK", "PLACE_CHUNK", "ImportReport", "default_assigner", "import_file", "import_rows", "place_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,8 @@ Progress = Callable[[int], None]
 # Rows assigned per bulk query: large enough that the per-call overhead of the
 # STRtree query vanishes (~1 µs/point at 8k), small enough to bound memory.
 PLACE_CHUNK = 8192
+# Rows validated per merge: the merge of one chunk overlaps the validation of the next.
+MERGE_CHUNK = 8 * PLACE_CHUNK
 # Naming the nearest district measures the distance to every outline (~1 ms);
 # past this many outside rows in one import, the message skips it.
 _NEAREST_LIMIT = 1000
@@ -63,6 +71,9 @@ create temp table import_stage (
 ) on commit drop
 """
 _COPY_STAGE = "copy import_stage ({}) from stdin".format(", ".join(_STAGE_COLUMNS))
+# Rows without a code wait here until every row that names one is merged.
+_CREATE_DEFERRED = "create temp table import_deferred (like import_stage) on commit drop"
+_COPY_DEFERRED = "copy import_deferred ({}) from stdin".format(", ".join(_STAGE_COLUMNS))
 
 # A row that names a code but carries a serial already used by another device.
 _SERIAL_CONFLICTS = """
@@ -312,12 +323,19 @@ def import_rows(
     placer = (assigner or default_assigner()) if place else None
     issues: list[RowIssue] = []
     rows = staged = outside_named = 0
-    inserted = updated = allocated = 0
+    counts = _Counts()
     try:
-        with conn.transaction() as tx:
+        # One thread merges a chunk while this one validates the next: the merge is the
+        # server's work (indexes, history rows) and waits in libpq without the GIL, so
+        # client and server overlap instead of taking turns (docs/benchmarks.md, goal 6).
+        with conn.transaction() as tx, ThreadPoolExecutor(1, thread_name_prefix="import-merge") as merger:
             conn.execute(_CREATE_STAGE)
-            with conn.cursor() as cur, cur.copy(_COPY_STAGE) as copy:
-                for chunk in _chunks(parsed, PLACE_CHUNK):
+            conn.execute(_CREATE_DEFERRED)
+            merging: Future[_Counts] | None = None
+            for batch in _chunks(parsed, MERGE_CHUNK):
+                named: list[tuple[Any, ...]] = []
+                unnamed: list[tuple[Any, ...]] = []
+                for chunk in _chunks(batch, PLACE_CHUNK):
                     valid: list[ImportRow] = []
                     for line, item in chunk:
                         rows += 1
@@ -337,26 +355,25 @@ def import_rows(
                             issues.append(result)
                             outside_named += "outside" in result.reason
                         else:
-                            copy.write_row(_stage_tuple(result, grid))
+                            (named if result.code is not None else unnamed).append(_stage_tuple(result, grid))
                             staged += 1
-            conn.execute("analyze import_stage")
-            for line, code, serial, other in conn.execute(_SERIAL_CONFLICTS).fetchall():
-                issues.append(RowIssue(line, f"serial {serial!r} already belongs to device {other}", code))
-                staged -= 1
-            for line, serial, other in conn.execute(_SERIAL_MISFITS).fetchall():
-                issues.append(RowIssue(line, f"serial {serial!r} belongs to device {other}, another district or class"))
-                staged -= 1
-            conn.execute(_SERIAL_MATCH)
-            allocated = _allocate_missing(conn)
-            updated = conn.execute(_UPDATE, {"actor": actor}).rowcount
-            row = conn.execute(_INSERT, {"actor": actor}).fetchone()
-            inserted = int(row[0]) if row else 0
+                if merging is not None:
+                    counts += merging.result()
+                merging = merger.submit(_merge_named, conn, actor, named, unnamed)
+            if merging is not None:
+                counts += merging.result()
+            # Rows without a code last, with the whole file in the ledger: allocation must not
+            # hand out a code that a later row of the file names.
+            counts += _merge_unnamed(conn, actor)
             if dry_run:
                 raise psycopg.Rollback(tx)
     except psycopg.errors.UniqueViolation as exc:
         raise LedgerError(f"import refused by the ledger, nothing imported: {exc.diag.message_detail or exc}") from exc
     except psycopg.Error as exc:
         raise LedgerError(f"import failed, nothing imported: {exc}") from exc
+    issues.extend(counts.issues)
+    staged -= len(counts.issues)
+    inserted, updated, allocated = counts.inserted, counts.updated, counts.allocated
     if progress is not None:
         progress(rows)
     issues.sort(key=lambda i: i.line)
@@ -372,6 +389,69 @@ def import_rows(
     )
     log.info("%s", report.summary())
     return report
+
+
+@dataclass(slots=True)
+class _Counts:
+    """What the merges of an import did."""
+
+    inserted: int = 0
+    updated: int = 0
+    allocated: int = 0
+    issues: list[RowIssue] = field(default_factory=list)
+
+    def __iadd__(self, other: _Counts) -> _Counts:
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.allocated += other.allocated
+        self.issues += other.issues
+        return self
+
+
+def _merge_named(
+    conn: psycopg.Connection, actor: str, named: list[tuple[Any, ...]], unnamed: list[tuple[Any, ...]]
+) -> _Counts:
+    """Stage a chunk's rows; merge those that name their code into the ledger, then empty the stage.
+
+    A chunk at a time: the validator has already refused a code or serial named twice in
+    the file, so merging chunk by chunk gives what merging the file at once would. Rows
+    without a code wait in ``import_deferred`` (:func:`_merge_unnamed`).
+    """
+    out = _Counts()
+    with conn.cursor() as cur:
+        if unnamed:
+            with cur.copy(_COPY_DEFERRED) as copy:
+                for values in unnamed:
+                    copy.write_row(values)
+        if not named:
+            return out
+        with cur.copy(_COPY_STAGE) as copy:
+            for values in named:
+                copy.write_row(values)
+    for line, code, serial, other in conn.execute(_SERIAL_CONFLICTS).fetchall():
+        out.issues.append(RowIssue(line, f"serial {serial!r} already belongs to device {other}", code))
+    out.updated = conn.execute(_UPDATE, {"actor": actor}).rowcount
+    row = conn.execute(_INSERT, {"actor": actor}).fetchone()
+    out.inserted = int(row[0]) if row else 0
+    conn.execute("truncate import_stage")
+    return out
+
+
+def _merge_unnamed(conn: psycopg.Connection, actor: str) -> _Counts:
+    """Merge the rows without a code: found again by serial, or given a new code."""
+    out = _Counts()
+    if conn.execute("select not exists (select 1 from import_deferred)").fetchone() == (True,):
+        return out
+    conn.execute("insert into import_stage select * from import_deferred")
+    conn.execute("analyze import_stage")
+    for line, serial, other in conn.execute(_SERIAL_MISFITS).fetchall():
+        out.issues.append(RowIssue(line, f"serial {serial!r} belongs to device {other}, another district or class"))
+    conn.execute(_SERIAL_MATCH)
+    out.allocated = _allocate_missing(conn)
+    out.updated = conn.execute(_UPDATE, {"actor": actor}).rowcount
+    row = conn.execute(_INSERT, {"actor": actor}).fetchone()
+    out.inserted = int(row[0]) if row else 0
+    return out
 
 
 def _chunks(parsed: Iterable[Parsed], size: int) -> Iterator[list[Parsed]]:

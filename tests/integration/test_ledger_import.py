@@ -15,6 +15,7 @@ import pytest
 
 from citybrain.devices_cli import register
 from citybrain.settings import Settings
+from devices import importer
 from devices.code import DeviceCode
 from devices.credentials import verify_mosquitto
 from devices.importer import import_file
@@ -170,6 +171,36 @@ def test_json_import_and_serial_conflicts(database_url: str, models: ModelRegist
     assert [i.line for i in second.issues] == [1, 2]
     assert "already belongs to device " + a in second.issues[0].reason
     assert "another district or class" in second.issues[1].reason
+
+
+def test_chunked_merge_allocates_above_codes_named_later_in_the_file(
+    database_url: str, models: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Named rows merge chunk by chunk while the next is validated; rows without a code wait
+    for the whole file, so allocation never hands out a code a later chunk names."""
+    monkeypatch.setattr(importer, "MERGE_CHUNK", 2)
+    monkeypatch.setattr(importer, "PLACE_CHUNK", 2)
+    named = [DeviceCode.build("350211", "0308", seq).full for seq in (1, 2, 7)]
+    items = [
+        {"serial": "U-1", "district": "350211", "class_code": "0308", "model": "air-station"},
+        {"code": named[0], "model": "air-station", "serial": "N-1"},
+        {"code": named[1], "model": "air-station"},
+        {"serial": "U-2", "district": "350211", "class_code": "0308", "model": "air-station"},
+        {"code": named[2], "model": "air-station"},  # a later chunk names sequence 7
+        {"code": DeviceCode.build("350211", "0308", 9).full, "model": "air-station", "serial": "N-1"},
+    ]
+    text = "\n".join(json.dumps(i) for i in items) + "\n"
+    with psycopg.connect(database_url) as conn:
+        report = import_file(conn, io.StringIO(text), "json", models)
+        assert (report.inserted, report.allocated) == (5, 2)
+        # Line 6 repeats a serial of line 2: refused by the validator, whatever the chunks.
+        assert [i.line for i in report.issues] == [6]
+        allocated = [
+            r[0] for r in conn.execute("select code from devices where serial like 'U-%' order by serial").fetchall()
+        ]
+        assert allocated == [DeviceCode.build("350211", "0308", seq).full for seq in (8, 9)]
+        again = import_file(conn, io.StringIO(text), "json", models)
+    assert (again.inserted, again.updated, again.allocated) == (0, 0, 0)
 
 
 def test_cli_import_export_credentials_mosquitto_files(
