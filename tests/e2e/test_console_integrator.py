@@ -113,10 +113,20 @@ def test_debug_view_shows_a_dead_lettered_message_with_its_reason(
 
         return probe
 
-    # The ring keeps each device's newest message of a batch: the good reading must land first.
+    # Opening the view captures the device's raw messages from then on (on demand): the
+    # workers pick the capture up within 2 s, so the device keeps sending, as a device
+    # being brought up does, until one of its messages is in the view.
+    assert _api_json(api, f"/api/v1/devices/{code}/debug")["capture"]["until"]
     publish(platform, code, b'{"v":1,"state":"online"}', kind="status")
-    publish(platform, code, b'{"v":1,"ts":"' + now + b'","metrics":{"pm25":12.5}}')
-    assert wait_for(seen(lambda d: any(m["readings"] for m in d["messages"])), 45), debug
+    good = seen(lambda d: any(m["readings"] for m in d["messages"]))
+
+    def sent_and_seen() -> bool:
+        # The same event time each time: the store keeps one row (idempotent writes).
+        publish(platform, code, b'{"v":1,"ts":"' + now + b'","metrics":{"pm25":12.5}}')
+        return good()
+
+    # The ring keeps each device's newest message of a batch: the good reading must land first.
+    assert wait_for(sent_and_seen, 45, interval=0.5), debug
     # Then a firmware bug: a truncated JSON body on the device's own telemetry topic.
     publish(platform, code, b'{"v":1,"ts":"' + now + b'","metrics":{"pm25":')
     dead_lettered = seen(
@@ -140,6 +150,7 @@ def test_debug_view_shows_a_dead_lettered_message_with_its_reason(
     # The good reading shows what it was decoded to (the birth message is listed as accepted too).
     expect(view.locator("tr.debug-msg:not(.rejected)").filter(has_text="pm25=").first).to_be_visible()
     expect(view.locator(".debug-session")).to_contain_text("connected")
+    expect(view.locator(".debug-capture")).to_be_visible()  # until when raw messages are captured
     path = shot(page, "console-debug-view.png")
     if os.environ.get("CITYBRAIN_DOCS_SCREENSHOTS") == "1":  # how the committed one is made; else docs/ stays
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
