@@ -111,6 +111,14 @@ class PipelineMetrics:
         self.readings = Counter(
             "citybrain_stream_readings_total", "Readings normalised", ["device_class"], registry=registry
         )
+        self.debug_captured = Gauge(
+            "citybrain_stream_debug_captured_devices",
+            "Devices whose raw messages the debug ring records (on_demand: current captures; -1: all)",
+            registry=registry,
+        )
+        self.debug_recorded = Counter(
+            "citybrain_stream_debug_recorded_total", "Raw messages written to the debug ring", registry=registry
+        )
         self.last_event = Gauge(
             "citybrain_stream_last_event_timestamp_seconds",
             "Newest reading event time per district and device class (Unix s, capped at now)",
@@ -353,17 +361,21 @@ class Pipeline:
         if captures.stale():
             async with self.pool.connection() as conn:
                 await captures.refresh(conn, now)
+            self.metrics.debug_captured.set(len(captures.codes))
+        elif captures.mode is Capture.ALL:
+            self.metrics.debug_captured.set(-1)
         captured = captures.select(messages)
         if not captured:
             return
         codes = captures.codes if captures.mode is Capture.ON_DEMAND else None
         async with self.pool.connection() as conn:
-            await record_recent(
+            written = await record_recent(
                 conn,
                 captured,
                 (r for r, _ in result.readings if codes is None or r.device_code in codes),
                 ((rej.raw, rej.reason, rej.detail) for rej in result.rejects),
             )
+        self.metrics.debug_recorded.inc(written)
 
     def retention_start(self, now: datetime) -> datetime | None:
         """The earliest event time stored: the start of the first UTC day maintenance keeps."""

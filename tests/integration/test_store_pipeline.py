@@ -306,6 +306,9 @@ async def test_the_debug_ring_gets_each_captured_devices_newest_message_and_its_
             rows = conn.execute(
                 "select code, slot, reject_reason, readings from device_recent_messages order by code, slot"
             ).fetchall()
+        recorded = pipe.metrics.debug_recorded._value.get()
+        captured = pipe.metrics.debug_captured._value.get()
+        assert (recorded, captured) == {Capture.OFF: (0, 0), Capture.ON_DEMAND: (2, 1), Capture.ALL: (3, -1)}[capture]
         if capture is Capture.OFF:  # CITYBRAIN_DEBUG_CAPTURE=off
             assert rows == []
             return
