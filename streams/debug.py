@@ -124,16 +124,24 @@ class CaptureSet:
         return [m for m in messages if device_of(m) in codes]
 
 
-async def start_capture(conn: psycopg.AsyncConnection, codes: Sequence[str], until: datetime, by: str) -> None:
-    """Capture the devices' raw messages until ``until`` (a later capture already there is kept)."""
-    await conn.execute(
+async def start_capture(
+    conn: psycopg.AsyncConnection, codes: Sequence[str], until: datetime, by: str
+) -> dict[str, datetime]:
+    """Capture the devices' raw messages until ``until`` (a later capture already there is kept).
+
+    Returns:
+        Each device's capture end after the call.
+    """
+    cur = await conn.execute(
         "insert into debug_captures (code, until, started_by)"
         " select c, %s, %s from unnest(%s::text[]) as c"
         " on conflict (code) do update set until = greatest(debug_captures.until, excluded.until),"
         " started_by = case when excluded.until > debug_captures.until then excluded.started_by"
-        " else debug_captures.started_by end",
+        " else debug_captures.started_by end"
+        " returning code, until",
         (until, by, list(codes)),
     )
+    return dict(await cur.fetchall())
 
 
 async def capture_until(conn: psycopg.AsyncConnection, code: str) -> datetime | None:

@@ -258,6 +258,8 @@ class Pipeline:
             DetectorMemory(max_series=cfg.state_cache_devices * 8) if cfg.state_cache_devices else None
         )
         self.captures = CaptureSet(cfg.debug_capture, cfg.debug_refresh_s)
+        if cfg.debug_capture is Capture.ALL:
+            metrics.debug_captured.set(-1)  # fixed for the worker's life
 
     def replace_rules(self, rules: RuleSet) -> None:
         """Evaluate with ``rules`` from the next batch on (hot reload).
@@ -362,8 +364,6 @@ class Pipeline:
             async with self.pool.connection() as conn:
                 await captures.refresh(conn, now)
             self.metrics.debug_captured.set(len(captures.codes))
-        elif captures.mode is Capture.ALL:
-            self.metrics.debug_captured.set(-1)
         captured = captures.select(messages)
         if not captured:
             return

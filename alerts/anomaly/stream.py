@@ -27,7 +27,8 @@ State document per device (JSON-safe)::
 
     {"m": {metric: {"t": last accepted epoch s,
                     "d": {detector: <its state: [kind, version, field, …] in the bank's
-                                    FIELDS order; robust_z's as .to_dict()>},
+                                    FIELDS order; robust_z's a dict, its full window
+                                    binary (RobustZBank.to_dicts)>},
                     "a": {detector: {"o": episode start epoch s | null, "q": quiet samples,
                                      "f": flapping, "l": last firing epoch s, "opens": [...]}},
                     "c": {"r": detector carrying the open alert, "o": opened epoch s,

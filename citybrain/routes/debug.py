@@ -29,7 +29,7 @@ from citybrain.routes.devices import scoped_device
 from citybrain.security.auth import record, require
 from citybrain.security.identities import Principal
 from devices.grades import is_sensitive_class
-from streams.debug import VIEW_CAPTURE, capture_until, payload_text, start_capture
+from streams.debug import VIEW_CAPTURE, payload_text, start_capture
 
 __all__ = ["build"]
 
@@ -53,8 +53,7 @@ def build(ctx: ApiContext) -> APIRouter:
         device_class, model, district = await scoped_device(ctx, code, principal)
         redact = is_sensitive_class(code) and not principal.can("sensitive:read")
         async with ctx.pool.connection() as conn:
-            await start_capture(conn, [code], ctx.clock() + VIEW_CAPTURE, f"view:{principal.user}")
-            until = await capture_until(conn, code)
+            until = (await start_capture(conn, [code], ctx.clock() + VIEW_CAPTURE, f"view:{principal.user}"))[code]
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 "select received_at, topic, transport, payload, readings, reject_reason, reject_detail"
