@@ -149,18 +149,22 @@ class WorkerConfig:
 STOP_BATCH_WAIT_S = 2.0
 
 #: Allocations between young collections (CPython's default is 700). See :func:`tune_gc`.
-GC_YOUNG_THRESHOLD = 100_000
+GC_YOUNG_THRESHOLD = 1_000_000
 
 
 def tune_gc() -> None:
     """Collect garbage less often in a worker process: call once at start, before any batch.
 
     A batch allocates a few containers per reading (decoded payloads, rule and detector
-    state documents), nearly all freed by reference counting, and the default thresholds
-    ran a young collection every 700 allocations and a full one over everything the
-    worker holds (state cache, ledger index) every few hundred batches. That was a fifth
-    of the worker's CPU on city-like traffic (``bench.bench_worker``: 1,712 → 2,188
-    messages per CPU-second). Cycles are still collected, only in larger steps.
+    state documents), nearly all freed by reference counting: a city batch of 2,000
+    messages holds up to about 60,000 of them at once and keeps about 40,000 (the state
+    documents it wrote). CPython's default thresholds ran a young collection every 700
+    allocations and a full one over everything the worker holds (state cache, ledger
+    index) every few hundred batches: a fifth of the worker's CPU on city-like traffic
+    (``bench.bench_worker``: 1,712 → 2,188 messages per CPU-second). At 100,000 a young
+    collection still fell inside most batches, walking and promoting the batch's live
+    containers: 12% of the worker's CPU (2,202 → 2,473 at 1,000,000; docs/benchmarks.md).
+    Cycles are still collected, only in larger steps.
     """
     gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 1000)
 
