@@ -180,7 +180,8 @@ async def save_rule_state(
         (
             [code for code, _ in updates],
             [wm for _, (wm, _, _) in updates],
-            [dumps_text(_dump_snapshot(snap)) for _, (_, snap, _) in updates],
+            # orjson writes NaN (no previous value) and infinities as null, as JSON needs.
+            [dumps_text(snap) for _, (_, snap, _) in updates],
             [dumps_text(states) for _, (_, _, states) in updates],
         ),
     )
@@ -272,7 +273,3 @@ async def active_maintenance_windows(pool: AsyncConnectionPool) -> list[Maintena
 def _load_snapshot(raw: dict[str, list[float | None]]) -> dict[str, list[float]]:
     # JSON has no NaN: missing previous values are stored as null.
     return {k: [math.nan if x is None else float(x) for x in v] for k, v in raw.items()}
-
-
-def _dump_snapshot(snap: dict[str, list[float]]) -> dict[str, list[float | None]]:
-    return {k: [None if math.isnan(x) or math.isinf(x) else x for x in v] for k, v in snap.items()}
