@@ -127,6 +127,10 @@ class _Series:
     dev: SeriesDevice
     metric: str
     doc: dict[str, Any]
+    #: ``doc["d"]``: the detectors' saved states.
+    d: dict[str, Any]
+    #: ``(device code, metric)``.
+    key: tuple[str, str]
     times: list[int]
     values: list[float]
     specs: tuple[DetectorSpec, ...]
@@ -260,8 +264,12 @@ def evaluate_anomalies(
         # Detectors work in integer seconds: several samples in one second keep the latest.
         per_series.setdefault((dev.code, metric), {})[int(event_time.timestamp())] = value
     series: list[_Series] = []
+    # Series per plan (the same tuple of specs for every series of a class, model and metric).
+    by_plan: dict[int, tuple[tuple[DetectorSpec, ...], list[int]]] = {}
     plans: dict[tuple[str, str, str], tuple[DetectorSpec, ...]] = {}
-    for (code, metric), by_t in sorted(per_series.items()):
+    single = True  # every series has one new sample (city traffic)
+    for key, by_t in sorted(per_series.items()):
+        code, metric = key
         dev = devs[code]
         pkey = (dev.device_class, dev.model_id, metric)
         specs = plans.get(pkey)
@@ -271,7 +279,7 @@ def evaluate_anomalies(
             continue
         doc = states.setdefault(code, {}).setdefault("m", {}).setdefault(metric, {})
         last = doc.get("t")
-        if len(by_t) == 1:  # city traffic: one new sample per series
+        if len(by_t) == 1:
             ((t1, x1),) = by_t.items()
             if last is not None and t1 <= last:
                 continue  # a replay, or late data: already evaluated
@@ -281,7 +289,15 @@ def evaluate_anomalies(
             if not times:
                 continue
             values = [by_t[t] for t in times]
-        series.append(_Series(dev, metric, doc, times, values, specs))
+            single = single and len(times) == 1
+        d = doc.get("d")
+        if d is None:
+            d = doc["d"] = {}
+        plan = by_plan.get(id(specs))
+        if plan is None:
+            plan = by_plan[id(specs)] = (specs, [])
+        plan[1].append(len(series))
+        series.append(_Series(dev, metric, doc, d, key, times, values, specs))
         out.samples += len(times)
     if not series:
         return out
@@ -289,52 +305,80 @@ def evaluate_anomalies(
     # objects for the same configuration, and hashing and comparing the frozen parameter
     # dataclasses per series was a tenth of the worker's CPU on city traffic. Equal parameters
     # in distinct objects would only make two banks, not a different result.
-    # (An Enum's hash is a Python call, hence the name in the key.)
+    # (An Enum's hash is a Python call, hence the name in the key.) Members are added a plan at
+    # a time, not a series at a time: a plan holds thousands of series of a batch.
     groups: dict[tuple[str, int], tuple[DetectorKind, Any, list[int]]] = {}
-    for i, s in enumerate(series):
-        for spec in s.specs:
-            key = (spec.name, id(spec.params))
-            group = groups.get(key)
+    for specs, members in by_plan.values():
+        for spec in specs:
+            key2 = (spec.name, id(spec.params))
+            group = groups.get(key2)
             if group is None:
-                groups[key] = group = (spec.kind, spec.params, [])
-            group[2].append(i)
-    # results[(series index, detector name)] = (accepted, {sample position: firing}); quiet samples
-    # are implicit. Keyed by the name, not the enum: an Enum's __hash__ is a Python call per lookup.
-    results: dict[tuple[int, str], tuple[bool, dict[int, _Fire]]] = {}
+                groups[key2] = group = (spec.kind, spec.params, [])
+            group[2].extend(members)
+    # One sample per series: its time and value as columns, gathered once for every group.
+    columns = (
+        (
+            np.fromiter((s.times[0] for s in series), dtype=np.int64, count=len(series)),
+            np.fromiter((s.values[0] for s in series), dtype=np.float64, count=len(series)),
+        )
+        if single
+        else None
+    )
+    # fired[(series index, detector name)] = {sample position: firing}; refused: the
+    # (series, detector) pairs not fed this batch (drift without a peer median). Every other
+    # pair was fed and stayed quiet: most pairs, so they are implicit.
+    fired: dict[tuple[int, str], dict[int, _Fire]] = {}
+    refused: set[tuple[int, str]] = set()
     if memory is not None:
         memory._bind(config)
     for kind, params, members in groups.values():
-        _run_group(kind, params, [series[i] for i in members], members, peers or {}, results, memory)
-    drift = {id(specs): any(spec.kind is DetectorKind.DRIFT for spec in specs) for specs in plans.values()}
+        _run_group(kind, params, series, members, peers or {}, fired, refused, memory, columns)
+    fired_series = {i for i, _ in fired}
+    drift = {id(specs): any(spec.kind is DetectorKind.DRIFT for spec in specs) for specs, _ in by_plan.values()}
     changed = out.changed
     for i, s in enumerate(series):
-        active = []
-        episodes = s.doc.get("a")
-        for spec in s.specs:
-            accepted, fires = results[(i, spec.name)]
-            if accepted and (fires or (episodes is not None and episodes.get(spec.name, {}).get("o") is not None)):
-                active.append((spec, fires))
-        if active or _CONSOLIDATED in s.doc:
-            out.transitions += _alert_steps(s, active)
-        s.doc["t"] = s.times[-1]
+        doc = s.doc
+        episodes = doc.get("a")
+        # Only a series that fired, or has an episode or alert open, has episode work to do.
+        if i in fired_series or _CONSOLIDATED in doc or (episodes and _any_open(episodes)):
+            active = []
+            for spec in s.specs:
+                pair = (i, spec.name)
+                if pair in refused:
+                    continue
+                fires = fired.get(pair, _NO_FIRES)
+                if fires or (episodes is not None and episodes.get(spec.name, {}).get("o") is not None):
+                    active.append((spec, fires))
+            if active or _CONSOLIDATED in doc:
+                out.transitions += _alert_steps(s, active)
+        doc["t"] = s.times[-1]
         if drift[id(s.specs)]:
-            s.doc["x"] = [s.values[-1], s.times[-1]]  # for the peers' median (peer_entry)
+            doc["x"] = [s.values[-1], s.times[-1]]  # for the peers' median (peer_entry)
         changed.add(s.dev.code)
     return out
+
+
+def _any_open(episodes: Mapping[str, Any]) -> bool:
+    return any(st.get("o") is not None for st in episodes.values())
 
 
 def _run_group(
     kind: DetectorKind,
     params: Any,
-    members: list[_Series],
+    series: list[_Series],
     index: list[int],
     peers: Mapping[tuple[str, str, str], float],
-    results: dict[tuple[int, str], tuple[bool, dict[int, _Fire]]],
+    fired: dict[tuple[int, str], dict[int, _Fire]],
+    refused: set[tuple[int, str]],
     memory: DetectorMemory | None = None,
+    columns: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]] | None = None,
 ) -> None:
-    """One bank over every series of the group; one numpy step per round, Python only for firings."""
+    """One bank over the group's series (``series[i]`` for ``i`` in ``index``); one numpy step
+    per round, Python only for firings. With ``columns`` (every series has one sample: its
+    times and values), the step takes its inputs from them."""
     name = kind.value
-    saved = [s.doc.get("d", {}).get(name) for s in members]
+    members = [series[i] for i in index]
+    saved = [s.d.get(name) for s in members]
     if memory is None:
         bank, rows = _bank(kind, params, saved), np.arange(len(members), dtype=np.intp)
         slot = None
@@ -345,14 +389,19 @@ def _run_group(
         peer = np.array(
             [peers.get((s.dev.district, s.dev.model_id, s.metric), math.nan) for s in members], dtype=np.float64
         )
-        accepted = np.isfinite(peer)  # without a peer median the drift detector is not fed
+        # Without a peer median the drift detector is not fed.
+        refused.update((index[j], name) for j in np.flatnonzero(~np.isfinite(peer)).tolist())
+    if columns is not None:
+        idx = np.asarray(index, dtype=np.intp)
+        lengths = np.ones(len(members), dtype=np.int64)
+        offsets = np.arange(len(members), dtype=np.int64)
+        all_t, all_x = columns[0][idx], columns[1][idx]
     else:
-        accepted = np.ones(len(members), dtype=np.bool_)
-    lengths = np.array([len(s.times) for s in members], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    all_t = np.fromiter((t for s in members for t in s.times), dtype=np.int64, count=int(lengths.sum()))
-    all_x = np.fromiter((x for s in members for x in s.values), dtype=np.float64, count=int(lengths.sum()))
-    fires: dict[int, dict[int, _Fire]] = {}  # member → sample position → firing; most series never fire
+        lengths = np.array([len(s.times) for s in members], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        count = int(lengths.sum())
+        all_t = np.fromiter((t for s in members for t in s.times), dtype=np.int64, count=count)
+        all_x = np.fromiter((x for s in members for x in s.values), dtype=np.float64, count=count)
     pre = kind in _PRE_WINDOW
     for r in range(int(lengths.max())):
         sel = np.flatnonzero(lengths > r)
@@ -363,7 +412,7 @@ def _run_group(
             upd = bank.update(t, x, peer[sel], index=brows)
         else:
             upd = bank.update(t, x, index=brows)
-        for row in np.flatnonzero(upd.fired).tolist():
+        for row in np.flatnonzero(upd.fired).tolist():  # most series never fire
             j = int(sel[row])
             if starts is not None:
                 start: int | None = int(starts[row])
@@ -374,18 +423,14 @@ def _run_group(
                 start = st.pos_start if st.s_pos >= st.s_neg else st.neg_start
             tr = int(t[row])
             start = tr if start is None or start == NEVER_SEEN else min(int(start), tr)
-            fires.setdefault(j, {})[r] = _Fire(float(upd.score[row]), float(upd.baseline[row]), start)
+            fired.setdefault((index[j], name), {})[r] = _Fire(float(upd.score[row]), float(upd.baseline[row]), start)
     states = bank.to_dicts(rows, compact=True)
-    owner = slot.owner if slot is not None else None
-    # Plain Python values from here on: a numpy scalar per series cost more than the rest of the loop.
-    for j, (s, state, ok, row) in enumerate(zip(members, states, accepted.tolist(), rows.tolist(), strict=True)):
-        d = s.doc.get("d")
-        if d is None:
-            d = s.doc["d"] = {}
-        d[name] = state
-        if owner is not None:
+    for s, state in zip(members, states, strict=True):
+        s.d[name] = state
+    if slot is not None:
+        owner = slot.owner
+        for row, state in zip(rows.tolist(), states, strict=True):
             owner[row] = state
-        results[(index[j], name)] = (ok, fires.get(j, _NO_FIRES))
 
 
 def _rows(
@@ -393,25 +438,26 @@ def _rows(
 ) -> npt.NDArray[np.intp]:
     """The members' rows in the slot's bank: reused where the document still holds what the
     memory wrote (the same object), loaded from the document otherwise."""
-    rows = np.empty(len(members), dtype=np.intp)
+    slot_rows, owner = slot.rows, slot.owner
+    rows: list[int] = []
     load: list[int] = []
-    for j, s in enumerate(members):
-        key = (s.dev.code, s.metric)
-        row = slot.rows.get(key)
+    for j, (s, state) in enumerate(zip(members, saved, strict=True)):
+        row = slot_rows.get(s.key)
         if row is None:
-            row = slot.rows[key] = len(slot.owner)
-            slot.owner.append(None)
+            row = slot_rows[s.key] = len(owner)
+            owner.append(None)
             load.append(j)
-        elif slot.owner[row] is not saved[j] or saved[j] is None:
+        elif state is None or owner[row] is not state:
             load.append(j)
-        rows[j] = row
-    if len(slot.owner) > slot.bank.size:
-        slot.bank.grow(max(len(slot.owner), 2 * slot.bank.size, 1024))
+        rows.append(row)
+    out = np.array(rows, dtype=np.intp)
+    if len(owner) > slot.bank.size:
+        slot.bank.grow(max(len(owner), 2 * slot.bank.size, 1024))
     if load:
-        slot.bank.put_rows(rows[load], _bank(kind, slot.params, [saved[j] for j in load]))
+        slot.bank.put_rows(out[load], _bank(kind, slot.params, [saved[j] for j in load]))
     memory.reloaded += len(load)
     memory.reused += len(members) - len(load)
-    return rows
+    return out
 
 
 def _detector_step(st: dict[str, Any], spec: DetectorSpec, t: int, fire: _Fire | None) -> str | None:
