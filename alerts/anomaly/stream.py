@@ -131,6 +131,8 @@ class _Series:
     d: dict[str, Any]
     #: ``(device code, metric)``.
     key: tuple[str, str]
+    #: The series' watermark before this batch (``doc["t"]``), None for a new series.
+    last: int | None
     times: list[int]
     values: list[float]
     specs: tuple[DetectorSpec, ...]
@@ -150,52 +152,86 @@ class DetectorMemory:
     (``from_dicts``: a validated column per field, every robust_z window
     element by element) and throws them away; on city-like traffic, where
     nearly every series of a batch has one new sample, that was most of the
-    detectors' cost. With it, a series' row is reused while the saved state in
-    its document is the very object this memory wrote there last, so the row
-    and the document agree. A document read anew from the database (another
-    worker wrote it, a batch did not commit, the worker restarted) holds other
-    objects: its rows are loaded from it again. So the memory never decides
-    what a detector knows; the document does, as it is persisted with the
-    batch's alerts (docs/store.md, "State in memory").
+    detectors' cost. With it, a series' rows are reused while its document's
+    detector map (``"d"``) is the very object this memory wrote the states
+    into last, so the rows and the document agree. A document read anew from
+    the database (another worker wrote it, a batch did not commit, the worker
+    restarted) holds other objects: its rows are loaded from it again. So the
+    memory never decides what a detector knows; the document does, as it is
+    persisted with the batch's alerts (docs/store.md, "State in memory").
 
-    Bounded: a bank past ``max_series`` rows starts over empty (its series
+    Rows are kept per plan (the detectors of a class, model and metric): a
+    series is looked up once per batch for all its detectors, not once per
+    detector.
+
+    Bounded: a plan past ``max_series`` series starts over empty (its series
     are reloaded from their documents as they come). Pass one instance to
     every :func:`evaluate_anomalies` call of a worker; a new configuration
     starts it over.
     """
 
-    __slots__ = ("_config", "_slots", "max_series", "reloaded", "reused")
+    __slots__ = ("_config", "_plans", "max_series", "reloaded", "reused")
 
     def __init__(self, max_series: int = 1_000_000) -> None:
         if max_series < 1:
             raise ValueError("max_series must be >= 1")
         self.max_series = max_series
         self._config: AnomalyConfig | None = None
-        # (kind, id(params)) → its slot; the slot holds the params, so the id is not reused.
-        self._slots: dict[tuple[DetectorKind, int], _Slot] = {}
+        # id(specs) → its rows; the entry holds the specs, so the id is not reused.
+        self._plans: dict[int, _PlanRows] = {}
+        #: (series, detector) rows reused from the previous batches / loaded from their documents.
         self.reused = 0
         self.reloaded = 0
 
     def _bind(self, config: AnomalyConfig) -> None:
         if config is not self._config:
-            self._config, self._slots = config, {}
+            self._config, self._plans = config, {}
 
-    def slot(self, kind: DetectorKind, params: Any) -> _Slot:
-        key = (kind, id(params))
-        slot = self._slots.get(key)
-        if slot is None or len(slot.rows) >= self.max_series:
-            slot = self._slots[key] = _Slot(params, _BANKS[kind](0, params))
-        return slot
+    def _plan(self, specs: tuple[DetectorSpec, ...]) -> _PlanRows:
+        plan = self._plans.get(id(specs))
+        # Checked between batches: a batch's series all get a row, even past the bound.
+        if plan is None or len(plan.rows) > self.max_series:
+            plan = self._plans[id(specs)] = _PlanRows(specs, [_BANKS[spec.kind](0, spec.params) for spec in specs])
+        return plan
 
 
 @dataclass(slots=True)
-class _Slot:
-    params: Any
-    bank: Any
-    #: (device code, metric) → row of the bank.
+class _PlanRows:
+    specs: tuple[DetectorSpec, ...]
+    #: Per spec, its bank: one row per series of the plan.
+    banks: list[Any]
+    #: (device code, metric) → row of the banks.
     rows: dict[tuple[str, str], int] = field(default_factory=dict)
-    #: Per row: the saved-state dict this memory last wrote into the series' document.
+    #: Per row: the detector map (``doc["d"]``) this memory last wrote the series' states into,
+    #: and the watermark (``doc["t"]``) it left there. Both must still be the document's: a
+    #: series that moved to another plan and back (its device's model changed) was advanced
+    #: meanwhile by the other plan's banks, in the same map, but not at the same watermark.
     owner: list[object] = field(default_factory=list)
+    marks: list[int] = field(default_factory=list)
+
+    def locate(self, members: list[_Series]) -> tuple[npt.NDArray[np.intp], list[int]]:
+        """The members' rows, and the positions (in ``members``) of those to load from their documents."""
+        index, owner, marks = self.rows, self.owner, self.marks
+        rows: list[int] = []
+        load: list[int] = []
+        for j, s in enumerate(members):
+            row = index.get(s.key)
+            if row is None:
+                row = index[s.key] = len(owner)
+                owner.append(s.d)
+                marks.append(s.times[-1])
+                load.append(j)
+            else:
+                if owner[row] is not s.d or marks[row] != s.last:
+                    owner[row] = s.d
+                    load.append(j)
+                marks[row] = s.times[-1]
+            rows.append(row)
+        if len(owner) > (self.banks[0].size if self.banks else 0):
+            size = max(len(owner), 2 * self.banks[0].size, 1024)
+            for bank in self.banks:
+                bank.grow(size)
+        return np.array(rows, dtype=np.intp), load
 
 
 def _utc(t: int) -> datetime:
@@ -297,25 +333,13 @@ def evaluate_anomalies(
         if plan is None:
             plan = by_plan[id(specs)] = (specs, [])
         plan[1].append(len(series))
-        series.append(_Series(dev, metric, doc, d, key, times, values, specs))
+        series.append(_Series(dev, metric, doc, d, key, last, times, values, specs))
         out.samples += len(times)
     if not series:
         return out
-    # Grouped by the parameters object, not its value: AnomalyConfig.plan hands out the same
-    # objects for the same configuration, and hashing and comparing the frozen parameter
-    # dataclasses per series was a tenth of the worker's CPU on city traffic. Equal parameters
-    # in distinct objects would only make two banks, not a different result.
-    # (An Enum's hash is a Python call, hence the name in the key.) Members are added a plan at
-    # a time, not a series at a time: a plan holds thousands of series of a batch.
-    groups: dict[tuple[str, int], tuple[DetectorKind, Any, list[int]]] = {}
-    for specs, members in by_plan.values():
-        for spec in specs:
-            key2 = (spec.name, id(spec.params))
-            group = groups.get(key2)
-            if group is None:
-                groups[key2] = group = (spec.kind, spec.params, [])
-            group[2].extend(members)
-    # One sample per series: its time and value as columns, gathered once for every group.
+    # One bank per (plan, detector): the series of a class, model and metric share their
+    # detectors, so a series is located once for all of them (DetectorMemory), and no
+    # per-series hashing of the frozen parameter dataclasses is needed to group them.
     columns = (
         (
             np.fromiter((s.times[0] for s in series), dtype=np.int64, count=len(series)),
@@ -331,8 +355,8 @@ def evaluate_anomalies(
     refused: set[tuple[int, str]] = set()
     if memory is not None:
         memory._bind(config)
-    for kind, params, members in groups.values():
-        _run_group(kind, params, series, members, peers or {}, fired, refused, memory, columns)
+    for specs, members in by_plan.values():
+        _run_plan(specs, series, members, peers or {}, fired, refused, memory, columns)
     fired_series = {i for i, _ in fired}
     drift = {id(specs): any(spec.kind is DetectorKind.DRIFT for spec in specs) for specs, _ in by_plan.values()}
     changed = out.changed
@@ -362,40 +386,70 @@ def _any_open(episodes: Mapping[str, Any]) -> bool:
     return any(st.get("o") is not None for st in episodes.values())
 
 
-def _run_group(
-    kind: DetectorKind,
-    params: Any,
+def _run_plan(
+    specs: tuple[DetectorSpec, ...],
     series: list[_Series],
     index: list[int],
     peers: Mapping[tuple[str, str, str], float],
     fired: dict[tuple[int, str], dict[int, _Fire]],
     refused: set[tuple[int, str]],
-    memory: DetectorMemory | None = None,
-    columns: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]] | None = None,
+    memory: DetectorMemory | None,
+    columns: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]] | None,
 ) -> None:
-    """One bank over the group's series (``series[i]`` for ``i`` in ``index``); one numpy step
-    per round, Python only for firings. With ``columns`` (every series has one sample: its
-    times and values), the step takes its inputs from them."""
-    name = kind.value
+    """Every detector of one plan over its series (``series[i]`` for ``i`` in ``index``): a bank
+    each, and the advanced states written into the series' documents."""
     members = [series[i] for i in index]
-    saved = [s.d.get(name) for s in members]
+    load: list[int] = []
     if memory is None:
-        bank, rows = _bank(kind, params, saved), np.arange(len(members), dtype=np.intp)
-        slot = None
+        rows, plan = np.arange(len(members), dtype=np.intp), None
     else:
-        slot = memory.slot(kind, params)
-        bank, rows = slot.bank, _rows(slot, members, saved, kind, memory)
+        plan = memory._plan(specs)
+        rows, load = plan.locate(members)
+        memory.reloaded += len(load) * len(specs)
+        memory.reused += (len(members) - len(load)) * len(specs)
+    if columns is not None:
+        idx = np.asarray(index, dtype=np.intp)
+        t_x: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]] | None = (columns[0][idx], columns[1][idx])
+    else:
+        t_x = None
+    for k, spec in enumerate(specs):
+        name = spec.name
+        if plan is None:
+            bank = _bank(spec.kind, spec.params, [s.d.get(name) for s in members])
+        else:
+            bank = plan.banks[k]
+            if load:
+                bank.put_rows(rows[load], _bank(spec.kind, spec.params, [members[j].d.get(name) for j in load]))
+        _run_bank(spec.kind, bank, rows, members, index, name, peers, fired, refused, t_x)
+        for s, state in zip(members, bank.to_dicts(rows, compact=True), strict=True):
+            s.d[name] = state
+
+
+def _run_bank(
+    kind: DetectorKind,
+    bank: Any,
+    rows: npt.NDArray[np.intp],
+    members: list[_Series],
+    index: list[int],
+    name: str,
+    peers: Mapping[tuple[str, str, str], float],
+    fired: dict[tuple[int, str], dict[int, _Fire]],
+    refused: set[tuple[int, str]],
+    t_x: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]] | None,
+) -> None:
+    """One detector over the members' ``rows`` of its bank: one numpy step per round (round ``r`` =
+    each series' ``r``-th new sample), Python only for firings. ``t_x``: every member's one
+    sample (time and value columns), when each has one."""
     if kind is DetectorKind.DRIFT:
         peer = np.array(
             [peers.get((s.dev.district, s.dev.model_id, s.metric), math.nan) for s in members], dtype=np.float64
         )
         # Without a peer median the drift detector is not fed.
         refused.update((index[j], name) for j in np.flatnonzero(~np.isfinite(peer)).tolist())
-    if columns is not None:
-        idx = np.asarray(index, dtype=np.intp)
+    if t_x is not None:
         lengths = np.ones(len(members), dtype=np.int64)
         offsets = np.arange(len(members), dtype=np.int64)
-        all_t, all_x = columns[0][idx], columns[1][idx]
+        all_t, all_x = t_x
     else:
         lengths = np.array([len(s.times) for s in members], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
@@ -424,40 +478,6 @@ def _run_group(
             tr = int(t[row])
             start = tr if start is None or start == NEVER_SEEN else min(int(start), tr)
             fired.setdefault((index[j], name), {})[r] = _Fire(float(upd.score[row]), float(upd.baseline[row]), start)
-    states = bank.to_dicts(rows, compact=True)
-    for s, state in zip(members, states, strict=True):
-        s.d[name] = state
-    if slot is not None:
-        owner = slot.owner
-        for row, state in zip(rows.tolist(), states, strict=True):
-            owner[row] = state
-
-
-def _rows(
-    slot: _Slot, members: list[_Series], saved: list[Any], kind: DetectorKind, memory: DetectorMemory
-) -> npt.NDArray[np.intp]:
-    """The members' rows in the slot's bank: reused where the document still holds what the
-    memory wrote (the same object), loaded from the document otherwise."""
-    slot_rows, owner = slot.rows, slot.owner
-    rows: list[int] = []
-    load: list[int] = []
-    for j, (s, state) in enumerate(zip(members, saved, strict=True)):
-        row = slot_rows.get(s.key)
-        if row is None:
-            row = slot_rows[s.key] = len(owner)
-            owner.append(None)
-            load.append(j)
-        elif state is None or owner[row] is not state:
-            load.append(j)
-        rows.append(row)
-    out = np.array(rows, dtype=np.intp)
-    if len(owner) > slot.bank.size:
-        slot.bank.grow(max(len(owner), 2 * slot.bank.size, 1024))
-    if load:
-        slot.bank.put_rows(out[load], _bank(kind, slot.params, [saved[j] for j in load]))
-    memory.reloaded += len(load)
-    memory.reused += len(members) - len(load)
-    return out
 
 
 def _detector_step(st: dict[str, Any], spec: DetectorSpec, t: int, fire: _Fire | None) -> str | None:

@@ -353,7 +353,7 @@ def test_banks_kept_in_memory_give_what_the_saved_states_give() -> None:
     devs = [SeriesDevice(f"3502030308000{i:04d}", "350203", "air", "air-station") for i in range(40)]
     plain: dict[str, Any] = {}
     kept: dict[str, Any] = {}
-    memory = DetectorMemory(max_series=900)  # 40 devices × 6 metrics per bank: some start over
+    memory = DetectorMemory(max_series=36)  # up to 40 devices per plan: some start over
     opened = 0
 
     def batch(b: int, scale: float = 1.0) -> list[tuple[SeriesDevice, str, datetime, float]]:
@@ -387,6 +387,29 @@ def test_banks_kept_in_memory_give_what_the_saved_states_give() -> None:
         opened += sum(k == "open" for k, _ in want.transitions)
     assert memory.reused > memory.reloaded > 0
     assert opened >= 2  # the injected spikes
+
+
+def test_a_series_whose_plan_changed_and_changed_back_is_reloaded_not_reused() -> None:
+    """Banks are kept per plan (class, model, metric). A device whose model changes is advanced by
+    the other plan's banks in the same document; back on its first plan, the rows kept there are
+    stale and must be loaded again from the document (its watermark has moved)."""
+    cfg = shipped_anomaly_config()
+    rng = np.random.default_rng(5)
+    models = ["air-station"] * 40 + ["air-micro"] * 5 + ["air-station"] * 40
+    plain: dict[str, Any] = {}
+    kept: dict[str, Any] = {}
+    memory = DetectorMemory()
+    opened = 0
+    for b, model in enumerate(models):
+        dev = SeriesDevice(DEV.code, DEV.district, DEV.device_class, model)
+        spike = 4.0 if b in (60, 61) else 1.0
+        samples = [(dev, "pm25", T0 + timedelta(minutes=b), float(30 * rng.lognormal(0, 0.05) * spike))]
+        want = evaluate_anomalies(cfg, samples, plain)
+        got = evaluate_anomalies(cfg, samples, kept, memory=memory)
+        assert [(k, a.id, a.labels) for k, a in got.transitions] == [(k, a.id, a.labels) for k, a in want.transitions]
+        assert json.dumps(kept, sort_keys=True) == json.dumps(plain, sort_keys=True)
+        opened += sum(k == "open" for k, _ in want.transitions)
+    assert opened >= 1
 
 
 def test_a_full_robust_z_window_is_saved_binary_and_loads_to_the_same_bank() -> None:
