@@ -32,7 +32,9 @@ State document per device (JSON-safe)::
                     "a": {detector: {"o": episode start epoch s | null, "q": quiet samples,
                                      "f": flapping, "l": last firing epoch s, "opens": [...]}},
                     "c": {"r": detector carrying the open alert, "o": opened epoch s,
-                          "s": severity, "m": [detectors whose episode is still open]}}}}
+                          "s": severity, "m": [detectors whose episode is still open]},
+                    "x": [last value, its epoch s, drift offset] (series with a drift detector;
+                          what the device gives its peers' median, see peer_entry)}}}
 
 (``c`` is absent while the series has no open alert.)
 
@@ -358,7 +360,6 @@ def evaluate_anomalies(
     for specs, members in by_plan.values():
         _run_plan(specs, series, members, peers or {}, fired, refused, memory, columns)
     fired_series = {i for i, _ in fired}
-    drift = {id(specs): any(spec.kind is DetectorKind.DRIFT for spec in specs) for specs, _ in by_plan.values()}
     changed = out.changed
     for i, s in enumerate(series):
         doc = s.doc
@@ -376,8 +377,6 @@ def evaluate_anomalies(
             if active or _CONSOLIDATED in doc:
                 out.transitions += _alert_steps(s, active)
         doc["t"] = s.times[-1]
-        if drift[id(s.specs)]:
-            doc["x"] = [s.values[-1], s.times[-1]]  # for the peers' median (peer_entry)
         changed.add(s.dev.code)
     return out
 
@@ -421,8 +420,14 @@ def _run_plan(
             if load:
                 bank.put_rows(rows[load], _bank(spec.kind, spec.params, [members[j].d.get(name) for j in load]))
         _run_bank(spec.kind, bank, rows, members, index, name, peers, fired, refused, t_x)
-        for s, state in zip(members, bank.to_dicts(rows, compact=True), strict=True):
+        states = bank.to_dicts(rows, compact=True)
+        for s, state in zip(members, states, strict=True):
             s.d[name] = state
+        if spec.kind is DetectorKind.DRIFT:
+            # What the device gives its peers' median (peer_entry), ready to store: the last value,
+            # its time and the learnt offset (the compact row is kind, version, n, mean, …).
+            for s, state in zip(members, states, strict=True):
+                s.doc["x"] = [s.values[-1], s.times[-1], float(state[3]) if state[2] > 0 else 0.0]
 
 
 def _run_bank(
@@ -702,9 +707,15 @@ def peer_entry(doc: Mapping[str, Any]) -> dict[str, list[float]]:
     """
     out: dict[str, list[float]] = {}
     for metric, m in doc.get("m", {}).items():
-        drift = m.get("d", {}).get(DetectorKind.DRIFT.value)
         last = m.get("x")
-        if drift is None or last is None:
+        if last is None:
+            continue
+        if len(last) == 3:  # written with the drift state, offset included (evaluate_anomalies)
+            out[metric] = last
+            continue
+        # A document written before the offset was kept beside the value: [value, t].
+        drift = m.get("d", {}).get(DetectorKind.DRIFT.value)
+        if drift is None:
             continue
         if isinstance(drift, Mapping):
             n, mean = drift.get("n", 0), drift.get("mean", 0.0)

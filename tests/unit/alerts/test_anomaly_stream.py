@@ -277,6 +277,10 @@ def test_drift_uses_the_peer_median_and_publishes_its_offset() -> None:
     assert [(k, a.rule) for k, a in out][:1] == [("open", "anomaly.drift")]
     entry = peer_entry(states[DEV.code])
     assert entry["pm25"][2] == pytest.approx(2.0, abs=0.2)  # the learnt offset, for the peers' median
+    # A document written before the offset was kept beside the last value gives the same entry.
+    older = json.loads(json.dumps(states[DEV.code]))
+    older["m"]["pm25"]["x"] = older["m"]["pm25"]["x"][:2]
+    assert peer_entry(older)["pm25"] == pytest.approx(entry["pm25"])
     # without a peer median the drift detector is not fed at all
     fresh: dict[str, Any] = {}
     evaluate_anomalies(cfg, [(DEV, "pm25", T0, 1.0)], fresh)
