@@ -165,6 +165,8 @@ class _Bank:
 
     #: The detector whose states the bank holds.
     KIND: ClassVar[DetectorKind]
+    #: Version of the saved state (the compact row's second element).
+    VERSION: ClassVar[int] = _STATE_VERSION
     #: ``(array attribute, state key, column type)`` per array; column types are ``count``
     #: (int >= 0), ``time`` (int or None, stored as :data:`NEVER_SEEN`), ``float`` and
     #: ``nonneg`` (float >= 0). Empty for banks whose state is not a row of scalars.
@@ -228,6 +230,42 @@ class _Bank:
         if compact:
             return list(zip(*cols, strict=True))
         return [dict(zip(keys, row, strict=True)) for row in zip(*cols, strict=True)]
+
+    def packed(self, index: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """The states of the series in ``index`` as 64-bit words, a column per :attr:`FIELDS`
+        entry: integers as they are, floats as their IEEE 754 bits (every bit kept).
+
+        What the stream worker persists for the detectors of a series, base64 in one string
+        (:mod:`alerts.anomaly.stream`); :meth:`row_from_packed` reads a row back.
+        """
+        sel = np.asarray(index, dtype=np.intp)
+        out = np.empty((sel.size, len(self.FIELDS)), dtype=np.int64)
+        for c, (attr, _key, kind) in enumerate(self.FIELDS):
+            col = getattr(self, attr)[sel]
+            out[:, c] = col.view(np.int64) if kind in ("float", "nonneg") else col
+        return out
+
+    @classmethod
+    def row_from_packed(cls, words: npt.NDArray[np.int64], version: int) -> tuple[Any, ...]:
+        """The compact row (:meth:`to_dicts` with ``compact``) of one state of :meth:`packed`,
+        saved at state ``version``; :meth:`from_dicts` checks the version and the values.
+
+        Raises:
+            AnomalyError: ``words`` is not one packed state of this detector.
+        """
+        if words.shape != (len(cls.FIELDS),):
+            raise AnomalyError(f"a packed {cls.KIND.value} state has {len(cls.FIELDS)} words, not {words.shape}")
+        floats = words.view(np.float64).tolist()
+        ints = words.tolist()
+        row: list[Any] = [cls.KIND.value, version]
+        for c, (_attr, _key, kind) in enumerate(cls.FIELDS):
+            if kind in ("float", "nonneg"):
+                row.append(floats[c])
+            elif kind == "time":
+                row.append(None if ints[c] == NEVER_SEEN else ints[c])
+            else:
+                row.append(ints[c])
+        return tuple(row)
 
     def _arrays(self) -> tuple[str, ...]:
         # Every slot of a concrete bank but its parameters is an array with a row per series.
@@ -1181,6 +1219,12 @@ class DriftBank(_Bank):
             _opt_time(self._neg_start[i]),
             _opt_time(self._last_t[i]),
         )
+
+    def offsets(self, index: npt.ArrayLike) -> FloatArray:
+        """The learnt mean residual of the series in ``index`` (0 until a block closes): what
+        each contributes, subtracted, to its peers' median (:func:`~alerts.anomaly.peer_median`)."""
+        sel = np.asarray(index, dtype=np.intp)
+        return np.where(self._n[sel] > 0, self._mean[sel], 0.0)
 
     def update(
         self,

@@ -26,9 +26,10 @@ exactly like ``rule_state``). The function
 State document per device (JSON-safe)::
 
     {"m": {metric: {"t": last accepted epoch s,
-                    "d": {detector: <its state: [kind, version, field, …] in the bank's
-                                    FIELDS order; robust_z's a dict, its full window
-                                    binary (RobustZBank.to_dicts)>},
+                    "d": {"#": <the states of the detectors whose state is a row of
+                                scalars (ewma, rate, stuck, drift), packed in one string:
+                                "<kind>.<version>.<words>,…;<base64 of 64-bit words>">,
+                          "robust_z": <a dict, its full window binary (RobustZBank.to_dicts)>},
                     "a": {detector: {"o": episode start epoch s | null, "q": quiet samples,
                                      "f": flapping, "l": last firing epoch s, "opens": [...]}},
                     "c": {"r": detector carrying the open alert, "o": opened epoch s,
@@ -45,6 +46,8 @@ offsets (:func:`peer_entry` gives what to store for each device).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +82,7 @@ __all__ = [
     "SeriesDevice",
     "evaluate_anomalies",
     "peer_entry",
+    "saved_state",
 ]
 
 #: Alerts raised by a detector carry the rule ``anomaly.<detector>`` (``anomaly.ewma`` …).
@@ -94,6 +98,12 @@ _BANKS: dict[DetectorKind, Any] = {
 # Detectors whose window start is known before the update (the baseline's extent).
 _PRE_WINDOW = (DetectorKind.ROBUST_Z, DetectorKind.EWMA, DetectorKind.RATE)
 _NO_FIRES: dict[int, Any] = {}
+# Key of a series' detector map holding the states of its plan's detectors whose state is a row
+# of scalars, packed: "<kind>.<version>.<words>,…;" then base64 of 64-bit little-endian words
+# (integers as they are, floats as their bits), the detectors in the header's order (_pack).
+_PACKED = "#"
+# What _unpack gives for a packed string that does not parse: a row no bank's from_dicts accepts.
+_UNREADABLE = ("unreadable",)
 # Key of a series document holding its consolidated alert (see _alert_steps).
 _CONSOLIDATED = "c"
 
@@ -411,23 +421,93 @@ def _run_plan(
         t_x: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]] | None = (columns[0][idx], columns[1][idx])
     else:
         t_x = None
+    packed: list[Any] = []  # the banks whose states are packed into one string per series
     for k, spec in enumerate(specs):
         name = spec.name
         if plan is None:
-            bank = _bank(spec.kind, spec.params, [s.d.get(name) for s in members])
+            bank = _bank(spec.kind, spec.params, [saved_state(s.d, name) for s in members])
         else:
             bank = plan.banks[k]
             if load:
-                bank.put_rows(rows[load], _bank(spec.kind, spec.params, [members[j].d.get(name) for j in load]))
+                saved = [saved_state(members[j].d, name) for j in load]
+                bank.put_rows(rows[load], _bank(spec.kind, spec.params, saved))
         _run_bank(spec.kind, bank, rows, members, index, name, peers, fired, refused, t_x)
-        states = bank.to_dicts(rows, compact=True)
-        for s, state in zip(members, states, strict=True):
-            s.d[name] = state
+        if not bank.FIELDS:  # robust_z: its window, not a row of scalars
+            for s, state in zip(members, bank.to_dicts(rows, compact=True), strict=True):
+                s.d[name] = state
+            continue
+        packed.append(bank)
         if spec.kind is DetectorKind.DRIFT:
             # What the device gives its peers' median (peer_entry), ready to store: the last value,
-            # its time and the learnt offset (the compact row is kind, version, n, mean, …).
-            for s, state in zip(members, states, strict=True):
-                s.doc["x"] = [s.values[-1], s.times[-1], float(state[3]) if state[2] > 0 else 0.0]
+            # its time and the learnt offset.
+            for s, offset in zip(members, bank.offsets(rows).tolist(), strict=True):
+                s.doc["x"] = [s.values[-1], s.times[-1], offset]
+    if packed:
+        _pack(specs, packed, rows, members, members if plan is None else [members[j] for j in load])
+
+
+def _pack(
+    specs: tuple[DetectorSpec, ...],
+    banks: list[Any],
+    rows: npt.NDArray[np.intp],
+    members: list[_Series],
+    loaded: list[_Series],
+) -> None:
+    """Write the packed states of ``banks`` (the plan's detectors whose state is a row of
+    scalars) into each member's detector map, under :data:`_PACKED`: one string per series,
+    built for all of them with one base64 pass, instead of a JSON row per detector.
+
+    ``loaded``: members whose map may still hold those detectors' states one by one (read
+    from an older document); they are dropped, so the packed states are the only ones.
+    """
+    header = ",".join(f"{bank.KIND.value}.{bank.VERSION}.{len(bank.FIELDS)}" for bank in banks) + ";"
+    words = [bank.packed(rows) for bank in banks]
+    width = sum(w.shape[1] for w in words)
+    # base64 turns 3 bytes into 4 characters: with a multiple of 3 words per series, each
+    # series' state is its own slice of the whole matrix's encoding.
+    pad = -width % 3
+    if pad:
+        words.append(np.zeros((len(members), pad), dtype=np.int64))
+    text = base64.b64encode(np.hstack(words).astype("<i8", copy=False).tobytes()).decode("ascii")
+    step = (width + pad) * 8 // 3 * 4
+    for s, at in zip(members, range(0, len(text), step), strict=True):
+        s.d[_PACKED] = header + text[at : at + step]
+    if loaded:
+        names = [bank.KIND.value for bank in banks]
+        for s in loaded:
+            for name in names:
+                s.d.pop(name, None)
+
+
+def saved_state(d: Mapping[str, Any], name: str) -> Any:
+    """Detector ``name``'s saved state in a series' detector map (``doc["m"][metric]["d"]``):
+    its own entry (a document written before states were packed, or robust_z's), else its
+    compact row unpacked from the packed string, else None."""
+    state = d.get(name)
+    if state is None:
+        packed = d.get(_PACKED)
+        if packed is not None:
+            return _unpack(packed, name)
+    return state
+
+
+def _unpack(packed: Any, name: str) -> Any:
+    """Detector ``name``'s compact row in a packed string (:func:`_pack`); None if it holds no
+    state of that detector. A string that does not parse gives a row no bank loads, so that
+    series starts over (warms up) like any state that does not load."""
+    try:
+        header, text = packed.split(";", 1)
+        words = np.frombuffer(base64.b64decode(text, validate=True), dtype="<i8")
+        at = 0
+        for entry in header.split(","):
+            kind, version, width = entry.split(".")
+            if kind == name:
+                bank = _BANKS[DetectorKind(kind)]
+                return bank.row_from_packed(words[at : at + int(width)].astype(np.int64), int(version))
+            at += int(width)
+    except (AttributeError, TypeError, ValueError, binascii.Error, AnomalyError):
+        return _UNREADABLE
+    return None
 
 
 def _run_bank(
@@ -714,8 +794,8 @@ def peer_entry(doc: Mapping[str, Any]) -> dict[str, list[float]]:
             out[metric] = last
             continue
         # A document written before the offset was kept beside the value: [value, t].
-        drift = m.get("d", {}).get(DetectorKind.DRIFT.value)
-        if drift is None:
+        drift = saved_state(m.get("d", {}), DetectorKind.DRIFT.value)
+        if drift is None or drift is _UNREADABLE:
             continue
         if isinstance(drift, Mapping):
             n, mean = drift.get("n", 0), drift.get("mean", 0.0)

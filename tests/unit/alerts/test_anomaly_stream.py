@@ -22,7 +22,7 @@ from alerts.anomaly import (
     StuckParams,
 )
 from alerts.anomaly.config import AnomalyConfig, parse_anomaly_config, shipped_anomaly_config
-from alerts.anomaly.stream import DetectorMemory, SeriesDevice, evaluate_anomalies, peer_entry
+from alerts.anomaly.stream import DetectorMemory, SeriesDevice, evaluate_anomalies, peer_entry, saved_state
 from alerts.errors import AnomalyError
 from core.records import AlertState, Severity
 from tests.unit.alerts.oracles import (
@@ -284,7 +284,7 @@ def test_drift_uses_the_peer_median_and_publishes_its_offset() -> None:
     # without a peer median the drift detector is not fed at all
     fresh: dict[str, Any] = {}
     evaluate_anomalies(cfg, [(DEV, "pm25", T0, 1.0)], fresh)
-    drift = fresh[DEV.code]["m"]["pm25"]["d"]["drift"]  # the compact row: kind, version, DriftBank.FIELDS
+    drift = saved_state(fresh[DEV.code]["m"]["pm25"]["d"], "drift")  # the compact row: kind, version, FIELDS
     assert drift[:3] == ("drift", 1, 0) and drift[-1] is None  # n = 0, last_t: never
 
 
@@ -311,6 +311,9 @@ def test_columnar_state_round_trip_matches_the_per_series_states(bank_cls: Any, 
         bank.update(*args, index=[0, 1, 2])  # series 3 never sees a sample
     expected = [bank.state(i).to_dict() for i in range(4)]
     assert bank.to_dicts() == expected
+    if bank_cls.FIELDS:  # packed (what the stream worker saves): every bit back
+        words = bank.packed(range(4))
+        assert [bank_cls.row_from_packed(w, bank_cls.VERSION) for w in words] == bank.to_dicts(compact=True)
     reloaded = bank_cls.from_dicts([*json.loads(json.dumps(expected))[:3], None], params)
     assert reloaded.to_dicts() == expected
     broken = dict(expected[0])
@@ -323,12 +326,20 @@ def test_a_state_that_does_not_load_starts_that_series_over() -> None:
     cfg = parse_anomaly_config(CONFIG)
     states: dict[str, Any] = {}
     evaluate_anomalies(cfg, [(DEV, "pm25", T0, 30.0)], states)
-    states[DEV.code]["m"]["pm25"]["d"]["ewma"] = {"v": 99, "kind": "ewma"}  # a future version
+    d = states[DEV.code]["m"]["pm25"]["d"]
+    d["ewma"] = {"v": 99, "kind": "ewma"}  # a future version
     out = evaluate_anomalies(cfg, [(DEV, "pm25", T0 + timedelta(minutes=1), 31.0)], states)
-    assert out.samples == 1 and states[DEV.code]["m"]["pm25"]["d"]["ewma"][2] == 1  # n, in the compact row
-    states[DEV.code]["m"]["pm25"]["d"]["ewma"] = ["ewma", 99, 1, 30.0, 0.0, None]  # a future compact row
+    assert out.samples == 1 and saved_state(d, "ewma")[2] == 1  # n, in the compact row
+    assert "ewma" not in d  # packed now, and only there
+    d["ewma"] = ["ewma", 99, 1, 30.0, 0.0, None]  # a future compact row
     out = evaluate_anomalies(cfg, [(DEV, "pm25", T0 + timedelta(minutes=2), 31.0)], states)
-    assert out.samples == 1 and states[DEV.code]["m"]["pm25"]["d"]["ewma"][2] == 1
+    assert out.samples == 1 and saved_state(d, "ewma")[2] == 1
+    d["#"] = "ewma.1.4;not base64!"  # a packed string that does not parse
+    out = evaluate_anomalies(cfg, [(DEV, "pm25", T0 + timedelta(minutes=3), 31.0)], states)
+    assert out.samples == 1 and saved_state(d, "ewma")[2] == 1
+    d["#"] = "ewma.99.4;" + d["#"].split(";", 1)[1]  # a packed state of a future version
+    out = evaluate_anomalies(cfg, [(DEV, "pm25", T0 + timedelta(minutes=4), 31.0)], states)
+    assert out.samples == 1 and saved_state(d, "ewma")[2] == 1
 
 
 def test_saved_states_of_either_form_load_to_the_same_banks() -> None:
@@ -338,10 +349,9 @@ def test_saved_states_of_either_form_load_to_the_same_banks() -> None:
     _, rows = _run(cfg, values[:40], batch=8)
     dicts = json.loads(json.dumps(rows))
     for m in dicts[DEV.code]["m"].values():
-        for name, row in m["d"].items():
-            if name != "robust_z":
-                bank = {"ewma": EwmaBank}[name]
-                m["d"][name] = bank.from_dicts([row], EwmaParams()).to_dicts()[0]
+        # The documents of before the packed states: a dict (or a compact row) per detector.
+        m["d"]["ewma"] = EwmaBank.from_dicts([saved_state(m["d"], "ewma")], EwmaParams()).to_dicts()[0]
+        del m["d"]["#"]
     assert isinstance(dicts[DEV.code]["m"]["pm25"]["d"]["ewma"], dict)
     a, _ = _run(cfg, values[40:], batch=5, states=rows, start=40)
     b, _ = _run(cfg, values[40:], batch=5, states=dicts, start=40)
