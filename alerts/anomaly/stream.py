@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -422,15 +423,16 @@ def _run_plan(
     else:
         t_x = None
     packed: list[Any] = []  # the banks whose states are packed into one string per series
+    # The saved states to load (each series' packed string decoded once for all its detectors).
+    saved = [_saved_states(s.d) for s in (members if plan is None else [members[j] for j in load])]
     for k, spec in enumerate(specs):
         name = spec.name
         if plan is None:
-            bank = _bank(spec.kind, spec.params, [saved_state(s.d, name) for s in members])
+            bank = _bank(spec.kind, spec.params, [m.get(name) for m in saved])
         else:
             bank = plan.banks[k]
             if load:
-                saved = [saved_state(members[j].d, name) for j in load]
-                bank.put_rows(rows[load], _bank(spec.kind, spec.params, saved))
+                bank.put_rows(rows[load], _bank(spec.kind, spec.params, [m.get(name) for m in saved]))
         _run_bank(spec.kind, bank, rows, members, index, name, peers, fired, refused, t_x)
         if not bank.FIELDS:  # robust_z: its window, not a row of scalars
             for s, state in zip(members, bank.to_dicts(rows, compact=True), strict=True):
@@ -483,31 +485,48 @@ def saved_state(d: Mapping[str, Any], name: str) -> Any:
     """Detector ``name``'s saved state in a series' detector map (``doc["m"][metric]["d"]``):
     its own entry (a document written before states were packed, or robust_z's), else its
     compact row unpacked from the packed string, else None."""
-    state = d.get(name)
-    if state is None:
-        packed = d.get(_PACKED)
-        if packed is not None:
-            return _unpack(packed, name)
-    return state
+    return _saved_states(d).get(name)
 
 
-def _unpack(packed: Any, name: str) -> Any:
-    """Detector ``name``'s compact row in a packed string (:func:`_pack`); None if it holds no
-    state of that detector. A string that does not parse gives a row no bank loads, so that
-    series starts over (warms up) like any state that does not load."""
+def _saved_states(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Every detector's saved state in a series' detector map, by detector name."""
+    packed = d.get(_PACKED)
+    if packed is None:
+        return d
+    out = _unpack(packed)
+    out.update((k, v) for k, v in d.items() if k != _PACKED)
+    return out
+
+
+def _unpack(packed: Any) -> dict[str, Any]:
+    """The compact rows in a packed string (:func:`_pack`), by detector name. A string that
+    does not parse gives nothing, and a state of the wrong size a row no bank loads: those
+    detectors start over (warm up), like any saved state that does not load."""
     try:
         header, text = packed.split(";", 1)
-        words = np.frombuffer(base64.b64decode(text, validate=True), dtype="<i8")
-        at = 0
-        for entry in header.split(","):
-            kind, version, width = entry.split(".")
-            if kind == name:
-                bank = _BANKS[DetectorKind(kind)]
-                return bank.row_from_packed(words[at : at + int(width)].astype(np.int64), int(version))
-            at += int(width)
-    except (AttributeError, TypeError, ValueError, binascii.Error, AnomalyError):
-        return _UNREADABLE
-    return None
+        words = np.frombuffer(base64.b64decode(text, validate=True), dtype="<i8").astype(np.int64)
+        layout = _layout(header)
+    except (AttributeError, TypeError, ValueError, binascii.Error):
+        return {}
+    out: dict[str, Any] = {}
+    for kind, version, at, width in layout:
+        try:
+            out[kind.value] = _BANKS[kind].row_from_packed(words[at : at + width], version)
+        except AnomalyError:
+            out[kind.value] = _UNREADABLE
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(header: str) -> tuple[tuple[DetectorKind, int, int, int], ...]:
+    """``(detector, state version, first word, words)`` per entry of a packed string's header."""
+    out = []
+    at = 0
+    for entry in header.split(","):
+        name, version, width = entry.split(".")
+        out.append((DetectorKind(name), int(version), at, int(width)))
+        at += int(width)
+    return tuple(out)
 
 
 def _run_bank(
