@@ -246,6 +246,33 @@ class _Bank:
         return out
 
     @classmethod
+    def from_packed(cls, words: npt.NDArray[np.int64], params: Any = None) -> Any:
+        """A bank whose series ``i`` continues from the packed state ``words[i]`` (a row of
+        :meth:`packed`, of this version): the states of many series loaded at once, checked as
+        :meth:`from_dicts` checks them.
+
+        Raises:
+            AnomalyError: ``words`` is not a matrix of packed states of this detector, or a
+                state holds a value its field does not allow.
+        """
+        if words.ndim != 2 or words.shape[1] != len(cls.FIELDS):
+            raise AnomalyError(f"packed {cls.KIND.value} states have {len(cls.FIELDS)} words each")
+        n = words.shape[0]
+        bank = cls(n, params) if params is not None else cls(n)  # type: ignore[call-arg]
+        for c, (attr, key, kind) in enumerate(cls.FIELDS):
+            col = np.ascontiguousarray(words[:, c], dtype=np.int64)
+            if kind in ("float", "nonneg"):
+                arr = col.view(np.float64)
+                if not bool(np.all(np.isfinite(arr))) or (kind == "nonneg" and n and arr.min() < 0):
+                    raise AnomalyError(f"state field {key!r} must be a finite number")
+                getattr(bank, attr)[:] = arr
+            else:
+                if kind == "count" and n and col.min() < 0:
+                    raise AnomalyError(f"state field {key!r} must be >= 0")
+                getattr(bank, attr)[:] = col
+        return bank
+
+    @classmethod
     def row_from_packed(cls, words: npt.NDArray[np.int64], version: int) -> tuple[Any, ...]:
         """The compact row (:meth:`to_dicts` with ``compact``) of one state of :meth:`packed`,
         saved at state ``version``; :meth:`from_dicts` checks the version and the values.

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import math
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -423,16 +424,25 @@ def _run_plan(
     else:
         t_x = None
     packed: list[Any] = []  # the banks whose states are packed into one string per series
-    # The saved states to load (each series' packed string decoded once for all its detectors).
-    saved = [_saved_states(s.d) for s in (members if plan is None else [members[j] for j in load])]
+    # The series whose saved states are loaded: their packed strings decoded together where
+    # they can be (a restart or a rebalance loads every series once), one by one otherwise.
+    loaded = members if plan is None else [members[j] for j in load]
+    together = _packed_banks(specs, loaded) if loaded else {}
+    saved: list[Mapping[str, Any]] | None = None
     for k, spec in enumerate(specs):
         name = spec.name
+        fresh = together.get(k)
+        if fresh is None and loaded:
+            if saved is None:
+                saved = [_saved_states(s.d) for s in loaded]
+            fresh = _bank(spec.kind, spec.params, [m.get(name) for m in saved])
+        bank: Any
         if plan is None:
-            bank = _bank(spec.kind, spec.params, [m.get(name) for m in saved])
+            bank = fresh  # every member was loaded
         else:
             bank = plan.banks[k]
             if load:
-                bank.put_rows(rows[load], _bank(spec.kind, spec.params, [m.get(name) for m in saved]))
+                bank.put_rows(rows[load], fresh)
         _run_bank(spec.kind, bank, rows, members, index, name, peers, fired, refused, t_x)
         if not bank.FIELDS:  # robust_z: its window, not a row of scalars
             for s, state in zip(members, bank.to_dicts(rows, compact=True), strict=True):
@@ -479,6 +489,40 @@ def _pack(
         for s in loaded:
             for name in names:
                 s.d.pop(name, None)
+
+
+def _packed_banks(specs: tuple[DetectorSpec, ...], loaded: list[_Series]) -> dict[int, Any]:
+    """Banks over ``loaded`` (spec position → bank) for the plan's packed detectors, decoded
+    from the series' packed strings in one pass; empty unless every series holds exactly the
+    string this plan writes (same detectors, versions and size) and nothing else of those
+    detectors. A bank whose states do not all load is left out (loaded one by one instead)."""
+    packed = [k for k, spec in enumerate(specs) if _BANKS[spec.kind].FIELDS]
+    if not packed:
+        return {}
+    classes = [_BANKS[specs[k].kind] for k in packed]
+    header = ",".join(f"{cls.KIND.value}.{cls.VERSION}.{len(cls.FIELDS)}" for cls in classes) + ";"
+    width = sum(len(cls.FIELDS) for cls in classes)
+    pad = -width % 3
+    size = len(header) + (width + pad) * 8 // 3 * 4
+    names = [specs[k].name for k in packed]
+    texts = []
+    for s in loaded:
+        text = s.d.get(_PACKED)
+        if type(text) is not str or len(text) != size or not text.startswith(header) or any(n in s.d for n in names):
+            return {}
+        texts.append(text[len(header) :])
+    try:
+        words = np.frombuffer(base64.b64decode("".join(texts), validate=True), dtype="<i8")
+        words = words.astype(np.int64).reshape(len(loaded), width + pad)
+    except (ValueError, binascii.Error):
+        return {}
+    out: dict[int, Any] = {}
+    at = 0
+    for k, cls in zip(packed, classes, strict=True):
+        with contextlib.suppress(AnomalyError):
+            out[k] = cls.from_packed(words[:, at : at + len(cls.FIELDS)], specs[k].params)
+        at += len(cls.FIELDS)
+    return out
 
 
 def saved_state(d: Mapping[str, Any], name: str) -> Any:

@@ -314,6 +314,11 @@ def test_columnar_state_round_trip_matches_the_per_series_states(bank_cls: Any, 
     if bank_cls.FIELDS:  # packed (what the stream worker saves): every bit back
         words = bank.packed(range(4))
         assert [bank_cls.row_from_packed(w, bank_cls.VERSION) for w in words] == bank.to_dicts(compact=True)
+        assert bank_cls.from_packed(words, params).to_dicts() == expected  # many at once
+        bad = words.copy()
+        bad[0, 0] = -1  # every bank's first field is a count
+        with pytest.raises(AnomalyError):
+            bank_cls.from_packed(bad, params)
     reloaded = bank_cls.from_dicts([*json.loads(json.dumps(expected))[:3], None], params)
     assert reloaded.to_dicts() == expected
     broken = dict(expected[0])
