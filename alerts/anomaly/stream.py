@@ -104,7 +104,7 @@ _NO_FIRES: dict[int, Any] = {}
 # of scalars, packed: "<kind>.<version>.<words>,…;" then base64 of 64-bit little-endian words
 # (integers as they are, floats as their bits), the detectors in the header's order (_pack).
 _PACKED = "#"
-# What _unpack gives for a packed string that does not parse: a row no bank's from_dicts accepts.
+# What _unpack gives for a packed state of the wrong size: a row no bank's from_dicts accepts.
 _UNREADABLE = ("unreadable",)
 # Key of a series document holding its consolidated alert (see _alert_steps).
 _CONSOLIDATED = "c"
@@ -455,11 +455,10 @@ def _run_plan(
             for s, offset in zip(members, bank.offsets(rows).tolist(), strict=True):
                 s.doc["x"] = [s.values[-1], s.times[-1], offset]
     if packed:
-        _pack(specs, packed, rows, members, members if plan is None else [members[j] for j in load])
+        _pack(packed, rows, members, loaded)
 
 
 def _pack(
-    specs: tuple[DetectorSpec, ...],
     banks: list[Any],
     rows: npt.NDArray[np.intp],
     members: list[_Series],
@@ -472,12 +471,8 @@ def _pack(
     ``loaded``: members whose map may still hold those detectors' states one by one (read
     from an older document); they are dropped, so the packed states are the only ones.
     """
-    header = ",".join(f"{bank.KIND.value}.{bank.VERSION}.{len(bank.FIELDS)}" for bank in banks) + ";"
+    header, width, pad = _layout_of([type(bank) for bank in banks])
     words = [bank.packed(rows) for bank in banks]
-    width = sum(w.shape[1] for w in words)
-    # base64 turns 3 bytes into 4 characters: with a multiple of 3 words per series, each
-    # series' state is its own slice of the whole matrix's encoding.
-    pad = -width % 3
     if pad:
         words.append(np.zeros((len(members), pad), dtype=np.int64))
     text = base64.b64encode(np.hstack(words).astype("<i8", copy=False).tobytes()).decode("ascii")
@@ -491,6 +486,15 @@ def _pack(
                 s.d.pop(name, None)
 
 
+def _layout_of(classes: list[Any]) -> tuple[str, int, int]:
+    """The packed string's header for these bank classes, their words per series, and the
+    zero words after them: base64 turns 3 bytes into 4 characters, so with a multiple of 3
+    words per series each series' state is its own slice of the encoding of all of them."""
+    header = ",".join(f"{cls.KIND.value}.{cls.VERSION}.{len(cls.FIELDS)}" for cls in classes) + ";"
+    width = sum(len(cls.FIELDS) for cls in classes)
+    return header, width, -width % 3
+
+
 def _packed_banks(specs: tuple[DetectorSpec, ...], loaded: list[_Series]) -> dict[int, Any]:
     """Banks over ``loaded`` (spec position → bank) for the plan's packed detectors, decoded
     from the series' packed strings in one pass; empty unless every series holds exactly the
@@ -500,9 +504,7 @@ def _packed_banks(specs: tuple[DetectorSpec, ...], loaded: list[_Series]) -> dic
     if not packed:
         return {}
     classes = [_BANKS[specs[k].kind] for k in packed]
-    header = ",".join(f"{cls.KIND.value}.{cls.VERSION}.{len(cls.FIELDS)}" for cls in classes) + ";"
-    width = sum(len(cls.FIELDS) for cls in classes)
-    pad = -width % 3
+    header, width, pad = _layout_of(classes)
     size = len(header) + (width + pad) * 8 // 3 * 4
     names = [specs[k].name for k in packed]
     texts = []
@@ -549,7 +551,7 @@ def _unpack(packed: Any) -> dict[str, Any]:
     try:
         header, text = packed.split(";", 1)
         words = np.frombuffer(base64.b64decode(text, validate=True), dtype="<i8").astype(np.int64)
-        layout = _layout(header)
+        layout = _parse_header(header)
     except (AttributeError, TypeError, ValueError, binascii.Error):
         return {}
     out: dict[str, Any] = {}
@@ -562,7 +564,7 @@ def _unpack(packed: Any) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=64)
-def _layout(header: str) -> tuple[tuple[DetectorKind, int, int, int], ...]:
+def _parse_header(header: str) -> tuple[tuple[DetectorKind, int, int, int], ...]:
     """``(detector, state version, first word, words)`` per entry of a packed string's header."""
     out = []
     at = 0
