@@ -104,8 +104,6 @@ _NO_FIRES: dict[int, Any] = {}
 # of scalars, packed: "<kind>.<version>.<words>,…;" then base64 of 64-bit little-endian words
 # (integers as they are, floats as their bits), the detectors in the header's order (_pack).
 _PACKED = "#"
-# What _unpack gives for a packed state of the wrong size: a row no bank's from_dicts accepts.
-_UNREADABLE = ("unreadable",)
 # Key of a series document holding its consolidated alert (see _alert_steps).
 _CONSOLIDATED = "c"
 
@@ -546,8 +544,8 @@ def _saved_states(d: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _unpack(packed: Any) -> dict[str, Any]:
     """The compact rows in a packed string (:func:`_pack`), by detector name. A string that
-    does not parse gives nothing, and a state of the wrong size a row no bank loads: those
-    detectors start over (warm up), like any saved state that does not load."""
+    does not parse gives nothing, and a state of the wrong size is left out: those detectors
+    start over (warm up), as any saved state that does not load does."""
     try:
         header, text = packed.split(";", 1)
         words = np.frombuffer(base64.b64decode(text, validate=True), dtype="<i8").astype(np.int64)
@@ -556,10 +554,8 @@ def _unpack(packed: Any) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {}
     for kind, version, at, width in layout:
-        try:
+        with contextlib.suppress(AnomalyError):
             out[kind.value] = _BANKS[kind].row_from_packed(words[at : at + width], version)
-        except AnomalyError:
-            out[kind.value] = _UNREADABLE
     return out
 
 
@@ -860,7 +856,7 @@ def peer_entry(doc: Mapping[str, Any]) -> dict[str, list[float]]:
             continue
         # A document written before the offset was kept beside the value: [value, t].
         drift = saved_state(m.get("d", {}), DetectorKind.DRIFT.value)
-        if drift is None or drift is _UNREADABLE:
+        if drift is None:
             continue
         if isinstance(drift, Mapping):
             n, mean = drift.get("n", 0), drift.get("mean", 0.0)
